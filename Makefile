@@ -1,0 +1,62 @@
+# rsgen_qgis: `make demo` and `make test` install what they need on a fresh Debian 12 machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSPY := /usr/bin/python3
+GPU ?= 0
+DATA ?= data
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-pyproj python3-venv xvfb
+RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
+export QT_QPA_PLATFORM ?= offscreen
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install system venv demo test bench eval train package clean help
+
+help:
+	@echo "make demo     install, then generate a georeferenced image with the bundled model"
+	@echo "make test     install, then run the tests"
+	@echo "make install  [GPU=1] system packages (apt) + Python venv with --system-site-packages"
+	@echo "make bench    speed figures (ORT vs torch, s/tile, large areas)"
+	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
+	@echo "make train DATA=dir  retrain models/rsgen-base from prepared data (CPU recipe)"
+	@echo "make package build/rsgen_qgis.zip for QGIS's 'Install from ZIP'"
+
+install: system venv
+
+# Debian's QGIS, GDAL, rasterio and pyproj; installed only when missing (needs root or sudo).
+system: .stamps/system
+.stamps/system:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@mkdir -p .stamps && touch $@
+
+venv: $(VENV)/.installed-$(GPU)
+$(VENV)/.installed-$(GPU): $(RUNTIME_REQ) requirements-dev.txt constraints.txt .stamps/system
+	@[ -x $(PY) ] || $(SYSPY) -m venv --system-site-packages $(VENV)
+	@if [ "$(GPU)" = 1 ]; then $(PY) -m pip uninstall -y -q onnxruntime || true; else $(PY) -m pip uninstall -y -q onnxruntime-gpu || true; fi
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r $(RUNTIME_REQ) -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-*; touch $@
+
+demo: install
+	$(PY) -m rsgen_qgis demo --out out/demo.tif
+
+test: install
+	QGIS_CUSTOM_CONFIG_PATH=$$(mktemp -d) $(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m rsgen_qgis.bench
+
+eval: install
+	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval
+
+train: install
+	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train
+	$(PY) -m rsgen_qgis.training.export --checkpoint runs/train/last.pt --out models/rsgen-base
+
+package: install
+	$(PY) tools/package.py --out build/rsgen_qgis.zip
+
+clean:
+	rm -rf build out .pytest_cache

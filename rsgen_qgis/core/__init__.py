@@ -1,0 +1,1 @@
+"""The generation engine. Imports numpy, onnxruntime, rasterio and pyproj only: never qgis, never torch."""

@@ -1,0 +1,124 @@
+"""GenerationRequest: the one plain-data request that the dock, Processing and the CLI all build.
+
+It holds plain values only (no QGIS objects), so a QgsTask can carry it to a worker thread, the batch runner
+can read it from a job spec, and the GeoTIFF's provenance tags can record it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .errors import ParameterError
+
+SAMPLERS = ("dpmpp_2m", "ddim", "euler")
+DEFAULT_MODEL = "rsgen-base"
+DEFAULT_PIXEL_BUDGET = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Conditions already made into arrays on the request's pixel grid (row 0 = north).
+
+    layout: (H, W) uint8 class ids of the model's layout classes; 255 = no information.
+    mask:   (H, W) bool, True where pixels are regenerated (inpainting); needs `image`.
+    image:  (3, H, W) uint8 RGB source image (inpainting, variation).
+    guide:  (3, h, w) uint8 low-resolution RGB guide (super-resolution, cascade); any h, w.
+    strength: for variation (image without mask): 1.0 = ignore the image, 0.3 = stay close to it.
+    """
+
+    layout: Optional[np.ndarray] = field(default=None, compare=False)
+    mask: Optional[np.ndarray] = field(default=None, compare=False)
+    image: Optional[np.ndarray] = field(default=None, compare=False)
+    guide: Optional[np.ndarray] = field(default=None, compare=False)
+    strength: float = 1.0
+
+    def summary(self) -> dict:
+        """What was given, for provenance tags (arrays are described, not dumped)."""
+        out = {}
+        for name in ("layout", "mask", "image", "guide"):
+            arr = getattr(self, name)
+            if arr is not None:
+                out[name] = "x".join(str(s) for s in arr.shape)
+        if self.image is not None and self.mask is None:
+            out["strength"] = self.strength
+        return out
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything one generation needs, in plain values.
+
+    extent is (xmin, ymin, xmax, ymax) in `crs` units; crs is anything pyproj reads (WKT preferred, so
+    custom CRSs survive). Give either `gsd`, the pixel size in the CRS's own units (metres for UTM or
+    EPSG:3857, degrees for EPSG:4326, as QGIS's raster export does; the grid then snaps to whole multiples of
+    it, which anchors pixels to the world) or `width` and `height` in pixels (pixel size = extent / size).
+    """
+
+    extent: Tuple[float, float, float, float]
+    crs: str
+    output: str
+    gsd: Optional[float] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 3.0
+    sampler: str = "dpmpp_2m"
+    model: str = DEFAULT_MODEL
+    date: Optional[str] = None  # ISO yyyy-mm-dd of the imagery to imitate; None = unknown
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET
+    conditions: Conditions = field(default_factory=Conditions)
+
+    def __post_init__(self):
+        object.__setattr__(self, "extent", tuple(float(v) for v in self.extent))
+        if len(self.extent) != 4:
+            raise ParameterError("The extent needs four numbers: xmin, ymin, xmax, ymax.")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ParameterError(f"Steps must be a whole number of at least 1 (got {self.steps!r}).")
+        if self.steps > 1000:
+            raise ParameterError(f"Steps must be at most 1000 (got {self.steps}).")
+        if self.sampler not in SAMPLERS:
+            raise ParameterError(f"Unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}.")
+        if not (self.guidance >= 0.0):
+            raise ParameterError(f"Guidance must be 0 or more (got {self.guidance!r}).")
+        if self.gsd is None and (self.width is None or self.height is None):
+            raise ParameterError("Give either a GSD (pixel size) or both width and height in pixels.")
+        if self.gsd is not None and not (self.gsd > 0):
+            raise ParameterError(f"The GSD (pixel size) must be positive (got {self.gsd!r}).")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is not None and (int(v) != v or v < 1):
+                raise ParameterError(f"The output {name} must be a positive whole number of pixels (got {v!r}).")
+        if not 0.0 < self.conditions.strength <= 1.0:
+            raise ParameterError(f"Variation strength must be in (0, 1] (got {self.conditions.strength!r}).")
+        if not 0 <= int(self.seed) < 2**63:
+            raise ParameterError(f"The seed must be a whole number from 0 to 2^63-1 (got {self.seed!r}).")
+
+    def replace(self, **changes) -> "GenerationRequest":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "conditions"}
+        d["extent"] = list(self.extent)
+        d["conditions"] = self.conditions.summary()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationRequest":
+        known = {f.name for f in dataclasses.fields(cls)} - {"conditions"}
+        unknown = set(d) - known - {"conditions"}
+        if unknown:
+            raise ParameterError(f"Unknown request keys: {', '.join(sorted(unknown))}.")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> "GenerationRequest":
+        return cls.from_dict(json.loads(text))
