@@ -1,0 +1,166 @@
+"""Condition encoding shared by training and run time: one source of truth for the model's inputs.
+
+The denoiser takes two condition tensors beside the noisy image:
+- `spatial` (B, C, H, W): layout one-hot (one channel per layout class), inpainting mask (1 = regenerate),
+  masked image (RGB in [-1, 1], zero inside the mask), and the low-resolution guide upsampled to the tile
+  (RGB in [-1, 1]). Absent conditions are all-zero channels AND a zero presence flag in `cond`.
+- `cond` (B, D): the prompt's sentence embedding, then metadata values each followed by a presence flag,
+  then presence flags of the spatial conditions. "Unknown" is the flag at 0, never a silent 0 value.
+The manifest records this layout (`cond_layout`, `spatial_layout`, metadata encodings), so the runtime can
+check a package against it; training writes it from `manifest_conditions()`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from .errors import ConditionError
+
+LAYOUT_CLASSES = ("background", "road", "major_road", "building", "vegetation", "water")
+NO_LAYOUT = 255  # class id meaning "no information" in a layout raster
+
+# Metadata encodings: name -> (values it produces). Parameters live here and are copied into the manifest.
+GSD_LOG2_SHIFT, GSD_LOG2_SCALE = 2.0, 2.0          # 1 m -> -1, 4 m -> 0, 16 m -> +1
+YEAR_SHIFT, YEAR_SCALE = 2010.0, 10.0
+
+
+@dataclass(frozen=True)
+class CondLayout:
+    """Offsets of every segment of the global condition vector."""
+
+    text_dim: int
+
+    @property
+    def segments(self) -> Dict[str, tuple]:
+        names = [("text", self.text_dim), ("text_present", 1),
+                 ("gsd", 1), ("gsd_present", 1),
+                 ("lon", 2), ("lon_present", 1),
+                 ("lat", 1), ("lat_present", 1),
+                 ("date", 3), ("date_present", 1),
+                 ("layout_present", 1), ("inpaint_present", 1), ("guide_present", 1)]
+        out, off = {}, 0
+        for name, size in names:
+            out[name] = (off, size)
+            off += size
+        return out
+
+    @property
+    def dim(self) -> int:
+        off, size = self.segments["guide_present"]
+        return off + size
+
+
+def spatial_layout(n_classes: int = len(LAYOUT_CLASSES)) -> Dict[str, tuple]:
+    return {"layout": (0, n_classes), "mask": (n_classes, 1), "masked_image": (n_classes + 1, 3),
+            "guide": (n_classes + 4, 3)}
+
+
+def spatial_channels(n_classes: int = len(LAYOUT_CLASSES)) -> int:
+    return n_classes + 7
+
+
+def encode_gsd(gsd_m: float) -> float:
+    return (math.log2(gsd_m) - GSD_LOG2_SHIFT) / GSD_LOG2_SCALE
+
+
+def encode_date(date: str) -> np.ndarray:
+    try:
+        d = _dt.date.fromisoformat(str(date))
+    except ValueError as exc:
+        raise ConditionError(f"The date {date!r} is not an ISO date (yyyy-mm-dd).") from exc
+    doy = d.timetuple().tm_yday
+    a = 2 * math.pi * doy / 365.25
+    return np.array([(d.year - YEAR_SHIFT) / YEAR_SCALE, math.sin(a), math.cos(a)], np.float32)
+
+
+def cond_vectors(layout: CondLayout, text_emb: Optional[np.ndarray], batch: int = 1, *,
+                 gsd_m: Optional[float] = None, lon: Optional[float] = None, lat: Optional[float] = None,
+                 date: Optional[str] = None, has_layout: bool = False, has_inpaint: bool = False,
+                 has_guide: bool = False) -> np.ndarray:
+    """Build (batch, D) global condition vectors; any argument left None is encoded as unknown."""
+    seg = layout.segments
+    v = np.zeros((batch, layout.dim), np.float32)
+
+    def put(name, values):
+        off, size = seg[name]
+        v[:, off:off + size] = np.asarray(values, np.float32).reshape(-1, size) if np.ndim(values) > 1 \
+            else np.asarray(values, np.float32).reshape(size)
+        v[:, seg[name + "_present"][0]] = 1.0
+
+    if text_emb is not None:
+        text_emb = np.asarray(text_emb, np.float32)
+        if text_emb.shape[-1] != layout.text_dim:
+            raise ConditionError(f"Text embedding has {text_emb.shape[-1]} values, the model expects "
+                                 f"{layout.text_dim}.")
+        put("text", text_emb)
+    if gsd_m is not None:
+        if not (gsd_m > 0 and math.isfinite(gsd_m)):
+            raise ConditionError(f"GSD must be a positive number of metres (got {gsd_m!r}).")
+        put("gsd", [encode_gsd(gsd_m)])
+    if lon is not None:
+        r = math.radians(lon)
+        put("lon", [math.sin(r), math.cos(r)])
+    if lat is not None:
+        if not -90 <= lat <= 90:
+            raise ConditionError(f"Latitude {lat} is outside -90..90.")
+        put("lat", [lat / 90.0])
+    if date is not None:
+        put("date", encode_date(date))
+    for name, flag in (("layout_present", has_layout), ("inpaint_present", has_inpaint),
+                       ("guide_present", has_guide)):
+        v[:, seg[name][0]] = float(flag)
+    return v
+
+
+def layout_onehot(ids: np.ndarray, n_classes: int = len(LAYOUT_CLASSES)) -> np.ndarray:
+    """(H, W) class ids -> (n_classes, H, W) float32 one-hot; NO_LAYOUT pixels are all-zero."""
+    ids = np.asarray(ids)
+    bad = (ids >= n_classes) & (ids != NO_LAYOUT)
+    if bad.any():
+        raise ConditionError(f"Layout contains class ids {sorted(set(ids[bad].tolist()))[:5]} but the model "
+                             f"knows {n_classes} classes (0..{n_classes - 1}; {NO_LAYOUT} = no information).")
+    out = np.zeros((n_classes,) + ids.shape, np.float32)
+    for k in range(n_classes):
+        out[k] = ids == k
+    return out
+
+
+def manifest_conditions(text_dim: int, metadata_coverage: Optional[dict] = None) -> dict:
+    """The `conditions` block of a model manifest for this encoding."""
+    lay = CondLayout(text_dim)
+    return {
+        "cond_dim": lay.dim,
+        "cond_layout": {k: list(v) for k, v in lay.segments.items()},
+        "spatial_channels": spatial_channels(),
+        "spatial_layout": {k: list(v) for k, v in spatial_layout().items()},
+        "layout_classes": [{"id": i, "name": n} for i, n in enumerate(LAYOUT_CLASSES)],
+        "no_layout_id": NO_LAYOUT,
+        "metadata": {
+            "gsd": {"encoding": "log2_affine", "shift": GSD_LOG2_SHIFT, "scale": GSD_LOG2_SCALE, "unit": "m"},
+            "lon": {"encoding": "sincos_degrees"},
+            "lat": {"encoding": "divide", "scale": 90.0},
+            "date": {"encoding": "year_affine_doy_sincos", "shift": YEAR_SHIFT, "scale": YEAR_SCALE},
+        },
+        "metadata_coverage": metadata_coverage or {},
+        "guide_factor": 4,
+        "guidance_drops": ["text"],
+    }
+
+
+def guide_upsample(guide: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Bilinear (half-pixel centres, like torch's align_corners=False) upsampling of (C, h, w) to size."""
+    c, h, w = guide.shape
+    H, W = size
+    ys = np.clip((np.arange(H) + 0.5) * h / H - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(W) + 0.5) * w / W - 0.5, 0, w - 1)
+    y0 = np.floor(ys).astype(int); x0 = np.floor(xs).astype(int)
+    y1 = np.minimum(y0 + 1, h - 1); x1 = np.minimum(x0 + 1, w - 1)
+    wy = (ys - y0)[:, None]; wx = (xs - x0)[None, :]
+    g = guide.astype(np.float32)
+    top = g[:, y0][:, :, x0] * (1 - wx) + g[:, y0][:, :, x1] * wx
+    bot = g[:, y1][:, :, x0] * (1 - wx) + g[:, y1][:, :, x1] * wx
+    return top * (1 - wy) + bot * wy

@@ -1,0 +1,149 @@
+"""Train the rsgen denoiser on prepared real data (CPU recipe by default; a GPU is used when present).
+
+    python -m rsgen_qgis.training.train --data DATA --out runs/train --minutes 70
+
+v-prediction on a cosine schedule with min-SNR-5 loss weighting (faster convergence for small budgets),
+AdamW, EMA weights, a resolution curriculum (32 px first: 4x cheaper per sample, the UNet is fully
+convolutional, then 64 px, the native tile). Checkpoints are plain state dicts + JSON-able config, written
+atomically every few minutes so an export can run while training continues.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import BatchMaker, load_aid, load_maps
+from .model import Denoiser, DenoiserConfig
+from .captions import all_captions
+
+SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
+            "timestep_spacing": "trailing", "steps_offset": 0}
+
+
+def alphas_cumprod(config: dict = SCHEDULE) -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=config["num_train_timesteps"],
+                         beta_schedule=config["beta_schedule"]).alphas_cumprod.float()
+
+
+def caption_embeddings(cache: str) -> dict:
+    path = os.path.join(cache, "caption_emb.npz")
+    caps = all_captions()
+    if os.path.exists(path):
+        z = np.load(path)
+        if list(z["captions"]) == caps:
+            return dict(zip(caps, z["emb"]))
+    from .text_encoder import embed_texts_torch
+
+    emb = np.asarray(embed_texts_torch(caps), np.float32)
+    os.makedirs(cache, exist_ok=True)
+    np.savez(path, captions=np.array(caps), emb=emb)
+    return dict(zip(caps, emb))
+
+
+def save(path: str, state: dict) -> None:
+    tmp = path + ".partial"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="folder written by prepare-data")
+    ap.add_argument("--out", default="runs/train")
+    ap.add_argument("--minutes", type=float, default=70.0)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--low-res-share", type=float, default=0.5, help="share of time at 32 px")
+    ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--save-every", type=float, default=5.0, help="minutes")
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    os.makedirs(a.out, exist_ok=True)
+    cache = os.path.join(os.path.dirname(a.out.rstrip("/")) or ".", "cache")
+    emb = caption_embeddings(cache)
+    aid, maps = load_aid(a.data, "train", cache), load_maps(a.data, "train", cache)
+    bm = BatchMaker(aid, maps, emb, seed=a.seed)
+    cfg = DenoiserConfig(cond_dim=bm.lay.dim, block_out_channels=(32, 64, 96))
+    model = Denoiser(cfg).to(dev)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
+    step, elapsed0 = 0, 0.0
+    ckpt = os.path.join(a.out, "last.pt")
+    if a.resume and os.path.exists(ckpt):
+        st = torch.load(ckpt, map_location=dev, weights_only=True)
+        model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        step, elapsed0 = st["step"], st["elapsed_s"]
+    ac = alphas_cumprod().to(dev)
+    snr = ac / (1 - ac)
+    weight = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 for v-prediction
+    budget = a.minutes * 60
+    t_start, last_save = time.time() - elapsed0, time.time()
+    log = open(os.path.join(a.out, "log.csv"), "a")
+    losses = []
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"device={dev} params={n_params/1e6:.2f}M cond_dim={cfg.cond_dim} threads={torch.get_num_threads()}",
+          flush=True)
+    while True:
+        elapsed = time.time() - t_start
+        if elapsed >= budget:
+            break
+        res = 32 if elapsed < a.low_res_share * budget else cfg.tile
+        bs = a.batch * (2 if res == 32 else 1)
+        b = {k: v.to(dev) for k, v in bm.batch(bs, res).items()}
+        x0 = b["x0"]
+        t = torch.randint(0, 1000, (bs,), device=dev)
+        noise = torch.randn_like(x0)
+        at = ac[t].view(-1, 1, 1, 1)
+        xt = at.sqrt() * x0 + (1 - at).sqrt() * noise
+        v = at.sqrt() * noise - (1 - at).sqrt() * x0
+        lr = a.lr * min(1.0, (step + 1) / 200)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pred = model(xt, t.float(), b["spatial"], b["cond"])
+        loss = (weight[t] * F.mse_loss(pred, v, reduction="none").mean((1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        step += 1
+        losses.append(loss.item())
+        if step % 25 == 0:
+            msg = f"{step},{elapsed:.0f},{res},{np.mean(losses):.4f}"
+            print(msg, flush=True)
+            log.write(msg + "\n"); log.flush()
+            losses = []
+        if time.time() - last_save > a.save_every * 60:
+            save(ckpt, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
+                        "elapsed_s": time.time() - t_start, "args": vars(a), "device": dev})
+            last_save = time.time()
+    save(ckpt, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
+                "elapsed_s": time.time() - t_start, "args": vars(a), "device": dev})
+    with open(os.path.join(a.out, "summary.json"), "w") as f:
+        json.dump({"steps": step, "wall_s": round(time.time() - t_start), "device": dev,
+                   "threads": torch.get_num_threads(), "params": n_params, "args": vars(a)}, f, indent=1)
+    print(f"done: {step} steps in {time.time() - t_start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
