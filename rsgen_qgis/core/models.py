@@ -1,0 +1,219 @@
+"""Model packages: discovery, verification against the manifest, and ONNX sessions.
+
+A package is a folder with manifest.json, ONNX graphs and small text files (../shared/DESIGN.md). We read
+ONNX and JSON only and never unpickle anything. A package whose files are missing, whose sha256 differs, or
+whose graphs do not have the inputs/outputs the manifest promises is refused with a message naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from .errors import ModelPackageError
+
+FORMAT = "rsgen-model-package/1"
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLED_DIRS = (os.path.join(_HERE, "models"), os.path.join(os.path.dirname(_HERE), "models"))
+ENV_DIRS = "RSGEN_MODEL_DIRS"
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32"}
+
+
+@dataclass
+class ModelPackage:
+    path: str
+    manifest: dict
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.id)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def denoiser_sha256(self) -> str:
+        return self.manifest["files"][self.manifest["graphs"]["denoiser"]["file"]]["sha256"]
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_package(path: str) -> ModelPackage:
+    """Parse a package's manifest (no hashing yet); raise ModelPackageError naming what is wrong."""
+    mpath = os.path.join(path, "manifest.json")
+    if not os.path.isfile(mpath):
+        raise ModelPackageError(f"{mpath}: no manifest.json in this model folder.")
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelPackageError(f"{mpath}: cannot read the manifest ({exc}).") from exc
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ModelPackageError(f"{mpath}: not an rsgen model package (format must be {FORMAT!r}).")
+    for key in ("id", "files", "graphs", "scheduler", "tile", "conditions"):
+        if key not in m:
+            raise ModelPackageError(f"{mpath}: the manifest has no {key!r}.")
+    if "denoiser" not in m["graphs"]:
+        raise ModelPackageError(f"{mpath}: the manifest declares no 'denoiser' graph.")
+    for g in m["graphs"].values():
+        if g["file"] not in m["files"]:
+            raise ModelPackageError(f"{mpath}: graph file {g['file']!r} is not listed under 'files'.")
+    return ModelPackage(os.path.abspath(path), m)
+
+
+_verified: Dict[tuple, bool] = {}
+
+
+def verify_files(pkg: ModelPackage) -> None:
+    """Check every listed file exists with the recorded size and sha256 (cached by path, size, mtime)."""
+    for name, meta in pkg.manifest["files"].items():
+        p = pkg.file(name)
+        if os.path.basename(name) != name:
+            raise ModelPackageError(f"{p}: file names in a package may not contain folders.")
+        if not os.path.isfile(p):
+            raise ModelPackageError(f"{p}: file listed in the manifest is missing.")
+        st = os.stat(p)
+        key = (p, st.st_size, st.st_mtime_ns, meta.get("sha256"))
+        if _verified.get(key):
+            continue
+        if "bytes" in meta and st.st_size != meta["bytes"]:
+            raise ModelPackageError(f"{p}: size {st.st_size} bytes, the manifest says {meta['bytes']}; "
+                                    "the file is corrupt or from another model.")
+        if _sha256(p) != meta.get("sha256"):
+            raise ModelPackageError(f"{p}: sha256 does not match the manifest; the file is corrupt or from "
+                                    "another model.")
+        _verified[key] = True
+
+
+def search_dirs(extra_dirs: Iterable[str] = ()) -> List[str]:
+    dirs = list(extra_dirs) + [d for d in os.environ.get(ENV_DIRS, "").split(os.pathsep) if d]
+    dirs += list(BUNDLED_DIRS)
+    out = []
+    for d in dirs:
+        d = os.path.abspath(os.path.expanduser(d))
+        if d not in out and os.path.isdir(d):
+            out.append(d)
+    return out
+
+
+def discover(extra_dirs: Iterable[str] = (), errors: Optional[list] = None) -> List[ModelPackage]:
+    """Packages found in the given folders, $RSGEN_MODEL_DIRS and the bundled models/ (first id wins).
+
+    A folder may itself be a package or contain packages. Unreadable packages are skipped and their
+    messages appended to `errors` when a list is given."""
+    found: Dict[str, ModelPackage] = {}
+    for d in search_dirs(extra_dirs):
+        cands = [d] if os.path.isfile(os.path.join(d, "manifest.json")) else \
+            [os.path.join(d, s) for s in sorted(os.listdir(d)) if os.path.isfile(os.path.join(d, s, "manifest.json"))]
+        for c in cands:
+            try:
+                pkg = read_package(c)
+            except ModelPackageError as exc:
+                if errors is not None:
+                    errors.append(str(exc))
+                continue
+            found.setdefault(pkg.id, pkg)
+    return list(found.values())
+
+
+def find(model: str, extra_dirs: Iterable[str] = ()) -> ModelPackage:
+    """A package by id or by folder path."""
+    if os.path.isdir(model):
+        return read_package(model)
+    errors: list = []
+    pkgs = discover(extra_dirs, errors)
+    for p in pkgs:
+        if p.id == model:
+            return p
+    known = ", ".join(p.id for p in pkgs) or "none"
+    hint = f" Problems seen: {'; '.join(errors)}" if errors else ""
+    raise ModelPackageError(f"Model {model!r} not found. Installed models: {known}. Searched: "
+                            f"{', '.join(search_dirs(extra_dirs)) or 'no folder'}.{hint}")
+
+
+def _check_io(pkg: ModelPackage, graph: str, sess) -> None:
+    spec = pkg.manifest["graphs"][graph]
+    path = pkg.file(spec["file"])
+    for kind, actual in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
+        have = {a.name: a for a in actual}
+        for name, want in spec.get(kind, {}).items():
+            a = have.get(name)
+            if a is None:
+                raise ModelPackageError(f"{path}: the graph has no {kind[:-1]} {name!r} that the manifest "
+                                        f"declares (it has {', '.join(have)}).")
+            if _ORT_TYPES.get(a.type, a.type) != want["dtype"] or len(a.shape) != len(want["shape"]):
+                raise ModelPackageError(f"{path}: {kind[:-1]} {name!r} is {a.type} with shape {a.shape}, the "
+                                        f"manifest says {want['dtype']} {want['shape']}.")
+            for got, exp in zip(a.shape, want["shape"]):
+                if isinstance(exp, int) and isinstance(got, int) and got != exp:
+                    raise ModelPackageError(f"{path}: {kind[:-1]} {name!r} has shape {a.shape}, the manifest "
+                                            f"says {want['shape']}.")
+
+
+@dataclass
+class LoadedModel:
+    package: ModelPackage
+    denoiser: object
+    text_encoder: Optional[object]
+    provider: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_cache: Dict[tuple, LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequence[str]] = None,
+         threads: int = 0) -> LoadedModel:
+    """Verify a package and open its ONNX sessions (kept warm: later calls with the same files reuse them)."""
+    import onnxruntime as ort
+
+    from . import providers as prov
+    from .text import TextEncoder
+
+    pkg = find(model, extra_dirs)
+    verify_files(pkg)
+    chosen = list(providers or prov.choose())
+    g = pkg.manifest["graphs"]
+    use_fp16 = chosen[0] != "CPUExecutionProvider" and g["denoiser"].get("fp16_file")
+    dn_file = pkg.file(g["denoiser"]["fp16_file"] if use_fp16 else g["denoiser"]["file"])
+    key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads, bool(use_fp16))
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = threads
+        try:
+            sess = ort.InferenceSession(dn_file, so, providers=prov.with_options(chosen))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelPackageError(f"{dn_file}: ONNX Runtime cannot load this graph ({exc}).") from exc
+        _check_io(pkg, "denoiser", sess)
+        text = None
+        if "text_encoder" in g:
+            tfile = pkg.file(g["text_encoder"]["file"])
+            tok = pkg.manifest.get("tokenizer", {})
+            try:
+                text = TextEncoder(tfile, pkg.file(tok.get("vocab", "vocab.txt")),
+                                   max_length=int(tok.get("max_length", 64)), providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise ModelPackageError(f"{tfile}: cannot load the text encoder ({exc}).") from exc
+            _check_io(pkg, "text_encoder", text.session)
+        loaded = LoadedModel(pkg, sess, text, sess.get_providers()[0])
+        _cache[key] = loaded
+        return loaded

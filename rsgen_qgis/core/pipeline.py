@@ -1,0 +1,254 @@
+"""generate(): one request in, one georeferenced COG out. The same engine serves the dock, Processing, CLI.
+
+Order matters for users: everything that can be refused (extent, CRS, pixel budget, output folder, model,
+conditions) is checked before the first model call, so a mistake costs no waiting and leaves no file.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, List, Optional
+
+import numpy as np
+
+from . import VERSION
+from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot
+from .errors import Cancelled, ConditionError
+from .georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
+from .geotiff import check_writable, write_cog
+from .models import LoadedModel, load
+from .request import GenerationRequest
+from .samplers import Schedule, make_sampler
+from .tiling import batched, blend_weights, windows, world_noise
+
+log = logging.getLogger("rsgen_qgis")
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class GenerationResult:
+    path: str
+    grid: Grid
+    provider: str
+    seconds: float
+    model_id: str
+    warnings: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """Everything sampling needs, made on the canvas (the grid padded to whole model tiles)."""
+    grid: Grid
+    canvas_h: int
+    canvas_w: int
+    spatial: np.ndarray          # (C, Hc, Wc)
+    cond: np.ndarray             # (1, D)
+    uncond: Optional[np.ndarray]  # (1, D) or None when guidance has nothing to drop
+    known: Optional[np.ndarray]  # (3, Hc, Wc) source image in [-1, 1] (inpainting / variation)
+    mask: Optional[np.ndarray]   # (Hc, Wc) float, 1 = regenerate
+    metadata: dict
+    warnings: List[str]
+
+
+def _canvas_size(n: int, tile: int, multiple: int) -> int:
+    n = max(n, tile)
+    return -(-n // multiple) * multiple
+
+
+def _pad(a: np.ndarray, h: int, w: int, value=0) -> np.ndarray:
+    ph, pw = h - a.shape[-2], w - a.shape[-1]
+    if ph == 0 and pw == 0:
+        return a
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(a, pad, mode="edge") if value == "edge" else np.pad(a, pad, constant_values=value)
+
+
+def _check_shape(name: str, a: np.ndarray, grid: Grid, leading: tuple = ()) -> None:
+    want = leading + (grid.height, grid.width)
+    if a.shape != want:
+        raise ConditionError(f"The {name} is {a.shape[-1]}x{a.shape[-2]} pixels but the output grid is "
+                             f"{grid.width}x{grid.height}; it must be made on the request's grid.")
+
+
+def metadata_for(grid: Grid, req: GenerationRequest, manifest: dict, warnings: List[str]) -> dict:
+    """GSD in metres (ellipsoidal), centre lon/lat and date, each kept or set unknown by the model's policy."""
+    lon, lat = centre_lonlat(grid)
+    values = {"gsd_m": gsd_metres_mean(grid), "lon": lon, "lat": lat, "date": req.date}
+    policy = manifest.get("conditions", {}).get("metadata_coverage", {}) or {}
+    out = dict(values)
+    for key, field_ in (("gsd_m", "gsd"), ("lon", "lon"), ("lat", "lat"), ("date", "date")):
+        rule = policy.get(field_)
+        v = values[key]
+        if rule is None or v is None:
+            continue
+        rng = rule.get("range")
+        if rng is None:
+            out[key] = None  # never seen known in training: send "unknown"
+            continue
+        if field_ == "date":
+            continue
+        if not rng[0] <= v <= rng[1]:
+            if rule.get("outside") == "unknown":
+                out[key] = None
+            else:
+                warnings.append(f"{field_} {v:.3g} is outside the model's training range {rng[0]}-{rng[1]}; "
+                                "results may be poor.")
+    return out
+
+
+def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
+    m = model.package.manifest
+    cnd_m = m["conditions"]
+    tile, mult = int(m["tile"]["size"]), int(m["tile"].get("multiple", 1))
+    hc, wc = _canvas_size(grid.height, tile, mult), _canvas_size(grid.width, tile, mult)
+    warnings: List[str] = []
+    c = req.conditions
+    n_cls = len(cnd_m["layout_classes"])
+    spatial = np.zeros((cnd_m["spatial_channels"], hc, wc), np.float32)
+    lay = cnd_m["spatial_layout"]
+    known = mask = None
+    if c.layout is not None:
+        _check_shape("layout", c.layout, grid)
+        ids = _pad(np.asarray(c.layout, np.uint8), hc, wc, NO_LAYOUT)
+        o, n = lay["layout"]
+        spatial[o:o + n] = layout_onehot(ids, n_cls)
+    if c.image is not None:
+        _check_shape("source image", c.image, grid, (3,))
+        known = _pad(np.asarray(c.image, np.float32) / 127.5 - 1.0, hc, wc, "edge")
+    if c.mask is not None:
+        if c.image is None:
+            raise ConditionError("Inpainting needs the source image as well as the mask.")
+        _check_shape("mask", c.mask, grid)
+        mask = _pad(np.asarray(c.mask, np.float32), hc, wc, 0.0)
+        if not mask.any():
+            raise ConditionError("The inpainting mask is empty: no pixel to regenerate.")
+        o, _ = lay["mask"]
+        spatial[o] = mask
+        o, n = lay["masked_image"]
+        spatial[o:o + n] = known * (1.0 - mask)
+    if c.guide is not None:
+        g = np.asarray(c.guide, np.float32)
+        if g.ndim != 3 or g.shape[0] != 3:
+            raise ConditionError(f"The guide image must be RGB (3, h, w); got shape {g.shape}.")
+        up = guide_upsample(g / 127.5 - 1.0, (grid.height, grid.width))
+        o, n = lay["guide"]
+        spatial[o:o + n] = _pad(up, hc, wc, "edge")
+    meta = metadata_for(grid, req, m, warnings)
+    cl = CondLayout(cnd_m["cond_layout"]["text"][1])
+    emb = None
+    if req.prompt.strip():
+        if model.text_encoder is None:
+            raise ConditionError(f"Model {model.package.id!r} takes no text prompt; leave the prompt empty.")
+        emb = model.text_encoder.embed([req.prompt.strip()])
+    kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
+              has_layout=c.layout is not None, has_inpaint=mask is not None, has_guide=c.guide is not None)
+    cond = cond_vectors(cl, emb, **kw)
+    uncond = None
+    if emb is not None and req.guidance != 1.0 and "text" in cnd_m.get("guidance_drops", ["text"]):
+        uncond = cond_vectors(cl, None, **kw)
+    return Prepared(grid, hc, wc, spatial, cond, uncond, known, mask, meta, warnings)
+
+
+def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guidance: float, tile: int,
+                  overlap: int, batch: int, cancelled: Callable[[], bool]) -> np.ndarray:
+    """Model prediction for the whole canvas: windows batched (with their unconditional twins for CFG)
+    and fused with smooth weights."""
+    acc = np.zeros_like(x)
+    wsum = np.zeros(x.shape[1:], np.float32)
+    wins = windows(p.canvas_h, p.canvas_w, tile, overlap)
+    weight = {}
+    for group in batched(wins, batch):
+        if cancelled():
+            raise Cancelled("Generation cancelled; nothing was written.")
+        xs = np.stack([x[:, r:r + h, c:c + w] for r, c, h, w in group])
+        sp = np.stack([p.spatial[:, r:r + h, c:c + w] for r, c, h, w in group])
+        conds = np.repeat(p.cond, len(group), 0)
+        if p.uncond is not None:
+            xs, sp = np.concatenate([xs, xs]), np.concatenate([sp, sp])
+            conds = np.concatenate([conds, np.repeat(p.uncond, len(group), 0)])
+        ts = np.full((len(xs),), t, np.float32)
+        with model.lock:
+            out = model.denoiser.run(["prediction"], {"sample": xs.astype(np.float32), "timestep": ts,
+                                                      "spatial": sp, "cond": conds})[0]
+        if p.uncond is not None:
+            cpred, upred = out[:len(group)], out[len(group):]
+            out = upred + guidance * (cpred - upred)
+        for (r, c, h, w), o in zip(group, out):
+            wgt = weight.setdefault((h, w), blend_weights(h, w, overlap))
+            acc[:, r:r + h, c:c + w] += o * wgt
+            wsum[r:r + h, c:c + w] += wgt
+    return acc / wsum
+
+
+def feather(mask: np.ndarray, width: int = 4) -> np.ndarray:
+    """Alpha that is 1 deep inside the mask and ramps to 0 at its border, staying 0 outside: the result
+    outside the mask is the source, byte for byte, and the border has no hard edge."""
+    m = mask > 0.5
+    dist = np.where(m, 0, -1).astype(np.int32)
+    cur = m.copy()
+    for d in range(1, width + 1):  # erode step by step: distance inside the mask, in pixels (4-neighbour)
+        er = cur.copy()
+        er[1:, :] &= cur[:-1, :]; er[:-1, :] &= cur[1:, :]; er[:, 1:] &= cur[:, :-1]; er[:, :-1] &= cur[:, 1:]
+        dist[cur & ~er] = d
+        cur = er
+    dist[cur] = width + 1
+    return np.where(m, np.clip(dist / (width + 1), 0, 1), 0.0).astype(np.float32)
+
+
+def generate(req: GenerationRequest, progress: Optional[Progress] = None,
+             cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
+             providers: Optional[List[str]] = None, window_batch: int = 8) -> GenerationResult:
+    """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind."""
+    t0 = time.time()
+    progress = progress or (lambda f, m: None)
+    cancelled = cancelled or (lambda: False)
+    grid = grid_for_request(req)
+    check_writable(req.output)
+    progress(0.0, "Loading model")
+    model = load(req.model, model_dirs, providers)
+    m = model.package.manifest
+    tile = int(m["tile"]["size"])
+    overlap = tile // 4
+    c = req.conditions
+    strength = c.strength if (c.image is not None and c.mask is None) else 1.0
+    sampler = make_sampler(req.sampler, Schedule.from_config(m["scheduler"]), req.steps, strength)
+    p = prepare(req, model, grid)
+    col0, row0 = grid.world_offset
+    noise = world_noise(req.seed, col0, row0, p.canvas_h, p.canvas_w)
+    if strength < 1.0:
+        x = sampler.add_noise(p.known, noise, sampler.start_timestep).astype(np.float32)
+    else:
+        x = (noise * sampler.init_noise_sigma).astype(np.float32)
+    n = len(sampler.timesteps)
+    for i, t in enumerate(sampler.timesteps):
+        if cancelled():
+            raise Cancelled("Generation cancelled; nothing was written.")
+        xin = sampler.scale_model_input(x, i)
+        pred = _denoise_step(model, p, xin, float(t), req.guidance, tile, overlap, window_batch, cancelled)
+        x = sampler.step(pred, i, x).astype(np.float32)
+        progress((i + 1) / n * 0.97, f"Step {i + 1}/{n}")
+    img = np.clip(x[:, :grid.height, :grid.width], -1, 1)
+    if p.mask is not None:
+        a = feather(p.mask[:grid.height, :grid.width])
+        src = p.known[:, :grid.height, :grid.width]
+        img = src * (1 - a) + img * a
+    rgb = np.round((img + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    if p.mask is not None:
+        outside = p.mask[:grid.height, :grid.width] <= 0.5
+        rgb[:, outside] = np.asarray(c.image)[:, outside]
+    if cancelled():
+        raise Cancelled("Generation cancelled; nothing was written.")
+    tags = {
+        "prompt": req.prompt, "seed": req.seed, "model_id": model.package.id,
+        "model_sha256": model.package.denoiser_sha256, "sampler": req.sampler, "steps": req.steps,
+        "guidance": req.guidance, "software": f"rsgen_qgis {VERSION}", "synthetic": "true",
+        "provider": model.provider, "request": req.to_json(),
+        "metadata_used": {k: ("unknown" if v is None else v) for k, v in p.metadata.items()},
+    }
+    progress(0.98, "Writing GeoTIFF")
+    path = write_cog(req.output, rgb, grid, {k: str(v) for k, v in tags.items()})
+    for w in p.warnings:
+        log.warning(w)
+    progress(1.0, "Done")
+    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, p.warnings)

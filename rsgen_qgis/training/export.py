@@ -1,0 +1,166 @@
+"""Export a trained denoiser (and the text encoder) into a model package: ONNX graphs + manifest.json.
+
+    python -m rsgen_qgis.training.export --checkpoint runs/train/last.pt --out models/rsgen-base
+
+The manifest is the whole contract with the plugin (../shared/DESIGN.md): files with sha256, each graph's
+inputs/outputs, the noise schedule and prediction type, tile size, image range, condition encodings. Tests
+build a tiny random-weights package with `build_tiny_package`, through the same code.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import torch
+
+from ..core.conditions import CondLayout, manifest_conditions, spatial_channels
+from .model import Denoiser, DenoiserConfig
+
+FORMAT = "rsgen-model-package/1"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def denoiser_io(cfg: DenoiserConfig) -> dict:
+    return {
+        "inputs": {
+            "sample": {"dtype": "float32", "shape": ["batch", cfg.image_channels, "height", "width"]},
+            "timestep": {"dtype": "float32", "shape": ["batch"]},
+            "spatial": {"dtype": "float32", "shape": ["batch", cfg.spatial_channels, "height", "width"]},
+            "cond": {"dtype": "float32", "shape": ["batch", cfg.cond_dim]},
+        },
+        "outputs": {"prediction": {"dtype": "float32", "shape": ["batch", cfg.image_channels, "height", "width"]}},
+    }
+
+
+def export_denoiser(model: Denoiser, path: str, opset: int = 17) -> None:
+    """fp32 ONNX with dynamic batch and image size (any multiple of the UNet's downsampling factor)."""
+    cfg = model.cfg
+    model = model.eval().float()
+    t = cfg.tile
+    args = (torch.randn(2, cfg.image_channels, t, t), torch.tensor([500.0, 10.0]),
+            torch.randn(2, cfg.spatial_channels, t, t), torch.randn(2, cfg.cond_dim))
+    axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+            "spatial": {0: "batch", 2: "height", 3: "width"}, "cond": {0: "batch"},
+            "prediction": {0: "batch", 2: "height", 3: "width"}}
+    with torch.no_grad():
+        torch.onnx.export(model, args, path, input_names=["sample", "timestep", "spatial", "cond"],
+                          output_names=["prediction"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+
+
+def export_fp16(src: str, dst: str) -> None:
+    """fp16 weights and compute for GPUs, fp32 inputs/outputs so the runtime feeds both alike."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = convert_float_to_float16(onnx.load(src), keep_io_types=True)
+    onnx.save(m, dst)
+
+
+def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: str, name: str,
+                  text_kind: str = "minilm", info: Optional[dict] = None, fp16: bool = True) -> dict:
+    """Write every file of a package into out_dir (replacing it atomically) and return the manifest."""
+    from .text_encoder import export_text_encoder
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        text = export_text_encoder(tmp, kind=text_kind, quantize=(text_kind == "minilm"))
+        cfg = model.cfg
+        if cfg.cond_dim != CondLayout(text["dim"]).dim or cfg.spatial_channels != spatial_channels():
+            raise ValueError("The denoiser's condition sizes do not match the text encoder / condition layout.")
+        export_denoiser(model, os.path.join(tmp, "denoiser.onnx"))
+        graphs = {"denoiser": {"file": "denoiser.onnx", **denoiser_io(cfg)},
+                  "text_encoder": {"file": text["file"], "inputs": text["inputs"], "outputs": text["outputs"]}}
+        if fp16:
+            export_fp16(os.path.join(tmp, "denoiser.onnx"), os.path.join(tmp, "denoiser_fp16.onnx"))
+            graphs["denoiser"]["fp16_file"] = "denoiser_fp16.onnx"
+        info = dict(info or {})
+        manifest = {
+            "format": FORMAT,
+            "id": model_id,
+            "name": name,
+            "version": info.pop("version", "0.1.0"),
+            "kind": "pixel",
+            "license": info.pop("license", "see MODEL_CARD.md"),
+            "graphs": graphs,
+            "tokenizer": {"type": "wordpiece", "vocab": text["vocab"], "lowercase": text.get("lowercase", True),
+                          "max_length": text.get("max_length", 64)},
+            "scheduler": schedule,
+            "tile": {"size": cfg.tile, "multiple": 2 ** (len(cfg.block_out_channels) - 1)},
+            "image": {"channels": ["red", "green", "blue"], "range": [-1.0, 1.0]},
+            "conditions": manifest_conditions(text["dim"], info.pop("metadata_policy", None)),
+            "architecture": {"type": "diffusers.UNet2DModel+cond_mlp", **cfg.to_dict()},
+            "defaults": info.pop("defaults", {"steps": 20, "guidance": 3.0, "sampler": "dpmpp_2m"}),
+            **info,
+        }
+        files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
+        manifest["files"] = {f: {"sha256": sha256_file(os.path.join(tmp, f)),
+                                 "bytes": os.path.getsize(os.path.join(tmp, f))} for f in files}
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+        keep = os.path.join(out_dir, "MODEL_CARD.md")
+        if os.path.exists(keep):
+            shutil.copy2(keep, os.path.join(tmp, "MODEL_CARD.md"))
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def tiny_config(text_dim: int = 32) -> DenoiserConfig:
+    return DenoiserConfig(cond_dim=CondLayout(text_dim).dim, block_out_channels=(8, 16),
+                          attention_levels=(False, True), norm_num_groups=4, attention_head_dim=8, tile=32)
+
+
+def build_tiny_package(out_dir: str, seed: int = 0) -> dict:
+    """A random-weights package in the real format, for plumbing tests (fast to build and to run)."""
+    from .train import SCHEDULE
+
+    torch.manual_seed(seed)
+    model = Denoiser(tiny_config())
+    return write_package(out_dir, model, dict(SCHEDULE), model_id="rsgen-tiny", name="rsgen tiny (random weights)",
+                         text_kind="tiny", fp16=False,
+                         info={"description": "Random weights for tests; produces noise-like images.",
+                               "training": {"gsd_range_m": [1.0, 20.0]}})
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
+    ap.add_argument("--info", help="JSON file with extra manifest fields (licence, training, metadata_policy)")
+    a = ap.parse_args(argv)
+    st = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
+    model = Denoiser(DenoiserConfig.from_dict(st["config"]))
+    model.load_state_dict(st["model" if a.raw else "ema"])
+    info = {}
+    if a.info:
+        with open(a.info) as f:
+            info = json.load(f)
+    info.setdefault("training", {}).update({"steps": st["step"], "wall_s": round(st["elapsed_s"]),
+                                            "device": st.get("device", "cpu")})
+    m = write_package(a.out, model, st["schedule"], model_id=info.pop("id", "rsgen-base"),
+                      name=info.pop("name", "rsgen base"), info=info)
+    total = sum(v["bytes"] for v in m["files"].values())
+    print(f"wrote {a.out}: {len(m['files'])} files, {total / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny random-weights model package built with the project's own export code."""
+import os
+import shutil
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REAL_MODEL = os.path.join(ROOT, "models", "rsgen-base")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A folder holding the package `rsgen-tiny` (random weights, real format, 32 px tile)."""
+    from rsgen_qgis.training.export import build_tiny_package
+
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_package(str(root / "rsgen-tiny"))
+    return str(root)
+
+
+@pytest.fixture
+def tiny_package_copy(tiny_model_dir, tmp_path):
+    """A private copy of the tiny package that a test may damage."""
+    dst = tmp_path / "pkgs" / "rsgen-tiny"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), dst)
+    return str(dst)
+
+
+@pytest.fixture
+def real_model():
+    if not os.path.isfile(os.path.join(REAL_MODEL, "manifest.json")):
+        pytest.skip("the bundled default model models/rsgen-base is not in this checkout")
+    return REAL_MODEL
