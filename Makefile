@@ -46,7 +46,7 @@ test: install
 	QGIS_CUSTOM_CONFIG_PATH=$$(mktemp -d) $(PY) -m pytest -q tests
 
 bench: install
-	$(PY) -m rsgen_qgis.bench
+	$(PY) tools/bench.py
 
 eval: install
 	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval

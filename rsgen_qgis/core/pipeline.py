@@ -247,7 +247,7 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
         "metadata_used": {k: ("unknown" if v is None else v) for k, v in p.metadata.items()},
     }
     progress(0.98, "Writing GeoTIFF")
-    path = write_cog(req.output, rgb, grid, {k: str(v) for k, v in tags.items()})
+    path = write_cog(req.output, rgb, grid, tags)
     for w in p.warnings:
         log.warning(w)
     progress(1.0, "Done")
