@@ -1,0 +1,160 @@
+"""Where to generate: the extent and its CRS, taken from the canvas, a layer or a rectangle drawn on the map.
+
+The engine wants plain numbers and WKT (core.request), so everything QGIS-specific stops here: QgsRectangle and
+QgsCoordinateReferenceSystem go in, an `Extent` of floats and a WKT string comes out. WKT2 (not an EPSG code)
+keeps custom CRSs intact on the way into the GeoTIFF.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsGeometry,
+                       QgsMapLayer, QgsPointXY, QgsProject, QgsRectangle, QgsUnitTypes, QgsWkbTypes)
+from qgis.gui import QgsMapCanvas, QgsMapTool, QgsRubberBand
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QColor
+
+from ..core.errors import CrsError, ExtentError
+from ..core.georef import Grid, grid_for_request, gsd_metres_mean
+from ..core.request import DEFAULT_PIXEL_BUDGET, GenerationRequest
+
+
+@dataclass(frozen=True)
+class Extent:
+    """An extent in plain values: what a GenerationRequest needs (bounds in crs_wkt's units)."""
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    crs_wkt: str
+
+    @property
+    def bounds(self) -> Tuple[float, float, float, float]:
+        return (self.xmin, self.ymin, self.xmax, self.ymax)
+
+    @property
+    def size(self) -> Tuple[float, float]:
+        return (self.xmax - self.xmin, self.ymax - self.ymin)
+
+
+def crs_to_wkt(crs: QgsCoordinateReferenceSystem) -> str:
+    """WKT2_2019 of a QGIS CRS; an unset CRS is a user mistake we name, not a pyproj error later."""
+    if not crs.isValid():
+        raise CrsError("The map has no coordinate reference system; set the project CRS "
+                       "(Project > Properties > CRS) first.")
+    return crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019)
+
+
+def describe_crs(crs: QgsCoordinateReferenceSystem) -> str:
+    """'EPSG:32734 - WGS 84 / UTM zone 34S' (or the custom CRS's name) for labels."""
+    return crs.userFriendlyIdentifier() if crs.isValid() else "no CRS"
+
+
+def unit_suffix(crs: QgsCoordinateReferenceSystem) -> str:
+    """Abbreviation of the CRS's map units ('m', 'deg', 'ft'): the unit a pixel size is given in."""
+    return QgsUnitTypes.toAbbreviatedString(crs.mapUnits()) if crs.isValid() else ""
+
+
+def from_rectangle(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> Extent:
+    if rect.isNull() or rect.isEmpty():
+        raise ExtentError("The extent is empty; pan or zoom the map, or draw a larger rectangle.")
+    return Extent(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(), crs_to_wkt(crs))
+
+
+def canvas_extent(canvas: QgsMapCanvas) -> Tuple[Extent, QgsCoordinateReferenceSystem]:
+    """What the map shows now, in the map's CRS."""
+    crs = canvas.mapSettings().destinationCrs()
+    return from_rectangle(canvas.extent(), crs), crs
+
+
+def layer_extent(layer: Optional[QgsMapLayer], dest_crs: QgsCoordinateReferenceSystem,
+                 project: Optional[QgsProject] = None) -> Extent:
+    """A layer's full extent reprojected into dest_crs (the map CRS, so output and map agree)."""
+    if layer is None or not layer.isValid():
+        raise ExtentError("Choose a valid layer to take the extent from.")
+    rect = QgsRectangle(layer.extent())
+    if layer.crs().isValid() and dest_crs.isValid() and layer.crs() != dest_crs:
+        xform = QgsCoordinateTransform(layer.crs(), dest_crs, project or QgsProject.instance())
+        try:
+            rect = xform.transformBoundingBox(rect)
+        except QgsCsException as exc:
+            raise ExtentError(f"The extent of layer {layer.name()!r} cannot be projected to "
+                              f"{describe_crs(dest_crs)}: {exc}") from exc
+    if rect.isNull() or rect.isEmpty():
+        raise ExtentError(f"Layer {layer.name()!r} has an empty extent (a single point?); choose another "
+                          "layer or draw a rectangle.")
+    return from_rectangle(rect, dest_crs)
+
+
+def grid_and_gsd(extent: Extent, gsd: Optional[float] = None, width: Optional[int] = None,
+                 height: Optional[int] = None, pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> Tuple[Grid, float]:
+    """The grid the engine would make for this extent and size, and its ground GSD in metres.
+
+    Goes through the engine's own grid_for_request so the dock shows exactly what Generate will produce;
+    raises the engine's RsgenError (budget, CRS area, empty extent) for the dock to show inline."""
+    req = GenerationRequest(extent=extent.bounds, crs=extent.crs_wkt, output="", gsd=gsd, width=width,
+                            height=height, pixel_budget=pixel_budget)
+    grid = grid_for_request(req)
+    return grid, gsd_metres_mean(grid)
+
+
+class RectangleMapTool(QgsMapTool):
+    """Press, drag, release: emits rectangleDrawn(QgsRectangle) in the canvas CRS.
+
+    The rubber band stays on the map after the drag (and after another tool is chosen) so the user sees the
+    area that will be generated; clear() removes it."""
+
+    rectangleDrawn = pyqtSignal(QgsRectangle)
+
+    def __init__(self, canvas: QgsMapCanvas):
+        super().__init__(canvas)
+        self._start: Optional[QgsPointXY] = None
+        self.band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self.band.setColor(QColor(230, 80, 20, 200))
+        self.band.setFillColor(QColor(230, 80, 20, 40))
+        self.band.setWidth(2)
+        self.setCursor(Qt.CrossCursor)
+
+    def show_rectangle(self, rect: Optional[QgsRectangle]) -> None:
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        if rect is not None and not rect.isEmpty():
+            self.band.setToGeometry(QgsGeometry.fromRect(rect), None)
+
+    def clear(self) -> None:
+        self._start = None
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+
+    def remove(self) -> None:
+        """Take the rubber band off the canvas for good (plugin unload)."""
+        self.clear()
+        scene = self.canvas().scene()
+        if scene is not None:
+            scene.removeItem(self.band)
+
+    def canvasPressEvent(self, event) -> None:  # noqa: N802  (Qt override)
+        if event.button() == Qt.LeftButton:
+            self._start = self.toMapCoordinates(event.pos())
+            self.show_rectangle(None)
+
+    def canvasMoveEvent(self, event) -> None:  # noqa: N802
+        if self._start is not None:
+            self.show_rectangle(QgsRectangle(self._start, self.toMapCoordinates(event.pos())))
+
+    def canvasReleaseEvent(self, event) -> None:  # noqa: N802
+        if self._start is None or event.button() != Qt.LeftButton:
+            return
+        rect = QgsRectangle(self._start, self.toMapCoordinates(event.pos()))
+        rect.normalize()
+        self._start = None
+        if rect.isEmpty():
+            self.show_rectangle(None)
+            return
+        self.show_rectangle(rect)
+        self.rectangleDrawn.emit(rect)
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802
+        if event.key() == Qt.Key_Escape:
+            self.clear()
+

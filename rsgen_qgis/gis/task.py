@@ -1,0 +1,106 @@
+"""GenerationTask: the dock's generation as a QgsTask, so QGIS stays responsive and shows the task's progress.
+
+run() happens on a worker thread: it calls the engine with plain data and touches no layer, widget or
+project (QGIS's GUI objects live on the main thread). finished() runs back on the main thread: it adds the
+layer and reports, through callbacks, success or a one-line message. Every exception is caught in run():
+an exception escaping a QgsTask ends up as a Python traceback dialog, which users must never see.
+"""
+from __future__ import annotations
+
+import traceback
+from typing import Callable, Iterable, List, Optional
+
+from qgis.core import Qgis, QgsMessageLog, QgsRasterLayer, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+
+from ..core.errors import Cancelled, RsgenError
+from ..core.request import GenerationRequest
+from .layers import add_result_layer, layer_name
+
+LOG_TAG = "rsgen"
+SuccessCallback = Callable[[object, QgsRasterLayer], None]  # (GenerationResult, layer)
+FailureCallback = Callable[[str, int], None]  # (message, Qgis.MessageLevel)
+
+
+def missing_package_message(exc: ImportError) -> str:
+    """ImportError in QGIS's Python nearly always means onnxruntime (or numpy) is not installed there."""
+    name = getattr(exc, "name", None) or str(exc)
+    return (f"The Python package {name!r} is missing from QGIS's Python. Install it for QGIS's interpreter "
+            f"(for example: /usr/bin/python3 -m pip install --user onnxruntime) and restart QGIS.")
+
+
+class GenerationTask(QgsTask):
+    """One request -> one GeoTIFF -> one layer in the "Generated" group."""
+
+    stepMessage = pyqtSignal(str)  # the engine's progress text ("Step 3/20"); queued to the main thread
+
+    def __init__(self, request: GenerationRequest, model_dirs: Iterable[str] = (),
+                 providers: Optional[List[str]] = None, on_success: Optional[SuccessCallback] = None,
+                 on_failure: Optional[FailureCallback] = None):
+        self.name = layer_name(request.prompt, request.seed)
+        super().__init__(f"Generating satellite image: {self.name}", QgsTask.CanCancel)
+        self.request = request
+        self.model_dirs = list(model_dirs)
+        self.providers = list(providers) if providers else None
+        self.on_success = on_success
+        self.on_failure = on_failure
+        self.result = None  # GenerationResult once run() succeeded
+        self.layer: Optional[QgsRasterLayer] = None
+        self.error: Optional[str] = None
+        self.details: Optional[str] = None
+        self.was_cancelled = False
+        self.done = False  # set last in finished(): tests and the dock wait on it
+
+    # -- worker thread -------------------------------------------------------------------------------------
+    def run(self) -> bool:
+        try:
+            from ..core.pipeline import generate  # onnxruntime & co. load only when someone generates
+
+            self.result = generate(self.request, progress=self._progress, cancelled=self.isCanceled,
+                                   model_dirs=self.model_dirs, providers=self.providers)
+            return True
+        except Cancelled:
+            self.was_cancelled = True
+        except RsgenError as exc:
+            self.error = str(exc)
+        except ImportError as exc:
+            self.error = missing_package_message(exc)
+            self.details = traceback.format_exc()
+        except Exception as exc:  # noqa: BLE001  (a traceback dialog is worse than a message)
+            self.error = f"Generation failed unexpectedly: {exc} (details in the Log Messages panel, tab '{LOG_TAG}')."
+            self.details = traceback.format_exc()
+        return False
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.setProgress(max(0.0, min(100.0, 100.0 * float(fraction))))
+        self.stepMessage.emit(str(message))
+
+    # -- main thread ---------------------------------------------------------------------------------------
+    def finished(self, ok: bool) -> None:  # noqa: D401  (QgsTask override)
+        try:
+            if ok and self.result is not None:
+                self.layer = add_result_layer(self.result.path, self.name)
+                for warning in getattr(self.result, "warnings", []) or []:
+                    QgsMessageLog.logMessage(warning, LOG_TAG, Qgis.Warning)
+                if self.on_success:
+                    self.on_success(self.result, self.layer)
+            elif self.was_cancelled or (self.error is None and self.isCanceled()):
+                self.was_cancelled = True
+                self._fail("Generation cancelled; nothing was written.", Qgis.Info)
+            else:
+                self._fail(self.error or "Generation failed.", Qgis.Critical)
+        except RsgenError as exc:
+            self._fail(str(exc), Qgis.Critical)
+        except Exception as exc:  # noqa: BLE001  (same reason as in run())
+            self.details = traceback.format_exc()
+            self._fail(f"Adding the generated layer failed: {exc}", Qgis.Critical)
+        finally:
+            self.done = True
+
+    def _fail(self, message: str, level: int) -> None:
+        if self.details:
+            QgsMessageLog.logMessage(f"{message}\n{self.details}", LOG_TAG, Qgis.Critical)
+        else:
+            QgsMessageLog.logMessage(message, LOG_TAG, level)
+        if self.on_failure:
+            self.on_failure(message, level)

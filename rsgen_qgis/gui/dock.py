@@ -1,0 +1,418 @@
+"""The "Satellite image generation" dock: collects a request on the main thread, hands it to a GenerationTask.
+
+Kept thin on purpose: extents come from gis.extent, the grid and GSD from the engine (grid_and_gsd, so the
+numbers shown are exactly what Generate produces), the run from gis.task, the layer from gis.layers.
+Mistakes are shown inline (size/GSD) or in QGIS's message bar, never as a traceback.
+"""
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils
+from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                                 QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QToolButton, QVBoxLayout,
+                                 QWidget)
+
+from .. import settings
+from ..core.errors import ExtentError, ModelPackageError, RsgenError
+from ..core.request import DEFAULT_MODEL, GenerationRequest
+from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs, from_rectangle, grid_and_gsd,
+                          layer_extent, unit_suffix)
+from ..gis.task import GenerationTask
+from . import dspin, sampler_labels, spin, tr
+
+TITLE = "Satellite image generation"
+SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
+DEFAULT_LONG_SIDE = 512  # pixels, for a first pixel size when the saved one does not fit the CRS units
+ERROR_STYLE = "color: #c0392b;"
+
+
+def _metres(v: float) -> str:
+    return f"{v:.0f} m" if v >= 100 else f"{v:.1f} m" if v >= 10 else f"{v:.2f} m"
+
+
+class GenerationDock(QgsDockWidget):
+    def __init__(self, iface, parent: Optional[QWidget] = None):
+        super().__init__(tr(TITLE), parent)
+        self.setObjectName("RsgenGenerationDock")
+        self.iface, self.canvas = iface, iface.mapCanvas()
+        self.task: Optional[GenerationTask] = None
+        self.grid = None  # engine Grid for the current settings, None while they are invalid
+        self.drawn_rect = None
+        self.size_mode = "gsd"  # which of gsd / width / height the user set last: kept when the extent changes
+        self._units: Optional[str] = None
+        self.tool = RectangleMapTool(self.canvas)
+        self.tool.rectangleDrawn.connect(self._on_drawn)
+        self.tool.deactivated.connect(lambda: self.draw_btn.setChecked(False))
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(150)  # pans and keystrokes come in bursts; compute once they settle
+        self._timer.timeout.connect(self.update_size)
+        self._build()
+        self._restore()
+        self.canvas.extentsChanged.connect(self._schedule)
+        self.canvas.destinationCrsChanged.connect(self._on_crs_changed)
+        self.refresh_models()
+        self.show_provider()
+        self.update_size()
+
+    # -- layout --------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        area = QGroupBox(tr("Area"))
+        af = QFormLayout(area)
+        self.source_combo = QComboBox()
+        for key, label in SOURCES:
+            self.source_combo.addItem(tr(label), key)
+        self.draw_btn = QToolButton()
+        self.draw_btn.setIcon(QgsApplication.getThemeIcon("/mActionSelectRectangle.svg"))
+        self.draw_btn.setToolTip(tr("Draw a rectangle on the map"))
+        self.draw_btn.setCheckable(True)
+        af.addRow(tr("Extent"), _row(self.source_combo, self.draw_btn, stretch_first=True))
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.HasGeometry | QgsMapLayerProxyModel.RasterLayer)
+        af.addRow(tr("Layer"), self.layer_combo)
+        self.crs_label = _wrap_label()
+        af.addRow(tr("CRS"), self.crs_label)
+        self.gsd_spin = dspin(1e-9, 1e7, 4.0, 3, 1.0)
+        af.addRow(tr("Pixel size"), self.gsd_spin)
+        self.width_spin, self.height_spin = spin(1, 100000, 512, " px"), spin(1, 100000, 512, " px")
+        af.addRow(tr("Size"), _row(self.width_spin, QLabel("×"), self.height_spin))
+        self.size_label = _wrap_label()
+        af.addRow(tr("Output"), self.size_label)
+
+        image = QGroupBox(tr("Image"))
+        imf = QFormLayout(image)
+        self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit.setPlaceholderText(tr("e.g. dense residential area with trees beside a river"))
+        self.prompt_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 4 + 12)
+        imf.addRow(tr("Prompt"), self.prompt_edit)
+        self.model_combo = QComboBox()
+        self.add_models_btn = QToolButton()
+        self.add_models_btn.setText("…")
+        self.add_models_btn.setToolTip(tr("Add a folder with model packages"))
+        imf.addRow(tr("Model"), _row(self.model_combo, self.add_models_btn, stretch_first=True))
+        self.model_hint = _wrap_label()
+        self.model_hint.setStyleSheet(ERROR_STYLE)
+        imf.addRow(self.model_hint)
+        self.seed_spin = spin(0, 2**31 - 1, 0)
+        self.random_btn = QPushButton(tr("Random"))
+        imf.addRow(tr("Seed"), _row(self.seed_spin, self.random_btn, stretch_first=True))
+        self.steps_spin = spin(1, 1000, 20)
+        imf.addRow(tr("Steps"), self.steps_spin)
+        self.guidance_spin = dspin(0.0, 30.0, 3.0, 1, 0.5)
+        imf.addRow(tr("Guidance"), self.guidance_spin)
+        self.sampler_combo = QComboBox()
+        for key, label in sampler_labels().items():
+            self.sampler_combo.addItem(label, key)
+        imf.addRow(tr("Sampler"), self.sampler_combo)
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
+        self.output_widget.lineEdit().setPlaceholderText(tr("[Save to temporary file]"))
+        imf.addRow(tr("Output file"), self.output_widget)
+
+        self.generate_btn = QPushButton(tr("Generate"))
+        self.generate_btn.setDefault(True)
+        self.cancel_btn = QPushButton(tr("Cancel"))
+        self.cancel_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.status_label = _wrap_label()
+        self.provider_label = _wrap_label()
+
+        body = QWidget()
+        lay = QVBoxLayout(body)
+        for w in (area, image):
+            lay.addWidget(w)
+        lay.addWidget(_row(self.generate_btn, self.cancel_btn))
+        for w in (self.progress, self.status_label, self.provider_label):
+            lay.addWidget(w)
+        lay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
+
+        self.source_combo.currentIndexChanged.connect(self._on_source_changed)
+        self.draw_btn.toggled.connect(self._on_draw_toggled)
+        self.layer_combo.layerChanged.connect(self._schedule)
+        self.gsd_spin.valueChanged.connect(lambda _: self._edited("gsd"))
+        self.width_spin.valueChanged.connect(lambda _: self._edited("width"))
+        self.height_spin.valueChanged.connect(lambda _: self._edited("height"))
+        self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
+        self.add_models_btn.clicked.connect(self._add_model_folder)
+        self.generate_btn.clicked.connect(self.generate)
+        self.cancel_btn.clicked.connect(self.cancel)
+
+    def _restore(self) -> None:
+        self.prompt_edit.setPlainText(settings.last("prompt"))
+        self.seed_spin.setValue(min(settings.last("seed"), 2**31 - 1))
+        self.steps_spin.setValue(settings.last("steps"))
+        self.guidance_spin.setValue(settings.last("guidance"))
+        i = self.sampler_combo.findData(settings.last("sampler"))
+        self.sampler_combo.setCurrentIndex(max(i, 0))
+        self._source_changed_ui()
+
+    # -- extent, size and GSD ------------------------------------------------------------------------------
+    def current_extent(self) -> Extent:
+        """The extent to generate, in the map's CRS (raises ExtentError/CrsError with a user message)."""
+        source = self.source_combo.currentData()
+        crs = self.canvas.mapSettings().destinationCrs()
+        if source == "layer":
+            return layer_extent(self.layer_combo.currentLayer(), crs)
+        if source == "drawn":
+            if self.drawn_rect is None:
+                raise ExtentError(tr("Draw a rectangle on the map first (rectangle button next to Extent)."))
+            return from_rectangle(self.drawn_rect, crs)
+        return canvas_extent(self.canvas)[0]
+
+    def _schedule(self, *_) -> None:
+        self._timer.start()
+
+    def _edited(self, which: str) -> None:
+        self.size_mode = which
+        self._schedule()
+
+    def update_size(self) -> None:
+        """Recompute the grid for the current extent and the last-edited of pixel size / width / height."""
+        self._timer.stop()
+        self.grid = None
+        crs = self.canvas.mapSettings().destinationCrs()
+        self.crs_label.setText(describe_crs(crs))
+        units = unit_suffix(crs)
+        try:
+            ext = self.current_extent()
+            if units != self._units:  # first time, or the map CRS changed units: a fresh, sensible pixel size
+                self._units = units
+                self.gsd_spin.setSuffix(f" {units}")
+                self.gsd_spin.setDecimals(8 if units == "deg" else 3)
+                metres = settings.last("gsd_m") if units == "m" else max(ext.size) / DEFAULT_LONG_SIDE
+                _set_quiet(self.gsd_spin, metres)
+                self.size_mode = "gsd"
+            budget = settings.pixel_budget()
+            ew, eh = ext.size
+            if self.size_mode == "gsd":
+                grid, gsd_m = grid_and_gsd(ext, gsd=self.gsd_spin.value(), pixel_budget=budget)
+            else:
+                w, h = self.width_spin.value(), self.height_spin.value()
+                if self.size_mode == "width":
+                    h = max(1, round(w * eh / ew))
+                else:
+                    w = max(1, round(h * ew / eh))
+                grid, gsd_m = grid_and_gsd(ext, width=w, height=h, pixel_budget=budget)
+                _set_quiet(self.gsd_spin, grid.pixel_size[0])
+            _set_quiet(self.width_spin, grid.width)
+            _set_quiet(self.height_spin, grid.height)
+            self.grid = grid
+            self.size_label.setStyleSheet("")
+            self.size_label.setText(tr("{w} × {h} px, GSD {g} on the ground").format(
+                w=grid.width, h=grid.height, g=_metres(gsd_m)))
+        except RsgenError as exc:
+            self.size_label.setStyleSheet(ERROR_STYLE)
+            self.size_label.setText(str(exc))
+        self._update_buttons()
+
+    def _on_source_changed(self, *_) -> None:
+        self._source_changed_ui()
+        if self.source_combo.currentData() == "drawn" and self.drawn_rect is None:
+            self.draw_btn.setChecked(True)
+        self.update_size()
+
+    def _source_changed_ui(self) -> None:
+        source = self.source_combo.currentData()
+        self.layer_combo.setEnabled(source == "layer")
+        self.tool.show_rectangle(self.drawn_rect if source == "drawn" else None)
+
+    def _on_draw_toggled(self, on: bool) -> None:
+        if on:
+            self._previous_tool = self.canvas.mapTool()
+            self.canvas.setMapTool(self.tool)
+        elif self.canvas.mapTool() is self.tool:
+            self.canvas.unsetMapTool(self.tool)
+            if getattr(self, "_previous_tool", None) is not None:
+                self.canvas.setMapTool(self._previous_tool)
+
+    def _on_drawn(self, rect) -> None:
+        self.drawn_rect = rect
+        self.draw_btn.setChecked(False)
+        self.source_combo.setCurrentIndex(self.source_combo.findData("drawn"))
+        self._source_changed_ui()
+        self.update_size()
+
+    def _on_crs_changed(self) -> None:
+        self.drawn_rect = None  # drawn in the old CRS's coordinates: no longer meaningful
+        self._source_changed_ui()
+        self._schedule()
+
+    # -- models and provider -------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        from ..core.models import discover, search_dirs
+
+        errors: list = []
+        try:
+            packages = discover(settings.model_dirs(), errors)
+        except (OSError, RsgenError) as exc:
+            packages, errors = [], [str(exc)]
+        current = self.model_combo.currentData() or settings.last("model")
+        self.model_combo.clear()
+        for pkg in packages:
+            self.model_combo.addItem(pkg.name, pkg.id)
+            self.model_combo.setItemData(self.model_combo.count() - 1, pkg.path, Qt.ToolTipRole)
+        i = self.model_combo.findData(current)
+        self.model_combo.setCurrentIndex(i if i >= 0 else self.model_combo.findData(DEFAULT_MODEL))
+        hint = "" if packages else tr("No model package found (searched: {dirs}). Add a folder with model "
+                                      "packages with the … button.").format(dirs=", ".join(search_dirs(
+                                          settings.model_dirs())) or tr("no folder"))
+        self.model_hint.setText(hint)
+        self.model_hint.setVisible(bool(hint))
+        self.model_hint.setToolTip("\n".join(errors))
+        self._update_buttons()
+
+    def _add_model_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, tr("Folder with model packages"))
+        if folder:
+            settings.set_model_dirs(settings.settings_model_dirs() + [folder])
+            self.refresh_models()
+
+    def show_provider(self, actual: Optional[str] = None) -> None:
+        """Which ONNX Runtime execution provider runs: the real one after a run, the first choice before."""
+        try:
+            from ..core.providers import LABELS, choose
+
+            chosen = choose(settings.provider_preference())
+            name = actual or chosen[0]
+            text = tr("ONNX Runtime: {label}").format(label=LABELS.get(name, name))
+            if actual is None:
+                text += tr(" (will try: {order})").format(order=" > ".join(LABELS.get(p, p) for p in chosen))
+            self.provider_label.setStyleSheet("")
+        except ImportError as exc:
+            text = tr("ONNX Runtime is not installed in QGIS's Python ({err}).").format(err=exc)
+            self.provider_label.setStyleSheet(ERROR_STYLE)
+        self.provider_label.setText(text)
+
+    # -- generate / cancel ---------------------------------------------------------------------------------
+    def build_request(self) -> GenerationRequest:
+        ext = self.current_extent()
+        model = self.model_combo.currentData()
+        if not model:
+            raise ModelPackageError(tr("No model to generate with: add a folder with model packages (… button)."))
+        size = ({"gsd": self.gsd_spin.value()} if self.size_mode == "gsd" else
+                {"width": self.width_spin.value(), "height": self.height_spin.value()})
+        output = self.output_widget.filePath().strip()
+        if output and not output.lower().endswith((".tif", ".tiff")):
+            output += ".tif"
+        return GenerationRequest(
+            extent=ext.bounds, crs=ext.crs_wkt, output=output or QgsProcessingUtils.generateTempFilename("rsgen.tif"),
+            prompt=self.prompt_edit.toPlainText().strip(), seed=self.seed_spin.value(),
+            steps=self.steps_spin.value(), guidance=self.guidance_spin.value(),
+            sampler=self.sampler_combo.currentData(), model=model, pixel_budget=settings.pixel_budget(), **size)
+
+    def generate(self) -> Optional[GenerationTask]:
+        if self.task is not None:
+            return None
+        try:
+            self.update_size()
+            req = self.build_request()
+            from ..core.providers import choose
+
+            providers = choose(settings.provider_preference())
+        except RsgenError as exc:
+            self._message(str(exc), Qgis.Critical)
+            return None
+        except ImportError as exc:
+            from ..gis.task import missing_package_message
+
+            self._message(missing_package_message(exc), Qgis.Critical)
+            return None
+        settings.set_last(prompt=req.prompt, model=req.model, seed=req.seed, steps=req.steps,
+                          guidance=req.guidance, sampler=req.sampler)
+        if self._units == "m" and req.gsd:
+            settings.set_last(gsd_m=req.gsd)
+        self.task = GenerationTask(req, settings.model_dirs(), providers, self._on_success, self._on_failure)
+        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        self.task.stepMessage.connect(self.status_label.setText)
+        self._set_running(True)
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.status_label.setText(tr("Cancelling…"))
+            self.task.cancel()
+
+    def _on_success(self, result, layer) -> None:
+        self.task = None
+        self._set_running(False)
+        self.progress.setValue(100)
+        self.show_provider(result.provider)
+        g = result.grid
+        msg = tr("Added “{name}”: {w} × {h} px in {s:.1f} s ({path})").format(
+            name=layer.name(), w=g.width, h=g.height, s=result.seconds, path=result.path)
+        self.status_label.setText(msg)
+        self._message(msg, Qgis.Success, 8)
+
+    def _on_failure(self, message: str, level: int) -> None:
+        self.task = None
+        self._set_running(False)
+        self.progress.setValue(0)
+        self.status_label.setText(message)
+        self._message(message, level, 8 if level == Qgis.Info else 0)
+
+    def _message(self, text: str, level: int, duration: int = 0) -> None:
+        self.iface.messageBar().pushMessage(tr(TITLE), text, level, duration)
+
+    def _set_running(self, running: bool) -> None:
+        self.cancel_btn.setEnabled(running)
+        if running:
+            self.progress.setValue(0)
+            self.status_label.setText(tr("Starting…"))
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        self.generate_btn.setEnabled(self.task is None and self.grid is not None and self.model_combo.count() > 0)
+
+    def cleanup(self) -> None:
+        """Called by the plugin's unload(): disconnect from the canvas, drop the map tool, stop the task."""
+        self._timer.stop()
+        for signal, slot in ((self.canvas.extentsChanged, self._schedule),
+                             (self.canvas.destinationCrsChanged, self._on_crs_changed)):
+            try:
+                signal.disconnect(slot)
+            except TypeError:
+                pass
+        if self.canvas.mapTool() is self.tool:
+            self.canvas.unsetMapTool(self.tool)
+        self.tool.remove()
+        self.tool.deleteLater()  # parented to the canvas, which outlives the plugin
+        if self.task is not None:
+            self.task.on_success = self.task.on_failure = None
+            self.task.cancel()
+            self.task = None
+
+
+def _row(*widgets: QWidget, stretch_first: bool = False) -> QWidget:
+    box = QWidget()
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    for i, w in enumerate(widgets):
+        lay.addWidget(w, 1 if (stretch_first and i == 0) or (not stretch_first and not isinstance(w, QLabel)) else 0)
+    return box
+
+
+def _wrap_label() -> QLabel:
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+    return label
+
+
+def _set_quiet(box, value) -> None:
+    """Set a spin box without firing valueChanged (which would flip size_mode)."""
+    box.blockSignals(True)
+    box.setValue(value)
+    box.blockSignals(False)

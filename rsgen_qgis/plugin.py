@@ -1,0 +1,105 @@
+"""The plugin object QGIS holds: toolbar button + Raster menu entry for the dock, Processing provider, translator.
+
+unload() must undo everything initGui()/initProcessing() did (QGIS calls it on disable, uninstall and
+Plugin Reloader); anything left behind would point into a module that is gone and crash QGIS later.
+The dock is built on first use, so a QGIS start with the plugin enabled costs no engine import.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from qgis.core import QgsApplication, QgsSettings
+from qgis.PyQt.QtCore import QCoreApplication, QLocale, Qt, QTranslator
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+
+from .gis import icon_path, resource_path
+
+MENU = "&Satellite image generation"
+TITLE = "Satellite image generation"
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("rsgen_qgis", text)
+
+
+def translation_file(locale: Optional[str] = None) -> Optional[str]:
+    """resources/i18n/rsgen_qgis_<ll>.qm for the user's QGIS locale, or None (English needs none)."""
+    loc = locale or str(QgsSettings().value("locale/userLocale", "") or QLocale().name())
+    return resource_path("i18n", f"rsgen_qgis_{loc[:2]}.qm") if loc else None
+
+
+class RsgenPlugin:
+    def __init__(self, iface):
+        """iface is None under qgis_process, which only calls initProcessing()."""
+        self.iface = iface
+        self.provider = None
+        self.action: Optional[QAction] = None
+        self.dock = None
+        self.translator: Optional[QTranslator] = None
+
+    # -- Processing ----------------------------------------------------------------------------------------
+    def initProcessing(self) -> None:  # noqa: N802  (name fixed by QGIS)
+        if self.provider is None:
+            from .processing.provider import RsgenProvider
+
+            self.provider = RsgenProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+
+    # -- GUI -----------------------------------------------------------------------------------------------
+    def initGui(self) -> None:  # noqa: N802
+        self._install_translator()
+        self.initProcessing()
+        parent = self.iface.mainWindow()
+        self.action = QAction(QIcon(icon_path()), tr(TITLE), parent)
+        self.action.setObjectName("rsgenShowDock")
+        self.action.setCheckable(True)
+        self.action.setStatusTip(tr("Generate a synthetic satellite image for a map extent"))
+        self.action.toggled.connect(self._set_dock_visible)
+        self.iface.addToolBarIcon(self.action)
+        self.iface.addPluginToRasterMenu(tr(MENU), self.action)
+
+    def _install_translator(self) -> None:
+        path = translation_file()
+        if path and os.path.isfile(path):
+            translator = QTranslator()
+            if translator.load(path):
+                # installTranslator() returns False for a file without messages yet still installs it:
+                # keep the reference either way, so unload() can remove it.
+                QCoreApplication.installTranslator(translator)
+                self.translator = translator
+
+    def _set_dock_visible(self, visible: bool) -> None:
+        if visible and self.dock is None:
+            from .gui.dock import GenerationDock
+
+            self.dock = GenerationDock(self.iface, self.iface.mainWindow())
+            self.dock.closedStateChanged.connect(lambda closed: self.action and self.action.setChecked(not closed))
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        if self.dock is not None:
+            self.dock.setUserVisible(visible)
+
+    def show_dock(self) -> None:
+        """Open the dock (the toolbar button does the same)."""
+        if self.action is not None:
+            self.action.setChecked(True)
+
+    # -- teardown ------------------------------------------------------------------------------------------
+    def unload(self) -> None:
+        if self.dock is not None:
+            self.dock.cleanup()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
+        if self.action is not None:
+            self.iface.removeToolBarIcon(self.action)
+            self.iface.removePluginRasterMenu(tr(MENU), self.action)
+            self.action.deleteLater()
+            self.action = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        if self.translator is not None:
+            QCoreApplication.removeTranslator(self.translator)
+            self.translator = None

@@ -1,0 +1,1 @@
+"""Processing provider "rsgen" and its algorithms (toolbox, Graphical Modeler, batch mode, qgis_process)."""
