@@ -1,0 +1,262 @@
+"""The dock: live size/GSD for the canvas, a layer or a drawn rectangle; Generate -> a layer in "Generated".
+
+The canvas sits over Swellendam (UTM 34S) like the CLI's demo. Generation uses the tiny random-weights
+package from conftest (`tiny_model_dir`), handed to the plugin through $RSGEN_MODEL_DIRS.
+"""
+import math
+import os
+
+import pytest
+import rasterio
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProject, QgsRectangle,
+                       QgsSettings, QgsVectorLayer)
+from qgis.PyQt.QtCore import QPoint, Qt
+
+from rsgen_qgis import settings
+from rsgen_qgis.core.georef import grid_for_request, gsd_metres_mean
+from rsgen_qgis.core.request import GenerationRequest
+from rsgen_qgis.gis.layers import GROUP_NAME
+from rsgen_qgis.gui.dock import GenerationDock, _metres
+
+UTM34S = QgsCoordinateReferenceSystem("EPSG:32734")
+SWELLENDAM = QgsRectangle(453000.0, 6233600.0, 454600.0, 6235200.0)
+TASK_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def clean_settings(monkeypatch):
+    """pytest-qgis keeps one settings folder per checkout: start and end every test without our keys."""
+    monkeypatch.delenv(settings.ENV_MODEL_DIRS, raising=False)
+    QgsSettings().remove("rsgen_qgis")
+    yield
+    QgsSettings().remove("rsgen_qgis")
+
+
+@pytest.fixture
+def canvas(qgis_iface, qgis_new_project):
+    c = qgis_iface.mapCanvas()
+    c.setDestinationCrs(UTM34S)
+    c.setExtent(SWELLENDAM)
+    return c
+
+
+@pytest.fixture
+def make_dock(qgis_iface, canvas, clean_settings):
+    docks = []
+
+    def make():
+        d = GenerationDock(qgis_iface)
+        docks.append(d)
+        return d
+
+    yield make
+    for d in docks:
+        d.cleanup()
+        d.deleteLater()
+
+
+@pytest.fixture
+def tiny_dock(make_dock, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv(settings.ENV_MODEL_DIRS, tiny_model_dir)
+    d = make_dock()
+    i = d.model_combo.findData("rsgen-tiny")
+    assert i >= 0, f"rsgen-tiny not offered; hint: {d.model_hint.text()}"
+    d.model_combo.setCurrentIndex(i)
+    return d
+
+
+def expected_grid(extent: QgsRectangle, crs: QgsCoordinateReferenceSystem, **size):
+    req = GenerationRequest(extent=(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()),
+                            crs=crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019), output="", **size)
+    return grid_for_request(req)
+
+
+def test_size_and_gsd_for_canvas_extent(make_dock, canvas):
+    dock = make_dock()
+    assert "EPSG:32734" in dock.crs_label.text()
+    assert dock.gsd_spin.suffix().strip() == "m"
+    dock.gsd_spin.setValue(4.0)
+    dock.update_size()
+    g = expected_grid(canvas.extent(), UTM34S, gsd=4.0)
+    assert (dock.width_spin.value(), dock.height_spin.value()) == (g.width, g.height)
+    assert dock.grid == g
+    gsd_m = gsd_metres_mean(g)
+    assert abs(gsd_m - 4.0) < 0.01  # UTM scale factor near the central meridian
+    assert f"{g.width} × {g.height} px" in dock.size_label.text()
+    assert f"{gsd_m:.2f} m" in dock.size_label.text()
+
+
+def test_editing_width_keeps_aspect_and_updates_gsd(make_dock, canvas):
+    dock = make_dock()
+    dock.width_spin.setValue(200)  # the user types a width
+    assert dock.size_mode == "width"
+    dock.update_size()
+    ext = canvas.extent()
+    assert dock.width_spin.value() == 200
+    assert dock.height_spin.value() == round(200 * ext.height() / ext.width())
+    assert dock.gsd_spin.value() == pytest.approx(ext.width() / 200, rel=1e-3)
+    assert dock.grid.width == 200
+
+
+def test_pan_updates_size_live(make_dock, canvas, qtbot):
+    dock = make_dock()
+    dock.gsd_spin.setValue(8.0)
+    dock.update_size()
+    before = dock.width_spin.value()
+    canvas.setExtent(QgsRectangle(452000.0, 6233000.0, 455600.0, 6235800.0))  # zoom out: more pixels
+    qtbot.waitUntil(lambda: dock.width_spin.value() > before, timeout=3000)
+    g = expected_grid(canvas.extent(), UTM34S, gsd=8.0)
+    assert (dock.width_spin.value(), dock.height_spin.value()) == (g.width, g.height)
+    assert dock.gsd_spin.value() == pytest.approx(8.0)
+
+
+def test_pixel_budget_error_shown_inline(make_dock, canvas):
+    dock = make_dock()
+    dock.gsd_spin.setValue(0.05)
+    dock.update_size()
+    assert dock.grid is None
+    assert "budget" in dock.size_label.text()
+    assert not dock.generate_btn.isEnabled()
+
+
+def test_geographic_crs_shows_metres(make_dock, canvas, qtbot):
+    dock = make_dock()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:4326"))
+    canvas.setExtent(QgsRectangle(20.40, -34.03, 20.44, -34.00))
+    qtbot.waitUntil(lambda: "EPSG:4326" in dock.crs_label.text(), timeout=3000)
+    dock.update_size()
+    assert dock.gsd_spin.suffix().strip() == "deg"
+    assert max(dock.width_spin.value(), dock.height_spin.value()) == pytest.approx(512, abs=1)
+    gsd_m = gsd_metres_mean(dock.grid)
+    ext = canvas.extent()  # the canvas widens the extent to its own aspect ratio
+    deg = max(ext.width(), ext.height()) / 512
+    assert gsd_m == pytest.approx(deg * 111_000 * math.sqrt(math.cos(math.radians(34.0))), rel=0.05)
+    assert f"GSD {_metres(gsd_m)}" in dock.size_label.text()
+
+
+def test_extent_from_layer_in_another_crs(make_dock, canvas):
+    layer = QgsVectorLayer("Polygon?crs=EPSG:4326", "area", "memory")
+    f = QgsFeature()
+    f.setGeometry(QgsGeometry.fromRect(QgsRectangle(20.40, -34.03, 20.42, -34.01)))
+    layer.dataProvider().addFeatures([f])
+    layer.updateExtents()
+    QgsProject.instance().addMapLayer(layer)
+    dock = make_dock()
+    dock.source_combo.setCurrentIndex(dock.source_combo.findData("layer"))
+    dock.layer_combo.setLayer(layer)
+    dock.update_size()
+    ext = dock.current_extent()
+    assert 1800 < ext.size[0] < 1900 and 2200 < ext.size[1] < 2300  # 0.02 deg at 34 S, in UTM metres
+    assert dock.grid is not None and "EPSG:32734" in dock.crs_label.text()
+
+
+def test_drawn_rectangle(make_dock, canvas, qtbot):
+    dock = make_dock()
+    dock.gsd_spin.setValue(50.0)
+    dock.draw_btn.click()
+    assert canvas.mapTool() is dock.tool
+    vp = canvas.viewport()
+    qtbot.mousePress(vp, Qt.LeftButton, pos=QPoint(50, 60))
+    qtbot.mouseMove(vp, QPoint(150, 160))
+    qtbot.mouseRelease(vp, Qt.LeftButton, pos=QPoint(250, 160))
+    assert dock.source_combo.currentData() == "drawn"
+    assert not dock.draw_btn.isChecked() and canvas.mapTool() is not dock.tool
+    a = canvas.getCoordinateTransform().toMapCoordinates(50, 60)
+    b = canvas.getCoordinateTransform().toMapCoordinates(250, 160)
+    ext = dock.current_extent()
+    assert ext.xmin == pytest.approx(a.x()) and ext.xmax == pytest.approx(b.x())
+    assert ext.ymin == pytest.approx(b.y()) and ext.ymax == pytest.approx(a.y())
+    assert dock.grid is not None, dock.size_label.text()
+    assert not dock.tool.band.asGeometry().isEmpty()  # the area stays outlined on the map
+
+
+def test_random_seed_button(make_dock):
+    dock = make_dock()
+    seeds = set()
+    for _ in range(5):
+        dock.random_btn.click()
+        seeds.add(dock.seed_spin.value())
+    assert len(seeds) > 1
+
+
+def test_no_model_gives_hint_and_message(make_dock, qgis_iface, monkeypatch, tmp_path):
+    monkeypatch.setattr("rsgen_qgis.core.models.BUNDLED_DIRS", (str(tmp_path / "none"),))
+    dock = make_dock()
+    assert dock.model_combo.count() == 0
+    assert dock.model_hint.isVisibleTo(dock) and "No model package" in dock.model_hint.text()
+    assert not dock.generate_btn.isEnabled()
+    qgis_iface.messageBar().clear_messages()
+    assert dock.generate() is None
+    msgs = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert msgs and "No model" in msgs[-1]
+
+
+def test_generate_adds_layer_to_generated_group(tiny_dock, qgis_iface, qtbot, tmp_path):
+    dock = tiny_dock
+    dock.prompt_edit.setPlainText("dense housing by a river")
+    dock.seed_spin.setValue(7)
+    dock.steps_spin.setValue(2)
+    dock.gsd_spin.setValue(50.0)
+    dock.output_widget.setFilePath(str(tmp_path / "out"))  # no extension: .tif is added
+    dock.update_size()
+    assert dock.generate_btn.isEnabled()
+    qgis_iface.messageBar().clear_messages()
+    task = dock.generate()
+    assert task is not None and not dock.generate_btn.isEnabled() and dock.cancel_btn.isEnabled()
+    qtbot.waitUntil(lambda: task.done, timeout=TASK_TIMEOUT_MS)
+    assert task.error is None, task.error
+    group = QgsProject.instance().layerTreeRoot().findGroup(GROUP_NAME)
+    assert group is not None
+    layers = [n.layer() for n in group.findLayers()]
+    assert len(layers) == 1
+    layer = layers[0]
+    assert layer.isValid() and layer.name() == "dense housing by a river (seed 7)"
+    assert layer.source() == str(tmp_path / "out.tif")
+    assert layer.crs().authid() == "EPSG:32734"
+    g = dock.grid
+    assert (layer.width(), layer.height()) == (g.width, g.height)
+    with rasterio.open(layer.source()) as ds:
+        assert ds.count == 3 and ds.dtypes[0] == "uint8"
+        assert ds.transform.to_gdal() == pytest.approx(g.transform)
+        assert ds.tags().get("synthetic") == "true"
+    assert dock.progress.value() == 100
+    assert dock.generate_btn.isEnabled() and not dock.cancel_btn.isEnabled()
+    assert "ONNX Runtime:" in dock.provider_label.text() and "will try" not in dock.provider_label.text()
+    assert qgis_iface.messageBar().get_messages(Qgis.Success)
+    assert not qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert settings.last("prompt") == "dense housing by a river"
+
+
+def test_cancel_leaves_no_file_and_no_layer(tiny_dock, qgis_iface, qtbot, tmp_path):
+    dock = tiny_dock
+    dock.steps_spin.setValue(1000)
+    dock.gsd_spin.setValue(10.0)
+    out = tmp_path / "cancelled.tif"
+    dock.output_widget.setFilePath(str(out))
+    dock.update_size()
+    qgis_iface.messageBar().clear_messages()
+    task = dock.generate()
+    dock.cancel()
+    qtbot.waitUntil(lambda: task.done, timeout=TASK_TIMEOUT_MS)
+    assert task.was_cancelled
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith("cancelled")]
+    assert QgsProject.instance().layerTreeRoot().findGroup(GROUP_NAME) is None
+    assert any("cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
+    assert dock.generate_btn.isEnabled()
+
+
+def test_engine_error_goes_to_message_bar(tiny_dock, qgis_iface, qtbot, tmp_path):
+    """An output folder that does not exist: refused before any work, reported in the message bar."""
+    dock = tiny_dock
+    dock.gsd_spin.setValue(50.0)
+    dock.output_widget.setFilePath(str(tmp_path / "missing" / "folder" / "x.tif"))
+    dock.update_size()
+    qgis_iface.messageBar().clear_messages()
+    task = dock.generate()
+    if task is not None:  # refused in the task (check_writable runs in the engine): wait for it
+        qtbot.waitUntil(lambda: task.done, timeout=TASK_TIMEOUT_MS)
+    msgs = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert msgs and "Traceback" not in msgs[-1]
+    assert "missing" in msgs[-1] or "folder" in msgs[-1]
+    assert QgsProject.instance().layerTreeRoot().findGroup(GROUP_NAME) is None
+    assert dock.generate_btn.isEnabled()
