@@ -16,7 +16,8 @@ from rsgen_qgis import settings
 from rsgen_qgis.core.georef import grid_for_request, gsd_metres_mean
 from rsgen_qgis.core.request import GenerationRequest
 from rsgen_qgis.gis.layers import GROUP_NAME
-from rsgen_qgis.gui.dock import GenerationDock, _metres
+from rsgen_qgis.gui import metres as _metres
+from rsgen_qgis.gui.dock import GenerationDock
 
 UTM34S = QgsCoordinateReferenceSystem("EPSG:32734")
 SWELLENDAM = QgsRectangle(453000.0, 6233600.0, 454600.0, 6235200.0)

@@ -100,6 +100,20 @@ def grid_and_gsd(extent: Extent, gsd: Optional[float] = None, width: Optional[in
     return grid, gsd_metres_mean(grid)
 
 
+def fit_grid(extent: Extent, mode: str, gsd: float, width: int, height: int,
+             pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> Tuple[Grid, float]:
+    """The grid when the user last set `mode` ("gsd", "width" or "height"): that value is kept as the extent
+    changes (pans keep the pixel size; a typed width keeps the width and follows the extent's aspect)."""
+    if mode == "gsd":
+        return grid_and_gsd(extent, gsd=gsd, pixel_budget=pixel_budget)
+    ew, eh = extent.size
+    if mode == "width":
+        height = max(1, round(width * eh / ew))
+    else:
+        width = max(1, round(height * ew / eh))
+    return grid_and_gsd(extent, width=width, height=height, pixel_budget=pixel_budget)
+
+
 class RectangleMapTool(QgsMapTool):
     """Press, drag, release: emits rectangleDrawn(QgsRectangle) in the canvas CRS.
 

@@ -1,10 +1,16 @@
-"""The dock widget (built in code, no .ui file: fewer files to keep in step, and it stays testable)."""
+"""The dock widget (built in code, no .ui file: fewer files to keep in step, and it stays testable).
+
+This module holds the small widget helpers and texts, so dock.py reads as layout + behaviour only.
+"""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 from qgis.gui import QgsDoubleSpinBox, QgsSpinBox
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, Qt
+from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
+
+ERROR_STYLE = "color: #c0392b;"
 
 
 def tr(text: str) -> str:
@@ -15,7 +21,7 @@ def spin(lo: int, hi: int, value: int, suffix: str = "") -> QgsSpinBox:
     box = QgsSpinBox()
     box.setRange(lo, hi)
     box.setValue(value)
-    box.setClearValue(value)
+    box.setShowClearButton(False)  # the clear cross crowds narrow docks; these fields have no "empty" value
     box.setSuffix(suffix)
     return box
 
@@ -26,9 +32,38 @@ def dspin(lo: float, hi: float, value: float, decimals: int, step: float, suffix
     box.setRange(lo, hi)
     box.setSingleStep(step)
     box.setValue(value)
-    box.setClearValue(value)
+    box.setShowClearButton(False)
     box.setSuffix(suffix)
     return box
+
+
+def row(*widgets: QWidget, stretch: Tuple[int, ...] = ()) -> QWidget:
+    """Widgets side by side without margins (a form row holding several fields)."""
+    box = QWidget()
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    for i, w in enumerate(widgets):
+        lay.addWidget(w, stretch[i] if i < len(stretch) else 0)
+    return box
+
+
+def wrap_label() -> QLabel:
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+    return label
+
+
+def set_quiet(box, value) -> None:
+    """Set a spin box without firing valueChanged (the dock reads valueChanged as a user edit)."""
+    box.blockSignals(True)
+    box.setValue(value)
+    box.blockSignals(False)
+
+
+def metres(v: float) -> str:
+    """A GSD for people: 0.52 m, 4.00 m, 12.5 m, 250 m."""
+    return f"{v:.0f} m" if v >= 100 else f"{v:.1f} m" if v >= 10 else f"{v:.2f} m"
 
 
 def sampler_labels() -> Dict[str, str]:
@@ -40,3 +75,18 @@ def sampler_labels() -> Dict[str, str]:
 
         return {s: s for s in SAMPLERS}
     return dict(SAMPLER_LABELS)
+
+
+def provider_text(preference: str, actual: Optional[str] = None) -> Tuple[str, bool]:
+    """('ONNX Runtime: CUDA (GPU)', ok): the provider that ran (after a run) or will be tried first."""
+    try:
+        from ..core.providers import LABELS, choose
+
+        chosen = choose(preference)
+    except ImportError as exc:
+        return tr("ONNX Runtime is not installed in QGIS's Python ({err}).").format(err=exc), False
+    name = actual or chosen[0]
+    text = tr("ONNX Runtime: {label}").format(label=LABELS.get(name, name))
+    if actual is None and len(chosen) > 1:
+        text += tr(" (will try: {order})").format(order=" > ".join(LABELS.get(p, p) for p in chosen))
+    return text, True

@@ -12,26 +12,20 @@ from typing import Optional
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils
 from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QTimer
-from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                                 QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QToolButton, QVBoxLayout,
-                                 QWidget)
+from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPlainTextEdit,
+                                 QProgressBar, QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget)
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, RsgenError
 from ..core.request import DEFAULT_MODEL, GenerationRequest
-from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs, from_rectangle, grid_and_gsd,
+from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs, fit_grid, from_rectangle,
                           layer_extent, unit_suffix)
 from ..gis.task import GenerationTask
-from . import dspin, sampler_labels, spin, tr
+from . import ERROR_STYLE, dspin, metres, provider_text, row, sampler_labels, set_quiet, spin, tr, wrap_label
 
 TITLE = "Satellite image generation"
 SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
 DEFAULT_LONG_SIDE = 512  # pixels, for a first pixel size when the saved one does not fit the CRS units
-ERROR_STYLE = "color: #c0392b;"
-
-
-def _metres(v: float) -> str:
-    return f"{v:.0f} m" if v >= 100 else f"{v:.1f} m" if v >= 10 else f"{v:.2f} m"
 
 
 class GenerationDock(QgsDockWidget):
@@ -70,18 +64,18 @@ class GenerationDock(QgsDockWidget):
         self.draw_btn.setIcon(QgsApplication.getThemeIcon("/mActionSelectRectangle.svg"))
         self.draw_btn.setToolTip(tr("Draw a rectangle on the map"))
         self.draw_btn.setCheckable(True)
-        af.addRow(tr("Extent"), _row(self.source_combo, self.draw_btn, stretch_first=True))
+        af.addRow(tr("Extent"), row(self.source_combo, self.draw_btn, stretch=(1,)))
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.HasGeometry | QgsMapLayerProxyModel.RasterLayer)
         af.addRow(tr("Layer"), self.layer_combo)
-        self.crs_label = _wrap_label()
+        self.crs_label = wrap_label()
         af.addRow(tr("CRS"), self.crs_label)
         self.gsd_spin = dspin(1e-9, 1e7, 4.0, 3, 1.0)
         af.addRow(tr("Pixel size"), self.gsd_spin)
         self.width_spin, self.height_spin = spin(1, 100000, 512, " px"), spin(1, 100000, 512, " px")
-        af.addRow(tr("Size"), _row(self.width_spin, QLabel("×"), self.height_spin))
-        self.size_label = _wrap_label()
-        af.addRow(tr("Output"), self.size_label)
+        af.addRow(tr("Size"), row(self.width_spin, QLabel("×"), self.height_spin, stretch=(1, 0, 1)))
+        self.size_label = wrap_label()
+        af.addRow(tr("Result"), self.size_label)
 
         image = QGroupBox(tr("Image"))
         imf = QFormLayout(image)
@@ -93,13 +87,13 @@ class GenerationDock(QgsDockWidget):
         self.add_models_btn = QToolButton()
         self.add_models_btn.setText("…")
         self.add_models_btn.setToolTip(tr("Add a folder with model packages"))
-        imf.addRow(tr("Model"), _row(self.model_combo, self.add_models_btn, stretch_first=True))
-        self.model_hint = _wrap_label()
+        imf.addRow(tr("Model"), row(self.model_combo, self.add_models_btn, stretch=(1,)))
+        self.model_hint = wrap_label()
         self.model_hint.setStyleSheet(ERROR_STYLE)
         imf.addRow(self.model_hint)
         self.seed_spin = spin(0, 2**31 - 1, 0)
         self.random_btn = QPushButton(tr("Random"))
-        imf.addRow(tr("Seed"), _row(self.seed_spin, self.random_btn, stretch_first=True))
+        imf.addRow(tr("Seed"), row(self.seed_spin, self.random_btn, stretch=(1,)))
         self.steps_spin = spin(1, 1000, 20)
         imf.addRow(tr("Steps"), self.steps_spin)
         self.guidance_spin = dspin(0.0, 30.0, 3.0, 1, 0.5)
@@ -111,7 +105,7 @@ class GenerationDock(QgsDockWidget):
         self.output_widget = QgsFileWidget()
         self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
-        self.output_widget.lineEdit().setPlaceholderText(tr("[Save to temporary file]"))
+        self.output_widget.lineEdit().setPlaceholderText(tr("[Temporary file]"))
         imf.addRow(tr("Output file"), self.output_widget)
 
         self.generate_btn = QPushButton(tr("Generate"))
@@ -121,14 +115,14 @@ class GenerationDock(QgsDockWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
-        self.status_label = _wrap_label()
-        self.provider_label = _wrap_label()
+        self.status_label = wrap_label()
+        self.provider_label = wrap_label()
 
         body = QWidget()
         lay = QVBoxLayout(body)
         for w in (area, image):
             lay.addWidget(w)
-        lay.addWidget(_row(self.generate_btn, self.cancel_btn))
+        lay.addWidget(row(self.generate_btn, self.cancel_btn, stretch=(1, 1)))
         for w in (self.progress, self.status_label, self.provider_label):
             lay.addWidget(w)
         lay.addStretch(1)
@@ -191,27 +185,19 @@ class GenerationDock(QgsDockWidget):
                 self._units = units
                 self.gsd_spin.setSuffix(f" {units}")
                 self.gsd_spin.setDecimals(8 if units == "deg" else 3)
-                metres = settings.last("gsd_m") if units == "m" else max(ext.size) / DEFAULT_LONG_SIDE
-                _set_quiet(self.gsd_spin, metres)
+                size = settings.last("gsd_m") if units == "m" else max(ext.size) / DEFAULT_LONG_SIDE
+                set_quiet(self.gsd_spin, size)
                 self.size_mode = "gsd"
-            budget = settings.pixel_budget()
-            ew, eh = ext.size
-            if self.size_mode == "gsd":
-                grid, gsd_m = grid_and_gsd(ext, gsd=self.gsd_spin.value(), pixel_budget=budget)
-            else:
-                w, h = self.width_spin.value(), self.height_spin.value()
-                if self.size_mode == "width":
-                    h = max(1, round(w * eh / ew))
-                else:
-                    w = max(1, round(h * ew / eh))
-                grid, gsd_m = grid_and_gsd(ext, width=w, height=h, pixel_budget=budget)
-                _set_quiet(self.gsd_spin, grid.pixel_size[0])
-            _set_quiet(self.width_spin, grid.width)
-            _set_quiet(self.height_spin, grid.height)
+            grid, gsd_m = fit_grid(ext, self.size_mode, self.gsd_spin.value(), self.width_spin.value(),
+                                   self.height_spin.value(), settings.pixel_budget())
+            if self.size_mode != "gsd":
+                set_quiet(self.gsd_spin, grid.pixel_size[0])
+            set_quiet(self.width_spin, grid.width)
+            set_quiet(self.height_spin, grid.height)
             self.grid = grid
             self.size_label.setStyleSheet("")
             self.size_label.setText(tr("{w} × {h} px, GSD {g} on the ground").format(
-                w=grid.width, h=grid.height, g=_metres(gsd_m)))
+                w=grid.width, h=grid.height, g=metres(gsd_m)))
         except RsgenError as exc:
             self.size_label.setStyleSheet(ERROR_STYLE)
             self.size_label.setText(str(exc))
@@ -281,19 +267,9 @@ class GenerationDock(QgsDockWidget):
 
     def show_provider(self, actual: Optional[str] = None) -> None:
         """Which ONNX Runtime execution provider runs: the real one after a run, the first choice before."""
-        try:
-            from ..core.providers import LABELS, choose
-
-            chosen = choose(settings.provider_preference())
-            name = actual or chosen[0]
-            text = tr("ONNX Runtime: {label}").format(label=LABELS.get(name, name))
-            if actual is None:
-                text += tr(" (will try: {order})").format(order=" > ".join(LABELS.get(p, p) for p in chosen))
-            self.provider_label.setStyleSheet("")
-        except ImportError as exc:
-            text = tr("ONNX Runtime is not installed in QGIS's Python ({err}).").format(err=exc)
-            self.provider_label.setStyleSheet(ERROR_STYLE)
+        text, ok = provider_text(settings.provider_preference(), actual)
         self.provider_label.setText(text)
+        self.provider_label.setStyleSheet("" if ok else ERROR_STYLE)
 
     # -- generate / cancel ---------------------------------------------------------------------------------
     def build_request(self) -> GenerationRequest:
@@ -394,25 +370,3 @@ class GenerationDock(QgsDockWidget):
             self.task.cancel()
             self.task = None
 
-
-def _row(*widgets: QWidget, stretch_first: bool = False) -> QWidget:
-    box = QWidget()
-    lay = QHBoxLayout(box)
-    lay.setContentsMargins(0, 0, 0, 0)
-    for i, w in enumerate(widgets):
-        lay.addWidget(w, 1 if (stretch_first and i == 0) or (not stretch_first and not isinstance(w, QLabel)) else 0)
-    return box
-
-
-def _wrap_label() -> QLabel:
-    label = QLabel()
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-    return label
-
-
-def _set_quiet(box, value) -> None:
-    """Set a spin box without firing valueChanged (which would flip size_mode)."""
-    box.blockSignals(True)
-    box.setValue(value)
-    box.blockSignals(False)

@@ -1,0 +1,186 @@
+"""Screenshot of the real QGIS window with the "Satellite image generation" dock open (README, layout checks).
+
+    .venv/bin/python tools/screenshot_dock.py out/dock.png [--model-dir DIR] [--size 1400x900] [--dock-only]
+
+Starts /usr/bin/qgis.bin under Xvfb with a throw-away profile and this file as its startup code (--code).
+Inside QGIS it draws an OSM-like map (land use, river, roads, buildings as memory layers) over Swellendam in
+UTM 34S, loads the plugin from this checkout, opens the dock, fills in a prompt and saves the window.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+# QGIS's --code runs this file through exec() without __file__; the launcher passes its path on instead.
+THIS = os.path.abspath(globals().get("__file__") or os.environ.get("RSGEN_SCREENSHOT_SCRIPT", "screenshot_dock.py"))
+ROOT = os.path.dirname(os.path.dirname(THIS))
+ENV_OUT, ENV_DOCK_ONLY = "RSGEN_SCREENSHOT_OUT", "RSGEN_SCREENSHOT_DOCK_ONLY"
+EXTENT = (453000.0, 6233600.0, 454600.0, 6235200.0)  # Swellendam, EPSG:32734
+
+
+def launch(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", help="PNG to write")
+    ap.add_argument("--model-dir", action="append", default=[], help="folder with model packages to offer")
+    ap.add_argument("--size", default="1400x900", help="screen size WxH")
+    ap.add_argument("--dock-only", action="store_true", help="save only the dock, not the whole window")
+    ap.add_argument("--timeout", type=int, default=180)
+    a = ap.parse_args(argv)
+    out = os.path.abspath(a.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    for stale in (out, out + ".error.txt"):
+        if os.path.exists(stale):
+            os.remove(stale)
+    profile = tempfile.mkdtemp(prefix="rsgen-shot-")
+    env = dict(os.environ, QGIS_PLUGINPATH=ROOT, QT_QPA_PLATFORM="xcb", PYTHONDONTWRITEBYTECODE="1",
+               **{ENV_OUT: out, ENV_DOCK_ONLY: "1" if a.dock_only else "", "RSGEN_SCREENSHOT_SCRIPT": THIS})
+    venv_site = os.path.join(ROOT, ".venv", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                             "site-packages")
+    if os.path.isdir(venv_site):  # QGIS runs /usr/bin/python3: lend it the venv's onnxruntime
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (venv_site, env.get("PYTHONPATH", "")) if p)
+    if a.model_dir:
+        env["RSGEN_MODEL_DIRS"] = os.pathsep.join(os.path.abspath(d) for d in a.model_dir)
+    cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {a.size}x24", "/usr/bin/qgis.bin", "--nologo", "--noversioncheck",
+           "--noplugins", "--profiles-path", profile, "--code", THIS]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # own process group: a hung QGIS and its Xvfb die together
+    try:
+        proc.wait(timeout=a.timeout)
+    except subprocess.TimeoutExpired:
+        print("QGIS did not finish in time", file=sys.stderr)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    if os.path.isfile(out + ".error.txt"):
+        with open(out + ".error.txt", encoding="utf-8") as f:
+            print(f.read(), file=sys.stderr)
+    if not os.path.isfile(out):
+        print(f"no screenshot written to {out}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+# -- runs inside QGIS (--code) ---------------------------------------------------------------------------------
+def _memory_layer(kind: str, name: str, geoms, color: str, width: float = 0.0):
+    from qgis.core import QgsFeature, QgsGeometry, QgsSymbol, QgsVectorLayer
+
+    layer = QgsVectorLayer(f"{kind}?crs=EPSG:32734", name, "memory")
+    feats = []
+    for wkt in geoms:
+        f = QgsFeature()
+        f.setGeometry(QgsGeometry.fromWkt(wkt))
+        feats.append(f)
+    layer.dataProvider().addFeatures(feats)
+    layer.updateExtents()
+    symbol = QgsSymbol.defaultSymbol(layer.geometryType())
+    symbol.setColor(_qcolor(color))
+    if width:
+        symbol.setWidth(width)
+    elif kind == "Polygon":
+        symbol.symbolLayer(0).setStrokeColor(_qcolor(color).darker(115))
+    layer.renderer().setSymbol(symbol)
+    return layer
+
+
+def _qcolor(name: str):
+    from qgis.PyQt.QtGui import QColor
+
+    return QColor(name)
+
+
+def _osm_like_layers():
+    """Deterministic land use, a river, roads and buildings: enough to look like an OSM map at 1:10 000."""
+    import random
+
+    x0, y0, x1, y1 = EXTENT
+    rnd = random.Random(7)
+    rect = lambda a, b, c, d: f"POLYGON(({a} {b},{c} {b},{c} {d},{a} {d},{a} {b}))"  # noqa: E731
+    land = [rect(x0 - 500, y0 - 500, x1 + 500, y1 + 500)]
+    parks = [rect(453900, 6234500, 454300, 6234900), rect(453100, 6233700, 453500, 6234000)]
+    river = ["POLYGON((452500 6234150,453200 6234250,453900 6234150,454400 6234300,455100 6234250,"
+             "455100 6234330,454400 6234380,453900 6234230,453200 6234330,452500 6234230,452500 6234150))"]
+    roads = ["LINESTRING(452500 6234800,453300 6234700,454000 6234850,455100 6234700)",
+             "LINESTRING(453600 6233000,453650 6234000,453700 6234600,453750 6235800)",
+             "LINESTRING(452800 6235300,453400 6235000,453650 6234900)"]
+    buildings = []
+    for _ in range(220):
+        bx, by = rnd.uniform(x0, x1), rnd.uniform(6234450, y1)
+        if 453850 < bx < 454350 and 6234450 < by < 6234950:
+            continue  # the park
+        w, h = rnd.uniform(8, 18), rnd.uniform(8, 16)
+        buildings.append(rect(bx, by, bx + w, by + h))
+    return [
+        _memory_layer("Polygon", "landuse", land, "#f2efe9"),
+        _memory_layer("Polygon", "parks", parks, "#c8facc"),
+        _memory_layer("Polygon", "water", river, "#aad3df"),
+        _memory_layer("LineString", "roads", roads, "#f7c46b", 1.6),
+        _memory_layer("Polygon", "buildings", buildings, "#d9d0c9"),
+    ]
+
+
+def inside_qgis() -> None:
+    import qgis.utils
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication
+
+    iface = qgis.utils.iface
+    out = os.environ[ENV_OUT]
+    project = QgsProject.instance()
+    project.setCrs(QgsCoordinateReferenceSystem("EPSG:32734"))
+    for layer in _osm_like_layers():
+        project.addMapLayer(layer)
+    window = iface.mainWindow()
+    window.setGeometry(QApplication.primaryScreen().availableGeometry())
+    window.showMaximized()
+    canvas = iface.mapCanvas()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:32734"))
+    qgis.utils.loadPlugin("rsgen_qgis")
+    qgis.utils.startPlugin("rsgen_qgis")
+    plugin = qgis.utils.plugins["rsgen_qgis"]
+    plugin.show_dock()
+    dock = plugin.dock
+    dock.prompt_edit.setPlainText("a satellite image of medium density residential area with trees by a river")
+    dock.seed_spin.setValue(7)
+
+    def zoom() -> None:  # once the window has its final size, so the canvas shows the whole area
+        canvas.setExtent(QgsRectangle(*EXTENT))
+        canvas.refresh()
+
+    def shoot() -> None:
+        dock.update_size()
+        QApplication.processEvents()
+        widget = dock if os.environ.get(ENV_DOCK_ONLY) else window
+        widget.grab().save(out, "PNG")
+        project.setDirty(False)
+        os._exit(0)  # QGIS's own exit path may ask questions or crash headless; the PNG is written
+
+    QTimer.singleShot(1500, zoom)
+    QTimer.singleShot(5000, shoot)  # let the canvas render and the dock lay out
+
+
+def _inside_qgis_safely() -> None:
+    """Never leave QGIS hanging on an error dialog: write the traceback next to the PNG and quit."""
+    try:
+        inside_qgis()
+    except Exception:  # noqa: BLE001
+        import traceback
+
+        from qgis.PyQt.QtWidgets import QApplication
+
+        with open(os.environ[ENV_OUT] + ".error.txt", "w", encoding="utf-8") as f:
+            f.write(traceback.format_exc())
+        QApplication.instance().quit()
+
+
+if os.environ.get(ENV_OUT) and "qgis.utils" in sys.modules and getattr(sys.modules["qgis.utils"], "iface", None):
+    _inside_qgis_safely()
+elif __name__ == "__main__":
+    sys.exit(launch())
