@@ -25,6 +25,9 @@ FailureCallback = Callable[[str, int], None]  # (message, Qgis.MessageLevel)
 def missing_package_message(exc: ImportError) -> str:
     """ImportError in QGIS's Python nearly always means onnxruntime (or numpy) is not installed there."""
     name = getattr(exc, "name", None) or str(exc)
+    if name.startswith("rsgen_qgis"):
+        return (f"The plugin's installation is incomplete: its module {name!r} is missing. Reinstall the plugin "
+                "(Plugins > Manage and Install Plugins > Install from ZIP).")
     return (f"The Python package {name!r} is missing from QGIS's Python. Install it for QGIS's interpreter "
             f"(for example: /usr/bin/python3 -m pip install --user onnxruntime) and restart QGIS.")
 

@@ -1,0 +1,205 @@
+"""rsgen:generate through Processing: processing.run, the real qgis_process binary, and the packaged zip.
+
+The tiny random-weights package (conftest's `tiny_model_dir`) reaches the plugin through the model-folders
+setting (in-process) or $RSGEN_MODEL_DIRS (qgis_process); the zip test bundles it inside the zip instead.
+"""
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsSettings
+
+from rsgen_qgis import settings
+from rsgen_qgis.processing.provider import RsgenProvider
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # Debian's `qgis_process` wrapper passes a flag 3.22 rejects
+EXTENT = "453000,454600,6233600,6235200 [EPSG:32734]"  # xmin,xmax,ymin,ymax: Processing's order
+BASE = {"EXTENT": EXTENT, "GSD": 50.0, "PROMPT": "farmland with a river", "MODEL": "rsgen-tiny", "SEED": 3,
+        "STEPS": 2, "GUIDANCE": 2.0, "SAMPLER": "ddim"}
+
+
+@pytest.fixture
+def clean_settings(monkeypatch):
+    monkeypatch.delenv(settings.ENV_MODEL_DIRS, raising=False)
+    QgsSettings().remove("rsgen_qgis")
+    yield
+    QgsSettings().remove("rsgen_qgis")
+
+
+@pytest.fixture
+def provider(qgis_processing, clean_settings):
+    registry = QgsApplication.processingRegistry()
+    p = RsgenProvider()
+    assert registry.addProvider(p)
+    yield p
+    registry.removeProvider(p)
+
+
+@pytest.fixture
+def tiny_setting(provider, tiny_model_dir):
+    """The tiny model reaches the algorithm through the plugin's model-folders setting (QgsSettings)."""
+    settings.set_model_dirs([tiny_model_dir])
+    return tiny_model_dir
+
+
+def run(params):
+    import processing
+
+    return processing.run("rsgen:generate", params)
+
+
+def test_algorithm_definition(tiny_setting):
+    alg = QgsApplication.processingRegistry().createAlgorithmById("rsgen:generate")
+    assert alg.displayName() == "Generate satellite image"
+    names = [p.name() for p in alg.parameterDefinitions()]
+    assert names == ["EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT", "PROMPT", "MODEL", "SEED", "STEPS",
+                     "GUIDANCE", "SAMPLER", "OUTPUT"]
+    assert "rsgen-tiny" in alg.parameterDefinition("MODEL").options()  # discovered through the setting
+    assert alg.parameterDefinition("SAMPLER").usesStaticStrings()
+    assert alg.parameterDefinition("OUTPUT").type() == "rasterDestination"
+    ok, msg = alg.checkParameterValues(dict(BASE, WIDTH=10, HEIGHT=10, OUTPUT="x.tif"), QgsProcessingContext())
+    assert not ok and "not both" in msg
+
+
+def test_processing_run_writes_georeferenced_geotiff(tiny_setting, tmp_path):
+    out = str(tmp_path / "gen.tif")
+    res = run(dict(BASE, OUTPUT=out))
+    assert res["OUTPUT"] == out
+    assert res["PROVIDER"].endswith("ExecutionProvider")
+    assert 49.0 < res["GSD_METRES"] < 51.0
+    with rasterio.open(out) as ds:
+        assert ds.crs.to_epsg() == 32734
+        assert (ds.width, ds.height, ds.count) == (32, 32, 3)
+        assert ds.transform.to_gdal() == pytest.approx((453000.0, 50.0, 0.0, 6235200.0, 0.0, -50.0))
+        tags = ds.tags()
+        assert tags["synthetic"] == "true" and tags["prompt"] == "farmland with a river"
+        assert tags["seed"] == "3" and tags["sampler"] == "ddim" and tags["model_id"] == "rsgen-tiny"
+        first = ds.read()
+    res2 = run(dict(BASE, OUTPUT=str(tmp_path / "again.tif")))  # same request, same pixels
+    with rasterio.open(res2["OUTPUT"]) as ds:
+        assert np.array_equal(ds.read(), first)
+
+
+def test_processing_run_width_height_and_target_crs(tiny_setting, tmp_path):
+    """Extent in lon/lat, output in UTM: the extent is reprojected; the size is exactly what was asked."""
+    params = dict(BASE, EXTENT="20.40,20.42,-34.03,-34.01 [EPSG:4326]", TARGET_CRS="EPSG:32734",
+                  WIDTH=40, HEIGHT=30, OUTPUT=str(tmp_path / "wh.tif"))
+    del params["GSD"]
+    res = run(params)
+    with rasterio.open(res["OUTPUT"]) as ds:
+        assert ds.crs.to_epsg() == 32734
+        assert (ds.width, ds.height) == (40, 30)
+        assert 450000 < ds.bounds.left < 460000 and 6230000 < ds.bounds.bottom < 6240000
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"WIDTH": 10, "HEIGHT": 10}, "not both"),
+    ({"GSD": None}, "Give either GSD"),
+    ({"GSD": None, "WIDTH": 10}, "Give either GSD"),
+    ({"GSD": 0.01}, "budget"),
+    ({"OUTPUT": "out.png"}, "GeoTIFF"),
+    ({"EXTENT": "0,0,6233600,6235200 [EPSG:32734]"}, "empty"),
+    ({"EXTENT": "9000000,9001000,6233600,6235200 [EPSG:32734]"}, "outside"),
+])
+def test_bad_input_raises_clear_message(tiny_setting, tmp_path, change, expected):
+    params = dict(BASE, OUTPUT=str(tmp_path / "bad.tif"))
+    params.update(change)
+    if params.get("OUTPUT") == "out.png":
+        params["OUTPUT"] = str(tmp_path / "out.png")
+    params = {k: v for k, v in params.items() if v is not None}
+    with pytest.raises(QgsProcessingException) as info:
+        run(params)
+    assert expected in str(info.value)
+    assert "Traceback" not in str(info.value)
+    assert not [p for p in os.listdir(tmp_path) if not p.startswith(".")]
+
+
+def test_unknown_model_id_is_refused(provider, tmp_path, monkeypatch):
+    """Without any discoverable package the MODEL parameter is free text; an unknown id names what exists."""
+    monkeypatch.setattr("rsgen_qgis.core.models.BUNDLED_DIRS", (str(tmp_path / "none"),))
+    with pytest.raises(QgsProcessingException) as info:
+        run(dict(BASE, MODEL="no-such-model", OUTPUT=str(tmp_path / "m.tif")))
+    assert "no-such-model" in str(info.value) and "not found" in str(info.value)
+
+
+# -- the real qgis_process ----------------------------------------------------------------------------------
+def qgis_process_env(plugin_path, config_dir, model_dirs=None):
+    env = dict(os.environ)
+    env.pop(settings.ENV_MODEL_DIRS, None)
+    env.update(QT_QPA_PLATFORM="offscreen", QGIS_PLUGINPATH=str(plugin_path), QGIS_CUSTOM_CONFIG_PATH=str(config_dir),
+               # QGIS runs /usr/bin/python3: give it the venv's packages (onnxruntime) as well
+               PYTHONPATH=sysconfig.get_paths()["purelib"], PYTHONDONTWRITEBYTECODE="1")
+    if model_dirs:
+        env[settings.ENV_MODEL_DIRS] = str(model_dirs)
+    return env
+
+
+def qgis_process(env, *args, timeout=300):
+    proc = subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def enable_and_generate(env, out):
+    rc, log = qgis_process(env, "plugins", "enable", "rsgen_qgis")
+    assert rc == 0, log
+    rc, log = qgis_process(env, "run", "rsgen:generate", "--", f"EXTENT={EXTENT}", "GSD=50",
+                           "PROMPT=farmland with a river", "MODEL=rsgen-tiny", "SEED=3", "STEPS=2", "GUIDANCE=2",
+                           "SAMPLER=ddim", f"OUTPUT={out}")
+    assert rc == 0, log
+    return log
+
+
+def check_output(path):
+    with rasterio.open(path) as ds:  # rasterio is GDAL: what any GDAL reader sees
+        assert ds.driver == "GTiff"
+        assert ds.crs.to_epsg() == 32734
+        assert (ds.width, ds.height, ds.count) == (32, 32, 3)
+        assert ds.transform.to_gdal() == pytest.approx((453000.0, 50.0, 0.0, 6235200.0, 0.0, -50.0))
+        assert ds.tags()["synthetic"] == "true"
+        assert ds.read().std() > 0
+
+
+@pytest.mark.slow
+def test_qgis_process_runs_the_plugin(tiny_model_dir, tmp_path):
+    assert os.access(QGIS_PROCESS, os.X_OK), f"{QGIS_PROCESS} is not installed"
+    env = qgis_process_env(ROOT, tmp_path / "profile", tiny_model_dir)
+    out = tmp_path / "cli.tif"
+    log = enable_and_generate(env, out)
+    assert "OUTPUT:" in log and str(out) in log
+    check_output(out)
+
+
+# -- the packaged zip ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_packaged_zip_installs_and_runs(tiny_model_dir, tmp_path):
+    """`make package`'s zip, unzipped as QGIS does, loads and finds the model bundled inside it."""
+    zpath = tmp_path / "rsgen_qgis.zip"
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "package.py"), "--out", str(zpath),
+                    "--models", tiny_model_dir], check=True, capture_output=True)
+    with zipfile.ZipFile(zpath) as zf:
+        names = zf.namelist()
+        assert {n.split("/")[0] for n in names} == {"rsgen_qgis"}, "a plugin zip needs one root folder"
+        meta = zf.getinfo("rsgen_qgis/metadata.txt")
+        assert (meta.external_attr >> 16) & 0o170000 == 0o100000, "metadata.txt must be a real file"
+        with open(os.path.join(ROOT, "metadata.txt"), "rb") as f:
+            assert zf.read(meta) == f.read()
+        for needed in ("rsgen_qgis/__init__.py", "rsgen_qgis/plugin.py", "rsgen_qgis/core/pipeline.py",
+                       "rsgen_qgis/resources/icon.svg", "rsgen_qgis/models/rsgen-tiny/manifest.json",
+                       "rsgen_qgis/LICENSE"):
+            assert needed in names, needed
+        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/training/" in n
+                    or "/tests/" in n]
+        plugins = tmp_path / "plugins"
+        zf.extractall(plugins)
+    env = qgis_process_env(plugins, tmp_path / "profile")  # no RSGEN_MODEL_DIRS: the bundled model only
+    rc, log = qgis_process(env, "plugins")
+    assert rc == 0 and "rsgen_qgis" in log, log
+    out = tmp_path / "zip.tif"
+    enable_and_generate(env, out)
+    check_output(out)
