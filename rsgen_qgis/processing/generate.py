@@ -56,7 +56,9 @@ class _IntoGeneratedGroup(QgsProcessingLayerPostProcessorInterface):
 
     @classmethod
     def create(cls) -> "_IntoGeneratedGroup":
-        cls.instance = cls()
+        """One shared, never-collected instance: it holds no state, and runs may overlap."""
+        if cls.instance is None:
+            cls.instance = cls()
         return cls.instance
 
 
