@@ -98,6 +98,35 @@ def test_processing_run_width_height_and_target_crs(tiny_setting, tmp_path):
         assert 450000 < ds.bounds.left < 460000 and 6230000 < ds.bounds.bottom < 6240000
 
 
+def test_run_and_load_results_puts_layer_in_generated_group(tiny_setting, tmp_path, qgis_iface, qgis_new_project):
+    """From the toolbox the result is loaded like the dock's: named from the prompt, in "Generated"."""
+    import processing
+    from qgis.core import QgsProject
+
+    res = processing.runAndLoadResults("rsgen:generate", dict(BASE, OUTPUT=str(tmp_path / "loaded.tif")))
+    group = QgsProject.instance().layerTreeRoot().findGroup("Generated")
+    assert group is not None
+    names = [n.layer().name() for n in group.findLayers()]
+    assert names == ["farmland with a river (seed 3)"]
+    assert group.findLayers()[0].layer().source() == res["OUTPUT"]
+
+
+def test_move_to_generated_group(qgis_new_project):
+    from qgis.core import QgsProject, QgsVectorLayer
+
+    from rsgen_qgis.gis.layers import move_to_generated_group
+
+    project = QgsProject.instance()
+    layer = QgsVectorLayer("Point?crs=EPSG:4326", "p", "memory")
+    project.addMapLayer(layer)
+    move_to_generated_group(layer, project)
+    root = project.layerTreeRoot()
+    group = root.findGroup("Generated")
+    assert [n.layer() for n in group.findLayers()] == [layer]
+    assert root.findLayer(layer.id()).parent() is group
+    assert root.children()[0] is group
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"WIDTH": 10, "HEIGHT": 10}, "not both"),
     ({"GSD": None}, "Give either GSD"),
