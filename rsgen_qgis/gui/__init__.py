@@ -4,7 +4,7 @@ This module holds the small widget helpers and texts, so dock.py reads as layout
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from qgis.gui import QgsDoubleSpinBox, QgsSpinBox
 from qgis.PyQt.QtCore import QCoreApplication, Qt
@@ -90,3 +90,18 @@ def provider_text(preference: str, actual: Optional[str] = None) -> Tuple[str, b
     if actual is None and len(chosen) > 1:
         text += tr(" (will try: {order})").format(order=" > ".join(LABELS.get(p, p) for p in chosen))
     return text, True
+
+
+def model_choices(extra_dirs: Sequence[str]) -> Tuple[List, str, str]:
+    """(packages, hint shown when there are none, unreadable packages' messages) for the model combo."""
+    from ..core.errors import RsgenError
+    from ..core.models import discover, search_dirs
+
+    problems: List[str] = []
+    try:
+        packages = discover(extra_dirs, problems)
+    except (OSError, RsgenError) as exc:
+        packages, problems = [], [str(exc)]
+    hint = "" if packages else tr("No model package found (searched: {dirs}). Add a folder with model packages "
+                                  "with the … button.").format(dirs=", ".join(search_dirs(extra_dirs)) or tr("no folder"))
+    return packages, hint, "\n".join(problems)

@@ -21,7 +21,8 @@ from ..core.request import DEFAULT_MODEL, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs, fit_grid, from_rectangle,
                           layer_extent, unit_suffix)
 from ..gis.task import GenerationTask
-from . import ERROR_STYLE, dspin, metres, provider_text, row, sampler_labels, set_quiet, spin, tr, wrap_label
+from . import (ERROR_STYLE, dspin, metres, model_choices, provider_text, row, sampler_labels, set_quiet, spin, tr,
+               wrap_label)
 
 TITLE = "Satellite image generation"
 SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
@@ -237,13 +238,7 @@ class GenerationDock(QgsDockWidget):
 
     # -- models and provider -------------------------------------------------------------------------------
     def refresh_models(self) -> None:
-        from ..core.models import discover, search_dirs
-
-        errors: list = []
-        try:
-            packages = discover(settings.model_dirs(), errors)
-        except (OSError, RsgenError) as exc:
-            packages, errors = [], [str(exc)]
+        packages, hint, problems = model_choices(settings.model_dirs())
         current = self.model_combo.currentData() or settings.last("model")
         self.model_combo.clear()
         for pkg in packages:
@@ -251,12 +246,9 @@ class GenerationDock(QgsDockWidget):
             self.model_combo.setItemData(self.model_combo.count() - 1, pkg.path, Qt.ToolTipRole)
         i = self.model_combo.findData(current)
         self.model_combo.setCurrentIndex(i if i >= 0 else self.model_combo.findData(DEFAULT_MODEL))
-        hint = "" if packages else tr("No model package found (searched: {dirs}). Add a folder with model "
-                                      "packages with the … button.").format(dirs=", ".join(search_dirs(
-                                          settings.model_dirs())) or tr("no folder"))
         self.model_hint.setText(hint)
         self.model_hint.setVisible(bool(hint))
-        self.model_hint.setToolTip("\n".join(errors))
+        self.model_hint.setToolTip(problems)
         self._update_buttons()
 
     def _add_model_folder(self) -> None:
