@@ -82,8 +82,9 @@ class GenerationDock(QgsDockWidget):
         imf = QFormLayout(image)
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText(tr("e.g. dense residential area with trees beside a river"))
-        self.prompt_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 4 + 12)
-        imf.addRow(tr("Prompt"), self.prompt_edit)
+        self.prompt_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 3 + 14)
+        imf.addRow(QLabel(tr("Prompt")))
+        imf.addRow(self.prompt_edit)  # full width: prompts are sentences and docks are narrow
         self.model_combo = QComboBox()
         self.add_models_btn = QToolButton()
         self.add_models_btn.setText("…")
