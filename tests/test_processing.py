@@ -95,7 +95,12 @@ def test_processing_run_width_height_and_target_crs(tiny_setting, tmp_path):
     with rasterio.open(res["OUTPUT"]) as ds:
         assert ds.crs.to_epsg() == 32734
         assert (ds.width, ds.height) == (40, 30)
-        assert 450000 < ds.bounds.left < 460000 and 6230000 < ds.bounds.bottom < 6240000
+        from pyproj import Transformer
+
+        to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32734", always_xy=True)
+        xs, ys = to_utm.transform([20.40, 20.42, 20.40, 20.42], [-34.03, -34.03, -34.01, -34.01])
+        assert ds.bounds.left == pytest.approx(min(xs), abs=1.0) and ds.bounds.right == pytest.approx(max(xs), abs=1.0)
+        assert ds.bounds.bottom == pytest.approx(min(ys), abs=1.0) and ds.bounds.top == pytest.approx(max(ys), abs=1.0)
 
 
 def test_run_and_load_results_puts_layer_in_generated_group(tiny_setting, tmp_path, qgis_iface, qgis_new_project):
