@@ -60,6 +60,7 @@ def make_dock(qgis_iface, canvas, clean_settings):
 def tiny_dock(make_dock, tiny_model_dir, monkeypatch):
     monkeypatch.setenv(settings.ENV_MODEL_DIRS, tiny_model_dir)
     d = make_dock()
+    assert d.model_combo.currentIndex() >= 0, "a model must be selected when one is offered"
     i = d.model_combo.findData("rsgen-tiny")
     assert i >= 0, f"rsgen-tiny not offered; hint: {d.model_hint.text()}"
     d.model_combo.setCurrentIndex(i)

@@ -1,10 +1,12 @@
 """Screenshot of the real QGIS window with the "Satellite image generation" dock open (README, layout checks).
 
     .venv/bin/python tools/screenshot_dock.py out/dock.png [--model-dir DIR] [--size 1400x900] [--dock-only]
+                                              [--generate [--model ID] [--steps N] [--gsd M]]
 
 Starts /usr/bin/qgis.bin under Xvfb with a throw-away profile and this file as its startup code (--code).
 Inside QGIS it draws an OSM-like map (land use, river, roads, buildings as memory layers) over Swellendam in
-UTM 34S, loads the plugin from this checkout, opens the dock, fills in a prompt and saves the window.
+UTM 34S, loads the plugin from this checkout, opens the dock, fills in a prompt and saves the window; with
+--generate it first presses Generate and waits for the layer, so the picture shows a result too.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import tempfile
 # QGIS's --code runs this file through exec() without __file__; the launcher passes its path on instead.
 THIS = os.path.abspath(globals().get("__file__") or os.environ.get("RSGEN_SCREENSHOT_SCRIPT", "screenshot_dock.py"))
 ROOT = os.path.dirname(os.path.dirname(THIS))
-ENV_OUT, ENV_DOCK_ONLY = "RSGEN_SCREENSHOT_OUT", "RSGEN_SCREENSHOT_DOCK_ONLY"
+ENV_OUT, ENV_DOCK_ONLY, ENV_GENERATE = "RSGEN_SCREENSHOT_OUT", "RSGEN_SCREENSHOT_DOCK_ONLY", "RSGEN_SCREENSHOT_GENERATE"
 EXTENT = (453000.0, 6233600.0, 454600.0, 6235200.0)  # Swellendam, EPSG:32734
 
 
@@ -29,7 +31,11 @@ def launch(argv=None) -> int:
     ap.add_argument("--model-dir", action="append", default=[], help="folder with model packages to offer")
     ap.add_argument("--size", default="1400x900", help="screen size WxH")
     ap.add_argument("--dock-only", action="store_true", help="save only the dock, not the whole window")
-    ap.add_argument("--timeout", type=int, default=180)
+    ap.add_argument("--generate", action="store_true", help="press Generate and wait for the layer first")
+    ap.add_argument("--model", default="", help="model id to select (default: the dock's choice)")
+    ap.add_argument("--steps", type=int, default=0, help="sampling steps for --generate (default: the dock's)")
+    ap.add_argument("--gsd", type=float, default=0.0, help="pixel size in metres (default: the dock's)")
+    ap.add_argument("--timeout", type=int, default=600)
     a = ap.parse_args(argv)
     out = os.path.abspath(a.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -38,7 +44,8 @@ def launch(argv=None) -> int:
             os.remove(stale)
     profile = tempfile.mkdtemp(prefix="rsgen-shot-")
     env = dict(os.environ, QGIS_PLUGINPATH=ROOT, QT_QPA_PLATFORM="xcb", PYTHONDONTWRITEBYTECODE="1",
-               **{ENV_OUT: out, ENV_DOCK_ONLY: "1" if a.dock_only else "", "RSGEN_SCREENSHOT_SCRIPT": THIS})
+               **{ENV_OUT: out, ENV_DOCK_ONLY: "1" if a.dock_only else "", "RSGEN_SCREENSHOT_SCRIPT": THIS,
+                  ENV_GENERATE: f"{a.model}|{a.steps}|{a.gsd}" if a.generate else ""})
     venv_site = os.path.join(ROOT, ".venv", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                              "site-packages")
     if os.path.isdir(venv_site):  # QGIS runs /usr/bin/python3: lend it the venv's onnxruntime
@@ -162,8 +169,28 @@ def inside_qgis() -> None:
         project.setDirty(False)
         os._exit(0)  # QGIS's own exit path may ask questions or crash headless; the PNG is written
 
+    def generate() -> None:
+        model, steps, gsd = os.environ[ENV_GENERATE].split("|")
+        if model:
+            dock.model_combo.setCurrentIndex(dock.model_combo.findData(model))
+        if int(steps):
+            dock.steps_spin.setValue(int(steps))
+        if float(gsd):
+            dock.gsd_spin.setValue(float(gsd))
+        dock.update_size()
+        if dock.generate() is None:
+            shoot()  # refused: the message bar says why, and the screenshot shows it
+        wait_for_task()
+
+    def wait_for_task() -> None:
+        if dock.task is None:
+            QTimer.singleShot(2000, shoot)  # the new layer renders
+        else:
+            QTimer.singleShot(500, wait_for_task)
+
     QTimer.singleShot(1500, zoom)
-    QTimer.singleShot(5000, shoot)  # let the canvas render and the dock lay out
+    # let the canvas render and the dock lay out
+    QTimer.singleShot(5000, generate if os.environ.get(ENV_GENERATE) else shoot)
 
 
 def _inside_qgis_safely() -> None:

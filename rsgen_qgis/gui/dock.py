@@ -245,8 +245,11 @@ class GenerationDock(QgsDockWidget):
         for pkg in packages:
             self.model_combo.addItem(pkg.name, pkg.id)
             self.model_combo.setItemData(self.model_combo.count() - 1, pkg.path, Qt.ToolTipRole)
-        i = self.model_combo.findData(current)
-        self.model_combo.setCurrentIndex(i if i >= 0 else self.model_combo.findData(DEFAULT_MODEL))
+        for choice in (current, DEFAULT_MODEL, None):  # last used, else the default model, else the first
+            i = self.model_combo.findData(choice) if choice else min(0, self.model_combo.count() - 1)
+            if i >= 0 or choice is None:
+                self.model_combo.setCurrentIndex(i)
+                break
         self.model_hint.setText(hint)
         self.model_hint.setVisible(bool(hint))
         self.model_hint.setToolTip(problems)
@@ -320,10 +323,11 @@ class GenerationDock(QgsDockWidget):
         self.progress.setValue(100)
         self.show_provider(result.provider)
         g = result.grid
-        msg = tr("Added “{name}”: {w} × {h} px in {s:.1f} s ({path})").format(
-            name=layer.name(), w=g.width, h=g.height, s=result.seconds, path=result.path)
-        self.status_label.setText(msg)
-        self._message(msg, Qgis.Success, 8)
+        short = tr("Added {w} × {h} px in {s:.1f} s.").format(w=g.width, h=g.height, s=result.seconds)
+        self.status_label.setText(short)  # the path would wrap over many lines in a narrow dock
+        self.status_label.setToolTip(result.path)
+        self._message(tr("Added “{name}”: {short} ({path})").format(name=layer.name(), short=short,
+                                                                   path=result.path), Qgis.Success, 8)
 
     def _on_failure(self, message: str, level: int) -> None:
         self.task = None
