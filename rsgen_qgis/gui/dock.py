@@ -1,6 +1,6 @@
 """The "Satellite image generation" dock: collects a request on the main thread, hands it to a GenerationTask.
 
-Kept thin on purpose: extents come from gis.extent, the grid and GSD from the engine (grid_and_gsd, so the
+Kept thin on purpose: extents come from gis.extent, the grid and GSD from the engine (gis.extent.fit_grid, so the
 numbers shown are exactly what Generate produces), the run from gis.task, the layer from gis.layers.
 Mistakes are shown inline (size/GSD) or in QGIS's message bar, never as a traceback.
 """
@@ -39,6 +39,7 @@ class GenerationDock(QgsDockWidget):
         self.drawn_rect = None
         self.size_mode = "gsd"  # which of gsd / width / height the user set last: kept when the extent changes
         self._units: Optional[str] = None
+        self._previous_tool = None  # the map tool to give back after drawing a rectangle
         self.tool = RectangleMapTool(self.canvas)
         self.tool.rectangleDrawn.connect(self._on_drawn)
         self.tool.deactivated.connect(lambda: self.draw_btn.setChecked(False))
@@ -222,7 +223,7 @@ class GenerationDock(QgsDockWidget):
             self.canvas.setMapTool(self.tool)
         elif self.canvas.mapTool() is self.tool:
             self.canvas.unsetMapTool(self.tool)
-            if getattr(self, "_previous_tool", None) is not None:
+            if self._previous_tool is not None:
                 self.canvas.setMapTool(self._previous_tool)
 
     def _on_drawn(self, rect) -> None:
