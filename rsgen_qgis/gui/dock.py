@@ -11,6 +11,7 @@ from typing import Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils
 from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPlainTextEdit,
                                  QProgressBar, QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget)
@@ -223,7 +224,7 @@ class GenerationDock(QgsDockWidget):
             self.canvas.setMapTool(self.tool)
         elif self.canvas.mapTool() is self.tool:
             self.canvas.unsetMapTool(self.tool)
-            if self._previous_tool is not None:
+            if self._previous_tool is not None and not sip.isdeleted(self._previous_tool):
                 self.canvas.setMapTool(self._previous_tool)
 
     def _on_drawn(self, rect) -> None:
