@@ -93,19 +93,19 @@ def new_counts() -> Dict[str, int]:
     return {k: 0 for k in COUNTERS}
 
 
-def grid_geometries(layer: QgsVectorLayer, grid: Grid, counts: Dict[str, int], *, clip_margin: Optional[float] = 0.0,
-                    selected_only: bool = False, attributes: Sequence[str] = (), project: Optional[QgsProject] = None,
+def grid_geometries(layer: QgsVectorLayer, grid: Grid, counts: Dict[str, int], *, clip_margin: float = 0.0,
+                    clip: bool = True, selected_only: bool = False, attributes: Sequence[str] = (), project: Optional[QgsProject] = None,
                     feedback: Optional[QgsFeedback] = None) -> Iterator[Tuple[QgsFeature, str, QgsGeometry]]:
     """(feature, kind, geometry in the grid's CRS) for the features near the grid, repaired polygons included.
 
-    Counts what it drops in `counts` (see COUNTERS) so the user learns why a feature is missing. clip_margin=None
-    keeps whole geometries (boxes need the whole outline); a number clips to the grid extent plus that margin
-    (in grid units), which keeps buffering of long lines and huge polygons cheap."""
+    Counts what it drops in `counts` (see COUNTERS) so the user learns why a feature is missing. Features away from
+    the grid extent plus clip_margin (grid units) are left out; the others are clipped to that area (cheap buffers
+    of long lines and huge polygons), or kept whole with clip=False (boxes need the whole outline)."""
     dest = grid_crs(grid)
     xform = None
     if layer.crs().isValid() and layer.crs() != dest:
         xform = QgsCoordinateTransform(layer.crs(), dest, project or QgsProject.instance())
-    area = grid_rectangle(grid, clip_margin or 0.0)
+    area = grid_rectangle(grid, clip_margin)
     request = QgsFeatureRequest()
     if attributes:
         request.setSubsetOfAttributes(list(attributes), layer.fields())
@@ -113,12 +113,11 @@ def grid_geometries(layer: QgsVectorLayer, grid: Grid, counts: Dict[str, int], *
         request.setNoAttributes()
     if selected_only:
         request.setFilterFids(layer.selectedFeatureIds())
-    if clip_margin is not None:
-        try:
-            request.setFilterRect(xform.transformBoundingBox(area, QgsCoordinateTransform.ReverseTransform)
-                                  if xform else area)
-        except QgsCsException:
-            pass  # the extent has no image in the layer's CRS: test every feature instead
+    try:  # only features near the grid are read
+        request.setFilterRect(xform.transformBoundingBox(area, QgsCoordinateTransform.ReverseTransform)
+                              if xform else area)
+    except QgsCsException:
+        pass  # the extent has no image in the layer's CRS: test every feature instead
     total = layer.selectedFeatureCount() if selected_only else layer.featureCount()
     seen = 0
     for feature in layer.getFeatures(request):
@@ -148,17 +147,16 @@ def grid_geometries(layer: QgsVectorLayer, grid: Grid, counts: Dict[str, int], *
             if not np.all(np.isfinite([geom.boundingBox().xMinimum(), geom.boundingBox().yMaximum()])):
                 counts["unprojectable"] += 1
                 continue
-        if clip_margin is not None:
-            if not geom.boundingBox().intersects(area):
+        if not geom.boundingBox().intersects(area):
+            counts["outside"] += 1
+            continue
+        if clip and kind != "point":
+            geom = geom.clipped(area)
+            if geom.isNull() or geom.isEmpty():
                 counts["outside"] += 1
                 continue
-            if kind != "point":
-                geom = geom.clipped(area)
-                if geom.isNull() or geom.isEmpty():
-                    counts["outside"] += 1
-                    continue
         yield feature, kind, geom
-    if clip_margin is not None and total > seen:
+    if total > seen:
         counts["outside"] += total - seen  # left out by the extent filter
 
 
