@@ -1,0 +1,346 @@
+"""Evaluate a model package with networks trained on real data only (`make eval DATA=...`).
+
+- class fidelity: a scene classifier trained on the real AID training split; top-1 on held-out real scenes
+  (the ceiling) and on generated scenes from class prompts;
+- distribution distance: Frechet distance and KID in that classifier's penultimate features, generated vs
+  held-out real, beside the real-vs-real floor (two real halves). Not FID: the features are ours;
+- layout fidelity: a segmentation net trained on real aerial -> map classes; mIoU on images generated from
+  held-out layouts divided by its mIoU on the real held-out aerials;
+- inpainting: pixels outside the mask unchanged; super-resolution: PSNR/SSIM vs bicubic on held-out scenes;
+- sample grids (per class, per condition) as PNG.
+Generation goes through the package's ONNX graphs (the plugin's run-time path), batched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.conditions import CondLayout, cond_vectors, layout_onehot
+from ..core.models import load
+from ..core.samplers import Schedule, make_sampler
+from ..core.tiling import world_noise
+from .captions import CLASS_PROMPT
+from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
+
+RES = 64
+
+
+def _block(i, o):
+    return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+                         nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+
+class SceneNet(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.f = nn.Sequential(_block(3, 32), nn.MaxPool2d(2), _block(32, 64), nn.MaxPool2d(2),
+                               _block(64, 128), nn.MaxPool2d(2), _block(128, 256), nn.AdaptiveAvgPool2d(1),
+                               nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(256, n))
+
+    def forward(self, x):
+        return self.head(self.f(x))
+
+
+class SegNet(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.e1, self.e2, self.e3 = _block(3, 32), _block(32, 64), _block(64, 128)
+        self.d2, self.d1 = _block(128 + 64, 64), _block(64 + 32, 32)
+        self.out = nn.Conv2d(32, n, 1)
+
+    def forward(self, x):
+        a = self.e1(x)
+        b = self.e2(F.max_pool2d(a, 2))
+        c = self.e3(F.max_pool2d(b, 2))
+        b = self.d2(torch.cat([F.interpolate(c, scale_factor=2), b], 1))
+        a = self.d1(torch.cat([F.interpolate(b, scale_factor=2), a], 1))
+        return self.out(a)
+
+
+def to_tensor(u8: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def train_classifier(aid: Dict, minutes: float, seed: int = 0) -> SceneNet:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = SceneNet(len(aid["classes"]))
+    opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=5e-4)
+    imgs, labels = aid["images"], torch.from_numpy(aid["labels"])
+    t0, step = time.time(), 0
+    net.train()
+    while time.time() - t0 < minutes * 60:
+        idx = rng.integers(0, len(imgs), 64)
+        c = int(rng.integers(110, 151))
+        y, x = rng.integers(0, 151 - c, 2)
+        xb = resize(to_tensor(imgs[idx, y:y + c, x:x + c]), RES)
+        if rng.random() < 0.5:
+            xb = xb.flip(3)
+        xb = torch.rot90(xb, int(rng.integers(0, 4)), (2, 3))
+        loss = F.cross_entropy(net(xb), labels[idx], label_smoothing=0.1)
+        opt.zero_grad(); loss.backward(); opt.step()
+        step += 1
+    net.eval()
+    print(f"classifier: {step} steps", flush=True)
+    return net
+
+
+def train_segnet(maps: Dict, minutes: float, n_cls: int, seed: int = 0) -> SegNet:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = SegNet(n_cls)
+    opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=5e-4)
+    t0, step = time.time(), 0
+    while time.time() - t0 < minutes * 60:
+        idx = rng.integers(0, len(maps["aerial"]), 32)
+        y, x = rng.integers(0, 129, 2)
+        xb = resize(to_tensor(maps["aerial"][idx, y:y + 128, x:x + 128]), RES)
+        if rng.random() < 0.5:
+            xb, flip = xb.flip(3), True
+        else:
+            flip = False
+        lab = F.interpolate(F.one_hot(torch.from_numpy(maps["layout"][idx, y:y + 128, x:x + 128].astype(np.int64)),
+                                      n_cls).permute(0, 3, 1, 2).float(), size=(RES, RES), mode="area").argmax(1)
+        if flip:
+            lab = lab.flip(2)
+        loss = F.cross_entropy(net(xb), lab)
+        opt.zero_grad(); loss.backward(); opt.step()
+        step += 1
+    net.eval()
+    print(f"segnet: {step} steps", flush=True)
+    return net
+
+
+def miou(pred: np.ndarray, gt: np.ndarray, n: int) -> float:
+    ious = []
+    for k in range(n):
+        inter = np.logical_and(pred == k, gt == k).sum()
+        union = np.logical_or(pred == k, gt == k).sum()
+        if union > 0:
+            ious.append(inter / union)
+    return float(np.mean(ious))
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+
+
+def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 100, seed: int = 0) -> float:
+    """Kernel Inception Distance's estimator (cubic polynomial kernel, unbiased MMD^2), in our features."""
+    rng = np.random.default_rng(seed)
+    d = a.shape[1]
+    size = min(size, len(a), len(b))
+    vals = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), size, replace=False)]
+        y = b[rng.choice(len(b), size, replace=False)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        m = size
+        vals.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                    - 2 * kxy.mean())
+    return float(np.mean(vals))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM over channels with an 8x8 uniform window (Wang et al. constants), images (3, H, W) uint8."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    k = torch.ones(1, 1, 7, 7, dtype=torch.float64) / 49
+
+    def f(x):
+        return F.conv2d(torch.from_numpy(x)[:, None], k).numpy()[:, 0]
+    ma, mb = f(a), f(b)
+    va, vb, cov = f(a * a) - ma ** 2, f(b * b) - mb ** 2, f(a * b) - ma * mb
+    s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+    return float(s.mean())
+
+
+class TileGenerator:
+    """Batched generation of single tiles through the package's ONNX graphs (the run-time code path's
+    model, sampler and condition encoding, without the GeoTIFF and window machinery)."""
+
+    def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = "dpmpp_2m"):
+        self.m = load(model_dir)
+        man = self.m.package.manifest
+        self.lay = CondLayout(man["conditions"]["cond_layout"]["text"][1])
+        self.sched = Schedule.from_config(man["scheduler"])
+        self.steps, self.guidance, self.sampler = steps, guidance, sampler
+        self.C = man["conditions"]["spatial_channels"]
+        self.slay = man["conditions"]["spatial_layout"]
+
+    def run(self, prompts: List[str], spatial: np.ndarray, seeds: List[int], batch: int = 32, **meta) -> np.ndarray:
+        out = []
+        for i in range(0, len(prompts), batch):
+            out.append(self._run(prompts[i:i + batch], spatial[i:i + batch], seeds[i:i + batch], **meta))
+        return np.concatenate(out)
+
+    def _run(self, prompts, spatial, seeds, **meta) -> np.ndarray:
+        n, res = len(prompts), spatial.shape[-1]
+        conds, unconds = [], []
+        for p in prompts:
+            emb = self.m.text_encoder.embed([p]) if p else None
+            conds.append(cond_vectors(self.lay, emb, **meta))
+            unconds.append(cond_vectors(self.lay, None, **meta))
+        cond, uncond = np.concatenate(conds), np.concatenate(unconds)
+        s = make_sampler(self.sampler, self.sched, self.steps)
+        x = np.stack([world_noise(sd, 0, 0, res, res) for sd in seeds]) * s.init_noise_sigma
+        for i, t in enumerate(s.timesteps):
+            xin = s.scale_model_input(x, i).astype(np.float32)
+            feed = {"sample": np.concatenate([xin, xin]), "timestep": np.full(2 * n, t, np.float32),
+                    "spatial": np.concatenate([spatial, spatial]).astype(np.float32),
+                    "cond": np.concatenate([cond, uncond])}
+            o = self.m.denoiser.run(["prediction"], feed)[0]
+            pred = o[n:] + self.guidance * (o[:n] - o[n:])
+            x = s.step(pred, i, x).astype(np.float32)
+        return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def grid_png(rows: List[np.ndarray], path: str, labels: List[str] = None) -> None:
+    """rows: list of (N, 3, H, W) uint8 -> one PNG, a row each, 2 px gaps."""
+    from PIL import Image
+
+    h, w = rows[0].shape[2:]
+    n = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + 2), n * (w + 2), 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        for j, im in enumerate(r):
+            canvas[i * (h + 2):i * (h + 2) + h, j * (w + 2):j * (w + 2) + w] = im.transpose(1, 2, 0)
+    Image.fromarray(canvas).save(path)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model", default="models/rsgen-base")
+    ap.add_argument("--out", default="runs/eval")
+    ap.add_argument("--per-class", type=int, default=20)
+    ap.add_argument("--layouts", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--net-minutes", type=float, default=6.0, help="training time of each evaluation net")
+    ap.add_argument("--grids", default=None, help="folder for sample grid PNGs (default: the model folder)")
+    a = ap.parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    cache = os.path.join(os.path.dirname(a.out.rstrip("/")) or ".", "cache")
+    t0 = time.time()
+    res: Dict = {"model": a.model, "steps": a.steps, "guidance": a.guidance, "sampler": "dpmpp_2m"}
+    aid_tr, aid_te = load_aid(a.data, "train", cache), load_aid(a.data, "test", cache)
+    maps_tr, maps_va = load_maps(a.data, "train", cache), load_maps(a.data, "val", cache)
+    classes = aid_tr["classes"]
+    n_cls = 6
+    gen = TileGenerator(a.model, a.steps, a.guidance)
+    # --- class fidelity and distances
+    clf = train_classifier(aid_tr, a.net_minutes)
+    real = resize(to_tensor(aid_te["images"]), RES)
+    with torch.no_grad():
+        real_logits = torch.cat([clf(real[i:i + 256]) for i in range(0, len(real), 256)])
+        real_feat = torch.cat([clf.f(real[i:i + 256]) for i in range(0, len(real), 256)]).numpy()
+    res["classifier_top1_real_heldout"] = float((real_logits.argmax(1).numpy() == aid_te["labels"]).mean())
+    prompts, labels, seeds = [], [], []
+    for k, c in enumerate(classes):
+        for j in range(a.per_class):
+            prompts.append(CLASS_PROMPT[c]); labels.append(k); seeds.append(1000 * k + j)
+    t1 = time.time()
+    spatial = np.zeros((len(prompts), gen.C, RES, RES), np.float32)
+    fake = gen.run(prompts, spatial, seeds, gsd_m=AID_GSD_150 * 150 / RES)
+    res["generation_s_per_tile_batched"] = (time.time() - t1) / len(prompts)
+    with torch.no_grad():
+        ft = torch.from_numpy(fake).float() / 127.5 - 1
+        fake_logits = clf(ft)
+        fake_feat = clf.f(ft).numpy()
+    pred = fake_logits.argmax(1).numpy()
+    res["classifier_top1_generated"] = float((pred == np.array(labels)).mean())
+    res["per_class_top1_generated"] = {c: float((pred[np.array(labels) == k] == k).mean())
+                                       for k, c in enumerate(classes)}
+    half = len(real_feat) // 2
+    perm = np.random.default_rng(0).permutation(len(real_feat))
+    r1, r2 = real_feat[perm[:half]], real_feat[perm[half:]]
+    res["frechet_classifier_features"] = {"generated_vs_real": frechet(fake_feat, real_feat),
+                                          "real_vs_real_floor": frechet(r1, r2)}
+    res["kid_classifier_features"] = {"generated_vs_real": kid(fake_feat, real_feat), "real_vs_real_floor": kid(r1, r2)}
+    grids = a.grids or a.model
+    grid_png([fake[np.array(labels) == k][:8] for k in range(len(classes))], os.path.join(grids, "samples_classes.png"))
+    # --- layout fidelity
+    seg = train_segnet(maps_tr, a.net_minutes, n_cls)
+    n = min(a.layouts, len(maps_va["aerial"]))
+    real_a = resize(to_tensor(maps_va["aerial"][:n, 64:192, 64:192]), RES)
+    lay = F.interpolate(F.one_hot(torch.from_numpy(maps_va["layout"][:n, 64:192, 64:192].astype(np.int64)), n_cls)
+                        .permute(0, 3, 1, 2).float(), size=(RES, RES), mode="area").argmax(1).numpy()
+    sp = np.zeros((n, gen.C, RES, RES), np.float32)
+    o, k = gen.slay["layout"]
+    for i in range(n):
+        sp[i, o:o + k] = layout_onehot(lay[i].astype(np.uint8), n_cls)
+    fake_l = gen.run([""] * n, sp, list(range(n)), gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0],
+                     lat=NYC_LONLAT[1], has_layout=True)
+    with torch.no_grad():
+        p_real = seg(real_a).argmax(1).numpy()
+        p_fake = seg(torch.from_numpy(fake_l).float() / 127.5 - 1).argmax(1).numpy()
+    m_real, m_fake = miou(p_real, lay, n_cls), miou(p_fake, lay, n_cls)
+    res["layout"] = {"miou_real_heldout": m_real, "miou_generated": m_fake, "ratio": m_fake / m_real, "tiles": n}
+    pal = np.array([(0, 0, 0), (255, 255, 255), (255, 140, 0), (220, 30, 30), (0, 160, 0), (30, 60, 255)], np.uint8)
+    grid_png([pal[lay[:8]].transpose(0, 3, 1, 2), fake_l[:8],
+              ((real_a[:8] + 1) * 127.5).round().clamp(0, 255).byte().numpy()],
+             os.path.join(grids, "samples_layout.png"))
+    # --- super-resolution vs bicubic on held-out AID scenes
+    hr = ((resize(to_tensor(aid_te["images"][::20]), RES) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    lr = F.avg_pool2d(torch.from_numpy(hr).float(), 4)
+    bic = F.interpolate(lr, size=(RES, RES), mode="bicubic", align_corners=False).round().clamp(0, 255).byte().numpy()
+    sp = np.zeros((len(hr), gen.C, RES, RES), np.float32)
+    o, k = gen.slay["guide"]
+    sp[:, o:o + k] = F.interpolate(lr / 127.5 - 1, size=(RES, RES), mode="bilinear", align_corners=False).numpy()
+    sr = gen.run([""] * len(hr), sp, list(range(len(hr))), gsd_m=AID_GSD_150 * 150 / RES, has_guide=True)
+    res["super_resolution_x4"] = {
+        "images": len(hr),
+        "psnr_generated": float(np.mean([psnr(s, h) for s, h in zip(sr, hr)])),
+        "psnr_bicubic": float(np.mean([psnr(b, h) for b, h in zip(bic, hr)])),
+        "ssim_generated": float(np.mean([ssim(s, h) for s, h in zip(sr, hr)])),
+        "ssim_bicubic": float(np.mean([ssim(b, h) for b, h in zip(bic, hr)]))}
+    grid_png([bic[:8], sr[:8], hr[:8]], os.path.join(grids, "samples_superres.png"))
+    # --- inpainting: outside-mask identity goes through the pipeline (tests); here the model's fill
+    mask = np.zeros((RES, RES), np.float32)
+    mask[16:48, 16:48] = 1
+    src = hr[:8].astype(np.float32) / 127.5 - 1
+    sp = np.zeros((8, gen.C, RES, RES), np.float32)
+    o, _ = gen.slay["mask"]
+    sp[:, o] = mask
+    o, k = gen.slay["masked_image"]
+    sp[:, o:o + k] = src * (1 - mask)
+    fill = gen.run([""] * 8, sp, list(range(8)), gsd_m=AID_GSD_150 * 150 / RES, has_inpaint=True)
+    comp = np.where(mask[None, None] > 0, fill, hr[:8])
+    holed = (hr[:8] * (1 - mask[None, None])).astype(np.uint8)
+    grid_png([holed, comp, hr[:8]], os.path.join(grids, "samples_inpaint.png"))
+    res["eval_wall_s"] = round(time.time() - t0)
+    res["threads"] = torch.get_num_threads()
+    with open(os.path.join(a.out, "eval.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps({k: v for k, v in res.items() if k != "per_class_top1_generated"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
