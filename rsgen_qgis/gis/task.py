@@ -28,8 +28,10 @@ def missing_package_message(exc: ImportError) -> str:
     if name.startswith("rsgen_qgis"):
         return (f"The plugin's installation is incomplete: its module {name!r} is missing. Reinstall the plugin "
                 "(Plugins > Manage and Install Plugins > Install from ZIP).")
-    return (f"The Python package {name!r} is missing from QGIS's Python. Install it for QGIS's interpreter "
-            f"(for example: /usr/bin/python3 -m pip install --user onnxruntime) and restart QGIS.")
+    return (f"The Python package {name!r} is missing from QGIS's Python. Start QGIS with PYTHONPATH pointing at "
+            f"the site-packages of the plugin's venv (see the README), or install it for QGIS's interpreter "
+            f"(Debian 12: /usr/bin/python3 -m pip install --user --break-system-packages onnxruntime) "
+            f"and restart QGIS.")
 
 
 class GenerationTask(QgsTask):

@@ -136,12 +136,13 @@ def miou(pred: np.ndarray, gt: np.ndarray, n: int) -> float:
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy import linalg
-
+    """Frechet distance between Gaussians fitted to two feature sets. tr(sqrt(S1 S2)) is the sum of the square
+    roots of the eigenvalues of S1 S2 (real and >= 0 up to round-off, as S1, S2 are PSD), which avoids scipy."""
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+    ev = np.linalg.eigvals(s1 @ s2).real
+    tr_covmean = np.sqrt(np.clip(ev, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 100, seed: int = 0) -> float:
