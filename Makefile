@@ -52,8 +52,9 @@ eval: install
 	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval
 
 train: install
-	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train
-	$(PY) -m rsgen_qgis.training.export --checkpoint runs/train/last.pt --out models/rsgen-base
+	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train --minutes 80 --threads 2
+	$(PY) -m rsgen_qgis.training.export --checkpoint runs/train/last.pt --out models/rsgen-base \
+	    --info rsgen_qgis/training/rsgen_base_info.json
 
 package: install
 	$(PY) tools/package.py --out build/rsgen_qgis.zip
