@@ -75,15 +75,22 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def train_classifier(aid: Dict, minutes: float, seed: int = 0) -> SceneNet:
+def _budget(minutes: float, steps: int):
+    """Training budget of an evaluation net: a fixed number of steps (reproducible whatever the machine's load)
+    or, when steps is 0, a wall-clock budget."""
+    t0 = time.time()
+    return (lambda step: step < steps) if steps else (lambda step: time.time() - t0 < minutes * 60)
+
+
+def train_classifier(aid: Dict, minutes: float, seed: int = 0, steps: int = 0) -> SceneNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = SceneNet(len(aid["classes"]))
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=5e-4)
     imgs, labels = aid["images"], torch.from_numpy(aid["labels"])
-    t0, step = time.time(), 0
+    go, step = _budget(minutes, steps), 0
     net.train()
-    while time.time() - t0 < minutes * 60:
+    while go(step):
         idx = rng.integers(0, len(imgs), 64)
         c = int(rng.integers(110, 151))
         y, x = rng.integers(0, 151 - c, 2)
@@ -95,17 +102,18 @@ def train_classifier(aid: Dict, minutes: float, seed: int = 0) -> SceneNet:
         opt.zero_grad(); loss.backward(); opt.step()
         step += 1
     net.eval()
+    net.trained_steps = step
     print(f"classifier: {step} steps", flush=True)
     return net
 
 
-def train_segnet(maps: Dict, minutes: float, n_cls: int, seed: int = 0) -> SegNet:
+def train_segnet(maps: Dict, minutes: float, n_cls: int, seed: int = 0, steps: int = 0) -> SegNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = SegNet(n_cls)
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=5e-4)
-    t0, step = time.time(), 0
-    while time.time() - t0 < minutes * 60:
+    go, step = _budget(minutes, steps), 0
+    while go(step):
         idx = rng.integers(0, len(maps["aerial"]), 32)
         y, x = rng.integers(0, 129, 2)
         xb = resize(to_tensor(maps["aerial"][idx, y:y + 128, x:x + 128]), RES)
@@ -121,6 +129,7 @@ def train_segnet(maps: Dict, minutes: float, n_cls: int, seed: int = 0) -> SegNe
         opt.zero_grad(); loss.backward(); opt.step()
         step += 1
     net.eval()
+    net.trained_steps = step
     print(f"segnet: {step} steps", flush=True)
     return net
 
@@ -244,7 +253,10 @@ def main(argv=None) -> None:
     ap.add_argument("--layouts", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
-    ap.add_argument("--net-minutes", type=float, default=6.0, help="training time of each evaluation net")
+    ap.add_argument("--net-minutes", type=float, default=6.0,
+                    help="wall-clock training budget of each evaluation net (when --clf-steps/--seg-steps are 0)")
+    ap.add_argument("--clf-steps", type=int, default=0, help="train the scene classifier for exactly N steps")
+    ap.add_argument("--seg-steps", type=int, default=0, help="train the segmentation net for exactly N steps")
     ap.add_argument("--grids", default=None, help="folder for sample grid PNGs (default: the model folder)")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
@@ -257,7 +269,8 @@ def main(argv=None) -> None:
     n_cls = 6
     gen = TileGenerator(a.model, a.steps, a.guidance)
     # --- class fidelity and distances
-    clf = train_classifier(aid_tr, a.net_minutes)
+    clf = train_classifier(aid_tr, a.net_minutes, steps=a.clf_steps)
+    res["classifier_train_steps"] = clf.trained_steps
     real = resize(to_tensor(aid_te["images"]), RES)
     with torch.no_grad():
         real_logits = torch.cat([clf(real[i:i + 256]) for i in range(0, len(real), 256)])
@@ -288,7 +301,8 @@ def main(argv=None) -> None:
     grids = a.grids or a.model
     grid_png([fake[np.array(labels) == k][:8] for k in range(len(classes))], os.path.join(grids, "samples_classes.png"))
     # --- layout fidelity
-    seg = train_segnet(maps_tr, a.net_minutes, n_cls)
+    seg = train_segnet(maps_tr, a.net_minutes, n_cls, steps=a.seg_steps)
+    res["segnet_train_steps"] = seg.trained_steps
     n = min(a.layouts, len(maps_va["aerial"]))
     real_a = resize(to_tensor(maps_va["aerial"][:n, 64:192, 64:192]), RES)
     lay = F.interpolate(F.one_hot(torch.from_numpy(maps_va["layout"][:n, 64:192, 64:192].astype(np.int64)), n_cls)

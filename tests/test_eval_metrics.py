@@ -1,0 +1,36 @@
+"""The evaluation's own measures (make eval), checked on inputs with known answers."""
+import numpy as np
+import pytest
+
+ev = pytest.importorskip("rsgen_qgis.training.evaluate")
+
+
+def test_frechet_zero_for_same_set_and_matches_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 4))
+    assert ev.frechet(a, a) == pytest.approx(0.0, abs=1e-8)
+    b = rng.normal(size=(4000, 4)) * 2.0 + 1.0  # N(1, 4 I) vs N(0, I): 4 * (1 + 1 + 4 - 2 * 2) = 8
+    assert ev.frechet(a, b) == pytest.approx(8.0, rel=0.08)
+
+
+def test_kid_near_zero_for_same_distribution_and_positive_otherwise():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(500, 8)), rng.normal(size=(500, 8))
+    assert abs(ev.kid(a, b)) < 0.05
+    assert ev.kid(a, b + 1.0) > 0.5
+
+
+def test_miou_psnr_ssim():
+    gt = np.array([[0, 0, 1, 1]] * 4)
+    assert ev.miou(gt, gt, 2) == 1.0
+    pred = np.array([[0, 1, 1, 1]] * 4)  # class 0: 4/8, class 1: 8/12
+    assert ev.miou(pred, gt, 2) == pytest.approx((0.5 + 2 / 3) / 2)
+    img = np.random.default_rng(2).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    assert ev.psnr(img, img) > 100 and ev.ssim(img, img) == pytest.approx(1.0)
+    noisy = np.clip(img.astype(int) + 20, 0, 255).astype(np.uint8)
+    assert 15 < ev.psnr(noisy, img) < 30 and ev.ssim(noisy, img) < 1.0
+
+
+def test_step_budget_is_exact():
+    go = ev._budget(minutes=100.0, steps=3)
+    assert [go(i) for i in range(5)] == [True, True, True, False, False]
