@@ -14,8 +14,8 @@ from qgis.core import (QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject, Qg
 from qgis.gui import QgsCollapsibleGroupBox, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHeaderView,
-                                 QLabel, QListWidget, QListWidgetItem, QPushButton, QSlider, QTableWidget,
-                                 QTableWidgetItem, QVBoxLayout, QWidget)
+                                 QLabel, QListWidget, QListWidgetItem, QPushButton, QSizePolicy, QSlider,
+                                 QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.errors import ConditionError, ParameterError
 from ..core.request import Conditions, GenerationRequest
@@ -44,6 +44,7 @@ class ConditionsPanel(QWidget):
         self.layout_group.setCheckable(True)
         self.layout_group.setChecked(False)
         lf = QVBoxLayout(self.layout_group)
+        lf.setContentsMargins(4, 4, 4, 4)
         self.layer_list = QListWidget()
         self.layer_list.setMaximumHeight(self.fontMetrics().lineSpacing() * 6)
         lf.addWidget(self.layer_list)
@@ -54,18 +55,22 @@ class ConditionsPanel(QWidget):
         self.rules_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
         self.rules_table.setMaximumHeight(self.fontMetrics().lineSpacing() * 9)
         self.rules_table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        for w in (self.layer_list, self.rules_table):  # never widen the dock: scroll inside instead
+            w.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.rules_table.setToolTip(tr("One rule a row: features whose Field has one of the Values (comma-separated, "
                                        "* = any) become Class; lines and points are buffered to Width m; the higher "
                                        "Priority wins where features overlap."))
         lf.addWidget(self.rules_table)
-        self.add_rule_btn, self.del_rule_btn = QPushButton("+"), QPushButton("−")
-        self.load_rules_btn, self.save_rules_btn = QPushButton(tr("Load…")), QPushButton(tr("Save…"))
-        self.reset_rules_btn = QPushButton(tr("OSM"))
-        self.reset_rules_btn.setToolTip(tr("Back to the default OpenStreetMap rules"))
-        for b in (self.add_rule_btn, self.del_rule_btn):
-            b.setMaximumWidth(self.fontMetrics().horizontalAdvance("MM") + 16)
+        self.add_rule_btn, self.del_rule_btn = QToolButton(), QToolButton()
+        self.load_rules_btn, self.save_rules_btn, self.reset_rules_btn = QToolButton(), QToolButton(), QToolButton()
+        for b, text, tip in ((self.add_rule_btn, "+", "Add a rule"), (self.del_rule_btn, "−", "Delete the selected rules"),
+                             (self.load_rules_btn, "Load…", "Load rules from a JSON file"),
+                             (self.save_rules_btn, "Save…", "Save the rules to a JSON file"),
+                             (self.reset_rules_btn, "OSM", "Back to the default OpenStreetMap rules")):
+            b.setText(tr(text))
+            b.setToolTip(tr(tip))
         lf.addWidget(row(self.add_rule_btn, self.del_rule_btn, self.load_rules_btn, self.save_rules_btn,
-                         self.reset_rules_btn, stretch=(0, 0, 1, 1, 1)))
+                         self.reset_rules_btn, QWidget(), stretch=(0, 0, 0, 0, 0, 1)))
         self.preview_btn = QPushButton(tr("Preview layout"))
         self.preview_btn.setToolTip(tr("Add the class raster the model will be given, with a legend"))
         lf.addWidget(self.preview_btn)
@@ -75,14 +80,18 @@ class ConditionsPanel(QWidget):
         self.raster_group.setCheckable(True)
         self.raster_group.setChecked(False)
         rf = QFormLayout(self.raster_group)
+        rf.setContentsMargins(4, 4, 4, 4)
         self.mode_combo = QComboBox()
+        self.mode_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
         for key, label in RASTER_MODES:
             self.mode_combo.addItem(tr(label), key)
         rf.addRow(tr("Mode"), self.mode_combo)
         self.raster_combo = QgsMapLayerComboBox()
+        self.raster_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
         self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         rf.addRow(tr("Raster"), self.raster_combo)
         self.mask_combo = QgsMapLayerComboBox()
+        self.mask_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
         self.mask_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         self.selected_check = QCheckBox(tr("Selected features only"))
         self.mask_label = QLabel(tr("Mask"))
@@ -98,6 +107,9 @@ class ConditionsPanel(QWidget):
         rf.addRow(self.raster_note)
         lay.addWidget(self.raster_group)
 
+        for group in (self.layout_group, self.raster_group):  # compact: a group opens when it is switched on
+            group.setCollapsed(True)
+            group.toggled.connect(lambda on, g=group: g.setCollapsed(not on))
         self.set_rules(DEFAULT_OSM_RULES)
         self.refresh_layers()
         self._mode_changed()

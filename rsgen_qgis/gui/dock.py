@@ -116,7 +116,9 @@ class GenerationDock(QgsDockWidget):
         self.conditions = ConditionsPanel(lambda: self.grid, self._message)
         conditions = QgsCollapsibleGroupBox(tr("Conditions"))
         conditions.setObjectName("RsgenConditions")
-        QVBoxLayout(conditions).addWidget(self.conditions)
+        cl = QVBoxLayout(conditions)
+        cl.setContentsMargins(4, 4, 4, 4)  # nested groups in a narrow dock: keep the margins small
+        cl.addWidget(self.conditions)
 
         self.generate_btn = QPushButton(tr("Generate"))
         self.generate_btn.setDefault(True)
