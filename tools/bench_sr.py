@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     H, W = rgb.shape[1:]
     rows = np.linspace(0, H - n, 3 * a.patches).astype(int)
     cols = np.linspace(0, W - n, 3).astype(int)
-    spots = [(r, c) for r in rows for c in cols if valid[r:r + n, c:c + n].all()][::3][:a.patches]
+    spots = [(r, c) for r in rows for c in cols if valid[r:r + n, c:c + n].all()]
+    spots = [spots[round(i * (len(spots) - 1) / max(1, a.patches - 1))] for i in range(min(a.patches, len(spots)))]
     scores = {k: {"psnr": [], "ssim": []} for k in ("bicubic", "bilinear_guide", "rsgen")}
     tmp = tempfile.mkdtemp(prefix="rsgen-sr-")
     for i, (r, c) in enumerate(spots):

@@ -114,6 +114,12 @@ def layout_demo(data, out, steps, log):
                    progress=lambda f, m: print(f"\r  layout: {m}   ", end="", flush=True))
     print()
     log["layout"].update(seconds=round(time.time() - t0, 1), provider=res.provider, output=res.path)
+    from osgeo import gdal
+
+    grey = gdal.Open(res.path).ReadAsArray().astype(np.float64).mean(0)  # does the image follow the layout?
+    log["layout"]["mean_grey_by_class"] = {n: round(float(grey[layout == i].mean()), 1) for i, n in
+                                           enumerate(("background", "road", "major_road", "building"))
+                                           if (layout == i).any()}
     return res.path
 
 
@@ -247,8 +253,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "demo_real"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-shots", action="store_true")
+    ap.add_argument("--shots-only", action="store_true", help="only render the screenshots of an earlier run")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
+    if a.shots_only:
+        with open(os.path.join(a.out, "demo_real.json")) as f:
+            log = json.load(f)
+        o = a.out
+        shots(o, os.path.join(o, "layout_generated.tif"), os.path.join(o, "inpainted_buffered.tif"),
+              os.path.join(o, "inpaint_buildings.gpkg"), os.path.join(o, "inpaint_buildings_buffered.gpkg"), log)
+        strip(o, os.path.join(ROOT, "docs", "img", "conditions_inpaint_strip.jpg"))
+        return 0
     from qgis.core import QgsApplication
 
     app = QgsApplication([], False)

@@ -1,6 +1,6 @@
 """Screenshot of the real QGIS window showing given layers (README figures of results on real data).
 
-    .venv/bin/python tools/screenshot_map.py SPEC.json OUT.png|OUT.jpg [--size 1600x1000]
+    .venv/bin/python tools/screenshot_map.py SPEC.json OUT.png|OUT.jpg [--size 1400x900]
 
 SPEC: {"crs": "EPSG:32734", "extent": [xmin, ymin, xmax, ymax], "layers": [{"path": ..., "name": ...,
        "line": "#rrggbb" | "outline": "#rrggbb", "width": mm}, ...]}: the first layer is drawn at the bottom.
@@ -27,7 +27,7 @@ def launch(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("spec")
     ap.add_argument("out")
-    ap.add_argument("--size", default="1600x1000")
+    ap.add_argument("--size", default="1400x900")
     ap.add_argument("--timeout", type=int, default=180)
     a = ap.parse_args(argv)
     out = os.path.abspath(a.out)
@@ -97,6 +97,11 @@ def inside_qgis() -> None:
         project.addMapLayer(layer, False)
         root.insertLayer(0, layer)  # later layers on top
     window = iface.mainWindow()
+    from qgis.PyQt.QtWidgets import QDockWidget
+
+    for dock in window.findChildren(QDockWidget):  # the Layers panel (legend) stays; the Browser goes
+        if dock.objectName() == "Browser":
+            dock.hide()
     window.setGeometry(QApplication.primaryScreen().availableGeometry())
     window.showMaximized()
     canvas = iface.mapCanvas()
@@ -109,7 +114,7 @@ def inside_qgis() -> None:
     def shoot() -> None:
         QApplication.processEvents()
         fmt = "JPG" if out.lower().endswith((".jpg", ".jpeg")) else "PNG"
-        window.grab().save(out, fmt, 85 if fmt == "JPG" else -1)
+        window.grab().save(out, fmt, 75 if fmt == "JPG" else -1)
         project.setDirty(False)
         os._exit(0)
 
