@@ -229,7 +229,7 @@ def test_inpaint_selected_features_only(tiny, tmp_path, rgb_raster):
                                          (poly_wkt(pixel_rect(10, 10, 3, 3, 0.0)), {})], fields=(), name="m")
     QgsProject.instance().addMapLayer(mask)
     try:
-        mask.selectByIds([list(mask.allFeatureIds())[1]])
+        mask.selectByIds([sorted(mask.allFeatureIds())[1]])  # the 3 x 3 px square
         res = run("inpaint", dict(MODEL, INPUT=layer, MASK=mask, SELECTED_ONLY=True, OUTPUT=str(tmp_path / "s.tif")))
         assert res["MASK_PIXELS"] == 9
         mask.removeSelection()
