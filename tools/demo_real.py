@@ -7,6 +7,9 @@
     around the town centre, and an image is generated conditioned on that layout with the bundled rsgen-base.
 (b) Inpainting: a crop of the real orthophoto (EPSG:4326, its own grid) is regenerated inside four real building
     polygons; pixels outside are checked byte-identical, and the seam at the mask border is measured (below).
+(c) Dataset: rsgen:dataset (through processing.run) makes 4 images of 96 x 96 px at 4 m over random extents of the
+    layout area, conditioned on the real buildings as boxes (+ the roads as layout), exports COCO/DOTA/GeoJSON and
+    runs the box filter with the segmentation net of tools/export_segnet.py when out/segnet.onnx exists.
 Then QGIS itself (qgis.bin under Xvfb, tools/screenshot_map.py) renders both results with the vector layers on top.
 
 Seam metric: the mean absolute grey-level difference between 4-neighbour pixel pairs that straddle the mask border
@@ -178,6 +181,63 @@ def inpaint_demo(data, out, steps, log):
     return crop, mask_path, buffered_path, os.path.join(out, "inpainted_buffered.tif")
 
 
+def dataset_demo(out, steps, log, segnet):
+    """rsgen:dataset on the real buildings, with the real model, through Processing: once with the package's own
+    (absent) segmentation net, so the filter reports itself unavailable and keeps all, once with SEGNET."""
+    if "/usr/share/qgis/python/plugins" not in sys.path:
+        sys.path.append("/usr/share/qgis/python/plugins")  # QGIS's own Processing plugin
+    import processing
+    from processing.core.Processing import Processing
+    from pycocotools.coco import COCO
+    from qgis.core import QgsApplication, QgsProcessingException
+
+    from rsgen_qgis.processing.provider import RsgenProvider
+
+    Processing.initialize()
+    provider = RsgenProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    xmin, ymin, xmax, ymax = log["layout"]["extent"]
+    base = {"AOI": f"{xmin},{xmax},{ymin},{ymax} [EPSG:32734]", "COUNT": 4, "GSD": 4.0, "SIZE": 96,
+            "BOXES": os.path.join(out, "buildings_32734.gpkg"), "BOX_FIELD": "building", "MIN_BOXES": 3,
+            "LAYERS": [os.path.join(out, "roads_32734.gpkg")], "PROMPT": "aerial view of buildings and streets",
+            "MODEL": "rsgen-base", "SEED": 11, "STEPS": steps, "FILTER": True}
+    runs = {"package_net": {}}
+    if segnet and os.path.isfile(segnet):
+        runs["segnet"] = {"SEGNET": segnet}
+    log["dataset"] = {"params": {k: v for k, v in base.items() if k not in ("BOXES", "LAYERS")}}
+    try:
+        for name, extra in runs.items():
+            params = dict(base, **extra, OUTPUT_FOLDER=os.path.join(out, f"dataset_{name}"))
+            entry = log["dataset"][name] = dict(extra)
+            try:
+                res = processing.run("rsgen:dataset", params)
+            except QgsProcessingException as exc:  # e.g. the filter dropped every sample: that is a result
+                entry["error"] = str(exc)
+                continue
+            coco = COCO(res["COCO"])  # the reference reader
+            entry.update({k: res[k] for k in ("GENERATED", "KEPT", "FILTER_STATUS")})
+            entry.update(coco_images=len(coco.getImgIds()), coco_annotations=len(coco.getAnnIds()),
+                         coco_categories=[c["name"] for c in coco.loadCats(coco.getCatIds())])
+    finally:
+        QgsApplication.processingRegistry().removeProvider(provider)
+
+
+def dataset_figure(out, path):
+    """The first dataset image at 4x with its DOTA boxes drawn from the label file (checks labels vs pixels)."""
+    from osgeo import gdal
+    from PIL import Image, ImageDraw
+
+    d = os.path.join(out, "dataset_package_net")
+    a = gdal.Open(os.path.join(d, "images", "sample_0001.tif")).ReadAsArray().transpose(1, 2, 0)
+    im = Image.fromarray(a).resize((a.shape[1] * 4, a.shape[0] * 4), Image.NEAREST)
+    draw = ImageDraw.Draw(im)
+    with open(os.path.join(d, "dota", "sample_0001.txt")) as f:
+        for line in f.read().splitlines()[2:]:
+            p = [float(v) * 4 for v in line.split()[:8]]
+            draw.polygon(list(zip(p[::2], p[1::2])), outline=(255, 40, 40))
+    im.save(path, quality=88)
+
+
 def write_gpkg(layer, path):
     from qgis.core import QgsProject, QgsVectorFileWriter
 
@@ -254,6 +314,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-shots", action="store_true")
     ap.add_argument("--shots-only", action="store_true", help="only render the screenshots of an earlier run")
+    ap.add_argument("--dataset-only", action="store_true", help="only (c), after an earlier run")
+    ap.add_argument("--segnet", default=os.path.join(ROOT, "out", "segnet.onnx"),
+                    help="segmentation net for the dataset filter (tools/export_segnet.py)")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     if a.shots_only:
@@ -268,15 +331,26 @@ def main(argv=None) -> int:
 
     app = QgsApplication([], False)
     app.initQgis()
+    if a.dataset_only:
+        with open(os.path.join(a.out, "demo_real.json")) as f:
+            log = json.load(f)
+        dataset_demo(a.out, a.steps, log, a.segnet)
+        dataset_figure(a.out, os.path.join(ROOT, "docs", "img", "conditions_dataset_sample.jpg"))
+        with open(os.path.join(a.out, "demo_real.json"), "w") as f:
+            json.dump(log, f, indent=1)
+        print(json.dumps(log["dataset"], indent=1))
+        return 0
     log = {"steps": a.steps, "model": "rsgen-base"}
     layout_tif = layout_demo(a.data, a.out, a.steps, log)
     crop, mask_path, buffered_path, inpainted = inpaint_demo(a.data, a.out, a.steps, log)
+    dataset_demo(a.out, a.steps, log, a.segnet)
     with open(os.path.join(a.out, "demo_real.json"), "w") as f:
         json.dump(log, f, indent=1)
     print(json.dumps(log, indent=1))
     if not a.no_shots:
         shots(a.out, layout_tif, inpainted, mask_path, buffered_path, log)
         strip(a.out, os.path.join(ROOT, "docs", "img", "conditions_inpaint_strip.jpg"))
+        dataset_figure(a.out, os.path.join(ROOT, "docs", "img", "conditions_dataset_sample.jpg"))
     return 0
 
 

@@ -235,8 +235,14 @@ class GenerateDatasetAlgorithm(QgsProcessingAlgorithm):
                         continue
                 samples.append((name, grid, boxes))
             if not samples:
-                raise QgsProcessingException(
-                    "No sample was kept" + (f": the filter dropped all {len(dropped)}." if dropped else "."))
+                detail = ""
+                if dropped:
+                    shares = [sum(a >= BOX_FRACTION for a in d["agreement"]) / max(1, len(d["agreement"]))
+                              for d in dropped]
+                    detail = (f": the filter dropped all {len(dropped)} (share of boxes confirmed per sample: "
+                              + ", ".join(f"{v:.2f}" for v in shares) + "; lower KEEP_FRACTION, or use a "
+                              "segmentation net that suits the imagery)")
+                raise QgsProcessingException(f"No sample was kept{detail}.")
             paths = self._write_labels(folder, samples, dropped, filter_status, skipped, count)
         except BaseException:
             for p in written:
