@@ -1,12 +1,13 @@
 """Screenshot of the real QGIS window with the "Satellite image generation" dock open (README, layout checks).
 
     .venv/bin/python tools/screenshot_dock.py out/dock.png [--model-dir DIR] [--size 1400x900] [--dock-only]
-                                              [--generate [--model ID] [--steps N] [--gsd M]]
+                                              [--generate [--model ID] [--steps N] [--gsd M]] [--conditions]
 
 Starts /usr/bin/qgis.bin under Xvfb with a throw-away profile and this file as its startup code (--code).
 Inside QGIS it draws an OSM-like map (land use, river, roads, buildings as memory layers) over Swellendam in
 UTM 34S, loads the plugin from this checkout, opens the dock, fills in a prompt and saves the window; with
---generate it first presses Generate and waits for the layer, so the picture shows a result too.
+--generate it first presses Generate and waits for the layer, so the picture shows a result too; with --conditions
+the Conditions section is open: layout from the ticked roads and buildings layers, the rules table.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import tempfile
 THIS = os.path.abspath(globals().get("__file__") or os.environ.get("RSGEN_SCREENSHOT_SCRIPT", "screenshot_dock.py"))
 ROOT = os.path.dirname(os.path.dirname(THIS))
 ENV_OUT, ENV_DOCK_ONLY, ENV_GENERATE = "RSGEN_SCREENSHOT_OUT", "RSGEN_SCREENSHOT_DOCK_ONLY", "RSGEN_SCREENSHOT_GENERATE"
+ENV_CONDITIONS = "RSGEN_SCREENSHOT_CONDITIONS"
 EXTENT = (453000.0, 6233600.0, 454600.0, 6235200.0)  # Swellendam, EPSG:32734
 
 
@@ -35,6 +37,7 @@ def launch(argv=None) -> int:
     ap.add_argument("--model", default="", help="model id to select (default: the dock's choice)")
     ap.add_argument("--steps", type=int, default=0, help="sampling steps for --generate (default: the dock's)")
     ap.add_argument("--gsd", type=float, default=0.0, help="pixel size in metres (default: the dock's)")
+    ap.add_argument("--conditions", action="store_true", help="open the Conditions section (layout from layers)")
     ap.add_argument("--timeout", type=int, default=600)
     a = ap.parse_args(argv)
     out = os.path.abspath(a.out)
@@ -45,7 +48,8 @@ def launch(argv=None) -> int:
     profile = tempfile.mkdtemp(prefix="rsgen-shot-")
     env = dict(os.environ, QGIS_PLUGINPATH=ROOT, QT_QPA_PLATFORM="xcb", PYTHONDONTWRITEBYTECODE="1",
                **{ENV_OUT: out, ENV_DOCK_ONLY: "1" if a.dock_only else "", "RSGEN_SCREENSHOT_SCRIPT": THIS,
-                  ENV_GENERATE: f"{a.model}|{a.steps}|{a.gsd}" if a.generate else ""})
+                  ENV_GENERATE: f"{a.model}|{a.steps}|{a.gsd}" if a.generate else "",
+                  ENV_CONDITIONS: "1" if a.conditions else ""})
     venv_site = os.path.join(ROOT, ".venv", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                              "site-packages")
     if os.path.isdir(venv_site):  # QGIS runs /usr/bin/python3: lend it the venv's onnxruntime
@@ -156,6 +160,9 @@ def inside_qgis() -> None:
     dock = plugin.dock
     dock.prompt_edit.setPlainText("a satellite image of medium density residential area with trees by a river")
     dock.seed_spin.setValue(7)
+    if os.environ.get(ENV_CONDITIONS):
+        dock.conditions.layout_group.setChecked(True)
+        dock.conditions.tick(*[lyr for n in ("roads", "buildings") for lyr in project.mapLayersByName(n)])
 
     def zoom() -> None:  # once the window has its final size, so the canvas shows the whole area
         canvas.setExtent(QgsRectangle(*EXTENT))

@@ -167,7 +167,8 @@ def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
                 cache[b], stretched = _stretch(a, valid), True
         out[i] = cache[b]
     if stretched:
-        notes.append(f"Raster {name!r} is not 8-bit ({_TYPE_NAMES.get(int(p.dataType(bands[0])), "?")}): each band was "
+        type_name = _TYPE_NAMES.get(int(p.dataType(bands[0])), "?")
+        notes.append(f"Raster {name!r} is not 8-bit ({type_name}): each band was "
                      "stretched from its 2nd to 98th percentile to 0-255, as QGIS displays it.")
     return out, notes
 

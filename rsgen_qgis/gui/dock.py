@@ -10,7 +10,7 @@ import random
 from typing import Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils
-from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPlainTextEdit,
@@ -22,6 +22,7 @@ from ..core.request import DEFAULT_MODEL, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs, fit_grid, from_rectangle,
                           layer_extent, unit_suffix)
 from ..gis.task import GenerationTask
+from .conditions import ConditionsPanel
 from . import (ERROR_STYLE, dspin, metres, model_choices, provider_text, row, sampler_labels, set_quiet, spin, tr,
                wrap_label)
 
@@ -112,6 +113,13 @@ class GenerationDock(QgsDockWidget):
         self.output_widget.lineEdit().setPlaceholderText(tr("[Temporary file]"))
         imf.addRow(tr("Output file"), self.output_widget)
 
+        self.conditions = ConditionsPanel(lambda: self.grid, self._message)
+        conditions = QgsCollapsibleGroupBox(tr("Conditions"))
+        conditions.setObjectName("RsgenConditions")
+        cl = QVBoxLayout(conditions)
+        cl.setContentsMargins(4, 4, 4, 4)  # nested groups in a narrow dock: keep the margins small
+        cl.addWidget(self.conditions)
+
         self.generate_btn = QPushButton(tr("Generate"))
         self.generate_btn.setDefault(True)
         self.cancel_btn = QPushButton(tr("Cancel"))
@@ -124,7 +132,7 @@ class GenerationDock(QgsDockWidget):
 
         body = QWidget()
         lay = QVBoxLayout(body)
-        for w in (area, image):
+        for w in (area, image, conditions):
             lay.addWidget(w)
         lay.addWidget(row(self.generate_btn, self.cancel_btn, stretch=(1, 1)))
         for w in (self.progress, self.status_label, self.provider_label):
@@ -145,6 +153,7 @@ class GenerationDock(QgsDockWidget):
         self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
         self.add_models_btn.clicked.connect(self._add_model_folder)
         self.generate_btn.clicked.connect(self.generate)
+        self.conditions.raster_group.toggled.connect(lambda _: self._update_buttons())
         self.cancel_btn.clicked.connect(self.cancel)
 
     def _restore(self) -> None:
@@ -271,20 +280,24 @@ class GenerationDock(QgsDockWidget):
 
     # -- generate / cancel ---------------------------------------------------------------------------------
     def build_request(self) -> GenerationRequest:
-        ext = self.current_extent()
+        """The request, conditions included as arrays (layers and rasters are read here, on the main thread)."""
         model = self.model_combo.currentData()
         if not model:
             raise ModelPackageError(tr("No model to generate with: add a folder with model packages (… button)."))
-        size = ({"gsd": self.gsd_spin.value()} if self.size_mode == "gsd" else
-                {"width": self.width_spin.value(), "height": self.height_spin.value()})
         output = self.output_widget.filePath().strip()
         if output and not output.lower().endswith((".tif", ".tiff")):
             output += ".tif"
-        return GenerationRequest(
-            extent=ext.bounds, crs=ext.crs_wkt, output=output or QgsProcessingUtils.generateTempFilename("rsgen.tif"),
-            prompt=self.prompt_edit.toPlainText().strip(), seed=self.seed_spin.value(),
-            steps=self.steps_spin.value(), guidance=self.guidance_spin.value(),
-            sampler=self.sampler_combo.currentData(), model=model, pixel_budget=settings.pixel_budget(), **size)
+        params = dict(output=output or QgsProcessingUtils.generateTempFilename("rsgen.tif"),
+                      prompt=self.prompt_edit.toPlainText().strip(), seed=self.seed_spin.value(),
+                      steps=self.steps_spin.value(), guidance=self.guidance_spin.value(),
+                      sampler=self.sampler_combo.currentData(), model=model, pixel_budget=settings.pixel_budget())
+        if self.conditions.raster_mode():  # on the raster's own grid: the Area settings do not apply
+            return self.conditions.raster_request(**params)
+        ext = self.current_extent()
+        size = ({"gsd": self.gsd_spin.value()} if self.size_mode == "gsd" else
+                {"width": self.width_spin.value(), "height": self.height_spin.value()})
+        req = GenerationRequest(extent=ext.bounds, crs=ext.crs_wkt, **params, **size)
+        return self.conditions.with_layout(req)
 
     def generate(self) -> Optional[GenerationTask]:
         if self.task is not None:
@@ -303,6 +316,8 @@ class GenerationDock(QgsDockWidget):
 
             self._message(missing_package_message(exc), Qgis.Critical)
             return None
+        if self.conditions.notes:
+            self._message(" ".join(self.conditions.notes), Qgis.Info, 8)
         settings.set_last(prompt=req.prompt, model=req.model, seed=req.seed, steps=req.steps,
                           guidance=req.guidance, sampler=req.sampler)
         if self._units == "m" and req.gsd:
@@ -349,11 +364,13 @@ class GenerationDock(QgsDockWidget):
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        self.generate_btn.setEnabled(self.task is None and self.grid is not None and self.model_combo.count() > 0)
+        area_ok = self.grid is not None or self.conditions.raster_mode() is not None
+        self.generate_btn.setEnabled(self.task is None and area_ok and self.model_combo.count() > 0)
 
     def cleanup(self) -> None:
         """Called by the plugin's unload(): disconnect from the canvas, drop the map tool, stop the task."""
         self._timer.stop()
+        self.conditions.cleanup()
         for signal, slot in ((self.canvas.extentsChanged, self._schedule),
                              (self.canvas.destinationCrsChanged, self._on_crs_changed)):
             try:

@@ -9,57 +9,24 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingAlgorithm, QgsProcessingContext,
-                       QgsProcessingException, QgsProcessingFeedback, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterCrs,
-                       QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterDestination, QgsProcessingParameterString, QgsProperty)
+                       QgsProcessingException, QgsProcessingFeedback, QgsProcessingOutputNumber,
+                       QgsProcessingOutputString, QgsProcessingParameterCrs, QgsProcessingParameterExtent,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination)
 from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
-from ..core.errors import Cancelled, RsgenError
-from ..core.request import DEFAULT_MODEL, SAMPLERS, GenerationRequest
+from ..core.request import GenerationRequest
 from ..gis import icon_path
-from ..gis.layers import layer_name, move_to_generated_group
+from ..gis.layers import layer_name
+from .common import (IntoGeneratedGroup, add_model_parameters, check_tif, given, guarded, load_as_generated,
+                     model_ids, model_values, report, run_engine, sampler_names)  # noqa: F401  (re-exported)
 
 EXTENT, TARGET_CRS, GSD, WIDTH, HEIGHT = "EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT"
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, OUTPUT = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER", "OUTPUT"
 
 
-def sampler_names() -> List[str]:
-    """Sampler ids, in the engine's order (static enum strings: `SAMPLER=ddim` works in scripts)."""
-    try:
-        from ..core.samplers import SAMPLER_LABELS
-    except ImportError:  # the engine is older than its samplers module: fall back to the request's list
-        return list(SAMPLERS)
-    return [name for name, _ in (SAMPLER_LABELS.items() if hasattr(SAMPLER_LABELS, "items") else SAMPLER_LABELS)]
-
-
-def model_ids() -> List[str]:
-    """Ids of the model packages discoverable now (bundled, settings folders, $RSGEN_MODEL_DIRS)."""
-    from ..core.models import discover
-
-    return [p.id for p in discover(settings.model_dirs())]
-
-
-def _given(parameters: Dict[str, Any], name: str) -> bool:
-    value = parameters.get(name)
-    return isinstance(value, QgsProperty) or value not in (None, "")
-
-
-class _IntoGeneratedGroup(QgsProcessingLayerPostProcessorInterface):
-    """Moves the loaded result into the "Generated" group, like the dock does (runs on the main thread)."""
-
-    instance: Optional["_IntoGeneratedGroup"] = None  # Processing keeps only a C++ pointer: we keep it alive
-
-    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802
-        move_to_generated_group(layer, context.project())
-
-    @classmethod
-    def create(cls) -> "_IntoGeneratedGroup":
-        """One shared, never-collected instance: it holds no state, and runs may overlap."""
-        if cls.instance is None:
-            cls.instance = cls()
-        return cls.instance
+_given = given
+_IntoGeneratedGroup = IntoGeneratedGroup  # older name
 
 
 class GenerateAlgorithm(QgsProcessingAlgorithm):
@@ -96,6 +63,14 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
         return GenerateAlgorithm()
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
+        self.add_area_parameters()
+        add_model_parameters(self)
+        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "Generated image"))
+        self.addOutput(QgsProcessingOutputString("PROVIDER", "ONNX Runtime execution provider that ran"))
+        self.addOutput(QgsProcessingOutputNumber("GSD_METRES", "Ground sample distance in metres"))
+
+    def add_area_parameters(self) -> None:
+        """Extent, output CRS, and GSD or width + height: the request's grid."""
         self.addParameter(QgsProcessingParameterExtent(EXTENT, "Extent"))
         self.addParameter(QgsProcessingParameterCrs(
             TARGET_CRS, "Output CRS (default: the extent's CRS, else the project CRS)", optional=True))
@@ -104,22 +79,6 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
                               Num.Double, None, True, 0.0))
         self.addParameter(Num(WIDTH, "Width in pixels (with height, instead of GSD)", Num.Integer, None, True, 1))
         self.addParameter(Num(HEIGHT, "Height in pixels (with width, instead of GSD)", Num.Integer, None, True, 1))
-        self.addParameter(QgsProcessingParameterString(PROMPT, "Prompt", "", multiLine=True, optional=True))
-        ids = model_ids()
-        if ids:
-            default = DEFAULT_MODEL if DEFAULT_MODEL in ids else ids[0]
-            self.addParameter(QgsProcessingParameterEnum(MODEL, "Model", ids, False, default, False, True))
-        else:  # nothing installed: still accept an id (or a package folder) so scripts and models stay valid
-            self.addParameter(QgsProcessingParameterString(MODEL, "Model id or package folder", DEFAULT_MODEL))
-        self.addParameter(Num(SEED, "Seed", Num.Integer, 0, False, 0))
-        self.addParameter(Num(STEPS, "Sampling steps", Num.Integer, 20, False, 1, 1000))
-        self.addParameter(Num(GUIDANCE, "Guidance scale", Num.Double, 3.0, False, 0.0, 100.0))
-        names = sampler_names()
-        self.addParameter(QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
-                                                     "dpmpp_2m" if "dpmpp_2m" in names else names[0], False, True))
-        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "Generated image"))
-        self.addOutput(QgsProcessingOutputString("PROVIDER", "ONNX Runtime execution provider that ran"))
-        self.addOutput(QgsProcessingOutputNumber("GSD_METRES", "Ground sample distance in metres"))
 
     def checkParameterValues(self, parameters: Dict[str, Any],  # noqa: N802
                              context: QgsProcessingContext) -> Tuple[bool, str]:
@@ -168,57 +127,22 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
         else:
             size["width"] = self.parameterAsInt(parameters, WIDTH, context)
             size["height"] = self.parameterAsInt(parameters, HEIGHT, context)
-        if isinstance(self.parameterDefinition(MODEL), QgsProcessingParameterEnum):
-            model = self.parameterAsEnumString(parameters, MODEL, context)
-        else:
-            model = self.parameterAsString(parameters, MODEL, context).strip() or DEFAULT_MODEL
         return GenerationRequest(
             extent=(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
             crs=crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019), output=output,
-            prompt=self.parameterAsString(parameters, PROMPT, context), model=model,
-            seed=self.parameterAsInt(parameters, SEED, context),
-            steps=self.parameterAsInt(parameters, STEPS, context),
-            guidance=self.parameterAsDouble(parameters, GUIDANCE, context),
-            sampler=self.parameterAsEnumString(parameters, SAMPLER, context),
-            pixel_budget=settings.pixel_budget(), **size)
+            **(model_values(self, parameters, context) if self.parameterDefinition(MODEL) else {}), **size)
 
+    def with_conditions(self, req: GenerationRequest, parameters: Dict[str, Any], context: QgsProcessingContext,
+                        feedback: QgsProcessingFeedback) -> GenerationRequest:
+        """Hook for algorithms that add conditions made from layers (see processing.layout)."""
+        return req
+
+    @guarded
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        output = self.parameterAsOutputLayer(parameters, OUTPUT, context)
-        if not output.lower().endswith((".tif", ".tiff")):
-            raise QgsProcessingException(f"The output must be a GeoTIFF file (.tif), not {output!r}.")
-        try:
-            req = self.request(parameters, context, output)
-            from ..core.georef import gsd_metres_mean
-            from ..core.pipeline import generate
-            from ..core.providers import choose
-
-            feedback.pushInfo(f"Model {req.model}, {req.steps} steps, sampler {req.sampler}, seed {req.seed}")
-
-            def progress(fraction: float, message: str) -> None:
-                feedback.setProgress(100.0 * fraction)
-                feedback.setProgressText(message)
-
-            result = generate(req, progress=progress, cancelled=feedback.isCanceled,
-                              model_dirs=settings.model_dirs(),
-                              providers=choose(settings.provider_preference()))
-            gsd_m = gsd_metres_mean(result.grid)
-        except Cancelled as exc:
-            raise QgsProcessingException(str(exc)) from exc
-        except RsgenError as exc:
-            raise QgsProcessingException(str(exc)) from exc
-        except ImportError as exc:
-            from ..gis.task import missing_package_message
-
-            raise QgsProcessingException(missing_package_message(exc)) from exc
-        for warning in getattr(result, "warnings", []) or []:
-            feedback.pushWarning(warning)
-        g = result.grid
-        feedback.pushInfo(f"Wrote {result.path}: {g.width} x {g.height} px, GSD {gsd_m:.3g} m, "
-                          f"{result.model_id} on {result.provider}, {result.seconds:.1f} s")
-        if context.willLoadLayerOnCompletion(result.path):
-            details = context.layerToLoadOnCompletionDetails(result.path)
-            details.name = layer_name(req.prompt, req.seed)
-            details.forceName = True
-            details.setPostProcessor(_IntoGeneratedGroup.create())
+        output = check_tif(self.parameterAsOutputLayer(parameters, OUTPUT, context))
+        req = self.with_conditions(self.request(parameters, context, output), parameters, context, feedback)
+        result = run_engine(req, feedback)
+        gsd_m = report(result, feedback)
+        load_as_generated(context, result.path, layer_name(req.prompt, req.seed))
         return {OUTPUT: result.path, "PROVIDER": result.provider, "GSD_METRES": gsd_m}

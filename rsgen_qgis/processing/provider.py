@@ -7,7 +7,10 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..gis import icon_path
+from .dataset import GenerateDatasetAlgorithm
 from .generate import GenerateAlgorithm
+from .layout import LayoutGenerateAlgorithm, PreviewLayoutAlgorithm
+from .raster_conditions import InpaintAlgorithm, SuperResolveAlgorithm, VariationAlgorithm
 
 
 class RsgenProvider(QgsProcessingProvider):
@@ -27,7 +30,9 @@ class RsgenProvider(QgsProcessingProvider):
         return icon_path()
 
     def loadAlgorithms(self) -> None:  # noqa: N802
-        self.addAlgorithm(GenerateAlgorithm())
+        for alg in (GenerateAlgorithm, LayoutGenerateAlgorithm, PreviewLayoutAlgorithm, InpaintAlgorithm,
+                    SuperResolveAlgorithm, VariationAlgorithm, GenerateDatasetAlgorithm):
+            self.addAlgorithm(alg())
 
     def supportedOutputRasterLayerExtensions(self) -> List[str]:  # noqa: N802
         """The engine writes Cloud Optimized GeoTIFFs only; offering other formats would be a lie."""

@@ -1,0 +1,336 @@
+"""The dock's "Conditions" section: a layout from ticked vector layers (with a small rules table), or a raster layer
+to inpaint, super-resolve or vary.
+
+Everything here runs on the main thread and ends in plain data: `with_layout(request)` returns the request with its
+layout as a numpy array, `raster_request(...)` a request on the raster's own grid: the QgsTask carries only those.
+The QGIS work itself lives in gis/ (rasterize, boxes, rasters); this module only reads widgets.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+from qgis.core import (QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsVectorLayer,
+                       QgsWkbTypes)
+from qgis.gui import QgsCollapsibleGroupBox, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHeaderView,
+                                 QLabel, QListWidget, QListWidgetItem, QPushButton, QSizePolicy, QSlider,
+                                 QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+
+from ..core.errors import ConditionError, ParameterError
+from ..core.request import Conditions, GenerationRequest
+from ..core.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
+from . import row, tr, wrap_label
+
+COLUMNS = (("class", "Class"), ("field", "Field"), ("values", "Values"), ("geometry", "Geometry"),
+           ("buffer_m", "Width m"), ("priority", "Priority"))
+RASTER_MODES = (("inpaint", "Inpaint inside polygons"), ("superres", "Super-resolve (4× finer)"),
+                ("variation", "Variation (more like this)"))
+SOURCE = "rules table"
+
+
+class ConditionsPanel(QWidget):
+    """Two collapsible, checkable groups: "Layout from vector layers" and "From a raster layer"."""
+
+    def __init__(self, grid_provider: Callable[[], object], message: Callable[[str, int], None],
+                 parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.grid_provider, self.message = grid_provider, message
+        self.notes: List[str] = []
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+
+        self.layout_group = QgsCollapsibleGroupBox(tr("Layout from vector layers"))
+        self.layout_group.setCheckable(True)
+        self.layout_group.setChecked(False)
+        lf = QVBoxLayout(self.layout_group)
+        lf.setContentsMargins(4, 4, 4, 4)
+        self.layer_list = QListWidget()
+        self.layer_list.setMaximumHeight(self.fontMetrics().lineSpacing() * 6)
+        lf.addWidget(self.layer_list)
+        self.rules_table = QTableWidget(0, len(COLUMNS))
+        self.rules_table.setHorizontalHeaderLabels([tr(label) for _, label in COLUMNS])
+        self.rules_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.rules_table.horizontalHeader().setStretchLastSection(True)
+        self.rules_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
+        self.rules_table.setMaximumHeight(self.fontMetrics().lineSpacing() * 9)
+        self.rules_table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        for w in (self.layer_list, self.rules_table):  # never widen the dock: scroll inside instead
+            w.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.rules_table.setToolTip(tr("One rule a row: features whose Field has one of the Values (comma-separated, "
+                                       "* = any) become Class; lines and points are buffered to Width m; the higher "
+                                       "Priority wins where features overlap."))
+        lf.addWidget(self.rules_table)
+        self.add_rule_btn, self.del_rule_btn = QToolButton(), QToolButton()
+        self.load_rules_btn, self.save_rules_btn, self.reset_rules_btn = QToolButton(), QToolButton(), QToolButton()
+        for b, text, tip in ((self.add_rule_btn, "+", "Add a rule"), (self.del_rule_btn, "−", "Delete the selected rules"),
+                             (self.load_rules_btn, "Load…", "Load rules from a JSON file"),
+                             (self.save_rules_btn, "Save…", "Save the rules to a JSON file"),
+                             (self.reset_rules_btn, "OSM", "Back to the default OpenStreetMap rules")):
+            b.setText(tr(text))
+            b.setToolTip(tr(tip))
+        lf.addWidget(row(self.add_rule_btn, self.del_rule_btn, self.load_rules_btn, self.save_rules_btn,
+                         self.reset_rules_btn, QWidget(), stretch=(0, 0, 0, 0, 0, 1)))
+        self.preview_btn = QPushButton(tr("Preview layout"))
+        self.preview_btn.setToolTip(tr("Add the class raster the model will be given, with a legend"))
+        lf.addWidget(self.preview_btn)
+        lay.addWidget(self.layout_group)
+
+        self.raster_group = QgsCollapsibleGroupBox(tr("From a raster layer"))
+        self.raster_group.setCheckable(True)
+        self.raster_group.setChecked(False)
+        rf = QFormLayout(self.raster_group)
+        rf.setContentsMargins(4, 4, 4, 4)
+        self.mode_combo = QComboBox()
+        self.mode_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        for key, label in RASTER_MODES:
+            self.mode_combo.addItem(tr(label), key)
+        rf.addRow(tr("Mode"), self.mode_combo)
+        self.raster_combo = QgsMapLayerComboBox()
+        self.raster_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        rf.addRow(tr("Raster"), self.raster_combo)
+        self.mask_combo = QgsMapLayerComboBox()
+        self.mask_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.mask_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.selected_check = QCheckBox(tr("Selected features only"))
+        self.mask_label = QLabel(tr("Mask"))
+        rf.addRow(self.mask_label, self.mask_combo)
+        rf.addRow("", self.selected_check)
+        self.strength_slider = QSlider(Qt.Horizontal)
+        self.strength_slider.setRange(5, 100)
+        self.strength_slider.setValue(50)
+        self.strength_value = QLabel()
+        self.strength_label = QLabel(tr("Strength"))
+        rf.addRow(self.strength_label, row(self.strength_slider, self.strength_value, stretch=(1,)))
+        self.raster_note = wrap_label()
+        rf.addRow(self.raster_note)
+        lay.addWidget(self.raster_group)
+
+        for group in (self.layout_group, self.raster_group):  # compact: a group opens when it is switched on
+            group.setCollapsed(True)
+            group.toggled.connect(lambda on, g=group: g.setCollapsed(not on))
+        self.set_rules(DEFAULT_OSM_RULES)
+        self.refresh_layers()
+        self._mode_changed()
+        self.mode_combo.currentIndexChanged.connect(self._mode_changed)
+        self.strength_slider.valueChanged.connect(self._mode_changed)
+        self.add_rule_btn.clicked.connect(self._add_rule)
+        self.del_rule_btn.clicked.connect(self._delete_rules)
+        self.load_rules_btn.clicked.connect(self._load_rules)
+        self.save_rules_btn.clicked.connect(self._save_rules)
+        self.reset_rules_btn.clicked.connect(lambda: self.set_rules(DEFAULT_OSM_RULES))
+        self.preview_btn.clicked.connect(self._preview_clicked)
+        project = QgsProject.instance()
+        project.layersAdded.connect(self.refresh_layers)
+        project.layersRemoved.connect(self.refresh_layers)
+
+    # -- vector layers -------------------------------------------------------------------------------------------
+    def refresh_layers(self, *_) -> None:
+        """List the project's vector layers with geometry, keeping the ticks of those still there."""
+        ticked = set(self.ticked_layer_ids())
+        self.layer_list.clear()
+        for layer in QgsProject.instance().mapLayers().values():
+            if isinstance(layer, QgsVectorLayer) and layer.isSpatial():
+                item = QListWidgetItem(layer.name())
+                item.setData(Qt.UserRole, layer.id())
+                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+                item.setCheckState(Qt.Checked if layer.id() in ticked else Qt.Unchecked)
+                self.layer_list.addItem(item)
+
+    def ticked_layer_ids(self) -> List[str]:
+        items = (self.layer_list.item(i) for i in range(self.layer_list.count()))
+        return [it.data(Qt.UserRole) for it in items if it.checkState() == Qt.Checked]
+
+    def tick(self, *layers) -> None:
+        ids = {layer.id() for layer in layers}
+        for i in range(self.layer_list.count()):
+            it = self.layer_list.item(i)
+            it.setCheckState(Qt.Checked if it.data(Qt.UserRole) in ids else Qt.Unchecked)
+
+    def layout_layers(self) -> List[QgsVectorLayer]:
+        project = QgsProject.instance()
+        return [project.mapLayer(i) for i in self.ticked_layer_ids() if project.mapLayer(i) is not None]
+
+    # -- rules table ---------------------------------------------------------------------------------------------
+    def set_rules(self, rules) -> None:
+        self.rules_table.setRowCount(0)
+        for rule in rules:
+            self._append(rule.to_dict())
+
+    def _append(self, d: dict) -> None:
+        r = self.rules_table.rowCount()
+        self.rules_table.insertRow(r)
+        for c, (key, _) in enumerate(COLUMNS):
+            v = d.get(key)
+            text = ", ".join(str(x) for x in v) if key == "values" else ("" if v is None else f"{v:g}"
+                                                                           if isinstance(v, float) else str(v))
+            item = QTableWidgetItem(text)
+            if c == 0:  # keys the table has no column for (exclude, layer, optional) ride along with the row
+                item.setData(Qt.UserRole, {k: v for k, v in d.items() if k not in dict(COLUMNS)})
+            self.rules_table.setItem(r, c, item)
+
+    def rules(self) -> List[Rule]:
+        """The table as validated rules; a mistake is a ParameterError naming the row and the column."""
+        out = []
+        if self.rules_table.rowCount() == 0:
+            raise ParameterError(tr("The rules table is empty; press OSM for the default rules."))
+        for r in range(self.rules_table.rowCount()):
+            cells = {key: (self.rules_table.item(r, c).text().strip() if self.rules_table.item(r, c) else "")
+                     for c, (key, _) in enumerate(COLUMNS)}
+            first = self.rules_table.item(r, 0)
+            d = dict(first.data(Qt.UserRole) or {}) if first else {}
+            d["class"] = cells["class"]
+            d["field"] = cells["field"] or None
+            d["values"] = [v.strip() for v in cells["values"].split(",") if v.strip()] or ["*"]
+            d["geometry"] = cells["geometry"] or "any"
+            for key, cast in (("buffer_m", float), ("priority", int)):
+                if cells[key]:
+                    try:
+                        d[key] = cast(cells[key])
+                    except ValueError:
+                        raise ParameterError(f"{SOURCE}, rule {r + 1}: {key} must be a number "
+                                             f"(got {cells[key]!r}).") from None
+            out.append(rule_from_dict(d, r, SOURCE))
+        return out
+
+    def _add_rule(self) -> None:
+        self._append({"class": "building", "field": "building", "values": ["*"], "geometry": "polygon",
+                      "buffer_m": 0.0, "priority": 50})
+        self.rules_table.scrollToBottom()
+
+    def _delete_rules(self) -> None:
+        for r in sorted({i.row() for i in self.rules_table.selectedIndexes()}, reverse=True):
+            self.rules_table.removeRow(r)
+
+    def load_rules_file(self, path: str) -> None:
+        self.set_rules(load_rules(path))
+
+    def save_rules_file(self, path: str) -> None:
+        from ..gis.boxes import write_text
+
+        write_text(path, rules_to_json(self.rules()))
+
+    def _load_rules(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, tr("Layout rules"), "", "JSON (*.json)")
+        if path:
+            self._guard(lambda: self.load_rules_file(path))
+
+    def _save_rules(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, tr("Layout rules"), "rules.json", "JSON (*.json)")
+        if path:
+            self._guard(lambda: self.save_rules_file(path if path.lower().endswith(".json") else path + ".json"))
+
+    def _guard(self, fn) -> None:
+        from qgis.core import Qgis
+
+        from ..core.errors import RsgenError
+
+        try:
+            fn()
+        except RsgenError as exc:
+            self.message(str(exc), Qgis.Critical)
+
+    # -- raster modes --------------------------------------------------------------------------------------------
+    def raster_mode(self) -> Optional[str]:
+        return self.mode_combo.currentData() if self.raster_group.isChecked() else None
+
+    def _mode_changed(self, *_) -> None:
+        mode = self.mode_combo.currentData()
+        for w in (self.mask_label, self.mask_combo, self.selected_check):
+            w.setVisible(mode == "inpaint")
+        for w in (self.strength_label, self.strength_slider, self.strength_value):
+            w.setVisible(mode == "variation")
+        self.strength_value.setText(f"{self.strength() :.2f}")
+        self.raster_note.setText(tr("Works on the raster's own grid and CRS (the Area settings are not used)")
+                                 if mode != "superres" else
+                                 tr("Same footprint and CRS as the raster, pixels 4× smaller"))
+
+    def strength(self) -> float:
+        return self.strength_slider.value() / 100.0
+
+    # -- requests ------------------------------------------------------------------------------------------------
+    def with_layout(self, req: GenerationRequest) -> GenerationRequest:
+        """The dock's request plus the layout of the ticked layers when the layout group is on (raises RsgenError)."""
+        from ..core.georef import grid_for_request
+
+        self.notes = []
+        if not self.layout_group.isChecked():
+            return req
+        return req.replace(conditions=Conditions(layout=self.layout_for(grid_for_request(req))))
+
+    def layout_for(self, grid):
+        from ..gis.rasterize import layers_to_layout, stats_message
+
+        layers = self.layout_layers()
+        if not layers:
+            raise ConditionError(tr("Tick at least one vector layer for the layout (Conditions > Layout)."))
+        layout, stats = layers_to_layout(layers, self.rules(), grid)
+        self.notes.append(stats_message(stats))
+        self.notes.extend(stats["warnings"])
+        return layout
+
+    def raster_request(self, output: str, **params) -> GenerationRequest:
+        """A request on the chosen raster's grid (inpainting, variation) or its 4x finer twin (super-resolution)."""
+        from ..gis.rasters import mask_from_polygons, raster_grid, read_rgb, request_on_grid, sr_grid
+
+        self.notes = []
+        mode = self.raster_mode()
+        layer = self.raster_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            raise ConditionError(tr("Choose the raster layer to work on (Conditions > From a raster layer)."))
+        grid = raster_grid(layer)
+        image, notes = read_rgb(layer)
+        self.notes.extend(notes)
+        if mode == "inpaint":
+            mask_layer = self.mask_combo.currentLayer()
+            if mask_layer is None or mask_layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+                raise ConditionError(tr("Choose a polygon layer as the inpainting mask."))
+            mask = mask_from_polygons(mask_layer, grid, self.selected_check.isChecked(),
+                                      target=f"raster {layer.name()!r}")
+            conditions = Conditions(mask=mask, image=image)
+        elif mode == "superres":
+            grid, conditions = sr_grid(grid), Conditions(guide=image)
+        else:
+            conditions = Conditions(image=image, strength=self.strength())
+        return request_on_grid(grid, output, conditions=conditions, **params)
+
+    # -- preview ---------------------------------------------------------------------------------------------------
+    def _preview_clicked(self) -> None:
+        from qgis.core import Qgis
+
+        from ..core.errors import RsgenError
+
+        try:
+            layer = self.preview()
+            self.message(tr("Added the layout preview: {notes}").format(notes=" ".join(self.notes)), Qgis.Info)
+            return layer
+        except RsgenError as exc:
+            self.message(str(exc), Qgis.Critical)
+
+    def preview(self) -> QgsRasterLayer:
+        """Rasterize the ticked layers on the dock's grid and add the class raster with a named legend."""
+        from ..gis.layers import generated_group
+        from ..gis.rasterize import style_layout_layer, write_layout
+
+        grid = self.grid_provider()
+        if grid is None:
+            raise ConditionError(tr("Set a valid area and pixel size first (see Area > Result)."))
+        self.notes = []
+        layout = self.layout_for(grid)
+        path = write_layout(QgsProcessingUtils.generateTempFilename("layout.tif"), layout, grid)
+        layer = QgsRasterLayer(path, tr("Layout preview"), "gdal")
+        style_layout_layer(layer)
+        project = QgsProject.instance()
+        project.addMapLayer(layer, False)
+        generated_group(project).insertLayer(0, layer)
+        return layer
+
+    def cleanup(self) -> None:
+        project = QgsProject.instance()
+        for signal in (project.layersAdded, project.layersRemoved):
+            try:
+                signal.disconnect(self.refresh_layers)
+            except TypeError:
+                pass
+

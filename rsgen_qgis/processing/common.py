@@ -1,0 +1,165 @@
+"""What every rsgen Processing algorithm shares: the model parameters, running the engine with Processing's
+feedback, engine errors as QgsProcessingException, and how a result layer is loaded.
+
+The algorithms run on Processing's worker thread: they read layers (as every Processing algorithm does) but add
+nothing to the project; results are loaded by Processing on the main thread, through the post-processors here.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingLayerPostProcessorInterface, QgsProcessingParameterEnum,
+                       QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProperty)
+
+from .. import settings
+from ..core.errors import RsgenError
+from ..core.request import DEFAULT_MODEL, SAMPLERS
+from ..gis.layers import layer_name, move_to_generated_group
+
+PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER"
+MODEL_PARAMS = (PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER)
+
+
+def sampler_names() -> List[str]:
+    """Sampler ids, in the engine's order (static enum strings: `SAMPLER=ddim` works in scripts)."""
+    try:
+        from ..core.samplers import SAMPLER_LABELS
+    except ImportError:  # the engine is older than its samplers module: fall back to the request's list
+        return list(SAMPLERS)
+    return [name for name, _ in (SAMPLER_LABELS.items() if hasattr(SAMPLER_LABELS, "items") else SAMPLER_LABELS)]
+
+
+def model_ids() -> List[str]:
+    """Ids of the model packages discoverable now (bundled, settings folders, $RSGEN_MODEL_DIRS)."""
+    from ..core.models import discover
+
+    return [p.id for p in discover(settings.model_dirs())]
+
+
+def given(parameters: Dict[str, Any], name: str) -> bool:
+    value = parameters.get(name)
+    return isinstance(value, QgsProperty) or value not in (None, "")
+
+
+def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None:
+    """Prompt, model, seed, steps, guidance, sampler: the same six in every algorithm, same names."""
+    alg.addParameter(QgsProcessingParameterString(PROMPT, "Prompt", prompt_default, multiLine=True, optional=True))
+    ids = model_ids()
+    if ids:
+        default = DEFAULT_MODEL if DEFAULT_MODEL in ids else ids[0]
+        alg.addParameter(QgsProcessingParameterEnum(MODEL, "Model", ids, False, default, False, True))
+    else:  # nothing installed: still accept an id (or a package folder) so scripts and models stay valid
+        alg.addParameter(QgsProcessingParameterString(MODEL, "Model id or package folder", DEFAULT_MODEL))
+    Num = QgsProcessingParameterNumber
+    alg.addParameter(Num(SEED, "Seed", Num.Integer, 0, False, 0))
+    alg.addParameter(Num(STEPS, "Sampling steps", Num.Integer, steps, False, 1, 1000))
+    alg.addParameter(Num(GUIDANCE, "Guidance scale", Num.Double, 3.0, False, 0.0, 100.0))
+    names = sampler_names()
+    alg.addParameter(QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
+                                                "dpmpp_2m" if "dpmpp_2m" in names else names[0], False, True))
+
+
+def model_values(alg, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, Any]:
+    """The request fields the six model parameters give (plus the pixel budget setting)."""
+    if isinstance(alg.parameterDefinition(MODEL), QgsProcessingParameterEnum):
+        model = alg.parameterAsEnumString(parameters, MODEL, context)
+    else:
+        model = alg.parameterAsString(parameters, MODEL, context).strip() or DEFAULT_MODEL
+    return dict(prompt=alg.parameterAsString(parameters, PROMPT, context), model=model,
+                seed=alg.parameterAsInt(parameters, SEED, context),
+                steps=alg.parameterAsInt(parameters, STEPS, context),
+                guidance=alg.parameterAsDouble(parameters, GUIDANCE, context),
+                sampler=alg.parameterAsEnumString(parameters, SAMPLER, context),
+                pixel_budget=settings.pixel_budget())
+
+
+def check_tif(output: str) -> str:
+    if not output.lower().endswith((".tif", ".tiff")):
+        raise QgsProcessingException(f"The output must be a GeoTIFF file (.tif), not {output!r}.")
+    return output
+
+
+def as_processing_error(exc: BaseException) -> QgsProcessingException:
+    """Engine and import errors as the one exception Processing shows as a plain message."""
+    if isinstance(exc, ImportError):
+        from ..gis.task import missing_package_message
+
+        return QgsProcessingException(missing_package_message(exc))
+    return QgsProcessingException(str(exc))
+
+
+def run_engine(req, feedback: QgsProcessingFeedback, progress_range=(0.0, 1.0), log: bool = True):
+    """core.pipeline.generate with Processing's progress and cancel; returns the GenerationResult.
+
+    Raises RsgenError / ImportError for the caller to turn into QgsProcessingException (see guarded())."""
+    from ..core.pipeline import generate
+    from ..core.providers import choose
+
+    lo, hi = progress_range
+    if log:
+        feedback.pushInfo(f"Model {req.model}, {req.steps} steps, sampler {req.sampler}, seed {req.seed}")
+
+    def progress(fraction: float, message: str) -> None:
+        feedback.setProgress(100.0 * (lo + (hi - lo) * fraction))
+        feedback.setProgressText(message)
+
+    result = generate(req, progress=progress, cancelled=feedback.isCanceled, model_dirs=settings.model_dirs(),
+                      providers=choose(settings.provider_preference()))
+    for warning in getattr(result, "warnings", []) or []:
+        feedback.pushWarning(warning)
+    return result
+
+
+def report(result, feedback: QgsProcessingFeedback) -> float:
+    """Log what was written; returns the mean GSD in metres."""
+    from ..core.georef import gsd_metres_mean
+
+    g = result.grid
+    gsd_m = gsd_metres_mean(g)
+    feedback.pushInfo(f"Wrote {result.path}: {g.width} x {g.height} px, GSD {gsd_m:.3g} m, "
+                      f"{result.model_id} on {result.provider}, {result.seconds:.1f} s")
+    return gsd_m
+
+
+class IntoGeneratedGroup(QgsProcessingLayerPostProcessorInterface):
+    """Moves the loaded result into the "Generated" group, like the dock does (runs on the main thread)."""
+
+    instance: Optional["IntoGeneratedGroup"] = None  # Processing keeps only a C++ pointer: we keep it alive
+
+    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802
+        move_to_generated_group(layer, context.project())
+
+    @classmethod
+    def create(cls) -> "IntoGeneratedGroup":
+        """One shared, never-collected instance: it holds no state, and runs may overlap."""
+        if cls.instance is None:
+            cls.instance = cls()
+        return cls.instance
+
+
+def load_as_generated(context: QgsProcessingContext, path: str, name: str) -> None:
+    """When Processing loads the result: give it a readable name and put it in the "Generated" group."""
+    if context.willLoadLayerOnCompletion(path):
+        details = context.layerToLoadOnCompletionDetails(path)
+        details.name = name
+        details.forceName = True
+        details.setPostProcessor(IntoGeneratedGroup.create())
+
+
+def result_name(prefix: str, req) -> str:
+    return f"{prefix}: {layer_name(req.prompt, req.seed)}" if prefix else layer_name(req.prompt, req.seed)
+
+
+def guarded(fn):
+    """Decorator for processAlgorithm bodies: every engine mistake becomes a QgsProcessingException."""
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QgsProcessingException:
+            raise
+        except (RsgenError, ImportError) as exc:
+            raise as_processing_error(exc) from exc
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
