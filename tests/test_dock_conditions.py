@@ -193,3 +193,22 @@ def test_mask_outside_raster_goes_to_message_bar(dock, qgis_iface, tmp_path, ras
     assert "do not overlap raster 'src'" in msg and "Traceback" not in msg
     assert not (tmp_path / "never.tif").exists()
     assert QgsProject.instance().layerTreeRoot().findGroup(GROUP_NAME) is None
+
+
+def test_object_boxes_layer_burns_rotated_boxes_into_the_layout(dock, qgis_iface):
+    """Boxes only (no ticked layers): the boxes become building pixels, the rest stays "no information"."""
+    from rsgen_qgis.core.conditions import NO_LAYOUT
+
+    assert dock.conditions.boxes_combo.currentLayer() is None  # optional, off by default
+    boxes = add_layer(f"Polygon?crs={UTM}&field=kind:string", "boxes", [(square(4, 6), {"kind": "building"})])
+    assert dock.conditions.boxes_combo.currentLayer() is None  # a new layer does not switch boxes on
+    dock.conditions.layout_group.setChecked(True)
+    dock.conditions.boxes_combo.setLayer(boxes)
+    dock.conditions.box_field_combo.setField("kind")
+    layout = dock.conditions.layout_for(dock.grid)
+    assert layout[4, 6] == LAYOUT_CLASSES.index("building")
+    assert (layout == LAYOUT_CLASSES.index("building")).sum() == 1 and (layout == NO_LAYOUT).sum() == N * N - 1
+    assert any("Boxes: 1 drawn" in n for n in dock.conditions.notes)
+    dock.conditions.box_field_combo.setField("")
+    assert dock.generate() is None  # no category field: a clear message, no task
+    assert "no field" in qgis_iface.messageBar().get_messages(Qgis.Critical)[-1]

@@ -11,12 +11,15 @@ from typing import Callable, List, Optional
 
 from qgis.core import (QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsVectorLayer,
                        QgsWkbTypes)
-from qgis.gui import QgsCollapsibleGroupBox, QgsMapLayerComboBox
+from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHeaderView,
                                  QLabel, QListWidget, QListWidgetItem, QPushButton, QSizePolicy, QSlider,
                                  QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
+import numpy as np
+
+from ..core.conditions import NO_LAYOUT
 from ..core.errors import ConditionError, ParameterError
 from ..core.request import Conditions, GenerationRequest
 from ..core.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
@@ -71,6 +74,22 @@ class ConditionsPanel(QWidget):
             b.setToolTip(tr(tip))
         lf.addWidget(row(self.add_rule_btn, self.del_rule_btn, self.load_rules_btn, self.save_rules_btn,
                          self.reset_rules_btn, QWidget(), stretch=(0, 0, 0, 0, 0, 1)))
+        boxes = QFormLayout()
+        boxes.setContentsMargins(0, 0, 0, 0)
+        self.boxes_combo = QgsMapLayerComboBox()
+        self.boxes_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.boxes_combo.setFilters(QgsMapLayerProxyModel.PointLayer | QgsMapLayerProxyModel.PolygonLayer)
+        self.boxes_combo.setAllowEmptyLayer(True)
+        self.boxes_combo.setLayer(None)
+        self.boxes_combo.setToolTip(tr("Optional: points or polygons drawn on top of the layout as object boxes "
+                                       "(polygons as their minimum rotated rectangle)"))
+        self.box_field_combo = QgsFieldComboBox()
+        self.box_field_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.box_field_combo.setToolTip(tr("The category of each box (building, tree, water, ...)"))
+        self.boxes_combo.layerChanged.connect(self.box_field_combo.setLayer)
+        boxes.addRow(tr("Object boxes"), self.boxes_combo)
+        boxes.addRow(tr("Category"), self.box_field_combo)
+        lf.addLayout(boxes)
         self.preview_btn = QPushButton(tr("Preview layout"))
         self.preview_btn.setToolTip(tr("Add the class raster the model will be given, with a legend"))
         lf.addWidget(self.preview_btn)
@@ -263,11 +282,24 @@ class ConditionsPanel(QWidget):
         from ..gis.rasterize import layers_to_layout, stats_message
 
         layers = self.layout_layers()
-        if not layers:
-            raise ConditionError(tr("Tick at least one vector layer for the layout (Conditions > Layout)."))
-        layout, stats = layers_to_layout(layers, self.rules(), grid)
-        self.notes.append(stats_message(stats))
-        self.notes.extend(stats["warnings"])
+        box_layer = self.boxes_combo.currentLayer()
+        if not layers and box_layer is None:
+            raise ConditionError(tr("Tick at least one vector layer for the layout, or choose an object boxes "
+                                    "layer (Conditions > Layout)."))
+        if layers:
+            layout, stats = layers_to_layout(layers, self.rules(), grid)
+            self.notes.append(stats_message(stats))
+            self.notes.extend(stats["warnings"])
+        else:  # boxes only: the rest of the image is "no information", not empty ground
+            layout = np.full((grid.height, grid.width), NO_LAYOUT, np.uint8)
+        if box_layer is not None:
+            from ..gis.boxes import boxes_from_layer, burn_boxes
+
+            boxes, counts = boxes_from_layer(box_layer, self.box_field_combo.currentField(), grid)
+            layout = burn_boxes(layout, boxes, grid)
+            left = {k: v for k, v in counts.items() if v and k != "boxes"}
+            self.notes.append(tr("Boxes: {n} drawn").format(n=len(boxes)) + (
+                " (" + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in left.items()) + ")" if left else ""))
         return layout
 
     def raster_request(self, output: str, **params) -> GenerationRequest:
