@@ -309,7 +309,8 @@ def strip(out, path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="/work/data/demo")
+    ap.add_argument("--data", default=os.path.join(ROOT, "data", "demo"),
+                    help="the demo/ folder written by ../shared/tools/prepare-data (default: data/demo)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "demo_real"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-shots", action="store_true")
