@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Optional
 
 CORPUS = ("a satellite image of farmland with fields and roads", "dense residential area by a river",
           "airport runway, industrial buildings and parking lots", "forest and lakes in the mountains",
@@ -86,11 +85,10 @@ def make_scheduler(name: str = "DDIMScheduler", **over):
     return cls.from_config({**SCHEDULER_BASE, **over})
 
 
-def tiny_components(seed: int = 0, controlnet: bool = False, class_embed: Optional[str] = None):
+def tiny_components(seed: int = 0, controlnet: bool = False):
     """(tokenizer-less) modules: text encoder, UNet, VAE and optionally a ControlNet, all random."""
     import torch
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -100,8 +98,14 @@ def tiny_components(seed: int = 0, controlnet: bool = False, class_embed: Option
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         layers_per_block=1, norm_num_groups=4, sample_size=16)
-    return unet, vae, (ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
-                       if controlnet else None)
+    cn = None
+    if controlnet:
+        cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
+        with torch.no_grad():  # its zero convolutions would make the ControlNet a no-op: give them weights
+            for mod in list(cn.controlnet_down_blocks) + [cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
+                for prm in mod.parameters():
+                    prm.normal_(0.0, 0.2)
+    return unet, vae, cn
 
 
 def tiny_text_encoder(vocab_size: int, seed: int = 0):
@@ -130,3 +134,30 @@ def build_tiny_sd(folder: str, *, controlnet: bool = False, scheduler: str = "DD
     pipe = StableDiffusionControlNetPipeline(controlnet=cn, **kw) if controlnet else StableDiffusionPipeline(**kw)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def make_satunet(folder: str, n: int = 7, seed: int = 1) -> list:
+    """Turn the UNet of a tiny SD folder into a DiffusionSat SatUNet (config + metadata_embedding weights, as
+    DiffusionSat saves them); returns the metadata embeddings' state dicts (for an independent reference)."""
+    import torch
+    from diffusers.models.embeddings import TimestepEmbedding
+    from safetensors.torch import load_file, save_file
+
+    d = os.path.join(folder, "unet")
+    with open(os.path.join(d, "config.json")) as f:
+        cfg = json.load(f)
+    cfg.update({"_class_name": "SatUNet", "use_metadata": True, "num_metadata": n})
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    path = os.path.join(d, "diffusion_pytorch_model.safetensors")
+    state = load_file(path)
+    torch.manual_seed(seed)
+    tin, tout = cfg["block_out_channels"][0], cfg["block_out_channels"][0] * 4
+    embs = []
+    for i in range(n):
+        e = TimestepEmbedding(tin, tout)
+        embs.append({k: v.clone() for k, v in e.state_dict().items()})
+        for k, v in e.state_dict().items():
+            state[f"metadata_embedding.{i}.{k}"] = v.contiguous()
+    save_file(state, path)
+    return embs
