@@ -253,3 +253,22 @@ def test_satunet_metadata_graph_equals_reference(tmp_path):
         generate(GenerationRequest(output=str(tmp_path / "x.tif"), **req), providers=CPU)
     res = generate(GenerationRequest(output=str(tmp_path / "y.tif"), date="2020-05-17", **req), providers=CPU)
     assert any("Cloud cover" in w for w in res.warnings)
+
+
+def test_graphs_accept_other_sizes_than_traced(tiny_sd_dpm):
+    """The export traces one small sample; height, width and batch are dynamic (checked against torch)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    src, pkg = tiny_sd_dpm
+    m = load(pkg, providers=CPU)
+    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", use_safetensors=True).eval()
+    vae = AutoencoderKL.from_pretrained(src, subfolder="vae", use_safetensors=True).eval()
+    x = np.random.default_rng(0).standard_normal((3, 4, 16, 12)).astype(np.float32)
+    ehs = np.random.default_rng(1).standard_normal((3, 77, 32)).astype(np.float32)
+    t = np.array([999.0, 500.0, 1.0], np.float32)
+    with torch.no_grad():
+        ref = unet(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ehs)).sample.numpy()
+        img = vae.decode(torch.from_numpy(x[:1])).sample.numpy()
+    got = m.denoiser.run({"sample": x, "timestep": t, "encoder_hidden_states": ehs})["noise_pred"]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(m.extra["vae_decoder"].run({"latent": x[:1]})["image"], img, atol=1e-5)

@@ -64,7 +64,11 @@ def normalize(text: str) -> str:
 
 
 def pre_tokenize(text: str) -> List[str]:
-    """The pieces re.findall would give with CLIP's pattern (alternatives tried in order at each position)."""
+    """The pieces re.findall would give with CLIP's pattern (alternatives tried in order at each position).
+
+    The pattern's own <|startoftext|>/<|endoftext|> alternatives never fire in the `tokenizers` pipeline (a
+    special token is only recognised verbatim in the raw text, see token_ids); a lowercased '<|ENDOFTEXT|>'
+    becomes '<|', 'endoftext', '|>' there, and here too."""
     pieces: List[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -75,12 +79,6 @@ def pre_tokenize(text: str) -> List[str]:
             continue
         if ch == "'":
             hit = next((c for c in CONTRACTIONS if text.startswith(c, i)), None)
-            if hit:
-                pieces.append(hit)
-                i += len(hit)
-                continue
-        if ch == "<":
-            hit = next((s for s in SPECIALS if text.startswith(s, i)), None)
             if hit:
                 pieces.append(hit)
                 i += len(hit)
