@@ -87,3 +87,17 @@ def test_pixel_model_gets_a_profile_and_reports_the_provider(tiny_model_dir, mon
     assert "runs on CPU" in caplog.text
     assert seen["profile"]["trt_profile_min_shapes"].startswith("sample:1x3x32x32,")
     assert "sample:16x3x32x32" in seen["profile"]["trt_profile_max_shapes"]
+
+
+def test_gpu_benchmark_exits_clearly_without_cuda():
+    """tools/bench_gpu.py needs CUDA; on a machine without it (this one) it says so and exits 2."""
+    import subprocess
+    import sys
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA: the benchmark would run")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(root, "tools", "bench_gpu.py")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2
+    assert "no CUDA GPU here" in p.stderr and "make install GPU=1" in p.stderr
