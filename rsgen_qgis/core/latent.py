@@ -288,8 +288,11 @@ def generate_latent(req, model, grid, progress: Progress, cancelled: Callable[[]
     col0, row0 = grid.world_offset
     ch = int(m["latent"]["channels"])
     x = world_noise(req.seed, col0 // f, row0 // f, hc // f, wc // f, ch) * np.float32(sampler.init_noise_sigma)
-    den = LatentDenoiser(model, cond, uncond, req.guidance, meta, control, batch=max(1, window_batch // 2),
-                         cancelled=cancelled)
+    from .models import MAX_BATCH
+
+    # a batch of windows runs with its guidance twins: stay inside the TensorRT profile (MAX_BATCH)
+    batch = max(1, min(window_batch, MAX_BATCH) // 2)
+    den = LatentDenoiser(model, cond, uncond, req.guidance, meta, control, batch=batch, cancelled=cancelled)
     with model.lock:
         z = denoise(den, sampler, x.astype(np.float32), progress, 0.9)
         progress(0.92, "Decoding")
