@@ -272,3 +272,38 @@ def test_graphs_accept_other_sizes_than_traced(tiny_sd_dpm):
     got = m.denoiser.run({"sample": x, "timestep": t, "encoder_hidden_states": ehs})["noise_pred"]
     np.testing.assert_allclose(got, ref, atol=1e-5)
     np.testing.assert_allclose(m.extra["vae_decoder"].run({"latent": x[:1]})["image"], img, atol=1e-5)
+
+
+@pytest.mark.parametrize("controlnet_metadata", [False, True])
+def test_satunet_with_controlnet(tmp_path, controlnet_metadata):
+    """DiffusionSat with a ControlNet: a plain ControlNet takes no metadata input, DiffusionSat's metadata
+    ControlNet does (its metadata embedding kept, not dropped); both run through generate()."""
+    from rsgen_qgis.core import diffusionsat
+    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.request import Conditions, GenerationRequest
+    from rsgen_qgis.training.diffusers_export import convert
+
+    src = build_tiny_sd(str(tmp_path / "satcn"), controlnet=True, seed=6)
+    make_satunet(src)
+    if controlnet_metadata:
+        make_satunet(src, part="controlnet", seed=2)
+    pkg = str(tmp_path / "pkg" / "tiny-satcn")
+    convert(src, pkg)
+    m = load(pkg, providers=CPU)
+    cn = m.extra["controlnet"]
+    assert ("metadata" in cn.inputs) == controlnet_metadata
+    assert "metadata" in m.denoiser.inputs
+    if controlnet_metadata:
+        x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+        feeds = {"sample": x, "timestep": np.array([400.0], np.float32),
+                 "encoder_hidden_states": m.text_encoder.embed(PROMPT),
+                 "controlnet_cond": np.random.default_rng(1).random((1, 3, 16, 16)).astype(np.float32)}
+        a = cn.run(dict(feeds, metadata=diffusionsat.encode(1.0, 2.0, 1.0, 0.0, "2001-02-03")[None]))
+        b = cn.run(dict(feeds, metadata=diffusionsat.encode(50.0, -2.0, 8.0, 0.0, "2011-12-13")[None]))
+        assert np.abs(a["mid_res"] - b["mid_res"]).max() > 1e-3
+    layout = np.zeros((16, 16), np.uint8)
+    layout[4:12] = 3
+    res = generate(GenerationRequest(extent=(0.0, 0.0, 160.0, 160.0), crs="EPSG:32634", gsd=10.0, prompt=PROMPT,
+                                     steps=2, date="2020-05-17", model=pkg, output=str(tmp_path / "o.tif"),
+                                     conditions=Conditions(layout=layout)), providers=CPU)
+    assert os.path.isfile(res.path)

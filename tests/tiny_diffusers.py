@@ -147,17 +147,20 @@ def build_tiny_sd(folder: str, *, controlnet: bool = False, scheduler: str = "DD
     return folder
 
 
-def make_satunet(folder: str, n: int = 7, seed: int = 1) -> list:
+def make_satunet(folder: str, n: int = 7, seed: int = 1, part: str = "unet") -> list:
     """Turn the UNet of a tiny SD folder into a DiffusionSat SatUNet (config + metadata_embedding weights, as
-    DiffusionSat saves them); returns the metadata embeddings' state dicts (for an independent reference)."""
+    DiffusionSat saves them), or give its ControlNet (part="controlnet") DiffusionSat's metadata embedding;
+    returns the metadata embeddings' state dicts (for an independent reference)."""
     import torch
     from diffusers.models.embeddings import TimestepEmbedding
     from safetensors.torch import load_file, save_file
 
-    d = os.path.join(folder, "unet")
+    d = os.path.join(folder, part)
     with open(os.path.join(d, "config.json")) as f:
         cfg = json.load(f)
-    cfg.update({"_class_name": "SatUNet", "use_metadata": True, "num_metadata": n})
+    cfg.update({"use_metadata": True, "num_metadata": n})
+    if part == "unet":
+        cfg["_class_name"] = "SatUNet"
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     path = os.path.join(d, "diffusion_pytorch_model.safetensors")

@@ -164,7 +164,8 @@ class LatentDenoiser:
                 f = self.f
                 cond_img = np.stack([self.control[:, r * f:(r + a) * f, cc * f:(cc + b) * f]
                                      for r, cc, a, b in group]).astype(np.float32)
-                cfeeds = dict(feeds, controlnet_cond=np.concatenate([cond_img] * k))
+                cfeeds = {kk: v for kk, v in dict(feeds, controlnet_cond=np.concatenate([cond_img] * k)).items()
+                          if kk in self.cn.inputs}
                 names = [o for o in self.cn.outputs]
                 res = self.cn.run(cfeeds, names, keep=names if self.control_scale == 1.0 else ())
                 if self.control_scale != 1.0:

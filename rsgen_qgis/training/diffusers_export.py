@@ -10,9 +10,9 @@ condition encodings. Weights load with use_safetensors=True after diffusers_insp
 parts: nothing is ever unpickled.
 
 DiffusionSat's SatUNet (a UNet2DConditionModel plus `metadata_embedding`, one TimestepEmbedding per metadata
-field applied to the sinusoidal projection of the field, summed into the time embedding) is rebuilt from its
-config and safetensors as a UNet2DConditionModel whose class embedding is that sum, so the graph takes a
-`metadata` [B, 7] input encoded as core/diffusionsat.py says.
+field applied to the sinusoidal projection of the field, summed into the time embedding; its ControlNet has
+the same) is rebuilt from its config and safetensors as the diffusers class whose class embedding is that
+sum, so the graph takes a `metadata` [B, 7] input encoded as core/diffusionsat.py says.
 """
 from __future__ import annotations
 
@@ -65,53 +65,64 @@ def _load_state(folder: str, part: str) -> Dict[str, torch.Tensor]:
     return state
 
 
-def load_unet(info: dict):
-    """The UNet (and the number of metadata fields, 0 when none), from safetensors only."""
-    from diffusers import UNet2DConditionModel
+def _uses_metadata(part: str, cfg: dict) -> bool:
+    """DiffusionSat's SatUNet (use_metadata defaults to true there) or a ControlNet saved with use_metadata."""
+    if part == "unet" and cfg.get("_class_name") == "SatUNet":
+        return bool(cfg.get("use_metadata", True))
+    return bool(cfg.get("use_metadata", False))
 
-    folder, cfg = info["folder"], dict(info["config"]["unet"])
-    if cfg.get("_class_name") != "SatUNet" or not cfg.get("use_metadata", True):
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True,
-                                                    variant=info["weights"]["unet"]["variant"])
-        return unet.eval(), 0
+
+def _load_model(info: dict, part: str, cls):
+    """A diffusers model from safetensors only, and its number of DiffusionSat metadata fields (0 when none).
+
+    DiffusionSat's SatUNet and metadata ControlNet are the diffusers classes plus `metadata_embedding` (config
+    `use_metadata`, `num_metadata`): rebuilt from the plain config with that embedding as the class embedding,
+    so no weight of the checkpoint is silently dropped."""
+    folder, cfg = info["folder"], dict(info["config"][part])
+    if not _uses_metadata(part, cfg):
+        m = cls.from_pretrained(folder, subfolder=part, use_safetensors=True, variant=info["weights"][part]["variant"])
+        return m.eval(), 0
     n = int(cfg.get("num_metadata", 7))
     plain = {k: v for k, v in cfg.items() if k not in ("use_metadata", "num_metadata") and not k.startswith("_")}
-    unet = UNet2DConditionModel.from_config(plain)
-    state = _load_state(folder, "unet")
+    model = cls.from_config(plain)
+    state = _load_state(folder, part)
     md = {k[len("metadata_embedding."):]: v for k, v in state.items() if k.startswith("metadata_embedding.")}
     rest = {k: v for k, v in state.items() if not k.startswith("metadata_embedding.")}
-    missing, unexpected = unet.load_state_dict(rest, strict=False)
+    missing, unexpected = model.load_state_dict(rest, strict=False)
     if missing or unexpected:
-        raise DiffusersFolderError(f"{os.path.join(folder, 'unet')}: the SatUNet weights do not fit its config "
+        raise DiffusersFolderError(f"{os.path.join(folder, part)}: the weights do not fit its config "
                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
     from diffusers.models.embeddings import TimestepEmbedding
 
-    tdim = unet.time_embedding.linear_1.in_features
-    edim = unet.time_embedding.linear_2.out_features
+    tdim = model.time_embedding.linear_1.in_features
+    edim = model.time_embedding.linear_2.out_features
     embs = nn.ModuleList([TimestepEmbedding(tdim, edim) for _ in range(n)])
     try:
         embs.load_state_dict(md, strict=True)
     except RuntimeError as exc:
-        raise DiffusersFolderError(f"{os.path.join(folder, 'unet')}: metadata_embedding weights for {n} fields "
+        raise DiffusersFolderError(f"{os.path.join(folder, part)}: metadata_embedding weights for {n} fields "
                                    f"do not load ({exc}).") from exc
-    unet.class_embedding = MetadataEmbedding(unet.time_proj, embs)
-    return unet.eval(), n
+    model.class_embedding = MetadataEmbedding(model.time_proj, embs)
+    return model.eval(), n
 
 
 def load_parts(info: dict) -> dict:
-    from diffusers import AutoencoderKL, ControlNetModel
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     folder, w = info["folder"], info["weights"]
-    unet, n_md = load_unet(info)
-    parts = {"unet": unet, "n_metadata": n_md,
+    unet, n_md = _load_model(info, "unet", UNet2DConditionModel)
+    parts = {"unet": unet, "n_metadata": n_md, "controlnet_metadata": 0,
              "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True,
                                                   variant=w["vae"]["variant"]).eval(),
              "text_encoder": CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"), use_safetensors=True,
                                                            variant=w["text_encoder"]["variant"]).eval()}
     if info["controlnet"]:
-        parts["controlnet"] = ControlNetModel.from_pretrained(folder, subfolder="controlnet", use_safetensors=True,
-                                                              variant=w["controlnet"]["variant"]).eval()
+        parts["controlnet"], n_cn = _load_model(info, "controlnet", ControlNetModel)
+        if n_cn and n_cn != n_md:
+            raise DiffusersFolderError(f"{os.path.join(folder, 'controlnet')}: the ControlNet takes {n_cn} metadata "
+                                       f"fields but the UNet {n_md}.")
+        parts["controlnet_metadata"] = n_cn
     for k in ("unet", "vae", "text_encoder", "controlnet"):
         if k in parts:
             parts[k] = parts[k].float()
@@ -191,6 +202,7 @@ def export_graphs(parts: dict, out: str, fp16: bool = False) -> dict:
     """Write the ONNX graphs into `out`; return the manifest's "graphs" block."""
     unet, te, vae, cn = parts["unet"], parts["text_encoder"], parts["vae"], parts.get("controlnet")
     n_md = parts["n_metadata"]
+    cn_md = bool(parts.get("controlnet_metadata"))
     uc = unet.config
     s = int(uc.sample_size if isinstance(uc.sample_size, int) else uc.sample_size[0])
     s = max(8, min(s, 16))  # export traces a small sample; height and width are dynamic axes
@@ -219,20 +231,21 @@ def export_graphs(parts: dict, out: str, fp16: bool = False) -> dict:
         f = 2 ** (len(cn.config.conditioning_embedding_out_channels) - 1)
         cond = torch.rand(2, 3, s * f, s * f)
         with torch.no_grad():
-            res = _Control(cn, bool(n_md))(x, t, ehs, cond, *((md,) if n_md else ()))
+            res = _Control(cn, cn_md)(x, t, ehs, cond, *((md,) if cn_md else ()))
         res_names = [f"down_res_{i}" for i in range(len(res) - 1)] + ["mid_res"]
         for name, r in zip(res_names, res):
             div = s // r.shape[-1]
             res_specs[name] = _spec("float32", ["batch", int(r.shape[1]), f"height/{div}", f"width/{div}"])
         res_args = tuple(res)
-        _export(_Control(cn, bool(n_md)), (x, t, ehs, cond) + ((md,) if n_md else ()),
-                os.path.join(out, "controlnet.onnx"), list(base_in) + ["controlnet_cond"] + list(md_in), res_names,
+        cn_in = md_in if cn_md else {}
+        _export(_Control(cn, cn_md), (x, t, ehs, cond) + ((md,) if cn_md else ()),
+                os.path.join(out, "controlnet.onnx"), list(base_in) + ["controlnet_cond"] + list(cn_in), res_names,
                 {**base_axes, "controlnet_cond": {0: "batch", 2: "image_height", 3: "image_width"},
-                 **({"metadata": {0: "batch"}} if n_md else {}), **{n: {0: "batch", 2: f"h{i}", 3: f"w{i}"}
+                 **({"metadata": {0: "batch"}} if cn_md else {}), **{n: {0: "batch", 2: f"h{i}", 3: f"w{i}"}
                                                                    for i, n in enumerate(res_names)}})
         graphs["controlnet"] = {"file": "controlnet.onnx", "conditioning_factor": f,
                                 "inputs": {**base_in, "controlnet_cond": _spec("float32", ["batch", 3, "image_height",
-                                                                                            "image_width"]), **md_in},
+                                                                                            "image_width"]), **cn_in},
                                 "outputs": res_specs}
     uw = _Unet(unet, bool(n_md), len(res_names))
     _export(uw, (x, t, ehs) + ((md,) if n_md else ()) + res_args, os.path.join(out, "unet.onnx"),
