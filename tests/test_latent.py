@@ -60,7 +60,7 @@ def test_manifest_records_the_conversion(tiny_cn):
     _, pkg = tiny_cn
     m = read_package(pkg).manifest
     assert m["kind"] == "latent"
-    assert set(m["graphs"]) == {"text_encoder", "unet", "controlnet", "vae_decoder"}
+    assert set(m["graphs"]) == {"text_encoder", "unet", "controlnet", "vae_decoder", "vae_encoder"}
     assert set(m["files"]) == set(os.listdir(pkg)) - {"manifest.json"}
     assert m["latent"] == {"channels": 4, "scaling_factor": 0.18215, "shift_factor": 0.0, "vae_scale_factor": 2}
     assert m["tile"] == {"size": 16, "multiple": 4}
@@ -307,3 +307,39 @@ def test_satunet_with_controlnet(tmp_path, controlnet_metadata):
                                      steps=2, date="2020-05-17", model=pkg, output=str(tmp_path / "o.tif"),
                                      conditions=Conditions(layout=layout)), providers=CPU)
     assert os.path.isfile(res.path)
+
+
+def test_variation_equals_diffusers_img2img(tiny_cn, monkeypatch, tmp_path):
+    """Image-to-image (variation): VAE encoder mean (diffusers' sample_mode='argmax'), the noise diffusers
+    draws from the same generator, DDIM truncated by strength: equal to StableDiffusionImg2ImgPipeline."""
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as img2img
+    from diffusers.utils.torch_utils import randn_tensor
+
+    src, pkg = tiny_cn
+    real = img2img.retrieve_latents
+    monkeypatch.setattr(img2img, "retrieve_latents",
+                        lambda out, generator=None, sample_mode="sample": real(out, generator, "argmax"))
+    pipe = img2img.StableDiffusionImg2ImgPipeline.from_pretrained(src, use_safetensors=True, controlnet=None)
+    pipe.set_progress_bar_config(disable=True)
+    image = np.random.default_rng(4).random((1, 3, 16, 16)).astype(np.float32)
+    steps, strength, g = 5, 0.6, 3.0
+    ref = pipe(PROMPT, image=torch.from_numpy(image), strength=strength, num_inference_steps=steps,
+               guidance_scale=g, generator=torch.Generator().manual_seed(7), output_type="np").images[0]
+    noise = randn_tensor((1, 4, 8, 8), generator=torch.Generator().manual_seed(7), dtype=torch.float32).numpy()[0]
+    m = load(pkg, providers=CPU)
+    sampler = make_sampler("ddim", Schedule.from_config(m.package.manifest["scheduler"]), steps, strength)
+    z0 = latent.encode(m, image[0] * 2 - 1)
+    x = sampler.add_noise(z0, noise, sampler.start_timestep)
+    den = latent.LatentDenoiser(m, m.text_encoder.embed(PROMPT), m.text_encoder.embed(""), g)
+    ours = np.clip(latent.decode(m, latent.denoise(den, sampler, x)) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
+    assert np.abs(ours - ref).max() < TOL
+    # through generate(): a low strength stays near the source image, a full one does not need it
+    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.request import Conditions, GenerationRequest
+
+    src_img = (np.random.default_rng(5).random((3, 16, 16)) * 255).astype(np.uint8)
+    kw = dict(extent=(0.0, 0.0, 160.0, 160.0), crs="EPSG:32634", gsd=10.0, prompt=PROMPT, steps=5, model=pkg,
+              sampler="ddim")
+    r = generate(GenerationRequest(output=str(tmp_path / "v.tif"), conditions=Conditions(image=src_img, strength=0.3),
+                                   **kw), providers=CPU)
+    assert os.path.isfile(r.path)

@@ -10,7 +10,8 @@ one tile this is exactly StableDiffusion(ControlNet)Pipeline's loop: tests/test_
 
 Conditions: the prompt; DiffusionSat metadata from the grid (core/diffusionsat.py) when the UNet takes it;
 the layout (drawn with the manifest's palette, values in [0, 1]) or the guide image as the ControlNet
-conditioning image. Noise is world-anchored (core/tiling.world_noise on the latent grid).
+conditioning image; a source image for variations (VAE encoder mean, noised to the strength's first
+timestep, as img2img). Noise is world-anchored (core/tiling.world_noise on the latent grid).
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def load_latent(pkg, chosen: Sequence[str], threads: int = 0, io_binding: Option
     dims = [{"batch": b, "height": t, "width": t, "sequence": seq, "image_height": t * f, "image_width": t * f}
             for b in (1, MAX_BATCH, MAX_BATCH)]
     graphs = {}
-    for name in ("text_encoder", "unet", "controlnet", "vae_decoder"):
+    for name in ("text_encoder", "unet", "controlnet", "vae_decoder", "vae_encoder"):
         if name not in g:
             continue
         spec = g[name]
@@ -220,6 +221,33 @@ def decode(model, latents: np.ndarray, overlap: Optional[int] = None, batch: int
     return (acc / wsum).astype(np.float32)
 
 
+def encode(model, image: np.ndarray, overlap: Optional[int] = None, batch: int = 2) -> np.ndarray:
+    """(3, H, W) image in [-1, 1] (H, W multiples of the VAE factor) -> (C, H/f, W/f) scaled latents: the VAE
+    encoder's mean (diffusers' img2img with sample_mode='argmax'), windows blended in latent space."""
+    m = model.package.manifest
+    lat = m["latent"]
+    vae: Optional[Graph] = model.extra.get("vae_encoder")
+    if vae is None:
+        raise ConditionError(f"Model {model.package.id!r} has no VAE encoder graph, so it cannot start from an "
+                             "image; export it again with this version of export-diffusers.")
+    d = _tile_dims(m)
+    f, tile = d["f"], d["tile"]
+    ov = tile // 4 if overlap is None else overlap
+    _, H, W = image.shape
+    h, w = H // f, W // f
+    acc = np.zeros((int(lat["channels"]), h, w), np.float64)
+    wsum = np.zeros((h, w), np.float64)
+    for group in batched(windows(h, w, tile, ov), batch):
+        xs = np.stack([image[:, r * f:(r + a) * f, cc * f:(cc + b) * f] for r, cc, a, b in group]).astype(np.float32)
+        zs = host(vae.run({"image": xs}, ["latent_mean"])["latent_mean"])
+        for (r, cc, a, b), z in zip(group, zs):
+            wt = blend_weights(a, b, ov)
+            acc[:, r:r + a, cc:cc + b] += z * wt
+            wsum[r:r + a, cc:cc + b] += wt
+    z = (acc / wsum).astype(np.float32)
+    return (z - np.float32(lat.get("shift_factor", 0.0))) * np.float32(lat["scaling_factor"])
+
+
 def _canvas(n: int, tile: int, multiple: int) -> int:
     return -(-max(n, tile) // multiple) * multiple
 
@@ -270,9 +298,9 @@ def generate_latent(req, model, grid, progress: Progress, cancelled: Callable[[]
 
     m = model.package.manifest
     c = req.conditions
-    if c.mask is not None or c.image is not None:
-        raise ConditionError(f"Model {model.package.id!r} (converted diffusers pipeline) does not do inpainting "
-                             "or variations; leave the source image and mask out.")
+    if c.mask is not None:
+        raise ConditionError(f"Model {model.package.id!r} (converted diffusers pipeline) does not do inpainting; "
+                             "leave the mask out (a source image alone makes a variation).")
     d = _tile_dims(m)
     f, tile_px, mult = d["f"], int(m["tile"]["size"]), int(m["tile"].get("multiple", d["f"]))
     hc, wc = _canvas(grid.height, tile_px, mult), _canvas(grid.width, tile_px, mult)
@@ -283,12 +311,23 @@ def generate_latent(req, model, grid, progress: Progress, cancelled: Callable[[]
     meta = None
     if "metadata" in m["conditions"]:
         meta = diffusionsat.from_manifest(m["conditions"]["metadata"], lon, lat, gsd, req.date, warnings)
-    sampler = make_sampler(req.sampler, Schedule.from_config(m["scheduler"]), req.steps)
+    strength = c.strength if c.image is not None else 1.0
+    sampler = make_sampler(req.sampler, Schedule.from_config(m["scheduler"]), req.steps, strength)
     cond = model.text_encoder.embed(req.prompt.strip())
     uncond = model.text_encoder.embed("") if req.guidance > 1.0 else None
     col0, row0 = grid.world_offset
     ch = int(m["latent"]["channels"])
-    x = world_noise(req.seed, col0 // f, row0 // f, hc // f, wc // f, ch) * np.float32(sampler.init_noise_sigma)
+    noise = world_noise(req.seed, col0 // f, row0 // f, hc // f, wc // f, ch)
+    if c.image is not None:  # variation: the source image's latents noised to the first kept timestep
+        src = np.asarray(c.image)
+        if src.shape != (3, grid.height, grid.width):
+            raise ConditionError(f"The source image is {src.shape[-1]}x{src.shape[-2]} pixels but the output grid "
+                                 f"is {grid.width}x{grid.height}; it must be made on the request's grid.")
+        with model.lock:
+            z0 = encode(model, _pad_edge(src.astype(np.float32) / 127.5 - 1.0, hc, wc))
+        x = sampler.add_noise(z0, noise, sampler.start_timestep)
+    else:
+        x = noise * np.float32(sampler.init_noise_sigma)
     from .models import MAX_BATCH
 
     # a batch of windows runs with its guidance twins: stay inside the TensorRT profile (MAX_BATCH)

@@ -4,7 +4,7 @@
 
 Graphs: CLIP text encoder (input_ids -> last_hidden_state), UNet (sample, timestep, encoder_hidden_states
 [, metadata][, ControlNet residuals] -> noise_pred), ControlNet when the folder has one, VAE decoder
-(scaled latent -> image in [-1, 1]). The package also holds the tokenizer's vocab.json + merges.txt (read by
+(latent / scaling_factor -> image in [-1, 1]) and VAE encoder (image -> latent mean, for variations). The package also holds the tokenizer's vocab.json + merges.txt (read by
 core/clip_tokenizer.py at run time), the scheduler's noise schedule, the VAE's latent scaling factor and the
 condition encodings. Weights load with use_safetensors=True after diffusers_inspect has refused pickle-only
 parts: nothing is ever unpickled.
@@ -173,6 +173,17 @@ class _VaeDecoder(nn.Module):
         return self.vae.decode(latent, return_dict=False)[0]
 
 
+class _VaeEncoder(nn.Module):
+    """Image in [-1, 1] -> the mean of the latent distribution (unscaled): deterministic img2img start."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        return self.vae.encode(image, return_dict=False)[0].mean
+
+
 def _spec(dtype: str, shape: list) -> dict:
     return {"dtype": dtype, "shape": shape}
 
@@ -260,6 +271,13 @@ def export_graphs(parts: dict, out: str, fp16: bool = False) -> dict:
     graphs["vae_decoder"] = {"file": "vae_decoder.onnx",
                              "inputs": {"latent": _spec("float32", ["batch", lc, "height", "width"])},
                              "outputs": {"image": _spec("float32", ["batch", 3, "image_height", "image_width"])}}
+    vf = 2 ** (len(vae.config.block_out_channels) - 1)
+    _export(_VaeEncoder(vae), (torch.rand(1, 3, s * vf, s * vf) * 2 - 1,), os.path.join(out, "vae_encoder.onnx"),
+            ["image"], ["latent_mean"], {"image": {0: "batch", 2: "image_height", 3: "image_width"},
+                                         "latent_mean": lat_axes})
+    graphs["vae_encoder"] = {"file": "vae_encoder.onnx",
+                             "inputs": {"image": _spec("float32", ["batch", 3, "image_height", "image_width"])},
+                             "outputs": {"latent_mean": _spec("float32", ["batch", lc, "height", "width"])}}
     if fp16:
         for g in ("unet", "controlnet"):
             if g in graphs:
