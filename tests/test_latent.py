@@ -343,3 +343,25 @@ def test_variation_equals_diffusers_img2img(tiny_cn, monkeypatch, tmp_path):
     r = generate(GenerationRequest(output=str(tmp_path / "v.tif"), conditions=Conditions(image=src_img, strength=0.3),
                                    **kw), providers=CPU)
     assert os.path.isfile(r.path)
+
+
+def test_no_torch_when_running_a_latent_package(tiny_cn, tmp_path):
+    """The CLIP tokenizer, text encoder, UNet, ControlNet and VAE run with numpy + onnxruntime only."""
+    import subprocess
+    import sys
+
+    _, pkg = tiny_cn
+    code = (
+        "import sys\n"
+        "from rsgen_qgis.cli import main\n"
+        f"rc = main(['generate', '--extent', '500000,4000000,500320,4000320', '--crs', 'EPSG:32633', '--gsd', '10',"
+        f" '--prompt', 'harbour with boats', '--steps', '2', '--model', {pkg!r}, '--quiet',"
+        f" '--out', {str(tmp_path / 'cli.tif')!r}])\n"
+        "assert rc == 0, rc\n"
+        "bad = [m for m in ('torch', 'diffusers', 'transformers', 'tokenizers', 'qgis') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert os.path.exists(tmp_path / "cli.tif")

@@ -113,7 +113,8 @@ def tiny_components(seed: int = 0, controlnet: bool = False):
     if controlnet:
         cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
         with torch.no_grad():  # its zero convolutions would make the ControlNet a no-op: give them weights
-            for mod in list(cn.controlnet_down_blocks) + [cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
+            zero = list(cn.controlnet_down_blocks) + [cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]
+            for mod in zero:
                 for prm in mod.parameters():
                     prm.normal_(0.0, 0.2)
     return unet, vae, cn

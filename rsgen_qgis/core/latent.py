@@ -107,12 +107,13 @@ def load_latent(pkg, chosen: Sequence[str], threads: int = 0, io_binding: Option
 
 def _zeros_residuals(spec: dict, n: int, h: int, w: int) -> Dict[str, np.ndarray]:
     """Zero ControlNet residuals (the UNet graph of a ControlNet package always takes them)."""
-    from .providers import _dim
+    from .providers import resolve_dim
 
     out = {}
     for name, s in spec["inputs"].items():
         if name.startswith("down_res_") or name == "mid_res":
-            out[name] = np.zeros([_dim(d, {"batch": n, "height": h, "width": w}) for d in s["shape"]], np.float32)
+            dims = {"batch": n, "height": h, "width": w}
+            out[name] = np.zeros([resolve_dim(d, dims) for d in s["shape"]], np.float32)
     return out
 
 

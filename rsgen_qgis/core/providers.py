@@ -58,7 +58,7 @@ def cache_dir() -> str:
 Dims = Mapping[str, int]
 
 
-def _dim(d, values: Dims) -> int:
+def resolve_dim(d, values: Dims) -> int:
     """A manifest shape entry: an int, a symbol ('batch'), or a symbol divided by an int ('height/2')."""
     if isinstance(d, int):
         return d
@@ -74,7 +74,7 @@ def shape_profile(inputs: Mapping[str, dict], lo: Dims, opt: Dims, hi: Dims) -> 
     out = {}
     for key, values in (("trt_profile_min_shapes", lo), ("trt_profile_opt_shapes", opt),
                         ("trt_profile_max_shapes", hi)):
-        out[key] = ",".join(f"{n}:" + "x".join(str(_dim(d, values)) for d in spec["shape"])
+        out[key] = ",".join(f"{n}:" + "x".join(str(resolve_dim(d, values)) for d in spec["shape"])
                             for n, spec in inputs.items())
     return out
 

@@ -4,7 +4,8 @@
 
 Graphs: CLIP text encoder (input_ids -> last_hidden_state), UNet (sample, timestep, encoder_hidden_states
 [, metadata][, ControlNet residuals] -> noise_pred), ControlNet when the folder has one, VAE decoder
-(latent / scaling_factor -> image in [-1, 1]) and VAE encoder (image -> latent mean, for variations). The package also holds the tokenizer's vocab.json + merges.txt (read by
+(latent / scaling_factor -> image in [-1, 1]) and VAE encoder (image -> latent mean, for variations).
+The package also holds the tokenizer's vocab.json + merges.txt (read by
 core/clip_tokenizer.py at run time), the scheduler's noise schedule, the VAE's latent scaling factor and the
 condition encodings. Weights load with use_safetensors=True after diffusers_inspect has refused pickle-only
 parts: nothing is ever unpickled.

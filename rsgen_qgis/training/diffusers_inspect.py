@@ -124,7 +124,8 @@ def inspect(folder: str) -> dict:
         Schedule.from_config(scheduler_config(sched))
     except ModelPackageError as exc:
         raise DiffusersFolderError(f"{sp}: {exc}") from exc
-    weights = {p: weights_file(folder, p) for p in ("unet", "vae", "text_encoder") + (("controlnet",) if has_cn else ())}
+    parts = ("unet", "vae", "text_encoder") + (("controlnet",) if has_cn else ())
+    weights = {p: weights_file(folder, p) for p in parts}
     return {"folder": os.path.abspath(folder), "pipeline": pipe, "config": cfg, "controlnet": has_cn,
             "weights": weights, "tokenizer": _tokenizer_files(folder)}
 
