@@ -202,6 +202,15 @@ def test_fp16_graph_chosen_for_gpu_providers(tiny_sd_dpm, monkeypatch):
     # the text encoder never asks TensorRT for an engine
     latent.load_latent(pk, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     assert ("text_encoder.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"]) in opened
+    # the fp16 graph (fp32 inputs and outputs) predicts what the fp32 one does, to fp16 precision
+    import onnxruntime as ort
+
+    feeds = {"sample": np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32),
+             "timestep": np.array([900.0, 50.0], np.float32),
+             "encoder_hidden_states": np.random.default_rng(1).standard_normal((2, 77, 32)).astype(np.float32)}
+    outs = [ort.InferenceSession(pk.file(f), providers=CPU).run(None, feeds)[0] for f in ("unet.onnx", "unet_fp16.onnx")]
+    assert outs[1].dtype == np.float32
+    assert np.abs(outs[1] - outs[0]).max() < 2e-2 * np.abs(outs[0]).max()
 
 
 def test_satunet_metadata_graph_equals_reference(tmp_path):
