@@ -37,11 +37,12 @@ def tiny_cn(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_sd_dpm(tmp_path_factory):
-    """A tiny plain SD pipeline whose scheduler is DPMSolverMultistep (v-prediction, trailing spacing)."""
+    """A tiny SD 2.x-like pipeline (v-prediction, trailing spacing, linear projections, upcast attention, '!'
+    padding) whose scheduler is DPMSolverMultistep."""
     from rsgen_qgis.training.diffusers_export import convert
 
     root = tmp_path_factory.mktemp("sd")
-    src = build_tiny_sd(str(root / "sd"), scheduler="DPMSolverMultistepScheduler", seed=3,
+    src = build_tiny_sd(str(root / "sd"), scheduler="DPMSolverMultistepScheduler", seed=3, sd2=True,
                         prediction_type="v_prediction", timestep_spacing="trailing")
     convert(src, str(root / "pkg" / "tiny-sd"), fp16=True)
     return src, str(root / "pkg" / "tiny-sd")
@@ -109,6 +110,7 @@ def test_sd_dpmpp_vpred_equals_diffusers(tiny_sd_dpm):
     pipe = StableDiffusionPipeline.from_pretrained(src, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert read_package(pkg).manifest["tokenizer"]["pad"] == "!" == pipe.tokenizer.pad_token
     x0 = np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)
     for steps, g in ((5, 4.0), (3, 1.0)):
         ref = pipe(PROMPT, num_inference_steps=steps, guidance_scale=g, latents=torch.from_numpy(x0),

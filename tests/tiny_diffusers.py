@@ -96,7 +96,7 @@ def make_scheduler(name: str = "DDIMScheduler", **over):
     return cls.from_config({**SCHEDULER_BASE, **over})
 
 
-def tiny_components(seed: int = 0, controlnet: bool = False):
+def tiny_components(seed: int = 0, controlnet: bool = False, sd2: bool = False):
     """(tokenizer-less) modules: text encoder, UNet, VAE and optionally a ControlNet, all random."""
     import torch
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -105,7 +105,8 @@ def tiny_components(seed: int = 0, controlnet: bool = False):
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=8)
+        cross_attention_dim=TEXT_DIM, attention_head_dim=(2, 4) if sd2 else 4, norm_num_groups=8,
+        use_linear_projection=sd2, upcast_attention=sd2)  # SD 2.x: linear projections, per-block head counts
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         layers_per_block=1, norm_num_groups=4, sample_size=16)
@@ -132,14 +133,15 @@ def tiny_text_encoder(vocab_size: int, seed: int = 0):
 
 
 def build_tiny_sd(folder: str, *, controlnet: bool = False, scheduler: str = "DDIMScheduler", seed: int = 0,
+                  sd2: bool = False,
                   **sched_over) -> str:
     """A diffusers StableDiffusion(ControlNet)Pipeline folder with safetensors weights; returns the folder."""
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
     tok_dir = os.path.join(folder + "-vocab")
     write_clip_vocab(tok_dir)
-    tok = hf_tokenizer(tok_dir)
-    unet, vae, cn = tiny_components(seed, controlnet)
+    tok = hf_tokenizer(tok_dir, pad="!" if sd2 else "<|endoftext|>")
+    unet, vae, cn = tiny_components(seed, controlnet, sd2)
     te = tiny_text_encoder(len(tok), seed)
     kw = dict(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=make_scheduler(scheduler, **sched_over),
               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
