@@ -59,6 +59,11 @@ def test_tensorrt_options_have_caches_and_profiles(monkeypatch, tmp_path):
     assert opts[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def test_profile_with_an_unknown_dimension_is_left_to_tensorrt():
+    assert providers.shape_profile({"x": {"shape": ["batch", "frames"]}}, {"batch": 1}, {"batch": 2},
+                                   {"batch": 4}) == {}
+
+
 def test_cache_dir_defaults_to_home(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -72,10 +72,14 @@ def shape_profile(inputs: Mapping[str, dict], lo: Dims, opt: Dims, hi: Dims) -> 
     """TensorRT min/opt/max profile strings ('name:1x4x64x64,...') from a manifest graph's input specs and
     values for its symbolic dims."""
     out = {}
-    for key, values in (("trt_profile_min_shapes", lo), ("trt_profile_opt_shapes", opt),
-                        ("trt_profile_max_shapes", hi)):
-        out[key] = ",".join(f"{n}:" + "x".join(str(resolve_dim(d, values)) for d in spec["shape"])
-                            for n, spec in inputs.items())
+    try:
+        for key, values in (("trt_profile_min_shapes", lo), ("trt_profile_opt_shapes", opt),
+                            ("trt_profile_max_shapes", hi)):
+            out[key] = ",".join(f"{n}:" + "x".join(str(resolve_dim(d, values)) for d in spec["shape"])
+                                for n, spec in inputs.items())
+    except (KeyError, ValueError) as exc:  # a dim this code cannot size: let TensorRT infer (no profile)
+        log.warning("No TensorRT shape profile for inputs %s (unknown dimension %s).", ", ".join(inputs), exc)
+        return {}
     return out
 
 
