@@ -376,3 +376,25 @@ def test_no_torch_when_running_a_latent_package(tiny_cn, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     assert os.path.exists(tmp_path / "cli.tif")
+
+
+def test_large_graphs_keep_weights_in_one_data_file(tmp_path, monkeypatch):
+    """Graphs over 2 GB (an SD UNet in fp32 is 3.4 GB) are written with one external NAME.onnx.data file,
+    listed and hashed in the manifest; forced here on a tiny pipeline by lowering the threshold."""
+    from rsgen_qgis.training import diffusers_export
+
+    monkeypatch.setattr(diffusers_export, "EXTERNAL_DATA_OVER", 0)
+    src = build_tiny_sd(str(tmp_path / "sd"), seed=8)
+    pkg = str(tmp_path / "pkg" / "tiny-ext")
+    man = diffusers_export.convert(src, pkg)
+    for g in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        assert f"{g}.onnx.data" in man["files"]
+    assert sorted(os.listdir(pkg)) == sorted(list(man["files"]) + ["manifest.json"])
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(src, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    x0 = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    ref = pipe(PROMPT, num_inference_steps=2, guidance_scale=2.0, latents=torch.from_numpy(x0), output_type="np",
+               height=16, width=16).images[0]
+    assert np.abs(_ours(pkg, "ddim", 2, 2.0, x0[0]) - ref).max() < TOL

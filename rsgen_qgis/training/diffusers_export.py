@@ -33,6 +33,7 @@ from .diffusers_inspect import (DiffusersFolderError, inspect, scheduler_config,
 from .export import FORMAT, export_fp16, sha256_file
 
 OPSET = 17
+EXTERNAL_DATA_OVER = 1_900_000_000  # bytes: bigger graphs keep their weights in one NAME.onnx.data file
 # Colours a layout class is drawn with for a ControlNet whose conditioning image is a map (values in [0, 1]).
 DEFAULT_PALETTE = {"background": [0.95, 0.94, 0.91], "road": [1.0, 1.0, 1.0], "major_road": [0.99, 0.84, 0.63],
                    "building": [0.85, 0.82, 0.79], "vegetation": [0.80, 0.92, 0.76], "water": [0.67, 0.83, 0.87]}
@@ -200,7 +201,7 @@ def _export(module: nn.Module, args: tuple, path: str, inputs: List[str], output
             torch.onnx.export(module, args, tmp, input_names=inputs, output_names=outputs, dynamic_axes=axes,
                               opset_version=OPSET, dynamo=False)
         extra = [f for f in os.listdir(sub) if f != os.path.basename(path)]
-        if extra or os.path.getsize(tmp) > 1_900_000_000:
+        if extra or os.path.getsize(tmp) > EXTERNAL_DATA_OVER:
             m = onnx.load(tmp)
             onnx.save(m, path, save_as_external_data=True, all_tensors_to_one_file=True,
                       location=os.path.basename(path) + ".data", size_threshold=1024)
