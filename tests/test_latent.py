@@ -380,14 +380,15 @@ def test_no_torch_when_running_a_latent_package(tiny_cn, tmp_path):
 
 def test_large_graphs_keep_weights_in_one_data_file(tmp_path, monkeypatch):
     """Graphs over 2 GB (an SD UNet in fp32 is 3.4 GB) are written with one external NAME.onnx.data file,
-    listed and hashed in the manifest; forced here on a tiny pipeline by lowering the threshold."""
+    listed and hashed in the manifest, and their fp16 conversion works from the file; forced here on a tiny
+    pipeline by lowering the threshold."""
     from rsgen_qgis.training import diffusers_export
 
     monkeypatch.setattr(diffusers_export, "EXTERNAL_DATA_OVER", 0)
     src = build_tiny_sd(str(tmp_path / "sd"), seed=8)
     pkg = str(tmp_path / "pkg" / "tiny-ext")
-    man = diffusers_export.convert(src, pkg)
-    for g in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+    man = diffusers_export.convert(src, pkg, fp16=True)
+    for g in ("text_encoder", "unet", "vae_decoder", "vae_encoder", "unet_fp16"):
         assert f"{g}.onnx.data" in man["files"]
     assert sorted(os.listdir(pkg)) == sorted(list(man["files"]) + ["manifest.json"])
     from diffusers import StableDiffusionPipeline
@@ -398,3 +399,10 @@ def test_large_graphs_keep_weights_in_one_data_file(tmp_path, monkeypatch):
     ref = pipe(PROMPT, num_inference_steps=2, guidance_scale=2.0, latents=torch.from_numpy(x0), output_type="np",
                height=16, width=16).images[0]
     assert np.abs(_ours(pkg, "ddim", 2, 2.0, x0[0]) - ref).max() < TOL
+    import onnxruntime as ort
+
+    feeds = {"sample": x0, "timestep": np.array([500.0], np.float32),
+             "encoder_hidden_states": load(pkg, providers=CPU).text_encoder.embed(PROMPT)}
+    u32, u16 = (ort.InferenceSession(os.path.join(pkg, f), providers=CPU).run(None, feeds)[0]
+                for f in ("unet.onnx", "unet_fp16.onnx"))
+    assert np.abs(u16 - u32).max() < 2e-2 * np.abs(u32).max()

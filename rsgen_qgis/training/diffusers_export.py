@@ -30,7 +30,7 @@ from ..core import diffusionsat
 from ..core.conditions import LAYOUT_CLASSES
 from .diffusers_inspect import (DiffusersFolderError, inspect, scheduler_config, special_tokens,
                                 tokenizer_tables)
-from .export import FORMAT, export_fp16, sha256_file
+from .export import FORMAT, sha256_file
 
 OPSET = 17
 EXTERNAL_DATA_OVER = 1_900_000_000  # bytes: bigger graphs keep their weights in one NAME.onnx.data file
@@ -209,6 +209,31 @@ def _export(module: nn.Module, args: tuple, path: str, inputs: List[str], output
             os.replace(tmp, path)
     finally:
         shutil.rmtree(sub, ignore_errors=True)
+
+
+def export_fp16(src: str, dst: str) -> None:
+    """fp16 weights and compute, fp32 inputs/outputs. Shape inference runs on the file (onnx's in-memory
+    inference cannot serialise graphs over 2 GB: an SD UNet in fp32 is 3.4 GB), and a result over the limit
+    keeps its weights in one external data file."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    size = os.path.getsize(src) + (os.path.getsize(src + ".data") if os.path.exists(src + ".data") else 0)
+    sub = tempfile.mkdtemp(dir=os.path.dirname(dst))
+    try:
+        inferred = os.path.join(sub, "inferred.onnx")
+        onnx.shape_inference.infer_shapes_path(src, inferred)
+        m = onnx.load(inferred, load_external_data=False)
+        load_external_data_for_model(m, os.path.dirname(os.path.abspath(src)))  # weights stay beside src
+        m = convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=True)
+    finally:
+        shutil.rmtree(sub, ignore_errors=True)
+    if size // 2 > EXTERNAL_DATA_OVER:
+        onnx.save(m, dst, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=os.path.basename(dst) + ".data", size_threshold=1024)
+    else:
+        onnx.save(m, dst)
 
 
 def export_graphs(parts: dict, out: str, fp16: bool = False) -> dict:
