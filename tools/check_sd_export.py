@@ -13,8 +13,10 @@ save_pretrained, converted with `python -m rsgen_qgis export-diffusers`, and com
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -63,7 +65,6 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from rsgen_qgis.cli import main as cli
     from rsgen_qgis.core import latent
     from rsgen_qgis.core.models import load
     from rsgen_qgis.core.samplers import Schedule, make_sampler
@@ -72,24 +73,29 @@ def main(argv=None) -> int:
     src, pkg = os.path.join(a.out, "sd"), os.path.join(a.out, "pkg", f"sd15-{a.size}")
     pipe = build(src, full)
     t = time.time()
-    if cli(["export-diffusers", src, "--out", pkg] + (["--fp16"] if a.fp16 else [])) != 0:
+    # the export runs as the user runs it (its own process), so its peak memory is measured alone
+    cmd = [sys.executable, "-m", "rsgen_qgis", "export-diffusers", src, "--out", pkg] + (["--fp16"] if a.fp16 else [])
+    if subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode != 0:
         return 1
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
     print(f"export: {time.time() - t:.1f} s, peak RSS {peak:.1f} GB; files: " +
           ", ".join(f"{f} {os.path.getsize(os.path.join(pkg, f)) / 1e6:.1f} MB" for f in sorted(os.listdir(pkg))))
-    m = load(pkg, providers=["CPUExecutionProvider"])
     cpu = ["CPUExecutionProvider"]
     if full:
         x = np.random.default_rng(0).standard_normal((2, 4, 64, 64)).astype(np.float32)
         ehs = np.random.default_rng(1).standard_normal((2, 77, 768)).astype(np.float32)
         ts = np.array([801.0, 801.0], np.float32)
         feeds = {"sample": x, "timestep": ts, "encoder_hidden_states": ehs}
-        got = m.denoiser.run(feeds)["noise_pred"]
         with torch.no_grad():
             ref = pipe.unet(torch.from_numpy(x), torch.from_numpy(ts), torch.from_numpy(ehs)).sample.numpy()
+        del pipe  # 3.4 GB of torch weights
+        gc.collect()
+        m = load(pkg, providers=cpu)
+        got = f32 = m.denoiser.run(feeds)["noise_pred"]
         print(f"UNet call, ONNX vs torch: max |diff| {np.abs(got - ref).max():.3g} (max |value| "
               f"{np.abs(ref).max():.3g})")
     else:
+        m = load(pkg, providers=cpu)
         pipe.set_progress_bar_config(disable=True)
         x0 = np.random.default_rng(0).standard_normal((1, 4, 32, 32)).astype(np.float32)
         ref = pipe(PROMPT, num_inference_steps=10, guidance_scale=7.5, latents=torch.from_numpy(x0),
@@ -102,8 +108,13 @@ def main(argv=None) -> int:
               f"mean |diff| {np.abs(ours - ref).mean():.3g} (image std {ref.std():.3g})")
         feeds = {"sample": x0, "timestep": np.array([801.0], np.float32),
                  "encoder_hidden_states": m.text_encoder.embed(PROMPT)}
+        f32 = m.denoiser.run(feeds)["noise_pred"]
     if a.fp16:
-        f32 = ort.InferenceSession(os.path.join(pkg, "unet.onnx"), providers=cpu).run(None, feeds)[0]
+        from rsgen_qgis.core import models
+
+        del m
+        models._cache.clear()  # the fp32 sessions
+        gc.collect()
         f16 = ort.InferenceSession(os.path.join(pkg, "unet_fp16.onnx"), providers=cpu).run(None, feeds)[0]
         print(f"fp16 UNet vs fp32: max |diff| {np.abs(f16 - f32).max():.3g} (max |value| {np.abs(f32).max():.3g}), "
               f"finite: {bool(np.isfinite(f16).all())}")

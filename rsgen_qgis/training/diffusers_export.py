@@ -236,7 +236,7 @@ def export_fp16(src: str, dst: str) -> None:
         onnx.save(m, dst)
 
 
-def export_graphs(parts: dict, out: str, fp16: bool = False) -> dict:
+def export_graphs(parts: dict, out: str) -> dict:
     """Write the ONNX graphs into `out`; return the manifest's "graphs" block."""
     unet, te, vae, cn = parts["unet"], parts["text_encoder"], parts["vae"], parts.get("controlnet")
     n_md = parts["n_metadata"]
@@ -305,12 +305,15 @@ def export_graphs(parts: dict, out: str, fp16: bool = False) -> dict:
     graphs["vae_encoder"] = {"file": "vae_encoder.onnx",
                              "inputs": {"image": _spec("float32", ["batch", 3, "image_height", "image_width"])},
                              "outputs": {"latent_mean": _spec("float32", ["batch", lc, "height", "width"])}}
-    if fp16:
-        for g in ("unet", "controlnet"):
-            if g in graphs:
-                export_fp16(os.path.join(out, f"{g}.onnx"), os.path.join(out, f"{g}_fp16.onnx"))
-                graphs[g]["fp16_file"] = f"{g}_fp16.onnx"
     return graphs
+
+
+def add_fp16(graphs: dict, out: str) -> None:
+    """fp16 UNet/ControlNet beside the fp32 graphs (run after the torch modules are freed: memory)."""
+    for g in ("unet", "controlnet"):
+        if g in graphs:
+            export_fp16(os.path.join(out, f"{g}.onnx"), os.path.join(out, f"{g}_fp16.onnx"))
+            graphs[g]["fp16_file"] = f"{g}_fp16.onnx"
 
 
 def _write_tokenizer(info: dict, out: str) -> dict:
@@ -327,24 +330,31 @@ def convert(src: str, out_dir: str, *, model_id: Optional[str] = None, name: Opt
             fp16: bool = False, control_source: str = "layout", license: str = "see the source model's licence",
             metadata_defaults: Optional[dict] = None) -> dict:
     """Inspect, load (safetensors only), export and write the package atomically; returns the manifest."""
+    import gc
+
     info = inspect(src)
     parts = load_parts(info)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        graphs = export_graphs(parts, tmp, fp16)
+        graphs = export_graphs(parts, tmp)
         tok = _write_tokenizer(info, tmp)
         uc, vc = parts["unet"].config, parts["vae"].config
+        n_md = parts["n_metadata"]
+        del parts  # the torch modules (3+ GB for an SD UNet) are not needed for the fp16 conversion
+        gc.collect()
+        if fp16:
+            add_fp16(graphs, tmp)
         vae_f = 2 ** (len(vc.block_out_channels) - 1)
         unet_f = 2 ** (len(uc.block_out_channels) - 1)
         sample = int(uc.sample_size if isinstance(uc.sample_size, int) else uc.sample_size[0])
         conditions: dict = {"text": {"encoder": "clip", "max_length": tok["max_length"]},
                             "guidance_drops": ["text"],
                             "layout_classes": [{"id": i, "name": n} for i, n in enumerate(LAYOUT_CLASSES)]}
-        if parts["n_metadata"]:
-            if parts["n_metadata"] != len(diffusionsat.FIELDS):
-                raise DiffusersFolderError(f"{info['folder']}/unet: {parts['n_metadata']} metadata fields; only "
+        if n_md:
+            if n_md != len(diffusionsat.FIELDS):
+                raise DiffusersFolderError(f"{info['folder']}/unet: {n_md} metadata fields; only "
                                            f"DiffusionSat's {len(diffusionsat.FIELDS)} are known.")
             conditions["metadata"] = diffusionsat.manifest_block(metadata_defaults)
         if "controlnet" in graphs:
@@ -364,7 +374,7 @@ def convert(src: str, out_dir: str, *, model_id: Optional[str] = None, name: Opt
             "conditions": conditions,
             "architecture": {"type": f"diffusers.{info['pipeline']}", "unet": info["config"]["unet"].get("_class_name"),
                              "block_out_channels": list(uc.block_out_channels),
-                             "cross_attention_dim": uc.cross_attention_dim, "metadata_fields": parts["n_metadata"]},
+                             "cross_attention_dim": uc.cross_attention_dim, "metadata_fields": n_md},
             "defaults": {"steps": 25, "guidance": 7.5, "sampler": "dpmpp_2m"},
         }
         files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
