@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--license", default="see the source model's licence", help="licence text for the manifest")
     e.add_argument("--cloud", type=float, default=0.0,
                    help="DiffusionSat models: cloud cover (percent) sent with every request (default 0)")
+    e.add_argument("--date", help="DiffusionSat models: yyyy-mm-dd sent when a request has no date (the dock "
+                   "and Processing have no date field); without it such requests are refused")
     return ap
 
 
@@ -91,7 +93,7 @@ def _export_diffusers(a) -> int:
         return 2
 
     m = convert(a.path, a.out, model_id=a.id, name=a.name, fp16=a.fp16, control_source=a.control,
-                license=a.license, metadata_defaults={"cloud": a.cloud})
+                license=a.license, metadata_defaults={"cloud": a.cloud, **({"date": a.date} if a.date else {})})
     total = sum(v["bytes"] for v in m["files"].values())
     print(f"wrote {a.out}: model {m['id']!r}, graphs {', '.join(m['graphs'])}, {len(m['files'])} files, "
           f"{total / 1e6:.1f} MB")

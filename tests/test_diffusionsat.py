@@ -33,6 +33,16 @@ def test_manifest_block_and_request():
     assert "5%" in warnings[0]
     with pytest.raises(ConditionError, match="date"):
         diffusionsat.from_manifest(b, 10.0, 20.0, 2.0, None, [])
+    warnings = []
+    d = diffusionsat.from_manifest(diffusionsat.manifest_block({"cloud": 5.0, "date": "2000-06-15"}), 10.0, 20.0, 2.0, None,
+                                   warnings)
+    np.testing.assert_array_equal(d, v)
+    assert any("2000-06-15" in w for w in warnings)
+
+
+def test_bad_default_date():
+    with pytest.raises(ConditionError, match="ISO date"):
+        diffusionsat.manifest_block({"date": "15/06/2000"})
 
 
 @pytest.mark.parametrize("args, msg", [((200.0, 0.0, 1.0, 0.0, "2000-01-01"), "Longitude"),

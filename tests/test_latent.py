@@ -299,7 +299,14 @@ def test_satunet_with_controlnet(tmp_path, controlnet_metadata):
     if controlnet_metadata:
         make_satunet(src, part="controlnet", seed=2)
     pkg = str(tmp_path / "pkg" / "tiny-satcn")
-    convert(src, pkg)
+    if controlnet_metadata:
+        convert(src, pkg)
+    else:  # through the CLI, with a default date for requests that have none (the dock has no date field)
+        from rsgen_qgis.cli import main
+
+        assert main(["export-diffusers", src, "--out", pkg, "--date", "2020-05-17", "--cloud", "12.5"]) == 0
+        assert load(pkg, providers=CPU).package.manifest["conditions"]["metadata"]["defaults"] == {
+            "cloud": 12.5, "date": "2020-05-17"}
     m = load(pkg, providers=CPU)
     cn = m.extra["controlnet"]
     assert ("metadata" in cn.inputs) == controlnet_metadata
@@ -315,9 +322,11 @@ def test_satunet_with_controlnet(tmp_path, controlnet_metadata):
     layout = np.zeros((16, 16), np.uint8)
     layout[4:12] = 3
     res = generate(GenerationRequest(extent=(0.0, 0.0, 160.0, 160.0), crs="EPSG:32634", gsd=10.0, prompt=PROMPT,
-                                     steps=2, date="2020-05-17", model=pkg, output=str(tmp_path / "o.tif"),
-                                     conditions=Conditions(layout=layout)), providers=CPU)
+                                     steps=2, date=None if not controlnet_metadata else "2020-05-17", model=pkg,
+                                     output=str(tmp_path / "o.tif"), conditions=Conditions(layout=layout)),
+                   providers=CPU)
     assert os.path.isfile(res.path)
+    assert any("default date" in w for w in res.warnings) != controlnet_metadata
 
 
 def test_variation_equals_diffusers_img2img(tiny_cn, monkeypatch, tmp_path):

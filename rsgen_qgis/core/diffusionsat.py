@@ -9,8 +9,9 @@ UNet's sinusoidal projection, then its own MLP), so each is scaled to about 0..1
 lon/lat in degrees (WGS 84) of the image centre, GSD in metres per pixel, cloud cover in percent, the
 acquisition date's year, month (1-12) and day of month (1-31). The manifest records these shifts and scales
 (`conditions.metadata`), so a package says exactly what it was given. The vector has no "unknown" flag: the
-date must be given (the request's date) and cloud cover takes the manifest's stated default, reported as a
-warning, never a silent 0.
+date is the request's, else the manifest's default date if the exporter set one (`--date`), else the request
+is refused; cloud cover takes the manifest's stated default. A default used is reported as a warning, never
+a silent 0.
 """
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ SCALES = (1000 / 360, 1000 / 180, 1000.0, 1000.0, 1000 / 120, 1000 / 12, 1000 / 
 
 def manifest_block(defaults: Optional[dict] = None) -> dict:
     """The `conditions.metadata` block written by export-diffusers."""
+    defaults = dict(defaults or {})
+    if defaults.get("date") is not None:
+        encode(0.0, 0.0, 1.0, 0.0, defaults["date"])  # refuses a date that is not yyyy-mm-dd
     return {"encoding": ENCODING, "fields": list(FIELDS), "shift": list(SHIFTS), "divide": list(DIVIDE),
             "scale": list(SCALES), "units": {"lon": "degree", "lat": "degree", "gsd": "m", "cloud": "percent"},
-            "defaults": {"cloud": 0.0, **(defaults or {})}}
+            "defaults": {"cloud": 0.0, **defaults}}
 
 
 def encode(lon: float, lat: float, gsd_m: float, cloud_percent: float, date: str) -> np.ndarray:
@@ -58,7 +62,10 @@ def from_manifest(block: dict, lon: float, lat: float, gsd_m: float, date: Optio
     if block.get("encoding") != ENCODING or list(block.get("fields", [])) != list(FIELDS):
         raise ConditionError(f"Unknown metadata encoding {block.get('encoding')!r} in the model's manifest.")
     if date is None:
-        raise ConditionError("This model is conditioned on the acquisition date; give a date (yyyy-mm-dd).")
+        date = block.get("defaults", {}).get("date")
+        if date is None:
+            raise ConditionError("This model is conditioned on the acquisition date; give a date (yyyy-mm-dd).")
+        warnings.append(f"No date in the request; sent {date}, the default date in the model's manifest.")
     cloud = float(block.get("defaults", {}).get("cloud", 0.0))
     warnings.append(f"Cloud cover is not part of the request; sent {cloud:g}% as the model's manifest states.")
     raw = (lon, lat, gsd_m, cloud)
