@@ -4,6 +4,7 @@
         --prompt "dense housing by a river" --seed 7 --out out.tif
     python -m rsgen_qgis models
     python -m rsgen_qgis demo --out out/demo.tif
+    python -m rsgen_qgis export-diffusers PATH --out models/NAME [--fp16]
 """
 from __future__ import annotations
 
@@ -61,7 +62,42 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d)
     sub.add_parser("models", help="list the installed model packages").add_argument(
         "--model-dir", action="append", default=[])
+    e = sub.add_parser("export-diffusers", help="convert a local diffusers Stable Diffusion pipeline folder into a "
+                       "model package (needs torch, diffusers, transformers: the dev requirements)")
+    e.add_argument("path", help="diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, ...)")
+    e.add_argument("--out", required=True, help="package folder to write, e.g. models/diffusionsat")
+    e.add_argument("--id", help="model id (default: the --out folder's name)")
+    e.add_argument("--name", help="display name")
+    e.add_argument("--fp16", action="store_true", help="also write fp16 UNet/ControlNet graphs for GPUs")
+    e.add_argument("--control", choices=["layout", "guide"], default="layout",
+                   help="what feeds a ControlNet: the layout drawn as a map, or the guide image")
+    e.add_argument("--license", default="see the source model's licence", help="licence text for the manifest")
+    e.add_argument("--cloud", type=float, default=0.0,
+                   help="DiffusionSat models: cloud cover (percent) sent with every request (default 0)")
+    e.add_argument("--date", help="DiffusionSat models: yyyy-mm-dd sent when a request has no date (the dock "
+                   "and Processing have no date field); without it such requests are refused")
     return ap
+
+
+def _export_diffusers(a) -> int:
+    """Imports torch lazily: the plugin's run-time path never loads it. The folder is checked first (JSON and
+    file names only), so a bad folder is refused even where torch is not installed."""
+    from .training.diffusers_inspect import inspect
+
+    inspect(a.path)
+    try:
+        from .training.diffusers_export import convert
+    except ImportError as exc:
+        print(f"error: export-diffusers needs torch, diffusers and transformers ({exc}); install the dev "
+              "requirements: pip install -r requirements-dev.txt", file=sys.stderr)
+        return 2
+
+    m = convert(a.path, a.out, model_id=a.id, name=a.name, fp16=a.fp16, control_source=a.control,
+                license=a.license, metadata_defaults={"cloud": a.cloud, **({"date": a.date} if a.date else {})})
+    total = sum(v["bytes"] for v in m["files"].values())
+    print(f"wrote {a.out}: model {m['id']!r}, graphs {', '.join(m['graphs'])}, {len(m['files'])} files, "
+          f"{total / 1e6:.1f} MB")
+    return 0
 
 
 def _run(req: GenerationRequest, a) -> int:
@@ -109,6 +145,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             for e in errors:
                 print(f"skipped: {e}", file=sys.stderr)
             return 0
+        if a.cmd == "export-diffusers":
+            return _export_diffusers(a)
         if a.cmd == "demo":
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             req = GenerationRequest(output=a.out, model=a.model, steps=a.steps, guidance=a.guidance,

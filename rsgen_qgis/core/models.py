@@ -16,6 +16,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from .errors import ModelPackageError
 
 FORMAT = "rsgen-model-package/1"
+# Graphs each kind of package must have: pixel-space denoiser, or latent diffusion (core/latent.py).
+REQUIRED_GRAPHS = {"pixel": ("denoiser",), "latent": ("text_encoder", "unet", "vae_decoder")}
+MAX_BATCH = 16  # largest batch a graph sees (window batch x 2 for classifier-free guidance): TensorRT profile
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_DIRS = (os.path.join(_HERE, "models"), os.path.join(os.path.dirname(_HERE), "models"))
 ENV_DIRS = "RSGEN_MODEL_DIRS"
@@ -40,8 +43,14 @@ class ModelPackage:
         return os.path.join(self.path, name)
 
     @property
+    def kind(self) -> str:
+        return self.manifest.get("kind", "pixel")
+
+    @property
     def denoiser_sha256(self) -> str:
-        return self.manifest["files"][self.manifest["graphs"]["denoiser"]["file"]]["sha256"]
+        """sha256 of the graph that makes the image (pixel: denoiser, latent: UNet), for provenance tags."""
+        g = self.manifest["graphs"]
+        return self.manifest["files"][(g.get("denoiser") or g["unet"])["file"]]["sha256"]
 
 
 def _sha256(path: str) -> str:
@@ -67,8 +76,12 @@ def read_package(path: str) -> ModelPackage:
     for key in ("id", "files", "graphs", "scheduler", "tile", "conditions"):
         if key not in m:
             raise ModelPackageError(f"{mpath}: the manifest has no {key!r}.")
-    if "denoiser" not in m["graphs"]:
-        raise ModelPackageError(f"{mpath}: the manifest declares no 'denoiser' graph.")
+    kind = m.get("kind", "pixel")
+    if kind not in REQUIRED_GRAPHS:
+        raise ModelPackageError(f"{mpath}: unknown model kind {kind!r} (expected {', '.join(REQUIRED_GRAPHS)}).")
+    for g in REQUIRED_GRAPHS[kind]:
+        if g not in m["graphs"]:
+            raise ModelPackageError(f"{mpath}: the manifest declares no {g!r} graph, which a {kind} model needs.")
     for g in m["graphs"].values():
         if g["file"] not in m["files"]:
             raise ModelPackageError(f"{mpath}: graph file {g['file']!r} is not listed under 'files'.")
@@ -145,7 +158,7 @@ def find(model: str, extra_dirs: Iterable[str] = ()) -> ModelPackage:
                             f"{', '.join(search_dirs(extra_dirs)) or 'no folder'}.{hint}")
 
 
-def _check_io(pkg: ModelPackage, graph: str, sess) -> None:
+def check_io(pkg: ModelPackage, graph: str, sess) -> None:
     spec = pkg.manifest["graphs"][graph]
     path = pkg.file(spec["file"])
     for kind, actual in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
@@ -171,6 +184,7 @@ class LoadedModel:
     text_encoder: Optional[object]
     provider: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    extra: dict = field(default_factory=dict)  # latent packages: the other graphs (core/latent.py)
 
 
 _cache: Dict[tuple, LoadedModel] = {}
@@ -188,6 +202,15 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
     pkg = find(model, extra_dirs)
     verify_files(pkg)
     chosen = list(providers or prov.choose())
+    if pkg.kind == "latent":
+        from .latent import load_latent
+
+        key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads)
+        with _cache_lock:
+            if key not in _cache:
+                _cache[key] = load_latent(pkg, chosen, threads)
+                _log_provider(pkg, chosen, _cache[key].provider)
+            return _cache[key]
     g = pkg.manifest["graphs"]
     use_fp16 = chosen[0] != "CPUExecutionProvider" and g["denoiser"].get("fp16_file")
     dn_file = pkg.file(g["denoiser"]["fp16_file"] if use_fp16 else g["denoiser"]["file"])
@@ -200,10 +223,13 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
         if threads:
             so.intra_op_num_threads = threads
         try:
-            sess = ort.InferenceSession(dn_file, so, providers=prov.with_options(chosen))
+            tile = int(pkg.manifest["tile"]["size"])
+            dims = [{"batch": b, "height": tile, "width": tile} for b in (1, MAX_BATCH, MAX_BATCH)]
+            profile = prov.shape_profile(g["denoiser"]["inputs"], *dims)
+            sess = ort.InferenceSession(dn_file, so, providers=prov.with_options(chosen, profile))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelPackageError(f"{dn_file}: ONNX Runtime cannot load this graph ({exc}).") from exc
-        _check_io(pkg, "denoiser", sess)
+        check_io(pkg, "denoiser", sess)
         text = None
         if "text_encoder" in g:
             tfile = pkg.file(g["text_encoder"]["file"])
@@ -213,7 +239,17 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
                                    max_length=int(tok.get("max_length", 64)), providers=["CPUExecutionProvider"])
             except Exception as exc:
                 raise ModelPackageError(f"{tfile}: cannot load the text encoder ({exc}).") from exc
-            _check_io(pkg, "text_encoder", text.session)
+            check_io(pkg, "text_encoder", text.session)
         loaded = LoadedModel(pkg, sess, text, sess.get_providers()[0])
+        _log_provider(pkg, chosen, loaded.provider)
         _cache[key] = loaded
         return loaded
+
+
+def _log_provider(pkg: ModelPackage, chosen: Sequence[str], actual: str) -> None:
+    """The provider really used is logged (and returned in GenerationResult.provider for the dock)."""
+    from . import providers as prov
+
+    if actual != chosen[0]:
+        prov.log.warning("Model %s: %s was asked for but ONNX Runtime runs it on %s.", pkg.id, chosen[0], actual)
+    prov.log.info("Model %s runs on %s (%s).", pkg.id, prov.LABELS.get(actual, actual), actual)

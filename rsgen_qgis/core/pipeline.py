@@ -208,6 +208,10 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     progress(0.0, "Loading model")
     model = load(req.model, model_dirs, providers)
     m = model.package.manifest
+    if m.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/latent.py
+        from .latent import generate_latent
+
+        return generate_latent(req, model, grid, progress, cancelled, window_batch, t0)
     tile = int(m["tile"]["size"])
     overlap = tile // 4
     c = req.conditions
