@@ -36,6 +36,7 @@ class RsgenPlugin:
         self.iface = iface
         self.provider = None
         self.action: Optional[QAction] = None
+        self.dataset_action: Optional[QAction] = None
         self.dock = None
         self.translator: Optional[QTranslator] = None
 
@@ -59,6 +60,17 @@ class RsgenPlugin:
         self.action.toggled.connect(self._set_dock_visible)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(tr(MENU), self.action)
+        self.dataset_action = QAction(QIcon(icon_path()), tr("Generate dataset…"), parent)
+        self.dataset_action.setObjectName("rsgenDataset")
+        self.dataset_action.setStatusTip(tr("Synthetic images with object boxes exported as COCO, DOTA and GeoJSON"))
+        self.dataset_action.triggered.connect(self.open_dataset_dialog)
+        self.iface.addPluginToRasterMenu(tr(MENU), self.dataset_action)
+
+    def open_dataset_dialog(self) -> None:
+        """The Processing dialog of rsgen:dataset: a long batch job with its own log, parameters and history."""
+        import processing
+
+        processing.execAlgorithmDialog("rsgen:dataset")
 
     def _install_translator(self) -> None:
         path = translation_file()
@@ -97,6 +109,10 @@ class RsgenPlugin:
             self.iface.removePluginRasterMenu(tr(MENU), self.action)
             self.action.deleteLater()
             self.action = None
+        if self.dataset_action is not None:
+            self.iface.removePluginRasterMenu(tr(MENU), self.dataset_action)
+            self.dataset_action.deleteLater()
+            self.dataset_action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None

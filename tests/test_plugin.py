@@ -76,7 +76,9 @@ def test_load_and_unload_cleanly(spied_iface, qgis_new_project, french_qm, monke
     if real_translation:
         assert action.text() == FRENCH_TITLE
     spied_iface.addToolBarIcon.assert_called_once_with(action)
-    assert spied_iface.addPluginToRasterMenu.call_args[0][1] is action
+    menu_actions = [c[0][1] for c in spied_iface.addPluginToRasterMenu.call_args_list]
+    assert menu_actions == [action, plugin.dataset_action]
+    dataset_action = plugin.dataset_action
     provider = registry.providerById("rsgen")
     assert provider is not None and provider.name() == "rsgen"
     alg = registry.algorithmById("rsgen:generate")
@@ -98,14 +100,14 @@ def test_load_and_unload_cleanly(spied_iface, qgis_new_project, french_qm, monke
     plugin.unload()
     _flush_deletes()
     spied_iface.removeToolBarIcon.assert_called_once_with(action)
-    assert spied_iface.removePluginRasterMenu.call_args[0][1] is action
+    assert [c[0][1] for c in spied_iface.removePluginRasterMenu.call_args_list] == [action, dataset_action]
     spied_iface.removeDockWidget.assert_called_once_with(dock)
     assert registry.providerById("rsgen") is None
     assert registry.algorithmById("rsgen:generate") is None
     assert not QCoreApplication.removeTranslator(translator), "translator still installed after unload"
     assert QCoreApplication.translate("rsgen_qgis", "Satellite image generation") == "Satellite image generation"
-    assert sip.isdeleted(dock) and sip.isdeleted(action)
-    assert plugin.dock is None and plugin.action is None and plugin.provider is None and plugin.translator is None
+    assert sip.isdeleted(dock) and sip.isdeleted(action) and sip.isdeleted(dataset_action)
+    assert plugin.dock is None and plugin.action is None and plugin.dataset_action is None and plugin.provider is None and plugin.translator is None
     assert band.scene() is None, "the rubber band is still on the map canvas"
 
 
@@ -145,3 +147,19 @@ def test_unload_while_drawing_restores_canvas(spied_iface, qgis_new_project):
     assert canvas.mapTool() is not tool
     _flush_deletes()
     assert sip.isdeleted(tool), "the rectangle map tool outlived the plugin"
+
+
+def test_dataset_menu_opens_the_processing_dialog(spied_iface, qgis_new_project, monkeypatch):
+    import processing
+
+    opened = []
+    monkeypatch.setattr(processing, "execAlgorithmDialog", lambda alg_id, *a, **k: opened.append(alg_id))
+    plugin = rsgen_qgis.classFactory(spied_iface)
+    plugin.initGui()
+    try:
+        assert QgsApplication.processingRegistry().algorithmById("rsgen:dataset") is not None
+        plugin.dataset_action.trigger()
+        assert opened == ["rsgen:dataset"]
+    finally:
+        plugin.unload()
+        _flush_deletes()
