@@ -20,6 +20,7 @@ help:
 	@echo "make bench-gpu GPU=1  GPU figures (ORT-CUDA vs PyTorch-CUDA, fp16, SD-class UNet; needs CUDA)"
 	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
 	@echo "make train DATA=dir  retrain models/rsgen-base from prepared data (CPU recipe)"
+	@echo "make pack DATA=dir   one compact training file (runs/pack/train.npz) for a GPU machine"
 	@echo "make package build/rsgen_qgis.zip for QGIS's 'Install from ZIP'"
 
 install: system venv
@@ -59,6 +60,11 @@ train: install
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train --minutes 80 --threads 2
 	$(PY) -m rsgen_qgis.training.export --checkpoint runs/train/last.pt --out models/rsgen-base \
 	    --info rsgen_qgis/training/rsgen_base_info.json
+
+# One compact file (WebP images, layouts, caption embeddings) for training on a machine without the data folder:
+# there, `python -m rsgen_qgis.training.train --pack runs/pack/train.npz ...` (see the model card).
+pack: install
+	$(PY) -m rsgen_qgis.training.pack pack --data $(DATA) --out runs/pack/train.npz
 
 package: install
 	$(PY) tools/package.py --out build/rsgen_qgis.zip

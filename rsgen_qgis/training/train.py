@@ -57,7 +57,12 @@ def save(path: str, state: dict) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="folder written by prepare-data")
+    ap.add_argument("--data", default="", help="folder written by prepare-data")
+    ap.add_argument("--pack", default="", help="training pack (training/pack.py) to unpack into the cache first, "
+                                               "for a machine without the data folder")
+    ap.add_argument("--channels", default="32,64,96", help="UNet block widths (the CPU recipe's default)")
+    ap.add_argument("--layers-per-block", type=int, default=1)
+    ap.add_argument("--ema-out", default="", help="also write the EMA weights alone (small, for export) here")
     ap.add_argument("--out", default="runs/train")
     ap.add_argument("--minutes", type=float, default=70.0)
     ap.add_argument("--batch", type=int, default=32)
@@ -69,16 +74,24 @@ def main(argv=None) -> None:
     ap.add_argument("--save-every", type=float, default=5.0, help="minutes")
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
+    if not a.data and not a.pack:
+        ap.error("give --data (prepared folder) or --pack (training pack)")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     os.makedirs(a.out, exist_ok=True)
     cache = os.path.join(os.path.dirname(a.out.rstrip("/")) or ".", "cache")
+    if a.pack:
+        from .pack import unpack
+
+        print("unpacked:", unpack(a.pack, cache), flush=True)
     emb = caption_embeddings(cache)
     aid, maps = load_aid(a.data, "train", cache), load_maps(a.data, "train", cache)
     bm = BatchMaker(aid, maps, emb, seed=a.seed)
-    cfg = DenoiserConfig(cond_dim=bm.lay.dim, block_out_channels=(32, 64, 96))
+    widths = tuple(int(c) for c in a.channels.split(","))
+    cfg = DenoiserConfig(cond_dim=bm.lay.dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
+                         attention_levels=(False,) * (len(widths) - 1) + (True,))
     model = Denoiser(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
@@ -139,6 +152,9 @@ def main(argv=None) -> None:
     save(ckpt, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                 "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
                 "elapsed_s": time.time() - t_start, "args": vars(a), "device": dev})
+    if a.ema_out:
+        save(a.ema_out, {"ema": ema.state_dict(), "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
+                         "elapsed_s": time.time() - t_start, "device": dev})
     with open(os.path.join(a.out, "summary.json"), "w") as f:
         json.dump({"steps": step, "wall_s": round(time.time() - t_start), "device": dev,
                    "threads": torch.get_num_threads(), "params": n_params, "args": vars(a)}, f, indent=1)

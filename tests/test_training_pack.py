@@ -1,0 +1,47 @@
+"""The training pack: prepared data -> one compact file -> the training cache that train.py reads."""
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL")
+from rsgen_qgis.training import pack as packmod  # noqa: E402
+from rsgen_qgis.training.data import load_aid, load_maps  # noqa: E402
+
+
+def _smooth(rng, n, size):
+    """Images with structure (WebP-friendly), not white noise."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(1, 6, 3)
+        img = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * (xx + yy))], -1)
+        out.append(((img + 1) * 127.5).astype(np.uint8))
+    return np.stack(out)
+
+
+def test_pack_unpack_roundtrip_feeds_the_loaders(tmp_path):
+    rng = np.random.default_rng(0)
+    aid = {"images": _smooth(rng, 6, 150), "labels": np.array([0, 0, 1, 1, 2, 2]), "classes": ["A", "B", "C"]}
+    maps = {"aerial": _smooth(rng, 3, 256), "layout": rng.integers(0, 6, (3, 256, 256)).astype(np.uint8)}
+    caps = {"a farm": np.ones(4, np.float32), "a forest": np.arange(4, dtype=np.float32)}
+    path = str(tmp_path / "train.npz")
+    sizes = packmod.pack(aid, maps, caps, path, quality=90)
+    assert sizes["total"] < aid["images"].nbytes + maps["aerial"].nbytes  # it is compact
+    cache = str(tmp_path / "cache")
+    assert packmod.unpack(path, cache) == {"aid": 6, "maps": 3, "captions": 2}
+    got_aid = load_aid("/nonexistent", "train", cache)  # read from the cache only
+    got_maps = load_maps("/nonexistent", "train", cache)
+    assert got_aid["classes"] == ["A", "B", "C"] and list(got_aid["labels"]) == [0, 0, 1, 1, 2, 2]
+    assert np.array_equal(got_maps["layout"], maps["layout"])  # layouts are lossless
+    for got, ref in ((got_aid["images"], aid["images"]), (got_maps["aerial"], maps["aerial"])):
+        assert got.shape == ref.shape and got.dtype == np.uint8
+        mse = np.mean((got.astype(float) - ref) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) > 30  # WebP at q90 on smooth images
+    z = np.load(str(tmp_path / "cache" / "caption_emb.npz"))
+    assert list(z["captions"]) == ["a farm", "a forest"] and np.array_equal(z["emb"][1], np.arange(4))
+
+
+def test_unpack_refuses_another_file(tmp_path):
+    path = str(tmp_path / "x.npz")
+    np.savez(path, format=np.array("something-else"))
+    with pytest.raises(ValueError, match="not a training pack"):
+        packmod.unpack(path, str(tmp_path / "cache"))
