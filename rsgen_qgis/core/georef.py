@@ -180,7 +180,7 @@ def grid_for_request(req: GenerationRequest) -> Grid:
     else:
         width, height = int(req.width), int(req.height)
         transform = (xmin, (xmax - xmin) / width, 0.0, ymax, 0.0, -(ymax - ymin) / height)
-    if width * height > req.pixel_budget:
+    if width * height > req.pixel_budget and not getattr(req, "large_area", False):
         raise PixelBudgetError(
             f"The output would be {width} x {height} = {width * height:,} pixels, more than the budget of "
             f"{req.pixel_budget:,} pixels for one generation; {LARGE_AREA_HINT}.")

@@ -152,6 +152,88 @@ def write_cog(path: str, rgb: np.ndarray, grid: Grid, tags: Dict, nodata: Option
     return path
 
 
+class CogStream:
+    """Write a large image window by window, then turn it into a COG, atomically.
+
+    Pixels go into a tiled, uncompressed GTiff under a hidden temporary name beside `path` (rasterio windowed
+    writes: only the window being written is in memory); `commit()` copies it to a COG (overviews built by
+    GDAL from the file, with a small block cache so memory does not follow the image size) under a second
+    temporary name and renames that over `path`. `abort()` (or leaving the `with` block by an exception,
+    cancel included) removes every temporary file: no partial output is ever visible at `path`.
+    """
+
+    CACHE_MB = 64
+
+    def __init__(self, path: str, grid: Grid, tags: Dict):
+        self.path = os.path.abspath(os.fspath(path))
+        self.grid = grid
+        self.tags = _clean_tags(tags)
+        check_writable(self.path)
+        self.prefix = _temp_prefix(self.path)
+        self._ds = None
+        profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=3, dtype="uint8",
+                       crs=RioCRS.from_wkt(grid.crs_wkt), transform=grid.affine(), tiled=True, blockxsize=256,
+                       blockysize=256, photometric="RGB", interleave="pixel", BIGTIFF="IF_SAFER")
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=self.CACHE_MB):
+                self._ds = rasterio.open(self.prefix + ".stream.tif", "w", **profile)
+        except _WRITE_ERRORS as err:
+            self.abort()
+            raise OutputError(f"Could not write {self.path} (folder {os.path.dirname(self.path)}): {err}.") \
+                from err
+
+    def write(self, rgb: np.ndarray, row_off: int, col_off: int) -> None:
+        """Write a (3, h, w) uint8 block at pixel (row_off, col_off) of the grid."""
+        from rasterio.windows import Window
+
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[0] != 3:
+            raise ValueError(f"CogStream.write needs uint8 (3, h, w), got {rgb.dtype} {rgb.shape}")
+        try:
+            self._ds.write(rgb, window=Window(col_off, row_off, rgb.shape[2], rgb.shape[1]))
+        except _WRITE_ERRORS as err:
+            self.abort()
+            raise OutputError(f"Could not write {self.path} (folder {os.path.dirname(self.path)}): {err}.") \
+                from err
+
+    def commit(self) -> str:
+        temp = self.prefix + ".tif"
+        try:
+            self._ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+            self._ds.update_tags(**self.tags)
+            self._ds.close()
+            self._ds = None
+            with rasterio.Env(GDAL_CACHEMAX=self.CACHE_MB), rasterio.open(self.prefix + ".stream.tif") as src:
+                rasterio.shutil.copy(src, temp, driver="COG", **COG_OPTIONS)
+            os.replace(temp, self.path)
+        except _WRITE_ERRORS as err:
+            self.abort()
+            hint = " If it is open in QGIS or another program, close it there first." \
+                if os.path.exists(self.path) else ""
+            raise OutputError(f"Could not write {self.path} (folder {os.path.dirname(self.path)}): {err}.{hint}") \
+                from err
+        except BaseException:
+            self.abort()
+            raise
+        _remove_temps(self.prefix)
+        return self.path
+
+    def abort(self) -> None:
+        if self._ds is not None:
+            try:
+                self._ds.close()
+            except _WRITE_ERRORS:
+                pass
+            self._ds = None
+        _remove_temps(self.prefix)
+
+    def __enter__(self) -> "CogStream":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self._ds is not None:
+            self.abort()
+
+
 def read_tags(path: str) -> Dict[str, str]:
     """The default-domain GDAL metadata of a GeoTIFF (our provenance tags, plus GDAL's own AREA_OR_POINT)."""
     with rasterio.open(path) as src:
@@ -177,4 +259,4 @@ def is_valid_cog(path: str) -> Tuple[bool, List[str]]:
     return (not problems, problems)
 
 
-__all__ = ["check_writable", "write_cog", "read_tags", "is_valid_cog", "COG_OPTIONS"]
+__all__ = ["check_writable", "write_cog", "CogStream", "read_tags", "is_valid_cog", "COG_OPTIONS"]

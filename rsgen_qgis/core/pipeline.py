@@ -34,6 +34,7 @@ class GenerationResult:
     seconds: float
     model_id: str
     warnings: List[str] = field(default_factory=list)
+    stats: Optional[object] = None  # large-area path: core.largearea.LargeAreaStats
 
 
 @dataclass
@@ -151,7 +152,8 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
 
 
 def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guidance: float, tile: int,
-                  overlap: int, batch: int, cancelled: Callable[[], bool]) -> np.ndarray:
+                  overlap: int, batch: int, cancelled: Callable[[], bool],
+                  tick: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """Model prediction for the whole canvas: windows batched (with their unconditional twins for CFG)
     and fused with smooth weights."""
     acc = np.zeros_like(x)
@@ -178,6 +180,8 @@ def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guid
             wgt = weight.setdefault((h, w), blend_weights(h, w, overlap))
             acc[:, r:r + h, c:c + w] += o * wgt
             wsum[r:r + h, c:c + w] += wgt
+        if tick is not None:
+            tick(len(group))
     return acc / wsum
 
 
@@ -196,10 +200,48 @@ def feather(mask: np.ndarray, width: int = 4) -> np.ndarray:
     return np.where(m, np.clip(dist / (width + 1), 0, 1), 0.0).astype(np.float32)
 
 
+def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) -> dict:
+    return {
+        "prompt": req.prompt, "seed": req.seed, "model_id": model.package.id,
+        "model_sha256": model.package.denoiser_sha256, "sampler": req.sampler, "steps": req.steps,
+        "guidance": req.guidance, "software": f"rsgen_qgis {VERSION}", "synthetic": "true",
+        "provider": model.provider, "request": req.to_json(),
+        "metadata_used": {k: ("unknown" if v is None else v) for k, v in metadata.items()},
+    }
+
+
+def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Progress,
+                    cancelled: Callable[[], bool], window_batch: int, t0: float) -> GenerationResult:
+    """The large-area path: world-anchored blocks streamed into a COG (see core.largearea)."""
+    from .geotiff import CogStream
+    from .largearea import BlockLayout, check_conditions, generate_blocks
+
+    check_conditions(req, grid)
+    warnings: List[str] = []
+    meta = metadata_for(grid, req, model.package.manifest, warnings)
+    lay = BlockLayout.for_manifest(model.package.manifest)
+    tags = provenance_tags(req, model, meta)
+    tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block,
+                          "metadata": "per block (centre of each block)"}
+    with CogStream(req.output, grid, tags) as out:
+        stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch)
+        if cancelled():
+            raise Cancelled("Generation cancelled; nothing was written.")
+        progress(0.96, "Writing Cloud Optimized GeoTIFF")
+        path = out.commit()
+    for w in warnings:
+        log.warning(w)
+    progress(1.0, "Done")
+    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, warnings, stats)
+
+
 def generate(req: GenerationRequest, progress: Optional[Progress] = None,
              cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
              providers: Optional[List[str]] = None, window_batch: int = 8) -> GenerationResult:
-    """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind."""
+    """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind.
+
+    With `req.large_area` the pixel budget is lifted and the area is generated in world-anchored blocks
+    streamed to disk (memory independent of the area; overlapping requests agree pixel for pixel)."""
     t0 = time.time()
     progress = progress or (lambda f, m: None)
     cancelled = cancelled or (lambda: False)
@@ -207,6 +249,8 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     check_writable(req.output)
     progress(0.0, "Loading model")
     model = load(req.model, model_dirs, providers)
+    if req.large_area:
+        return _generate_large(req, grid, model, progress, cancelled, window_batch, t0)
     m = model.package.manifest
     if m.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/latent.py
         from .latent import generate_latent
@@ -243,13 +287,7 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
         rgb[:, outside] = np.asarray(c.image)[:, outside]
     if cancelled():
         raise Cancelled("Generation cancelled; nothing was written.")
-    tags = {
-        "prompt": req.prompt, "seed": req.seed, "model_id": model.package.id,
-        "model_sha256": model.package.denoiser_sha256, "sampler": req.sampler, "steps": req.steps,
-        "guidance": req.guidance, "software": f"rsgen_qgis {VERSION}", "synthetic": "true",
-        "provider": model.provider, "request": req.to_json(),
-        "metadata_used": {k: ("unknown" if v is None else v) for k, v in p.metadata.items()},
-    }
+    tags = provenance_tags(req, model, p.metadata)
     progress(0.98, "Writing GeoTIFF")
     path = write_cog(req.output, rgb, grid, tags)
     for w in p.warnings:

@@ -72,6 +72,7 @@ class GenerationRequest:
     model: str = DEFAULT_MODEL
     date: Optional[str] = None  # ISO yyyy-mm-dd of the imagery to imitate; None = unknown
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
+    large_area: bool = False  # lift the pixel budget; world-anchored blocks streamed to disk (core.largearea)
     conditions: Conditions = field(default_factory=Conditions)
 
     def __post_init__(self):

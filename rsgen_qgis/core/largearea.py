@@ -1,0 +1,294 @@
+"""Large areas: world-anchored blocks of fused windows, cross-faded, streamed to disk.
+
+Why blocks. Fusing overlapping windows every step makes each pixel depend, after n steps, on pixels n windows
+away: a whole-canvas fusion is seamless but its result depends on the extent asked for, and it needs the
+whole canvas in memory. So the world (the pixel grid of the request's GSD, anchored at CRS (0, 0)) is cut
+into fixed blocks: block (i, j) covers world pixels [j*B, j*B + B + T) x [i*B, i*B + B + T) (B = block pitch,
+T = the model's tile), i.e. neighbouring blocks share one window width. Inside a block the windows sit on the
+world window grid, are batched through the ONNX session and fused every step (seamless inside); blocks are
+cross-faded over their shared band with raised-cosine weights that sum to one. Each block is a pure function
+of (seed, world position, prompt, metadata at the block, conditions there), and every pixel is the same
+weighted sum of the same blocks in the same (world row-major) order whatever the request, so:
+- two requests that overlap give byte-identical pixels in the overlap, and neighbouring requests join exactly
+  as one larger request would (no seam at request borders);
+- memory is one row of blocks plus a band of accumulated rows, whatever the height; rows are written to a
+  tiled GeoTIFF as soon as no later block touches them (geotiff.CogStream), then converted to a COG.
+Exception: spatial conditions given as arrays on the request grid (layout, guide) are unknown outside it; a
+block reaching past the request sees "no layout" / the guide's edge there. So with conditions, identity
+across requests holds only where both requests cover the blocks' whole footprints.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .conditions import CondLayout, NO_LAYOUT, cond_vectors, layout_onehot
+from .errors import Cancelled, ConditionError
+from .georef import Grid
+from .models import LoadedModel
+from .request import GenerationRequest
+from .samplers import Schedule, make_sampler
+from .tiling import world_noise
+
+DEFAULT_BLOCK_WINDOWS = 8  # block pitch in window strides: 8 x 48 = 384 px for a 64 px tile
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Window and block geometry of a model, in world pixels."""
+    tile: int
+    overlap: int
+    block: int
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def span(self) -> int:
+        """Side of a block's footprint: its pitch plus the band it shares with the next block."""
+        return self.block + self.tile
+
+    @property
+    def windows_per_block(self) -> int:
+        return ((self.span - self.tile) // self.stride + 1) ** 2
+
+    @classmethod
+    def for_manifest(cls, manifest: dict, block_windows: int = DEFAULT_BLOCK_WINDOWS) -> "BlockLayout":
+        tile = int(manifest["tile"]["size"])
+        overlap = tile // 4
+        return cls(tile, overlap, max(1, int(block_windows)) * (tile - overlap))
+
+    def block_range(self, lo: int, n: int) -> range:
+        """Indices k of the blocks whose footprint [k*B, k*B + span) meets world pixels [lo, lo + n)."""
+        b = self.block
+        kmin = (lo - self.span) // b + 1
+        kmax = -((-(lo + n)) // b) - 1
+        return range(kmin, kmax + 1)
+
+    def blocks(self, grid: Grid) -> Tuple[range, range]:
+        col0, row0 = grid.world_offset
+        return self.block_range(row0, grid.height), self.block_range(col0, grid.width)
+
+    def n_windows(self, grid: Grid) -> int:
+        rows, cols = self.blocks(grid)
+        return len(rows) * len(cols) * self.windows_per_block
+
+
+def fade(span: int, width: int) -> np.ndarray:
+    """1-D block weight: raised-cosine ramps over `width` at both ends, so two blocks overlapping by `width`
+    sum to one there; never zero."""
+    w = np.ones(span, np.float32)
+    i = np.arange(width, dtype=np.float64)
+    up = (0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / width)).astype(np.float32)
+    w[:width] = up
+    w[span - width:] = up[::-1]
+    return w
+
+
+def guide_window(guide: np.ndarray, full: Tuple[int, int], row_off: int, col_off: int, h: int, w: int) -> np.ndarray:
+    """The part [row_off, row_off + h) x [col_off, col_off + w) of `guide` (C, gh, gw) bilinearly upsampled to
+    the full grid size `full` (as conditions.guide_upsample does); pixels beyond the grid repeat its edge."""
+    c, gh, gw = guide.shape
+    H, W = full
+    yy = np.clip(np.arange(row_off, row_off + h), 0, H - 1)
+    xx = np.clip(np.arange(col_off, col_off + w), 0, W - 1)
+    ys = np.clip((yy + 0.5) * gh / H - 0.5, 0, gh - 1)
+    xs = np.clip((xx + 0.5) * gw / W - 0.5, 0, gw - 1)
+    y0 = np.floor(ys).astype(int); x0 = np.floor(xs).astype(int)
+    y1 = np.minimum(y0 + 1, gh - 1); x1 = np.minimum(x0 + 1, gw - 1)
+    wy = (ys - y0)[:, None].astype(np.float32); wx = (xs - x0)[None, :].astype(np.float32)
+    g = guide.astype(np.float32)
+    top = g[:, y0][:, :, x0] * (1 - wx) + g[:, y0][:, :, x1] * wx
+    bot = g[:, y1][:, :, x0] * (1 - wx) + g[:, y1][:, :, x1] * wx
+    return top * (1 - wy) + bot * wy
+
+
+def check_conditions(req: GenerationRequest, grid: Grid) -> None:
+    c = req.conditions
+    if c.image is not None or c.mask is not None:
+        raise ConditionError("Inpainting and variation work on one request at a time; the large-area path "
+                             "takes a layout and a guide image only.")
+    if c.layout is not None and np.shape(c.layout) != (grid.height, grid.width):
+        raise ConditionError(f"The layout is {np.shape(c.layout)[-1]}x{np.shape(c.layout)[-2]} pixels but the "
+                             f"output grid is {grid.width}x{grid.height}; it must be made on the request's grid.")
+    if c.guide is not None:
+        g = np.asarray(c.guide)
+        if g.ndim != 3 or g.shape[0] != 3:
+            raise ConditionError(f"The guide image must be RGB (3, h, w); got shape {g.shape}.")
+
+
+@dataclass
+class LargeAreaStats:
+    blocks: int = 0
+    windows: int = 0             # windows per step, all blocks
+    window_evals: int = 0        # windows x steps actually run
+    max_band_rows: int = 0       # most grid rows held in the accumulator at once (memory)
+    seconds: float = 0.0
+    layout: Optional[BlockLayout] = None
+    warnings: List[str] = field(default_factory=list)
+
+
+class _BlockRunner:
+    """Generates one block footprint (3, span, span) in [-1, 1]; state shared by all blocks of a request."""
+
+    def __init__(self, req: GenerationRequest, model: LoadedModel, grid: Grid, lay: BlockLayout,
+                 window_batch: int, cancelled: Callable[[], bool], tick: Callable[[int], None]):
+        from .pipeline import metadata_for  # late: pipeline imports this module
+
+        self.req, self.model, self.grid, self.lay = req, model, grid, lay
+        self.batch, self.cancelled, self.tick = window_batch, cancelled, tick
+        self._metadata_for = metadata_for
+        m = model.package.manifest
+        self.cnd_m = m["conditions"]
+        self.schedule = Schedule.from_config(m["scheduler"])
+        self.cl = CondLayout(self.cnd_m["cond_layout"]["text"][1])
+        self.emb = None
+        if req.prompt.strip():
+            if model.text_encoder is None:
+                raise ConditionError(f"Model {model.package.id!r} takes no text prompt; leave the prompt empty.")
+            self.emb = model.text_encoder.embed([req.prompt.strip()])
+        c = req.conditions
+        self.guide = None if c.guide is None else np.asarray(c.guide, np.float32) / 127.5 - 1.0
+        self.layout = None if c.layout is None else np.asarray(c.layout, np.uint8)
+
+    def prepared(self, kr: int, kc: int):
+        from .pipeline import Prepared
+
+        lay, grid, req = self.lay, self.grid, self.req
+        col0, row0 = grid.world_offset
+        L = lay.span
+        r_off, c_off = kr * lay.block - row0, kc * lay.block - col0
+        bgrid = grid.window(c_off, r_off, L, L)
+        spatial = np.zeros((self.cnd_m["spatial_channels"], L, L), np.float32)
+        sl = self.cnd_m["spatial_layout"]
+        if self.layout is not None:
+            ids = np.full((L, L), NO_LAYOUT, np.uint8)
+            r0, r1 = max(0, r_off), min(grid.height, r_off + L)
+            c0, c1 = max(0, c_off), min(grid.width, c_off + L)
+            if r1 > r0 and c1 > c0:
+                ids[r0 - r_off:r1 - r_off, c0 - c_off:c1 - c_off] = self.layout[r0:r1, c0:c1]
+            o, n = sl["layout"]
+            spatial[o:o + n] = layout_onehot(ids, len(self.cnd_m["layout_classes"]))
+        if self.guide is not None:
+            o, n = sl["guide"]
+            spatial[o:o + n] = guide_window(self.guide, (grid.height, grid.width), r_off, c_off, L, L)
+        meta = self._metadata_for(bgrid, req, self.model.package.manifest, [])
+        kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
+                  has_layout=self.layout is not None, has_inpaint=False, has_guide=self.guide is not None)
+        cond = cond_vectors(self.cl, self.emb, **kw)
+        uncond = None
+        if self.emb is not None and req.guidance != 1.0 and "text" in self.cnd_m.get("guidance_drops", ["text"]):
+            uncond = cond_vectors(self.cl, None, **kw)
+        return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [])
+
+    def run(self, kr: int, kc: int) -> np.ndarray:
+        from .pipeline import _denoise_step
+
+        lay, req = self.lay, self.req
+        p = self.prepared(kr, kc)
+        sampler = make_sampler(req.sampler, self.schedule, req.steps, 1.0)
+        x = (world_noise(req.seed, kc * lay.block, kr * lay.block, lay.span, lay.span)
+             * sampler.init_noise_sigma).astype(np.float32)
+        for i, t in enumerate(sampler.timesteps):
+            if self.cancelled():
+                raise Cancelled("Generation cancelled; nothing was written.")
+            xin = sampler.scale_model_input(x, i)
+            pred = _denoise_step(self.model, p, xin, float(t), req.guidance, lay.tile, lay.overlap, self.batch,
+                                 self.cancelled, self.tick)
+            x = sampler.step(pred, i, x).astype(np.float32)
+        return np.clip(x, -1, 1)
+
+
+def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writer,
+                    progress: Callable[[float, str], None], cancelled: Callable[[], bool],
+                    window_batch: int = 8, block_windows: int = DEFAULT_BLOCK_WINDOWS) -> LargeAreaStats:
+    """Generate `grid` block by block into `writer` (anything with write(rgb_uint8, row_off, col_off))."""
+    t0 = time.time()
+    check_conditions(req, grid)
+    lay = BlockLayout.for_manifest(model.package.manifest, block_windows)
+    rows, cols = lay.blocks(grid)
+    stats = LargeAreaStats(blocks=len(rows) * len(cols), windows=len(rows) * len(cols) * lay.windows_per_block,
+                           layout=lay)
+    total = stats.windows * req.steps
+
+    def tick(n: int) -> None:
+        stats.window_evals += n
+        progress(min(stats.window_evals / total, 1.0) * 0.95,
+                 f"Window {stats.window_evals}/{total} (block {done_blocks + 1}/{stats.blocks})")
+
+    done_blocks = 0
+    runner = _BlockRunner(req, model, grid, lay, window_batch, cancelled, tick)
+    col0, row0 = grid.world_offset
+    H, W = grid.height, grid.width
+    w1 = fade(lay.span, lay.tile)
+    acc = np.zeros((3, 0, W), np.float32)
+    wsum = np.zeros((0, W), np.float32)
+    top = None  # world row of acc's first row
+    for kr in rows:
+        d0 = kr * lay.block
+        g0, g1 = max(d0, row0), min(d0 + lay.span, row0 + H)
+        if top is None:
+            top = g0
+        grow = g1 - top - acc.shape[1]
+        if grow > 0:
+            acc = np.concatenate([acc, np.zeros((3, grow, W), np.float32)], axis=1)
+            wsum = np.concatenate([wsum, np.zeros((grow, W), np.float32)], axis=0)
+        stats.max_band_rows = max(stats.max_band_rows, acc.shape[1])
+        for kc in cols:
+            e0 = kc * lay.block
+            h0, h1 = max(e0, col0), min(e0 + lay.span, col0 + W)
+            img = runner.run(kr, kc)
+            wt = w1[g0 - d0:g1 - d0, None] * w1[None, h0 - e0:h1 - e0]
+            acc[:, g0 - top:g1 - top, h0 - col0:h1 - col0] += img[:, g0 - d0:g1 - d0, h0 - e0:h1 - e0] * wt
+            wsum[g0 - top:g1 - top, h0 - col0:h1 - col0] += wt
+            done_blocks += 1
+        final = row0 + H if kr == rows[-1] else min((kr + 1) * lay.block, row0 + H)
+        n = final - top
+        if n > 0:
+            if cancelled():
+                raise Cancelled("Generation cancelled; nothing was written.")
+            img = acc[:, :n] / wsum[:n]
+            rgb = np.round((img + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+            writer.write(rgb, top - row0, 0)
+            acc, wsum, top = acc[:, n:].copy(), wsum[n:].copy(), final
+    stats.seconds = time.time() - t0
+    return stats
+
+
+_speed: Dict[tuple, float] = {}
+
+
+def seconds_per_window_eval(model: LoadedModel, batch: int = 8) -> float:
+    """Measured once per loaded model: seconds for one window through the denoiser, in batches of `batch`."""
+    key = (model.package.path, model.provider, batch)
+    if key not in _speed:
+        m = model.package.manifest
+        t = int(m["tile"]["size"])
+        c = m["conditions"]
+        feed = {"sample": np.zeros((batch, 3, t, t), np.float32), "timestep": np.full((batch,), 500.0, np.float32),
+                "spatial": np.zeros((batch, c["spatial_channels"], t, t), np.float32),
+                "cond": np.zeros((batch, c["cond_dim"]), np.float32)}
+        with model.lock:
+            model.denoiser.run(["prediction"], feed)  # warm-up
+            t0 = time.perf_counter()
+            model.denoiser.run(["prediction"], feed)
+            _speed[key] = (time.perf_counter() - t0) / batch
+    return _speed[key]
+
+
+def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid,
+             block_windows: int = DEFAULT_BLOCK_WINDOWS) -> Tuple[int, float]:
+    """(windows per step, estimated seconds) for the large-area path, before starting it."""
+    lay = BlockLayout.for_manifest(model.package.manifest, block_windows)
+    n = lay.n_windows(grid)
+    cfg = 2 if (req.prompt.strip() and req.guidance != 1.0) else 1
+    return n, n * req.steps * cfg * seconds_per_window_eval(model)
+
+
+__all__ = ["BlockLayout", "generate_blocks", "estimate", "fade", "guide_window", "LargeAreaStats",
+           "seconds_per_window_eval", "DEFAULT_BLOCK_WINDOWS"]

@@ -1,0 +1,120 @@
+"""Large-area path (world-anchored blocks, streamed output) with the tiny package."""
+import os
+
+import numpy as np
+import pytest
+import rasterio
+
+from rsgen_qgis.core import errors
+from rsgen_qgis.core.geotiff import is_valid_cog
+from rsgen_qgis.core.largearea import BlockLayout, fade
+from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.request import Conditions, GenerationRequest
+
+X0, Y0, GSD = 453000.0, 6233600.0, 4.0
+
+
+def px_req(tmp_path, name, c0, r0, w, h, **kw):
+    """A request for world-pixel columns [c0, c0+w) and rows [r0, r0+h) counted from (X0, Y0) (rows go up)."""
+    base = dict(crs="EPSG:32734", gsd=GSD, prompt="houses by a river", seed=3, steps=2, model="rsgen-tiny",
+                large_area=True, output=str(tmp_path / name),
+                extent=(X0 + GSD * c0, Y0 + GSD * r0, X0 + GSD * (c0 + w), Y0 + GSD * (r0 + h)))
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+def test_fade_is_a_partition_of_unity():
+    w = fade(96, 32)
+    assert np.allclose(w[64:] + w[:32], 1.0, atol=1e-6)
+    assert w.min() > 0 and np.all(w[32:64] == 1)
+
+
+def test_block_range_covers_every_footprint():
+    lay = BlockLayout(32, 8, 192)
+    for lo, n in [(0, 1), (-5, 10), (100, 500), (191, 2), (-1000, 37)]:
+        ks = list(lay.block_range(lo, n))
+        for k in range(ks[0] - 3, ks[-1] + 4):
+            meets = k * 192 < lo + n and k * 192 + lay.span > lo
+            assert meets == (k in ks), (lo, n, k)
+
+
+def test_overlapping_requests_identical_in_overlap(tmp_path, tiny_model_dir):
+    a = generate(px_req(tmp_path, "a.tif", 0, 0, 240, 150), model_dirs=[tiny_model_dir])
+    b = generate(px_req(tmp_path, "b.tif", 170, -60, 200, 150), model_dirs=[tiny_model_dir])
+    A, B = read(a.path), read(b.path)
+    # overlap: world cols 170..240, rows (counted upwards) 0..90; row 0 of an image is its top (north) edge
+    oa = A[:, 150 - 90:150, 170:240]
+    ob = B[:, 0:90, 0:70]
+    assert oa.shape == ob.shape == (3, 90, 70)
+    assert np.array_equal(oa, ob)
+    assert oa.std() > 5  # real image content, not a constant
+    c = generate(px_req(tmp_path, "c.tif", 170, -60, 200, 150, seed=4), model_dirs=[tiny_model_dir])
+    assert not np.array_equal(read(c.path)[:, 0:90, 0:70], ob)
+
+
+def test_neighbours_join_like_one_request(tmp_path, tiny_model_dir):
+    kw = dict(steps=1)
+    whole = read(generate(px_req(tmp_path, "w.tif", -10, 0, 200, 30, **kw), model_dirs=[tiny_model_dir]).path)
+    left = read(generate(px_req(tmp_path, "l.tif", -10, 0, 100, 30, **kw), model_dirs=[tiny_model_dir]).path)
+    right = read(generate(px_req(tmp_path, "r.tif", 90, 0, 100, 30, **kw), model_dirs=[tiny_model_dir]).path)
+    assert np.array_equal(np.concatenate([left, right], axis=2), whole)
+
+
+def test_memory_band_does_not_grow_with_height(tmp_path, tiny_model_dir):
+    short = generate(px_req(tmp_path, "s.tif", 0, 0, 20, 420, steps=1), model_dirs=[tiny_model_dir])
+    tall = generate(px_req(tmp_path, "t.tif", 0, 0, 20, 800, steps=1), model_dirs=[tiny_model_dir])
+    lay = tall.stats.layout
+    assert tall.stats.blocks > short.stats.blocks
+    # the accumulator holds at most one block footprint of rows, however tall the area
+    assert tall.stats.max_band_rows == short.stats.max_band_rows == lay.span
+    assert read(tall.path).shape == (3, 800, 20)
+
+
+def test_budget_lifted_cog_tags_and_no_temp_files(tmp_path, tiny_model_dir):
+    with pytest.raises(errors.PixelBudgetError):
+        generate(px_req(tmp_path, "x.tif", 0, 0, 100, 50, large_area=False, pixel_budget=1000),
+                 model_dirs=[tiny_model_dir])
+    r = generate(px_req(tmp_path, "big.tif", 0, 0, 100, 50, pixel_budget=1000), model_dirs=[tiny_model_dir])
+    ok, problems = is_valid_cog(r.path)
+    assert ok, problems
+    with rasterio.open(r.path) as ds:
+        tags = ds.tags()
+        assert ds.transform.to_gdal() == (X0, GSD, 0.0, Y0 + 50 * GSD, 0.0, -GSD)
+    assert tags["synthetic"] == "true" and '"block": 192' in tags["large_area"]
+    assert sorted(os.listdir(tmp_path)) == ["big.tif"]
+    assert r.stats.windows == r.stats.blocks * r.stats.layout.windows_per_block
+
+
+def test_cancel_leaves_no_file(tmp_path, tiny_model_dir):
+    calls = {"n": 0}
+
+    def cancelled():
+        calls["n"] += 1
+        return calls["n"] > 40
+
+    with pytest.raises(errors.Cancelled):
+        generate(px_req(tmp_path, "c.tif", 0, 0, 300, 300), cancelled=cancelled, model_dirs=[tiny_model_dir])
+    assert os.listdir(tmp_path) == []
+
+
+def test_conditions(tmp_path, tiny_model_dir):
+    layout = np.zeros((50, 100), np.uint8)
+    layout[:, 40:48] = 1
+    guide = np.full((3, 13, 25), 120, np.uint8)
+    r = generate(px_req(tmp_path, "l.tif", 0, 0, 100, 50, conditions=Conditions(layout=layout, guide=guide)),
+                 model_dirs=[tiny_model_dir])
+    plain = read(generate(px_req(tmp_path, "p.tif", 0, 0, 100, 50), model_dirs=[tiny_model_dir]).path)
+    assert not np.array_equal(read(r.path), plain)
+    img = np.zeros((3, 50, 100), np.uint8)
+    with pytest.raises(errors.ConditionError, match="large-area"):
+        generate(px_req(tmp_path, "m.tif", 0, 0, 100, 50, conditions=Conditions(image=img, mask=layout > 0)),
+                 model_dirs=[tiny_model_dir])
+    with pytest.raises(errors.ConditionError, match="grid"):
+        generate(px_req(tmp_path, "n.tif", 0, 0, 100, 50, conditions=Conditions(layout=layout[:10])),
+                 model_dirs=[tiny_model_dir])
+    assert sorted(os.listdir(tmp_path)) == ["l.tif", "p.tif"]
