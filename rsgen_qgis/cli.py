@@ -3,6 +3,7 @@
     python -m rsgen_qgis generate --extent XMIN,YMIN,XMAX,YMAX --crs EPSG:32734 --gsd 10 \
         --prompt "dense housing by a river" --seed 7 --out out.tif
     python -m rsgen_qgis models
+    python -m rsgen_qgis batch JOB.yaml [--workers N | --scheduler tcp://host:port]
     python -m rsgen_qgis demo --out out/demo.tif
     python -m rsgen_qgis export-diffusers PATH --out models/NAME [--fp16]
 """
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DiffusionSat models: cloud cover (percent) sent with every request (default 0)")
     e.add_argument("--date", help="DiffusionSat models: yyyy-mm-dd sent when a request has no date (the dock "
                    "and Processing have no date field); without it such requests are refused")
+    from .batch.cli import add_parser as add_batch
+
+    add_batch(sub)
     return ap
 
 
@@ -132,6 +136,10 @@ def _run(req: GenerationRequest, a) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.cmd == "batch":
+        from .batch.cli import run as run_batch
+
+        return run_batch(a)
     try:
         if a.cmd == "models":
             from .core.models import discover, search_dirs

@@ -137,7 +137,8 @@ class _BlockRunner:
     """Generates one block footprint (3, span, span) in [-1, 1]; state shared by all blocks of a request."""
 
     def __init__(self, req: GenerationRequest, model: LoadedModel, grid: Grid, lay: BlockLayout,
-                 window_batch: int, cancelled: Callable[[], bool], tick: Callable[[int], None]):
+                 window_batch: int, cancelled: Callable[[], bool], tick: Callable[[int], None],
+                 layout_source: Optional[Callable[[Grid], np.ndarray]] = None):
         from .pipeline import metadata_for  # late: pipeline imports this module
 
         self.req, self.model, self.grid, self.lay = req, model, grid, lay
@@ -155,6 +156,9 @@ class _BlockRunner:
         c = req.conditions
         self.guide = None if c.guide is None else np.asarray(c.guide, np.float32) / 127.5 - 1.0
         self.layout = None if c.layout is None else np.asarray(c.layout, np.uint8)
+        self.layout_source = layout_source
+        if layout_source is not None and self.layout is not None:
+            raise ConditionError("Give the layout either as an array or as a source, not both.")
 
     def prepared(self, kr: int, kc: int):
         from .pipeline import Prepared
@@ -166,7 +170,14 @@ class _BlockRunner:
         bgrid = grid.window(c_off, r_off, L, L)
         spatial = np.zeros((self.cnd_m["spatial_channels"], L, L), np.float32)
         sl = self.cnd_m["spatial_layout"]
-        if self.layout is not None:
+        has_layout = self.layout is not None or self.layout_source is not None
+        if self.layout_source is not None:
+            ids = np.asarray(self.layout_source(bgrid), np.uint8)
+            if ids.shape != (L, L):
+                raise ConditionError(f"The layout source gave {ids.shape}, expected {(L, L)}.")
+            o, n = sl["layout"]
+            spatial[o:o + n] = layout_onehot(ids, len(self.cnd_m["layout_classes"]))
+        elif self.layout is not None:
             ids = np.full((L, L), NO_LAYOUT, np.uint8)
             r0, r1 = max(0, r_off), min(grid.height, r_off + L)
             c0, c1 = max(0, c_off), min(grid.width, c_off + L)
@@ -179,7 +190,7 @@ class _BlockRunner:
             spatial[o:o + n] = guide_window(self.guide, (grid.height, grid.width), r_off, c_off, L, L)
         meta = self._metadata_for(bgrid, req, self.model.package.manifest, [])
         kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
-                  has_layout=self.layout is not None, has_inpaint=False, has_guide=self.guide is not None)
+                  has_layout=has_layout, has_inpaint=False, has_guide=self.guide is not None)
         cond = cond_vectors(self.cl, self.emb, **kw)
         uncond = None
         if self.emb is not None and req.guidance != 1.0 and "text" in self.cnd_m.get("guidance_drops", ["text"]):
@@ -206,11 +217,12 @@ class _BlockRunner:
 
 def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writer,
                     progress: Callable[[float, str], None], cancelled: Callable[[], bool],
-                    window_batch: int = 8, block_windows: int = DEFAULT_BLOCK_WINDOWS) -> LargeAreaStats:
+                    window_batch: int = 8, block_windows: Optional[int] = None,
+                    layout_source: Optional[Callable[[Grid], np.ndarray]] = None) -> LargeAreaStats:
     """Generate `grid` block by block into `writer` (anything with write(rgb_uint8, row_off, col_off))."""
     t0 = time.time()
     check_conditions(req, grid)
-    lay = BlockLayout.for_manifest(model.package.manifest, block_windows)
+    lay = BlockLayout.for_manifest(model.package.manifest, block_windows or req.block_windows)
     rows, cols = lay.blocks(grid)
     stats = LargeAreaStats(blocks=len(rows) * len(cols), windows=len(rows) * len(cols) * lay.windows_per_block,
                            layout=lay)
@@ -222,7 +234,7 @@ def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writ
                  f"Window {stats.window_evals}/{total} (block {done_blocks + 1}/{stats.blocks})")
 
     done_blocks = 0
-    runner = _BlockRunner(req, model, grid, lay, window_batch, cancelled, tick)
+    runner = _BlockRunner(req, model, grid, lay, window_batch, cancelled, tick, layout_source)
     col0, row0 = grid.world_offset
     H, W = grid.height, grid.width
     w1 = fade(lay.span, lay.tile)
@@ -281,10 +293,9 @@ def seconds_per_window_eval(model: LoadedModel, batch: int = 8) -> float:
     return _speed[key]
 
 
-def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid,
-             block_windows: int = DEFAULT_BLOCK_WINDOWS) -> Tuple[int, float]:
+def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Tuple[int, float]:
     """(windows per step, estimated seconds) for the large-area path, before starting it."""
-    lay = BlockLayout.for_manifest(model.package.manifest, block_windows)
+    lay = BlockLayout.for_manifest(model.package.manifest, req.block_windows)
     n = lay.n_windows(grid)
     cfg = 2 if (req.prompt.strip() and req.guidance != 1.0) else 1
     return n, n * req.steps * cfg * seconds_per_window_eval(model)

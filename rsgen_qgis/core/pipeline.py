@@ -5,7 +5,9 @@ conditions) is checked before the first model call, so a mistake costs no waitin
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional
@@ -201,17 +203,22 @@ def feather(mask: np.ndarray, width: int = 4) -> np.ndarray:
 
 
 def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) -> dict:
+    """GeoTIFF tags. The request is recorded with the output's file name only: the folder says nothing about
+    the image, and leaving it out lets the same request written elsewhere give the same bytes (batch resume)."""
+    request = req.to_dict()
+    request["output"] = os.path.basename(req.output)
     return {
         "prompt": req.prompt, "seed": req.seed, "model_id": model.package.id,
         "model_sha256": model.package.denoiser_sha256, "sampler": req.sampler, "steps": req.steps,
         "guidance": req.guidance, "software": f"rsgen_qgis {VERSION}", "synthetic": "true",
-        "provider": model.provider, "request": req.to_json(),
+        "provider": model.provider, "request": json.dumps(request, sort_keys=True),
         "metadata_used": {k: ("unknown" if v is None else v) for k, v in metadata.items()},
     }
 
 
 def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Progress,
-                    cancelled: Callable[[], bool], window_batch: int, t0: float) -> GenerationResult:
+                    cancelled: Callable[[], bool], window_batch: int, t0: float,
+                    layout_source=None) -> GenerationResult:
     """The large-area path: world-anchored blocks streamed into a COG (see core.largearea)."""
     from .geotiff import CogStream
     from .largearea import BlockLayout, check_conditions, generate_blocks
@@ -219,12 +226,13 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     check_conditions(req, grid)
     warnings: List[str] = []
     meta = metadata_for(grid, req, model.package.manifest, warnings)
-    lay = BlockLayout.for_manifest(model.package.manifest)
+    lay = BlockLayout.for_manifest(model.package.manifest, req.block_windows)
     tags = provenance_tags(req, model, meta)
     tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block,
                           "metadata": "per block (centre of each block)"}
     with CogStream(req.output, grid, tags) as out:
-        stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch)
+        stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch,
+                                layout_source=layout_source)
         if cancelled():
             raise Cancelled("Generation cancelled; nothing was written.")
         progress(0.96, "Writing Cloud Optimized GeoTIFF")
@@ -237,20 +245,23 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
 
 def generate(req: GenerationRequest, progress: Optional[Progress] = None,
              cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
-             providers: Optional[List[str]] = None, window_batch: int = 8) -> GenerationResult:
+             providers: Optional[List[str]] = None, window_batch: int = 8, threads: int = 0,
+             layout_source: Optional[Callable[[Grid], np.ndarray]] = None) -> GenerationResult:
     """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind.
 
     With `req.large_area` the pixel budget is lifted and the area is generated in world-anchored blocks
-    streamed to disk (memory independent of the area; overlapping requests agree pixel for pixel)."""
+    streamed to disk (memory independent of the area; overlapping requests agree pixel for pixel).
+    layout_source (large-area path): grid -> (H, W) uint8 layout, called for each block's footprint.
+    threads: ONNX Runtime intra-op threads (0 = its default)."""
     t0 = time.time()
     progress = progress or (lambda f, m: None)
     cancelled = cancelled or (lambda: False)
     grid = grid_for_request(req)
     check_writable(req.output)
     progress(0.0, "Loading model")
-    model = load(req.model, model_dirs, providers)
+    model = load(req.model, model_dirs, providers, threads)
     if req.large_area:
-        return _generate_large(req, grid, model, progress, cancelled, window_batch, t0)
+        return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source)
     m = model.package.manifest
     if m.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/latent.py
         from .latent import generate_latent

@@ -73,6 +73,7 @@ class GenerationRequest:
     date: Optional[str] = None  # ISO yyyy-mm-dd of the imagery to imitate; None = unknown
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
     large_area: bool = False  # lift the pixel budget; world-anchored blocks streamed to disk (core.largearea)
+    block_windows: int = 8    # large-area block pitch in window strides (part of what the pixels depend on)
     conditions: Conditions = field(default_factory=Conditions)
 
     def __post_init__(self):
@@ -97,6 +98,9 @@ class GenerationRequest:
                 raise ParameterError(f"The output {name} must be a positive whole number of pixels (got {v!r}).")
         if not 0.0 < self.conditions.strength <= 1.0:
             raise ParameterError(f"Variation strength must be in (0, 1] (got {self.conditions.strength!r}).")
+        if isinstance(self.block_windows, bool) or not isinstance(self.block_windows, int) or \
+                not 1 <= self.block_windows <= 64:
+            raise ParameterError(f"block_windows must be a whole number from 1 to 64 (got {self.block_windows!r}).")
         if not 0 <= int(self.seed) < 2**63:
             raise ParameterError(f"The seed must be a whole number from 0 to 2^63-1 (got {self.seed!r}).")
 

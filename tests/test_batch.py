@@ -1,0 +1,210 @@
+"""Batch runner: job spec errors, AOIs, tiles + VRT + manifest, full disk, resume after kill -9, Dask."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from rsgen_qgis.batch import runner, spec
+from rsgen_qgis.batch.spec import JobSpecError
+from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.request import GenerationRequest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 48 px tiles at 4 m = 192 m on the world grid: the box meets x 453120..453504, y 6233472..6233856 (2 x 2 tiles)
+BOX = [453130.0, 6233600.0, 453500.0, 6233850.0]
+
+
+def job(tmp_path, name="job.yaml", out="out", **over):
+    d = {"output": out, "crs": "EPSG:32734", "gsd": 4.0, "model": "rsgen-tiny", "model_dirs": [over.pop("md")],
+         "seed": 5, "steps": 2, "guidance": 1.0, "prompt": "houses", "tile_px": 48, "block_windows": 2,
+         "aois": {"bboxes": [{"bbox": BOX, "prompt": "farmland"}]}}
+    d.update(over)
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(d))
+    return str(p)
+
+
+def tile_bytes(out):
+    t = os.path.join(out, "tiles")
+    return {f: open(os.path.join(t, f), "rb").read() for f in sorted(os.listdir(t))}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("clean")
+    s = spec.load(job(d, md=tiny_model_dir))
+    man = runner.run(s, workers=0, progress=False)
+    return s, man
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "red"}, "colour: unknown key"),
+    ({"gsd": "2m"}, "gsd: expected"),
+    ({"seed": 1.5}, "seed: expected a whole number"),
+    ({"aois": {"bboxes": [{"bbox": [0, 0, 1, 1], "promt": "x"}]}}, r"aois.bboxes\[0\].promt: unknown key"),
+    ({"aois": {"bboxes": [{"bbox": [0, 0, 1]}]}}, r"aois.bboxes\[0\].bbox: expected four numbers"),
+    ({"aois": {"bboxes": "0,0,1,1"}}, "aois.bboxes: expected a list"),
+    ({"aois": {}}, "aois: give a vector file"),
+    ({"layout": [{"file": "r.gpkg", "class": "lava"}]}, r"layout\[0\].class: 'lava' is not a layout class"),
+    ({"output": None}, "output: missing"),
+])
+def test_spec_errors_name_the_key(tmp_path, change, message):
+    d = {"output": "o", "crs": "EPSG:32734", "gsd": 4.0, "aois": {"bboxes": [{"bbox": BOX}]}}
+    d.update(change)
+    with pytest.raises(JobSpecError, match=message):
+        spec.parse(d, str(tmp_path / "job.yaml"))
+
+
+def test_yaml_date_and_relative_paths(tmp_path):
+    (tmp_path / "job.yaml").write_text("output: out\ncrs: EPSG:32734\ngsd: 4\ndate: 2020-06-01\n"
+                                       "aois: {file: aoi.gpkg}\n")
+    s = spec.load(str(tmp_path / "job.yaml"))
+    assert s.date == "2020-06-01" and s.output == str(tmp_path / "out") and s.aoi_file == str(tmp_path / "aoi.gpkg")
+
+
+def _gpkg(path, polys, prompts=None):
+    from osgeo import ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32734)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    lyr = ds.CreateLayer("aoi", srs, ogr.wkbPolygon)
+    lyr.CreateField(ogr.FieldDefn("prompt", ogr.OFTString))
+    for i, wkt in enumerate(polys):
+        f = ogr.Feature(lyr.GetLayerDefn())
+        f.SetGeometry(ogr.CreateGeometryFromWkt(wkt))
+        f.SetField("prompt", (prompts or [""] * len(polys))[i])
+        lyr.CreateFeature(f)
+    ds = None
+
+
+def test_aoi_file_without_features_is_an_error(tmp_path, tiny_model_dir):
+    _gpkg(tmp_path / "empty.gpkg", [])
+    s = spec.load(job(tmp_path, md=tiny_model_dir, aois={"file": "empty.gpkg"}))
+    with pytest.raises(JobSpecError, match="no features"):
+        runner.run(s, workers=0, progress=False)
+    assert not os.path.exists(tmp_path / "out" / "manifest.json")
+
+
+def test_aoi_polygons_pick_tiles_and_prompts(tmp_path, tiny_model_dir):
+    # an L of two small squares: only the tiles they touch, each with its feature's prompt
+    _gpkg(tmp_path / "aoi.gpkg", ["POLYGON((453130 6233500,453150 6233500,453150 6233520,453130 6233520,453130 6233500))",
+                                  "POLYGON((453400 6233800,453420 6233800,453420 6233820,453400 6233820,453400 6233800))"],
+          ["a marsh", "a quarry"])
+    s = spec.load(job(tmp_path, md=tiny_model_dir, aois={"file": "aoi.gpkg", "prompt_attribute": "prompt"}))
+    tiles = runner.plan_tiles(s, 48)
+    assert [(t.prompt, t.extent(48, 4.0)) for t in tiles] == [
+        ("a quarry", (453312.0, 6233664.0, 453504.0, 6233856.0)),
+        ("a marsh", (453120.0, 6233472.0, 453312.0, 6233664.0))]
+    with pytest.raises(JobSpecError, match="aois.prompt_attribute: .* no field 'caption'"):
+        runner.plan_tiles(spec.load(job(tmp_path, md=tiny_model_dir, aois={"file": "aoi.gpkg",
+                                                                            "prompt_attribute": "caption"})), 48)
+
+
+def test_gsd_far_outside_training_range_warns(tmp_path, tiny_model_dir):
+    from rsgen_qgis.core.models import find
+
+    s = spec.load(job(tmp_path, md=tiny_model_dir, gsd=200.0))
+    pkg = find("rsgen-tiny", [tiny_model_dir])
+    w = runner.gsd_warning(s, pkg.manifest, 48, runner.plan_tiles(s, 48)[0])
+    assert "far outside the model's training range 1-20 m" in w and "200 m" in w
+    ok = spec.load(job(tmp_path, "ok.yaml", md=tiny_model_dir))
+    assert runner.gsd_warning(ok, pkg.manifest, 48, runner.plan_tiles(ok, 48)[0]) is None
+
+
+def test_tiles_vrt_manifest_and_seamless_mosaic(clean_run, tmp_path, tiny_model_dir):
+    s, man = clean_run
+    assert man["tiles_planned"] == 4 and sorted(man["tiles"]) == ["r-32467_c2360", "r-32467_c2361",
+                                                                  "r-32468_c2360", "r-32468_c2361"]
+    assert man["metadata_policy"] is not None and man["model"]["id"] == "rsgen-tiny"
+    on_disk = json.load(open(os.path.join(s.output, "manifest.json")))
+    assert on_disk["tiles"] == man["tiles"]
+    with rasterio.open(os.path.join(s.output, "mosaic.vrt")) as ds:
+        mosaic = ds.read()
+        assert (ds.width, ds.height) == (96, 96) and ds.transform.c == 453120.0 and ds.transform.f == 6233856.0
+    # the tiles join exactly as one large-area request over their union does
+    one = generate(GenerationRequest(extent=(453120.0, 6233472.0, 453504.0, 6233856.0), crs="EPSG:32734", gsd=4.0,
+                                     prompt="farmland", seed=5, steps=2, guidance=1.0, model="rsgen-tiny",
+                                     large_area=True, block_windows=2, output=str(tmp_path / "one.tif")),
+                   model_dirs=[tiny_model_dir])
+    with rasterio.open(one.path) as ds:
+        assert np.array_equal(ds.read(), mosaic)
+    assert mosaic.std() > 5
+
+
+def test_full_disk_never_claimed(tmp_path, tiny_model_dir, monkeypatch):
+    import rasterio.shutil as rshutil
+
+    real_copy = rshutil.copy
+    calls = {"n": 0}
+
+    def copy(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real_copy(*a, **k)
+
+    monkeypatch.setattr(rshutil, "copy", copy)
+    s = spec.load(job(tmp_path, md=tiny_model_dir))
+    with pytest.raises(runner.BatchError, match="No space left"):
+        runner.run(s, workers=0, progress=False)
+    man = json.load(open(os.path.join(s.output, "manifest.json")))
+    files = sorted(os.listdir(os.path.join(s.output, "tiles")))
+    assert len(man["tiles"]) == 3 and len(files) == 3  # the failed tile: no file, no record
+    assert sorted(v["path"] for v in man["tiles"].values()) == [os.path.join("tiles", f) for f in files]
+    assert not [f for f in os.listdir(s.output) if "partial" in f]
+    monkeypatch.setattr(rshutil, "copy", real_copy)
+    man = runner.run(s, workers=0, progress=False)  # resume does the missing one
+    assert len(man["tiles"]) == 4
+
+
+def test_resume_after_kill_9(clean_run, tmp_path, tiny_model_dir):
+    s0, _ = clean_run
+    path = job(tmp_path, md=tiny_model_dir)
+    mpath = tmp_path / "out" / "manifest.json"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "rsgen_qgis", "batch", path, "--workers", "0", "--quiet"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    n = 0
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        try:
+            n = len(json.load(open(mpath))["tiles"])
+        except (OSError, ValueError, KeyError):
+            n = 0
+        if n >= 1:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    before = json.load(open(mpath))["tiles"]
+    assert 1 <= len(before) < 4
+    stamps = {k: os.stat(tmp_path / "out" / v["path"]).st_mtime_ns for k, v in before.items()}
+    man = runner.run(spec.load(path), workers=0, progress=False)
+    assert sorted(man["tiles"]) == sorted(json.load(open(os.path.join(s0.output, "manifest.json")))["tiles"])
+    # done-before-kill tiles were not redone; every tile's bytes equal the uninterrupted run's
+    assert {k: os.stat(tmp_path / "out" / before[k]["path"]).st_mtime_ns for k in before} == stamps
+    assert tile_bytes(str(tmp_path / "out")) == tile_bytes(s0.output)
+    assert not [f for f in os.listdir(tmp_path / "out" / "tiles") if "partial" in f]
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_two_workers(clean_run, tmp_path, tiny_model_dir):
+    s0, _ = clean_run
+    s = spec.load(job(tmp_path, md=tiny_model_dir))
+    man = runner.run(s, workers=2, progress=False)
+    assert len(man["tiles"]) == 4
+    assert tile_bytes(s.output) == tile_bytes(s0.output)
+    sessions = {}
+    for rec in man["tiles"].values():
+        sessions.setdefault(rec["worker_pid"], set()).add(rec["session_id"])
+    assert os.getpid() not in sessions and 1 <= len(sessions) <= 2
+    assert all(len(v) == 1 for v in sessions.values())  # one warm session per worker process
