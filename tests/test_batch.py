@@ -208,3 +208,42 @@ def test_dask_local_cluster_two_workers(clean_run, tmp_path, tiny_model_dir):
         sessions.setdefault(rec["worker_pid"], set()).add(rec["session_id"])
     assert os.getpid() not in sessions and 1 <= len(sessions) <= 2
     assert all(len(v) == 1 for v in sessions.values())  # one warm session per worker process
+
+
+def test_vector_layout_burned_per_block_grid(tmp_path):
+    from osgeo import ogr, osr
+
+    from rsgen_qgis.batch.layout import VectorLayout
+    from rsgen_qgis.core.georef import Grid
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)  # the roads come in lon/lat, the grid is UTM 34S
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "roads.gpkg"))
+    lyr = ds.CreateLayer("roads", srs, ogr.wkbLineString)
+    f = ogr.Feature(lyr.GetLayerDefn())
+    # a north-south line at x = 453200 in UTM 34S
+    ct = osr.CoordinateTransformation(_utm(), srs)
+    line = ogr.CreateGeometryFromWkt("LINESTRING(453200 6233000,453200 6234500)")
+    line.Transform(ct)
+    f.SetGeometry(line)
+    lyr.CreateFeature(f)
+    ds = None
+    s = spec.parse({"output": "o", "crs": "EPSG:32734", "gsd": 4.0, "aois": {"bboxes": [{"bbox": BOX}]},
+                    "layout": [{"file": "roads.gpkg", "class": "road", "buffer": 5}]}, str(tmp_path / "job.yaml"))
+    vl = VectorLayout.from_dict(VectorLayout.from_spec(s).to_dict())
+    grid = Grid(_utm().ExportToWkt(), (453100.0, 4.0, 0.0, 6233900.0, 0.0, -4.0), 50, 40)
+    ids = vl(grid)
+    assert ids.shape == (40, 50) and ids.dtype == np.uint8
+    cols = np.where((ids == 1).all(axis=0))[0]  # road (class 1), 10 m wide: the 2 pixel centres within 5 m
+    assert list(cols) == [24, 25]
+    assert set(np.unique(ids)) == {0, 1}
+
+
+def _utm():
+    from osgeo import osr
+
+    s = osr.SpatialReference()
+    s.ImportFromEPSG(32734)
+    s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return s
