@@ -48,7 +48,7 @@ test: install
 	QGIS_CUSTOM_CONFIG_PATH=$$(mktemp -d) $(PY) -m pytest -q tests
 
 bench: install
-	$(PY) tools/bench.py
+	$(PY) tools/bench.py $(BENCH_ARGS)
 
 bench-gpu: install
 	$(PY) tools/bench_gpu.py --json runs/bench_gpu.json

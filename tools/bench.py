@@ -2,12 +2,18 @@
 
 - ONNX Runtime vs torch eager for the same denoiser (the bundled rsgen-base), CPU, batch 1 and 8;
 - seconds per 64 px tile for 20 DPM-Solver++ steps with guidance (the dock's default), end to end through
-  generate() (GeoTIFF included) and for the bare sampling loop.
-Run with the venv's python from the repo root.
+  generate() (GeoTIFF included) and for the bare sampling loop;
+- large areas (core.largearea): for each size (km2 at --gsd m/px), one fresh subprocess runs generate() with
+  large_area=True and reports its wall seconds and peak RSS (getrusage of that process: model, ONNX Runtime and
+  GDAL included), windows per second; and batched (8 windows per ONNX call) vs unbatched windows on one block.
+Run with the venv's python from the repo root:
+    tools/bench.py                                  # everything, 1/4/16 km2 at 2 m, 20 steps
+    tools/bench.py --only-large --sizes 1,4 --steps 2   # what a 2-core laptop does in minutes
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -77,13 +83,94 @@ def seconds_per_tile() -> dict:
     return {"tile_64px_20_steps_cfg_s": statistics.median(ts), "request_128x64_s": t2}
 
 
+def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json: str) -> None:
+    """One large-area generation in this (fresh) process; writes seconds and this process's peak RSS."""
+    import resource
+
+    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.request import GenerationRequest
+
+    side = round(math.sqrt(km2 * 1e6) / gsd) * gsd
+    x0, y0 = 453000.0, 6233000.0
+    d = tempfile.mkdtemp()
+    req = GenerationRequest(extent=(x0, y0, x0 + side, y0 + side), crs="EPSG:32734", gsd=gsd, large_area=True,
+                            prompt="a satellite image of medium density residential area with trees", seed=1,
+                            steps=steps, guidance=3.0, model=MODEL, output=os.path.join(d, "large.tif"))
+    t = time.perf_counter()
+    r = generate(req, window_batch=window_batch, providers=["CPUExecutionProvider"])
+    secs = time.perf_counter() - t
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    st = r.stats
+    with open(out_json, "w") as f:
+        json.dump({"km2": km2, "gsd": gsd, "px": [r.grid.width, r.grid.height], "steps": steps,
+                   "window_batch": window_batch, "seconds": secs, "peak_rss_mb": rss_mb, "blocks": st.blocks,
+                   "windows_per_step": st.windows, "window_evals": st.window_evals,
+                   "windows_per_s": st.window_evals / secs, "file_mb": os.path.getsize(r.path) / 1e6}, f)
+    os.remove(r.path)
+
+
+def _child(args: list) -> dict:
+    import subprocess
+
+    fd, out = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--child", out] + args, check=True)
+    with open(out) as f:
+        res = json.load(f)
+    os.remove(out)
+    return res
+
+
+def large_areas(sizes, gsd: float, steps: int) -> dict:
+    out = {"sizes": []}
+    for km2 in sizes:
+        r = _child(["--km2", str(km2), "--gsd", str(gsd), "--steps", str(steps), "--window-batch", "8"])
+        out["sizes"].append(r)
+        print(f"large area {km2:g} km2 at {gsd:g} m ({r['px'][0]} x {r['px'][1]} px), {steps} steps: "
+              f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, {r['blocks']} blocks, "
+              f"{r['windows_per_step']} windows/step, {r['windows_per_s']:.2f} windows/s", flush=True)
+    # batched vs unbatched: the same 256 x 256 px area, 1 step
+    one_block = (256 * gsd) ** 2 / 1e6
+    b8 = _child(["--km2", str(one_block), "--gsd", str(gsd), "--steps", "1", "--window-batch", "8"])
+    b1 = _child(["--km2", str(one_block), "--gsd", str(gsd), "--steps", "1", "--window-batch", "1"])
+    out["batched_vs_unbatched"] = {"batched_windows_per_s": b8["windows_per_s"],
+                                   "unbatched_windows_per_s": b1["windows_per_s"],
+                                   "ratio": b8["windows_per_s"] / b1["windows_per_s"], "area_px": b8["px"]}
+    print(f"windows per second, 8 per ONNX call vs 1: {b8['windows_per_s']:.2f} vs {b1['windows_per_s']:.2f} "
+          f"-> batched/unbatched = {out['batched_vs_unbatched']['ratio']:.2f}", flush=True)
+    return out
+
+
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="speed figures (see the module docstring)")
+    ap.add_argument("--only-large", action="store_true", help="only the large-area figures")
+    ap.add_argument("--no-large", action="store_true", help="skip the large-area figures")
+    ap.add_argument("--sizes", default="1,4,16", help="large-area sizes in km2 (default 1,4,16)")
+    ap.add_argument("--gsd", type=float, default=2.0)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--km2", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--window-batch", type=int, default=8, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        large_child(a.km2, a.gsd, a.steps, a.window_batch, a.child)
+        return
     if not os.path.isfile(os.path.join(MODEL, "manifest.json")):
         sys.exit("models/rsgen-base is missing: nothing to benchmark")
     import onnxruntime as ort
 
     threads = os.cpu_count()
     print(f"machine: {os.cpu_count()} cores, onnxruntime {ort.__version__}, providers {ort.get_available_providers()}")
+    os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
+    large = None
+    if not a.no_large:
+        large = large_areas([float(v) for v in a.sizes.split(",")], a.gsd, a.steps)
+        with open(os.path.join(ROOT, "runs", "bench_large.json"), "w") as f:
+            json.dump({**large, "cores": threads}, f, indent=1)
+    if a.only_large:
+        return
     r = ort_vs_torch(threads)
     for b, v in r.items():
         print(f"denoiser {b}: ORT {v['ort_ms']:.1f} ms, torch eager {v['torch_eager_ms']:.1f} ms -> "
