@@ -118,3 +118,16 @@ def test_conditions(tmp_path, tiny_model_dir):
         generate(px_req(tmp_path, "n.tif", 0, 0, 100, 50, conditions=Conditions(layout=layout[:10])),
                  model_dirs=[tiny_model_dir])
     assert sorted(os.listdir(tmp_path)) == ["l.tif", "p.tif"]
+
+
+def test_estimate_matches_the_run(tmp_path, tiny_model_dir):
+    from rsgen_qgis.core.largearea import estimate_request
+
+    r = px_req(tmp_path, "e.tif", 0, 0, 100, 50, steps=1)
+    n, secs = estimate_request(r, [tiny_model_dir])
+    res = generate(r, model_dirs=[tiny_model_dir])
+    assert n == res.stats.windows and n * r.steps == res.stats.window_evals
+    assert 0 < secs < 600
+    small = r.replace(large_area=False)
+    n2, _ = estimate_request(small, [tiny_model_dir])
+    assert n2 == 4 * 2  # canvas 100 x 52 (padded to the tile multiple): 4 x 2 windows of 32 px, stride 24

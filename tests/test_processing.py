@@ -59,7 +59,7 @@ def test_algorithm_definition(tiny_setting):
     assert alg.displayName() == "Generate satellite image"
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT", "PROMPT", "MODEL", "SEED", "STEPS",
-                     "GUIDANCE", "SAMPLER", "OUTPUT"]
+                     "GUIDANCE", "SAMPLER", "LARGE_AREA", "OUTPUT"]
     assert "rsgen-tiny" in alg.parameterDefinition("MODEL").options()  # discovered through the setting
     assert alg.parameterDefinition("SAMPLER").usesStaticStrings()
     assert alg.parameterDefinition("OUTPUT").type() == "rasterDestination"
@@ -84,6 +84,36 @@ def test_processing_run_writes_georeferenced_geotiff(tiny_setting, tmp_path):
     res2 = run(dict(BASE, OUTPUT=str(tmp_path / "again.tif")))  # same request, same pixels
     with rasterio.open(res2["OUTPUT"]) as ds:
         assert np.array_equal(ds.read(), first)
+
+
+def test_processing_large_area_lifts_budget_and_reports_windows(tiny_setting, tmp_path):
+    from qgis.core import QgsProcessingFeedback
+
+    import processing
+
+    class Feedback(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.infos, self.texts = [], []
+
+        def pushInfo(self, info):  # noqa: N802
+            self.infos.append(info)
+
+        def setProgressText(self, text):  # noqa: N802
+            self.texts.append(text)
+
+    settings.set_pixel_budget(1000)
+    params = dict(BASE, GSD=25.0, OUTPUT=str(tmp_path / "big.tif"))  # 64 x 64 px > 1000 px
+    with pytest.raises(QgsProcessingException, match="budget"):
+        run(dict(params, OUTPUT=str(tmp_path / "small.tif")))
+    fb = Feedback()
+    res = processing.run("rsgen:generate", dict(params, LARGE_AREA=True), feedback=fb)
+    with rasterio.open(res["OUTPUT"]) as ds:
+        assert (ds.width, ds.height) == (64, 64)
+        assert '"block"' in ds.tags()["large_area"]
+    assert any(i.startswith("Large area: ") and "windows per step" in i for i in fb.infos)
+    assert any(t.startswith("Window ") for t in fb.texts)
+    assert not (tmp_path / "small.tif").exists()
 
 
 def test_processing_run_width_height_and_target_crs(tiny_setting, tmp_path):

@@ -301,5 +301,24 @@ def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Tuple[in
     return n, n * req.steps * cfg * seconds_per_window_eval(model)
 
 
-__all__ = ["BlockLayout", "generate_blocks", "estimate", "fade", "guide_window", "LargeAreaStats",
+def estimate_request(req: GenerationRequest, model_dirs=(), providers=None) -> Tuple[int, float]:
+    """(windows per step, estimated seconds) for a request, large-area or not: what the dock and Processing
+    show before starting. Loads the model (kept warm for the run that follows) and times one batch once."""
+    from .georef import grid_for_request
+    from .models import load
+    from .pipeline import _canvas_size
+    from .tiling import windows
+
+    grid = grid_for_request(req)
+    model = load(req.model, model_dirs, providers)
+    if req.large_area:
+        return estimate(req, model, grid)
+    m = model.package.manifest
+    tile, mult = int(m["tile"]["size"]), int(m["tile"].get("multiple", 1))
+    n = len(windows(_canvas_size(grid.height, tile, mult), _canvas_size(grid.width, tile, mult), tile, tile // 4))
+    cfg = 2 if (req.prompt.strip() and req.guidance != 1.0) else 1
+    return n, n * req.steps * cfg * seconds_per_window_eval(model)
+
+
+__all__ = ["BlockLayout", "generate_blocks", "estimate", "estimate_request", "fade", "guide_window", "LargeAreaStats",
            "seconds_per_window_eval", "DEFAULT_BLOCK_WINDOWS"]

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingAlgorithm, QgsProcessingContext,
                        QgsProcessingException, QgsProcessingFeedback, QgsProcessingOutputNumber,
-                       QgsProcessingOutputString, QgsProcessingParameterCrs, QgsProcessingParameterExtent,
+                       QgsProcessingOutputString, QgsProcessingParameterBoolean, QgsProcessingParameterCrs,
+                       QgsProcessingParameterExtent,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination)
 from qgis.PyQt.QtGui import QIcon
 
@@ -23,6 +24,7 @@ from .common import (IntoGeneratedGroup, add_model_parameters, check_tif, given,
 
 EXTENT, TARGET_CRS, GSD, WIDTH, HEIGHT = "EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT"
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, OUTPUT = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER", "OUTPUT"
+LARGE_AREA = "LARGE_AREA"
 
 
 _given = given
@@ -56,6 +58,8 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
             "Give either GSD, the pixel size in the output CRS's units (metres for UTM, degrees for EPSG:4326; "
             "the grid snaps to whole multiples of it), or both WIDTH and HEIGHT in pixels.\n"
             "Same seed + same place + same settings = same pixels.\n"
+            "Large area: lifts the pixel budget; the area is made in world-anchored blocks written to disk as "
+            "they finish (memory does not grow with the area), and overlapping runs agree pixel for pixel.\n"
             "Models are found in the plugin's models folder, in the folders of the setting "
             f"'{settings.KEY_MODEL_DIRS}' and in $RSGEN_MODEL_DIRS.")
 
@@ -65,6 +69,9 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         self.add_area_parameters()
         add_model_parameters(self)
+        self.addParameter(QgsProcessingParameterBoolean(
+            LARGE_AREA, "Large area (no pixel budget; world-anchored blocks written to disk as they are done)",
+            False, optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "Generated image"))
         self.addOutput(QgsProcessingOutputString("PROVIDER", "ONNX Runtime execution provider that ran"))
         self.addOutput(QgsProcessingOutputNumber("GSD_METRES", "Ground sample distance in metres"))
@@ -130,6 +137,8 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
         return GenerationRequest(
             extent=(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
             crs=crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019), output=output,
+            large_area=bool(self.parameterDefinition(LARGE_AREA)) and _given(parameters, LARGE_AREA)
+            and self.parameterAsBool(parameters, LARGE_AREA, context),
             **(model_values(self, parameters, context) if self.parameterDefinition(MODEL) else {}), **size)
 
     def with_conditions(self, req: GenerationRequest, parameters: Dict[str, Any], context: QgsProcessingContext,
@@ -142,6 +151,13 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         output = check_tif(self.parameterAsOutputLayer(parameters, OUTPUT, context))
         req = self.with_conditions(self.request(parameters, context, output), parameters, context, feedback)
+        if req.large_area:
+            from ..core.largearea import estimate_request
+            from ..core.providers import choose
+
+            n_win, secs = estimate_request(req, settings.model_dirs(), choose(settings.provider_preference()))
+            feedback.pushInfo(f"Large area: {n_win} windows per step x {req.steps} steps, estimated "
+                              f"{secs / 60:.1f} min on this machine; progress is shown per window")
         result = run_engine(req, feedback)
         gsd_m = report(result, feedback)
         load_as_generated(context, result.path, layer_name(req.prompt, req.seed))
