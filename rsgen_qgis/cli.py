@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--date", help="yyyy-mm-dd of the imagery to imitate (default unknown)")
     g.add_argument("--pixel-budget", type=int, default=None)
+    g.add_argument("--large-area", action="store_true",
+                   help="no pixel budget: world-anchored blocks written to disk as they finish")
+    g.add_argument("--cascade", type=int, default=0, metavar="FACTOR",
+                   help="coarse-to-fine: first generate at FACTOR x the GSD, then guide the fine pass with it "
+                        "(e.g. 4)")
     g.add_argument("--out", required=True)
     _common(g)
     d = sub.add_parser("demo", help="generate a sample image with the bundled default model")
@@ -166,7 +171,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             kw["pixel_budget"] = a.pixel_budget
         req = GenerationRequest(extent=a.extent, crs=a.crs, gsd=a.gsd, width=a.width, height=a.height,
                                 prompt=a.prompt, seed=a.seed, steps=a.steps, guidance=a.guidance,
-                                sampler=a.sampler, model=a.model, date=a.date, output=a.out, **kw)
+                                sampler=a.sampler, model=a.model, date=a.date, output=a.out,
+                                large_area=a.large_area, cascade=a.cascade, **kw)
         return _run(req, a)
     except RsgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

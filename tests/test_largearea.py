@@ -131,3 +131,37 @@ def test_estimate_matches_the_run(tmp_path, tiny_model_dir):
     small = r.replace(large_area=False)
     n2, _ = estimate_request(small, [tiny_model_dir])
     assert n2 == 4 * 2  # canvas 100 x 52 (padded to the tile multiple): 4 x 2 windows of 32 px, stride 24
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_cascade_guides_the_fine_pass(tmp_path, tiny_model_dir, large):
+    from rsgen_qgis.core import cascade
+
+    seen = {}
+    real = cascade.upsample_to
+
+    def spy(coarse, cgrid, grid):
+        seen["coarse"], seen["cgrid"] = coarse, cgrid
+        out = real(coarse, cgrid, grid)
+        seen["guide"] = out
+        return out
+
+    cascade.upsample_to, restore = spy, cascade.upsample_to
+    try:
+        r = generate(px_req(tmp_path, "c.tif", 2, 0, 60, 40, steps=1, cascade=4, large_area=large),
+                     model_dirs=[tiny_model_dir])
+    finally:
+        cascade.upsample_to = restore
+    plain = generate(px_req(tmp_path, "p.tif", 2, 0, 60, 40, steps=1, large_area=large), model_dirs=[tiny_model_dir])
+    assert seen["cgrid"].pixel_size == (16.0, 16.0)
+    assert seen["cgrid"].width == 15 and seen["cgrid"].height == 10  # 240 x 160 m at 16 m
+    assert seen["cgrid"].bounds == plain.grid.bounds
+    assert seen["guide"].shape == (3, 40, 60)
+    # fine pixels up to the first coarse pixel centre take that pixel's value; the guide varies like it
+    assert np.array_equal(seen["guide"][:, 1, 1], seen["coarse"][:, 0, 0])
+    assert seen["guide"].std() > 0
+    assert not np.array_equal(read(r.path), read(plain.path))
+    with rasterio.open(r.path) as ds:
+        assert '"cascade": 4' in ds.tags()["request"]
+    with pytest.raises(errors.ParameterError, match="cascade"):
+        px_req(tmp_path, "x.tif", 0, 0, 10, 10, cascade=20)

@@ -243,25 +243,9 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, warnings, stats)
 
 
-def generate(req: GenerationRequest, progress: Optional[Progress] = None,
-             cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
-             providers: Optional[List[str]] = None, window_batch: int = 8, threads: int = 0,
-             layout_source: Optional[Callable[[Grid], np.ndarray]] = None) -> GenerationResult:
-    """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind.
-
-    With `req.large_area` the pixel budget is lifted and the area is generated in world-anchored blocks
-    streamed to disk (memory independent of the area; overlapping requests agree pixel for pixel).
-    layout_source (large-area path): grid -> (H, W) uint8 layout, called for each block's footprint.
-    threads: ONNX Runtime intra-op threads (0 = its default)."""
-    t0 = time.time()
-    progress = progress or (lambda f, m: None)
-    cancelled = cancelled or (lambda: False)
-    grid = grid_for_request(req)
-    check_writable(req.output)
-    progress(0.0, "Loading model")
-    model = load(req.model, model_dirs, providers, threads)
-    if req.large_area:
-        return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source)
+def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progress: Progress,
+                  cancelled: Callable[[], bool], window_batch: int = 8):
+    """The single-request path: the whole canvas in memory, windows fused every step -> (uint8 RGB, Prepared)."""
     m = model.package.manifest
     if m.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/latent.py
         from .latent import generate_latent
@@ -298,6 +282,36 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
         rgb[:, outside] = np.asarray(c.image)[:, outside]
     if cancelled():
         raise Cancelled("Generation cancelled; nothing was written.")
+    return rgb, p
+
+
+def generate(req: GenerationRequest, progress: Optional[Progress] = None,
+             cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
+             providers: Optional[List[str]] = None, window_batch: int = 8, threads: int = 0,
+             layout_source: Optional[Callable[[Grid], np.ndarray]] = None) -> GenerationResult:
+    """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind.
+
+    With `req.large_area` the pixel budget is lifted and the area is generated in world-anchored blocks
+    streamed to disk (memory independent of the area; overlapping requests agree pixel for pixel).
+    layout_source (large-area path): grid -> (H, W) uint8 layout, called for each block's footprint.
+    threads: ONNX Runtime intra-op threads (0 = its default)."""
+    t0 = time.time()
+    progress = progress or (lambda f, m: None)
+    cancelled = cancelled or (lambda: False)
+    grid = grid_for_request(req)
+    check_writable(req.output)
+    progress(0.0, "Loading model")
+    model = load(req.model, model_dirs, providers, threads)
+    if req.cascade > 1:
+        from .cascade import with_coarse_guide
+
+        req = with_coarse_guide(req, grid, model, lambda f, msg: progress(0.2 * f, f"Coarse pass: {msg}"),
+                                cancelled, window_batch)
+        outer = progress
+        progress = lambda f, msg: outer(0.2 + 0.8 * f, msg)  # noqa: E731
+    if req.large_area:
+        return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source)
+    rgb, p = sample_canvas(req, model, grid, progress, cancelled, window_batch)
     tags = provenance_tags(req, model, p.metadata)
     progress(0.98, "Writing GeoTIFF")
     path = write_cog(req.output, rgb, grid, tags)

@@ -74,6 +74,7 @@ class GenerationRequest:
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
     large_area: bool = False  # lift the pixel budget; world-anchored blocks streamed to disk (core.largearea)
     block_windows: int = 8    # large-area block pitch in window strides (part of what the pixels depend on)
+    cascade: int = 0          # coarse-to-fine: first generate at gsd * cascade, then guide the fine pass with it
     conditions: Conditions = field(default_factory=Conditions)
 
     def __post_init__(self):
@@ -101,6 +102,12 @@ class GenerationRequest:
         if isinstance(self.block_windows, bool) or not isinstance(self.block_windows, int) or \
                 not 1 <= self.block_windows <= 64:
             raise ParameterError(f"block_windows must be a whole number from 1 to 64 (got {self.block_windows!r}).")
+        if isinstance(self.cascade, bool) or not isinstance(self.cascade, int) or not (
+                self.cascade in (0, 1) or 2 <= self.cascade <= 16):
+            raise ParameterError(f"The cascade factor must be 0 (off) or a whole number from 2 to 16 "
+                                 f"(got {self.cascade!r}).")
+        if self.cascade > 1 and self.gsd is None:
+            raise ParameterError("The coarse-to-fine cascade needs a GSD (pixel size), not a width and height.")
         if not 0 <= int(self.seed) < 2**63:
             raise ParameterError(f"The seed must be a whole number from 0 to 2^63-1 (got {self.seed!r}).")
 
