@@ -247,3 +247,20 @@ def _utm():
     s.ImportFromEPSG(32734)
     s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     return s
+
+
+@pytest.mark.slow
+def test_dask_existing_scheduler_address(clean_run, tmp_path, tiny_model_dir):
+    """`--scheduler tcp://host:port`: a cluster started elsewhere (here a 2-worker LocalCluster on loopback)."""
+    from distributed import LocalCluster
+
+    s0, _ = clean_run
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        addr = cluster.scheduler_address
+        assert addr.startswith("tcp://127.0.0.1:")
+        s = spec.load(job(tmp_path, md=tiny_model_dir))
+        man = runner.run(s, scheduler=addr, progress=False)
+        assert len(cluster.scheduler.workers) == 2  # the cluster outlives the run: the runner only disconnects
+    assert len(man["tiles"]) == 4
+    assert tile_bytes(s.output) == tile_bytes(s0.output)

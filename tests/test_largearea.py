@@ -16,8 +16,8 @@ X0, Y0, GSD = 453000.0, 6233600.0, 4.0
 
 def px_req(tmp_path, name, c0, r0, w, h, **kw):
     """A request for world-pixel columns [c0, c0+w) and rows [r0, r0+h) counted from (X0, Y0) (rows go up)."""
-    base = dict(crs="EPSG:32734", gsd=GSD, prompt="houses by a river", seed=3, steps=2, model="rsgen-tiny",
-                large_area=True, output=str(tmp_path / name),
+    base = dict(crs="EPSG:32734", gsd=GSD, prompt="houses by a river", seed=3, steps=1, guidance=1.0,
+                model="rsgen-tiny", large_area=True, block_windows=2, output=str(tmp_path / name),
                 extent=(X0 + GSD * c0, Y0 + GSD * r0, X0 + GSD * (c0 + w), Y0 + GSD * (r0 + h)))
     base.update(kw)
     return GenerationRequest(**base)
@@ -44,21 +44,22 @@ def test_block_range_covers_every_footprint():
 
 
 def test_overlapping_requests_identical_in_overlap(tmp_path, tiny_model_dir):
-    a = generate(px_req(tmp_path, "a.tif", 0, 0, 240, 150), model_dirs=[tiny_model_dir])
-    b = generate(px_req(tmp_path, "b.tif", 170, -60, 200, 150), model_dirs=[tiny_model_dir])
+    kw = dict(steps=2)  # two fused steps: what a window sees depends on its neighbours
+    a = generate(px_req(tmp_path, "a.tif", 0, 0, 130, 90, **kw), model_dirs=[tiny_model_dir])
+    b = generate(px_req(tmp_path, "b.tif", 80, -40, 120, 90, **kw), model_dirs=[tiny_model_dir])
     A, B = read(a.path), read(b.path)
-    # overlap: world cols 170..240, rows (counted upwards) 0..90; row 0 of an image is its top (north) edge
-    oa = A[:, 150 - 90:150, 170:240]
-    ob = B[:, 0:90, 0:70]
-    assert oa.shape == ob.shape == (3, 90, 70)
+    # overlap: world cols 80..130, rows (counted upwards) 0..50; row 0 of an image is its top (north) edge
+    oa = A[:, 90 - 50:90, 80:130]
+    ob = B[:, 0:50, 0:50]
+    assert oa.shape == ob.shape == (3, 50, 50)
     assert np.array_equal(oa, ob)
     assert oa.std() > 5  # real image content, not a constant
-    c = generate(px_req(tmp_path, "c.tif", 170, -60, 200, 150, seed=4), model_dirs=[tiny_model_dir])
-    assert not np.array_equal(read(c.path)[:, 0:90, 0:70], ob)
+    c = generate(px_req(tmp_path, "c.tif", 80, -40, 120, 90, seed=4, **kw), model_dirs=[tiny_model_dir])
+    assert not np.array_equal(read(c.path)[:, 0:50, 0:50], ob)
 
 
 def test_neighbours_join_like_one_request(tmp_path, tiny_model_dir):
-    kw = dict(steps=1)
+    kw = dict(block_windows=8)  # 192 px blocks: the join at column 90 lies inside a block's cross-fade band
     whole = read(generate(px_req(tmp_path, "w.tif", -10, 0, 200, 30, **kw), model_dirs=[tiny_model_dir]).path)
     left = read(generate(px_req(tmp_path, "l.tif", -10, 0, 100, 30, **kw), model_dirs=[tiny_model_dir]).path)
     right = read(generate(px_req(tmp_path, "r.tif", 90, 0, 100, 30, **kw), model_dirs=[tiny_model_dir]).path)
@@ -66,13 +67,13 @@ def test_neighbours_join_like_one_request(tmp_path, tiny_model_dir):
 
 
 def test_memory_band_does_not_grow_with_height(tmp_path, tiny_model_dir):
-    short = generate(px_req(tmp_path, "s.tif", 0, 0, 20, 420, steps=1), model_dirs=[tiny_model_dir])
-    tall = generate(px_req(tmp_path, "t.tif", 0, 0, 20, 800, steps=1), model_dirs=[tiny_model_dir])
+    short = generate(px_req(tmp_path, "s.tif", 0, 0, 20, 200), model_dirs=[tiny_model_dir])
+    tall = generate(px_req(tmp_path, "t.tif", 0, 0, 20, 400), model_dirs=[tiny_model_dir])
     lay = tall.stats.layout
     assert tall.stats.blocks > short.stats.blocks
     # the accumulator holds at most one block footprint of rows, however tall the area
     assert tall.stats.max_band_rows == short.stats.max_band_rows == lay.span
-    assert read(tall.path).shape == (3, 800, 20)
+    assert read(tall.path).shape == (3, 400, 20)
 
 
 def test_budget_lifted_cog_tags_and_no_temp_files(tmp_path, tiny_model_dir):
@@ -85,7 +86,7 @@ def test_budget_lifted_cog_tags_and_no_temp_files(tmp_path, tiny_model_dir):
     with rasterio.open(r.path) as ds:
         tags = ds.tags()
         assert ds.transform.to_gdal() == (X0, GSD, 0.0, Y0 + 50 * GSD, 0.0, -GSD)
-    assert tags["synthetic"] == "true" and '"block": 192' in tags["large_area"]
+    assert tags["synthetic"] == "true" and '"block": 48' in tags["large_area"]
     assert sorted(os.listdir(tmp_path)) == ["big.tif"]
     assert r.stats.windows == r.stats.blocks * r.stats.layout.windows_per_block
 
@@ -106,9 +107,9 @@ def test_conditions(tmp_path, tiny_model_dir):
     layout = np.zeros((50, 100), np.uint8)
     layout[:, 40:48] = 1
     guide = np.full((3, 13, 25), 120, np.uint8)
-    r = generate(px_req(tmp_path, "l.tif", 0, 0, 100, 50, conditions=Conditions(layout=layout, guide=guide)),
-                 model_dirs=[tiny_model_dir])
-    plain = read(generate(px_req(tmp_path, "p.tif", 0, 0, 100, 50), model_dirs=[tiny_model_dir]).path)
+    r = generate(px_req(tmp_path, "l.tif", 0, 0, 100, 50, guidance=3.0,
+                        conditions=Conditions(layout=layout, guide=guide)), model_dirs=[tiny_model_dir])
+    plain = read(generate(px_req(tmp_path, "p.tif", 0, 0, 100, 50, guidance=3.0), model_dirs=[tiny_model_dir]).path)
     assert not np.array_equal(read(r.path), plain)
     img = np.zeros((3, 50, 100), np.uint8)
     with pytest.raises(errors.ConditionError, match="large-area"):

@@ -8,7 +8,7 @@ no feature covers are background (0), as the dock's rasterizer does for the laye
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np

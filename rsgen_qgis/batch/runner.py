@@ -24,7 +24,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 

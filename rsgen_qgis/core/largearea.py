@@ -19,7 +19,6 @@ across requests holds only where both requests cover the blocks' whole footprint
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
