@@ -138,29 +138,34 @@ def test_estimate_matches_the_run(tmp_path, tiny_model_dir):
 def test_cascade_guides_the_fine_pass(tmp_path, tiny_model_dir, large):
     from rsgen_qgis.core import cascade
 
-    seen = {}
+    calls = []
     real = cascade.upsample_to
 
     def spy(coarse, cgrid, grid):
-        seen["coarse"], seen["cgrid"] = coarse, cgrid
         out = real(coarse, cgrid, grid)
-        seen["guide"] = out
+        calls.append((coarse, cgrid, grid, out))
         return out
 
     cascade.upsample_to, restore = spy, cascade.upsample_to
     try:
-        r = generate(px_req(tmp_path, "c.tif", 2, 0, 60, 40, steps=1, cascade=4, large_area=large),
+        r = generate(px_req(tmp_path, "c.tif", 2, 0, 60, 40, cascade=4, large_area=large),
                      model_dirs=[tiny_model_dir])
     finally:
         cascade.upsample_to = restore
-    plain = generate(px_req(tmp_path, "p.tif", 2, 0, 60, 40, steps=1, large_area=large), model_dirs=[tiny_model_dir])
-    assert seen["cgrid"].pixel_size == (16.0, 16.0)
-    assert seen["cgrid"].width == 15 and seen["cgrid"].height == 10  # 240 x 160 m at 16 m
-    assert seen["cgrid"].bounds == plain.grid.bounds
-    assert seen["guide"].shape == (3, 40, 60)
-    # fine pixels up to the first coarse pixel centre take that pixel's value; the guide varies like it
-    assert np.array_equal(seen["guide"][:, 1, 1], seen["coarse"][:, 0, 0])
-    assert seen["guide"].std() > 0
+    plain = generate(px_req(tmp_path, "p.tif", 2, 0, 60, 40, large_area=large), model_dirs=[tiny_model_dir])
+    coarse, cgrid, _, _ = calls[0]
+    assert cgrid.pixel_size == (16.0, 16.0)
+    assert cgrid.width == 15 and cgrid.height == 10  # 240 x 160 m at 16 m
+    assert cgrid.bounds == plain.grid.bounds
+    if large:  # each block takes its part of the guide: the full-resolution guide is never made
+        assert len(calls) == r.stats.blocks
+        assert all(g.shape == (3, r.stats.layout.span, r.stats.layout.span) for _, _, _, g in calls)
+    else:
+        guide = calls[0][3]
+        assert len(calls) == 1 and guide.shape == (3, 40, 60)
+        # fine pixels up to the first coarse pixel centre take that pixel's value; the guide varies like it
+        assert np.array_equal(guide[:, 1, 1], coarse[:, 0, 0])
+        assert guide.std() > 0
     assert not np.array_equal(read(r.path), read(plain.path))
     with rasterio.open(r.path) as ds:
         assert '"cascade": 4' in ds.tags()["request"]

@@ -48,9 +48,22 @@ def upsample_to(coarse: np.ndarray, cgrid: Grid, grid: Grid) -> np.ndarray:
     return np.round(top * (1 - wv) + bot * wv).clip(0, 255).astype(np.uint8)
 
 
+class CoarseGuide:
+    """guide_source for the large-area path: the coarse image resampled to any block's grid, on demand, so the
+    full-resolution guide never exists in memory (the coarse image is 1/cascade^2 of the output)."""
+
+    def __init__(self, coarse: np.ndarray, cgrid: Grid):
+        self.coarse, self.cgrid = coarse, cgrid
+
+    def __call__(self, grid: Grid) -> np.ndarray:
+        return upsample_to(self.coarse, self.cgrid, grid)
+
+
 def with_coarse_guide(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Callable[[float, str], None],
-                      cancelled: Callable[[], bool], window_batch: int = 8) -> GenerationRequest:
-    """Run the coarse pass and return the fine request with the coarse image as its guide."""
+                      cancelled: Callable[[], bool], window_batch: int = 8):
+    """Run the coarse pass; return (fine request, guide_source): on the single-request path the request carries
+    the coarse image upsampled to its grid as its guide (guide_source None); on the large-area path the request
+    is unchanged and guide_source gives each block its part of the guide."""
     from .largearea import generate_blocks
     from .pipeline import sample_canvas
 
@@ -64,5 +77,7 @@ def with_coarse_guide(req: GenerationRequest, grid: Grid, model: LoadedModel, pr
         coarse = out.array
     else:
         coarse, _ = sample_canvas(creq, model, cgrid, progress, cancelled, window_batch)
+    if req.large_area:
+        return req, CoarseGuide(coarse, cgrid)
     guide = upsample_to(coarse, cgrid, grid)
-    return req.replace(conditions=dataclasses.replace(req.conditions, guide=guide))
+    return req.replace(conditions=dataclasses.replace(req.conditions, guide=guide)), None

@@ -137,7 +137,8 @@ class _BlockRunner:
 
     def __init__(self, req: GenerationRequest, model: LoadedModel, grid: Grid, lay: BlockLayout,
                  window_batch: int, cancelled: Callable[[], bool], tick: Callable[[int], None],
-                 layout_source: Optional[Callable[[Grid], np.ndarray]] = None):
+                 layout_source: Optional[Callable[[Grid], np.ndarray]] = None,
+                 guide_source: Optional[Callable[[Grid], np.ndarray]] = None):
         from .pipeline import metadata_for  # late: pipeline imports this module
 
         self.req, self.model, self.grid, self.lay = req, model, grid, lay
@@ -156,6 +157,9 @@ class _BlockRunner:
         self.guide = None if c.guide is None else np.asarray(c.guide, np.float32) / 127.5 - 1.0
         self.layout = None if c.layout is None else np.asarray(c.layout, np.uint8)
         self.layout_source = layout_source
+        self.guide_source = guide_source
+        if guide_source is not None and self.guide is not None:
+            raise ConditionError("Give the guide either as an array or as a source, not both.")
         if layout_source is not None and self.layout is not None:
             raise ConditionError("Give the layout either as an array or as a source, not both.")
 
@@ -187,9 +191,16 @@ class _BlockRunner:
         if self.guide is not None:
             o, n = sl["guide"]
             spatial[o:o + n] = guide_window(self.guide, (grid.height, grid.width), r_off, c_off, L, L)
+        elif self.guide_source is not None:
+            g = np.asarray(self.guide_source(bgrid), np.float32)
+            if g.shape != (3, L, L):
+                raise ConditionError(f"The guide source gave {g.shape}, expected {(3, L, L)}.")
+            o, n = sl["guide"]
+            spatial[o:o + n] = g / 127.5 - 1.0
         meta = self._metadata_for(bgrid, req, self.model.package.manifest, [])
         kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
-                  has_layout=has_layout, has_inpaint=False, has_guide=self.guide is not None)
+                  has_layout=has_layout, has_inpaint=False,
+                  has_guide=self.guide is not None or self.guide_source is not None)
         cond = cond_vectors(self.cl, self.emb, **kw)
         uncond = None
         if self.emb is not None and req.guidance != 1.0 and "text" in self.cnd_m.get("guidance_drops", ["text"]):
@@ -217,7 +228,8 @@ class _BlockRunner:
 def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writer,
                     progress: Callable[[float, str], None], cancelled: Callable[[], bool],
                     window_batch: int = 8, block_windows: Optional[int] = None,
-                    layout_source: Optional[Callable[[Grid], np.ndarray]] = None) -> LargeAreaStats:
+                    layout_source: Optional[Callable[[Grid], np.ndarray]] = None,
+                    guide_source: Optional[Callable[[Grid], np.ndarray]] = None) -> LargeAreaStats:
     """Generate `grid` block by block into `writer` (anything with write(rgb_uint8, row_off, col_off))."""
     t0 = time.time()
     check_conditions(req, grid)
@@ -233,7 +245,7 @@ def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writ
                  f"Window {stats.window_evals}/{total} (block {done_blocks + 1}/{stats.blocks})")
 
     done_blocks = 0
-    runner = _BlockRunner(req, model, grid, lay, window_batch, cancelled, tick, layout_source)
+    runner = _BlockRunner(req, model, grid, lay, window_batch, cancelled, tick, layout_source, guide_source)
     col0, row0 = grid.world_offset
     H, W = grid.height, grid.width
     w1 = fade(lay.span, lay.tile)

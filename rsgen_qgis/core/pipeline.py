@@ -218,7 +218,7 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
 
 def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Progress,
                     cancelled: Callable[[], bool], window_batch: int, t0: float,
-                    layout_source=None) -> GenerationResult:
+                    layout_source=None, guide_source=None) -> GenerationResult:
     """The large-area path: world-anchored blocks streamed into a COG (see core.largearea)."""
     from .geotiff import CogStream
     from .largearea import BlockLayout, check_conditions, generate_blocks
@@ -232,7 +232,7 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
                           "metadata": "per block (centre of each block)"}
     with CogStream(req.output, grid, tags) as out:
         stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch,
-                                layout_source=layout_source)
+                                layout_source=layout_source, guide_source=guide_source)
         if cancelled():
             raise Cancelled("Generation cancelled; nothing was written.")
         progress(0.96, "Writing Cloud Optimized GeoTIFF")
@@ -302,15 +302,17 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     check_writable(req.output)
     progress(0.0, "Loading model")
     model = load(req.model, model_dirs, providers, threads)
+    guide_source = None
     if req.cascade > 1:
         from .cascade import with_coarse_guide
 
-        req = with_coarse_guide(req, grid, model, lambda f, msg: progress(0.2 * f, f"Coarse pass: {msg}"),
-                                cancelled, window_batch)
+        req, guide_source = with_coarse_guide(
+            req, grid, model, lambda f, msg: progress(0.2 * f, f"Coarse pass: {msg}"), cancelled, window_batch)
         outer = progress
         progress = lambda f, msg: outer(0.2 + 0.8 * f, msg)  # noqa: E731
     if req.large_area:
-        return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source)
+        return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source,
+                               guide_source)
     rgb, p = sample_canvas(req, model, grid, progress, cancelled, window_batch)
     tags = provenance_tags(req, model, p.metadata)
     progress(0.98, "Writing GeoTIFF")
