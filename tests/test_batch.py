@@ -264,3 +264,29 @@ def test_dask_existing_scheduler_address(clean_run, tmp_path, tiny_model_dir):
         assert len(cluster.scheduler.workers) == 2  # the cluster outlives the run: the runner only disconnects
     assert len(man["tiles"]) == 4
     assert tile_bytes(s.output) == tile_bytes(s0.output)
+
+
+def test_tile_renamed_but_not_recorded_is_adopted_not_redone(clean_run, tmp_path, tiny_model_dir):
+    """Killed between a tile's rename and the manifest write: the whole file is there; it is taken, not redone."""
+    import shutil
+
+    s0, _ = clean_run
+    path = job(tmp_path, md=tiny_model_dir)
+    s = spec.load(path)
+    shutil.copytree(s0.output, s.output)
+    mpath = os.path.join(s.output, "manifest.json")
+    man = json.load(open(mpath))
+    man["job_identity"] = runner._job_identity(s)  # the copy is this job's folder now
+    key = sorted(man["tiles"])[1]
+    rec = man["tiles"].pop(key)
+    json.dump(man, open(mpath, "w"))
+    stamp = os.stat(os.path.join(s.output, rec["path"])).st_mtime_ns
+    other = sorted(man["tiles"])[0]  # and one whose file is not what its tags claim: regenerated
+    with rasterio.open(os.path.join(s.output, man["tiles"][other]["path"]), "r+") as ds:
+        ds.update_tags(request="{}")
+    out = runner.run(s, workers=0, progress=False)
+    assert sorted(out["tiles"]) == sorted(list(man["tiles"]) + [key])
+    assert out["tiles"][key]["adopted"] is True and out["tiles"][key]["sha256"] == rec["sha256"]
+    assert os.stat(os.path.join(s.output, rec["path"])).st_mtime_ns == stamp
+    assert "adopted" not in out["tiles"][other]
+    assert tile_bytes(s.output) == tile_bytes(s0.output)

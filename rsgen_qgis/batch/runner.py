@@ -7,8 +7,10 @@ place, so neighbouring tiles join without a seam and a tile made twice is the sa
 Crash safety: a tile's COG is renamed into place only when complete (core.geotiff), and the manifest, which
 is the only record of what is done, is rewritten atomically (temp file + rename) after each tile *after* its
 file is in place and hashed. A tile whose write fails (full disk...) is never recorded. After a kill -9 the next
-run reads the manifest, checks every recorded tile's size and sha256, removes stale partial files and does the
-rest: every tile is done exactly once and the bytes equal an uninterrupted run's.
+run reads the manifest, checks every recorded tile's size and sha256, removes stale partial files, adopts a
+tile that was renamed into place but not yet recorded (its provenance tags must name exactly this tile's
+request and model) and does the rest: every tile is done exactly once and the bytes equal an uninterrupted
+run's.
 
 Scale-out: Dask distributed. A LocalCluster of worker processes by default (`--workers N`), or an existing
 cluster (`--scheduler tcp://host:port`, workers need this package importable and the model reachable). Each
@@ -220,6 +222,29 @@ def _remove_stale_partials(out_dir: str) -> int:
     return n
 
 
+def adopt_finished(out_dir: str, task: dict, model_sha256: str) -> Optional[dict]:
+    """A tile COG already at its final path but not in the manifest (killed between the rename and the
+    manifest write) is complete, since only whole files are renamed into place; take it if its provenance tags
+    say it was made from exactly this tile request and model. Returns a manifest record, or None."""
+    import rasterio
+
+    path = task["request"]["output"]
+    if not os.path.isfile(path):
+        return None
+    want = dict(task["request"], output=os.path.basename(path))
+    try:
+        with rasterio.open(path) as ds:
+            tags = ds.tags()
+        same = json.loads(tags.get("request", "null")) == json.loads(json.dumps(want)) and \
+            tags.get("model_sha256") == model_sha256
+    except Exception:  # unreadable or foreign file: regenerate it
+        return None
+    if not same:
+        return None
+    return {"key": task["key"], "path": path, "sha256": _sha256(path), "bytes": os.path.getsize(path),
+            "seconds": None, "windows": None, "worker_pid": None, "session_id": None, "adopted": True}
+
+
 def gsd_warning(spec: JobSpec, model_manifest: dict, pitch: int, tile: Optional[Tile]) -> Optional[str]:
     """A warning naming the model's training GSD range when the job's GSD (in metres) is outside it."""
     from ..core.georef import grid_for_request, gsd_metres_mean
@@ -323,6 +348,8 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
         rec = {"path": os.path.relpath(res["path"], spec.output), "sha256": res["sha256"], "bytes": res["bytes"],
                "seconds": res["seconds"], "windows": res["windows"], "worker_pid": res["worker_pid"],
                "session_id": res["session_id"]}
+        if res.get("adopted"):
+            rec["adopted"] = True
         # the file must be there, whole, before the manifest may claim it
         if not _tile_ok(spec.output, rec):
             failures.append(f"{res['key']}: the written file does not match what the worker reported")
@@ -336,6 +363,14 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
         failures.append(f"{key}: {err}")
         log(f"tile {key} failed: {err}")
 
+    pending = []
+    for task in tasks:
+        rec = adopt_finished(spec.output, task, pkg.denoiser_sha256)
+        if rec is not None:
+            record(rec)
+        else:
+            pending.append(task)
+    tasks = pending
     try:
         if workers <= 0 and not scheduler:
             for task in tasks:
