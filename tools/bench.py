@@ -121,7 +121,7 @@ def _child(args: list) -> dict:
     return res
 
 
-def large_areas(sizes, gsd: float, steps: int) -> dict:
+def large_areas(sizes, gsd: float, steps: int, ratio: bool = True) -> dict:
     out = {"sizes": []}
     for km2 in sizes:
         r = _child(["--km2", str(km2), "--gsd", str(gsd), "--steps", str(steps), "--window-batch", "8"])
@@ -129,6 +129,8 @@ def large_areas(sizes, gsd: float, steps: int) -> dict:
         print(f"large area {km2:g} km2 at {gsd:g} m ({r['px'][0]} x {r['px'][1]} px), {steps} steps: "
               f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, {r['blocks']} blocks, "
               f"{r['windows_per_step']} windows/step, {r['windows_per_s']:.2f} windows/s", flush=True)
+    if not ratio:
+        return out
     # batched vs unbatched: the same 256 x 256 px area, 1 step
     one_block = (256 * gsd) ** 2 / 1e6
     b8 = _child(["--km2", str(one_block), "--gsd", str(gsd), "--steps", "1", "--window-batch", "8"])
@@ -150,6 +152,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,4,16", help="large-area sizes in km2 (default 1,4,16)")
     ap.add_argument("--gsd", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--no-ratio", action="store_true", help="skip the batched vs unbatched measurement")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--km2", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--window-batch", type=int, default=8, help=argparse.SUPPRESS)
@@ -166,8 +169,8 @@ def main() -> None:
     os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
     large = None
     if not a.no_large:
-        large = large_areas([float(v) for v in a.sizes.split(",")], a.gsd, a.steps)
-        with open(os.path.join(ROOT, "runs", "bench_large.json"), "w") as f:
+        large = large_areas([float(v) for v in a.sizes.split(",")], a.gsd, a.steps, not a.no_ratio)
+        with open(os.path.join(ROOT, "runs", f"bench_large_{a.steps}steps.json"), "w") as f:
             json.dump({**large, "cores": threads}, f, indent=1)
     if a.only_large:
         return

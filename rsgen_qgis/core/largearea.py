@@ -33,7 +33,10 @@ from .request import GenerationRequest
 from .samplers import Schedule, make_sampler
 from .tiling import world_noise
 
-DEFAULT_BLOCK_WINDOWS = 8  # block pitch in window strides: 8 x 48 = 384 px for a 64 px tile
+# Block pitch in window strides: 6 x 48 = 288 px for a 64 px tile. Smaller blocks waste less at the edges of an
+# area (blocks are on the world grid), larger ones less in their shared bands; 6 needed the fewest windows for
+# 1, 4 and 16 km2 at 2 m (441, 784, 3136 windows per step, against 729, 1296, 3969 with 8).
+DEFAULT_BLOCK_WINDOWS = 6
 
 
 @dataclass(frozen=True)
