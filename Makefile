@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu eval train package clean help
+.PHONY: install system venv demo test bench bench-gpu seams eval train package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -18,6 +18,7 @@ help:
 	@echo "make install  [GPU=1] system packages (apt) + Python venv with --system-site-packages"
 	@echo "make bench    speed figures (ORT vs torch, s/tile, large areas)"
 	@echo "make bench-gpu GPU=1  GPU figures (ORT-CUDA vs PyTorch-CUDA, fp16, SD-class UNet; needs CUDA)"
+	@echo "make seams    seam metric: fused large-area path vs naive tiling (real model)"
 	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
 	@echo "make train DATA=dir  retrain models/rsgen-base from prepared data (CPU recipe)"
 	@echo "make pack DATA=dir   one compact training file (runs/pack/train.npz) for a GPU machine"
@@ -52,6 +53,9 @@ bench: install
 
 bench-gpu: install
 	$(PY) tools/bench_gpu.py --json runs/bench_gpu.json
+
+seams: install
+	$(PY) tools/seams.py
 
 eval: install
 	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval
