@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "seams"))
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="re-measure fused.tif / naive.tif already in --out (no generation)")
     a = ap.parse_args(argv)
 
     import numpy as np
@@ -56,22 +58,35 @@ def main(argv=None) -> int:
     out = {"size_px": a.size, "gsd": a.gsd, "steps": a.steps, "seed": a.seed, "tile": lay.tile,
            "stride": lay.stride, "block": lay.block}
 
-    t = time.time()
     fused_path = os.path.join(a.out, "fused.tif")
-    r = generate(GenerationRequest(extent=(x0, ytop - a.size * a.gsd, x0 + a.size * a.gsd, ytop),
-                                   output=fused_path, large_area=True, **common))
-    out["fused_seconds"] = time.time() - t
-    out["fused_windows"] = r.stats.windows
+    if a.measure_only:
+        with open(os.path.join(a.out, "seams.json")) as f:
+            old = json.load(f)
+        out.update({k: old[k] for k in ("fused_seconds", "fused_windows", "naive_seconds") if k in old})
+    else:
+        t = time.time()
+        r = generate(GenerationRequest(extent=(x0, ytop - a.size * a.gsd, x0 + a.size * a.gsd, ytop),
+                                       output=fused_path, large_area=True, **common))
+        out["fused_seconds"] = time.time() - t
+        out["fused_windows"] = r.stats.windows
     with rasterio.open(fused_path) as ds:
         fused = ds.read()
-    origin = r.grid.world_offset
+        gt = ds.transform
+        made = json.loads(ds.tags()["large_area"])  # the block layout the image was made with
+    lay = BlockLayout(int(made["tile"]), int(made["overlap"]), int(made["block"]))
+    out.update(tile=lay.tile, stride=lay.stride, block=lay.block)
+    origin = (round(gt.c / gt.a), round(gt.f / gt.e))  # world (col, row) of the top-left pixel
     out["fused_window_grid"] = seam_report(fused, lay.stride, (0, lay.overlap), origin).to_dict()
     out["fused_block_grid"] = seam_report(fused, lay.block, (0, lay.tile), origin, shift=lay.block // 2).to_dict()
     out["fused_block_centre"] = seam_report(fused, lay.block, (lay.tile // 2,), origin,
                                             shift=lay.block // 2).to_dict()
-    out["fused_on_naive_grid"] = seam_report(fused, lay.tile, (0,), origin).to_dict()
+    # the naive tiles start at the area's top-left corner: their grid is anchored to the image, not the world
+    out["fused_on_naive_grid"] = seam_report(fused, lay.tile, (0,), (0, 0)).to_dict()
 
-    if not a.skip_naive:
+    if a.measure_only and os.path.exists(os.path.join(a.out, "naive.tif")):
+        with rasterio.open(os.path.join(a.out, "naive.tif")) as ds:
+            out["naive_tile_grid"] = seam_report(ds.read(), lay.tile, (0,), (0, 0)).to_dict()
+    elif not a.skip_naive:
         t = time.time()
         naive = np.zeros_like(fused)
         tdir = os.path.join(a.out, "naive_tiles")
@@ -85,7 +100,7 @@ def main(argv=None) -> int:
                 with rasterio.open(p) as ds:
                     naive[:, i:i + T, j:j + T] = ds.read()
         out["naive_seconds"] = time.time() - t
-        out["naive_tile_grid"] = seam_report(naive, T, (0,), origin).to_dict()
+        out["naive_tile_grid"] = seam_report(naive, T, (0,), (0, 0)).to_dict()
         with rasterio.open(fused_path) as src:
             prof = src.profile
         prof.update(driver="GTiff")
