@@ -290,3 +290,14 @@ def test_tile_renamed_but_not_recorded_is_adopted_not_redone(clean_run, tmp_path
     assert os.stat(os.path.join(s.output, rec["path"])).st_mtime_ns == stamp
     assert "adopted" not in out["tiles"][other]
     assert tile_bytes(s.output) == tile_bytes(s0.output)
+
+
+def test_batch_and_large_area_modules_import_no_torch_or_qgis():
+    code = ("import sys\n"
+            "import rsgen_qgis.batch.runner, rsgen_qgis.batch.cli, rsgen_qgis.batch.layout\n"
+            "import rsgen_qgis.core.largearea, rsgen_qgis.core.cascade, rsgen_qgis.core.seams, distributed\n"
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'qgis') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == 0, p.stderr
