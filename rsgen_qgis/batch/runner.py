@@ -372,7 +372,9 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
             pending.append(task)
     tasks = pending
     try:
-        if workers <= 0 and not scheduler:
+        if not tasks:
+            pass
+        elif workers <= 0 and not scheduler:
             for task in tasks:
                 try:
                     res = run_tile(task)
@@ -404,8 +406,6 @@ def _run_dask(tasks: List[dict], workers: int, scheduler: Optional[str], record,
                                dashboard_address=None, silence_logs=40)
         client = Client(cluster)
     try:
-        if not tasks:
-            return
         futures = {client.submit(run_tile, t, pure=False): t["key"] for t in tasks}
         for fut in as_completed(list(futures)):
             key = futures[fut]
