@@ -16,7 +16,7 @@ import numpy as np
 
 from . import VERSION
 from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot
-from .errors import Cancelled, ConditionError
+from .errors import Cancelled, ConditionError, ParameterError
 from .georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
 from .geotiff import check_writable, write_cog
 from .models import LoadedModel, load
@@ -247,10 +247,6 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
                   cancelled: Callable[[], bool], window_batch: int = 8):
     """The single-request path: the whole canvas in memory, windows fused every step -> (uint8 RGB, Prepared)."""
     m = model.package.manifest
-    if m.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/latent.py
-        from .latent import generate_latent
-
-        return generate_latent(req, model, grid, progress, cancelled, window_batch, t0)
     tile = int(m["tile"]["size"])
     overlap = tile // 4
     c = req.conditions
@@ -302,6 +298,13 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     check_writable(req.output)
     progress(0.0, "Loading model")
     model = load(req.model, model_dirs, providers, threads)
+    if model.package.manifest.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/latent.py
+        if req.large_area or req.cascade > 1:
+            raise ParameterError(f"Model {model.package.id!r} is a latent diffusion pipeline; the large-area "
+                                 "path and the cascade work with pixel-space models (such as rsgen-base).")
+        from .latent import generate_latent
+
+        return generate_latent(req, model, grid, progress, cancelled, window_batch, t0)
     guide_source = None
     if req.cascade > 1:
         from .cascade import with_coarse_guide
