@@ -262,3 +262,32 @@ def test_engine_error_goes_to_message_bar(tiny_dock, qgis_iface, qtbot, tmp_path
     assert "missing" in msgs[-1] or "folder" in msgs[-1]
     assert QgsProject.instance().layerTreeRoot().findGroup(GROUP_NAME) is None
     assert dock.generate_btn.isEnabled()
+
+
+def test_large_area_lifts_the_budget_and_tells_windows_first(tiny_dock, qgis_iface, qtbot, tmp_path):
+    """Over the pixel budget: refused inline; with "Large area" ticked the grid is accepted, the message bar
+    tells the window count and an estimate before the run, and the result is a valid COG on the exact grid."""
+    dock = tiny_dock
+    settings.set_pixel_budget(64 * 64)
+    dock.steps_spin.setValue(1)
+    dock.gsd_spin.setValue(20.0)  # the 1.6 km canvas at 20 m: over a 64 x 64 budget
+    dock.update_size()
+    assert dock.grid is None and "budget" in dock.size_label.text()
+    dock.large_check.setChecked(True)  # re-checks the size at once
+    assert dock.grid is not None and dock.grid.width * dock.grid.height > 64 * 64
+    size = (dock.grid.width, dock.grid.height)
+    dock.output_widget.setFilePath(str(tmp_path / "large.tif"))
+    qgis_iface.messageBar().clear_messages()
+    task = dock.generate()
+    assert task is not None and task.request.large_area
+    infos = qgis_iface.messageBar().get_messages(Qgis.Info)
+    assert any("windows" in m and "estimate" in m for m in infos), infos
+    qtbot.waitUntil(lambda: task.done, timeout=TASK_TIMEOUT_MS)
+    assert task.error is None, task.error
+    from rsgen_qgis.core.geotiff import is_valid_cog
+
+    with rasterio.open(tmp_path / "large.tif") as ds:
+        assert (ds.width, ds.height) == size
+        assert ds.transform.to_gdal() == pytest.approx(dock.grid.transform)
+    ok, problems = is_valid_cog(str(tmp_path / "large.tif"))
+    assert ok, problems

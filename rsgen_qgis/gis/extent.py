@@ -89,29 +89,31 @@ def layer_extent(layer: Optional[QgsMapLayer], dest_crs: QgsCoordinateReferenceS
 
 
 def grid_and_gsd(extent: Extent, gsd: Optional[float] = None, width: Optional[int] = None,
-                 height: Optional[int] = None, pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> Tuple[Grid, float]:
+                 height: Optional[int] = None, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+                 large_area: bool = False) -> Tuple[Grid, float]:
     """The grid the engine would make for this extent and size, and its ground GSD in metres.
 
     Goes through the engine's own grid_for_request so the dock shows exactly what Generate will produce;
     raises the engine's RsgenError (budget, CRS area, empty extent) for the dock to show inline."""
     req = GenerationRequest(extent=extent.bounds, crs=extent.crs_wkt, output="", gsd=gsd, width=width,
-                            height=height, pixel_budget=pixel_budget)
+                            height=height, pixel_budget=pixel_budget, large_area=large_area)
     grid = grid_for_request(req)
     return grid, gsd_metres_mean(grid)
 
 
 def fit_grid(extent: Extent, mode: str, gsd: float, width: int, height: int,
-             pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> Tuple[Grid, float]:
+             pixel_budget: int = DEFAULT_PIXEL_BUDGET, large_area: bool = False) -> Tuple[Grid, float]:
     """The grid when the user last set `mode` ("gsd", "width" or "height"): that value is kept as the extent
-    changes (pans keep the pixel size; a typed width keeps the width and follows the extent's aspect)."""
+    changes (pans keep the pixel size; a typed width keeps the width and follows the extent's aspect).
+    large_area lifts the pixel budget (the large-area path streams blocks to disk)."""
     if mode == "gsd":
-        return grid_and_gsd(extent, gsd=gsd, pixel_budget=pixel_budget)
+        return grid_and_gsd(extent, gsd=gsd, pixel_budget=pixel_budget, large_area=large_area)
     ew, eh = extent.size
     if mode == "width":
         height = max(1, round(width * eh / ew))
     else:
         width = max(1, round(height * ew / eh))
-    return grid_and_gsd(extent, width=width, height=height, pixel_budget=pixel_budget)
+    return grid_and_gsd(extent, width=width, height=height, pixel_budget=pixel_budget, large_area=large_area)
 
 
 class RectangleMapTool(QgsMapTool):

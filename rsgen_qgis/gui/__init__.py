@@ -66,6 +66,15 @@ def metres(v: float) -> str:
     return f"{v:.0f} m" if v >= 100 else f"{v:.1f} m" if v >= 10 else f"{v:.2f} m"
 
 
+def duration(seconds: float) -> str:
+    """A rough duration for estimates: "40 s", "12 min", "3.5 h"."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def sampler_labels() -> Dict[str, str]:
     """Sampler id -> label shown to users, in the engine's order."""
     try:

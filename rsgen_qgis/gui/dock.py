@@ -13,7 +13,7 @@ from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessing
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer
-from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPlainTextEdit,
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPlainTextEdit,
                                  QProgressBar, QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget)
 
 from .. import settings
@@ -23,7 +23,7 @@ from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs,
                           layer_extent, unit_suffix)
 from ..gis.task import GenerationTask
 from .conditions import ConditionsPanel
-from . import (ERROR_STYLE, dspin, metres, model_choices, provider_text, row, sampler_labels, set_quiet, spin, tr,
+from . import (ERROR_STYLE, dspin, duration, metres, model_choices, provider_text, row, sampler_labels, set_quiet, spin, tr,
                wrap_label)
 
 TITLE = "Satellite image generation"
@@ -80,6 +80,11 @@ class GenerationDock(QgsDockWidget):
         af.addRow(tr("Size"), row(self.width_spin, QLabel("×"), self.height_spin, stretch=(1, 0, 1)))
         self.size_label = wrap_label()
         af.addRow(tr("Result"), self.size_label)
+        self.large_check = QCheckBox(tr("Large area"))
+        self.large_check.setToolTip(tr("No pixel budget: the area is generated in world-anchored blocks of "
+                                       "overlapping windows, written to disk as they are done (memory stays "
+                                       "flat); the number of windows and an estimated time are shown first"))
+        af.addRow("", self.large_check)
 
         image = QGroupBox(tr("Image"))
         imf = QFormLayout(image)
@@ -150,6 +155,7 @@ class GenerationDock(QgsDockWidget):
         self.gsd_spin.valueChanged.connect(lambda _: self._edited("gsd"))
         self.width_spin.valueChanged.connect(lambda _: self._edited("width"))
         self.height_spin.valueChanged.connect(lambda _: self._edited("height"))
+        self.large_check.toggled.connect(lambda _: self.update_size())
         self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
         self.add_models_btn.clicked.connect(self._add_model_folder)
         self.generate_btn.clicked.connect(self.generate)
@@ -202,7 +208,7 @@ class GenerationDock(QgsDockWidget):
                 set_quiet(self.gsd_spin, size)
                 self.size_mode = "gsd"
             grid, gsd_m = fit_grid(ext, self.size_mode, self.gsd_spin.value(), self.width_spin.value(),
-                                   self.height_spin.value(), settings.pixel_budget())
+                                   self.height_spin.value(), settings.pixel_budget(), self.large_check.isChecked())
             if self.size_mode != "gsd":
                 set_quiet(self.gsd_spin, grid.pixel_size[0])
             set_quiet(self.width_spin, grid.width)
@@ -296,7 +302,8 @@ class GenerationDock(QgsDockWidget):
         ext = self.current_extent()
         size = ({"gsd": self.gsd_spin.value()} if self.size_mode == "gsd" else
                 {"width": self.width_spin.value(), "height": self.height_spin.value()})
-        req = GenerationRequest(extent=ext.bounds, crs=ext.crs_wkt, **params, **size)
+        req = GenerationRequest(extent=ext.bounds, crs=ext.crs_wkt, large_area=self.large_check.isChecked(),
+                                **params, **size)
         return self.conditions.with_layout(req)
 
     def generate(self) -> Optional[GenerationTask]:
@@ -308,6 +315,7 @@ class GenerationDock(QgsDockWidget):
             from ..core.providers import choose
 
             providers = choose(settings.provider_preference())
+            estimate = self._estimate(req, providers) if req.large_area else ""
         except RsgenError as exc:
             self._message(str(exc), Qgis.Critical)
             return None
@@ -326,8 +334,20 @@ class GenerationDock(QgsDockWidget):
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.stepMessage.connect(self.status_label.setText)
         self._set_running(True)
+        if estimate:
+            self.status_label.setText(estimate)
+            self._message(estimate, Qgis.Info, 10)
         QgsApplication.taskManager().addTask(self.task)
         return self.task
+
+    @staticmethod
+    def _estimate(req: GenerationRequest, providers) -> str:
+        """Windows and time of a large-area run, told before it starts (loads the model, times one batch)."""
+        from ..core.largearea import estimate_request
+
+        n, seconds = estimate_request(req, settings.model_dirs(), providers)
+        return tr("Large area: {n:,} windows × {steps} steps, about {t} (estimate).").format(
+            n=n, steps=req.steps, t=duration(seconds))
 
     def cancel(self) -> None:
         if self.task is not None:
