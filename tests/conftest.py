@@ -37,3 +37,24 @@ def real_model():
     if not os.path.isfile(os.path.join(REAL_MODEL, "manifest.json")):
         pytest.skip("the bundled default model models/rsgen-base is not in this checkout")
     return REAL_MODEL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_layers_before_qgis_exits(qgis_app):
+    """Map layers that Python still holds when pytest-qgis calls exitQgis() (a layer passed to Processing and kept
+    alive by a traceback or a cached fixture, say) are destroyed after their data providers are unloaded, which
+    crashes the interpreter on exit and turns a green run into a failed `make test`. Delete them first."""
+    yield
+    import gc
+
+    from qgis.core import QgsMapLayer, QgsProject
+    from qgis.PyQt import sip
+
+    QgsProject.instance().removeAllMapLayers()
+    gc.collect()
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, QgsMapLayer) and not sip.isdeleted(obj) and sip.ispyowned(obj):
+                sip.delete(obj)
+        except (RuntimeError, TypeError, ReferenceError):
+            pass
