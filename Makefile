@@ -58,7 +58,8 @@ seams: install
 	$(PY) tools/seams.py
 
 eval: install
-	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval
+	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval \
+	    --clf-steps 1200 --seg-steps 600
 
 train: install
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train --minutes 80 --threads 2
