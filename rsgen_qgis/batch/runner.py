@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..core.errors import OutputError, RsgenError
+from ..core.models import sha256_file
 from ..core.request import GenerationRequest
 from .spec import JobSpec, JobSpecError
 
@@ -153,14 +154,6 @@ def tile_request(spec: JobSpec, tile: Tile, pitch: int, out_dir: str) -> Generat
 
 # ---------------------------------------------------------------- one tile (runs on a worker)
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_tile(task: dict) -> dict:
     """Generate one tile (a plain-data task, so it travels to Dask workers); returns what the manifest records."""
     from ..core import models
@@ -175,7 +168,7 @@ def run_tile(task: dict) -> dict:
     res = generate(req, model_dirs=task.get("model_dirs", ()), providers=task.get("providers"),
                    threads=task.get("threads", 0), layout_source=layout)
     loaded = models.load(req.model, task.get("model_dirs", ()), task.get("providers"), task.get("threads", 0))
-    return {"key": task["key"], "path": res.path, "sha256": _sha256(res.path), "bytes": os.path.getsize(res.path),
+    return {"key": task["key"], "path": res.path, "sha256": sha256_file(res.path), "bytes": os.path.getsize(res.path),
             "seconds": round(res.seconds, 3), "windows": res.stats.windows if res.stats else None,
             "warnings": list(res.warnings), "worker_pid": os.getpid(), "session_id": id(loaded.denoiser)}
 
@@ -207,7 +200,7 @@ def _job_identity(spec: JobSpec) -> str:
 
 def _tile_ok(out_dir: str, rec: dict) -> bool:
     p = os.path.join(out_dir, rec["path"])
-    return os.path.isfile(p) and os.path.getsize(p) == rec["bytes"] and _sha256(p) == rec["sha256"]
+    return os.path.isfile(p) and os.path.getsize(p) == rec["bytes"] and sha256_file(p) == rec["sha256"]
 
 
 def _remove_stale_partials(out_dir: str) -> int:
@@ -241,7 +234,7 @@ def adopt_finished(out_dir: str, task: dict, model_sha256: str) -> Optional[dict
         return None
     if not same:
         return None
-    return {"key": task["key"], "path": path, "sha256": _sha256(path), "bytes": os.path.getsize(path),
+    return {"key": task["key"], "path": path, "sha256": sha256_file(path), "bytes": os.path.getsize(path),
             "seconds": None, "windows": None, "worker_pid": None, "session_id": None, "adopted": True}
 
 

@@ -53,7 +53,8 @@ class ModelPackage:
         return self.manifest["files"][(g.get("denoiser") or g["unet"])["file"]]["sha256"]
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (model packages, batch tiles)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -106,7 +107,7 @@ def verify_files(pkg: ModelPackage) -> None:
         if "bytes" in meta and st.st_size != meta["bytes"]:
             raise ModelPackageError(f"{p}: size {st.st_size} bytes, the manifest says {meta['bytes']}; "
                                     "the file is corrupt or from another model.")
-        if _sha256(p) != meta.get("sha256"):
+        if sha256_file(p) != meta.get("sha256"):
             raise ModelPackageError(f"{p}: sha256 does not match the manifest; the file is corrupt or from "
                                     "another model.")
         _verified[key] = True

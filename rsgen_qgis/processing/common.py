@@ -8,17 +8,37 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
                        QgsProcessingLayerPostProcessorInterface, QgsProcessingParameterEnum,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProperty)
+
+from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
 from ..core.errors import RsgenError
 from ..core.request import DEFAULT_MODEL, SAMPLERS
+from ..gis import icon_path
 from ..gis.layers import layer_name, move_to_generated_group
 
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER"
 MODEL_PARAMS = (PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER)
+
+
+class RsgenAlgorithm(QgsProcessingAlgorithm):
+    """What every rsgen algorithm shares: no group (the provider is the group), the plugin's icon, and
+    createInstance() making another of the same class."""
+
+    def group(self) -> str:
+        return ""
+
+    def groupId(self) -> str:  # noqa: N802
+        return ""
+
+    def icon(self) -> QIcon:
+        return QIcon(icon_path())
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
 
 
 def sampler_names() -> List[str]:

@@ -18,18 +18,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsProcessing,
-                       QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
                        QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterCrs, QgsProcessingParameterExtent,
                        QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterVectorLayer)
-from qgis.PyQt.QtGui import QIcon
 
 from ..core.conditions import LAYOUT_CLASSES, NO_LAYOUT
 from ..core.georef import Grid, grid_for_request
 from ..core.request import Conditions, GenerationRequest
-from ..gis import icon_path
-from .common import add_model_parameters, given, guarded, model_values, run_engine
+from .common import RsgenAlgorithm, add_model_parameters, given, guarded, model_values, run_engine
 from .layout import (BOX_FIELD, BOXES, LAYERS, RULES_HELP, add_box_parameters, add_layout_parameters, box_options,
                      read_rules)
 
@@ -39,24 +37,12 @@ TRIES_PER_SAMPLE = 50
 BOX_FRACTION = 0.5  # share of a box's pixels the net must give the box's class for the box to count as confirmed
 
 
-class GenerateDatasetAlgorithm(QgsProcessingAlgorithm):
+class GenerateDatasetAlgorithm(RsgenAlgorithm):
     def name(self) -> str:
         return "dataset"
 
     def displayName(self) -> str:  # noqa: N802
         return "Generate dataset (images + COCO/DOTA/GeoJSON boxes)"
-
-    def group(self) -> str:
-        return ""
-
-    def groupId(self) -> str:  # noqa: N802
-        return ""
-
-    def icon(self) -> QIcon:
-        return QIcon(icon_path())
-
-    def createInstance(self) -> "GenerateDatasetAlgorithm":  # noqa: N802
-        return GenerateDatasetAlgorithm()
 
     def tags(self) -> List[str]:
         return ["dataset", "training", "detection", "coco", "dota", "boxes", "aerogen", "synthetic"]

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingAlgorithm, QgsProcessingContext,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingContext,
                        QgsProcessingException, QgsProcessingFeedback, QgsProcessingOutputNumber,
                        QgsProcessingOutputString, QgsProcessingParameterBoolean, QgsProcessingParameterCrs,
                        QgsProcessingParameterExtent,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination)
-from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
 from ..core.request import GenerationRequest
-from ..gis import icon_path
 from ..gis.layers import layer_name
-from .common import (IntoGeneratedGroup, add_model_parameters, check_tif, given, guarded, load_as_generated,
+from .common import (RsgenAlgorithm, add_model_parameters, check_tif, given, guarded, load_as_generated,
                      model_ids, model_values, report, run_engine, sampler_names)  # noqa: F401  (re-exported)
 
 EXTENT, TARGET_CRS, GSD, WIDTH, HEIGHT = "EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT"
@@ -27,25 +25,14 @@ PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, OUTPUT = "PROMPT", "MODEL", "SEED
 LARGE_AREA = "LARGE_AREA"
 
 
-_given = given
-_IntoGeneratedGroup = IntoGeneratedGroup  # older name
 
 
-class GenerateAlgorithm(QgsProcessingAlgorithm):
+class GenerateAlgorithm(RsgenAlgorithm):
     def name(self) -> str:
         return "generate"
 
     def displayName(self) -> str:  # noqa: N802
         return "Generate satellite image"
-
-    def group(self) -> str:
-        return ""
-
-    def groupId(self) -> str:  # noqa: N802
-        return ""
-
-    def icon(self) -> QIcon:
-        return QIcon(icon_path())
 
     def tags(self) -> List[str]:
         return ["satellite", "synthetic", "diffusion", "generate", "image", "onnx", "raster", "remote sensing"]
@@ -62,9 +49,6 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
             "they finish (memory does not grow with the area), and overlapping runs agree pixel for pixel.\n"
             "Models are found in the plugin's models folder, in the folders of the setting "
             f"'{settings.KEY_MODEL_DIRS}' and in $RSGEN_MODEL_DIRS.")
-
-    def createInstance(self) -> "GenerateAlgorithm":  # noqa: N802
-        return GenerateAlgorithm()
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         self.add_area_parameters()
@@ -97,8 +81,8 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
 
     @staticmethod
     def _size_mistake(parameters: Dict[str, Any]) -> Optional[str]:
-        has_gsd = _given(parameters, GSD)
-        has_w, has_h = _given(parameters, WIDTH), _given(parameters, HEIGHT)
+        has_gsd = given(parameters, GSD)
+        has_w, has_h = given(parameters, WIDTH), given(parameters, HEIGHT)
         if has_gsd and (has_w or has_h):
             return "Give either GSD (pixel size) or WIDTH and HEIGHT, not both."
         if not has_gsd and not (has_w and has_h):
@@ -106,7 +90,7 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
         return None
 
     def _crs(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> QgsCoordinateReferenceSystem:
-        if _given(parameters, TARGET_CRS):
+        if given(parameters, TARGET_CRS):
             crs = self.parameterAsCrs(parameters, TARGET_CRS, context)
             if crs.isValid():
                 return crs
@@ -129,7 +113,7 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
         if rect.isNull() or rect.isEmpty():
             raise QgsProcessingException("The extent is empty; give an extent with a width and a height.")
         size: Dict[str, Any] = {}
-        if _given(parameters, GSD):
+        if given(parameters, GSD):
             size["gsd"] = self.parameterAsDouble(parameters, GSD, context)
         else:
             size["width"] = self.parameterAsInt(parameters, WIDTH, context)
@@ -137,7 +121,7 @@ class GenerateAlgorithm(QgsProcessingAlgorithm):
         return GenerationRequest(
             extent=(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
             crs=crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019), output=output,
-            large_area=bool(self.parameterDefinition(LARGE_AREA)) and _given(parameters, LARGE_AREA)
+            large_area=bool(self.parameterDefinition(LARGE_AREA)) and given(parameters, LARGE_AREA)
             and self.parameterAsBool(parameters, LARGE_AREA, context),
             **(model_values(self, parameters, context) if self.parameterDefinition(MODEL) else {}), **size)
 

@@ -108,9 +108,6 @@ class LayoutGenerateAlgorithm(GenerateAlgorithm):
     def displayName(self) -> str:  # noqa: N802
         return "Generate from vector layers (layout)"
 
-    def createInstance(self) -> "LayoutGenerateAlgorithm":  # noqa: N802
-        return LayoutGenerateAlgorithm()
-
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Generates a synthetic satellite image whose layout follows your vector layers: each layer is "
                 "rasterized onto the output grid (exact pixel alignment, no antialiasing, reprojected from its own "
@@ -169,9 +166,6 @@ class PreviewLayoutAlgorithm(GenerateAlgorithm):
 
     def displayName(self) -> str:  # noqa: N802
         return "Preview layout"
-
-    def createInstance(self) -> "PreviewLayoutAlgorithm":  # noqa: N802
-        return PreviewLayoutAlgorithm()
 
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Writes the layout class raster that 'Generate from vector layers' would give the model, as a "

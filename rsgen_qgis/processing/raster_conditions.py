@@ -9,36 +9,22 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingFeedback,
+from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingFeedback,
                        QgsProcessingOutputNumber, QgsProcessingOutputString, QgsProcessingParameterBoolean,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer)
-from qgis.PyQt.QtGui import QIcon
 
 from ..core.request import Conditions
-from ..gis import icon_path
-from .common import (add_model_parameters, check_tif, guarded, load_as_generated, model_values, report,
+from .common import (RsgenAlgorithm, add_model_parameters, check_tif, guarded, load_as_generated, model_values, report,
                      result_name, run_engine)
 
 INPUT, MASK, SELECTED_ONLY, STRENGTH, OUTPUT = "INPUT", "MASK", "SELECTED_ONLY", "STRENGTH", "OUTPUT"
 
 
-class _RasterConditionAlgorithm(QgsProcessingAlgorithm):
+class _RasterConditionAlgorithm(RsgenAlgorithm):
     """INPUT raster + model parameters -> OUTPUT GeoTIFF; subclasses say which grid and which conditions."""
 
     label = ""  # prefix of the loaded layer's name
-
-    def group(self) -> str:
-        return ""
-
-    def groupId(self) -> str:  # noqa: N802
-        return ""
-
-    def icon(self) -> QIcon:
-        return QIcon(icon_path())
-
-    def createInstance(self):  # noqa: N802
-        return type(self)()
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(INPUT, "Raster layer"))

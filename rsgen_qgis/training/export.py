@@ -9,7 +9,6 @@ build a tiny random-weights package with `build_tiny_package`, through the same 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -19,17 +18,10 @@ from typing import Optional
 import torch
 
 from ..core.conditions import CondLayout, manifest_conditions, spatial_channels
+from ..core.models import sha256_file
 from .model import Denoiser, DenoiserConfig
 
 FORMAT = "rsgen-model-package/1"
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def denoiser_io(cfg: DenoiserConfig) -> dict:
