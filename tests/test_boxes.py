@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+from qgis.core import QgsVectorLayer
 
 from rsgen_qgis.core import projdata  # noqa: F401  (before pyproj)
 from rsgen_qgis.core.conditions import LAYOUT_CLASSES, NO_LAYOUT
@@ -13,6 +13,7 @@ from rsgen_qgis.core.georef import Grid
 from rsgen_qgis.gis.boxes import (Box, boxes_from_layer, burn_boxes, coco_dataset, dota_text, geojson, write_json)
 
 import pyproj  # noqa: E402
+from qgs_layers import memory_layer
 
 UTM = "EPSG:32634"
 X0, Y0, PX = 500000.0, 4000000.0, 2.0  # 64 x 48 pixels of 2 m
@@ -21,18 +22,7 @@ BUILDING = LAYOUT_CLASSES.index("building")
 
 
 def layer(geom, crs, features, fields=(("kind", "string"),)):
-    spec = f"{geom}?crs={crs}" + "".join(f"&field={n}:{t}" for n, t in fields)
-    lyr = QgsVectorLayer(spec, "boxes", "memory")
-    feats = []
-    for wkt, attrs in features:
-        f = QgsFeature(lyr.fields())
-        f.setGeometry(QgsGeometry.fromWkt(wkt))
-        for k, v in attrs.items():
-            f[k] = v
-        feats.append(f)
-    assert lyr.dataProvider().addFeatures(feats)[0]
-    lyr.updateExtents()
-    return lyr
+    return memory_layer(geom, crs, features, fields, "boxes")
 
 
 def rotated_rect(cx, cy, length, width, angle_deg):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import rasterio
 from osgeo import gdal, osr
-from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProject, QgsRasterLayer,
-                       QgsRectangle, QgsSettings, QgsVectorLayer)
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer,
+                       QgsRectangle, QgsSettings)
 
 from rsgen_qgis import settings
 from rsgen_qgis.core.conditions import LAYOUT_CLASSES
@@ -15,6 +15,7 @@ from rsgen_qgis.core.errors import ParameterError
 from rsgen_qgis.core.rules import DEFAULT_OSM_RULES
 from rsgen_qgis.gis.layers import GROUP_NAME
 from rsgen_qgis.gui.dock import GenerationDock
+from qgs_layers import memory_layer_from_spec
 
 UTM = "EPSG:32734"
 X0, Y0, PX, N = 453000.0, 6234000.0, 10.0, 16
@@ -44,16 +45,7 @@ def dock(qgis_iface, qgis_new_project, tiny_model_dir, monkeypatch):
 
 
 def add_layer(spec, name, features):
-    lyr = QgsVectorLayer(spec, name, "memory")
-    feats = []
-    for wkt, attrs in features:
-        f = QgsFeature(lyr.fields())
-        f.setGeometry(QgsGeometry.fromWkt(wkt))
-        for k, v in attrs.items():
-            f[k] = v
-        feats.append(f)
-    lyr.dataProvider().addFeatures(feats)
-    lyr.updateExtents()
+    lyr = memory_layer_from_spec(spec, name, features)
     QgsProject.instance().addMapLayer(lyr)
     return lyr
 

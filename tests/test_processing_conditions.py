@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from osgeo import gdal, osr
-from qgis.core import (QgsApplication, QgsCoordinateTransformContext, QgsFeature, QgsGeometry,
+from qgis.core import (QgsApplication, QgsCoordinateTransformContext,
                        QgsProcessingException, QgsProject, QgsRasterLayer, QgsSettings, QgsVectorFileWriter,
                        QgsVectorLayer)
 
@@ -18,6 +18,7 @@ from rsgen_qgis.core.conditions import LAYOUT_CLASSES
 from rsgen_qgis.processing.provider import RsgenProvider
 
 import pyproj  # noqa: E402
+from qgs_layers import memory_layer
 
 UTM = "EPSG:32734"
 X0, Y0, PX = 453000.0, 6234000.0, 10.0  # a 16 x 16 raster of 10 m pixels near Swellendam
@@ -66,21 +67,6 @@ def poly_wkt(pts):
 def pixel_rect(row, col, nrow=1, ncol=1, inset=0.2, x0=X0, y0=Y0, px=PX):
     return rect_pts(x0 + (col + inset) * px, y0 - (row + nrow - inset) * px, x0 + (col + ncol - inset) * px,
                     y0 - (row + inset) * px)
-
-
-def memory_layer(geom, crs, features, fields=(("building", "string"),), name="layer"):
-    spec = f"{geom}?crs={crs}" + "".join(f"&field={n}:{t}" for n, t in fields)
-    lyr = QgsVectorLayer(spec, name, "memory")
-    feats = []
-    for wkt, attrs in features:
-        f = QgsFeature(lyr.fields())
-        f.setGeometry(QgsGeometry.fromWkt(wkt))
-        for k, v in attrs.items():
-            f[k] = v
-        feats.append(f)
-    assert lyr.dataProvider().addFeatures(feats)[0]
-    lyr.updateExtents()
-    return lyr
 
 
 def gpkg(lyr, path):

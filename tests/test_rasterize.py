@@ -7,7 +7,7 @@ from rsgen_qgis.core import projdata  # noqa: F401  (before pyproj: PROJ data in
 import pyproj  # noqa: E402
 import pytest
 from osgeo import gdal
-from qgis.core import (QgsCoordinateTransformContext, QgsFeature, QgsGeometry, QgsRasterLayer, QgsVectorFileWriter,
+from qgis.core import (QgsCoordinateTransformContext, QgsRasterLayer, QgsVectorFileWriter,
                        QgsVectorLayer)
 
 from rsgen_qgis.core.conditions import LAYOUT_CLASSES, NO_LAYOUT
@@ -15,6 +15,7 @@ from rsgen_qgis.core.errors import ConditionError, ParameterError
 from rsgen_qgis.core.georef import Grid
 from rsgen_qgis.core.rules import DEFAULT_OSM_RULES, Rule, load_rules
 from rsgen_qgis.gis.rasterize import layers_to_layout, stats_message, style_layout_layer, write_layout
+from qgs_layers import memory_layer
 
 ROAD, MAJOR, BUILDING, VEG, WATER = (LAYOUT_CLASSES.index(c) for c in
                                      ("road", "major_road", "building", "vegetation", "water"))
@@ -25,19 +26,7 @@ GRID = Grid(pyproj.CRS(UTM).to_wkt(), (X0, PX, 0.0, Y0, 0.0, -PX), 20, 16)
 
 def layer(geom: str, crs: str, features, fields=("building",), name="test"):
     """Memory layer: features = [(wkt, {field: value})]."""
-    spec = f"{geom}?crs={crs}" + "".join(f"&field={f}:string" for f in fields)
-    lyr = QgsVectorLayer(spec, name, "memory")
-    assert lyr.isValid()
-    feats = []
-    for wkt, attrs in features:
-        f = QgsFeature(lyr.fields())
-        f.setGeometry(QgsGeometry.fromWkt(wkt))
-        for k, v in attrs.items():
-            f[k] = v
-        feats.append(f)
-    assert lyr.dataProvider().addFeatures(feats)[0]
-    lyr.updateExtents()
-    return lyr
+    return memory_layer(geom, crs, features, tuple((f, "string") for f in fields), name)
 
 
 def to_gpkg(lyr, path, name):
