@@ -34,3 +34,26 @@ def test_miou_psnr_ssim():
 def test_step_budget_is_exact():
     go = ev._budget(minutes=100.0, steps=3)
     assert [go(i) for i in range(5)] == [True, True, True, False, False]
+
+
+def test_judges_with_a_fixed_step_budget_are_cached(tmp_path):
+    import torch
+
+    from rsgen_qgis.training.evaluate import cached_net
+
+    calls = []
+
+    def build():
+        calls.append(1)
+        net = torch.nn.Linear(3, 2)
+        net.trained_steps = 7
+        return net
+
+    a = cached_net(str(tmp_path), "clf", 7, "10x3", build)
+    b = cached_net(str(tmp_path), "clf", 7, "10x3", build)
+    assert len(calls) == 1 and b.trained_steps == 7
+    assert torch.equal(a.weight, b.weight)
+    cached_net(str(tmp_path), "clf", 8, "10x3", build)   # another budget: trained again
+    cached_net(str(tmp_path), "clf", 0, "10x3", build)   # wall-clock budget: never cached
+    assert len(calls) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["judge_clf_7steps_10x3.pt", "judge_clf_8steps_10x3.pt"]

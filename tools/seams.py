@@ -3,8 +3,8 @@
     .venv/bin/python tools/seams.py [--size 512] [--steps 10] [--gsd 4] [--out runs/seams]
 
 - fused: one large-area request (core.largearea: world-anchored blocks of overlapping windows fused every
-  step, blocks cross-faded), measured on the window grid (window starts and ends, world-anchored) and on the
-  block grid (where blocks are cross-faded);
+  step, blocks cross-faded), measured on the window grid (window starts and ends, world-anchored), on the
+  block grid (band edges, band centres) and on every line inside the bands where blocks are cross-faded;
 - naive: the same area as independent 64 px tiles (one request per tile, one window each, same world noise,
   no overlap, no fusion), measured on the tile grid.
 Each figure has its shifted-grid control (same lines moved by half a period). Prints a table and writes
@@ -80,6 +80,9 @@ def main(argv=None) -> int:
     out["fused_block_grid"] = seam_report(fused, lay.block, (0, lay.tile), origin, shift=lay.block // 2).to_dict()
     out["fused_block_centre"] = seam_report(fused, lay.block, (lay.tile // 2,), origin,
                                             shift=lay.block // 2).to_dict()
+    # every line of the shared bands (where two blocks are cross-faded), against the same lines half a block on
+    out["fused_block_bands"] = seam_report(fused, lay.block, tuple(range(1, lay.tile)), origin,
+                                           shift=lay.block // 2).to_dict()
     # the naive tiles start at the area's top-left corner: their grid is anchored to the image, not the world
     out["fused_on_naive_grid"] = seam_report(fused, lay.tile, (0,), (0, 0)).to_dict()
 
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
     print(f"area {a.size} x {a.size} px at {a.gsd} m, {a.steps} steps, seed {a.seed}, tile {lay.tile}, "
           f"window stride {lay.stride}, block {lay.block}")
     print(f"{'image / lines':40s} {'ratio':>7s} {'control':>8s} {'lines':>6s}")
-    for k in ("fused_window_grid", "fused_block_grid", "fused_block_centre", "fused_on_naive_grid",
+    for k in ("fused_window_grid", "fused_block_grid", "fused_block_centre", "fused_block_bands",
+              "fused_on_naive_grid",
               "naive_tile_grid"):
         if k in out:
             v = out[k]

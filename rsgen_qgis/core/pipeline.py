@@ -221,6 +221,7 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
                     layout_source=None, guide_source=None) -> GenerationResult:
     """The large-area path: world-anchored blocks streamed into a COG (see core.largearea)."""
     from .geotiff import CogStream
+    from .blockblend import RADIUS as BLEND_RADIUS
     from .largearea import BlockLayout, check_conditions, generate_blocks
 
     check_conditions(req, grid)
@@ -229,7 +230,8 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     lay = BlockLayout.for_manifest(model.package.manifest, req.block_windows)
     tags = provenance_tags(req, model, meta)
     tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block,
-                          "metadata": "per block (centre of each block)"}
+                          "metadata": "per block (centre of each block)",
+                          "blend": f"contrast-preserving cross-fade, detail above a {2 * BLEND_RADIUS + 1} px box x2"}
     with CogStream(req.output, grid, tags) as out:
         stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch,
                                 layout_source=layout_source, guide_source=guide_source)

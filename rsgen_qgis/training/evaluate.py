@@ -82,6 +82,23 @@ def _budget(minutes: float, steps: int):
     return (lambda step: step < steps) if steps else (lambda step: time.time() - t0 < minutes * 60)
 
 
+def cached_net(cache: str, name: str, steps: int, key: str, build):
+    """A judge trained for a fixed number of steps is a pure function of (data, steps, seed): keep it in the
+    cache (keyed by those) so that re-evaluating a model does not retrain it. Wall-clock budgets are not cached."""
+    if not steps:
+        return build()
+    path = os.path.join(cache, f"judge_{name}_{steps}steps_{key}.pt")
+    if os.path.exists(path):
+        net = torch.load(path, map_location="cpu", weights_only=False)
+        print(f"{name}: loaded {path}", flush=True)
+        return net
+    net = build()
+    os.makedirs(cache, exist_ok=True)
+    torch.save(net, path + ".partial")
+    os.replace(path + ".partial", path)
+    return net
+
+
 def train_classifier(aid: Dict, minutes: float, seed: int = 0, steps: int = 0) -> SceneNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -269,7 +286,8 @@ def main(argv=None) -> None:
     n_cls = 6
     gen = TileGenerator(a.model, a.steps, a.guidance)
     # --- class fidelity and distances
-    clf = train_classifier(aid_tr, a.net_minutes, steps=a.clf_steps)
+    clf = cached_net(cache, "classifier", a.clf_steps, f"{len(aid_tr['labels'])}x{len(classes)}",
+                     lambda: train_classifier(aid_tr, a.net_minutes, steps=a.clf_steps))
     res["classifier_train_steps"] = clf.trained_steps
     real = resize(to_tensor(aid_te["images"]), RES)
     with torch.no_grad():
@@ -301,7 +319,8 @@ def main(argv=None) -> None:
     grids = a.grids or a.model
     grid_png([fake[np.array(labels) == k][:8] for k in range(len(classes))], os.path.join(grids, "samples_classes.png"))
     # --- layout fidelity
-    seg = train_segnet(maps_tr, a.net_minutes, n_cls, steps=a.seg_steps)
+    seg = cached_net(cache, "segnet", a.seg_steps, f"{len(maps_tr['aerial'])}x{n_cls}",
+                     lambda: train_segnet(maps_tr, a.net_minutes, n_cls, steps=a.seg_steps))
     res["segnet_train_steps"] = seg.trained_steps
     n = min(a.layouts, len(maps_va["aerial"]))
     real_a = resize(to_tensor(maps_va["aerial"][:n, 64:192, 64:192]), RES)

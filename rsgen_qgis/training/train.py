@@ -73,6 +73,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--save-every", type=float, default=5.0, help="minutes")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default="", help="start from this checkpoint's EMA weights (a fine-tuning phase); "
+                    "optimizer state starts fresh")
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                    help="cosine: decay from --lr to --lr-min over the time budget (after the warm-up)")
+    ap.add_argument("--lr-min", type=float, default=2e-5)
     a = ap.parse_args(argv)
     if not a.data and not a.pack:
         ap.error("give --data (prepared folder) or --pack (training pack)")
@@ -97,6 +102,12 @@ def main(argv=None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     step, elapsed0 = 0, 0.0
     ckpt = os.path.join(a.out, "last.pt")
+    if a.init and not (a.resume and os.path.exists(ckpt)):
+        st = torch.load(a.init, map_location=dev, weights_only=True)
+        if DenoiserConfig.from_dict(st["config"]) != cfg:
+            raise SystemExit(f"--init {a.init}: its config {st['config']} differs from this run's {cfg.to_dict()}")
+        model.load_state_dict(st["ema"]); ema.load_state_dict(st["ema"])
+        print(f"initialised from {a.init} (EMA weights, step {st.get('step')})", flush=True)
     if a.resume and os.path.exists(ckpt):
         st = torch.load(ckpt, map_location=dev, weights_only=True)
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
@@ -125,6 +136,8 @@ def main(argv=None) -> None:
         xt = at.sqrt() * x0 + (1 - at).sqrt() * noise
         v = at.sqrt() * noise - (1 - at).sqrt() * x0
         lr = a.lr * min(1.0, (step + 1) / 200)
+        if a.lr_schedule == "cosine":
+            lr = a.lr_min + (lr - a.lr_min) * 0.5 * (1 + np.cos(np.pi * min(1.0, elapsed / budget)))
         for g in opt.param_groups:
             g["lr"] = lr
         pred = model(xt, t.float(), b["spatial"], b["cond"])
