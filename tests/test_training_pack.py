@@ -45,3 +45,32 @@ def test_unpack_refuses_another_file(tmp_path):
     np.savez(path, format=np.array("something-else"))
     with pytest.raises(ValueError, match="not a training pack"):
         packmod.unpack(path, str(tmp_path / "cache"))
+
+
+def test_fine_tuning_phase_starts_from_the_init_checkpoint(tmp_path):
+    """train.py --init: phase 2 starts from phase 1's EMA weights (with lr 0 they come out unchanged), and a
+    checkpoint of another shape is refused."""
+    torch = pytest.importorskip("torch")
+    from rsgen_qgis.training import train
+    from rsgen_qgis.training.captions import all_captions
+
+    rng = np.random.default_rng(1)
+    aid = {"images": _smooth(rng, 6, 150), "labels": np.array([0, 0, 1, 1, 2, 2]),
+           "classes": ["Farmland", "Forest", "Beach"]}
+    maps = {"aerial": _smooth(rng, 2, 256), "layout": rng.integers(0, 6, (2, 256, 256)).astype(np.uint8)}
+    caps = {c: rng.standard_normal(384).astype(np.float32) for c in all_captions()}
+    path = str(tmp_path / "train.npz")
+    packmod.pack(aid, maps, caps, path, quality=90)
+    common = ["--pack", path, "--channels", "16,32", "--batch", "2", "--threads", "1", "--minutes", "0.02"]
+    train.main(common + ["--out", str(tmp_path / "p1")])
+    p1 = torch.load(str(tmp_path / "p1" / "last.pt"), weights_only=True)
+    assert p1["step"] > 0
+    train.main(common + ["--out", str(tmp_path / "p2"), "--init", str(tmp_path / "p1" / "last.pt"),
+                         "--lr", "0", "--lr-min", "0", "--lr-schedule", "cosine"])
+    p2 = torch.load(str(tmp_path / "p2" / "last.pt"), weights_only=True)  # plain floats: loads weights-only
+    assert p2["step"] > 0
+    for k, v in p1["ema"].items():
+        assert torch.equal(p2["ema"][k], v), k
+    with pytest.raises(SystemExit, match="differs"):
+        train.main(["--pack", path, "--channels", "16,64", "--batch", "2", "--threads", "1", "--minutes", "0.02",
+                    "--out", str(tmp_path / "p3"), "--init", str(tmp_path / "p1" / "last.pt")])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import time
 
@@ -137,7 +138,7 @@ def main(argv=None) -> None:
         v = at.sqrt() * noise - (1 - at).sqrt() * x0
         lr = a.lr * min(1.0, (step + 1) / 200)
         if a.lr_schedule == "cosine":
-            lr = a.lr_min + (lr - a.lr_min) * 0.5 * (1 + np.cos(np.pi * min(1.0, elapsed / budget)))
+            lr = a.lr_min + (lr - a.lr_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
         for g in opt.param_groups:
             g["lr"] = lr
         pred = model(xt, t.float(), b["spatial"], b["cond"])
