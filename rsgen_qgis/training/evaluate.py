@@ -317,6 +317,7 @@ def main(argv=None) -> None:
                                           "real_vs_real_floor": frechet(r1, r2)}
     res["kid_classifier_features"] = {"generated_vs_real": kid(fake_feat, real_feat), "real_vs_real_floor": kid(r1, r2)}
     grids = a.grids or a.model
+    os.makedirs(grids, exist_ok=True)
     grid_png([fake[np.array(labels) == k][:8] for k in range(len(classes))], os.path.join(grids, "samples_classes.png"))
     # --- layout fidelity
     seg = cached_net(cache, "segnet", a.seg_steps, f"{len(maps_tr['aerial'])}x{n_cls}",
