@@ -69,6 +69,7 @@ def main(argv=None) -> int:
                                        output=fused_path, large_area=True, **common))
         out["fused_seconds"] = time.time() - t
         out["fused_windows"] = r.stats.windows
+        out["fused_band_correlation"] = r.stats.band_correlation  # neighbouring blocks' detail in their bands
     with rasterio.open(fused_path) as ds:
         fused = ds.read()
         gt = ds.transform

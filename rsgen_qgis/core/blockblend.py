@@ -118,24 +118,19 @@ class BlockBlender:
         # cross terms with the blocks added before this one that share part of its footprint
         top_band = hi[:, :T, :]    # world rows [d0, d0 + T): shared with the row of blocks above
         left_band = hi[:, :, :T]   # world cols [e0, e0 + T): shared with the block on the left
-        for (pr, pc), (sr0, sc0, mine) in {
-            (kr, kc - 1): (d0, e0, left_band),
-            (kr - 1, kc - 1): (d0, e0, top_band[:, :, :T]),
-            (kr - 1, kc): (d0, e0, top_band),
-            (kr - 1, kc + 1): (d0, e0 + B, top_band[:, :, B:]),
-        }.items():
+        # (neighbour, first world column of the footprint shared with it, this block's detail there); the shared
+        # rows start at this block's first row d0 in every case
+        for pr, pc, sc0, mine in ((kr, kc - 1, e0, left_band), (kr - 1, kc - 1, e0, top_band[:, :, :T]),
+                                  (kr - 1, kc, e0, top_band), (kr - 1, kc + 1, e0 + B, top_band[:, :, B:])):
             if (pr, pc) not in self._bands:
                 continue
             bottom, right = self._bands[(pr, pc)]
-            if pr == kr:          # left neighbour: its right band, all rows
-                theirs = right
-            else:                 # above: its bottom band, the columns shared with this block
-                oc = (sc0 - pc * B)
-                theirs = bottom[:, :, oc:oc + mine.shape[2]]
+            # left neighbour: its right band, all rows; above: its bottom band, the columns shared with this block
+            theirs = right if pr == kr else bottom[:, :, sc0 - pc * B:sc0 - pc * B + mine.shape[2]]
             rho = correlation(mine, theirs)
             self._rho_sum += rho; self._rho_n += 1
             # the shared footprint, clipped to the request
-            r0, r1 = max(sr0, g0), min(sr0 + mine.shape[1], g1)
+            r0, r1 = max(d0, g0), min(d0 + mine.shape[1], g1)
             c0, c1 = max(sc0, h0), min(sc0 + mine.shape[2], h1)
             if r1 <= r0 or c1 <= c0:
                 continue
