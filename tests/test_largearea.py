@@ -1,4 +1,5 @@
 """Large-area path (world-anchored blocks, streamed output) with the tiny package."""
+import json
 import os
 
 import numpy as np
@@ -34,6 +35,18 @@ def test_fade_is_a_partition_of_unity():
     assert w.min() > 0 and np.all(w[32:64] == 1)
 
 
+def test_block_layout_footprint_is_whole_windows():
+    lay = BlockLayout.for_manifest({"tile": {"size": 64}}, 2)
+    assert (lay.overlap, lay.stride, lay.band, lay.span, lay.block) == (12, 52, 16, 168, 152)
+    assert lay.windows_per_block == 9
+    # window starts and ends inside a block, modulo the pitch: 0, 52, 104 and 64, 116, 168 (= 16)
+    assert lay.window_edges == (0, 16, 52, 64, 104, 116)
+    with pytest.raises(ValueError):
+        BlockLayout(64, 12, 150, 16)  # footprint 166 is not 64 + whole strides of 52
+    with pytest.raises(ValueError):
+        BlockLayout(64, 12, 56, 60)  # band wider than the pitch: blocks two apart would overlap
+
+
 def test_block_range_covers_every_footprint():
     lay = BlockLayout(32, 8, 192)
     for lo, n in [(0, 1), (-5, 10), (100, 500), (191, 2), (-1000, 37)]:
@@ -59,10 +72,12 @@ def test_overlapping_requests_identical_in_overlap(tmp_path, tiny_model_dir):
 
 
 def test_neighbours_join_like_one_request(tmp_path, tiny_model_dir):
-    kw = dict(block_windows=8)  # 192 px blocks: the join at column 90 lies inside a block's cross-fade band
-    whole = read(generate(px_req(tmp_path, "w.tif", -10, 0, 200, 30, **kw), model_dirs=[tiny_model_dir]).path)
-    left = read(generate(px_req(tmp_path, "l.tif", -10, 0, 100, 30, **kw), model_dirs=[tiny_model_dir]).path)
-    right = read(generate(px_req(tmp_path, "r.tif", 90, 0, 100, 30, **kw), model_dirs=[tiny_model_dir]).path)
+    # tiny tile 32: 76 px block pitch, 8 px bands; the join at column 80 lies inside the band [76, 84)
+    lay = BlockLayout.for_manifest({"tile": {"size": 32}}, 2)
+    assert (lay.block, lay.band) == (76, 8)
+    whole = read(generate(px_req(tmp_path, "w.tif", -10, 0, 200, 30), model_dirs=[tiny_model_dir]).path)
+    left = read(generate(px_req(tmp_path, "l.tif", -10, 0, 90, 30), model_dirs=[tiny_model_dir]).path)
+    right = read(generate(px_req(tmp_path, "r.tif", 80, 0, 110, 30), model_dirs=[tiny_model_dir]).path)
     assert np.array_equal(np.concatenate([left, right], axis=2), whole)
 
 
@@ -86,7 +101,8 @@ def test_budget_lifted_cog_tags_and_no_temp_files(tmp_path, tiny_model_dir):
     with rasterio.open(r.path) as ds:
         tags = ds.tags()
         assert ds.transform.to_gdal() == (X0, GSD, 0.0, Y0 + 50 * GSD, 0.0, -GSD)
-    assert tags["synthetic"] == "true" and '"block": 48' in tags["large_area"]
+    made = json.loads(tags["large_area"])
+    assert tags["synthetic"] == "true" and (made["block"], made["band"], made["overlap"]) == (76, 8, 6)
     assert sorted(os.listdir(tmp_path)) == ["big.tif"]
     assert r.stats.windows == r.stats.blocks * r.stats.layout.windows_per_block
 

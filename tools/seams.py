@@ -48,15 +48,15 @@ def main(argv=None) -> int:
 
     os.makedirs(a.out, exist_ok=True)
     lay = BlockLayout.for_manifest(load(a.model).package.manifest)
-    # Near Swellendam (UTM 34S). The top-left pixel sits one tile into a block (world column and row index
-    # = tile mod block), so that a 512 px area needs only 2 x 2 blocks.
+    # Near Swellendam (UTM 34S). The top-left pixel sits just past a block's band (world column and row
+    # index = band mod block), so the area's first pixels are covered by one block only.
     xb = round(453000.0 / a.gsd / lay.block) * lay.block
     yb = round(6236000.0 / a.gsd / lay.block) * lay.block
-    x0 = (xb + lay.tile) * a.gsd
-    ytop = (yb - lay.tile) * a.gsd
+    x0 = (xb + lay.band) * a.gsd
+    ytop = (yb - lay.band) * a.gsd
     common = dict(crs="EPSG:32734", gsd=a.gsd, prompt=a.prompt, seed=a.seed, steps=a.steps, model=a.model)
     out = {"size_px": a.size, "gsd": a.gsd, "steps": a.steps, "seed": a.seed, "tile": lay.tile,
-           "stride": lay.stride, "block": lay.block}
+           "stride": lay.stride, "block": lay.block, "band": lay.band}
 
     fused_path = os.path.join(a.out, "fused.tif")
     if a.measure_only:
@@ -74,15 +74,17 @@ def main(argv=None) -> int:
         fused = ds.read()
         gt = ds.transform
         made = json.loads(ds.tags()["large_area"])  # the block layout the image was made with
-    lay = BlockLayout(int(made["tile"]), int(made["overlap"]), int(made["block"]))
-    out.update(tile=lay.tile, stride=lay.stride, block=lay.block)
+    lay = BlockLayout(int(made["tile"]), int(made["overlap"]), int(made["block"]), int(made.get("band", 0)))
+    out.update(tile=lay.tile, stride=lay.stride, block=lay.block, band=lay.band)
     origin = (round(gt.c / gt.a), round(gt.f / gt.e))  # world (col, row) of the top-left pixel
-    out["fused_window_grid"] = seam_report(fused, lay.stride, (0, lay.overlap), origin).to_dict()
-    out["fused_block_grid"] = seam_report(fused, lay.block, (0, lay.tile), origin, shift=lay.block // 2).to_dict()
-    out["fused_block_centre"] = seam_report(fused, lay.block, (lay.tile // 2,), origin,
+    # window starts and ends inside each block; control half a stride on (inside windows)
+    out["fused_window_grid"] = seam_report(fused, lay.block, lay.window_edges, origin,
+                                           shift=lay.stride // 2).to_dict()
+    out["fused_block_grid"] = seam_report(fused, lay.block, (0, lay.band), origin, shift=lay.block // 2).to_dict()
+    out["fused_block_centre"] = seam_report(fused, lay.block, (lay.band // 2,), origin,
                                             shift=lay.block // 2).to_dict()
     # every line of the shared bands (where two blocks are cross-faded), against the same lines half a block on
-    out["fused_block_bands"] = seam_report(fused, lay.block, tuple(range(1, lay.tile)), origin,
+    out["fused_block_bands"] = seam_report(fused, lay.block, tuple(range(1, lay.band)), origin,
                                            shift=lay.block // 2).to_dict()
     # the naive tiles start at the area's top-left corner: their grid is anchored to the image, not the world
     out["fused_on_naive_grid"] = seam_report(fused, lay.tile, (0,), (0, 0)).to_dict()
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
     with open(os.path.join(a.out, "seams.json"), "w") as f:
         json.dump(out, f, indent=1)
     print(f"area {a.size} x {a.size} px at {a.gsd} m, {a.steps} steps, seed {a.seed}, tile {lay.tile}, "
-          f"window stride {lay.stride}, block {lay.block}")
+          f"window stride {lay.stride}, block {lay.block}, band {lay.band}")
     print(f"{'image / lines':40s} {'ratio':>7s} {'control':>8s} {'lines':>6s}")
     for k in ("fused_window_grid", "fused_block_grid", "fused_block_centre", "fused_block_bands",
               "fused_on_naive_grid",

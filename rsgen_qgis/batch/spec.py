@@ -8,7 +8,7 @@
     steps: 20                   # guidance: 3.0   sampler: dpmpp_2m   date: 2020-06-01
     prompt: "a town"            # default prompt
     tile_px: 1024               # tile side in pixels (tiles sit on the world grid of the GSD)
-    block_windows: 6            # large-area block pitch in window strides (changes the pixels)
+    block_windows: 2            # large-area block footprint: a tile plus this many window strides (changes the pixels)
     aois:                       # where to generate: a vector file and/or a list of boxes
       file: aoi.gpkg            # polygons; layer: name;  prompt_attribute: prompt (per-feature prompt)
       bboxes:
@@ -161,7 +161,7 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
     steps = int(d.get("steps") or 20)
     if not 1 <= steps <= 1000:
         raise JobSpecError(f"steps: from 1 to 1000, got {steps}.")
-    block_windows = int(d.get("block_windows") or 6)
+    block_windows = int(d.get("block_windows") or 2)
     if not 1 <= block_windows <= 64:
         raise JobSpecError(f"block_windows: from 1 to 64, got {block_windows}.")
     model = d.get("model") or DEFAULT_MODEL

@@ -3,10 +3,10 @@
 Why blocks. Fusing overlapping windows every step makes each pixel depend, after n steps, on pixels n windows
 away: a whole-canvas fusion is seamless but its result depends on the extent asked for, and it needs the
 whole canvas in memory. So the world (the pixel grid of the request's GSD, anchored at CRS (0, 0)) is cut
-into fixed blocks: block (i, j) covers world pixels [j*B, j*B + B + T) x [i*B, i*B + B + T) (B = block pitch,
-T = the model's tile), i.e. neighbouring blocks share one window width. Inside a block the windows sit on the
-world window grid, are batched through the ONNX session and fused every step (seamless inside); blocks are
-cross-faded over their shared band with raised-cosine weights that sum to one, contrast-preserving
+into fixed blocks: block (i, j) covers world pixels [j*B, j*B + B + D) x [i*B, i*B + B + D) (B = block pitch,
+D = the band neighbouring blocks share). Inside a block the windows tile its footprint exactly, are batched
+through the ONNX session and fused every step (seamless inside); blocks are cross-faded over their shared
+band with raised-cosine weights that sum to one, contrast-preserving
 (core.blockblend: low frequencies blended linearly, detail renormalised by the blend's measured standard
 deviation, so the band is as sharp as the blocks instead of a soft stripe). Each block is a pure function
 of (seed, world position, prompt, metadata at the block, conditions there), and every pixel is the same
@@ -36,18 +36,33 @@ from .request import GenerationRequest
 from .samplers import Schedule, make_sampler
 from .tiling import world_noise
 
-# Block pitch in window strides: 6 x 48 = 288 px for a 64 px tile. Smaller blocks waste less at the edges of an
-# area (blocks are on the world grid), larger ones less in their shared bands; 6 needed the fewest windows for
-# 1, 4 and 16 km2 at 2 m (441, 784, 3136 windows per step, against 729, 1296, 3969 with 8).
-DEFAULT_BLOCK_WINDOWS = 6
+# Block geometry for a model tile T (README, "Large areas"). Windows overlap by 3T/16 (stride 13T/16), a block's
+# footprint is T + k strides (k = block_windows: (k + 1)^2 windows), and neighbouring blocks share a band of T/4.
+# Blocks sit on the world grid and every pixel is computed once per block covering it, so an area costs what
+# the blocks' footprints exceed it by: with k = 2 (168 px footprints, 152 px pitch for T = 64) 1, 4 and 16 km2
+# at 2 m cost 2.9, 2.2 and 1.9 window pixels per output pixel (mean over grid alignments), against 7.0, 4.5
+# and 3.3 with the earlier T/4 overlap, one-tile bands and k = 6. Seam figures at 1024 px (tools/seams.py):
+# overlap T/8 left window borders at 1.06, 3T/16 at 1.03; T/4 bands were no better than T/2 ones.
+DEFAULT_BLOCK_WINDOWS = 2
+OVERLAP_FRACTION = 3 / 16
+BAND_FRACTION = 1 / 4
 
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """Window and block geometry of a model, in world pixels."""
+    """Window and block geometry of a model, in world pixels: `block` is the pitch, `band` the width neighbouring
+    blocks share (0 = one tile); the footprint (block + band) is a whole number of window strides plus a tile."""
     tile: int
     overlap: int
     block: int
+    band: int = 0
+
+    def __post_init__(self):
+        if self.band == 0:
+            object.__setattr__(self, "band", self.tile)
+        if (self.span - self.tile) % self.stride or not 0 < self.band <= self.block:
+            raise ValueError(f"Inconsistent block layout {self}: the footprint must be a tile plus whole strides "
+                             "and the band no wider than the pitch.")
 
     @property
     def stride(self) -> int:
@@ -56,7 +71,13 @@ class BlockLayout:
     @property
     def span(self) -> int:
         """Side of a block's footprint: its pitch plus the band it shares with the next block."""
-        return self.block + self.tile
+        return self.block + self.band
+
+    @property
+    def window_edges(self) -> Tuple[int, ...]:
+        """Where windows start and end inside a block, modulo the pitch (the lines a seam would follow)."""
+        n = (self.span - self.tile) // self.stride + 1
+        return tuple(sorted({(i * self.stride + e) % self.block for i in range(n) for e in (0, self.tile)}))
 
     @property
     def windows_per_block(self) -> int:
@@ -65,8 +86,9 @@ class BlockLayout:
     @classmethod
     def for_manifest(cls, manifest: dict, block_windows: int = DEFAULT_BLOCK_WINDOWS) -> "BlockLayout":
         tile = int(manifest["tile"]["size"])
-        overlap = tile // 4
-        return cls(tile, overlap, max(1, int(block_windows)) * (tile - overlap))
+        overlap, band = max(1, round(tile * OVERLAP_FRACTION)), max(1, round(tile * BAND_FRACTION))
+        span = tile + max(1, int(block_windows)) * (tile - overlap)
+        return cls(tile, overlap, span - band, band)
 
     def block_range(self, lo: int, n: int) -> range:
         """Indices k of the blocks whose footprint [k*B, k*B + span) meets world pixels [lo, lo + n)."""
@@ -255,7 +277,7 @@ def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writ
     runner = _BlockRunner(req, model, grid, lay, window_batch, cancelled, tick, layout_source, guide_source)
     col0, row0 = grid.world_offset
     H, W = grid.height, grid.width
-    blend = BlockBlender(lay.block, lay.span, fade(lay.span, lay.tile), W, col0)
+    blend = BlockBlender(lay.block, lay.span, fade(lay.span, lay.band), W, col0)
     for kr in rows:
         d0 = kr * lay.block
         g0, g1 = max(d0, row0), min(d0 + lay.span, row0 + H)

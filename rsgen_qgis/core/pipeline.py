@@ -229,7 +229,7 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     meta = metadata_for(grid, req, model.package.manifest, warnings)
     lay = BlockLayout.for_manifest(model.package.manifest, req.block_windows)
     tags = provenance_tags(req, model, meta)
-    tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block,
+    tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block, "band": lay.band,
                           "metadata": "per block (centre of each block)",
                           "blend": f"contrast-preserving cross-fade, detail above a {2 * BLEND_RADIUS + 1} px box x2"}
     with CogStream(req.output, grid, tags) as out:

@@ -73,7 +73,7 @@ class GenerationRequest:
     date: Optional[str] = None  # ISO yyyy-mm-dd of the imagery to imitate; None = unknown
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
     large_area: bool = False  # lift the pixel budget; world-anchored blocks streamed to disk (core.largearea)
-    block_windows: int = 6    # large-area block pitch in window strides (part of what the pixels depend on)
+    block_windows: int = 2    # large-area block footprint: one tile plus this many window strides (changes the pixels)
     cascade: int = 0          # coarse-to-fine: first generate at gsd * cascade, then guide the fine pass with it
     conditions: Conditions = field(default_factory=Conditions)
 
