@@ -315,7 +315,7 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
                 "model": {"id": pkg.id, "sha256": pkg.denoiser_sha256},
                 "metadata_policy": pkg.manifest.get("conditions", {}).get("metadata_coverage", {}),
                 "training_gsd_range_m": (pkg.manifest.get("training", {}) or {}).get("gsd_range_m"),
-                "block_layout": {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block},
+                "block_layout": {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block, "band": lay.band},
                 "warnings": warnings, "tiles_planned": len(tiles), "tiles": dict(done)}
     write_json_atomic(mpath, manifest)
     todo = [t for t in tiles if t.key not in done]
