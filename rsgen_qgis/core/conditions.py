@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -129,6 +129,12 @@ def layout_onehot(ids: np.ndarray, n_classes: int = len(LAYOUT_CLASSES)) -> np.n
     return out
 
 
+# Conditions the unconditional branch of classifier-free guidance can drop (training drops each at random, so
+# the model knows them absent). Guiding the layout too lifts rsgen-base 0.2.0's layout mIoU ratio from 0.66 to
+# 1.07 at guidance 3 (MODEL_CARD.md) at no extra cost: it is the same second evaluation.
+GUIDABLE = ("text", "layout")
+
+
 def manifest_conditions(text_dim: int, metadata_coverage: Optional[dict] = None) -> dict:
     """The `conditions` block of a model manifest for this encoding."""
     lay = CondLayout(text_dim)
@@ -147,8 +153,24 @@ def manifest_conditions(text_dim: int, metadata_coverage: Optional[dict] = None)
         },
         "metadata_coverage": metadata_coverage or {},
         "guide_factor": 4,
-        "guidance_drops": ["text"],
+        "guidance_drops": list(GUIDABLE),
     }
+
+
+def unconditional(layout: CondLayout, cnd_m: dict, text_emb: Optional[np.ndarray], guidance: float,
+                  **kw) -> Optional[Tuple[np.ndarray, Optional[Tuple[int, int]]]]:
+    """The unconditional branch of classifier-free guidance for one request: (condition vector with every
+    present condition named in the model's `guidance_drops` removed, the spatial channels (offset, count) it
+    zeroes or None). None when guidance is 1 or nothing present can be dropped (then one evaluation per step).
+    kw: cond_vectors' metadata and presence flags, as given to the conditional branch."""
+    drops = set(cnd_m.get("guidance_drops", ["text"]))
+    drop_text = "text" in drops and text_emb is not None
+    drop_layout = "layout" in drops and bool(kw.get("has_layout"))
+    if guidance == 1.0 or not (drop_text or drop_layout):
+        return None
+    ukw = dict(kw, has_layout=False) if drop_layout else kw
+    zero = tuple(cnd_m["spatial_layout"]["layout"]) if drop_layout else None
+    return cond_vectors(layout, None if drop_text else text_emb, **ukw), zero
 
 
 def guide_upsample(guide: np.ndarray, size: Sequence[int]) -> np.ndarray:

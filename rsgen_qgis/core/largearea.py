@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .blockblend import BlockBlender
-from .conditions import CondLayout, NO_LAYOUT, cond_vectors, layout_onehot
+from .conditions import CondLayout, NO_LAYOUT, cond_vectors, layout_onehot, unconditional
 from .errors import Cancelled, ConditionError
 from .georef import Grid
 from .models import LoadedModel
@@ -231,10 +231,8 @@ class _BlockRunner:
                   has_layout=has_layout, has_inpaint=False,
                   has_guide=self.guide is not None or self.guide_source is not None)
         cond = cond_vectors(self.cl, self.emb, **kw)
-        uncond = None
-        if self.emb is not None and req.guidance != 1.0 and "text" in self.cnd_m.get("guidance_drops", ["text"]):
-            uncond = cond_vectors(self.cl, None, **kw)
-        return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [])
+        uncond, zero = unconditional(self.cl, self.cnd_m, self.emb, req.guidance, **kw) or (None, None)
+        return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [], zero)
 
     def run(self, kr: int, kc: int) -> np.ndarray:
         from .pipeline import _denoise_step
@@ -322,11 +320,19 @@ def seconds_per_window_eval(model: LoadedModel, batch: int = 8) -> float:
     return _speed[key]
 
 
+def evaluations_per_window(req: GenerationRequest, manifest: dict) -> int:
+    """UNet evaluations per window and step: 2 when classifier-free guidance has a condition to drop (a prompt,
+    or a layout where the model guides layouts), else 1."""
+    drops = manifest.get("conditions", {}).get("guidance_drops", ["text"])
+    guided = ("text" in drops and req.prompt.strip()) or ("layout" in drops and req.conditions.layout is not None)
+    return 2 if guided and req.guidance != 1.0 else 1
+
+
 def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Tuple[int, float]:
     """(windows per step, estimated seconds) for the large-area path, before starting it."""
     lay = BlockLayout.for_manifest(model.package.manifest, req.block_windows)
     n = lay.n_windows(grid)
-    cfg = 2 if (req.prompt.strip() and req.guidance != 1.0) else 1
+    cfg = evaluations_per_window(req, model.package.manifest)
     return n, n * req.steps * cfg * seconds_per_window_eval(model)
 
 
@@ -345,9 +351,9 @@ def estimate_request(req: GenerationRequest, model_dirs=(), providers=None) -> T
     m = model.package.manifest
     tile, mult = int(m["tile"]["size"]), int(m["tile"].get("multiple", 1))
     n = len(windows(_canvas_size(grid.height, tile, mult), _canvas_size(grid.width, tile, mult), tile, tile // 4))
-    cfg = 2 if (req.prompt.strip() and req.guidance != 1.0) else 1
+    cfg = evaluations_per_window(req, model.package.manifest)
     return n, n * req.steps * cfg * seconds_per_window_eval(model)
 
 
-__all__ = ["BlockLayout", "generate_blocks", "estimate", "estimate_request", "fade", "guide_window", "LargeAreaStats",
+__all__ = ["BlockLayout", "generate_blocks", "estimate", "estimate_request", "evaluations_per_window", "fade", "guide_window", "LargeAreaStats",
            "seconds_per_window_eval", "DEFAULT_BLOCK_WINDOWS"]

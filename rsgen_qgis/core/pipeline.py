@@ -10,12 +10,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from . import VERSION
-from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot
+from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot, unconditional
 from .errors import Cancelled, ConditionError, ParameterError
 from .georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
 from .geotiff import check_writable, write_cog
@@ -52,6 +52,7 @@ class Prepared:
     mask: Optional[np.ndarray]   # (Hc, Wc) float, 1 = regenerate
     metadata: dict
     warnings: List[str]
+    uncond_zero: Optional[Tuple[int, int]] = None  # spatial channels (offset, count) the unconditional branch zeroes
 
 
 def _canvas_size(n: int, tile: int, multiple: int) -> int:
@@ -147,10 +148,8 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
     kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
               has_layout=c.layout is not None, has_inpaint=mask is not None, has_guide=c.guide is not None)
     cond = cond_vectors(cl, emb, **kw)
-    uncond = None
-    if emb is not None and req.guidance != 1.0 and "text" in cnd_m.get("guidance_drops", ["text"]):
-        uncond = cond_vectors(cl, None, **kw)
-    return Prepared(grid, hc, wc, spatial, cond, uncond, known, mask, meta, warnings)
+    uncond, zero = unconditional(cl, cnd_m, emb, req.guidance, **kw) or (None, None)
+    return Prepared(grid, hc, wc, spatial, cond, uncond, known, mask, meta, warnings, zero)
 
 
 def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guidance: float, tile: int,
@@ -169,7 +168,11 @@ def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guid
         sp = np.stack([p.spatial[:, r:r + h, c:c + w] for r, c, h, w in group])
         conds = np.repeat(p.cond, len(group), 0)
         if p.uncond is not None:
-            xs, sp = np.concatenate([xs, xs]), np.concatenate([sp, sp])
+            sp_u = sp.copy()
+            if p.uncond_zero is not None:
+                o, n = p.uncond_zero
+                sp_u[:, o:o + n] = 0.0
+            xs, sp = np.concatenate([xs, xs]), np.concatenate([sp, sp_u])
             conds = np.concatenate([conds, np.repeat(p.uncond, len(group), 0)])
         ts = np.full((len(xs),), t, np.float32)
         with model.lock:

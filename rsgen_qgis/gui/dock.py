@@ -107,6 +107,8 @@ class GenerationDock(QgsDockWidget):
         self.steps_spin = spin(1, 1000, 20)
         imf.addRow(tr("Steps"), self.steps_spin)
         self.guidance_spin = dspin(0.0, 30.0, 3.0, 1, 0.5)
+        self.guidance_spin.setToolTip(tr("How strongly the prompt and the layout steer the image (classifier-free "
+                                         "guidance; 1 = off, which halves the time)"))
         imf.addRow(tr("Guidance"), self.guidance_spin)
         self.sampler_combo = QComboBox()
         for key, label in sampler_labels().items():

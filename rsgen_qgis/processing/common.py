@@ -74,7 +74,10 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
     Num = QgsProcessingParameterNumber
     alg.addParameter(Num(SEED, "Seed", Num.Integer, 0, False, 0))
     alg.addParameter(Num(STEPS, "Sampling steps", Num.Integer, steps, False, 1, 1000))
-    alg.addParameter(Num(GUIDANCE, "Guidance scale", Num.Double, 3.0, False, 0.0, 100.0))
+    guidance = Num(GUIDANCE, "Guidance scale", Num.Double, 3.0, False, 0.0, 100.0)
+    guidance.setHelp("How strongly the prompt and the layout steer the image (classifier-free guidance; "
+                     "1 = off, one UNet evaluation per step instead of two).")
+    alg.addParameter(guidance)
     names = sampler_names()
     alg.addParameter(QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
                                                 "dpmpp_2m" if "dpmpp_2m" in names else names[0], False, True))

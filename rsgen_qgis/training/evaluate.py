@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.conditions import CondLayout, cond_vectors, layout_onehot
+from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
 from ..core.models import load
 from ..core.samplers import Schedule, make_sampler
 from ..core.tiling import world_noise
@@ -229,19 +229,25 @@ class TileGenerator:
 
     def _run(self, prompts, spatial, seeds, **meta) -> np.ndarray:
         n, res = len(prompts), spatial.shape[-1]
-        conds, unconds = [], []
-        for p in prompts:
+        spatial = np.asarray(spatial, np.float32)
+        conds, unconds, uspatial = [], [], spatial.copy()
+        cnd_m = self.m.package.manifest["conditions"]
+        for i, p in enumerate(prompts):
             emb = self.m.text_encoder.embed([p]) if p else None
             conds.append(cond_vectors(self.lay, emb, **meta))
-            unconds.append(cond_vectors(self.lay, None, **meta))
+            # the run-time's unconditional branch (core.conditions.unconditional); none: the sample is unguided
+            u = unconditional(self.lay, cnd_m, emb, self.guidance, **meta)
+            unconds.append(conds[-1] if u is None else u[0])
+            if u is not None and u[1] is not None:
+                o, k = u[1]
+                uspatial[i, o:o + k] = 0.0
         cond, uncond = np.concatenate(conds), np.concatenate(unconds)
         s = make_sampler(self.sampler, self.sched, self.steps)
         x = np.stack([world_noise(sd, 0, 0, res, res) for sd in seeds]) * s.init_noise_sigma
         for i, t in enumerate(s.timesteps):
             xin = s.scale_model_input(x, i).astype(np.float32)
             feed = {"sample": np.concatenate([xin, xin]), "timestep": np.full(2 * n, t, np.float32),
-                    "spatial": np.concatenate([spatial, spatial]).astype(np.float32),
-                    "cond": np.concatenate([cond, uncond])}
+                    "spatial": np.concatenate([spatial, uspatial]), "cond": np.concatenate([cond, uncond])}
             o = self.m.denoiser.run(["prediction"], feed)[0]
             pred = o[n:] + self.guidance * (o[:n] - o[n:])
             x = s.step(pred, i, x).astype(np.float32)

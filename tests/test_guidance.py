@@ -1,0 +1,78 @@
+"""Classifier-free guidance per condition: the unconditional branch drops the prompt and the layout (when the
+model's manifest lists them in guidance_drops), so a layout steers as strongly as a prompt."""
+import dataclasses
+
+import numpy as np
+
+from rsgen_qgis.core.conditions import CondLayout, cond_vectors, manifest_conditions, unconditional
+from rsgen_qgis.core.georef import grid_for_request
+from rsgen_qgis.core.largearea import evaluations_per_window
+from rsgen_qgis.core.models import load
+from rsgen_qgis.core.pipeline import sample_canvas
+from rsgen_qgis.core.request import Conditions, GenerationRequest
+
+CM = manifest_conditions(8)
+CL = CondLayout(8)
+META = dict(gsd_m=4.0, lon=None, lat=None, date=None, has_inpaint=False, has_guide=False)
+
+
+def test_unconditional_drops_prompt_and_layout():
+    emb = np.ones((1, 8), np.float32)
+    u, zero = unconditional(CL, CM, emb, 3.0, has_layout=True, **META)
+    seg = CL.segments
+    assert zero == tuple(CM["spatial_layout"]["layout"])
+    assert u[0, seg["text_present"][0]] == 0 and not u[0, slice(*[seg["text"][0], sum(seg["text"])])].any()
+    assert u[0, seg["layout_present"][0]] == 0
+    # everything else is the conditional vector
+    c = cond_vectors(CL, None, has_layout=False, **META)
+    assert np.array_equal(u, c)
+
+
+def test_unconditional_only_what_is_present_and_guided():
+    assert unconditional(CL, CM, None, 3.0, has_layout=False, **META) is None      # nothing to drop
+    assert unconditional(CL, CM, None, 1.0, has_layout=True, **META) is None       # guidance 1: one branch
+    text_only = dict(CM, guidance_drops=["text"])                                  # an older manifest
+    assert unconditional(CL, text_only, None, 3.0, has_layout=True, **META) is None
+    u, zero = unconditional(CL, text_only, np.ones((1, 8), np.float32), 3.0, has_layout=True, **META)
+    assert zero is None and u[0, CL.segments["layout_present"][0]] == 1
+
+
+class Recorder:
+    def __init__(self, inner):
+        self.inner, self.feeds = inner, []
+
+    def run(self, names, feed):
+        self.feeds.append({k: v.copy() for k, v in feed.items()})
+        return self.inner.run(names, feed)
+
+
+def _layout_request(tmp_path, guidance):
+    layout = np.zeros((32, 32), np.uint8)
+    layout[:, 10:16] = 1  # a road
+    return GenerationRequest(extent=(453000, 6233600, 453128, 6233728), crs="EPSG:32734", gsd=4.0, prompt="",
+                             seed=2, steps=2, guidance=guidance, model="rsgen-tiny",
+                             output=str(tmp_path / "g.tif"), conditions=Conditions(layout=layout))
+
+
+def test_layout_alone_is_guided(tmp_path, tiny_model_dir):
+    base = load("rsgen-tiny", [tiny_model_dir])
+    rec = Recorder(base.denoiser)
+    model = dataclasses.replace(base, denoiser=rec)
+    req = _layout_request(tmp_path, 3.0)
+    grid = grid_for_request(req)
+    sample_canvas(req, model, grid, lambda f, m: None, lambda: False)
+    o, n = model.package.manifest["conditions"]["spatial_layout"]["layout"]
+    lp = model.package.manifest["conditions"]["cond_layout"]["layout_present"][0]
+    for f in rec.feeds:
+        half = len(f["sample"]) // 2
+        assert np.array_equal(f["sample"][:half], f["sample"][half:])
+        assert f["spatial"][:half, o:o + n].any() and not f["spatial"][half:, o:o + n].any()
+        assert (f["cond"][:half, lp] == 1).all() and (f["cond"][half:, lp] == 0).all()
+    assert evaluations_per_window(req, model.package.manifest) == 2
+    # guidance 1: one branch only, the layout kept
+    rec.feeds.clear()
+    req1 = req.replace(guidance=1.0)
+    sample_canvas(req1, model, grid, lambda f, m: None, lambda: False)
+    assert all(f["spatial"][:, o:o + n].any(axis=(1, 2, 3)).all() for f in rec.feeds)
+    assert all((f["cond"][:, lp] == 1).all() for f in rec.feeds)
+    assert evaluations_per_window(req1, model.package.manifest) == 1
