@@ -54,6 +54,7 @@ def clean_run(tmp_path_factory, tiny_model_dir):
     ({"aois": {}}, "aois: give a vector file"),
     ({"layout": [{"file": "r.gpkg", "class": "lava"}]}, r"layout\[0\].class: 'lava' is not a layout class"),
     ({"output": None}, "output: missing"),
+    ({"clip_tiles": "yes"}, "clip_tiles: expected true or false"),
 ])
 def test_spec_errors_name_the_key(tmp_path, change, message):
     d = {"output": "o", "crs": "EPSG:32734", "gsd": 4.0, "aois": {"bboxes": [{"bbox": BOX}]}}
@@ -100,9 +101,14 @@ def test_aoi_polygons_pick_tiles_and_prompts(tmp_path, tiny_model_dir):
           ["a marsh", "a quarry"])
     s = spec.load(job(tmp_path, md=tiny_model_dir, aois={"file": "aoi.gpkg", "prompt_attribute": "prompt"}))
     tiles = runner.plan_tiles(s, 48)
+    # each tile covers only its AOI's bounding box (the squares lie on the 4 m pixel grid)
     assert [(t.prompt, t.extent(48, 4.0)) for t in tiles] == [
-        ("a quarry", (453312.0, 6233664.0, 453504.0, 6233856.0)),
-        ("a marsh", (453120.0, 6233472.0, 453312.0, 6233664.0))]
+        ("a quarry", (453400.0, 6233800.0, 453420.0, 6233820.0)),
+        ("a marsh", (453128.0, 6233500.0, 453152.0, 6233520.0))]
+    whole = spec.load(job(tmp_path, "whole.yaml", md=tiny_model_dir, clip_tiles=False,
+                          aois={"file": "aoi.gpkg", "prompt_attribute": "prompt"}))
+    assert [t.extent(48, 4.0) for t in runner.plan_tiles(whole, 48)] == [
+        (453312.0, 6233664.0, 453504.0, 6233856.0), (453120.0, 6233472.0, 453312.0, 6233664.0)]
     with pytest.raises(JobSpecError, match="aois.prompt_attribute: .* no field 'caption'"):
         runner.plan_tiles(spec.load(job(tmp_path, md=tiny_model_dir, aois={"file": "aoi.gpkg",
                                                                             "prompt_attribute": "caption"})), 48)
@@ -128,9 +134,10 @@ def test_tiles_vrt_manifest_and_seamless_mosaic(clean_run, tmp_path, tiny_model_
     assert on_disk["tiles"] == man["tiles"]
     with rasterio.open(os.path.join(s.output, "mosaic.vrt")) as ds:
         mosaic = ds.read()
-        assert (ds.width, ds.height) == (96, 96) and ds.transform.c == 453120.0 and ds.transform.f == 6233856.0
-    # the tiles join exactly as one large-area request over their union does
-    one = generate(GenerationRequest(extent=(453120.0, 6233472.0, 453504.0, 6233856.0), crs="EPSG:32734", gsd=4.0,
+        # the box snapped outward to the 4 m grid, not the 2 x 2 tiles' 96 x 96 px
+        assert (ds.width, ds.height) == (93, 63) and ds.transform.c == 453128.0 and ds.transform.f == 6233852.0
+    # the (clipped) tiles join exactly as one large-area request over the box does
+    one = generate(GenerationRequest(extent=(453128.0, 6233600.0, 453500.0, 6233852.0), crs="EPSG:32734", gsd=4.0,
                                      prompt="farmland", seed=5, steps=2, guidance=1.0, model="rsgen-tiny",
                                      large_area=True, block_windows=2, output=str(tmp_path / "one.tif")),
                    model_dirs=[tiny_model_dir])

@@ -19,6 +19,7 @@ tile on a worker pays for loading. `--workers 0` runs in this process without Da
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -48,6 +49,8 @@ class Tile:
     col: int
     prompt: str
     aoi: str
+    window: Optional[Tuple[int, int, int, int]] = None  # (col0, row0, col1, row1) pixels of the tile generated
+
 
     @property
     def key(self) -> str:
@@ -56,7 +59,9 @@ class Tile:
     def extent(self, pitch: int, gsd: float) -> Tuple[float, float, float, float]:
         """World row r is the pixel whose top edge is at y = -r * gsd (the grid's world_offset convention)."""
         s = pitch * gsd
-        return (self.col * s, -(self.row + 1) * s, (self.col + 1) * s, -self.row * s)
+        c0, r0, c1, r1 = self.window or (0, 0, pitch, pitch)
+        x0, top = self.col * s, -self.row * s
+        return (x0 + c0 * gsd, top - r1 * gsd, x0 + c1 * gsd, top - r0 * gsd)
 
 
 # ---------------------------------------------------------------- AOIs and tile grid
@@ -126,22 +131,33 @@ def aoi_geometries(spec: JobSpec) -> List[Tuple[object, Optional[str], str]]:
 
 
 def plan_tiles(spec: JobSpec, pitch: int) -> List[Tile]:
-    """World tiles that meet an AOI; a tile takes the prompt of the first AOI (in spec order) it meets."""
+    """World tiles that meet an AOI; a tile takes the prompt of the first AOI (in spec order) it meets. With
+    spec.clip_tiles a tile covers only the pixels of its part of the AOIs' bounding boxes (snapped outward to
+    whole pixels), not its whole square: the pixels are the same (world-anchored), the work is what was asked."""
     from osgeo import ogr
 
-    s = pitch * spec.gsd
+    s, g = pitch * spec.gsd, spec.gsd
     tiles: Dict[Tuple[int, int], Tile] = {}
     for geom, prompt, name in aoi_geometries(spec):
         xmin, xmax, ymin, ymax = geom.GetEnvelope()
         for i in range(math.floor(-ymax / s), math.ceil(-ymin / s)):
             for j in range(math.floor(xmin / s), math.ceil(xmax / s)):
-                if (i, j) in tiles:
-                    continue
-                t = Tile(i, j, prompt if prompt is not None else spec.prompt, name)
-                x0, y0, x1, y1 = t.extent(pitch, spec.gsd)
+                t = tiles.get((i, j)) or Tile(i, j, prompt if prompt is not None else spec.prompt, name)
+                x0, y0, x1, y1 = Tile(i, j, "", "").extent(pitch, g)
                 box = ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))")
-                if box.Intersects(geom):
-                    tiles[(i, j)] = t
+                if not box.Intersects(geom):
+                    continue
+                if spec.clip_tiles:
+                    a, b, c, d = geom.Intersection(box).GetEnvelope()  # xmin, xmax, ymin, ymax
+                    win = (max(0, math.floor((a - x0) / g + 1e-9)), max(0, math.floor((y1 - d) / g + 1e-9)),
+                           min(pitch, math.ceil((b - x0) / g - 1e-9)), min(pitch, math.ceil((y1 - c) / g - 1e-9)))
+                    if win[2] <= win[0] or win[3] <= win[1]:
+                        continue  # touches the tile along an edge only
+                    if t.window is not None:
+                        w = t.window
+                        win = (min(w[0], win[0]), min(w[1], win[1]), max(w[2], win[2]), max(w[3], win[3]))
+                    t = dataclasses.replace(t, window=win)
+                tiles[(i, j)] = t
     return [tiles[k] for k in sorted(tiles)]
 
 

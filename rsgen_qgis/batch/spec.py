@@ -8,6 +8,7 @@
     steps: 20                   # guidance: 3.0   sampler: dpmpp_2m   date: 2020-06-01
     prompt: "a town"            # default prompt
     tile_px: 1024               # tile side in pixels (tiles sit on the world grid of the GSD)
+    clip_tiles: true            # a tile covers only its part of the AOIs' bounding boxes (false: whole tiles)
     block_windows: 2            # large-area block footprint: a tile plus this many window strides (changes the pixels)
     aois:                       # where to generate: a vector file and/or a list of boxes
       file: aoi.gpkg            # polygons; layer: name;  prompt_attribute: prompt (per-feature prompt)
@@ -36,7 +37,8 @@ _NUM = (int, float)
 # key -> (types, required). Nested dicts/lists are checked by their own schemas below.
 TOP = {"output": (str, True), "crs": (str, True), "gsd": (_NUM, True), "model": (str, False),
        "model_dirs": (list, False), "seed": (int, False), "steps": (int, False), "guidance": (_NUM, False),
-       "sampler": (str, False), "date": (str, False), "prompt": (str, False), "tile_px": (int, False), "block_windows": (int, False),
+       "sampler": (str, False), "date": (str, False), "prompt": (str, False), "tile_px": (int, False),
+       "block_windows": (int, False), "clip_tiles": (bool, False),
        "aois": (dict, True), "layout": (list, False), "version": (int, False)}
 AOIS = {"file": (str, False), "layer": (str, False), "prompt_attribute": (str, False), "bboxes": (list, False)}
 BBOX = {"bbox": (list, True), "prompt": (str, False), "crs": (str, False), "name": (str, False)}
@@ -45,7 +47,8 @@ LAYOUT = {"file": (str, True), "layer": (str, False), "class": (str, True), "buf
 
 def _tname(t) -> str:
     ts = t if isinstance(t, tuple) else (t,)
-    names = {int: "a whole number", float: "a number", str: "text", list: "a list", dict: "a mapping"}
+    names = {int: "a whole number", float: "a number", str: "text", list: "a list", dict: "a mapping",
+             bool: "true or false"}
     return " or ".join(dict.fromkeys(names.get(x, x.__name__) for x in ts))
 
 
@@ -107,6 +110,7 @@ class JobSpec:
     prompt_attribute: Optional[str]
     bboxes: Tuple[BBoxAOI, ...]
     layout: Tuple[LayoutSource, ...] = field(default=())
+    clip_tiles: bool = True
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -175,7 +179,8 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
         sampler=sampler, date=d.get("date"), prompt=d.get("prompt") or "", tile_px=tile_px,
         block_windows=block_windows,
         aoi_file=_abs(base, a["file"]) if a.get("file") else None, aoi_layer=a.get("layer"),
-        prompt_attribute=a.get("prompt_attribute"), bboxes=tuple(boxes), layout=tuple(layout))
+        prompt_attribute=a.get("prompt_attribute"), bboxes=tuple(boxes), layout=tuple(layout),
+        clip_tiles=bool(d.get("clip_tiles", True)))
 
 
 def load(path: str) -> JobSpec:
