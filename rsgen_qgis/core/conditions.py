@@ -157,16 +157,23 @@ def manifest_conditions(text_dim: int, metadata_coverage: Optional[dict] = None)
     }
 
 
+def guided(cnd_m: dict, has_text: bool, has_layout: bool, guidance: float) -> Tuple[bool, bool]:
+    """(drop the text, drop the layout) in the unconditional branch: the present conditions the model's
+    `guidance_drops` names, none when guidance is 1 (then there is no second evaluation)."""
+    if guidance == 1.0:
+        return False, False
+    drops = set(cnd_m.get("guidance_drops", ["text"]))
+    return "text" in drops and has_text, "layout" in drops and has_layout
+
+
 def unconditional(layout: CondLayout, cnd_m: dict, text_emb: Optional[np.ndarray], guidance: float,
                   **kw) -> Optional[Tuple[np.ndarray, Optional[Tuple[int, int]]]]:
     """The unconditional branch of classifier-free guidance for one request: (condition vector with every
     present condition named in the model's `guidance_drops` removed, the spatial channels (offset, count) it
     zeroes or None). None when guidance is 1 or nothing present can be dropped (then one evaluation per step).
     kw: cond_vectors' metadata and presence flags, as given to the conditional branch."""
-    drops = set(cnd_m.get("guidance_drops", ["text"]))
-    drop_text = "text" in drops and text_emb is not None
-    drop_layout = "layout" in drops and bool(kw.get("has_layout"))
-    if guidance == 1.0 or not (drop_text or drop_layout):
+    drop_text, drop_layout = guided(cnd_m, text_emb is not None, bool(kw.get("has_layout")), guidance)
+    if not (drop_text or drop_layout):
         return None
     ukw = dict(kw, has_layout=False) if drop_layout else kw
     zero = tuple(cnd_m["spatial_layout"]["layout"]) if drop_layout else None

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .blockblend import BlockBlender
-from .conditions import CondLayout, NO_LAYOUT, cond_vectors, layout_onehot, unconditional
+from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guided, layout_onehot, unconditional
 from .errors import Cancelled, ConditionError
 from .georef import Grid
 from .models import LoadedModel
@@ -323,9 +323,9 @@ def seconds_per_window_eval(model: LoadedModel, batch: int = 8) -> float:
 def evaluations_per_window(req: GenerationRequest, manifest: dict) -> int:
     """UNet evaluations per window and step: 2 when classifier-free guidance has a condition to drop (a prompt,
     or a layout where the model guides layouts), else 1."""
-    drops = manifest.get("conditions", {}).get("guidance_drops", ["text"])
-    guided = ("text" in drops and req.prompt.strip()) or ("layout" in drops and req.conditions.layout is not None)
-    return 2 if guided and req.guidance != 1.0 else 1
+    drops = guided(manifest.get("conditions", {}), bool(req.prompt.strip()), req.conditions.layout is not None,
+                   req.guidance)
+    return 2 if any(drops) else 1
 
 
 def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Tuple[int, float]:

@@ -168,9 +168,10 @@ def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guid
         sp = np.stack([p.spatial[:, r:r + h, c:c + w] for r, c, h, w in group])
         conds = np.repeat(p.cond, len(group), 0)
         if p.uncond is not None:
-            sp_u = sp.copy()
+            sp_u = sp
             if p.uncond_zero is not None:
                 o, n = p.uncond_zero
+                sp_u = sp.copy()
                 sp_u[:, o:o + n] = 0.0
             xs, sp = np.concatenate([xs, xs]), np.concatenate([sp, sp_u])
             conds = np.concatenate([conds, np.repeat(p.uncond, len(group), 0)])
