@@ -291,3 +291,21 @@ def test_large_area_lifts_the_budget_and_tells_windows_first(tiny_dock, qgis_ifa
         assert ds.transform.to_gdal() == pytest.approx(dock.grid.transform)
     ok, problems = is_valid_cog(str(tmp_path / "large.tif"))
     assert ok, problems
+
+
+def test_guidance_control_follows_the_model(make_dock, tiny_model_dir, monkeypatch, tmp_path):
+    """A guidance-distilled model accepts only its distilled scales: the control's range follows the model."""
+    from rsgen_qgis.training.export import build_tiny_package
+
+    build_tiny_package(str(tmp_path / "d" / "rsgen-tiny-distilled"), guidance_input=True,
+                       model_id="rsgen-tiny-distilled")
+    monkeypatch.setenv(settings.ENV_MODEL_DIRS, os.pathsep.join([tiny_model_dir, str(tmp_path / "d")]))
+    dock = make_dock()
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
+    dock.guidance_spin.setValue(7.5)
+    assert dock.guidance_spin.maximum() == 30.0 and dock.guidance_spin.value() == 7.5
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny-distilled"))
+    assert (dock.guidance_spin.minimum(), dock.guidance_spin.maximum()) == (1.0, 5.0)
+    assert dock.guidance_spin.value() == 5.0 and "built in" in dock.guidance_spin.toolTip()
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
+    assert dock.guidance_spin.maximum() == 30.0

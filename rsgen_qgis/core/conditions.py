@@ -28,11 +28,20 @@ GSD_LOG2_SHIFT, GSD_LOG2_SCALE = 2.0, 2.0          # 1 m -> -1, 4 m -> 0, 16 m -
 YEAR_SHIFT, YEAR_SCALE = 2010.0, 10.0
 
 
+# Guidance-distilled models take the guidance scale as one more condition value (Meng et al. 2023, "On
+# distillation of guided diffusion models", stage 1): one evaluation per step gives what the teacher's two
+# (conditional + unconditional) gave. Encoded (w - shift) / scale, so w = 1 (no guidance) is 0.
+GUIDANCE_SHIFT, GUIDANCE_SCALE = 1.0, 4.0
+GUIDANCE_RANGE = (1.0, 5.0)  # what distillation trains on; a request outside it is refused, not extrapolated
+
+
 @dataclass(frozen=True)
 class CondLayout:
-    """Offsets of every segment of the global condition vector."""
+    """Offsets of every segment of the global condition vector. guidance_range: set for a model that takes
+    the guidance scale as an input (guidance-distilled): the scale range it was trained for."""
 
     text_dim: int
+    guidance_range: Optional[Tuple[float, float]] = None
 
     @property
     def segments(self) -> Dict[str, tuple]:
@@ -42,6 +51,8 @@ class CondLayout:
                  ("lat", 1), ("lat_present", 1),
                  ("date", 3), ("date_present", 1),
                  ("layout_present", 1), ("inpaint_present", 1), ("guide_present", 1)]
+        if self.guidance_range is not None:
+            names.append(("guidance", 1))
         out, off = {}, 0
         for name, size in names:
             out[name] = (off, size)
@@ -50,8 +61,26 @@ class CondLayout:
 
     @property
     def dim(self) -> int:
-        off, size = self.segments["guide_present"]
+        off, size = list(self.segments.values())[-1]
         return off + size
+
+    @classmethod
+    def from_manifest(cls, cnd_m: dict) -> "CondLayout":
+        """The layout a package's `conditions` block describes (checked against its cond_dim)."""
+        gi = cnd_m.get("guidance_input")
+        lay = cls(int(cnd_m["cond_layout"]["text"][1]), None if gi is None else tuple(gi["range"]))
+        if "cond_dim" in cnd_m and lay.dim != cnd_m["cond_dim"]:
+            raise ConditionError(f"The model's condition vector has {cnd_m['cond_dim']} values; this plugin's "
+                                 f"encoding of its conditions has {lay.dim}.")
+        return lay
+
+
+def encode_guidance(layout: CondLayout, guidance: float) -> float:
+    lo, hi = layout.guidance_range
+    if not lo <= guidance <= hi:
+        raise ConditionError(f"This model has classifier-free guidance built in (distilled) for scales {lo:g} to "
+                             f"{hi:g}; got {guidance:g}. Choose a guidance scale in that range.")
+    return (guidance - GUIDANCE_SHIFT) / GUIDANCE_SCALE
 
 
 def spatial_layout(n_classes: int = len(LAYOUT_CLASSES)) -> Dict[str, tuple]:
@@ -80,8 +109,9 @@ def encode_date(date: str) -> np.ndarray:
 def cond_vectors(layout: CondLayout, text_emb: Optional[np.ndarray], batch: int = 1, *,
                  gsd_m: Optional[float] = None, lon: Optional[float] = None, lat: Optional[float] = None,
                  date: Optional[str] = None, has_layout: bool = False, has_inpaint: bool = False,
-                 has_guide: bool = False) -> np.ndarray:
-    """Build (batch, D) global condition vectors; any argument left None is encoded as unknown."""
+                 has_guide: bool = False, guidance: Optional[float] = None) -> np.ndarray:
+    """Build (batch, D) global condition vectors; any argument left None is encoded as unknown.
+    guidance: the scale, written only for a guidance-distilled layout (required there, ignored otherwise)."""
     seg = layout.segments
     v = np.zeros((batch, layout.dim), np.float32)
 
@@ -113,6 +143,10 @@ def cond_vectors(layout: CondLayout, text_emb: Optional[np.ndarray], batch: int 
     for name, flag in (("layout_present", has_layout), ("inpaint_present", has_inpaint),
                        ("guide_present", has_guide)):
         v[:, seg[name][0]] = float(flag)
+    if layout.guidance_range is not None:
+        if guidance is None:
+            raise ConditionError("This model takes the guidance scale as an input; none was given.")
+        v[:, seg["guidance"][0]] = encode_guidance(layout, float(guidance))
     return v
 
 
@@ -135,10 +169,11 @@ def layout_onehot(ids: np.ndarray, n_classes: int = len(LAYOUT_CLASSES)) -> np.n
 GUIDABLE = ("text", "layout")
 
 
-def manifest_conditions(text_dim: int, metadata_coverage: Optional[dict] = None) -> dict:
-    """The `conditions` block of a model manifest for this encoding."""
-    lay = CondLayout(text_dim)
-    return {
+def manifest_conditions(text_dim: int, metadata_coverage: Optional[dict] = None,
+                        guidance_input: bool = False) -> dict:
+    """The `conditions` block of a model manifest for this encoding (guidance_input: guidance-distilled)."""
+    lay = CondLayout(text_dim, GUIDANCE_RANGE if guidance_input else None)
+    out = {
         "cond_dim": lay.dim,
         "cond_layout": {k: list(v) for k, v in lay.segments.items()},
         "spatial_channels": spatial_channels(),
@@ -155,12 +190,17 @@ def manifest_conditions(text_dim: int, metadata_coverage: Optional[dict] = None)
         "guide_factor": 4,
         "guidance_drops": list(GUIDABLE),
     }
+    if guidance_input:  # guidance_drops then says what the distilled guidance drops (the teacher's rule)
+        out["guidance_input"] = {"encoding": "affine", "shift": GUIDANCE_SHIFT, "scale": GUIDANCE_SCALE,
+                                 "range": list(GUIDANCE_RANGE)}
+    return out
 
 
 def guided(cnd_m: dict, has_text: bool, has_layout: bool, guidance: float) -> Tuple[bool, bool]:
     """(drop the text, drop the layout) in the unconditional branch: the present conditions the model's
-    `guidance_drops` names, none when guidance is 1 (then there is no second evaluation)."""
-    if guidance == 1.0:
+    `guidance_drops` names, none when guidance is 1 (then there is no second evaluation) or when the model
+    has guidance built in (`guidance_input`: one evaluation does both)."""
+    if guidance == 1.0 or "guidance_input" in cnd_m:
         return False, False
     drops = set(cnd_m.get("guidance_drops", ["text"]))
     return "text" in drops and has_text, "layout" in drops and has_layout
@@ -175,7 +215,7 @@ def unconditional(layout: CondLayout, cnd_m: dict, text_emb: Optional[np.ndarray
     drop_text, drop_layout = guided(cnd_m, text_emb is not None, bool(kw.get("has_layout")), guidance)
     if not (drop_text or drop_layout):
         return None
-    ukw = dict(kw, has_layout=False) if drop_layout else kw
+    ukw = dict(kw, has_layout=False) if drop_layout else kw  # (never a distilled model: guided() says no)
     zero = tuple(cnd_m["spatial_layout"]["layout"]) if drop_layout else None
     return cond_vectors(layout, None if drop_text else text_emb, **ukw), zero
 

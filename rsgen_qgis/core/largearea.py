@@ -176,7 +176,7 @@ class _BlockRunner:
         m = model.package.manifest
         self.cnd_m = m["conditions"]
         self.schedule = Schedule.from_config(m["scheduler"])
-        self.cl = CondLayout(self.cnd_m["cond_layout"]["text"][1])
+        self.cl = CondLayout.from_manifest(self.cnd_m)
         self.emb = None
         if req.prompt.strip():
             if model.text_encoder is None:
@@ -230,7 +230,7 @@ class _BlockRunner:
         kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
                   has_layout=has_layout, has_inpaint=False,
                   has_guide=self.guide is not None or self.guide_source is not None)
-        cond = cond_vectors(self.cl, self.emb, **kw)
+        cond = cond_vectors(self.cl, self.emb, guidance=req.guidance, **kw)
         uncond, zero = unconditional(self.cl, self.cnd_m, self.emb, req.guidance, **kw) or (None, None)
         return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [], zero)
 

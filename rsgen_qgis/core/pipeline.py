@@ -139,7 +139,7 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
         o, n = lay["guide"]
         spatial[o:o + n] = _pad(up, hc, wc, "edge")
     meta = metadata_for(grid, req, m, warnings)
-    cl = CondLayout(cnd_m["cond_layout"]["text"][1])
+    cl = CondLayout.from_manifest(cnd_m)
     emb = None
     if req.prompt.strip():
         if model.text_encoder is None:
@@ -147,7 +147,7 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
         emb = model.text_encoder.embed([req.prompt.strip()])
     kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
               has_layout=c.layout is not None, has_inpaint=mask is not None, has_guide=c.guide is not None)
-    cond = cond_vectors(cl, emb, **kw)
+    cond = cond_vectors(cl, emb, guidance=req.guidance, **kw)
     uncond, zero = unconditional(cl, cnd_m, emb, req.guidance, **kw) or (None, None)
     return Prepared(grid, hc, wc, spatial, cond, uncond, known, mask, meta, warnings, zero)
 

@@ -114,3 +114,20 @@ def model_choices(extra_dirs: Sequence[str]) -> Tuple[List, str, str]:
     hint = "" if packages else tr("No model package found (searched: {dirs}). Add a folder with model packages "
                                   "with the … button.").format(dirs=", ".join(search_dirs(extra_dirs)) or tr("no folder"))
     return packages, hint, "\n".join(problems)
+
+
+GUIDANCE_SPIN_RANGE = (0.0, 30.0)
+
+
+def guidance_limits(manifest: dict) -> Tuple[float, float, str]:
+    """(min, max, tooltip) of the guidance control for a model: a guidance-distilled model (guidance built
+    in, one evaluation per step) accepts only the scales it was distilled for."""
+    gi = manifest.get("conditions", {}).get("guidance_input")
+    if gi:
+        lo, hi = gi["range"]
+        return float(lo), float(hi), tr("How strongly the prompt and the layout steer the image. This model has "
+                                        "guidance built in (distilled) for {lo:g} to {hi:g}; 1 = off. Any "
+                                        "value costs the same.").format(lo=lo, hi=hi)
+    return GUIDANCE_SPIN_RANGE[0], GUIDANCE_SPIN_RANGE[1], tr(
+        "How strongly the prompt and the layout steer the image (classifier-free guidance; 1 = off, which halves "
+        "the time)")

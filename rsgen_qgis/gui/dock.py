@@ -23,8 +23,8 @@ from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs,
                           layer_extent, unit_suffix)
 from ..gis.task import GenerationTask
 from .conditions import ConditionsPanel
-from . import (ERROR_STYLE, dspin, duration, metres, model_choices, provider_text, row, sampler_labels, set_quiet, spin, tr,
-               wrap_label)
+from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, guidance_limits, metres, model_choices,
+               provider_text, row, sampler_labels, set_quiet, spin, tr, wrap_label)
 
 TITLE = "Satellite image generation"
 SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
@@ -106,9 +106,8 @@ class GenerationDock(QgsDockWidget):
         imf.addRow(tr("Seed"), row(self.seed_spin, self.random_btn, stretch=(1,)))
         self.steps_spin = spin(1, 1000, 20)
         imf.addRow(tr("Steps"), self.steps_spin)
-        self.guidance_spin = dspin(0.0, 30.0, 3.0, 1, 0.5)
-        self.guidance_spin.setToolTip(tr("How strongly the prompt and the layout steer the image (classifier-free "
-                                         "guidance; 1 = off, which halves the time)"))
+        self.guidance_spin = dspin(*GUIDANCE_SPIN_RANGE, 3.0, 1, 0.5)
+        self.guidance_spin.setToolTip(guidance_limits({})[2])
         imf.addRow(tr("Guidance"), self.guidance_spin)
         self.sampler_combo = QComboBox()
         for key, label in sampler_labels().items():
@@ -160,6 +159,7 @@ class GenerationDock(QgsDockWidget):
         self.large_check.toggled.connect(lambda _: self.update_size())
         self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
         self.add_models_btn.clicked.connect(self._add_model_folder)
+        self.model_combo.currentIndexChanged.connect(lambda _: self._on_model_changed())
         self.generate_btn.clicked.connect(self.generate)
         self.conditions.raster_group.toggled.connect(lambda _: self._update_buttons())
         self.cancel_btn.clicked.connect(self.cancel)
@@ -260,6 +260,7 @@ class GenerationDock(QgsDockWidget):
     def refresh_models(self) -> None:
         packages, hint, problems = model_choices(settings.model_dirs())
         current = self.model_combo.currentData() or settings.last("model")
+        self._manifests = {pkg.id: pkg.manifest for pkg in packages}
         self.model_combo.clear()
         for pkg in packages:
             self.model_combo.addItem(pkg.name, pkg.id)
@@ -273,6 +274,12 @@ class GenerationDock(QgsDockWidget):
         self.model_hint.setVisible(bool(hint))
         self.model_hint.setToolTip(problems)
         self._update_buttons()
+
+    def _on_model_changed(self) -> None:
+        """The guidance control takes the chosen model's range (a distilled model's is narrower)."""
+        lo, hi, tip = guidance_limits(getattr(self, "_manifests", {}).get(self.model_combo.currentData(), {}))
+        self.guidance_spin.setRange(lo, hi)
+        self.guidance_spin.setToolTip(tip)
 
     def _add_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, tr("Folder with model packages"))

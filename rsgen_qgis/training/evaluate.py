@@ -215,7 +215,7 @@ class TileGenerator:
     def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = "dpmpp_2m"):
         self.m = load(model_dir)
         man = self.m.package.manifest
-        self.lay = CondLayout(man["conditions"]["cond_layout"]["text"][1])
+        self.lay = CondLayout.from_manifest(man["conditions"])
         self.sched = Schedule.from_config(man["scheduler"])
         self.steps, self.guidance, self.sampler = steps, guidance, sampler
         self.C = man["conditions"]["spatial_channels"]
@@ -234,7 +234,7 @@ class TileGenerator:
         cnd_m = self.m.package.manifest["conditions"]
         for i, p in enumerate(prompts):
             emb = self.m.text_encoder.embed([p]) if p else None
-            conds.append(cond_vectors(self.lay, emb, **meta))
+            conds.append(cond_vectors(self.lay, emb, guidance=self.guidance, **meta))
             # the run-time's unconditional branch (core.conditions.unconditional); none: the sample is unguided
             u = unconditional(self.lay, cnd_m, emb, self.guidance, **meta)
             unconds.append(conds[-1] if u is None else u[0])
@@ -244,12 +244,17 @@ class TileGenerator:
         cond, uncond = np.concatenate(conds), np.concatenate(unconds)
         s = make_sampler(self.sampler, self.sched, self.steps)
         x = np.stack([world_noise(sd, 0, 0, res, res) for sd in seeds]) * s.init_noise_sigma
+        two = "guidance_input" not in cnd_m  # a guidance-distilled model: one evaluation does both
         for i, t in enumerate(s.timesteps):
             xin = s.scale_model_input(x, i).astype(np.float32)
-            feed = {"sample": np.concatenate([xin, xin]), "timestep": np.full(2 * n, t, np.float32),
-                    "spatial": np.concatenate([spatial, uspatial]), "cond": np.concatenate([cond, uncond])}
-            o = self.m.denoiser.run(["prediction"], feed)[0]
-            pred = o[n:] + self.guidance * (o[:n] - o[n:])
+            if two:
+                feed = {"sample": np.concatenate([xin, xin]), "timestep": np.full(2 * n, t, np.float32),
+                        "spatial": np.concatenate([spatial, uspatial]), "cond": np.concatenate([cond, uncond])}
+                o = self.m.denoiser.run(["prediction"], feed)[0]
+                pred = o[n:] + self.guidance * (o[:n] - o[n:])
+            else:
+                feed = {"sample": xin, "timestep": np.full(n, t, np.float32), "spatial": spatial, "cond": cond}
+                pred = self.m.denoiser.run(["prediction"], feed)[0]
             x = s.step(pred, i, x).astype(np.float32)
         return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
 

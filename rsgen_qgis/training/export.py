@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..core.conditions import CondLayout, manifest_conditions, spatial_channels
+from ..core.conditions import GUIDANCE_RANGE, CondLayout, manifest_conditions, spatial_channels
 from ..core.models import sha256_file
 from .model import Denoiser, DenoiserConfig
 
@@ -71,7 +71,8 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
     try:
         text = export_text_encoder(tmp, kind=text_kind, quantize=(text_kind == "minilm"))
         cfg = model.cfg
-        if cfg.cond_dim != CondLayout(text["dim"]).dim or cfg.spatial_channels != spatial_channels():
+        lay = CondLayout(text["dim"], GUIDANCE_RANGE if cfg.guidance_input else None)
+        if cfg.cond_dim != lay.dim or cfg.spatial_channels != spatial_channels():
             raise ValueError("The denoiser's condition sizes do not match the text encoder / condition layout.")
         export_denoiser(model, os.path.join(tmp, "denoiser.onnx"))
         graphs = {"denoiser": {"file": "denoiser.onnx", **denoiser_io(cfg)},
@@ -93,7 +94,7 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
             "scheduler": schedule,
             "tile": {"size": cfg.tile, "multiple": 2 ** (len(cfg.block_out_channels) - 1)},
             "image": {"channels": ["red", "green", "blue"], "range": [-1.0, 1.0]},
-            "conditions": manifest_conditions(text["dim"], info.pop("metadata_policy", None)),
+            "conditions": manifest_conditions(text["dim"], info.pop("metadata_policy", None), cfg.guidance_input),
             "architecture": {"type": "diffusers.UNet2DModel+cond_mlp", **cfg.to_dict()},
             "defaults": info.pop("defaults", {"steps": 20, "guidance": 3.0, "sampler": "dpmpp_2m"}),
             **info,
@@ -115,18 +116,21 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
         raise
 
 
-def tiny_config(text_dim: int = 32) -> DenoiserConfig:
-    return DenoiserConfig(cond_dim=CondLayout(text_dim).dim, block_out_channels=(8, 16),
-                          attention_levels=(False, True), norm_num_groups=4, attention_head_dim=8, tile=32)
+def tiny_config(text_dim: int = 32, guidance_input: bool = False) -> DenoiserConfig:
+    lay = CondLayout(text_dim, GUIDANCE_RANGE if guidance_input else None)
+    return DenoiserConfig(cond_dim=lay.dim, block_out_channels=(8, 16), attention_levels=(False, True),
+                          norm_num_groups=4, attention_head_dim=8, tile=32, guidance_input=guidance_input)
 
 
-def build_tiny_package(out_dir: str, seed: int = 0) -> dict:
-    """A random-weights package in the real format, for plumbing tests (fast to build and to run)."""
+def build_tiny_package(out_dir: str, seed: int = 0, guidance_input: bool = False,
+                       model_id: str = "rsgen-tiny") -> dict:
+    """A random-weights package in the real format, for plumbing tests (fast to build and to run);
+    guidance_input: shaped like a guidance-distilled model."""
     from .train import SCHEDULE
 
     torch.manual_seed(seed)
-    model = Denoiser(tiny_config())
-    return write_package(out_dir, model, dict(SCHEDULE), model_id="rsgen-tiny", name="rsgen tiny (random weights)",
+    model = Denoiser(tiny_config(guidance_input=guidance_input))
+    return write_package(out_dir, model, dict(SCHEDULE), model_id=model_id, name=f"{model_id} (random weights)",
                          text_kind="tiny", fp16=False,
                          info={"description": "Random weights for tests; produces noise-like images.",
                                "training": {"gsd_range_m": [1.0, 20.0]}})

@@ -29,6 +29,7 @@ class DenoiserConfig:
     norm_num_groups: int = 8
     attention_head_dim: int = 32
     tile: int = 64
+    guidance_input: bool = False  # guidance-distilled: the last cond value is the guidance scale (distill.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

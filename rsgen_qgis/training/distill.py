@@ -1,0 +1,183 @@
+"""Guidance distillation: a student that gives, in one evaluation, what the teacher gives with classifier-free
+guidance in two (Meng et al. 2023, "On distillation of guided diffusion models", stage 1).
+
+    python -m rsgen_qgis.training.distill --data DATA --teacher runs/train3/last.pt --out runs/distill --minutes 75
+
+The student is the teacher's architecture with one more condition value, the guidance scale w (encoded as in
+core.conditions: (w - 1) / 4); it starts as the teacher with that input's weights at zero, so at w = 1 it is
+the teacher's conditional prediction from step 0. Each step draws a training batch (the same conditions, each
+present or dropped at random, as training), a timestep and noise, and regresses the student on the teacher's
+guided prediction u + w (c - u), where u is the teacher's unconditional branch exactly as the run time forms
+it (core.conditions.unconditional: the prompt and the layout dropped, their presence flags off, the layout
+channels zeroed); w is uniform in the distilled range, a quarter of the batch at the default 3. Rows with
+nothing to drop have u = c, so the student learns that w changes nothing there. Loss weighting, EMA and
+checkpoint format are train.py's, so export.py exports the result.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.conditions import GUIDABLE, GUIDANCE_RANGE, GUIDANCE_SCALE, GUIDANCE_SHIFT, CondLayout, \
+    spatial_layout
+from .data import BatchMaker, load_aid, load_maps
+from .model import Denoiser, DenoiserConfig
+from .train import alphas_cumprod, caption_embeddings, save
+
+
+def student_from(teacher: Denoiser) -> Denoiser:
+    """The teacher with one more condition input (the guidance scale), its weights zero: same outputs."""
+    cfg = DenoiserConfig.from_dict({**teacher.cfg.to_dict(), "cond_dim": teacher.cfg.cond_dim + 1,
+                                    "guidance_input": True})
+    student = Denoiser(cfg)
+    st = dict(teacher.state_dict())
+    w = st["cond_mlp.0.weight"]
+    st["cond_mlp.0.weight"] = torch.cat([w, torch.zeros(w.shape[0], 1, dtype=w.dtype)], 1)
+    student.load_state_dict(st)
+    return student
+
+
+def unconditional_batch(spatial: torch.Tensor, cond: torch.Tensor, lay: CondLayout, layout_ch: tuple):
+    """The run time's unconditional branch for a training batch: every present condition GUIDABLE names
+    dropped (prompt: embedding and flag zeroed; layout: flag off and one-hot channels zeroed)."""
+    seg = lay.segments
+    cu, su = cond.clone(), spatial.clone()
+    if "text" in GUIDABLE:
+        o, n = seg["text"]
+        cu[:, o:o + n] = 0
+        cu[:, seg["text_present"][0]] = 0
+    if "layout" in GUIDABLE:
+        cu[:, seg["layout_present"][0]] = 0
+        o, n = layout_ch
+        su[:, o:o + n] = 0
+    return su, cu
+
+
+def sample_guidance(n: int, gen: torch.Generator, default: float = 3.0, share_default: float = 0.25) -> torch.Tensor:
+    lo, hi = GUIDANCE_RANGE
+    w = lo + (hi - lo) * torch.rand(n, generator=gen)
+    w[torch.rand(n, generator=gen) < share_default] = default
+    return w
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="folder written by prepare-data")
+    ap.add_argument("--teacher", required=True, help="a train.py checkpoint (its EMA weights are the teacher)")
+    ap.add_argument("--out", default="runs/distill")
+    ap.add_argument("--minutes", type=float, default=75.0)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr-min", type=float, default=1e-5)
+    ap.add_argument("--low-res-share", type=float, default=0.3, help="share of time at 32 px")
+    ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--save-every", type=float, default=5.0, help="minutes")
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    os.makedirs(a.out, exist_ok=True)
+    cache = os.path.join(os.path.dirname(a.out.rstrip("/")) or ".", "cache")
+    emb = caption_embeddings(cache)
+    bm = BatchMaker(load_aid(a.data, "train", cache), load_maps(a.data, "train", cache), emb, seed=a.seed)
+    tst = torch.load(a.teacher, map_location="cpu", weights_only=True)
+    tcfg = DenoiserConfig.from_dict(tst["config"])
+    if tcfg.guidance_input or tcfg.cond_dim != bm.lay.dim:
+        raise SystemExit(f"--teacher {a.teacher}: not a guided model with this condition layout ({tcfg.to_dict()})")
+    teacher = Denoiser(tcfg)
+    teacher.load_state_dict(tst["ema"])
+    teacher = teacher.to(dev).eval().requires_grad_(False)
+    model = student_from(teacher).to(dev).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
+    step, elapsed0 = 0, 0.0
+    ckpt = os.path.join(a.out, "last.pt")
+    if a.resume and os.path.exists(ckpt):
+        st = torch.load(ckpt, map_location=dev, weights_only=True)
+        model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        step, elapsed0 = st["step"], st["elapsed_s"]
+    layout_ch = tuple(spatial_layout()["layout"])
+    ac = alphas_cumprod().to(dev)
+    snr = ac / (1 - ac)
+    weight = torch.clamp(snr, max=5.0) / (snr + 1)  # train.py's min-SNR-5 weighting
+    budget = a.minutes * 60
+    t_start, last_save = time.time() - elapsed0, time.time()
+    log = open(os.path.join(a.out, "log.csv"), "a")
+    losses, w_at1 = [], []
+    print(f"device={dev} teacher step {tst.get('step')} student cond_dim={model.cfg.cond_dim} "
+          f"threads={torch.get_num_threads()}", flush=True)
+
+    def checkpoint():
+        save(ckpt, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "config": model.cfg.to_dict(), "schedule": tst["schedule"], "step": step,
+                    "elapsed_s": time.time() - t_start, "args": vars(a), "device": dev,
+                    "teacher": {"path": a.teacher, "step": tst.get("step")}})
+
+    while True:
+        elapsed = time.time() - t_start
+        if elapsed >= budget:
+            break
+        res = 32 if elapsed < a.low_res_share * budget else tcfg.tile
+        bs = a.batch * (2 if res == 32 else 1)
+        b = {k: v.to(dev) for k, v in bm.batch(bs, res).items()}
+        x0, spatial, cond = b["x0"], b["spatial"], b["cond"]
+        t = torch.randint(0, 1000, (bs,), generator=gen).to(dev)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        at = ac[t].view(-1, 1, 1, 1)
+        xt = at.sqrt() * x0 + (1 - at).sqrt() * noise
+        w = sample_guidance(bs, gen).to(dev)
+        su, cu = unconditional_batch(spatial, cond, bm.lay, layout_ch)
+        with torch.no_grad():
+            o = teacher(torch.cat([xt, xt]), torch.cat([t, t]).float(), torch.cat([spatial, su]),
+                        torch.cat([cond, cu]))
+            c, u = o[:bs], o[bs:]
+            target = u + w.view(-1, 1, 1, 1) * (c - u)
+        enc = ((w - GUIDANCE_SHIFT) / GUIDANCE_SCALE).view(-1, 1)
+        lr = a.lr * min(1.0, (step + 1) / 100)
+        lr = a.lr_min + (lr - a.lr_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pred = model(xt, t.float(), spatial, torch.cat([cond, enc], 1))
+        loss = (weight[t] * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+            # the gap the student closes: the same loss for "ignore w" (the teacher's conditional prediction)
+            w_at1.append((weight[t] * F.mse_loss(c, target, reduction="none").mean((1, 2, 3))).mean().item())
+        step += 1
+        losses.append(loss.item())
+        if step % 25 == 0:
+            msg = f"{step},{elapsed:.0f},{res},{np.mean(losses):.5f},{np.mean(w_at1):.5f}"
+            print(msg, flush=True)
+            log.write(msg + "\n"); log.flush()
+            losses, w_at1 = [], []
+        if time.time() - last_save > a.save_every * 60:
+            checkpoint()
+            last_save = time.time()
+    checkpoint()
+    with open(os.path.join(a.out, "summary.json"), "w") as f:
+        json.dump({"steps": step, "wall_s": round(time.time() - t_start), "device": dev,
+                   "threads": torch.get_num_threads(), "teacher": a.teacher, "args": vars(a)}, f, indent=1)
+    print(f"done: {step} steps in {time.time() - t_start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
