@@ -61,15 +61,18 @@ eval: install
 	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval \
 	    --clf-steps 1200 --seg-steps 600
 
-# Three phases (MODEL_CARD.md): 80 min from scratch with a 32 px curriculum, then 100 min at 64 px from its EMA
-# weights with a cosine learning-rate decay, then 115 min more from those (lower peak rate, another data order).
+# Four phases (MODEL_CARD.md): 80 min from scratch with a 32 px curriculum, then 100 min at 64 px from its EMA
+# weights with a cosine learning-rate decay, then 115 min more from those (lower peak rate, another data order),
+# then 70 min of guidance distillation (one UNet evaluation per step instead of two).
 train: install
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train --minutes 80 --threads 2
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train2 --init runs/train/last.pt --minutes 100 \
 	    --threads 2 --low-res-share 0 --lr 2e-4 --lr-schedule cosine --lr-min 1e-5 --ema 0.999
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train3 --init runs/train2/last.pt --minutes 115 \
 	    --threads 2 --low-res-share 0 --lr 1.5e-4 --lr-schedule cosine --lr-min 1e-5 --ema 0.999 --seed 1
-	$(PY) -m rsgen_qgis.training.export --checkpoint runs/train3/last.pt --out models/rsgen-base \
+	$(PY) -m rsgen_qgis.training.distill --data $(DATA) --teacher runs/train3/last.pt --out runs/distill --minutes 70 \
+	    --threads 2 --low-res-share 0.2
+	$(PY) -m rsgen_qgis.training.export --checkpoint runs/distill/last.pt --out models/rsgen-base \
 	    --info rsgen_qgis/training/rsgen_base_info.json
 
 # One compact file (WebP images, layouts, caption embeddings) for training on a machine without the data folder:

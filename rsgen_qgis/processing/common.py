@@ -76,7 +76,8 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
     alg.addParameter(Num(STEPS, "Sampling steps", Num.Integer, steps, False, 1, 1000))
     guidance = Num(GUIDANCE, "Guidance scale", Num.Double, 3.0, False, 0.0, 100.0)
     guidance.setHelp("How strongly the prompt and the layout steer the image (classifier-free guidance; "
-                     "1 = off, one UNet evaluation per step instead of two).")
+                     "1 = off). Models with guidance built in (distilled, such as rsgen-base 0.4) accept "
+                     "1 to 5 and cost one UNet evaluation per step at any scale; others cost two, one at 1.")
     alg.addParameter(guidance)
     names = sampler_names()
     alg.addParameter(QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
