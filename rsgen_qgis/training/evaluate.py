@@ -281,6 +281,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layouts", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="added to every generation seed: another draw of the same evaluation, to see its spread")
     ap.add_argument("--net-minutes", type=float, default=6.0,
                     help="wall-clock training budget of each evaluation net (when --clf-steps/--seg-steps are 0)")
     ap.add_argument("--clf-steps", type=int, default=0, help="train the scene classifier for exactly N steps")
@@ -290,7 +292,8 @@ def main(argv=None) -> None:
     os.makedirs(a.out, exist_ok=True)
     cache = os.path.join(os.path.dirname(a.out.rstrip("/")) or ".", "cache")
     t0 = time.time()
-    res: Dict = {"model": a.model, "steps": a.steps, "guidance": a.guidance, "sampler": "dpmpp_2m"}
+    res: Dict = {"model": a.model, "steps": a.steps, "guidance": a.guidance, "sampler": "dpmpp_2m",
+                 "seed_offset": a.seed_offset}
     aid_tr, aid_te = load_aid(a.data, "train", cache), load_aid(a.data, "test", cache)
     maps_tr, maps_va = load_maps(a.data, "train", cache), load_maps(a.data, "val", cache)
     classes = aid_tr["classes"]
@@ -308,7 +311,7 @@ def main(argv=None) -> None:
     prompts, labels, seeds = [], [], []
     for k, c in enumerate(classes):
         for j in range(a.per_class):
-            prompts.append(CLASS_PROMPT[c]); labels.append(k); seeds.append(1000 * k + j)
+            prompts.append(CLASS_PROMPT[c]); labels.append(k); seeds.append(1000 * k + j + a.seed_offset)
     t1 = time.time()
     spatial = np.zeros((len(prompts), gen.C, RES, RES), np.float32)
     fake = gen.run(prompts, spatial, seeds, gsd_m=AID_GSD_150 * 150 / RES)
@@ -342,7 +345,7 @@ def main(argv=None) -> None:
     o, k = gen.slay["layout"]
     for i in range(n):
         sp[i, o:o + k] = layout_onehot(lay[i].astype(np.uint8), n_cls)
-    fake_l = gen.run([""] * n, sp, list(range(n)), gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0],
+    fake_l = gen.run([""] * n, sp, [i + a.seed_offset for i in range(n)], gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0],
                      lat=NYC_LONLAT[1], has_layout=True)
     with torch.no_grad():
         p_real = seg(real_a).argmax(1).numpy()
@@ -360,7 +363,7 @@ def main(argv=None) -> None:
     sp = np.zeros((len(hr), gen.C, RES, RES), np.float32)
     o, k = gen.slay["guide"]
     sp[:, o:o + k] = F.interpolate(lr / 127.5 - 1, size=(RES, RES), mode="bilinear", align_corners=False).numpy()
-    sr = gen.run([""] * len(hr), sp, list(range(len(hr))), gsd_m=AID_GSD_150 * 150 / RES, has_guide=True)
+    sr = gen.run([""] * len(hr), sp, [i + a.seed_offset for i in range(len(hr))], gsd_m=AID_GSD_150 * 150 / RES, has_guide=True)
     res["super_resolution_x4"] = {
         "images": len(hr),
         "psnr_generated": float(np.mean([psnr(s, h) for s, h in zip(sr, hr)])),
@@ -377,7 +380,7 @@ def main(argv=None) -> None:
     sp[:, o] = mask
     o, k = gen.slay["masked_image"]
     sp[:, o:o + k] = src * (1 - mask)
-    fill = gen.run([""] * 8, sp, list(range(8)), gsd_m=AID_GSD_150 * 150 / RES, has_inpaint=True)
+    fill = gen.run([""] * 8, sp, [i + a.seed_offset for i in range(8)], gsd_m=AID_GSD_150 * 150 / RES, has_inpaint=True)
     comp = np.where(mask[None, None] > 0, fill, hr[:8])
     holed = (hr[:8] * (1 - mask[None, None])).astype(np.uint8)
     grid_png([holed, comp, hr[:8]], os.path.join(grids, "samples_inpaint.png"))
