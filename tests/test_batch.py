@@ -308,3 +308,15 @@ def test_batch_and_large_area_modules_import_no_torch_or_qgis():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert p.returncode == 0, p.stderr
+
+
+def test_guidance_outside_a_distilled_models_range(tmp_path):
+    """A guidance-distilled model takes scales 1-5 only: the job stops before any tile with the key and range."""
+    from rsgen_qgis.training.export import build_tiny_package
+
+    md = tmp_path / "models"
+    build_tiny_package(str(md / "rsgen-tiny"), guidance_input=True)
+    s = spec.load(job(tmp_path, md=str(md), guidance=7.5))
+    with pytest.raises(JobSpecError, match=r"guidance: 7.5 is outside 1-5"):
+        runner.run(s, workers=0, progress=False)
+    assert not os.path.exists(tmp_path / "out")

@@ -303,6 +303,10 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
 
     log = log or (lambda m: print(m, file=sys.stderr))
     pkg = find(spec.model, spec.model_dirs)
+    gi = pkg.manifest.get("conditions", {}).get("guidance_input")
+    if gi and not gi["range"][0] <= spec.guidance <= gi["range"][1]:
+        raise JobSpecError(f"guidance: {spec.guidance:g} is outside {gi['range'][0]:g}-{gi['range'][1]:g}, the scales "
+                           f"model {pkg.id!r} has its guidance distilled for.")
     lay = BlockLayout.for_manifest(pkg.manifest, spec.block_windows)
     pitch = spec.tile_px
     tiles = plan_tiles(spec, pitch)
