@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..core.conditions import CondLayout
 from ..core.errors import OutputError, RsgenError
 from ..core.models import sha256_file
 from ..core.request import GenerationRequest
@@ -303,10 +304,11 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
 
     log = log or (lambda m: print(m, file=sys.stderr))
     pkg = find(spec.model, spec.model_dirs)
-    gi = pkg.manifest.get("conditions", {}).get("guidance_input")
-    if gi and not gi["range"][0] <= spec.guidance <= gi["range"][1]:
-        raise JobSpecError(f"guidance: {spec.guidance:g} is outside {gi['range'][0]:g}-{gi['range'][1]:g}, the scales "
-                           f"model {pkg.id!r} has its guidance distilled for.")
+    rng = CondLayout.from_manifest(pkg.manifest["conditions"]).guidance_range if pkg.kind == "pixel" \
+        else None
+    if rng and not rng[0] <= spec.guidance <= rng[1]:
+        raise JobSpecError(f"guidance: {spec.guidance:g} is outside {rng[0]:g}-{rng[1]:g}, the scales model {pkg.id!r} "
+                           "has its guidance distilled for.")
     lay = BlockLayout.for_manifest(pkg.manifest, spec.block_windows)
     pitch = spec.tile_px
     tiles = plan_tiles(spec, pitch)

@@ -38,10 +38,13 @@ GUIDANCE_RANGE = (1.0, 5.0)  # what distillation trains on; a request outside it
 @dataclass(frozen=True)
 class CondLayout:
     """Offsets of every segment of the global condition vector. guidance_range: set for a model that takes
-    the guidance scale as an input (guidance-distilled): the scale range it was trained for."""
+    the guidance scale as an input (guidance-distilled): the scale range it was trained for, the scale encoded
+    (w - guidance_shift) / guidance_scale."""
 
     text_dim: int
     guidance_range: Optional[Tuple[float, float]] = None
+    guidance_shift: float = GUIDANCE_SHIFT
+    guidance_scale: float = GUIDANCE_SCALE
 
     @property
     def segments(self) -> Dict[str, tuple]:
@@ -68,7 +71,8 @@ class CondLayout:
     def from_manifest(cls, cnd_m: dict) -> "CondLayout":
         """The layout a package's `conditions` block describes (checked against its cond_dim)."""
         gi = cnd_m.get("guidance_input")
-        lay = cls(int(cnd_m["cond_layout"]["text"][1]), None if gi is None else tuple(gi["range"]))
+        text_dim = int(cnd_m["cond_layout"]["text"][1])
+        lay = cls(text_dim) if gi is None else cls(text_dim, tuple(gi["range"]), float(gi["shift"]), float(gi["scale"]))
         if "cond_dim" in cnd_m and lay.dim != cnd_m["cond_dim"]:
             raise ConditionError(f"The model's condition vector has {cnd_m['cond_dim']} values; this plugin's "
                                  f"encoding of its conditions has {lay.dim}.")
@@ -80,7 +84,7 @@ def encode_guidance(layout: CondLayout, guidance: float) -> float:
     if not lo <= guidance <= hi:
         raise ConditionError(f"This model has classifier-free guidance built in (distilled) for scales {lo:g} to "
                              f"{hi:g}; got {guidance:g}. Choose a guidance scale in that range.")
-    return (guidance - GUIDANCE_SHIFT) / GUIDANCE_SCALE
+    return (guidance - layout.guidance_shift) / layout.guidance_scale
 
 
 def spatial_layout(n_classes: int = len(LAYOUT_CLASSES)) -> Dict[str, tuple]:
