@@ -10,6 +10,7 @@ from rsgen_qgis.core.largearea import evaluations_per_window
 from rsgen_qgis.core.models import load
 from rsgen_qgis.core.pipeline import sample_canvas
 from rsgen_qgis.core.request import Conditions, GenerationRequest
+from recording import Recorder
 
 CM = manifest_conditions(8)
 CL = CondLayout(8)
@@ -35,15 +36,6 @@ def test_unconditional_only_what_is_present_and_guided():
     assert unconditional(CL, text_only, None, 3.0, has_layout=True, **META) is None
     u, zero = unconditional(CL, text_only, np.ones((1, 8), np.float32), 3.0, has_layout=True, **META)
     assert zero is None and u[0, CL.segments["layout_present"][0]] == 1
-
-
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.feeds = inner, []
-
-    def run(self, names, feed):
-        self.feeds.append({k: v.copy() for k, v in feed.items()})
-        return self.inner.run(names, feed)
 
 
 def _layout_request(tmp_path, guidance):

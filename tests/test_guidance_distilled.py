@@ -15,6 +15,7 @@ from rsgen_qgis.core.largearea import evaluations_per_window
 from rsgen_qgis.core.models import load
 from rsgen_qgis.core.pipeline import generate, sample_canvas
 from rsgen_qgis.core.request import Conditions, GenerationRequest
+from recording import Recorder
 
 META = dict(gsd_m=4.0, lon=None, lat=None, date=None, has_inpaint=False, has_guide=False)
 
@@ -26,15 +27,6 @@ def distilled_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("distilled")
     build_tiny_package(str(root / "rsgen-tiny"), guidance_input=True)
     return str(root)
-
-
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.feeds = inner, []
-
-    def run(self, names, feed):
-        self.feeds.append({k: v.copy() for k, v in feed.items()})
-        return self.inner.run(names, feed)
 
 
 def _request(tmp_path, guidance, prompt="dense residential"):

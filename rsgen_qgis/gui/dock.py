@@ -39,6 +39,7 @@ class GenerationDock(QgsDockWidget):
         self.task: Optional[GenerationTask] = None
         self.grid = None  # engine Grid for the current settings, None while they are invalid
         self.drawn_rect = None
+        self._manifests = {}  # model id -> manifest, for the controls that depend on the model
         self.size_mode = "gsd"  # which of gsd / width / height the user set last: kept when the extent changes
         self._units: Optional[str] = None
         self._previous_tool = None  # the map tool to give back after drawing a rectangle
@@ -277,7 +278,7 @@ class GenerationDock(QgsDockWidget):
 
     def _on_model_changed(self) -> None:
         """The guidance control takes the chosen model's range (a distilled model's is narrower)."""
-        lo, hi, tip = guidance_limits(getattr(self, "_manifests", {}).get(self.model_combo.currentData(), {}))
+        lo, hi, tip = guidance_limits(self._manifests.get(self.model_combo.currentData(), {}))
         self.guidance_spin.setRange(lo, hi)
         self.guidance_spin.setToolTip(tip)
 

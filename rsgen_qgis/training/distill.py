@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import time
 
@@ -30,7 +29,7 @@ from ..core.conditions import GUIDABLE, GUIDANCE_RANGE, GUIDANCE_SCALE, GUIDANCE
     spatial_layout
 from .data import BatchMaker, load_aid, load_maps
 from .model import Denoiser, DenoiserConfig
-from .train import alphas_cumprod, caption_embeddings, save
+from .train import alphas_cumprod, caption_embeddings, cosine_lr, min_snr_weight, optimizer_step, save
 
 
 def student_from(teacher: Denoiser) -> Denoiser:
@@ -111,8 +110,7 @@ def main(argv=None) -> None:
         step, elapsed0 = st["step"], st["elapsed_s"]
     layout_ch = tuple(spatial_layout()["layout"])
     ac = alphas_cumprod().to(dev)
-    snr = ac / (1 - ac)
-    weight = torch.clamp(snr, max=5.0) / (snr + 1)  # train.py's min-SNR-5 weighting
+    weight = min_snr_weight(ac)
     budget = a.minutes * 60
     t_start, last_save = time.time() - elapsed0, time.time()
     log = open(os.path.join(a.out, "log.csv"), "a")
@@ -146,20 +144,11 @@ def main(argv=None) -> None:
             c, u = o[:bs], o[bs:]
             target = u + w.view(-1, 1, 1, 1) * (c - u)
         enc = ((w - GUIDANCE_SHIFT) / GUIDANCE_SCALE).view(-1, 1)
-        lr = a.lr * min(1.0, (step + 1) / 100)
-        lr = a.lr_min + (lr - a.lr_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = cosine_lr(a.lr * min(1.0, (step + 1) / 100), a.lr_min, elapsed / budget)
         pred = model(xt, t.float(), spatial, torch.cat([cond, enc], 1))
         loss = (weight[t] * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(a.ema, (1 + step) / (10 + step))
+        optimizer_step(model, ema, opt, loss, lr, a.ema, step)
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
             # the gap the student closes: the same loss for "ignore w" (the teacher's conditional prediction)
             w_at1.append((weight[t] * F.mse_loss(c, target, reduction="none").mean((1, 2, 3))).mean().item())
         step += 1

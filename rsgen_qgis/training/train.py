@@ -50,6 +50,31 @@ def caption_embeddings(cache: str) -> dict:
     return dict(zip(caps, emb))
 
 
+def min_snr_weight(ac: torch.Tensor) -> torch.Tensor:
+    """Per-timestep loss weight, min-SNR-5 for v-prediction."""
+    snr = ac / (1 - ac)
+    return torch.clamp(snr, max=5.0) / (snr + 1)
+
+
+def cosine_lr(lr: float, lr_min: float, frac: float) -> float:
+    """Decay from lr to lr_min over frac in [0, 1] of the budget."""
+    return lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def optimizer_step(model, ema, opt, loss: torch.Tensor, lr: float, ema_max: float, step: int) -> None:
+    """One AdamW step at lr (gradients clipped to norm 1), then the EMA weights follow with warm-up decay."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    decay = min(ema_max, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+
+
 def save(path: str, state: dict) -> None:
     tmp = path + ".partial"
     torch.save(state, tmp)
@@ -114,8 +139,7 @@ def main(argv=None) -> None:
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed0 = st["step"], st["elapsed_s"]
     ac = alphas_cumprod().to(dev)
-    snr = ac / (1 - ac)
-    weight = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 for v-prediction
+    weight = min_snr_weight(ac)
     budget = a.minutes * 60
     t_start, last_save = time.time() - elapsed0, time.time()
     log = open(os.path.join(a.out, "log.csv"), "a")
@@ -138,19 +162,10 @@ def main(argv=None) -> None:
         v = at.sqrt() * noise - (1 - at).sqrt() * x0
         lr = a.lr * min(1.0, (step + 1) / 200)
         if a.lr_schedule == "cosine":
-            lr = a.lr_min + (lr - a.lr_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
-        for g in opt.param_groups:
-            g["lr"] = lr
+            lr = cosine_lr(lr, a.lr_min, elapsed / budget)
         pred = model(xt, t.float(), b["spatial"], b["cond"])
         loss = (weight[t] * F.mse_loss(pred, v, reduction="none").mean((1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+        optimizer_step(model, ema, opt, loss, lr, a.ema, step)
         step += 1
         losses.append(loss.item())
         if step % 25 == 0:
