@@ -63,7 +63,8 @@ eval: install
 
 # Four phases (MODEL_CARD.md): 80 min from scratch with a 32 px curriculum, then 100 min at 64 px from its EMA
 # weights with a cosine learning-rate decay, then 115 min more from those (lower peak rate, another data order),
-# then 70 min of guidance distillation (one UNet evaluation per step instead of two).
+# then 70 min of guidance distillation (one UNet evaluation per step instead of two); then the int8 CPU graph,
+# calibrated on the package's own sampling runs over training-split material (~1.5 min).
 train: install
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train --minutes 80 --threads 2
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train2 --init runs/train/last.pt --minutes 100 \
@@ -74,6 +75,7 @@ train: install
 	    --threads 2 --low-res-share 0.2
 	$(PY) -m rsgen_qgis.training.export --checkpoint runs/distill/last.pt --out models/rsgen-base \
 	    --info rsgen_qgis/training/rsgen_base_info.json
+	$(PY) -m rsgen_qgis.training.quantize --model models/rsgen-base --data $(DATA)
 
 # One compact file (WebP images, layouts, caption embeddings) for training on a machine without the data folder:
 # there, `python -m rsgen_qgis.training.train --pack runs/pack/train.npz ...` (see the model card).

@@ -15,7 +15,7 @@ import sys
 from typing import List, Optional
 
 from .core.errors import RsgenError
-from .core.request import SAMPLERS, GenerationRequest
+from .core.request import PRECISIONS, SAMPLERS, GenerationRequest
 
 # A sample extent for `demo`: Swellendam, Western Cape (UTM 34S), 1.6 km at 4 m/px.
 DEMO = dict(extent=(453000.0, 6233600.0, 454600.0, 6235200.0), crs="EPSG:32734", gsd=4.0,
@@ -39,6 +39,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: the model's int8 graph on the CPU (fp16 on a GPU) where it has one; fp32: exact")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -135,7 +137,7 @@ def _run(req: GenerationRequest, a) -> int:
     print(f"wrote {res.path}")
     print(f"  {g.width} x {g.height} px, pixel size {g.pixel_size[0]:g} x {g.pixel_size[1]:g} CRS units, "
           f"bounds {', '.join(f'{v:.6g}' for v in g.bounds)}")
-    print(f"  model {res.model_id} on {res.provider}, {res.seconds:.1f} s")
+    print(f"  model {res.model_id} on {res.provider} ({res.denoiser_graph} graph), {res.seconds:.1f} s")
     return 0
 
 
@@ -163,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if a.cmd == "demo":
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             req = GenerationRequest(output=a.out, model=a.model, steps=a.steps, guidance=a.guidance,
-                                    sampler=a.sampler, **DEMO)
+                                    sampler=a.sampler, precision=a.precision, **DEMO)
             print(f"demo: {DEMO['prompt']!r} over Swellendam, South Africa ({DEMO['crs']}, {DEMO['gsd']} m/px)")
             return _run(req, a)
         kw = {}
@@ -172,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         req = GenerationRequest(extent=a.extent, crs=a.crs, gsd=a.gsd, width=a.width, height=a.height,
                                 prompt=a.prompt, seed=a.seed, steps=a.steps, guidance=a.guidance,
                                 sampler=a.sampler, model=a.model, date=a.date, output=a.out,
-                                large_area=a.large_area, cascade=a.cascade, **kw)
+                                large_area=a.large_area, cascade=a.cascade, precision=a.precision, **kw)
         return _run(req, a)
     except RsgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ LAST_DEFAULTS = {
     "steps": (20, int),
     "guidance": (3.0, float),
     "sampler": ("dpmpp_2m", str),
+    "precision": ("auto", str),
     "gsd_m": (4.0, float),
 }
 

@@ -55,6 +55,7 @@ def clean_run(tmp_path_factory, tiny_model_dir):
     ({"layout": [{"file": "r.gpkg", "class": "lava"}]}, r"layout\[0\].class: 'lava' is not a layout class"),
     ({"output": None}, "output: missing"),
     ({"clip_tiles": "yes"}, "clip_tiles: expected true or false"),
+    ({"precision": "int4"}, "precision: 'int4' is not one of auto, fp32"),
 ])
 def test_spec_errors_name_the_key(tmp_path, change, message):
     d = {"output": "o", "crs": "EPSG:32734", "gsd": 4.0, "aois": {"bboxes": [{"bbox": BOX}]}}

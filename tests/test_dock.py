@@ -200,8 +200,10 @@ def test_generate_adds_layer_to_generated_group(tiny_dock, qgis_iface, qtbot, tm
     dock.steps_spin.setValue(2)
     dock.gsd_spin.setValue(50.0)
     dock.output_widget.setFilePath(str(tmp_path / "out"))  # no extension: .tif is added
+    dock.precision_combo.setCurrentIndex(dock.precision_combo.findData("fp32"))
     dock.update_size()
     assert dock.generate_btn.isEnabled()
+    assert dock.build_request().precision == "fp32"
     qgis_iface.messageBar().clear_messages()
     task = dock.generate()
     assert task is not None and not dock.generate_btn.isEnabled() and dock.cancel_btn.isEnabled()
@@ -224,9 +226,10 @@ def test_generate_adds_layer_to_generated_group(tiny_dock, qgis_iface, qtbot, tm
     assert dock.progress.value() == 100
     assert dock.generate_btn.isEnabled() and not dock.cancel_btn.isEnabled()
     assert "ONNX Runtime:" in dock.provider_label.text() and "will try" not in dock.provider_label.text()
+    assert "fp32 graph" in dock.provider_label.text()
     assert qgis_iface.messageBar().get_messages(Qgis.Success)
     assert not qgis_iface.messageBar().get_messages(Qgis.Critical)
-    assert settings.last("prompt") == "dense housing by a river"
+    assert settings.last("prompt") == "dense housing by a river" and settings.last("precision") == "fp32"
 
 
 def test_cancel_leaves_no_file_and_no_layer(tiny_dock, qgis_iface, qtbot, tmp_path):

@@ -12,7 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 import rasterio
-from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsSettings
+from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingParameterDefinition,
+                       QgsSettings)
 
 from rsgen_qgis import settings
 from rsgen_qgis.processing.provider import RsgenProvider
@@ -59,7 +60,10 @@ def test_algorithm_definition(tiny_setting):
     assert alg.displayName() == "Generate satellite image"
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT", "PROMPT", "MODEL", "SEED", "STEPS",
-                     "GUIDANCE", "SAMPLER", "LARGE_AREA", "OUTPUT"]
+                     "GUIDANCE", "SAMPLER", "PRECISION", "LARGE_AREA", "OUTPUT"]
+    precision = alg.parameterDefinition("PRECISION")
+    assert precision.options() == ["auto", "fp32"] and precision.usesStaticStrings()
+    assert precision.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert "rsgen-tiny" in alg.parameterDefinition("MODEL").options()  # discovered through the setting
     assert alg.parameterDefinition("SAMPLER").usesStaticStrings()
     assert alg.parameterDefinition("OUTPUT").type() == "rasterDestination"

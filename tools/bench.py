@@ -1,11 +1,13 @@
 """`make bench`: speed figures measured in one run, printed as ratios (never asserted in tests).
 
-- ONNX Runtime vs torch eager for the same denoiser (the bundled rsgen-base), CPU, batch 1 and 8;
+- ONNX Runtime vs torch eager for the same denoiser (the bundled rsgen-base), CPU, batch 1 and 8, and the
+  package's int8 CPU graph vs its fp32 graph;
 - seconds per 64 px tile for 20 DPM-Solver++ steps with guidance (the dock's default), end to end through
-  generate() (GeoTIFF included) and for the bare sampling loop;
+  generate() (GeoTIFF included), with the graph the CPU runs by default (int8) and with the exact fp32 graph;
 - large areas (core.largearea): for each size (km2 at --gsd m/px), one fresh subprocess runs generate() with
   large_area=True and reports its wall seconds and peak RSS (getrusage of that process: model, ONNX Runtime and
-  GDAL included), windows per second; and batched (8 windows per ONNX call) vs unbatched windows on one block.
+  GDAL included), windows per second; 1 km2 again with the fp32 graph (--precision auto only); and batched
+  (8 windows per ONNX call) vs unbatched windows on one block.
 Run with the venv's python from the repo root:
     tools/bench.py                                  # everything, 1/4/16 km2 at 2 m, 20 steps
     tools/bench.py --only-large --sizes 1,4 --steps 2   # what a 2-core laptop does in minutes
@@ -53,6 +55,8 @@ def ort_vs_torch(threads: int) -> dict:
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(os.path.join(MODEL, man["graphs"]["denoiser"]["file"]), so,
                                 providers=["CPUExecutionProvider"])
+    int8 = man["graphs"]["denoiser"].get("int8_file")
+    sess8 = int8 and ort.InferenceSession(os.path.join(MODEL, int8), so, providers=["CPUExecutionProvider"])
     out = {}
     for b in (1, 8):
         x = np.random.randn(b, 3, cfg.tile, cfg.tile).astype(np.float32)
@@ -65,28 +69,32 @@ def ort_vs_torch(threads: int) -> dict:
         with torch.no_grad():
             t_torch = timeit(lambda: net(*tt))
         out[f"batch{b}"] = {"ort_ms": t_ort * 1e3, "torch_eager_ms": t_torch * 1e3, "speedup": t_torch / t_ort}
+        if sess8:
+            t8 = timeit(lambda: sess8.run(None, feed))
+            out[f"batch{b}"].update(ort_int8_ms=t8 * 1e3, int8_speedup=t_ort / t8)
     return out
 
 
-def seconds_per_tile() -> dict:
+def seconds_per_tile(precision: str = "auto") -> dict:
     from rsgen_qgis.core.pipeline import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     d = tempfile.mkdtemp()
     req = GenerationRequest(extent=(453000, 6233600, 453256, 6233856), crs="EPSG:32734", gsd=4.0,
                             prompt="a satellite image of a forest", seed=1, steps=20, guidance=3.0,
-                            sampler="dpmpp_2m", model=MODEL, output=os.path.join(d, "t.tif"))
-    generate(req)  # warm: session load, hash check
+                            sampler="dpmpp_2m", model=MODEL, output=os.path.join(d, "t.tif"), precision=precision)
+    graph = generate(req).denoiser_graph  # warm: session load, hash check
     ts = [generate(req.replace(seed=i)).seconds for i in range(5)]
     r4 = req.replace(extent=(453000, 6233600, 453512, 6233856))
     t2 = generate(r4).seconds
     from rsgen_qgis.core.largearea import evaluations_per_window
 
     calls = evaluations_per_window(req, json.load(open(os.path.join(MODEL, "manifest.json"))))
-    return {"tile_64px_20_steps_cfg_s": statistics.median(ts), "request_128x64_s": t2, "unet_calls_per_step": calls}
+    return {"tile_64px_20_steps_cfg_s": statistics.median(ts), "request_128x64_s": t2, "unet_calls_per_step": calls,
+            "denoiser_graph": graph}
 
 
-def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json: str) -> None:
+def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json: str, precision: str) -> None:
     """One large-area generation in this (fresh) process; writes seconds and this process's peak RSS."""
     import resource
 
@@ -98,7 +106,8 @@ def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json:
     d = tempfile.mkdtemp()
     req = GenerationRequest(extent=(x0, y0, x0 + side, y0 + side), crs="EPSG:32734", gsd=gsd, large_area=True,
                             prompt="a satellite image of medium density residential area with trees", seed=1,
-                            steps=steps, guidance=3.0, model=MODEL, output=os.path.join(d, "large.tif"))
+                            steps=steps, guidance=3.0, model=MODEL, output=os.path.join(d, "large.tif"),
+                            precision=precision)
     t = time.perf_counter()
     r = generate(req, window_batch=window_batch, providers=["CPUExecutionProvider"])
     secs = time.perf_counter() - t
@@ -106,7 +115,7 @@ def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json:
     st = r.stats
     with open(out_json, "w") as f:
         json.dump({"km2": km2, "gsd": gsd, "px": [r.grid.width, r.grid.height], "steps": steps,
-                   "window_batch": window_batch, "seconds": secs, "peak_rss_mb": rss_mb, "blocks": st.blocks,
+                   "window_batch": window_batch, "denoiser_graph": r.denoiser_graph, "seconds": secs, "peak_rss_mb": rss_mb, "blocks": st.blocks,
                    "windows_per_step": st.windows, "window_evals": st.window_evals,
                    "windows_per_s": st.window_evals / secs, "file_mb": os.path.getsize(r.path) / 1e6}, f)
     os.remove(r.path)
@@ -124,14 +133,26 @@ def _child(args: list) -> dict:
     return res
 
 
-def large_areas(sizes, gsd: float, steps: int, ratio: bool = True) -> dict:
+def large_areas(sizes, gsd: float, steps: int, ratio: bool = True, precision: str = "auto") -> dict:
     out = {"sizes": []}
+
+    def one(km2, prec):
+        r = _child(["--km2", str(km2), "--gsd", str(gsd), "--steps", str(steps), "--window-batch", "8",
+                    "--precision", prec])
+        print(f"large area {km2:g} km2 at {gsd:g} m ({r['px'][0]} x {r['px'][1]} px), {steps} steps, "
+              f"{r['denoiser_graph']} graph: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+              f"{r['blocks']} blocks, {r['windows_per_step']} windows/step, {r['windows_per_s']:.2f} windows/s",
+              flush=True)
+        return r
+
     for km2 in sizes:
-        r = _child(["--km2", str(km2), "--gsd", str(gsd), "--steps", str(steps), "--window-batch", "8"])
-        out["sizes"].append(r)
-        print(f"large area {km2:g} km2 at {gsd:g} m ({r['px'][0]} x {r['px'][1]} px), {steps} steps: "
-              f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, {r['blocks']} blocks, "
-              f"{r['windows_per_step']} windows/step, {r['windows_per_s']:.2f} windows/s", flush=True)
+        out["sizes"].append(one(km2, precision))
+    first = out["sizes"][0]
+    if ratio and precision == "auto" and first["denoiser_graph"] != "fp32":
+        exact = one(sizes[0], "fp32")
+        out["exact_first_size"] = exact
+        print(f"{first['denoiser_graph']} vs fp32 graph at {sizes[0]:g} km2: {exact['seconds'] / first['seconds']:.2f}x "
+              "faster", flush=True)
     if not ratio:
         return out
     # batched vs unbatched: the same 256 x 256 px area, 1 step
@@ -159,9 +180,11 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--km2", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--window-batch", type=int, default=8, help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32"],
+                    help="denoiser graph for the large areas (auto: int8 on the CPU where the package has one)")
     a = ap.parse_args()
     if a.child:
-        large_child(a.km2, a.gsd, a.steps, a.window_batch, a.child)
+        large_child(a.km2, a.gsd, a.steps, a.window_batch, a.child, a.precision)
         return
     if not os.path.isfile(os.path.join(MODEL, "manifest.json")):
         sys.exit("models/rsgen-base is missing: nothing to benchmark")
@@ -172,7 +195,7 @@ def main() -> None:
     os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
     large = None
     if not a.no_large:
-        large = large_areas([float(v) for v in a.sizes.split(",")], a.gsd, a.steps, not a.no_ratio)
+        large = large_areas([float(v) for v in a.sizes.split(",")], a.gsd, a.steps, not a.no_ratio, a.precision)
         with open(os.path.join(ROOT, "runs", f"bench_large_{a.steps}steps.json"), "w") as f:
             json.dump({**large, "cores": threads}, f, indent=1)
     if a.only_large:
@@ -181,13 +204,19 @@ def main() -> None:
     for b, v in r.items():
         print(f"denoiser {b}: ORT {v['ort_ms']:.1f} ms, torch eager {v['torch_eager_ms']:.1f} ms -> "
               f"ORT is {v['speedup']:.2f}x faster (target >= 1.5x)")
-    s = seconds_per_tile()
-    print(f"64 px tile, 20 DPM-Solver++ steps, guidance 3 ({s['unet_calls_per_step']} UNet call(s)/step), via generate(): "
-          f"{s['tile_64px_20_steps_cfg_s']:.3f} s (target <= 0.5 s on 2 cores)")
-    print(f"128 x 64 px request (3 overlapping windows): {s['request_128x64_s']:.3f} s")
+        if "ort_int8_ms" in v:
+            print(f"denoiser {b}: ORT int8 graph {v['ort_int8_ms']:.1f} ms -> {v['int8_speedup']:.2f}x the fp32 graph")
+    tiles = {}
+    for prec in ("auto", "fp32"):
+        s = seconds_per_tile(prec)
+        tiles[s["denoiser_graph"]] = s
+        print(f"64 px tile, 20 DPM-Solver++ steps, guidance 3 ({s['unet_calls_per_step']} UNet call(s)/step), "
+              f"{s['denoiser_graph']} graph, via generate(): {s['tile_64px_20_steps_cfg_s']:.3f} s "
+              "(target <= 0.5 s on 2 cores)")
+        print(f"128 x 64 px request (3 overlapping windows), {s['denoiser_graph']} graph: {s['request_128x64_s']:.3f} s")
     os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
     with open(os.path.join(ROOT, "runs", "bench.json"), "w") as f:
-        json.dump({"ort_vs_torch": r, **s, "cores": threads}, f, indent=1)
+        json.dump({"ort_vs_torch": r, "tiles": tiles, "cores": threads}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ def tile_request(spec: JobSpec, tile: Tile, pitch: int, out_dir: str) -> Generat
     return GenerationRequest(extent=tile.extent(pitch, spec.gsd), crs=spec.crs, gsd=spec.gsd, prompt=tile.prompt,
                              seed=spec.seed, steps=spec.steps, guidance=spec.guidance, sampler=spec.sampler,
                              model=spec.model, date=spec.date, large_area=True, block_windows=spec.block_windows,
+                             precision=spec.precision,
                              output=os.path.join(out_dir, "tiles", tile.key + ".tif"))
 
 
@@ -184,7 +185,8 @@ def run_tile(task: dict) -> dict:
         layout = VectorLayout.from_dict(task["layout"])
     res = generate(req, model_dirs=task.get("model_dirs", ()), providers=task.get("providers"),
                    threads=task.get("threads", 0), layout_source=layout)
-    loaded = models.load(req.model, task.get("model_dirs", ()), task.get("providers"), task.get("threads", 0))
+    loaded = models.load(req.model, task.get("model_dirs", ()), task.get("providers"), task.get("threads", 0),
+                         req.precision)
     return {"key": task["key"], "path": res.path, "sha256": sha256_file(res.path), "bytes": os.path.getsize(res.path),
             "seconds": round(res.seconds, 3), "windows": res.stats.windows if res.stats else None,
             "warnings": list(res.warnings), "worker_pid": os.getpid(), "session_id": id(loaded.denoiser)}

@@ -10,6 +10,7 @@
     tile_px: 1024               # tile side in pixels (tiles sit on the world grid of the GSD)
     clip_tiles: true            # a tile covers only its part of the AOIs' bounding boxes (false: whole tiles)
     block_windows: 2            # large-area block footprint: a tile plus this many window strides (changes the pixels)
+    precision: auto             # auto: the model's int8 graph on CPU / fp16 on GPU where it has one; fp32: exact
     aois:                       # where to generate: a vector file and/or a list of boxes
       file: aoi.gpkg            # polygons; layer: name;  prompt_attribute: prompt (per-feature prompt)
       bboxes:
@@ -26,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.conditions import LAYOUT_CLASSES
 from ..core.errors import RsgenError
-from ..core.request import DEFAULT_MODEL, SAMPLERS
+from ..core.request import DEFAULT_MODEL, PRECISIONS, SAMPLERS
 
 
 class JobSpecError(RsgenError):
@@ -38,7 +39,7 @@ _NUM = (int, float)
 TOP = {"output": (str, True), "crs": (str, True), "gsd": (_NUM, True), "model": (str, False),
        "model_dirs": (list, False), "seed": (int, False), "steps": (int, False), "guidance": (_NUM, False),
        "sampler": (str, False), "date": (str, False), "prompt": (str, False), "tile_px": (int, False),
-       "block_windows": (int, False), "clip_tiles": (bool, False),
+       "block_windows": (int, False), "clip_tiles": (bool, False), "precision": (str, False),
        "aois": (dict, True), "layout": (list, False), "version": (int, False)}
 AOIS = {"file": (str, False), "layer": (str, False), "prompt_attribute": (str, False), "bboxes": (list, False)}
 BBOX = {"bbox": (list, True), "prompt": (str, False), "crs": (str, False), "name": (str, False)}
@@ -111,6 +112,7 @@ class JobSpec:
     bboxes: Tuple[BBoxAOI, ...]
     layout: Tuple[LayoutSource, ...] = field(default=())
     clip_tiles: bool = True
+    precision: str = "auto"
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -168,6 +170,10 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
     block_windows = int(d.get("block_windows") or 2)
     if not 1 <= block_windows <= 64:
         raise JobSpecError(f"block_windows: from 1 to 64, got {block_windows}.")
+    precision = d.get("precision") or "auto"
+    if precision not in PRECISIONS:
+        raise JobSpecError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)} (auto: the model's "
+                           "int8 graph on the CPU, fp16 on a GPU, where it has them; fp32: the exact graph).")
     model = d.get("model") or DEFAULT_MODEL
     if os.sep in model or model.startswith("."):
         model = _abs(base, model)
@@ -180,7 +186,7 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
         block_windows=block_windows,
         aoi_file=_abs(base, a["file"]) if a.get("file") else None, aoi_layer=a.get("layer"),
         prompt_attribute=a.get("prompt_attribute"), bboxes=tuple(boxes), layout=tuple(layout),
-        clip_tiles=bool(d.get("clip_tiles", True)))
+        clip_tiles=bool(d.get("clip_tiles", True)), precision=precision)
 
 
 def load(path: str) -> JobSpec:

@@ -302,14 +302,17 @@ def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writ
 _speed: Dict[tuple, float] = {}
 
 
-def seconds_per_window_eval(model: LoadedModel, batch: int = 8) -> float:
-    """Measured once per loaded model: seconds for one window through the denoiser, in batches of `batch`."""
-    key = (model.package.path, model.provider, batch)
+def seconds_per_window_eval(model: LoadedModel, batch: int = 8, timestep: float = 500.0) -> float:
+    """Measured once per loaded model (and graph: a stepped int8 denoiser runs fp32 at low timesteps): seconds
+    for one window through the denoiser at `timestep`, in batches of `batch`."""
+    below = getattr(model.denoiser, "exact_below", None)
+    graph = model.variant if below is None else ("fp32" if timestep < below else model.variant)
+    key = (model.package.path, model.provider, model.variant, graph, batch)
     if key not in _speed:
         m = model.package.manifest
         t = int(m["tile"]["size"])
         c = m["conditions"]
-        feed = {"sample": np.zeros((batch, 3, t, t), np.float32), "timestep": np.full((batch,), 500.0, np.float32),
+        feed = {"sample": np.zeros((batch, 3, t, t), np.float32), "timestep": np.full((batch,), timestep, np.float32),
                 "spatial": np.zeros((batch, c["spatial_channels"], t, t), np.float32),
                 "cond": np.zeros((batch, c["cond_dim"]), np.float32)}
         with model.lock:
@@ -328,12 +331,21 @@ def evaluations_per_window(req: GenerationRequest, manifest: dict) -> int:
     return 2 if any(drops) else 1
 
 
+def window_seconds_per_sample(req: GenerationRequest, model: LoadedModel) -> float:
+    """Seconds one window costs over the whole sampling run: the timed per-window cost of each step's graph
+    (int8 or fp32 for a stepped denoiser) times the evaluations per step."""
+    cfg = evaluations_per_window(req, model.package.manifest)
+    if getattr(model.denoiser, "exact_below", None) is None:
+        return req.steps * cfg * seconds_per_window_eval(model)
+    s = make_sampler(req.sampler, Schedule.from_config(model.package.manifest["scheduler"]), req.steps)
+    return cfg * sum(seconds_per_window_eval(model, timestep=float(t)) for t in s.timesteps)
+
+
 def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Tuple[int, float]:
     """(windows per step, estimated seconds) for the large-area path, before starting it."""
     lay = BlockLayout.for_manifest(model.package.manifest, req.block_windows)
     n = lay.n_windows(grid)
-    cfg = evaluations_per_window(req, model.package.manifest)
-    return n, n * req.steps * cfg * seconds_per_window_eval(model)
+    return n, n * window_seconds_per_sample(req, model)
 
 
 def estimate_request(req: GenerationRequest, model_dirs=(), providers=None) -> Tuple[int, float]:
@@ -345,14 +357,13 @@ def estimate_request(req: GenerationRequest, model_dirs=(), providers=None) -> T
     from .tiling import windows
 
     grid = grid_for_request(req)
-    model = load(req.model, model_dirs, providers)
+    model = load(req.model, model_dirs, providers, precision=req.precision)
     if req.large_area:
         return estimate(req, model, grid)
     m = model.package.manifest
     tile, mult = int(m["tile"]["size"]), int(m["tile"].get("multiple", 1))
     n = len(windows(_canvas_size(grid.height, tile, mult), _canvas_size(grid.width, tile, mult), tile, tile // 4))
-    cfg = evaluations_per_window(req, model.package.manifest)
-    return n, n * req.steps * cfg * seconds_per_window_eval(model)
+    return n, n * window_seconds_per_sample(req, model)
 
 
 __all__ = ["BlockLayout", "generate_blocks", "estimate", "estimate_request", "evaluations_per_window", "fade", "guide_window", "LargeAreaStats",

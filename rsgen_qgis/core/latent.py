@@ -102,7 +102,8 @@ def load_latent(pkg, chosen: Sequence[str], threads: int = 0, io_binding: Option
                                 f"({exc}).") from exc
     text = ClipTextEncoder(graphs.pop("text_encoder"), tok)
     unet = graphs.pop("unet")
-    return LoadedModel(pkg, unet, text, unet.provider, extra=graphs)
+    variant = "fp16" if gpu and g["unet"].get("fp16_file") else "fp32"
+    return LoadedModel(pkg, unet, text, unet.provider, extra=graphs, variant=variant)
 
 
 def _zeros_residuals(spec: dict, n: int, h: int, w: int) -> Dict[str, np.ndarray]:
@@ -356,4 +357,5 @@ def generate_latent(req, model, grid, progress: Progress, cancelled: Callable[[]
     for w in warnings:
         log.warning(w)
     progress(1.0, "Done")
-    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, warnings)
+    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, warnings,
+                            denoiser_graph=model.variant)

@@ -13,7 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
+
 from .errors import ModelPackageError
+from .request import PRECISIONS
 
 FORMAT = "rsgen-model-package/1"
 # Graphs each kind of package must have: pixel-space denoiser, or latent diffusion (core/latent.py).
@@ -186,15 +189,52 @@ class LoadedModel:
     provider: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     extra: dict = field(default_factory=dict)  # latent packages: the other graphs (core/latent.py)
+    variant: str = "fp32"  # which denoiser graph runs: fp32, fp16 (GPU) or int8 (CPU); see denoiser_variant
+    variant_sha256: str = ""  # that graph's sha256 (provenance)
+
+
+class SteppedDenoiser:
+    """A fast graph (int8) for the noisy steps and the exact fp32 graph for the last ones, chosen per call by the
+    timestep (a call's windows share one): int8 activation ranges are calibrated over the whole trajectory, too
+    coarse for the fine detail the final, low-noise steps add - run int8 there and the images gain a grain
+    (MODEL_CARD.md: layout fidelity 1.18 -> 0.93; with the last three of 20 steps in fp32, 1.18). Behaves as
+    the fast session for everything else (inputs, outputs, providers)."""
+
+    def __init__(self, fast, exact, exact_below: float) -> None:
+        self.fast, self.exact, self.exact_below = fast, exact, float(exact_below)
+
+    def session_for(self, timestep: float):
+        return self.exact if timestep < self.exact_below else self.fast
+
+    def run(self, names, feed):
+        return self.session_for(float(np.min(feed["timestep"]))).run(names, feed)
+
+    def __getattr__(self, name):
+        return getattr(self.fast, name)
 
 
 _cache: Dict[tuple, LoadedModel] = {}
 _cache_lock = threading.Lock()
 
 
+def denoiser_variant(spec: dict, provider: str, precision: str = "auto") -> str:
+    """Which denoiser graph of a pixel package runs: 'fp16' on a GPU and 'int8' on the CPU when the package has
+    them and precision is 'auto'; 'fp32' otherwise (the exact graph, always present)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        if provider != "CPUExecutionProvider" and spec.get("fp16_file"):
+            return "fp16"
+        if provider == "CPUExecutionProvider" and spec.get("int8_file"):
+            return "int8"
+    return "fp32"
+
+
 def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequence[str]] = None,
-         threads: int = 0) -> LoadedModel:
-    """Verify a package and open its ONNX sessions (kept warm: later calls with the same files reuse them)."""
+         threads: int = 0, precision: str = "auto") -> LoadedModel:
+    """Verify a package and open its ONNX sessions (kept warm: later calls with the same files reuse them).
+    precision: 'auto' (the package's fp16 graph on a GPU, its int8 graph on the CPU, where it has them) or
+    'fp32' (the exact graph everywhere)."""
     import onnxruntime as ort
 
     from . import providers as prov
@@ -213,9 +253,11 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
                 _log_provider(pkg, chosen, _cache[key].provider)
             return _cache[key]
     g = pkg.manifest["graphs"]
-    use_fp16 = chosen[0] != "CPUExecutionProvider" and g["denoiser"].get("fp16_file")
-    dn_file = pkg.file(g["denoiser"]["fp16_file"] if use_fp16 else g["denoiser"]["file"])
-    key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads, bool(use_fp16))
+    variant = denoiser_variant(g["denoiser"], chosen[0], precision)
+    dn_name = g["denoiser"][{"fp16": "fp16_file", "int8": "int8_file"}[variant]] if variant != "fp32" \
+        else g["denoiser"]["file"]
+    dn_file = pkg.file(dn_name)
+    key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads, variant)
     with _cache_lock:
         if key in _cache:
             return _cache[key]
@@ -223,14 +265,22 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = threads
-        try:
-            tile = int(pkg.manifest["tile"]["size"])
-            dims = [{"batch": b, "height": tile, "width": tile} for b in (1, MAX_BATCH, MAX_BATCH)]
-            profile = prov.shape_profile(g["denoiser"]["inputs"], *dims)
-            sess = ort.InferenceSession(dn_file, so, providers=prov.with_options(chosen, profile))
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelPackageError(f"{dn_file}: ONNX Runtime cannot load this graph ({exc}).") from exc
-        check_io(pkg, "denoiser", sess)
+        tile = int(pkg.manifest["tile"]["size"])
+        dims = [{"batch": b, "height": tile, "width": tile} for b in (1, MAX_BATCH, MAX_BATCH)]
+        profile = prov.shape_profile(g["denoiser"]["inputs"], *dims)
+
+        def open_graph(path: str):
+            try:
+                s = ort.InferenceSession(path, so, providers=prov.with_options(chosen, profile))
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise ModelPackageError(f"{path}: ONNX Runtime cannot load this graph ({exc}).") from exc
+            check_io(pkg, "denoiser", s)
+            return s
+
+        sess = open_graph(dn_file)
+        below = float(g["denoiser"].get("int8", {}).get("fp32_below_timestep", 0)) if variant == "int8" else 0.0
+        if below > 0:
+            sess = SteppedDenoiser(sess, open_graph(pkg.file(g["denoiser"]["file"])), below)
         text = None
         if "text_encoder" in g:
             tfile = pkg.file(g["text_encoder"]["file"])
@@ -241,7 +291,8 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
             except Exception as exc:
                 raise ModelPackageError(f"{tfile}: cannot load the text encoder ({exc}).") from exc
             check_io(pkg, "text_encoder", text.session)
-        loaded = LoadedModel(pkg, sess, text, sess.get_providers()[0])
+        loaded = LoadedModel(pkg, sess, text, sess.get_providers()[0], variant=variant,
+                             variant_sha256=pkg.manifest["files"][dn_name]["sha256"])
         _log_provider(pkg, chosen, loaded.provider)
         _cache[key] = loaded
         return loaded

@@ -37,6 +37,7 @@ class GenerationResult:
     model_id: str
     warnings: List[str] = field(default_factory=list)
     stats: Optional[object] = None  # large-area path: core.largearea.LargeAreaStats
+    denoiser_graph: str = "fp32"    # the denoiser graph that ran: fp32, int8 (CPU) or fp16 (GPU)
 
 
 @dataclass
@@ -213,7 +214,9 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
     request["output"] = os.path.basename(req.output)
     return {
         "prompt": req.prompt, "seed": req.seed, "model_id": model.package.id,
-        "model_sha256": model.package.denoiser_sha256, "sampler": req.sampler, "steps": req.steps,
+        "model_sha256": model.package.denoiser_sha256, "denoiser_graph": model.variant,
+        "denoiser_graph_sha256": model.variant_sha256 or model.package.denoiser_sha256,
+        "sampler": req.sampler, "steps": req.steps,
         "guidance": req.guidance, "software": f"rsgen_qgis {VERSION}", "synthetic": "true",
         "provider": model.provider, "request": json.dumps(request, sort_keys=True),
         "metadata_used": {k: ("unknown" if v is None else v) for k, v in metadata.items()},
@@ -246,7 +249,8 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     for w in warnings:
         log.warning(w)
     progress(1.0, "Done")
-    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, warnings, stats)
+    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, warnings, stats,
+                            model.variant)
 
 
 def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progress: Progress,
@@ -303,7 +307,7 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     grid = grid_for_request(req)
     check_writable(req.output)
     progress(0.0, "Loading model")
-    model = load(req.model, model_dirs, providers, threads)
+    model = load(req.model, model_dirs, providers, threads, req.precision)
     if model.package.manifest.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/latent.py
         if req.large_area or req.cascade > 1:
             raise ParameterError(f"Model {model.package.id!r} is a latent diffusion pipeline; the large-area "
@@ -329,4 +333,5 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     for w in p.warnings:
         log.warning(w)
     progress(1.0, "Done")
-    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, p.warnings)
+    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, p.warnings,
+                            denoiser_graph=model.variant)

@@ -15,6 +15,9 @@ import numpy as np
 from .errors import ParameterError
 
 SAMPLERS = ("dpmpp_2m", "ddim", "euler")
+# Which denoiser graph: "auto" = the package's fast graph for the device where it has one (int8 on the CPU,
+# fp16 on a GPU), "fp32" = the exact graph everywhere (core.models.denoiser_variant).
+PRECISIONS = ("auto", "fp32")
 DEFAULT_MODEL = "rsgen-base"
 DEFAULT_PIXEL_BUDGET = 1024 * 1024
 
@@ -75,6 +78,7 @@ class GenerationRequest:
     large_area: bool = False  # lift the pixel budget; world-anchored blocks streamed to disk (core.largearea)
     block_windows: int = 2    # large-area block footprint: one tile plus this many window strides (changes the pixels)
     cascade: int = 0          # coarse-to-fine: first generate at gsd * cascade, then guide the fine pass with it
+    precision: str = "auto"   # denoiser graph: "auto" (int8 on CPU / fp16 on GPU where the model has one) or "fp32"
     conditions: Conditions = field(default_factory=Conditions)
 
     def __post_init__(self):
@@ -85,6 +89,8 @@ class GenerationRequest:
             raise ParameterError(f"Steps must be a whole number of at least 1 (got {self.steps!r}).")
         if self.steps > 1000:
             raise ParameterError(f"Steps must be at most 1000 (got {self.steps}).")
+        if self.precision not in PRECISIONS:
+            raise ParameterError(f"Unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}.")
         if self.sampler not in SAMPLERS:
             raise ParameterError(f"Unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}.")
         if not (self.guidance >= 0.0):

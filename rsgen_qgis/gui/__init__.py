@@ -86,8 +86,14 @@ def sampler_labels() -> Dict[str, str]:
     return dict(SAMPLER_LABELS)
 
 
-def provider_text(preference: str, actual: Optional[str] = None) -> Tuple[str, bool]:
-    """('ONNX Runtime: CUDA (GPU)', ok): the provider that ran (after a run) or will be tried first."""
+def precision_labels() -> Dict[str, str]:
+    """Request precision ids (core.request.PRECISIONS) -> what the dock shows."""
+    return {"auto": tr("Fast (int8 on CPU, fp16 on GPU)"), "fp32": tr("Exact (fp32)")}
+
+
+def provider_text(preference: str, actual: Optional[str] = None, graph: Optional[str] = None) -> Tuple[str, bool]:
+    """('ONNX Runtime: CUDA (GPU)', ok): the provider that ran (after a run, with the denoiser graph it ran:
+    fp32, int8 or fp16) or will be tried first."""
     try:
         from ..core.providers import LABELS, choose
 
@@ -96,6 +102,8 @@ def provider_text(preference: str, actual: Optional[str] = None) -> Tuple[str, b
         return tr("ONNX Runtime is not installed in QGIS's Python ({err}).").format(err=exc), False
     name = actual or chosen[0]
     text = tr("ONNX Runtime: {label}").format(label=LABELS.get(name, name))
+    if actual is not None and graph:
+        text += tr(", {graph} graph").format(graph=graph)
     if actual is None and len(chosen) > 1:
         text += tr(" (will try: {order})").format(order=" > ".join(LABELS.get(p, p) for p in chosen))
     return text, True

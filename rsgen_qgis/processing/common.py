@@ -9,19 +9,21 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
-                       QgsProcessingLayerPostProcessorInterface, QgsProcessingParameterEnum,
+                       QgsProcessingLayerPostProcessorInterface, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProperty)
 
 from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
 from ..core.errors import RsgenError
-from ..core.request import DEFAULT_MODEL, SAMPLERS
+from ..core.request import DEFAULT_MODEL, PRECISIONS, SAMPLERS
 from ..gis import icon_path
 from ..gis.layers import layer_name, move_to_generated_group
 
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER"
-MODEL_PARAMS = (PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER)
+PRECISION = "PRECISION"
+MODEL_PARAMS = (PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, PRECISION)
 
 
 class RsgenAlgorithm(QgsProcessingAlgorithm):
@@ -63,7 +65,7 @@ def given(parameters: Dict[str, Any], name: str) -> bool:
 
 
 def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None:
-    """Prompt, model, seed, steps, guidance, sampler: the same six in every algorithm, same names."""
+    """Prompt, model, seed, steps, guidance, sampler and (advanced) precision: the same in every algorithm."""
     alg.addParameter(QgsProcessingParameterString(PROMPT, "Prompt", prompt_default, multiLine=True, optional=True))
     ids = model_ids()
     if ids:
@@ -82,10 +84,15 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
     names = sampler_names()
     alg.addParameter(QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
                                                 "dpmpp_2m" if "dpmpp_2m" in names else names[0], False, True))
+    precision = QgsProcessingParameterEnum(PRECISION, "Precision", list(PRECISIONS), False, "auto", False, True)
+    precision.setHelp("auto: the model's int8 graph on the CPU (fp16 on a GPU) where the package has one - "
+                      "faster, images close to but not identical with the exact graph's; fp32: the exact graph.")
+    precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    alg.addParameter(precision)
 
 
 def model_values(alg, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, Any]:
-    """The request fields the six model parameters give (plus the pixel budget setting)."""
+    """The request fields the model parameters give (plus the pixel budget setting)."""
     if isinstance(alg.parameterDefinition(MODEL), QgsProcessingParameterEnum):
         model = alg.parameterAsEnumString(parameters, MODEL, context)
     else:
@@ -95,6 +102,7 @@ def model_values(alg, parameters: Dict[str, Any], context: QgsProcessingContext)
                 steps=alg.parameterAsInt(parameters, STEPS, context),
                 guidance=alg.parameterAsDouble(parameters, GUIDANCE, context),
                 sampler=alg.parameterAsEnumString(parameters, SAMPLER, context),
+                precision=alg.parameterAsEnumString(parameters, PRECISION, context) or "auto",
                 pixel_budget=settings.pixel_budget())
 
 

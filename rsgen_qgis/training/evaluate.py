@@ -212,8 +212,9 @@ class TileGenerator:
     """Batched generation of single tiles through the package's ONNX graphs (the run-time code path's
     model, sampler and condition encoding, without the GeoTIFF and window machinery)."""
 
-    def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = "dpmpp_2m"):
-        self.m = load(model_dir)
+    def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = "dpmpp_2m",
+                 precision: str = "auto"):
+        self.m = load(model_dir, providers=["CPUExecutionProvider"], precision=precision)
         man = self.m.package.manifest
         self.lay = CondLayout.from_manifest(man["conditions"])
         self.sched = Schedule.from_config(man["scheduler"])
@@ -281,6 +282,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layouts", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32"],
+                    help="auto: the graph the CPU run time uses (int8 where the package has one); fp32: exact")
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="added to every generation seed: another draw of the same evaluation, to see its spread")
     ap.add_argument("--net-minutes", type=float, default=6.0,
@@ -298,7 +301,8 @@ def main(argv=None) -> None:
     maps_tr, maps_va = load_maps(a.data, "train", cache), load_maps(a.data, "val", cache)
     classes = aid_tr["classes"]
     n_cls = 6
-    gen = TileGenerator(a.model, a.steps, a.guidance)
+    gen = TileGenerator(a.model, a.steps, a.guidance, precision=a.precision)
+    res["denoiser_graph"] = gen.m.variant
     # --- class fidelity and distances
     clf = cached_net(cache, "classifier", a.clf_steps, f"{len(aid_tr['labels'])}x{len(classes)}",
                      lambda: train_classifier(aid_tr, a.net_minutes, steps=a.clf_steps))
