@@ -1,10 +1,11 @@
-"""How far a package's int8 CPU graph moves the images from its exact fp32 graph.
+"""How far the CPU's default graph (int8, fp32 for the last steps: core.models.SteppedDenoiser) moves a package's
+images from its exact fp32 graph.
 
     tools/quant_check.py --model models/rsgen-base --data data [--json runs/quant_check.json]
 
 The same tiles (class prompts, and held-out maps layouts without a prompt; same seeds, 20 DPM-Solver++ steps,
-guidance 3) from the fp32 and the int8 graph; prints PSNR int8 vs fp32 beside PSNR between two seed draws of
-the fp32 graph (what a different seed changes) and, with --fp16, the fp16 (GPU) graph run on the CPU vs fp32.
+guidance 3) with precision "auto" (int8) and "fp32"; prints PSNR int8 vs fp32 beside PSNR between two seed
+draws of the fp32 graph (what a different seed changes).
 """
 from __future__ import annotations
 

@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "seams"))
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32"],
+                    help="denoiser graph (auto: the package's int8 graph on the CPU, as the plugin runs it)")
     ap.add_argument("--measure-only", action="store_true",
                     help="re-measure fused.tif / naive.tif already in --out (no generation)")
     a = ap.parse_args(argv)
@@ -54,8 +56,10 @@ def main(argv=None) -> int:
     yb = round(6236000.0 / a.gsd / lay.block) * lay.block
     x0 = (xb + lay.band) * a.gsd
     ytop = (yb - lay.band) * a.gsd
-    common = dict(crs="EPSG:32734", gsd=a.gsd, prompt=a.prompt, seed=a.seed, steps=a.steps, model=a.model)
-    out = {"size_px": a.size, "gsd": a.gsd, "steps": a.steps, "seed": a.seed, "tile": lay.tile,
+    common = dict(crs="EPSG:32734", gsd=a.gsd, prompt=a.prompt, seed=a.seed, steps=a.steps, model=a.model,
+                  precision=a.precision)
+    out = {"size_px": a.size, "gsd": a.gsd, "steps": a.steps, "seed": a.seed, "precision": a.precision,
+           "tile": lay.tile,
            "stride": lay.stride, "block": lay.block, "band": lay.band}
 
     fused_path = os.path.join(a.out, "fused.tif")
