@@ -88,7 +88,7 @@ def sampler_labels() -> Dict[str, str]:
 
 def precision_labels() -> Dict[str, str]:
     """Request precision ids (core.request.PRECISIONS) -> what the dock shows."""
-    return {"auto": tr("Fast (int8 on CPU, fp16 on GPU)"), "fp32": tr("Exact (fp32)")}
+    return {"auto": tr("Fast"), "fp32": tr("Exact (fp32)")}  # short: docks are narrow (the tooltip explains)
 
 
 def provider_text(preference: str, actual: Optional[str] = None, graph: Optional[str] = None) -> Tuple[str, bool]:

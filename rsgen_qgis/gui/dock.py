@@ -118,8 +118,8 @@ class GenerationDock(QgsDockWidget):
         for key, label in precision_labels().items():
             self.precision_combo.addItem(label, key)
         self.precision_combo.setToolTip(tr("Fast: the model's int8 graph on the CPU (fp16 on a GPU) where the "
-                                           "package has one - about a third faster on a CPU, images close to "
-                                           "the exact graph's but not identical. Exact: the fp32 graph."))
+                                           "package has one - faster, images close to the exact graph's but "
+                                           "not identical. Exact: the fp32 graph everywhere."))
         imf.addRow(tr("Precision"), self.precision_combo)
         self.output_widget = QgsFileWidget()
         self.output_widget.setStorageMode(QgsFileWidget.SaveFile)

@@ -149,8 +149,9 @@ def report(result, feedback: QgsProcessingFeedback) -> float:
 
     g = result.grid
     gsd_m = gsd_metres_mean(g)
+    graph = getattr(result, "denoiser_graph", "fp32")
     feedback.pushInfo(f"Wrote {result.path}: {g.width} x {g.height} px, GSD {gsd_m:.3g} m, "
-                      f"{result.model_id} on {result.provider}, {result.seconds:.1f} s")
+                      f"{result.model_id} on {result.provider} ({graph} graph), {result.seconds:.1f} s")
     return gsd_m
 
 
