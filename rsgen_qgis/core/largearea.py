@@ -31,7 +31,7 @@ from .blockblend import BlockBlender
 from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guided, layout_onehot, unconditional
 from .errors import Cancelled, ConditionError
 from .georef import Grid
-from .models import LoadedModel
+from .models import MAX_BATCH, LoadedModel
 from .request import GenerationRequest
 from .samplers import Schedule, make_sampler
 from .tiling import world_noise
@@ -172,6 +172,11 @@ class _BlockRunner:
 
         self.req, self.model, self.grid, self.lay = req, model, grid, lay
         self.batch, self.cancelled, self.tick = window_batch, cancelled, tick
+        # A block's windows in one ONNX call where the graph's batch profile allows it (its 9 windows as one batch
+        # of 9 instead of 8 + 1: 1 km2 at 2 m in 26.0 s instead of 27.1 on 2 cores); window_batch 1 stays 1.
+        whole = lay.windows_per_block * evaluations_per_window(req, model.package.manifest)
+        if window_batch > 1 and whole <= MAX_BATCH:
+            self.batch = lay.windows_per_block
         self._metadata_for = metadata_for
         m = model.package.manifest
         self.cnd_m = m["conditions"]
