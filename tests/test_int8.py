@@ -88,6 +88,7 @@ def test_cpu_runs_int8_unless_fp32_is_asked(int8_dir, tmp_path):
     with rasterio.open(b.path) as ds:
         tb, pb = ds.tags(), ds.read()
     assert ta["denoiser_graph"] == "int8" and ta["denoiser_graph_sha256"] == man["files"][INT8_FILE]["sha256"]
+    assert float(ta["denoiser_fp32_below_timestep"]) == 150 and "denoiser_fp32_below_timestep" not in tb
     assert tb["denoiser_graph"] == "fp32" and tb["denoiser_graph_sha256"] == ta["model_sha256"]
     assert json.loads(ta["request"])["precision"] == "auto" and json.loads(tb["request"])["precision"] == "fp32"
     assert not np.array_equal(pa, pb)  # a different graph really ran
@@ -149,3 +150,25 @@ def test_estimate_counts_both_graphs(int8_dir):
     total = window_seconds_per_sample(r, m)
     n_exact = 3  # trailing spacing, 20 steps: 149, 99, 49 are below 150
     assert total == pytest.approx((20 - n_exact) * fast + n_exact * exact)
+
+
+@pytest.mark.parametrize("precision, graph", [(None, "int8"), ("fp32", "fp32")])
+def test_batch_job_precision(int8_dir, tmp_path, precision, graph):
+    """A job spec's `precision` reaches every tile (and the default is the fast graph)."""
+    import yaml
+
+    from rsgen_qgis.batch import runner, spec
+
+    d = {"output": "out", "crs": "EPSG:32734", "gsd": 4.0, "model": "rsgen-tiny", "model_dirs": [int8_dir],
+         "seed": 5, "steps": 2, "guidance": 1.0, "tile_px": 48,
+         "aois": {"bboxes": [{"bbox": [453130.0, 6233600.0, 453300.0, 6233700.0], "prompt": "farmland"}]}}
+    if precision:
+        d["precision"] = precision
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(d))
+    man = runner.run(spec.load(str(tmp_path / "job.yaml")), workers=0, progress=False)
+    assert man["tiles"]
+    for rec in man["tiles"].values() if isinstance(man["tiles"], dict) else man["tiles"]:
+        with rasterio.open(os.path.join(str(tmp_path / "out"), rec["path"])) as ds:
+            tags = ds.tags()
+        assert tags["denoiser_graph"] == graph
+        assert json.loads(tags["request"])["precision"] == (precision or "auto")

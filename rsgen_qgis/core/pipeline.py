@@ -212,7 +212,10 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
     the image, and leaving it out lets the same request written elsewhere give the same bytes (batch resume)."""
     request = req.to_dict()
     request["output"] = os.path.basename(req.output)
+    below = getattr(model.denoiser, "exact_below", None)  # a stepped int8 denoiser: the last steps ran fp32
+    extra = {"denoiser_fp32_below_timestep": below} if below else {}
     return {
+        **extra,
         "prompt": req.prompt, "seed": req.seed, "model_id": model.package.id,
         "model_sha256": model.package.denoiser_sha256, "denoiser_graph": model.variant,
         "denoiser_graph_sha256": model.variant_sha256 or model.package.denoiser_sha256,
