@@ -59,7 +59,7 @@ seams: install
 
 eval: install
 	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval \
-	    --clf-steps 1200 --seg-steps 600
+	    --clf-steps 3000 --clf-cosine --seg-steps 600
 
 # Four phases (MODEL_CARD.md): 80 min from scratch with a 32 px curriculum, then 100 min at 64 px from its EMA
 # weights with a cosine learning-rate decay, then 115 min more from those (lower peak rate, another data order),
