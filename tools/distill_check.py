@@ -18,10 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rsgen_qgis.core.conditions import layout_onehot  # noqa: E402
-from rsgen_qgis.training.captions import CLASS_PROMPT  # noqa: E402
-from rsgen_qgis.training.data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_maps  # noqa: E402
-from rsgen_qgis.training.evaluate import RES, TileGenerator, psnr  # noqa: E402
+from rsgen_qgis.training.evaluate import TileGenerator, comparison_cases, psnr  # noqa: E402
 
 
 def main() -> None:
@@ -33,18 +30,7 @@ def main() -> None:
     ap.add_argument("--layouts", type=int, default=60)
     ap.add_argument("--json", default="")
     a = ap.parse_args()
-    prompts = [p for p in CLASS_PROMPT.values() for _ in range(a.seeds)]
-    seeds = list(range(len(prompts)))
-    cases = {"prompt": (prompts, np.zeros((len(prompts), 13, RES, RES), np.float32), seeds,
-                        dict(gsd_m=AID_GSD_150 * 150 / RES))}
-    if a.data:
-        va = load_maps(a.data, "val", os.path.join("runs", "cache"))
-        lay = va["layout"][:a.layouts, 64:192:2, 64:192:2]
-        sp = np.zeros((len(lay), 13, RES, RES), np.float32)
-        for i, ids in enumerate(lay):
-            sp[i, :6] = layout_onehot(ids.astype(np.uint8))
-        cases["layout"] = ([""] * len(lay), sp, list(range(len(lay))),
-                           dict(gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0], lat=NYC_LONLAT[1], has_layout=True))
+    cases = comparison_cases(a.data, a.seeds, a.layouts)
     out = {}
     for name, (p, sp, sd, meta) in cases.items():
         ref1 = TileGenerator(a.teacher, 20, 1.0).run(p, sp, sd, **meta)

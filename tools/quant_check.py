@@ -18,10 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rsgen_qgis.core.conditions import layout_onehot  # noqa: E402
-from rsgen_qgis.training.captions import CLASS_PROMPT  # noqa: E402
-from rsgen_qgis.training.data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_maps  # noqa: E402
-from rsgen_qgis.training.evaluate import RES, TileGenerator, psnr  # noqa: E402
+from rsgen_qgis.training.evaluate import TileGenerator, comparison_cases, psnr  # noqa: E402
 
 
 def mean_psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,17 +34,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--json", default="")
     a = ap.parse_args()
-    prompts = [p for p in CLASS_PROMPT.values() for _ in range(a.seeds)]
-    cases = {"prompt": (prompts, np.zeros((len(prompts), 13, RES, RES), np.float32), list(range(len(prompts))),
-                        dict(gsd_m=AID_GSD_150 * 150 / RES))}
-    if a.data:
-        va = load_maps(a.data, "val", os.path.join("runs", "cache"))
-        lay = va["layout"][:a.layouts, 64:192:2, 64:192:2]
-        sp = np.zeros((len(lay), 13, RES, RES), np.float32)
-        for i, ids in enumerate(lay):
-            sp[i, :6] = layout_onehot(ids.astype(np.uint8))
-        cases["layout"] = ([""] * len(lay), sp, list(range(len(lay))),
-                           dict(gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0], lat=NYC_LONLAT[1], has_layout=True))
+    cases = comparison_cases(a.data, a.seeds, a.layouts)
     exact = TileGenerator(a.model, 20, a.guidance, precision="fp32")
     fast = TileGenerator(a.model, 20, a.guidance, precision="auto")
     if fast.m.variant != "int8":

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="", help="comma-separated seeds: one run each, then the mean over them")
     a = ap.parse_args(argv)
     if a.seeds:
-        return over_seeds(a, argv or sys.argv[1:])
+        return over_seeds(a)
 
     import numpy as np
     import rasterio
@@ -144,19 +144,11 @@ ROWS = ("fused_window_grid", "fused_block_grid", "fused_block_centre", "fused_bl
         "naive_tile_grid")
 
 
-def over_seeds(a, argv) -> int:
+def over_seeds(a) -> int:
     """main() once per seed (into OUT/seed<N>), then per row the mean ratio and control and their range."""
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-    rest, skip = [], False
-    for i, v in enumerate(argv):  # the same arguments without --seeds/--seed/--out
-        if skip:
-            skip = False
-            continue
-        if v in ("--seeds", "--seed", "--out"):
-            skip = True
-            continue
-        if not v.startswith(("--seeds=", "--seed=", "--out=")):
-            rest.append(v)
+    rest = ["--size", str(a.size), "--gsd", str(a.gsd), "--steps", str(a.steps), "--prompt", a.prompt,
+            "--model", a.model, "--precision", a.precision] + (["--skip-naive"] if a.skip_naive else [])
     runs = []
     for s in seeds:
         d = os.path.join(a.out, f"seed{s}")

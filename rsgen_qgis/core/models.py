@@ -254,8 +254,7 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
             return _cache[key]
     g = pkg.manifest["graphs"]
     variant = denoiser_variant(g["denoiser"], chosen[0], precision)
-    dn_name = g["denoiser"][{"fp16": "fp16_file", "int8": "int8_file"}[variant]] if variant != "fp32" \
-        else g["denoiser"]["file"]
+    dn_name = g["denoiser"][{"fp32": "file", "fp16": "fp16_file", "int8": "int8_file"}[variant]]
     dn_file = pkg.file(dn_name)
     key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads, variant)
     with _cache_lock:

@@ -265,6 +265,24 @@ class TileGenerator:
         return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
+def comparison_cases(data: str, per_prompt: int = 2, n_layouts: int = 60, cache: str = os.path.join("runs", "cache"),
+                     channels: int = 13) -> Dict[str, tuple]:
+    """Tiles for comparing two ways of generating the same images (tools/distill_check.py, tools/quant_check.py):
+    name -> (prompts, spatial, seeds, metadata): every class prompt `per_prompt` times, and (with `data`) the first
+    held-out maps layouts without a prompt."""
+    prompts = [p for p in CLASS_PROMPT.values() for _ in range(per_prompt)]
+    cases = {"prompt": (prompts, np.zeros((len(prompts), channels, RES, RES), np.float32), list(range(len(prompts))),
+                        dict(gsd_m=AID_GSD_150 * 150 / RES))}
+    if data:
+        lay = load_maps(data, "val", cache)["layout"][:n_layouts, 64:192:2, 64:192:2]
+        sp = np.zeros((len(lay), channels, RES, RES), np.float32)
+        for i, ids in enumerate(lay):
+            sp[i, :6] = layout_onehot(ids.astype(np.uint8))
+        cases["layout"] = ([""] * len(lay), sp, list(range(len(lay))),
+                           dict(gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0], lat=NYC_LONLAT[1], has_layout=True))
+    return cases
+
+
 def grid_png(rows: List[np.ndarray], path: str, labels: List[str] = None) -> None:
     """rows: list of (N, 3, H, W) uint8 -> one PNG, a row each, 2 px gaps."""
     from PIL import Image
