@@ -31,6 +31,7 @@ from .blockblend import BlockBlender
 from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guided, layout_onehot, unconditional
 from .errors import Cancelled, ConditionError
 from .georef import Grid
+from .guideproj import GuideProjector
 from .models import MAX_BATCH, LoadedModel
 from .request import GenerationRequest
 from .samplers import Schedule, make_sampler
@@ -168,7 +169,7 @@ class _BlockRunner:
                  window_batch: int, cancelled: Callable[[], bool], tick: Callable[[int], None],
                  layout_source: Optional[Callable[[Grid], np.ndarray]] = None,
                  guide_source: Optional[Callable[[Grid], np.ndarray]] = None):
-        from .pipeline import metadata_for  # late: pipeline imports this module
+        from .pipeline import guide_projector, metadata_for  # late: pipeline imports this module
 
         self.req, self.model, self.grid, self.lay = req, model, grid, lay
         self.batch, self.cancelled, self.tick = window_batch, cancelled, tick
@@ -177,7 +178,7 @@ class _BlockRunner:
         whole = lay.windows_per_block * evaluations_per_window(req, model.package.manifest)
         if window_batch > 1 and whole <= MAX_BATCH:
             self.batch = lay.windows_per_block
-        self._metadata_for = metadata_for
+        self._metadata_for, self._guide_projector = metadata_for, guide_projector
         m = model.package.manifest
         self.cnd_m = m["conditions"]
         self.schedule = Schedule.from_config(m["scheduler"])
@@ -222,22 +223,39 @@ class _BlockRunner:
                 ids[r0 - r_off:r1 - r_off, c0 - c_off:c1 - c_off] = self.layout[r0:r1, c0:c1]
             o, n = sl["layout"]
             spatial[o:o + n] = layout_onehot(ids, len(self.cnd_m["layout_classes"]))
-        if self.guide is not None:
+        projector = None
+        if self.guide is not None or self.guide_source is not None:
+            if self.guide is not None:
+                g = guide_window(self.guide, (grid.height, grid.width), r_off, c_off, L, L)
+            else:
+                g = np.asarray(self.guide_source(bgrid), np.float32)
+                if g.shape != (3, L, L):
+                    raise ConditionError(f"The guide source gave {g.shape}, expected {(3, L, L)}.")
+                g = g / 127.5 - 1.0
             o, n = sl["guide"]
-            spatial[o:o + n] = guide_window(self.guide, (grid.height, grid.width), r_off, c_off, L, L)
-        elif self.guide_source is not None:
-            g = np.asarray(self.guide_source(bgrid), np.float32)
-            if g.shape != (3, L, L):
-                raise ConditionError(f"The guide source gave {g.shape}, expected {(3, L, L)}.")
-            o, n = sl["guide"]
-            spatial[o:o + n] = g / 127.5 - 1.0
+            spatial[o:o + n] = g
+            projector = self._block_projector(g, bgrid, r_off, c_off)
         meta = self._metadata_for(bgrid, req, self.model.package.manifest, [])
         kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
                   has_layout=has_layout, has_inpaint=False,
                   has_guide=self.guide is not None or self.guide_source is not None)
         cond = cond_vectors(self.cl, self.emb, guidance=req.guidance, **kw)
         uncond, zero = unconditional(self.cl, self.cnd_m, self.emb, req.guidance, **kw) or (None, None)
-        return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [], zero)
+        return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [], zero, projector)
+
+    def _block_projector(self, block_guide: np.ndarray, bgrid: Grid, r_off: int, c_off: int):
+        """Guide consistency for a block: a guide array as coarse as the model's guide is held on its own pixels
+        wholly inside the block (exact, as on the single-request path); otherwise (the cascade's guide source,
+        a fine guide array) on cells of the model's guide factor anchored to the block, so to the world."""
+        req, grid, L = self.req, self.grid, self.lay.span
+        if req.guide_consistency <= 0:
+            return None
+        factor = int(self.cnd_m.get("guide_factor", 4))
+        if self.guide is not None and self.guide.shape[1] <= grid.height / factor \
+                and self.guide.shape[2] <= grid.width / factor:
+            return GuideProjector.for_window(self.guide, (grid.height, grid.width), r_off, c_off, L, L,
+                                             req.guide_consistency)
+        return self._guide_projector(req, self.cnd_m, block_guide, bgrid)
 
     def run(self, kr: int, kc: int) -> np.ndarray:
         from .pipeline import _denoise_step
@@ -253,7 +271,7 @@ class _BlockRunner:
             xin = sampler.scale_model_input(x, i)
             pred = _denoise_step(self.model, p, xin, float(t), req.guidance, lay.tile, lay.overlap, self.batch,
                                  self.cancelled, self.tick)
-            x = sampler.step(pred, i, x).astype(np.float32)
+            x = sampler.step(pred, i, x, p.guide_projector).astype(np.float32)
         return np.clip(x, -1, 1)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from . import VERSION
 from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot, unconditional
 from .errors import Cancelled, ConditionError, ParameterError
+from .guideproj import GuideProjector
 from .georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
 from .geotiff import check_writable, write_cog
 from .models import LoadedModel, load
@@ -54,6 +55,7 @@ class Prepared:
     metadata: dict
     warnings: List[str]
     uncond_zero: Optional[Tuple[int, int]] = None  # spatial channels (offset, count) the unconditional branch zeroes
+    guide_projector: Optional[GuideProjector] = None  # holds each step's x0 to the guide (core.guideproj)
 
 
 def _canvas_size(n: int, tile: int, multiple: int) -> int:
@@ -112,7 +114,7 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
     n_cls = len(cnd_m["layout_classes"])
     spatial = np.zeros((cnd_m["spatial_channels"], hc, wc), np.float32)
     lay = cnd_m["spatial_layout"]
-    known = mask = None
+    known = mask = projector = None
     if c.layout is not None:
         _check_shape("layout", c.layout, grid)
         ids = _pad(np.asarray(c.layout, np.uint8), hc, wc, NO_LAYOUT)
@@ -139,6 +141,7 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
         up = guide_upsample(g / 127.5 - 1.0, (grid.height, grid.width))
         o, n = lay["guide"]
         spatial[o:o + n] = _pad(up, hc, wc, "edge")
+        projector = guide_projector(req, cnd_m, g / 127.5 - 1.0, grid)
     meta = metadata_for(grid, req, m, warnings)
     cl = CondLayout.from_manifest(cnd_m)
     emb = None
@@ -150,7 +153,21 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
               has_layout=c.layout is not None, has_inpaint=mask is not None, has_guide=c.guide is not None)
     cond = cond_vectors(cl, emb, guidance=req.guidance, **kw)
     uncond, zero = unconditional(cl, cnd_m, emb, req.guidance, **kw) or (None, None)
-    return Prepared(grid, hc, wc, spatial, cond, uncond, known, mask, meta, warnings, zero)
+    return Prepared(grid, hc, wc, spatial, cond, uncond, known, mask, meta, warnings, zero, projector)
+
+
+def guide_projector(req: GenerationRequest, cond_manifest: dict, guide: np.ndarray, grid: Grid
+                    ) -> Optional[GuideProjector]:
+    """The guide-consistency step for this request, or None (guide_consistency 0). The constraint is held at
+    the guide's own resolution, at most the model's guide factor below the grid's; the cascade's guide is the
+    coarse pass upsampled to the grid, so there it is held at the coarse pass's resolution."""
+    if req.guide_consistency <= 0:
+        return None
+    factor = int(cond_manifest.get("guide_factor", 4))
+    coarsest = None
+    if req.cascade > 1:
+        coarsest = (max(1, round(grid.height / req.cascade)), max(1, round(grid.width / req.cascade)))
+    return GuideProjector.for_grid(guide, (grid.height, grid.width), factor, req.guide_consistency, coarsest)
 
 
 def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guidance: float, tile: int,
@@ -278,7 +295,7 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
             raise Cancelled("Generation cancelled; nothing was written.")
         xin = sampler.scale_model_input(x, i)
         pred = _denoise_step(model, p, xin, float(t), req.guidance, tile, overlap, window_batch, cancelled)
-        x = sampler.step(pred, i, x).astype(np.float32)
+        x = sampler.step(pred, i, x, p.guide_projector).astype(np.float32)
         progress((i + 1) / n * 0.97, f"Step {i + 1}/{n}")
     img = np.clip(x[:, :grid.height, :grid.width], -1, 1)
     if p.mask is not None:

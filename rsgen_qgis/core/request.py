@@ -79,6 +79,10 @@ class GenerationRequest:
     block_windows: int = 2    # large-area block footprint: one tile plus this many window strides (changes the pixels)
     cascade: int = 0          # coarse-to-fine: first generate at gsd * cascade, then guide the fine pass with it
     precision: str = "auto"   # denoiser graph: "auto" (int8 on CPU / fp16 on GPU where the model has one) or "fp32"
+    # with a guide (super-resolution, cascade): how strictly the output keeps the guide's coarse content
+    # (core.guideproj): 1 = exactly (its area means over the guide's cells equal the guide), 0 = the guide only
+    # steers the model
+    guide_consistency: float = 1.0
     conditions: Conditions = field(default_factory=Conditions)
 
     def __post_init__(self):
@@ -103,6 +107,10 @@ class GenerationRequest:
             v = getattr(self, name)
             if v is not None and (int(v) != v or v < 1):
                 raise ParameterError(f"The output {name} must be a positive whole number of pixels (got {v!r}).")
+        if isinstance(self.guide_consistency, bool) or not isinstance(self.guide_consistency, (int, float)) or \
+                not 0.0 <= self.guide_consistency <= 1.0:
+            raise ParameterError(f"Guide consistency must be a number from 0 (the guide only steers) to 1 (the "
+                                 f"output keeps the guide exactly) (got {self.guide_consistency!r}).")
         if not 0.0 < self.conditions.strength <= 1.0:
             raise ParameterError(f"Variation strength must be in (0, 1] (got {self.conditions.strength!r}).")
         if isinstance(self.block_windows, bool) or not isinstance(self.block_windows, int) or \

@@ -25,7 +25,7 @@ Deliberate differences from diffusers, both at its edges:
   keeping none raises ParameterError where diffusers would run an empty loop.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -35,6 +35,7 @@ SAMPLER_LABELS: Dict[str, str] = {"dpmpp_2m": "DPM-Solver++ 2M", "ddim": "DDIM",
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 _F32 = np.float32
+X0Hook = Optional[Callable[[np.ndarray], np.ndarray]]
 
 
 def _linspace32(start: float, end: float, n: int) -> np.ndarray:
@@ -186,9 +187,11 @@ class Sampler:
         """x0 noised to timestep t in this sampler's space; img2img starts from add_noise(.., start_timestep)."""
         raise NotImplementedError
 
-    def step(self, model_output: np.ndarray, i: int, x: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
         """The state after the i-th entry of self.timesteps, given the model's output for
-        scale_model_input(x, i) at that timestep."""
+        scale_model_input(x, i) at that timestep. x0_hook, when given, replaces the step's clean-image estimate
+        (e.g. core.guideproj's guide consistency); the step then moves towards the replaced estimate, with the
+        noise direction implied by it and x (x0-consistent, as DPM-Solver++'s data prediction is anyway)."""
         raise NotImplementedError
 
 
@@ -219,7 +222,7 @@ class DDIMSampler(Sampler):
         return (np.sqrt(a) * np.asarray(x0, np.float64) + np.sqrt(1 - a) * np.asarray(noise, np.float64)).astype(
             _out(x0, noise))
 
-    def step(self, model_output: np.ndarray, i: int, x: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
         t = int(self.timesteps[i])
         # diffusers steps back by T // n whatever the spacing (with 'trailing' or 'linspace' this need not be the
         # next scheduled timestep)
@@ -227,6 +230,10 @@ class DDIMSampler(Sampler):
         final = _F32(1.0) if self.schedule.set_alpha_to_one else self._acp32[0]
         ap = self._acp32[prev] if prev >= 0 else final
         x0, eps = self._x0_eps(np.asarray(model_output, np.float64), t, np.asarray(x, np.float64))
+        if x0_hook is not None:
+            x0 = np.asarray(x0_hook(x0), np.float64)
+            sa, sb = (float(c) for c in self._coefs(t))
+            eps = (np.asarray(x, np.float64) - sa * x0) / sb
         out = float(np.sqrt(ap)) * x0 + float(np.sqrt(_F32(1) - ap - _F32(0))) * eps
         return out.astype(_out(model_output, x))
 
@@ -278,9 +285,11 @@ class DPMSolverPP2MSampler(Sampler):
         return (alpha * np.asarray(x0, np.float64) + (s * alpha) * np.asarray(noise, np.float64)).astype(
             _out(x0, noise))
 
-    def step(self, model_output: np.ndarray, i: int, x: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
         k, last, x64 = self._begin + i, len(self._full) - 1, np.asarray(x, np.float64)
         m0 = self._convert(np.asarray(model_output, np.float64), self._alpha[k], self._sig[k], x64)
+        if x0_hook is not None:
+            m0 = np.asarray(x0_hook(m0), np.float64)
         m1 = self._prev_x0 if (i > 0 and self._prev_i == i - 1) else None
         self._prev_x0, self._prev_i = m0, i
         lam, h = self._lam, self._lam[k + 1] - self._lam[k]
@@ -332,11 +341,13 @@ class EulerSampler(Sampler):
         return (np.asarray(x0, np.float64) + np.asarray(noise, np.float64) * float(self._sigma32(t))).astype(
             _out(x0, noise))
 
-    def step(self, model_output: np.ndarray, i: int, x: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
         k = self._begin + i
         s = self._s[k]
         x64 = np.asarray(x, np.float64)
         x0 = self._x0(np.asarray(model_output, np.float64), s, x64)
+        if x0_hook is not None:
+            x0 = np.asarray(x0_hook(x0), np.float64)
         out = x64 + ((x64 - x0) / float(s)) * float(self._s[k + 1] - s)
         return out.astype(_out(model_output, x))
 

@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
+from ..core.guideproj import GuideProjector
 from ..core.models import load
 from ..core.samplers import Schedule, make_sampler
 from ..core.tiling import world_noise
@@ -226,14 +227,21 @@ class TileGenerator:
         self.steps, self.guidance, self.sampler = steps, guidance, sampler
         self.C = man["conditions"]["spatial_channels"]
         self.slay = man["conditions"]["spatial_layout"]
+        self.guide_factor = int(man["conditions"].get("guide_factor", 4))
 
-    def run(self, prompts: List[str], spatial: np.ndarray, seeds: List[int], batch: int = 32, **meta) -> np.ndarray:
+    def run(self, prompts: List[str], spatial: np.ndarray, seeds: List[int], batch: int = 32,
+            guides: Optional[np.ndarray] = None, guide_weight: float = 1.0, **meta) -> np.ndarray:
+        """guides: (N, 3, h, w) low-resolution guides in [-1, 1] to hold each sample to, as the run time does
+        (core.guideproj); guide_weight 0 leaves the samples free."""
         out = []
         for i in range(0, len(prompts), batch):
-            out.append(self._run(prompts[i:i + batch], spatial[i:i + batch], seeds[i:i + batch], **meta))
+            hook = None
+            if guides is not None and guide_weight > 0:
+                hook = GuideProjector.for_grid(guides[i:i + batch], spatial.shape[-2:], self.guide_factor, guide_weight)
+            out.append(self._run(prompts[i:i + batch], spatial[i:i + batch], seeds[i:i + batch], hook, **meta))
         return np.concatenate(out)
 
-    def _run(self, prompts, spatial, seeds, **meta) -> np.ndarray:
+    def _run(self, prompts, spatial, seeds, x0_hook=None, **meta) -> np.ndarray:
         n, res = len(prompts), spatial.shape[-1]
         spatial = np.asarray(spatial, np.float32)
         conds, unconds, uspatial = [], [], spatial.copy()
@@ -261,7 +269,7 @@ class TileGenerator:
             else:
                 feed = {"sample": xin, "timestep": np.full(n, t, np.float32), "spatial": spatial, "cond": cond}
                 pred = self.m.denoiser.run(["prediction"], feed)[0]
-            x = s.step(pred, i, x).astype(np.float32)
+            x = s.step(pred, i, x, x0_hook).astype(np.float32)
         return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
@@ -315,6 +323,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seg-steps", type=int, default=0, help="train the segmentation net for exactly N steps")
     ap.add_argument("--clf-cosine", action="store_true",
                     help="cosine learning-rate decay for the scene classifier (with --clf-steps; cached separately)")
+    ap.add_argument("--guide-consistency", type=float, default=1.0,
+                    help="super-resolution: hold samples to the guide as the run time does (core.guideproj; its "
+                         "default 1); 0 = the model only reads the guide")
     ap.add_argument("--grids", default=None, help="folder for sample grid PNGs (default: the model folder)")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
@@ -394,9 +405,10 @@ def main(argv=None) -> None:
     sp = np.zeros((len(hr), gen.C, RES, RES), np.float32)
     o, k = gen.slay["guide"]
     sp[:, o:o + k] = F.interpolate(lr / 127.5 - 1, size=(RES, RES), mode="bilinear", align_corners=False).numpy()
-    sr = gen.run([""] * len(hr), sp, [i + a.seed_offset for i in range(len(hr))], gsd_m=AID_GSD_150 * 150 / RES, has_guide=True)
+    sr = gen.run([""] * len(hr), sp, [i + a.seed_offset for i in range(len(hr))], gsd_m=AID_GSD_150 * 150 / RES,
+                 has_guide=True, guides=(lr / 127.5 - 1).numpy(), guide_weight=a.guide_consistency)
     res["super_resolution_x4"] = {
-        "images": len(hr),
+        "images": len(hr), "guide_consistency": a.guide_consistency,
         "psnr_generated": float(np.mean([psnr(s, h) for s, h in zip(sr, hr)])),
         "psnr_bicubic": float(np.mean([psnr(b, h) for b, h in zip(bic, hr)])),
         "ssim_generated": float(np.mean([ssim(s, h) for s, h in zip(sr, hr)])),

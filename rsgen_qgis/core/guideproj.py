@@ -1,0 +1,116 @@
+"""Guide consistency: keep a generated image's coarse content equal to the low-resolution guide it was asked to
+super-resolve (range-null-space decomposition, Wang et al. 2023 "DDNM"; Irani & Peleg's back-projection).
+
+The guide is a coarse view of the wanted image: A(x) = g, with A the area average of x onto the guide's cells
+(4 x 4 blocks for the model's x4 guide). The denoiser only *reads* the guide, so its samples drift from it (a
+sample is one plausible image, and the drift costs PSNR). Here every step's clean-image estimate x0 is replaced
+by its nearest image that meets the guide exactly,
+
+    x0 <- x0 + A+ (g - A x0)          (A+ = pseudo-inverse: the smallest correction; nearest-neighbour
+                                       upsampling when A is a block mean)
+
+so the model decides only what the guide cannot say (detail inside a cell), and the next steps blend the
+correction into that detail. A is separable (rows x columns), so A+ is the Kronecker product of two small
+pseudo-inverses and one projection costs two matrix products per channel. `weight` < 1 moves x0 only part of
+the way (a guide from another sensor that should steer, not bind).
+
+Where the guide is finer than the model's guide factor (the cascade's guide is upsampled to the full grid), the
+constraint is taken at the factor's resolution (or a coarser one the caller names): consistency at a finer
+scale than the guide truly carries would copy its interpolation.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+
+def area_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in): row i is the mean of the input cells under output cell i, when n_out cells of equal size
+    cover the same span as n_in (fractional overlaps weighted by their length)."""
+    return cell_matrix(np.arange(n_out + 1) * (n_in / n_out), n_in)
+
+
+def cell_matrix(edges: np.ndarray, n: int) -> np.ndarray:
+    """(cells, n): row k is the mean over pixels [edges[k], edges[k + 1]) of an axis of n pixels (fractional
+    edges weighted by overlap)."""
+    lo, hi = np.asarray(edges[:-1], np.float64)[:, None], np.asarray(edges[1:], np.float64)[:, None]
+    j = np.arange(n)[None, :]
+    overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None)
+    return overlap / overlap.sum(1, keepdims=True)
+
+
+def _inside_cells(g_n: int, full_n: int, off: int, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The guide cells (indices) of an axis of g_n cells over full_n grid pixels that lie wholly inside both
+    the grid and the window [off, off + n), and their edges in window pixels."""
+    edges = np.arange(g_n + 1) * (full_n / g_n) - off
+    k = np.nonzero((edges[:-1] >= -1e-9) & (edges[1:] <= n + 1e-9))[0]
+    return k, np.append(edges[k], edges[k[-1] + 1]) if len(k) else np.zeros(1)
+
+
+class GuideProjector:
+    """Callable x0 -> x0 meeting A(x0) = target on the (H, W) grid at the top-left of x0's last two axes (the
+    canvas may be padded beyond the grid; padding is left alone). A = ay (rows) x ax (columns)."""
+
+    def __init__(self, target: np.ndarray, ay: np.ndarray, ax: np.ndarray, weight: float = 1.0,
+                 clip: Optional[Tuple[float, float]] = (-1.0, 1.0), iterations: int = 4):
+        """target (..., C, th, tw); ay (th, H), ax (tw, W). clip: the images' value range: the projection
+        alternates with clipping to it `iterations` times (POCS), so the estimate stays a valid image that
+        still meets the guide once the final image is clipped (ending on the projection)."""
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"guide weight must be in [0, 1] (got {weight})")
+        self.target, self.ay, self.ax = np.asarray(target, np.float64), ay, ax
+        self.size, self.cells = (ay.shape[1], ax.shape[1]), (ay.shape[0], ax.shape[0])
+        self.weight, self.clip, self.iterations = float(weight), clip, max(1, int(iterations))
+        self.py, self.px = np.linalg.pinv(ay), np.linalg.pinv(ax)
+
+    @classmethod
+    def for_grid(cls, guide: np.ndarray, size: Tuple[int, int], factor: int = 4, weight: float = 1.0,
+                 coarsest: Optional[Tuple[int, int]] = None, **kw) -> "GuideProjector":
+        """guide: (C, gh, gw) (or a batch, (N, C, gh, gw)) covering the (H, W) grid exactly. The constraint is
+        held at min(guide size, grid / factor) cells, or at `coarsest` if smaller: the guide's own pixels when
+        it is that coarse, else its area means."""
+        g = np.asarray(guide, np.float64)
+        H, W = size
+        gh, gw = g.shape[-2:]
+        th, tw = min(gh, max(1, round(H / factor))), min(gw, max(1, round(W / factor)))
+        if coarsest is not None:
+            th, tw = min(th, coarsest[0]), min(tw, coarsest[1])
+        target = area_matrix(th, gh) @ g @ area_matrix(tw, gw).T
+        return cls(target, area_matrix(th, H), area_matrix(tw, W), weight, **kw)
+
+    @classmethod
+    def for_window(cls, guide: np.ndarray, full: Tuple[int, int], row_off: int, col_off: int, h: int, w: int,
+                   weight: float = 1.0, **kw) -> Optional["GuideProjector"]:
+        """For the window [row_off, +h) x [col_off, +w) of a grid of size `full` that the guide (C, gh, gw)
+        covers: the constraint on the guide's own pixels wholly inside the window (the large-area path's
+        blocks; cells cut by the window's edge are left free). None when no cell is wholly inside."""
+        g = np.asarray(guide, np.float64)
+        ky, ey = _inside_cells(g.shape[-2], full[0], row_off, h)
+        kx, ex = _inside_cells(g.shape[-1], full[1], col_off, w)
+        if not len(ky) or not len(kx):
+            return None
+        ay, ax = cell_matrix(ey, h), cell_matrix(ex, w)
+        return cls(g[..., ky[0]:ky[-1] + 1, kx[0]:kx[-1] + 1], ay, ax, weight, **kw)
+
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        """target - A x (per channel) of the grid part of x: how far x is from meeting the guide."""
+        H, W = self.size
+        return self.target - self.ay @ np.asarray(x, np.float64)[..., :H, :W] @ self.ax.T
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """The nearest image to x (grid part) that meets the guide exactly."""
+        return x + self.py @ self.residual(x) @ self.px.T
+
+    def __call__(self, x0: np.ndarray) -> np.ndarray:
+        if self.weight == 0.0:
+            return x0
+        H, W = self.size
+        x = np.asarray(x0, np.float64)[..., :H, :W]
+        y = self.project(x)
+        if self.clip is not None:
+            for _ in range(self.iterations - 1):
+                y = self.project(np.clip(y, *self.clip))
+        out = np.array(x0, dtype=np.float64 if np.asarray(x0).dtype == np.float64 else np.float32)
+        out[..., :H, :W] = x + self.weight * (y - x)
+        return out

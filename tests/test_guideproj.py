@@ -1,0 +1,131 @@
+"""Guide consistency (core.guideproj): the projection itself, the samplers' x0 hook, and the engine keeping a
+super-resolution guide on both paths."""
+import numpy as np
+import pytest
+import rasterio
+
+from rsgen_qgis.core import errors
+from rsgen_qgis.core.guideproj import GuideProjector, area_matrix
+from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.request import Conditions, GenerationRequest
+from rsgen_qgis.core.samplers import Schedule, make_sampler
+
+
+def block_mean(x, f):
+    c, h, w = x.shape
+    return x.reshape(c, h // f, f, w // f, f).mean((2, 4))
+
+
+def test_area_matrix_is_block_mean_and_weights_fractional_cells():
+    a = area_matrix(4, 16)
+    assert np.allclose(a.sum(1), 1) and np.allclose(a[1, 4:8], 0.25) and a[1, :4].sum() == 0
+    b = area_matrix(2, 3)  # cells of 1.5 input pixels: the middle pixel is shared half and half
+    assert np.allclose(b, [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]])
+
+
+@pytest.mark.parametrize("size,guide", [((64, 48), (16, 12)), ((50, 41), (13, 10)), ((40, 40), (40, 40))])
+def test_projection_meets_the_guide_and_is_the_smallest_change(size, guide):
+    rng = np.random.default_rng(0)
+    g = rng.uniform(-1, 1, (3,) + guide)
+    pad = rng.normal(size=(3, size[0] + 6, size[1] + 5))  # a canvas padded beyond the grid
+    p = GuideProjector.for_grid(g, size, factor=4, clip=None)
+    out = p(pad)
+    H, W = size
+    assert np.abs(p.residual(out)).max() < 1e-9
+    assert np.array_equal(out[:, H:], pad[:, H:]) and np.array_equal(out[:, :, W:], pad[:, :, W:])
+    assert np.allclose(p(out), out)  # idempotent
+    # smallest change: the correction is orthogonal to every image that leaves the guide's cells unchanged
+    null = GuideProjector.for_grid(np.zeros((3,) + guide), size, 4, clip=None)(rng.normal(size=(3, H, W)))  # A null = 0
+    assert abs(np.sum((out - pad)[:, :H, :W] * null)) < 1e-6 * np.abs(null).sum()
+    if guide == (40, 40):  # a guide as fine as the grid is held at the model's factor, not copied pixel for pixel
+        assert p.cells == (10, 10)
+
+
+def test_clipping_keeps_a_valid_image_that_meets_the_guide():
+    """Alternating with the value range (POCS): the estimate meets the guide and stays (nearly) in [-1, 1],
+    so clipping the final image keeps it meeting the guide."""
+    rng = np.random.default_rng(4)
+    g, x = rng.uniform(-0.9, 0.9, (3, 8, 8)), 0.8 * rng.normal(size=(3, 32, 32))
+    p = GuideProjector.for_grid(g, (32, 32), 4)
+    out = p(x)
+    assert np.abs(p.residual(out)).max() < 1e-9
+    with_pocs = np.abs(p.residual(np.clip(out, -1, 1))).mean()
+    without = np.abs(p.residual(np.clip(GuideProjector.for_grid(g, (32, 32), 4, clip=None)(x), -1, 1))).mean()
+    assert with_pocs < without / 8 and without > 0.05, (with_pocs, without)
+
+
+def test_window_projector_holds_the_guides_own_cells():
+    """A block of the large-area path, offset from the guide's cells: the cells wholly inside meet the guide."""
+    rng = np.random.default_rng(5)
+    g = rng.uniform(-1, 1, (3, 10, 12))  # a 40 x 48 grid, cells of 4 px
+    p = GuideProjector.for_window(g, (40, 48), 6, -3, 24, 24, clip=None)  # rows 6..30, cols -3..21
+    assert p.cells == (5, 5)  # rows: cells 2-6 (8..28); cols: cells 0-4 (0..20)
+    out = p(rng.normal(size=(3, 24, 24)))
+    block = out[:, 2:22, 3:23]  # grid rows 8..28, cols 0..20
+    assert np.allclose(block_mean(block, 4), g[:, 2:7, 0:5])
+    assert GuideProjector.for_window(g, (40, 48), 100, 0, 24, 24) is None
+
+
+def test_weight_moves_part_of_the_way_and_cascade_resolution():
+    rng = np.random.default_rng(1)
+    g, x = rng.uniform(-1, 1, (3, 8, 8)), rng.normal(size=(3, 32, 32))
+    half = GuideProjector.for_grid(g, (32, 32), 4, weight=0.5, clip=None)
+    full = GuideProjector.for_grid(g, (32, 32), 4, clip=None)
+    assert np.allclose(half.residual(half(x)), 0.5 * full.residual(x))
+    assert GuideProjector.for_grid(g, (32, 32), 4, weight=0.0)(x) is x
+    assert GuideProjector.for_grid(rng.uniform(size=(3, 32, 32)), (32, 32), 4, coarsest=(4, 4)).cells == (4, 4)
+    with pytest.raises(ValueError):
+        GuideProjector.for_grid(g, (32, 32), 4, weight=1.5)
+
+
+SCHED = Schedule.from_config({"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
+                              "timestep_spacing": "trailing"})
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "ddim", "euler"])
+def test_sampler_x0_hook(name):
+    """An identity hook changes nothing; a hook that pins x0 lands the last step on it."""
+    rng = np.random.default_rng(2)
+    model = lambda x, t: 0.3 * x + 0.1 * np.sin(x * t / 100)  # noqa: E731
+
+    def run(hook):
+        s = make_sampler(name, SCHED, 6)
+        x = rng_x.copy() * s.init_noise_sigma
+        for i, t in enumerate(s.timesteps):
+            x = s.step(model(s.scale_model_input(x, i), t), i, x, hook)
+        return x
+
+    rng_x = rng.normal(size=(3, 8, 8))
+    assert np.allclose(run(None), run(lambda x0: x0.copy()), atol=1e-12)
+    target = rng.uniform(-1, 1, (3, 8, 8))
+    # DDIM's last step lands on alphas_cumprod[0] (not 1) with 'trailing' spacing: within its sqrt(1 - a0) noise
+    assert np.allclose(run(lambda x0: target), target, atol=1e-4 if name != "ddim" else 2e-2)
+
+
+UTM = dict(extent=(453000.0, 6233600.0, 453256.0, 6233792.0), crs="EPSG:32734", width=64, height=48)
+
+
+def sr_request(tmp_path, name, **kw):
+    guide = np.random.default_rng(3).integers(30, 220, (3, 12, 16)).astype(np.uint8)
+    return GenerationRequest(**UTM, output=str(tmp_path / name), prompt="", seed=5, steps=4, model="rsgen-tiny",
+                             conditions=Conditions(guide=guide), **kw), guide
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_generated_image_keeps_the_guide(tmp_path, tiny_model_dir, large):
+    """Super-resolution: the output's 4 x 4 means are the guide's pixels (to rounding and clipping); with
+    consistency 0 the model only reads the guide (here an untrained model, so they are far apart)."""
+    errs = {}
+    for w in (1.0, 0.0):
+        r, guide = sr_request(tmp_path, f"sr{w}{large}.tif", guide_consistency=w, large_area=large)
+        res = generate(r, model_dirs=[tiny_model_dir])
+        with rasterio.open(res.path) as ds:
+            img = ds.read().astype(np.float64)
+        errs[w] = np.abs(block_mean(img, 4) - guide).mean()
+    assert errs[1.0] < 1.0 and errs[0.0] > 20, errs
+
+
+def test_guide_consistency_is_checked(tmp_path):
+    for bad in (-0.1, 1.5, True, "1"):
+        with pytest.raises(errors.ParameterError, match="Guide consistency"):
+            sr_request(tmp_path, "x.tif", guide_consistency=bad)
