@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cascade", type=int, default=0, metavar="FACTOR",
                    help="coarse-to-fine: first generate at FACTOR x the GSD, then guide the fine pass with it "
                         "(e.g. 4)")
+    g.add_argument("--guide-consistency", type=float, default=1.0, metavar="W",
+                   help="with --cascade: how strictly the fine pass keeps the coarse image (1 = its 4x4 means equal "
+                        "the coarse image's, 0 = the coarse image only steers the model; default 1)")
     g.add_argument("--out", required=True)
     _common(g)
     d = sub.add_parser("demo", help="generate a sample image with the bundled default model")
@@ -174,7 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         req = GenerationRequest(extent=a.extent, crs=a.crs, gsd=a.gsd, width=a.width, height=a.height,
                                 prompt=a.prompt, seed=a.seed, steps=a.steps, guidance=a.guidance,
                                 sampler=a.sampler, model=a.model, date=a.date, output=a.out,
-                                large_area=a.large_area, cascade=a.cascade, precision=a.precision, **kw)
+                                large_area=a.large_area, cascade=a.cascade, precision=a.precision,
+                                guide_consistency=a.guide_consistency, **kw)
         return _run(req, a)
     except RsgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

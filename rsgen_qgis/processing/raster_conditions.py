@@ -19,6 +19,7 @@ from .common import (RsgenAlgorithm, add_model_parameters, check_tif, guarded, l
                      result_name, run_engine)
 
 INPUT, MASK, SELECTED_ONLY, STRENGTH, OUTPUT = "INPUT", "MASK", "SELECTED_ONLY", "STRENGTH", "OUTPUT"
+GUIDE_CONSISTENCY = "GUIDE_CONSISTENCY"
 
 
 class _RasterConditionAlgorithm(RsgenAlgorithm):
@@ -44,6 +45,10 @@ class _RasterConditionAlgorithm(RsgenAlgorithm):
     def grid_and_conditions(self, layer, parameters, context, feedback, notes):
         raise NotImplementedError
 
+    def request_values(self, parameters, context) -> dict:
+        """Request fields of this algorithm's own parameters (beyond the model parameters)."""
+        return {}
+
     @guarded
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
@@ -55,7 +60,8 @@ class _RasterConditionAlgorithm(RsgenAlgorithm):
         grid, conditions = self.grid_and_conditions(layer, parameters, context, feedback, notes)
         for note in notes:
             feedback.pushWarning(note)
-        req = request_on_grid(grid, output, conditions=conditions, **model_values(self, parameters, context))
+        req = request_on_grid(grid, output, conditions=conditions, **model_values(self, parameters, context),
+                              **self.request_values(parameters, context))
         result = run_engine(req, feedback)
         gsd_m = report(result, feedback)
         load_as_generated(context, result.path, result_name(self.label, req))
@@ -129,8 +135,21 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Writes a GeoTIFF with pixels 4 times smaller than the raster's (a 10 m raster gives 2.5 m) on "
                 "exactly the same footprint and CRS, generated with the raster as the model's low-resolution "
-                "guide. The detail is synthetic: it is plausible, not measured.\n"
+                "guide. The detail is synthetic: it is plausible, not measured. By default every 4 x 4 block of "
+                "the result averages to the raster's pixel (guide consistency 1), so the result keeps the "
+                "raster's colours and brightness; 0 lets the model read the raster only as a hint.\n"
                 "The result has 16 times the pixels: large rasters exceed the pixel budget (plugin settings).")
+
+    def add_extra_parameters(self) -> None:
+        from qgis.core import QgsProcessingParameterDefinition
+
+        p = QgsProcessingParameterNumber(GUIDE_CONSISTENCY, "Guide consistency (1 = keep the raster exactly, "
+                                         "0 = a hint only)", QgsProcessingParameterNumber.Double, 1.0, False, 0.0, 1.0)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
+
+    def request_values(self, parameters, context) -> dict:
+        return {"guide_consistency": self.parameterAsDouble(parameters, GUIDE_CONSISTENCY, context)}
 
     def output_label(self) -> str:
         return "Super-resolved image"
