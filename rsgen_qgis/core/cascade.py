@@ -1,12 +1,19 @@
 """Coarse-to-fine cascade (MetaEarth's self-cascade): generate the area at a coarser GSD first, then generate
 the requested GSD guided by the coarse image upsampled to it (the model's low-resolution guide condition).
 
-The coarse pass sees `cascade` times more ground per window, so large structures (fields, river bends, town
-edges) are laid out at a scale the 64 px window cannot see at the fine GSD; the fine pass adds detail. The
+Two kinds of coarse pass:
+- the package's coarse base model (`cascade_base` in its manifest, training/cascade_base.py) when the factor is
+  the base's (4 for rsgen-base): a model trained at a quarter of the tile on the same scenes, so one base tile
+  covers the ground of one fine tile; it lays out the scene's classes with capacity the fine model shares with
+  texture (the two-stage generation);
+- otherwise the same model at `cascade` times the GSD: each window sees more ground, so large structures
+  (fields, river bends, town edges) are laid out at a scale the 64 px window cannot see at the fine GSD.
+Either way the fine pass adds the detail, held to the coarse image by guide consistency (core.guideproj). The
 coarse grid is the request's extent snapped outward at the coarse GSD, so it is itself world-anchored, and on
 the large-area path both passes are (overlapping cascaded requests agree away from their edges, where the
-fine blocks reaching past the request see the guide's edge). The coarse pass takes the prompt and metadata,
-not the layout (layouts are drawn at the fine grid).
+fine blocks reaching past the request see the guide's edge). The coarse pass takes the prompt, the metadata
+and the layout (each coarse pixel takes the class most of its fine pixels have; the large-area path's layout
+source draws the layers on the coarse grid), so the guide agrees with the layout the fine pass follows.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from .conditions import NO_LAYOUT
 from .errors import ConditionError
 from .georef import Grid, grid_for_request
 from .models import LoadedModel
@@ -48,6 +56,24 @@ def upsample_to(coarse: np.ndarray, cgrid: Grid, grid: Grid) -> np.ndarray:
     return np.round(top * (1 - wv) + bot * wv).clip(0, 255).astype(np.uint8)
 
 
+def coarse_layout(layout: np.ndarray, grid: Grid, cgrid: Grid) -> np.ndarray:
+    """(H, W) class ids on `grid` -> ids on the coarser `cgrid` (same CRS): each coarse pixel takes the class
+    most of the fine pixels whose centres fall in it have (no-layout pixels do not vote; none left: no layout)."""
+    cx0, cpx, _, cy0, _, cnpy = cgrid.transform
+    x0, px, _, y0, _, npy = grid.transform
+    cols = np.floor((x0 + (np.arange(grid.width) + 0.5) * px - cx0) / cpx).astype(int)
+    rows = np.floor((y0 + (np.arange(grid.height) + 0.5) * npy - cy0) / cnpy).astype(int)
+    ids = np.asarray(layout)
+    n_cls = int(ids[ids != NO_LAYOUT].max()) + 1 if (ids != NO_LAYOUT).any() else 1
+    votes = np.zeros((n_cls, cgrid.height, cgrid.width), np.int32)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    ok = (ids != NO_LAYOUT) & (rr >= 0) & (rr < cgrid.height) & (cc >= 0) & (cc < cgrid.width)
+    np.add.at(votes, (ids[ok].astype(int), rr[ok], cc[ok]), 1)
+    out = votes.argmax(0).astype(np.uint8)
+    out[votes.sum(0) == 0] = NO_LAYOUT
+    return out
+
+
 class CoarseGuide:
     """guide_source for the large-area path: the coarse image resampled to any block's grid, on demand, so the
     full-resolution guide never exists in memory (the coarse image is 1/cascade^2 of the output)."""
@@ -60,10 +86,11 @@ class CoarseGuide:
 
 
 def with_coarse_guide(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Callable[[float, str], None],
-                      cancelled: Callable[[], bool], window_batch: int = 8):
-    """Run the coarse pass; return (fine request, guide_source): on the single-request path the request carries
-    the coarse image upsampled to its grid as its guide (guide_source None); on the large-area path the request
-    is unchanged and guide_source gives each block its part of the guide."""
+                      cancelled: Callable[[], bool], window_batch: int = 8, layout_source=None):
+    """Run the coarse pass with `model` (the package's base model or the model itself); return (fine request,
+    guide_source): on the single-request path the request carries the coarse image upsampled to its grid as its
+    guide (guide_source None); on the large-area path the request is unchanged and guide_source gives each block
+    its part of the guide."""
     from .largearea import generate_blocks
     from .pipeline import sample_canvas
 
@@ -71,9 +98,11 @@ def with_coarse_guide(req: GenerationRequest, grid: Grid, model: LoadedModel, pr
         raise ConditionError("The cascade makes its own guide image; give either a guide or a cascade factor.")
     creq = req.replace(gsd=float(req.gsd) * req.cascade, cascade=0, conditions=Conditions())
     cgrid = grid_for_request(creq)
+    if req.conditions.layout is not None:
+        creq = creq.replace(conditions=Conditions(layout=coarse_layout(req.conditions.layout, grid, cgrid)))
     if req.large_area:
         out = _ArrayWriter(cgrid)
-        generate_blocks(creq, model, cgrid, out, progress, cancelled, window_batch)
+        generate_blocks(creq, model, cgrid, out, progress, cancelled, window_batch, layout_source=layout_source)
         coarse = out.array
     else:
         coarse, _ = sample_canvas(creq, model, cgrid, progress, cancelled, window_batch)

@@ -235,10 +235,7 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
     """Verify a package and open its ONNX sessions (kept warm: later calls with the same files reuse them).
     precision: 'auto' (the package's fp16 graph on a GPU, its int8 graph on the CPU, where it has them) or
     'fp32' (the exact graph everywhere)."""
-    import onnxruntime as ort
-
     from . import providers as prov
-    from .text import TextEncoder
 
     pkg = find(model, extra_dirs)
     verify_files(pkg)
@@ -252,6 +249,52 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
                 _cache[key] = load_latent(pkg, chosen, threads)
                 _log_provider(pkg, chosen, _cache[key].provider)
             return _cache[key]
+    return open_pixel(pkg, chosen, threads, precision)
+
+
+def base_package(pkg: ModelPackage) -> Optional[ModelPackage]:
+    """The package's coarse base model (first stage of the two-stage generation, training/cascade_base.py) as a
+    package of its own (same folder, its own manifest), or None."""
+    entry = pkg.manifest.get("cascade_base")
+    if not entry:
+        return None
+    sub = entry.get("manifest")
+    if not isinstance(sub, dict):
+        raise ModelPackageError(f"{pkg.file('manifest.json')}: 'cascade_base' has no manifest.")
+    for key in ("id", "files", "graphs", "scheduler", "tile", "conditions"):
+        if key not in sub:
+            raise ModelPackageError(f"{pkg.file('manifest.json')}: the cascade base's manifest has no {key!r}.")
+    for g in sub["graphs"].values():
+        if g["file"] not in sub["files"]:
+            raise ModelPackageError(f"{pkg.file('manifest.json')}: cascade base graph file {g['file']!r} is not "
+                                    "listed under its 'files'.")
+    return ModelPackage(pkg.path, sub)
+
+
+def cascade_factor(pkg: ModelPackage) -> int:
+    """The GSD factor between the base model and this one (0: the package has no base model)."""
+    return int((pkg.manifest.get("cascade_base") or {}).get("factor", 0))
+
+
+def load_base(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequence[str]] = None,
+              threads: int = 0) -> LoadedModel:
+    """The coarse base model of package `model`, verified and opened like a package (fp32 graph)."""
+    from . import providers as prov
+
+    pkg = base_package(find(model, extra_dirs))
+    if pkg is None:
+        raise ModelPackageError(f"Model {model!r} has no coarse base model (no 'cascade_base' in its manifest).")
+    verify_files(pkg)
+    return open_pixel(pkg, list(providers or prov.choose()), threads, "fp32")
+
+
+def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: str) -> LoadedModel:
+    """ONNX sessions of a verified pixel package (cached: later calls with the same files reuse them)."""
+    import onnxruntime as ort
+
+    from . import providers as prov
+    from .text import TextEncoder
+
     g = pkg.manifest["graphs"]
     variant = denoiser_variant(g["denoiser"], chosen[0], precision)
     dn_name = g["denoiser"][{"fp32": "file", "fp16": "fp16_file", "int8": "int8_file"}[variant]]

@@ -20,7 +20,7 @@ from .errors import Cancelled, ConditionError, ParameterError
 from .guideproj import GuideProjector
 from .georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
 from .geotiff import check_writable, write_cog
-from .models import LoadedModel, load
+from .models import LoadedModel, cascade_factor, load, load_base
 from .request import GenerationRequest
 from .samplers import Schedule, make_sampler
 from .tiling import batched, blend_weights, windows, world_noise
@@ -245,7 +245,7 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
 
 def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Progress,
                     cancelled: Callable[[], bool], window_batch: int, t0: float,
-                    layout_source=None, guide_source=None) -> GenerationResult:
+                    layout_source=None, guide_source=None, extra_tags=None) -> GenerationResult:
     """The large-area path: world-anchored blocks streamed into a COG (see core.largearea)."""
     from .geotiff import CogStream
     from .blockblend import RADIUS as BLEND_RADIUS
@@ -255,7 +255,7 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     warnings: List[str] = []
     meta = metadata_for(grid, req, model.package.manifest, warnings)
     lay = BlockLayout.for_manifest(model.package.manifest, req.block_windows)
-    tags = provenance_tags(req, model, meta)
+    tags = {**provenance_tags(req, model, meta), **(extra_tags or {})}
     tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block, "band": lay.band,
                           "metadata": "per block (centre of each block)",
                           "blend": f"contrast-preserving cross-fade, detail above a {2 * BLEND_RADIUS + 1} px box x2"}
@@ -335,19 +335,25 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
         from .latent import generate_latent
 
         return generate_latent(req, model, grid, progress, cancelled, window_batch, t0)
-    guide_source = None
+    guide_source, extra_tags = None, {}
     if req.cascade > 1:
         from .cascade import with_coarse_guide
 
+        coarse_model = model
+        if cascade_factor(model.package) == req.cascade:  # the package's own coarse base model
+            coarse_model = load_base(req.model, model_dirs, providers, threads)
         req, guide_source = with_coarse_guide(
-            req, grid, model, lambda f, msg: progress(0.2 * f, f"Coarse pass: {msg}"), cancelled, window_batch)
+            req, grid, coarse_model, lambda f, msg: progress(0.2 * f, f"Coarse pass: {msg}"), cancelled,
+            window_batch, layout_source)
+        extra_tags["cascade_coarse_model"] = coarse_model.package.id
+        extra_tags["cascade_coarse_sha256"] = coarse_model.package.denoiser_sha256
         outer = progress
         progress = lambda f, msg: outer(0.2 + 0.8 * f, msg)  # noqa: E731
     if req.large_area:
         return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source,
-                               guide_source)
+                               guide_source, extra_tags)
     rgb, p = sample_canvas(req, model, grid, progress, cancelled, window_batch)
-    tags = provenance_tags(req, model, p.metadata)
+    tags = {**provenance_tags(req, model, p.metadata), **extra_tags}
     progress(0.98, "Writing GeoTIFF")
     path = write_cog(req.output, rgb, grid, tags)
     for w in p.warnings:

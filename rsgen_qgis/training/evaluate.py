@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
 from ..core.guideproj import GuideProjector
-from ..core.models import load
+from ..core.models import load, load_base
 from ..core.samplers import Schedule, make_sampler
 from ..core.tiling import world_noise
 from .captions import CLASS_PROMPT
@@ -219,8 +219,10 @@ class TileGenerator:
     model, sampler and condition encoding, without the GeoTIFF and window machinery)."""
 
     def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = "dpmpp_2m",
-                 precision: str = "auto"):
-        self.m = load(model_dir, providers=["CPUExecutionProvider"], precision=precision)
+                 precision: str = "auto", base: bool = False):
+        """base: the package's coarse base model (the two-stage generation's first stage)."""
+        self.m = load_base(model_dir, providers=["CPUExecutionProvider"]) if base else \
+            load(model_dir, providers=["CPUExecutionProvider"], precision=precision)
         man = self.m.package.manifest
         self.lay = CondLayout.from_manifest(man["conditions"])
         self.sched = Schedule.from_config(man["scheduler"])

@@ -88,6 +88,8 @@ def main(argv=None) -> None:
                                                "for a machine without the data folder")
     ap.add_argument("--channels", default="32,64,96", help="UNet block widths (the CPU recipe's default)")
     ap.add_argument("--layers-per-block", type=int, default=1)
+    ap.add_argument("--tile", type=int, default=64, help="native tile in px (16: a coarse base model for the cascade)")
+    ap.add_argument("--attention", default="", help="comma list of 0/1 per level (default: the lowest level only)")
     ap.add_argument("--ema-out", default="", help="also write the EMA weights alone (small, for export) here")
     ap.add_argument("--out", default="runs/train")
     ap.add_argument("--minutes", type=float, default=70.0)
@@ -121,8 +123,12 @@ def main(argv=None) -> None:
     aid, maps = load_aid(a.data, "train", cache), load_maps(a.data, "train", cache)
     bm = BatchMaker(aid, maps, emb, seed=a.seed)
     widths = tuple(int(c) for c in a.channels.split(","))
+    attn = tuple(bool(int(v)) for v in a.attention.split(",")) if a.attention else \
+        (False,) * (len(widths) - 1) + (True,)
+    if len(attn) != len(widths):
+        ap.error("--attention needs one 0/1 per level of --channels")
     cfg = DenoiserConfig(cond_dim=bm.lay.dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
-                         attention_levels=(False,) * (len(widths) - 1) + (True,))
+                         attention_levels=attn, tile=a.tile)
     model = Denoiser(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
@@ -151,8 +157,8 @@ def main(argv=None) -> None:
         elapsed = time.time() - t_start
         if elapsed >= budget:
             break
-        res = 32 if elapsed < a.low_res_share * budget else cfg.tile
-        bs = a.batch * (2 if res == 32 else 1)
+        res = 32 if (elapsed < a.low_res_share * budget and cfg.tile > 32) else cfg.tile
+        bs = a.batch * (2 if res < cfg.tile else 1)
         b = {k: v.to(dev) for k, v in bm.batch(bs, res).items()}
         x0 = b["x0"]
         t = torch.randint(0, 1000, (bs,), device=dev)
