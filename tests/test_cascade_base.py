@@ -118,3 +118,19 @@ def test_coarse_layout_majority_and_no_layout():
     ids[4:, 4:] = NO_LAYOUT      # bottom-right coarse pixel: nothing known
     out = coarse_layout(ids, grid, cgrid)
     assert out.tolist() == [[NO_LAYOUT, NO_LAYOUT], [1, 0], [1, NO_LAYOUT]]
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_fine_pass_keeps_the_coarse_pixels(two_stage_dir, tmp_path, monkeypatch, large):
+    """Guide consistency on the coarse image's own pixels: each 4 x 4 block of the output averages to the coarse
+    pixel above it (both grids world-anchored, so the blocks line up)."""
+    from rsgen_qgis.core import cascade
+
+    coarse = []
+    real = cascade.upsample_to
+    monkeypatch.setattr(cascade, "upsample_to", lambda c, cg, g: coarse.append(c) or real(c, cg, g))
+    r = generate(req(tmp_path, "k.tif", cascade=4, large_area=large, steps=3), model_dirs=[two_stage_dir])
+    with rasterio.open(r.path) as ds:
+        img = ds.read().astype(np.float64)
+    means = img.reshape(3, 10, 4, 15, 4).mean((2, 4))
+    assert np.abs(means - coarse[0]).mean() < 1.0

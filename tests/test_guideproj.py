@@ -54,6 +54,24 @@ def test_clipping_keeps_a_valid_image_that_meets_the_guide():
     assert with_pocs < without / 8 and without > 0.05, (with_pocs, without)
 
 
+def test_whole_pixel_cells_are_met_exactly_even_at_the_range_edges():
+    """x4 cells: the projection within [-1, 1] is exact, also for guide pixels at -1 or 1 (saturated roofs,
+    shadows), where only an all-white / all-black block meets them; a fractional grid falls back to POCS."""
+    rng = np.random.default_rng(6)
+    g = rng.uniform(-1, 1, (2, 3, 8, 8))
+    g[0, 0, 0, 0], g[1, 2, 3, 3] = 1.0, -1.0
+    x = rng.normal(size=(2, 3, 32, 32))
+    p = GuideProjector.for_grid(g, (32, 32), 4)
+    out = p(x)
+    assert out.min() >= -1 - 1e-8 and out.max() <= 1 + 1e-8
+    assert np.abs(p.residual(out)).max() < 1e-8
+    assert np.allclose(out[0, 0, :4, :4], 1.0, atol=1e-8) and np.allclose(out[1, 2, 12:16, 12:16], -1.0, atol=1e-8)
+    # where the plain shift stays in range, it is the answer (the smallest change)
+    inside = GuideProjector.for_grid(g * 0.2, (32, 32), 4)
+    small = 0.05 * x
+    assert np.allclose(inside(small), GuideProjector.for_grid(g * 0.2, (32, 32), 4, clip=None)(small))
+
+
 def test_window_projector_holds_the_guides_own_cells():
     """A block of the large-area path, offset from the guide's cells: the cells wholly inside meet the guide."""
     rng = np.random.default_rng(5)

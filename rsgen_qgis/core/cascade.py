@@ -18,13 +18,14 @@ source draws the layers on the coarse grid), so the guide agrees with the layout
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from .conditions import NO_LAYOUT
 from .errors import ConditionError
 from .georef import Grid, grid_for_request
+from .guideproj import GuideProjector
 from .models import LoadedModel
 from .request import Conditions, GenerationRequest
 
@@ -74,6 +75,21 @@ def coarse_layout(layout: np.ndarray, grid: Grid, cgrid: Grid) -> np.ndarray:
     return out
 
 
+def coarse_projector(coarse: np.ndarray, cgrid: Grid, grid: Grid, weight: float) -> Optional[GuideProjector]:
+    """Guide consistency on the coarse image's own pixels for `grid` (a window of the fine grid that the coarse
+    grid covers): each fine grid's block of factor x factor pixels under a coarse pixel averages to it. None
+    when the GSD ratio is not a whole number or consistency is off (then the caller holds the upsampled guide)."""
+    x0, px, _, y0, _, npy = grid.transform
+    cx0, cpx, _, cy0, _, cnpy = cgrid.transform
+    f = cpx / px
+    if weight <= 0 or abs(f - round(f)) > 1e-6 or abs(cnpy / npy - f) > 1e-6:
+        return None
+    f = int(round(f))
+    col_off, row_off = round((x0 - cx0) / px), round((y0 - cy0) / npy)
+    return GuideProjector.for_window(coarse.astype(np.float32) / 127.5 - 1.0, (cgrid.height * f, cgrid.width * f),
+                                     row_off, col_off, grid.height, grid.width, weight)
+
+
 class CoarseGuide:
     """guide_source for the large-area path: the coarse image resampled to any block's grid, on demand, so the
     full-resolution guide never exists in memory (the coarse image is 1/cascade^2 of the output)."""
@@ -84,13 +100,17 @@ class CoarseGuide:
     def __call__(self, grid: Grid) -> np.ndarray:
         return upsample_to(self.coarse, self.cgrid, grid)
 
+    def projector(self, grid: Grid, weight: float) -> Optional[GuideProjector]:
+        return coarse_projector(self.coarse, self.cgrid, grid, weight)
+
 
 def with_coarse_guide(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Callable[[float, str], None],
                       cancelled: Callable[[], bool], window_batch: int = 8, layout_source=None):
     """Run the coarse pass with `model` (the package's base model or the model itself); return (fine request,
-    guide_source): on the single-request path the request carries the coarse image upsampled to its grid as its
-    guide (guide_source None); on the large-area path the request is unchanged and guide_source gives each block
-    its part of the guide."""
+    guide_source, projector): on the single-request path the request carries the coarse image upsampled to its
+    grid as its guide and the projector holds the fine image to the coarse pixels (guide_source None); on the
+    large-area path the request is unchanged and guide_source gives each block its part of the guide and its
+    projector."""
     from .largearea import generate_blocks
     from .pipeline import sample_canvas
 
@@ -107,6 +127,7 @@ def with_coarse_guide(req: GenerationRequest, grid: Grid, model: LoadedModel, pr
     else:
         coarse, _ = sample_canvas(creq, model, cgrid, progress, cancelled, window_batch)
     if req.large_area:
-        return req, CoarseGuide(coarse, cgrid)
+        return req, CoarseGuide(coarse, cgrid), None
     guide = upsample_to(coarse, cgrid, grid)
-    return req.replace(conditions=dataclasses.replace(req.conditions, guide=guide)), None
+    return (req.replace(conditions=dataclasses.replace(req.conditions, guide=guide)), None,
+            coarse_projector(coarse, cgrid, grid, req.guide_consistency))

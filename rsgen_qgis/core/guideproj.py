@@ -48,21 +48,35 @@ def _inside_cells(g_n: int, full_n: int, off: int, n: int) -> Tuple[np.ndarray, 
     return k, np.append(edges[k], edges[k[-1] + 1]) if len(k) else np.zeros(1)
 
 
+def _regular_cells(a: np.ndarray) -> Optional[Tuple[int, int]]:
+    """(first pixel, cell size) when the rows of `a` are plain means over consecutive, equal, whole-pixel runs
+    (the guide's cells are whole blocks of pixels: x4 super-resolution, the cascade's coarse pixels)."""
+    nz = a > 0
+    size = int(nz[0].sum())
+    start = int(np.argmax(nz[0]))
+    want = np.zeros_like(a)
+    for k in range(a.shape[0]):
+        want[k, start + k * size:start + (k + 1) * size] = 1.0 / size
+    return (start, size) if start + a.shape[0] * size <= a.shape[1] and np.allclose(a, want) else None
+
+
 class GuideProjector:
     """Callable x0 -> x0 meeting A(x0) = target on the (H, W) grid at the top-left of x0's last two axes (the
     canvas may be padded beyond the grid; padding is left alone). A = ay (rows) x ax (columns)."""
 
     def __init__(self, target: np.ndarray, ay: np.ndarray, ax: np.ndarray, weight: float = 1.0,
                  clip: Optional[Tuple[float, float]] = (-1.0, 1.0), iterations: int = 4):
-        """target (..., C, th, tw); ay (th, H), ax (tw, W). clip: the images' value range: the projection
-        alternates with clipping to it `iterations` times (POCS), so the estimate stays a valid image that
-        still meets the guide once the final image is clipped (ending on the projection)."""
+        """target (..., C, th, tw); ay (th, H), ax (tw, W). clip: the images' value range, so the estimate stays a
+        valid image that still meets the guide once the final image is clipped: exactly where the cells are
+        whole pixel blocks (_project_blocks), else by alternating the projection with clipping `iterations`
+        times (POCS, ending on the projection)."""
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"guide weight must be in [0, 1] (got {weight})")
         self.target, self.ay, self.ax = np.asarray(target, np.float64), ay, ax
         self.size, self.cells = (ay.shape[1], ax.shape[1]), (ay.shape[0], ax.shape[0])
         self.weight, self.clip, self.iterations = float(weight), clip, max(1, int(iterations))
         self.py, self.px = np.linalg.pinv(ay), np.linalg.pinv(ax)
+        self._blocks = (_regular_cells(ay), _regular_cells(ax))
 
     @classmethod
     def for_grid(cls, guide: np.ndarray, size: Tuple[int, int], factor: int = 4, weight: float = 1.0,
@@ -102,14 +116,44 @@ class GuideProjector:
         """The nearest image to x (grid part) that meets the guide exactly."""
         return x + self.py @ self.residual(x) @ self.px.T
 
+    def _project_blocks(self, x: np.ndarray) -> np.ndarray:
+        """Exact nearest image within the value range whose cell means meet the guide, for cells that are whole
+        pixel blocks: per cell, clip(x + shift). The shift is the plain mean correction where that stays in
+        range (nearly every cell) and is found by bisection (the mean is monotone in it) where it does not;
+        targets outside the range are taken at its edge."""
+        (ry, fy), (rx, fx) = self._blocks
+        th, tw = self.cells
+        lo_v, hi_v = self.clip
+        y = np.array(x)
+        region = y[..., ry:ry + th * fy, rx:rx + tw * fx]
+        lead = region.shape[:-2]
+        cells = region.reshape(lead + (th, fy, tw, fx)).swapaxes(-3, -2).reshape(-1, fy * fx)  # (M, n)
+        t = np.clip(np.broadcast_to(self.target, lead + (th, tw)), lo_v, hi_v).reshape(-1, 1)
+        z = cells + (t - cells.mean(1, keepdims=True))
+        bad = np.nonzero((z.min(1) < lo_v) | (z.max(1) > hi_v))[0]
+        if len(bad):
+            c, tb = cells[bad], t[bad]
+            lo, hi = lo_v - c.max(1, keepdims=True), hi_v - c.min(1, keepdims=True)
+            for _ in range(30):
+                mid = 0.5 * (lo + hi)
+                low = np.clip(c + mid, lo_v, hi_v).mean(1, keepdims=True) < tb
+                lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+            zb = np.clip(c + 0.5 * (lo + hi), lo_v, hi_v)
+            z[bad] = zb + (tb - zb.mean(1, keepdims=True))  # the bisection's last ~1e-9
+        y[..., ry:ry + th * fy, rx:rx + tw * fx] = z.reshape(lead + (th, tw, fy, fx)).swapaxes(-3, -2).reshape(
+            region.shape)
+        return y
+
     def __call__(self, x0: np.ndarray) -> np.ndarray:
         if self.weight == 0.0:
             return x0
         H, W = self.size
         x = np.asarray(x0, np.float64)[..., :H, :W]
-        y = self.project(x)
-        if self.clip is not None:
-            for _ in range(self.iterations - 1):
+        if self.clip is not None and None not in self._blocks:
+            y = self._project_blocks(x)
+        else:
+            y = self.project(x)
+            for _ in range(self.iterations - 1 if self.clip is not None else 0):
                 y = self.project(np.clip(y, *self.clip))
         out = np.array(x0, dtype=np.float64 if np.asarray(x0).dtype == np.float64 else np.float32)
         out[..., :H, :W] = x + self.weight * (y - x)

@@ -255,6 +255,10 @@ class _BlockRunner:
                 and self.guide.shape[2] <= grid.width / factor:
             return GuideProjector.for_window(self.guide, (grid.height, grid.width), r_off, c_off, L, L,
                                              req.guide_consistency)
+        if self.guide_source is not None and hasattr(self.guide_source, "projector"):
+            own = self.guide_source.projector(bgrid, req.guide_consistency)  # the cascade's coarse pixels
+            if own is not None:
+                return own
         return self._guide_projector(req, self.cnd_m, block_guide, bgrid)
 
     def run(self, kr: int, kc: int) -> np.ndarray:

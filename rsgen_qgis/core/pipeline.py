@@ -274,8 +274,11 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
 
 
 def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progress: Progress,
-                  cancelled: Callable[[], bool], window_batch: int = 8):
-    """The single-request path: the whole canvas in memory, windows fused every step -> (uint8 RGB, Prepared)."""
+                  cancelled: Callable[[], bool], window_batch: int = 8,
+                  projector: Optional[GuideProjector] = None):
+    """The single-request path: the whole canvas in memory, windows fused every step -> (uint8 RGB, Prepared).
+    projector: guide consistency on the guide's own cells when the caller knows them (the cascade's coarse
+    pixels), instead of the one made from the guide array."""
     m = model.package.manifest
     tile = int(m["tile"]["size"])
     overlap = tile // 4
@@ -283,6 +286,8 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
     strength = c.strength if (c.image is not None and c.mask is None) else 1.0
     sampler = make_sampler(req.sampler, Schedule.from_config(m["scheduler"]), req.steps, strength)
     p = prepare(req, model, grid)
+    if projector is not None and p.guide_projector is not None:
+        p.guide_projector = projector
     col0, row0 = grid.world_offset
     noise = world_noise(req.seed, col0, row0, p.canvas_h, p.canvas_w)
     if strength < 1.0:
@@ -335,14 +340,14 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
         from .latent import generate_latent
 
         return generate_latent(req, model, grid, progress, cancelled, window_batch, t0)
-    guide_source, extra_tags = None, {}
+    guide_source, projector, extra_tags = None, None, {}
     if req.cascade > 1:
         from .cascade import with_coarse_guide
 
         coarse_model = model
         if cascade_factor(model.package) == req.cascade:  # the package's own coarse base model
             coarse_model = load_base(req.model, model_dirs, providers, threads)
-        req, guide_source = with_coarse_guide(
+        req, guide_source, projector = with_coarse_guide(
             req, grid, coarse_model, lambda f, msg: progress(0.2 * f, f"Coarse pass: {msg}"), cancelled,
             window_batch, layout_source)
         extra_tags["cascade_coarse_model"] = coarse_model.package.id
@@ -352,7 +357,7 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     if req.large_area:
         return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source,
                                guide_source, extra_tags)
-    rgb, p = sample_canvas(req, model, grid, progress, cancelled, window_batch)
+    rgb, p = sample_canvas(req, model, grid, progress, cancelled, window_batch, projector)
     tags = {**provenance_tags(req, model, p.metadata), **extra_tags}
     progress(0.98, "Writing GeoTIFF")
     path = write_cog(req.output, rgb, grid, tags)

@@ -275,6 +275,39 @@ class TileGenerator:
         return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
+class TwoStageGenerator:
+    """The two-stage generation as the run time's cascade does it at the base's factor: the package's coarse base
+    model makes each tile at 1/factor the size (4x the GSD) from the prompt, metadata and the layout (majority per
+    coarse pixel), then the fine model makes the tile with that image as its guide, held to it (guide consistency).
+    Same signature as TileGenerator.run for prompt and layout tiles."""
+
+    def __init__(self, model_dir: str, steps: int, guidance: float, precision: str = "auto",
+                 base_guidance: Optional[float] = None):
+        self.fine = TileGenerator(model_dir, steps, guidance, precision=precision)
+        man = self.fine.m.package.manifest
+        self.factor = int(man["cascade_base"]["factor"])
+        bg = man["cascade_base"]["manifest"].get("defaults", {}).get("guidance", guidance)
+        self.base = TileGenerator(model_dir, steps, base_guidance or bg, base=True)
+        self.C, self.slay, self.guide_factor = self.fine.C, self.fine.slay, self.fine.guide_factor
+
+    def run(self, prompts, spatial, seeds, batch: int = 32, **meta) -> np.ndarray:
+        f, res = self.factor, spatial.shape[-1]
+        o, k = self.slay["layout"]
+        lay = spatial[:, o:o + k]
+        csp = np.zeros((len(prompts), self.base.C, res // f, res // f), np.float32)
+        if meta.get("has_layout"):
+            votes = lay.reshape(len(lay), k, res // f, f, res // f, f).sum((3, 5))
+            csp[:, o:o + k] = np.eye(k, dtype=np.float32)[votes.argmax(1)].transpose(0, 3, 1, 2)
+        cmeta = dict(meta, gsd_m=meta["gsd_m"] * f) if meta.get("gsd_m") else meta
+        coarse = self.base.run(prompts, csp, seeds, batch, **cmeta)
+        g = coarse.astype(np.float32) / 127.5 - 1
+        sp = np.array(spatial, np.float32)
+        o, k = self.slay["guide"]
+        sp[:, o:o + k] = F.interpolate(torch.from_numpy(g), size=(res, res), mode="bilinear",
+                                       align_corners=False).numpy()
+        return self.fine.run(prompts, sp, seeds, batch, guides=g, **dict(meta, has_guide=True))
+
+
 def comparison_cases(data: str, per_prompt: int = 2, n_layouts: int = 60, cache: str = os.path.join("runs", "cache"),
                      channels: int = 13) -> Dict[str, tuple]:
     """Tiles for comparing two ways of generating the same images (tools/distill_check.py, tools/quant_check.py):
