@@ -134,3 +134,29 @@ def test_fine_pass_keeps_the_coarse_pixels(two_stage_dir, tmp_path, monkeypatch,
         img = ds.read().astype(np.float64)
     means = img.reshape(3, 10, 4, 15, 4).mean((2, 4))
     assert np.abs(means - coarse[0]).mean() < 1.0
+
+
+def test_evaluation_two_stage_generator(two_stage_dir):
+    """evaluate --two-stage: base tiles at a quarter of the size (4x the GSD, the layout by majority), then the
+    fine tiles held to them."""
+    from rsgen_qgis.training.evaluate import TwoStageGenerator
+
+    gen = TwoStageGenerator(os.path.join(two_stage_dir, "rsgen-tiny"), 2, 3.0)
+    seen = []
+    real = gen.base.run
+
+    def spy(p, sp, s, b=32, **m):
+        seen.append((sp, m, real(p, sp, s, b, **m)))
+        return seen[-1][2]
+
+    gen.base.run = spy
+    sp = np.zeros((2, gen.C, 32, 32), np.float32)
+    o, k = gen.slay["layout"]
+    sp[:, o + 4] = 1.0  # vegetation everywhere
+    sp[:, o + 4, :, :12], sp[:, o + 5, :, :12] = 0.0, 1.0  # water in the first 12 columns
+    out = gen.run(["a forest", ""], sp, [1, 2], gsd_m=5.0, has_layout=True)
+    csp, meta, coarse = seen[0]
+    assert out.shape == (2, 3, 32, 32) and csp.shape == (2, gen.C, 8, 8) and meta["gsd_m"] == 20.0
+    assert (csp[:, o + 5, :, :3] == 1).all() and (csp[:, o + 4, :, 3:] == 1).all()
+    means = out.astype(np.float64).reshape(2, 3, 8, 4, 8, 4).mean((3, 5))
+    assert np.abs(means - coarse).mean() < 1.0

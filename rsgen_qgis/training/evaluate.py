@@ -358,6 +358,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seg-steps", type=int, default=0, help="train the segmentation net for exactly N steps")
     ap.add_argument("--clf-cosine", action="store_true",
                     help="cosine learning-rate decay for the scene classifier (with --clf-steps; cached separately)")
+    ap.add_argument("--two-stage", action="store_true",
+                    help="prompt and layout tiles through the package's coarse base model first (the cascade at "
+                         "its factor, as the dock's two-stage option runs it)")
     ap.add_argument("--guide-consistency", type=float, default=1.0,
                     help="super-resolution: hold samples to the guide as the run time does (core.guideproj; its "
                          "default 1); 0 = the model only reads the guide")
@@ -374,6 +377,11 @@ def main(argv=None) -> None:
     n_cls = 6
     gen = TileGenerator(a.model, a.steps, a.guidance, precision=a.precision)
     res["denoiser_graph"] = gen.m.variant
+    # prompt and layout tiles: one stage, or the package's base model first (as the run time's cascade does)
+    staged = TwoStageGenerator(a.model, a.steps, a.guidance, a.precision) if a.two_stage else gen
+    if a.two_stage:
+        res["two_stage"] = {"factor": staged.factor, "base_guidance": staged.base.guidance,
+                            "base_sha256": staged.base.m.package.denoiser_sha256}
     # --- class fidelity and distances
     clf = cached_net(cache, "classifier_cosine" if a.clf_cosine else "classifier", a.clf_steps,
                      f"{len(aid_tr['labels'])}x{len(classes)}",
@@ -391,7 +399,7 @@ def main(argv=None) -> None:
             prompts.append(CLASS_PROMPT[c]); labels.append(k); seeds.append(1000 * k + j + a.seed_offset)
     t1 = time.time()
     spatial = np.zeros((len(prompts), gen.C, RES, RES), np.float32)
-    fake = gen.run(prompts, spatial, seeds, gsd_m=AID_GSD_150 * 150 / RES)
+    fake = staged.run(prompts, spatial, seeds, gsd_m=AID_GSD_150 * 150 / RES)
     res["generation_s_per_tile_batched"] = (time.time() - t1) / len(prompts)
     with torch.no_grad():
         ft = torch.from_numpy(fake).float() / 127.5 - 1
@@ -422,7 +430,7 @@ def main(argv=None) -> None:
     o, k = gen.slay["layout"]
     for i in range(n):
         sp[i, o:o + k] = layout_onehot(lay[i].astype(np.uint8), n_cls)
-    fake_l = gen.run([""] * n, sp, [i + a.seed_offset for i in range(n)], gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0],
+    fake_l = staged.run([""] * n, sp, [i + a.seed_offset for i in range(n)], gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0],
                      lat=NYC_LONLAT[1], has_layout=True)
     with torch.no_grad():
         p_real = seg(real_a).argmax(1).numpy()
