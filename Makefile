@@ -21,7 +21,7 @@ help:
 	@echo "make seams    seam metric: fused large-area path vs naive tiling (real model)"
 	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
 	@echo "make train DATA=dir  retrain models/rsgen-base from prepared data (CPU recipe)"
-	@echo "make pack DATA=dir   one compact training file (runs/pack/train.npz) for a GPU machine"
+	@echo "make pack DATA=dir   compact training data in parts (runs/pack/train.part*.npz) for a GPU machine"
 	@echo "make package build/rsgen_qgis.zip for QGIS's 'Install from ZIP'"
 
 install: system venv
@@ -77,10 +77,12 @@ train: install
 	    --info rsgen_qgis/training/rsgen_base_info.json
 	$(PY) -m rsgen_qgis.training.quantize --model models/rsgen-base --data $(DATA)
 
-# One compact file (WebP images, layouts, caption embeddings) for training on a machine without the data folder:
-# there, `python -m rsgen_qgis.training.train --pack runs/pack/train.npz ...` (see the model card).
+# Compact training data (WebP images, layouts, caption embeddings) for a machine without the data folder, in parts
+# of at most PACK_PART_MIB (a part travels to a device call beside the repository's ~43 MB): there,
+# `python -m rsgen_qgis.training.train --pack runs/pack/train.npz ...` finds the parts (see the model card).
+PACK_PART_MIB ?= 18
 pack: install
-	$(PY) -m rsgen_qgis.training.pack pack --data $(DATA) --out runs/pack/train.npz
+	$(PY) -m rsgen_qgis.training.pack pack --data $(DATA) --out runs/pack/train.npz --max-part-mib $(PACK_PART_MIB)
 
 package: install
 	$(PY) tools/package.py --out build/rsgen_qgis.zip

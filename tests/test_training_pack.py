@@ -40,6 +40,38 @@ def test_pack_unpack_roundtrip_feeds_the_loaders(tmp_path):
     assert list(z["captions"]) == ["a farm", "a forest"] and np.array_equal(z["emb"][1], np.arange(4))
 
 
+def test_pack_in_parts_roundtrip_and_incomplete_set(tmp_path):
+    """--max-part-mib: parts under the limit, any part (or the original name) unpacks the whole set; a missing
+    part is named."""
+    import os
+
+    rng = np.random.default_rng(2)
+    aid = {"images": rng.integers(0, 256, (12, 150, 150, 3), dtype=np.uint8), "labels": np.arange(12) % 3,
+           "classes": ["A", "B", "C"]}
+    maps = {"aerial": rng.integers(0, 256, (4, 256, 256, 3), dtype=np.uint8),
+            "layout": rng.integers(0, 6, (4, 256, 256)).astype(np.uint8)}
+    caps = {"a farm": np.ones(4, np.float32)}
+    path = str(tmp_path / "train.npz")
+    one = packmod.pack(aid, maps, caps, str(tmp_path / "whole.npz"), quality=90)
+    limit = 200 * 1024
+    sizes = packmod.pack(aid, maps, caps, path, quality=90, max_part_bytes=limit)
+    n = sizes["parts"]
+    parts = [packmod.part_name(path, k, n) for k in range(1, n + 1)]
+    assert n >= 3 and all(os.path.getsize(p) <= limit for p in parts) and not os.path.exists(path)
+    for name in (path, parts[-1]):
+        cache = str(tmp_path / f"cache{len(name)}")
+        assert packmod.unpack(name, cache) == {"aid": 12, "maps": 4, "captions": 1}
+        got_aid, got_maps = load_aid("/nonexistent", "train", cache), load_maps("/nonexistent", "train", cache)
+        assert list(got_aid["labels"]) == list(aid["labels"]) and np.array_equal(got_maps["layout"], maps["layout"])
+        ref = str(tmp_path / "ref")
+        packmod.unpack(str(tmp_path / "whole.npz"), ref)
+        assert np.array_equal(got_aid["images"], load_aid("/x", "train", ref)["images"])  # same bytes as one file
+    assert one["parts"] == 1
+    os.remove(parts[1])
+    with pytest.raises(ValueError, match=f"incomplete: {os.path.basename(parts[1])} missing"):
+        packmod.unpack(parts[0], str(tmp_path / "c2"))
+
+
 def test_unpack_refuses_another_file(tmp_path):
     path = str(tmp_path / "x.npz")
     np.savez(path, format=np.array("something-else"))
