@@ -81,19 +81,28 @@ def pack(aid: Dict, maps: Dict, captions: Dict[str, np.ndarray], out: str, quali
     aid_buf, aid_off = _encode(aid["images"], quality)
     maps_buf, maps_off = _encode(maps["aerial"], quality)
     caps = list(captions)
-    common = dict(format=np.array(FORMAT), aid_classes=np.array(list(aid["classes"])), captions=np.array(caps),
-                  caption_emb=np.stack([captions[c] for c in caps]).astype(np.float32))
+    common = dict(format=np.array(FORMAT), aid_classes=np.array(list(aid["classes"])))
+    text = dict(captions=np.array(caps), caption_emb=np.stack([captions[c] for c in caps]).astype(np.float32))
     layout = np.asarray(maps["layout"], np.uint8)
     labels = np.asarray(aid["labels"], np.int64)
+    for old in [out] + glob.glob(part_name(out, "*", "*")):  # an earlier pack of either kind would shadow this one
+        if os.path.exists(old):
+            os.remove(old)
     if not max_part_bytes:
-        total = _save(out, dict(common, aid_webp=aid_buf, aid_offsets=aid_off, aid_labels=labels,
+        total = _save(out, dict(common, **text, aid_webp=aid_buf, aid_offsets=aid_off, aid_labels=labels,
                                 maps_webp=maps_buf, maps_offsets=maps_off, maps_layout=layout))
         return {"aid_webp": aid_buf.nbytes, "maps_webp": maps_buf.nbytes, "total": total, "parts": 1}
     # item sizes as stored: WebP bytes (+ the zlib size of a map's layout); 10 % headroom for the npz framing
     items = [("aid", i, int(aid_off[i + 1] - aid_off[i])) for i in range(len(aid_off) - 1)]
     items += [("maps", i, int(maps_off[i + 1] - maps_off[i]) + len(zlib.compress(layout[i].tobytes(), 6)))
               for i in range(len(maps_off) - 1)]
-    ranges = _split([n for _, _, n in items], int(max_part_bytes * 0.9) - sum(v.nbytes for v in common.values()))
+    # the caption embeddings travel in the first part: its budget is smaller by their compressed size
+    text_bytes = len(zlib.compress(text["caption_emb"].tobytes(), 6)) + text["captions"].nbytes
+    budget = int(max_part_bytes * 0.9)
+    sizes = [n for _, _, n in items]
+    first = _split(sizes, budget - text_bytes)[0][1]
+    ranges = [(0, first)] + [(a + first, b + first) for a, b in _split(sizes[first:], budget)] \
+        if first < len(sizes) else [(0, first)]
 
     def sub(buf: np.ndarray, off: np.ndarray, idx: List[int]) -> Tuple[np.ndarray, np.ndarray]:
         data = np.concatenate([buf[off[i]:off[i + 1]] for i in idx]) if idx else np.zeros(0, np.uint8)
@@ -106,7 +115,7 @@ def pack(aid: Dict, maps: Dict, captions: Dict[str, np.ndarray], out: str, quali
         ab, ao = sub(aid_buf, aid_off, ai)
         mb, mo = sub(maps_buf, maps_off, mi)
         total += _save(part_name(out, k, n), dict(
-            common, part=np.array([k, n]), aid_webp=ab, aid_offsets=ao, aid_labels=labels[ai],
+            common, **(text if k == 1 else {}), part=np.array([k, n]), aid_webp=ab, aid_offsets=ao, aid_labels=labels[ai],
             maps_webp=mb, maps_offsets=mo, maps_layout=layout[mi] if mi else np.zeros((0,) + layout.shape[1:], np.uint8)))
     return {"aid_webp": aid_buf.nbytes, "maps_webp": maps_buf.nbytes, "total": total, "parts": n}
 
@@ -147,7 +156,9 @@ def unpack(path: str, cache: str) -> Dict[str, int]:
         if len(z["maps_offsets"]) > 1:
             aerial.append(_decode(z["maps_webp"], z["maps_offsets"]))
         layouts.append(z["maps_layout"])
-        classes, caps, emb = z["aid_classes"], z["captions"], z["caption_emb"]
+        classes = z["aid_classes"]
+        if "captions" in z:
+            caps, emb = z["captions"], z["caption_emb"]
     os.makedirs(cache, exist_ok=True)
     aid, aerial = np.concatenate(aid), np.concatenate(aerial)
     np.savez(os.path.join(cache, "aid_train.npz"), images=aid, labels=np.concatenate(labels), classes=classes)
