@@ -60,7 +60,8 @@ def test_algorithm_definition(tiny_setting):
     assert alg.displayName() == "Generate satellite image"
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT", "PROMPT", "MODEL", "SEED", "STEPS",
-                     "GUIDANCE", "SAMPLER", "PRECISION", "LARGE_AREA", "OUTPUT"]
+                     "GUIDANCE", "SAMPLER", "PRECISION", "LARGE_AREA", "CASCADE", "OUTPUT"]
+    assert alg.parameterDefinition("CASCADE").flags() & QgsProcessingParameterDefinition.FlagAdvanced
     precision = alg.parameterDefinition("PRECISION")
     assert precision.options() == ["auto", "fp32"] and precision.usesStaticStrings()
     assert precision.flags() & QgsProcessingParameterDefinition.FlagAdvanced
@@ -118,6 +119,20 @@ def test_processing_large_area_lifts_budget_and_reports_windows(tiny_setting, tm
     assert any(i.startswith("Large area: ") and "windows per step" in i for i in fb.infos)
     assert any(t.startswith("Window ") for t in fb.texts)
     assert not (tmp_path / "small.tif").exists()
+
+
+def test_processing_cascade(tiny_setting, tmp_path):
+    """CASCADE: the coarse pass at 4x the GSD guides the fine one; it needs a GSD."""
+    res = run(dict(BASE, CASCADE=4, OUTPUT=str(tmp_path / "c.tif")))
+    with rasterio.open(res["OUTPUT"]) as ds:
+        tags = ds.tags()
+        assert (ds.width, ds.height) == (32, 32)
+    assert '"cascade": 4' in tags["request"] and tags["cascade_coarse_model"] == "rsgen-tiny"
+    params = dict(BASE, CASCADE=4, WIDTH=32, HEIGHT=32, OUTPUT=str(tmp_path / "x.tif"))
+    del params["GSD"]
+    with pytest.raises(QgsProcessingException, match="cascade needs a GSD"):
+        run(params)
+    assert not (tmp_path / "x.tif").exists()
 
 
 def test_processing_run_width_height_and_target_crs(tiny_setting, tmp_path):

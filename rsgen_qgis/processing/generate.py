@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingContext,
                        QgsProcessingException, QgsProcessingFeedback, QgsProcessingOutputNumber,
                        QgsProcessingOutputString, QgsProcessingParameterBoolean, QgsProcessingParameterCrs,
-                       QgsProcessingParameterExtent,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterExtent,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination)
 
 from .. import settings
@@ -22,7 +22,7 @@ from .common import (RsgenAlgorithm, add_model_parameters, check_tif, given, gua
 
 EXTENT, TARGET_CRS, GSD, WIDTH, HEIGHT = "EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT"
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, OUTPUT = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER", "OUTPUT"
-LARGE_AREA = "LARGE_AREA"
+LARGE_AREA, CASCADE = "LARGE_AREA", "CASCADE"
 
 
 
@@ -47,6 +47,9 @@ class GenerateAlgorithm(RsgenAlgorithm):
             "Same seed + same place + same settings = same pixels.\n"
             "Large area: lifts the pixel budget; the area is made in world-anchored blocks written to disk as "
             "they finish (memory does not grow with the area), and overlapping runs agree pixel for pixel.\n"
+            "Coarse-to-fine (advanced, needs GSD): first generates the area at that many times the GSD, then "
+            "the requested GSD held to it (each block of factor x factor pixels averages to the coarse pixel); "
+            "with a model that carries a coarse base model, the factor of that model uses it.\n"
             "Models are found in the plugin's models folder, in the folders of the setting "
             f"'{settings.KEY_MODEL_DIRS}' and in $RSGEN_MODEL_DIRS.")
 
@@ -56,6 +59,10 @@ class GenerateAlgorithm(RsgenAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(
             LARGE_AREA, "Large area (no pixel budget; world-anchored blocks written to disk as they are done)",
             False, optional=True))
+        cascade = QgsProcessingParameterNumber(CASCADE, "Coarse-to-fine factor (0 = off; e.g. 4)",
+                                               QgsProcessingParameterNumber.Integer, 0, True, 0, 16)
+        cascade.setFlags(cascade.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(cascade)
         self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "Generated image"))
         self.addOutput(QgsProcessingOutputString("PROVIDER", "ONNX Runtime execution provider that ran"))
         self.addOutput(QgsProcessingOutputNumber("GSD_METRES", "Ground sample distance in metres"))
@@ -123,6 +130,8 @@ class GenerateAlgorithm(RsgenAlgorithm):
             crs=crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019), output=output,
             large_area=bool(self.parameterDefinition(LARGE_AREA)) and given(parameters, LARGE_AREA)
             and self.parameterAsBool(parameters, LARGE_AREA, context),
+            cascade=self.parameterAsInt(parameters, CASCADE, context)
+            if self.parameterDefinition(CASCADE) and given(parameters, CASCADE) else 0,
             **(model_values(self, parameters, context) if self.parameterDefinition(MODEL) else {}), **size)
 
     def with_conditions(self, req: GenerationRequest, parameters: Dict[str, Any], context: QgsProcessingContext,
