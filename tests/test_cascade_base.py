@@ -139,7 +139,7 @@ def test_fine_pass_keeps_the_coarse_pixels(two_stage_dir, tmp_path, monkeypatch,
 def test_evaluation_two_stage_generator(two_stage_dir):
     """evaluate --two-stage: base tiles at a quarter of the size (4x the GSD, the layout by majority), then the
     fine tiles held to them."""
-    from rsgen_qgis.training.evaluate import TwoStageGenerator
+    from rsgen_qgis.training.tilegen import TwoStageGenerator
 
     gen = TwoStageGenerator(os.path.join(two_stage_dir, "rsgen-tiny"), 2, 3.0)
     seen = []

@@ -23,7 +23,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from rsgen_qgis.training.data import AID_GSD_150, load_aid  # noqa: E402
-from rsgen_qgis.training.evaluate import RES, SceneNet, TileGenerator, resize, to_tensor  # noqa: E402,F401
+from rsgen_qgis.training.evaluate import SceneNet, resize, to_tensor  # noqa: E402,F401
+from rsgen_qgis.training.tilegen import RES, TileGenerator  # noqa: E402
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rsgen_qgis.training.evaluate import TileGenerator, comparison_cases, psnr  # noqa: E402
+from rsgen_qgis.training.evaluate import psnr  # noqa: E402
+from rsgen_qgis.training.tilegen import TileGenerator, comparison_cases  # noqa: E402
 
 
 def main() -> None:

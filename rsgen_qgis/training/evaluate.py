@@ -16,22 +16,17 @@ import argparse
 import json
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
-from ..core.guideproj import GuideProjector
-from ..core.models import load, load_base
-from ..core.samplers import Schedule, make_sampler
-from ..core.tiling import world_noise
+from ..core.conditions import layout_onehot
 from .captions import CLASS_PROMPT
 from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
-
-RES = 64
+from .tilegen import RES, TileGenerator, TwoStageGenerator
 
 
 def _block(i, o):
@@ -212,118 +207,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     va, vb, cov = f(a * a) - ma ** 2, f(b * b) - mb ** 2, f(a * b) - ma * mb
     s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
     return float(s.mean())
-
-
-class TileGenerator:
-    """Batched generation of single tiles through the package's ONNX graphs (the run-time code path's
-    model, sampler and condition encoding, without the GeoTIFF and window machinery)."""
-
-    def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = "dpmpp_2m",
-                 precision: str = "auto", base: bool = False):
-        """base: the package's coarse base model (the two-stage generation's first stage)."""
-        self.m = load_base(model_dir, providers=["CPUExecutionProvider"]) if base else \
-            load(model_dir, providers=["CPUExecutionProvider"], precision=precision)
-        man = self.m.package.manifest
-        self.lay = CondLayout.from_manifest(man["conditions"])
-        self.sched = Schedule.from_config(man["scheduler"])
-        self.steps, self.guidance, self.sampler = steps, guidance, sampler
-        self.C = man["conditions"]["spatial_channels"]
-        self.slay = man["conditions"]["spatial_layout"]
-        self.guide_factor = int(man["conditions"].get("guide_factor", 4))
-
-    def run(self, prompts: List[str], spatial: np.ndarray, seeds: List[int], batch: int = 32,
-            guides: Optional[np.ndarray] = None, guide_weight: float = 1.0, **meta) -> np.ndarray:
-        """guides: (N, 3, h, w) low-resolution guides in [-1, 1] to hold each sample to, as the run time does
-        (core.guideproj); guide_weight 0 leaves the samples free."""
-        out = []
-        for i in range(0, len(prompts), batch):
-            hook = None
-            if guides is not None and guide_weight > 0:
-                hook = GuideProjector.for_grid(guides[i:i + batch], spatial.shape[-2:], self.guide_factor, guide_weight)
-            out.append(self._run(prompts[i:i + batch], spatial[i:i + batch], seeds[i:i + batch], hook, **meta))
-        return np.concatenate(out)
-
-    def _run(self, prompts, spatial, seeds, x0_hook=None, **meta) -> np.ndarray:
-        n, res = len(prompts), spatial.shape[-1]
-        spatial = np.asarray(spatial, np.float32)
-        conds, unconds, uspatial = [], [], spatial.copy()
-        cnd_m = self.m.package.manifest["conditions"]
-        for i, p in enumerate(prompts):
-            emb = self.m.text_encoder.embed([p]) if p else None
-            conds.append(cond_vectors(self.lay, emb, guidance=self.guidance, **meta))
-            # the run-time's unconditional branch (core.conditions.unconditional); none: the sample is unguided
-            u = unconditional(self.lay, cnd_m, emb, self.guidance, **meta)
-            unconds.append(conds[-1] if u is None else u[0])
-            if u is not None and u[1] is not None:
-                o, k = u[1]
-                uspatial[i, o:o + k] = 0.0
-        cond, uncond = np.concatenate(conds), np.concatenate(unconds)
-        s = make_sampler(self.sampler, self.sched, self.steps)
-        x = np.stack([world_noise(sd, 0, 0, res, res) for sd in seeds]) * s.init_noise_sigma
-        two = "guidance_input" not in cnd_m  # a guidance-distilled model: one evaluation does both
-        for i, t in enumerate(s.timesteps):
-            xin = s.scale_model_input(x, i).astype(np.float32)
-            if two:
-                feed = {"sample": np.concatenate([xin, xin]), "timestep": np.full(2 * n, t, np.float32),
-                        "spatial": np.concatenate([spatial, uspatial]), "cond": np.concatenate([cond, uncond])}
-                o = self.m.denoiser.run(["prediction"], feed)[0]
-                pred = o[n:] + self.guidance * (o[:n] - o[n:])
-            else:
-                feed = {"sample": xin, "timestep": np.full(n, t, np.float32), "spatial": spatial, "cond": cond}
-                pred = self.m.denoiser.run(["prediction"], feed)[0]
-            x = s.step(pred, i, x, x0_hook).astype(np.float32)
-        return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
-
-
-class TwoStageGenerator:
-    """The two-stage generation as the run time's cascade does it at the base's factor: the package's coarse base
-    model makes each tile at 1/factor the size (4x the GSD) from the prompt, metadata and the layout (majority per
-    coarse pixel), then the fine model makes the tile with that image as its guide, held to it (guide consistency).
-    Same signature as TileGenerator.run for prompt and layout tiles."""
-
-    def __init__(self, model_dir: str, steps: int, guidance: float, precision: str = "auto",
-                 base_guidance: Optional[float] = None):
-        self.fine = TileGenerator(model_dir, steps, guidance, precision=precision)
-        man = self.fine.m.package.manifest
-        self.factor = int(man["cascade_base"]["factor"])
-        bg = man["cascade_base"]["manifest"].get("defaults", {}).get("guidance", guidance)
-        self.base = TileGenerator(model_dir, steps, base_guidance or bg, base=True)
-        self.C, self.slay, self.guide_factor = self.fine.C, self.fine.slay, self.fine.guide_factor
-
-    def run(self, prompts, spatial, seeds, batch: int = 32, **meta) -> np.ndarray:
-        f, res = self.factor, spatial.shape[-1]
-        o, k = self.slay["layout"]
-        lay = spatial[:, o:o + k]
-        csp = np.zeros((len(prompts), self.base.C, res // f, res // f), np.float32)
-        if meta.get("has_layout"):
-            votes = lay.reshape(len(lay), k, res // f, f, res // f, f).sum((3, 5))
-            csp[:, o:o + k] = np.eye(k, dtype=np.float32)[votes.argmax(1)].transpose(0, 3, 1, 2)
-        cmeta = dict(meta, gsd_m=meta["gsd_m"] * f) if meta.get("gsd_m") else meta
-        coarse = self.base.run(prompts, csp, seeds, batch, **cmeta)
-        g = coarse.astype(np.float32) / 127.5 - 1
-        sp = np.array(spatial, np.float32)
-        o, k = self.slay["guide"]
-        sp[:, o:o + k] = F.interpolate(torch.from_numpy(g), size=(res, res), mode="bilinear",
-                                       align_corners=False).numpy()
-        return self.fine.run(prompts, sp, seeds, batch, guides=g, **dict(meta, has_guide=True))
-
-
-def comparison_cases(data: str, per_prompt: int = 2, n_layouts: int = 60, cache: str = os.path.join("runs", "cache"),
-                     channels: int = 13) -> Dict[str, tuple]:
-    """Tiles for comparing two ways of generating the same images (tools/distill_check.py, tools/quant_check.py):
-    name -> (prompts, spatial, seeds, metadata): every class prompt `per_prompt` times, and (with `data`) the first
-    held-out maps layouts without a prompt."""
-    prompts = [p for p in CLASS_PROMPT.values() for _ in range(per_prompt)]
-    cases = {"prompt": (prompts, np.zeros((len(prompts), channels, RES, RES), np.float32), list(range(len(prompts))),
-                        dict(gsd_m=AID_GSD_150 * 150 / RES))}
-    if data:
-        lay = load_maps(data, "val", cache)["layout"][:n_layouts, 64:192:2, 64:192:2]
-        sp = np.zeros((len(lay), channels, RES, RES), np.float32)
-        for i, ids in enumerate(lay):
-            sp[i, :6] = layout_onehot(ids.astype(np.uint8))
-        cases["layout"] = ([""] * len(lay), sp, list(range(len(lay))),
-                           dict(gsd_m=MAPS_GSD_256 * 128 / RES, lon=NYC_LONLAT[0], lat=NYC_LONLAT[1], has_layout=True))
-    return cases
 
 
 def grid_png(rows: List[np.ndarray], path: str, labels: List[str] = None) -> None:
