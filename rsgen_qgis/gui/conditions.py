@@ -263,7 +263,8 @@ class ConditionsPanel(QWidget):
         self.strength_value.setText(f"{self.strength() :.2f}")
         self.raster_note.setText(tr("Works on the raster's own grid and CRS (the Area settings are not used)")
                                  if mode != "superres" else
-                                 tr("Same footprint and CRS as the raster, pixels 4× smaller"))
+                                 tr("Same footprint and CRS as the raster, pixels 4× smaller; each 4×4 block "
+                                    "averages to the raster's pixel"))
 
     def strength(self) -> float:
         return self.strength_slider.value() / 100.0
