@@ -17,9 +17,9 @@ import numpy as np
 from . import VERSION
 from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot, unconditional
 from .errors import Cancelled, ConditionError, ParameterError
-from .guideproj import GuideProjector
 from .georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
 from .geotiff import check_writable, write_cog
+from .guideproj import GuideProjector
 from .models import LoadedModel, cascade_factor, load, load_base
 from .request import GenerationRequest
 from .samplers import Schedule, make_sampler
@@ -104,7 +104,10 @@ def metadata_for(grid: Grid, req: GenerationRequest, manifest: dict, warnings: L
     return out
 
 
-def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
+def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid,
+            projector: Optional[GuideProjector] = None) -> Prepared:
+    """projector: guide consistency on the guide's own cells when the caller knows them (the cascade's coarse
+    pixels); otherwise it is made from the guide array."""
     m = model.package.manifest
     cnd_m = m["conditions"]
     tile, mult = int(m["tile"]["size"]), int(m["tile"].get("multiple", 1))
@@ -114,7 +117,9 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
     n_cls = len(cnd_m["layout_classes"])
     spatial = np.zeros((cnd_m["spatial_channels"], hc, wc), np.float32)
     lay = cnd_m["spatial_layout"]
-    known = mask = projector = None
+    known = mask = None
+    if c.guide is None:
+        projector = None
     if c.layout is not None:
         _check_shape("layout", c.layout, grid)
         ids = _pad(np.asarray(c.layout, np.uint8), hc, wc, NO_LAYOUT)
@@ -141,7 +146,7 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Prepared:
         up = guide_upsample(g / 127.5 - 1.0, (grid.height, grid.width))
         o, n = lay["guide"]
         spatial[o:o + n] = _pad(up, hc, wc, "edge")
-        projector = guide_projector(req, cnd_m, g / 127.5 - 1.0, grid)
+        projector = projector or guide_projector(req, cnd_m, g / 127.5 - 1.0, grid)
     meta = metadata_for(grid, req, m, warnings)
     cl = CondLayout.from_manifest(cnd_m)
     emb = None
@@ -285,9 +290,7 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
     c = req.conditions
     strength = c.strength if (c.image is not None and c.mask is None) else 1.0
     sampler = make_sampler(req.sampler, Schedule.from_config(m["scheduler"]), req.steps, strength)
-    p = prepare(req, model, grid)
-    if projector is not None and p.guide_projector is not None:
-        p.guide_projector = projector
+    p = prepare(req, model, grid, projector)
     col0, row0 = grid.world_offset
     noise = world_noise(req.seed, col0, row0, p.canvas_h, p.canvas_w)
     if strength < 1.0:

@@ -16,6 +16,8 @@ coefficients pixel by pixel and never reduce over the image (no dynamic threshol
 percentiles). The large-area path relies on this: it fuses the model outputs of overlapping windows into one
 canvas and steps the whole canvas, which must equal stepping each pixel on its own. DPM-Solver++ 2M keeps the
 previous x0 prediction (one array the size of x) between calls, so call `step` once per index, in order.
+An x0_hook given to `step` (guide consistency, core.guideproj) is the caller's and may reduce over the image;
+the large-area path passes one per block, whose canvas it steps as a whole.
 
 Deliberate differences from diffusers, both at its edges:
 - 'trailing' spacing: for 62 step counts in 1..1000 at 1000 training steps (61, 103, 121, ...), diffusers'

@@ -56,8 +56,7 @@ def add_cascade_base(package_dir: str, checkpoint: str, gsd_range: tuple, guidan
         shutil.rmtree(tmp, ignore_errors=True)
     entry = {"sha256": sha256_file(os.path.join(package_dir, BASE_FILE)),
              "bytes": os.path.getsize(os.path.join(package_dir, BASE_FILE))}
-    shared = {k: m["files"][v["file"]] for k, v in m["graphs"].items() if k == "text_encoder"}
-    vocab = m["tokenizer"]["vocab"]
+    text_file, vocab = m["graphs"]["text_encoder"]["file"], m["tokenizer"]["vocab"]
     base = {
         "format": FORMAT,
         "id": f"{m['id']}/base",
@@ -75,8 +74,7 @@ def add_cascade_base(package_dir: str, checkpoint: str, gsd_range: tuple, guidan
         "defaults": {"steps": 20, "guidance": guidance, "sampler": "dpmpp_2m"},
         "training": {"steps": st["step"], "wall_s": round(st["elapsed_s"]), "device": st.get("device", "cpu"),
                      **(training or {})},
-        "files": {BASE_FILE: entry, m["graphs"]["text_encoder"]["file"]: shared["text_encoder"],
-                  vocab: m["files"][vocab]},
+        "files": {BASE_FILE: entry, text_file: m["files"][text_file], vocab: m["files"][vocab]},
     }
     m["cascade_base"] = {"factor": factor, "manifest": base}
     m["files"][BASE_FILE] = entry
