@@ -15,7 +15,7 @@ import sys
 from typing import List, Optional
 
 from .core.errors import RsgenError
-from .core.request import PRECISIONS, SAMPLERS, GenerationRequest
+from .core.request import DEFAULT_SAMPLER, PRECISIONS, SAMPLERS, GenerationRequest
 
 # A sample extent for `demo`: Swellendam, Western Cape (UTM 34S), 1.6 km at 4 m/px.
 DEMO = dict(extent=(453000.0, 6233600.0, 454600.0, 6235200.0), crs="EPSG:32734", gsd=4.0,
@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS)
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: the model's int8 graph on the CPU (fp16 on a GPU) where it has one; fp32: exact")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

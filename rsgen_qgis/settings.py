@@ -12,7 +12,7 @@ from typing import Any, Iterable, List
 
 from qgis.core import QgsSettings
 
-from .core.request import DEFAULT_MODEL, DEFAULT_PIXEL_BUDGET
+from .core.request import DEFAULT_MODEL, DEFAULT_PIXEL_BUDGET, DEFAULT_SAMPLER
 
 PREFIX = "rsgen_qgis/"
 KEY_MODEL_DIRS = PREFIX + "model_dirs"
@@ -28,7 +28,7 @@ LAST_DEFAULTS = {
     "seed": (0, int),
     "steps": (20, int),
     "guidance": (3.0, float),
-    "sampler": ("dpmpp_2m", str),
+    "sampler": (DEFAULT_SAMPLER, str),
     "precision": ("auto", str),
     "gsd_m": (4.0, float),
 }

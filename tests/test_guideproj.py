@@ -100,14 +100,14 @@ SCHED = Schedule.from_config({"beta_schedule": "squaredcos_cap_v2", "prediction_
                               "timestep_spacing": "trailing"})
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m", "ddim", "euler"])
+@pytest.mark.parametrize("name", ["dpmpp_2m", "ddim", "euler", "dpmpp_2m_sde"])
 def test_sampler_x0_hook(name):
     """An identity hook changes nothing; a hook that pins x0 lands the last step on it."""
     rng = np.random.default_rng(2)
     model = lambda x, t: 0.3 * x + 0.1 * np.sin(x * t / 100)  # noqa: E731
 
     def run(hook):
-        s = make_sampler(name, SCHED, 6)
+        s = make_sampler(name, SCHED, 6).with_step_noise(lambda i: np.random.default_rng(10 + i).normal(size=(3, 8, 8)))
         x = rng_x.copy() * s.init_noise_sigma
         for i, t in enumerate(s.timesteps):
             x = s.step(model(s.scale_model_input(x, i), t), i, x, hook)

@@ -56,8 +56,10 @@ def test_block_range_covers_every_footprint():
             assert meets == (k in ks), (lo, n, k)
 
 
-def test_overlapping_requests_identical_in_overlap(tmp_path, tiny_model_dir):
-    kw = dict(steps=2)  # two fused steps: what a window sees depends on its neighbours
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_2m_sde"])
+def test_overlapping_requests_identical_in_overlap(tmp_path, tiny_model_dir, sampler):
+    # two fused steps: what a window sees depends on its neighbours; the SDE sampler's step noise is world-anchored
+    kw = dict(steps=2 if sampler == "dpmpp_2m" else 3, sampler=sampler)
     a = generate(px_req(tmp_path, "a.tif", 0, 0, 130, 90, **kw), model_dirs=[tiny_model_dir])
     b = generate(px_req(tmp_path, "b.tif", 80, -40, 120, 90, **kw), model_dirs=[tiny_model_dir])
     A, B = read(a.path), read(b.path)
@@ -71,13 +73,14 @@ def test_overlapping_requests_identical_in_overlap(tmp_path, tiny_model_dir):
     assert not np.array_equal(read(c.path)[:, 0:50, 0:50], ob)
 
 
-def test_neighbours_join_like_one_request(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("kw", [{}, {"sampler": "dpmpp_2m_sde", "steps": 3}])
+def test_neighbours_join_like_one_request(tmp_path, tiny_model_dir, kw):
     # tiny tile 32: 76 px block pitch, 8 px bands; the join at column 80 lies inside the band [76, 84)
     lay = BlockLayout.for_manifest({"tile": {"size": 32}}, 2)
     assert (lay.block, lay.band) == (76, 8)
-    whole = read(generate(px_req(tmp_path, "w.tif", -10, 0, 200, 30), model_dirs=[tiny_model_dir]).path)
-    left = read(generate(px_req(tmp_path, "l.tif", -10, 0, 90, 30), model_dirs=[tiny_model_dir]).path)
-    right = read(generate(px_req(tmp_path, "r.tif", 80, 0, 110, 30), model_dirs=[tiny_model_dir]).path)
+    whole = read(generate(px_req(tmp_path, "w.tif", -10, 0, 200, 30, **kw), model_dirs=[tiny_model_dir]).path)
+    left = read(generate(px_req(tmp_path, "l.tif", -10, 0, 90, 30, **kw), model_dirs=[tiny_model_dir]).path)
+    right = read(generate(px_req(tmp_path, "r.tif", 80, 0, 110, 30, **kw), model_dirs=[tiny_model_dir]).path)
     assert np.array_equal(np.concatenate([left, right], axis=2), whole)
 
 

@@ -39,7 +39,7 @@ def test_generate_writes_georeferenced_cog(tmp_path, tiny_model_dir):
     assert ok, problems
     assert tags["synthetic"] == "true" and tags["prompt"] == "dense housing by a river"
     assert tags["seed"] == "7" and tags["model_id"] == "rsgen-tiny" and len(tags["model_sha256"]) == 64
-    assert tags["sampler"] == "dpmpp_2m" and tags["steps"] == "3" and tags["guidance"] == "3.0"
+    assert tags["sampler"] == "dpmpp_2m_sde" and tags["steps"] == "3" and tags["guidance"] == "3.0"
     assert tags["software"].startswith("rsgen_qgis ")
     assert json.loads(tags["request"])["extent"] == list(UTM["extent"])
     assert files(tmp_path) == ["out.tif"]
@@ -58,6 +58,19 @@ def test_same_request_same_pixels_other_seed_differs(tmp_path, tiny_model_dir):
 def test_other_samplers(tmp_path, tiny_model_dir, sampler):
     r = generate(req(tmp_path, sampler=sampler), model_dirs=[tiny_model_dir])
     assert os.path.exists(r.path)
+
+
+def test_sde_sampler_is_a_function_of_seed_and_place(tmp_path, tiny_model_dir):
+    """DPM-Solver++ 2M SDE adds world-anchored noise each step: the same request gives the same pixels, another
+    seed other pixels, and it is not the ODE sampler's image."""
+    run = lambda name, **kw: generate(req(tmp_path, name, **kw), model_dirs=[tiny_model_dir])  # the default
+    a, b, c = run("a.tif"), run("b.tif"), run("c.tif", seed=8)
+    ode = generate(req(tmp_path, "ode.tif", sampler="dpmpp_2m"), model_dirs=[tiny_model_dir])
+    with rasterio.open(a.path) as A, rasterio.open(b.path) as B, rasterio.open(c.path) as C, \
+            rasterio.open(ode.path) as O:
+        assert np.array_equal(A.read(), B.read())
+        assert not np.array_equal(A.read(), C.read()) and not np.array_equal(A.read(), O.read())
+        assert A.tags()["sampler"] == "dpmpp_2m_sde"
 
 
 def test_cancel_during_sampling_leaves_no_file(tmp_path, tiny_model_dir):

@@ -20,7 +20,11 @@ DIFFUSERS = {
         {**c, "algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint",
          "lower_order_final": True, "final_sigmas_type": "zero", "use_karras_sigmas": False}),
     "euler": lambda c: EulerDiscreteScheduler.from_config(c),
+    "dpmpp_2m_sde": lambda c: DPMSolverMultistepScheduler.from_config(
+        {**c, "algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "midpoint",
+         "lower_order_final": True, "final_sigmas_type": "zero", "use_karras_sigmas": False}),
 }
+STOCHASTIC = ("dpmpp_2m_sde",)
 CONFIGS = {
     "linear-leading": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001,
                        "beta_end": 0.02, "timestep_spacing": "leading", "steps_offset": 1},
@@ -48,6 +52,11 @@ def noise(shape=(2, 3, 5, 4), seed=0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape)
 
 
+def step_noise(i: int, shape=(2, 3, 5, 4)) -> np.ndarray:
+    """The fresh noise of step i for the stochastic samplers (diffusers' variance_noise on their side)."""
+    return noise(shape, seed=100 + i)
+
+
 def diffusers_scheduler(method: str, config: dict, steps: int):
     sch = DIFFUSERS[method](config)
     sch.set_timesteps(steps)
@@ -64,8 +73,10 @@ def img2img_timesteps(sch, steps: int, strength: float) -> torch.Tensor:
 def run_both(method: str, config: dict, steps: int, strength: float = 1.0, init=None):
     """Run ours (numpy float64) and diffusers (torch float64) side by side; return the worst |dx| and the
     worst |model input difference| over all steps, after checking the timesteps."""
-    ours = make_sampler(method, Schedule.from_config(config), steps, strength)
+    ours = make_sampler(method, Schedule.from_config(config), steps, strength).with_step_noise(step_noise)
     sch = diffusers_scheduler(method, config, steps)
+    extra = (lambda i: {"variance_noise": torch.from_numpy(step_noise(i))}) if method in STOCHASTIC else \
+        (lambda i: {})
     eps = noise()
     if strength < 1.0:
         ts = img2img_timesteps(sch, steps, strength)
@@ -82,7 +93,7 @@ def run_both(method: str, config: dict, steps: int, strength: float = 1.0, init=
         xin, xin_t = ours.scale_model_input(x, i), sch.scale_model_input(xt, t)
         worst_in = max(worst_in, rel_diff(xin, xin_t))
         x = ours.step(fake_model(xin, float(ours.timesteps[i])), i, x)
-        xt = sch.step(torch.from_numpy(fake_model(xin_t.numpy(), float(t))), t, xt).prev_sample
+        xt = sch.step(torch.from_numpy(fake_model(xin_t.numpy(), float(t))), t, xt, **extra(i)).prev_sample
         assert x.dtype == np.float64 and xt.dtype == torch.float64
         worst_x = max(worst_x, rel_diff(x, xt))
     return worst_x, worst_in
@@ -180,6 +191,9 @@ def test_steps_are_elementwise(method):
     """Stepping a canvas equals stepping its halves with separate samplers: no reduction over the image."""
     sched = Schedule.from_config({**CONFIGS["cosine-trailing"], "prediction_type": "v_prediction"})
     whole, left, right = (make_sampler(method, sched, 6) for _ in range(3))
+    whole.with_step_noise(lambda i: step_noise(i, (3, 8, 10)))
+    left.with_step_noise(lambda i: step_noise(i, (3, 8, 10))[..., :4])
+    right.with_step_noise(lambda i: step_noise(i, (3, 8, 10))[..., 4:])
     x = (noise((3, 8, 10)) * whole.init_noise_sigma).astype(np.float32)
     xl, xr = x[..., :4], x[..., 4:]
     for i, t in enumerate(whole.timesteps):
@@ -210,12 +224,36 @@ def test_identity_scaling_and_labels():
     for name in ("ddim", "dpmpp_2m"):
         s = make_sampler(name, sched, 5)
         assert s.scale_model_input(x, 0) is x and s.init_noise_sigma == 1.0
-    assert list(SAMPLER_LABELS) == ["dpmpp_2m", "ddim", "euler"]
+    assert list(SAMPLER_LABELS) == ["dpmpp_2m", "ddim", "euler", "dpmpp_2m_sde"]
+
+
+def test_sde_adds_the_callers_noise_and_needs_it():
+    """The SDE sampler draws nothing itself: without bound step noise it refuses with a clear message; with it,
+    the same noise gives the same trajectory and other noise another one, ending on the x0 prediction."""
+    sched = Schedule.from_config({**CONFIGS["cosine-trailing"], "prediction_type": "v_prediction"})
+    x = noise().astype(np.float32)
+    with pytest.raises(ParameterError, match="world-anchored step noise"):
+        make_sampler("dpmpp_2m_sde", sched, 5).step(fake_model(x, 999), 0, x)
+
+    def run(offset):
+        s = make_sampler("dpmpp_2m_sde", sched, 8).with_step_noise(lambda i: step_noise(i + offset))
+        y = x.copy()
+        for i, t in enumerate(s.timesteps):
+            y = s.step(fake_model(y, float(t)).astype(np.float32), i, y)
+        return y
+    a, b, c = run(0), run(0), run(50)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-2
+    ode = make_sampler("dpmpp_2m", sched, 8)
+    y = x.copy()
+    for i, t in enumerate(ode.timesteps):
+        y = ode.step(fake_model(y, float(t)).astype(np.float32), i, y)
+    assert np.abs(a - y).max() > 1e-2  # the SDE update is not the ODE's
 
 
 def test_errors():
     sched = Schedule.from_config(CONFIGS["cosine-trailing"])
-    with pytest.raises(ParameterError, match="dpmpp_2m, ddim, euler"):
+    with pytest.raises(ParameterError, match="dpmpp_2m, ddim, euler, dpmpp_2m_sde"):
         make_sampler("heun", sched, 10)
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ParameterError, match="steps"):

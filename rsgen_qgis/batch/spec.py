@@ -5,7 +5,7 @@
     gsd: 2.0                    # pixel size in CRS units
     model: rsgen-base           # id or package folder;  model_dirs: [extra folders]
     seed: 7
-    steps: 20                   # guidance: 3.0   sampler: dpmpp_2m   date: 2020-06-01
+    steps: 20                   # guidance: 3.0   sampler: dpmpp_2m_sde   date: 2020-06-01
     prompt: "a town"            # default prompt
     tile_px: 1024               # tile side in pixels (tiles sit on the world grid of the GSD)
     clip_tiles: true            # a tile covers only its part of the AOIs' bounding boxes (false: whole tiles)
@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.conditions import LAYOUT_CLASSES
 from ..core.errors import RsgenError
-from ..core.request import DEFAULT_MODEL, PRECISIONS, SAMPLERS
+from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS
 
 
 class JobSpecError(RsgenError):
@@ -158,7 +158,7 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
             raise JobSpecError(f"model_dirs[{i}]: expected text (a folder), got {type(m).__name__}.")
     if d["gsd"] <= 0:
         raise JobSpecError(f"gsd: must be positive, got {d['gsd']!r}.")
-    sampler = d.get("sampler") or "dpmpp_2m"
+    sampler = d.get("sampler") or DEFAULT_SAMPLER
     if sampler not in SAMPLERS:
         raise JobSpecError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}.")
     tile_px = int(d.get("tile_px") or 1024)

@@ -267,8 +267,9 @@ class _BlockRunner:
         lay, req = self.lay, self.req
         p = self.prepared(kr, kc)
         sampler = make_sampler(req.sampler, self.schedule, req.steps, 1.0)
-        x = (world_noise(req.seed, kc * lay.block, kr * lay.block, lay.span, lay.span)
-             * sampler.init_noise_sigma).astype(np.float32)
+        c0, r0 = kc * lay.block, kr * lay.block
+        x = (world_noise(req.seed, c0, r0, lay.span, lay.span) * sampler.init_noise_sigma).astype(np.float32)
+        sampler.with_step_noise(lambda i: world_noise(req.seed, c0, r0, lay.span, lay.span, stream=i + 1))
         for i, t in enumerate(sampler.timesteps):
             if self.cancelled():
                 raise Cancelled("Generation cancelled; nothing was written.")

@@ -320,6 +320,7 @@ def generate_latent(req, model, grid, progress: Progress, cancelled: Callable[[]
     col0, row0 = grid.world_offset
     ch = int(m["latent"]["channels"])
     noise = world_noise(req.seed, col0 // f, row0 // f, hc // f, wc // f, ch)
+    sampler.with_step_noise(lambda i: world_noise(req.seed, col0 // f, row0 // f, hc // f, wc // f, ch, stream=i + 1))
     if c.image is not None:  # variation: the source image's latents noised to the first kept timestep
         src = np.asarray(c.image)
         if src.shape != (3, grid.height, grid.width):

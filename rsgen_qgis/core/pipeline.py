@@ -293,6 +293,7 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
     p = prepare(req, model, grid, projector)
     col0, row0 = grid.world_offset
     noise = world_noise(req.seed, col0, row0, p.canvas_h, p.canvas_w)
+    sampler.with_step_noise(lambda i: world_noise(req.seed, col0, row0, p.canvas_h, p.canvas_w, stream=i + 1))
     if strength < 1.0:
         x = sampler.add_noise(p.known, noise, sampler.start_timestep).astype(np.float32)
     else:

@@ -1,4 +1,5 @@
-"""Diffusion samplers in plain numpy (DDIM, DPM-Solver++ 2M, Euler), step for step equal to diffusers 0.42.
+"""Diffusion samplers in plain numpy (DDIM, DPM-Solver++ 2M and its SDE variant, Euler), step for step equal to
+diffusers 0.42.
 
 Why numpy: the run-time path must not import torch, yet the models are trained and evaluated with diffusers'
 schedulers, so a sampler that drifts from them silently degrades every image. tests/test_samplers.py runs
@@ -19,6 +20,11 @@ previous x0 prediction (one array the size of x) between calls, so call `step` o
 An x0_hook given to `step` (guide consistency, core.guideproj) is the caller's and may reduce over the image;
 the large-area path passes one per block, whose canvas it steps as a whole.
 
+Stochastic samplers (DPM-Solver++ 2M SDE) add fresh noise at every step. They never draw it themselves: the
+caller binds a function of the step index (`with_step_noise`) that returns world-anchored noise for the canvas
+(core.tiling.world_noise with stream = index + 1), so the same place and seed still give the same pixels and
+overlapping requests and blocks agree.
+
 Deliberate differences from diffusers, both at its edges:
 - 'trailing' spacing: for 62 step counts in 1..1000 at 1000 training steps (61, 103, 121, ...), diffusers'
   np.arange overshoots and appends a timestep -1 (one step more than asked, the model told t=-1; DDIM then reads
@@ -33,11 +39,13 @@ import numpy as np
 
 from .errors import ModelPackageError, ParameterError
 
-SAMPLER_LABELS: Dict[str, str] = {"dpmpp_2m": "DPM-Solver++ 2M", "ddim": "DDIM", "euler": "Euler"}
+SAMPLER_LABELS: Dict[str, str] = {"dpmpp_2m": "DPM-Solver++ 2M", "ddim": "DDIM", "euler": "Euler",
+                                  "dpmpp_2m_sde": "DPM-Solver++ 2M SDE"}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 _F32 = np.float32
 X0Hook = Optional[Callable[[np.ndarray], np.ndarray]]
+StepNoise = Callable[[int], np.ndarray]
 
 
 def _linspace32(start: float, end: float, n: int) -> np.ndarray:
@@ -144,6 +152,7 @@ def _out(*arrays: np.ndarray) -> type:
 class Sampler:
     """Common part: timestep selection (incl. img2img truncation), the float32 schedule, the public API."""
     name = ""
+    stochastic = False  # adds fresh noise each step: needs with_step_noise
 
     def __init__(self, schedule: Schedule, steps: int, strength: float) -> None:
         self.schedule = schedule
@@ -162,6 +171,22 @@ class Sampler:
         self.timesteps: np.ndarray = full[self._begin:].copy()
         self.start_timestep = self.timesteps[0]
         self.init_noise_sigma: float = 1.0
+        self._step_noise: Optional[StepNoise] = None
+
+    def with_step_noise(self, fn: StepNoise) -> "Sampler":
+        """Bind the noise a stochastic sampler adds at step index i: fn(i) -> an array shaped like the state
+        (standard normal, world-anchored by the caller). Deterministic samplers never call it."""
+        self._step_noise = fn
+        return self
+
+    def _noise(self, i: int, shape) -> np.ndarray:
+        if self._step_noise is None:
+            raise ParameterError(f"The {self.name} sampler adds noise at every step and needs the caller's "
+                                 "world-anchored step noise (with_step_noise).")
+        z = np.asarray(self._step_noise(i))
+        if z.shape != tuple(shape):
+            raise ValueError(f"step noise {z.shape} does not match the state {tuple(shape)}")
+        return z
 
     def _full_timesteps(self, s: Schedule, n: int) -> np.ndarray:
         """DDIM's (and Euler's) set_timesteps, as integers."""
@@ -305,6 +330,38 @@ class DPMSolverPP2MSampler(Sampler):
         return out.astype(_out(model_output, x))
 
 
+class DPMSolverPP2MSDESampler(DPMSolverPP2MSampler):
+    """DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', solver_order=2, solver_type='midpoint',
+    lower_order_final=True, final_sigmas_type='zero'): DPM-Solver++ 2M with its stochastic (SDE) update, which
+    re-injects noise every step (as much as the step removes beyond the ODE's share). Same timesteps and
+    first/second-order choice as the ODE sampler; the last step (sigma 0) returns the x0 prediction. The noise of
+    step i is the caller's (with_step_noise), standing for diffusers' variance_noise."""
+    name = "dpmpp_2m_sde"
+    stochastic = True
+
+    def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
+        k, last, x64 = self._begin + i, len(self._full) - 1, np.asarray(x, np.float64)
+        m0 = self._convert(np.asarray(model_output, np.float64), self._alpha[k], self._sig[k], x64)
+        if x0_hook is not None:
+            m0 = np.asarray(x0_hook(m0), np.float64)
+        m1 = self._prev_x0 if (i > 0 and self._prev_i == i - 1) else None
+        self._prev_x0, self._prev_i = m0, i
+        z = self._noise(i, np.shape(x))
+        lam, h = self._lam, self._lam[k + 1] - self._lam[k]
+        e1 = np.exp(-h.astype(np.float64)).astype(_F32)
+        e2 = np.exp((_F32(-2.0) * h).astype(np.float64)).astype(_F32)
+        a = self._sig[k + 1] / self._sig[k] * e1
+        b = self._alpha[k + 1] * (_F32(1) - e2)
+        c = self._sig[k + 1] * np.sqrt(_F32(1) - e2)
+        # diffusers casts the sample and the noise to float32 inside step; the run-time x is float32 anyway
+        out = (a * np.asarray(x, _F32)).astype(np.float64) + float(b) * m0
+        if m1 is not None and k < last:
+            r0 = (lam[k] - lam[k - 1]) / h
+            out = out + float(_F32(0.5) * b) * (float(_F32(1) / r0) * (m0 - m1))
+        out = out + float(c) * np.asarray(z, _F32).astype(np.float64)
+        return out.astype(_out(model_output, x))
+
+
 class EulerSampler(Sampler):
     """EulerDiscreteScheduler (no churn, linear interpolation, final sigma 0). Its state lives in the
     'sigma' space: x = x0 + sigma * noise, so the network needs scale_model_input's 1/sqrt(sigma^2 + 1) and the
@@ -354,7 +411,8 @@ class EulerSampler(Sampler):
         return out.astype(_out(model_output, x))
 
 
-_SAMPLERS = {"dpmpp_2m": DPMSolverPP2MSampler, "ddim": DDIMSampler, "euler": EulerSampler}
+_SAMPLERS = {"dpmpp_2m": DPMSolverPP2MSampler, "ddim": DDIMSampler, "euler": EulerSampler,
+             "dpmpp_2m_sde": DPMSolverPP2MSDESampler}
 
 
 def make_sampler(name: str, schedule: Schedule, steps: int, strength: float = 1.0) -> Sampler:

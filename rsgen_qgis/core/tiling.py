@@ -22,12 +22,17 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def world_noise(seed: int, col0: int, row0: int, height: int, width: int, channels: int = 3) -> np.ndarray:
-    """(channels, height, width) float32 standard normal noise for world pixels starting at (row0, col0)."""
+def world_noise(seed: int, col0: int, row0: int, height: int, width: int, channels: int = 3,
+                stream: int = 0) -> np.ndarray:
+    """(channels, height, width) float32 standard normal noise for world pixels starting at (row0, col0).
+    stream: an independent draw for the same seed and place (0: the starting noise; k >= 1: the fresh noise a
+    stochastic sampler adds at its k-th step), so that stochastic sampling stays a function of the place too."""
     with np.errstate(over="ignore"):
         rows = (np.arange(height, dtype=np.int64) + np.int64(row0)).astype(np.uint64)
         cols = (np.arange(width, dtype=np.int64) + np.int64(col0)).astype(np.uint64)
         key = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLD + _GOLD)
+        if stream:
+            key = _mix(key ^ (np.uint64(stream) * _M1 + _M2))
         out = np.empty((channels, height, width), np.float32)
         for c in range(channels):
             kc = _mix(key ^ np.uint64(c + 1) * _M2)

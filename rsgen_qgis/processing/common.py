@@ -17,7 +17,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
 from ..core.errors import RsgenError
-from ..core.request import DEFAULT_MODEL, PRECISIONS, SAMPLERS
+from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS
 from ..gis import icon_path
 from ..gis.layers import layer_name, move_to_generated_group
 
@@ -83,7 +83,7 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
     alg.addParameter(guidance)
     names = sampler_names()
     alg.addParameter(QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
-                                                "dpmpp_2m" if "dpmpp_2m" in names else names[0], False, True))
+                                                DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0], False, True))
     precision = QgsProcessingParameterEnum(PRECISION, "Precision", list(PRECISIONS), False, "auto", False, True)
     precision.setHelp("auto: the model's int8 graph on the CPU (fp16 on a GPU) where the package has one - "
                       "faster, images close to but not identical with the exact graph's; fp32: the exact graph.")

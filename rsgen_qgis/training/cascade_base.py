@@ -24,6 +24,7 @@ import torch
 
 from ..core.conditions import manifest_conditions
 from ..core.models import FORMAT, read_package, sha256_file
+from ..core.request import DEFAULT_SAMPLER
 from .export import denoiser_io, export_denoiser
 from .model import Denoiser, DenoiserConfig
 
@@ -71,7 +72,7 @@ def add_cascade_base(package_dir: str, checkpoint: str, gsd_range: tuple, guidan
         "image": m["image"],
         "conditions": conditions,
         "architecture": {"type": "diffusers.UNet2DModel+cond_mlp", **cfg.to_dict()},
-        "defaults": {"steps": 20, "guidance": guidance, "sampler": "dpmpp_2m"},
+        "defaults": {"steps": 20, "guidance": guidance, "sampler": DEFAULT_SAMPLER},
         "training": {"steps": st["step"], "wall_s": round(st["elapsed_s"]), "device": st.get("device", "cpu"),
                      **(training or {})},
         "files": {BASE_FILE: entry, text_file: m["files"][text_file], vocab: m["files"][vocab]},

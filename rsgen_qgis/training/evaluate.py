@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.conditions import layout_onehot
+from ..core.request import DEFAULT_SAMPLER, SAMPLERS
 from .captions import CLASS_PROMPT
 from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
 from .tilegen import RES, TileGenerator, TwoStageGenerator
@@ -231,6 +232,7 @@ def main(argv=None) -> None:
     ap.add_argument("--layouts", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS, help="the run time's sampler to generate with")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32"],
                     help="auto: the graph the CPU run time uses (int8 where the package has one); fp32: exact")
     ap.add_argument("--seed-offset", type=int, default=0,
@@ -252,16 +254,16 @@ def main(argv=None) -> None:
     os.makedirs(a.out, exist_ok=True)
     cache = os.path.join(os.path.dirname(a.out.rstrip("/")) or ".", "cache")
     t0 = time.time()
-    res: Dict = {"model": a.model, "steps": a.steps, "guidance": a.guidance, "sampler": "dpmpp_2m",
+    res: Dict = {"model": a.model, "steps": a.steps, "guidance": a.guidance, "sampler": a.sampler,
                  "seed_offset": a.seed_offset}
     aid_tr, aid_te = load_aid(a.data, "train", cache), load_aid(a.data, "test", cache)
     maps_tr, maps_va = load_maps(a.data, "train", cache), load_maps(a.data, "val", cache)
     classes = aid_tr["classes"]
     n_cls = 6
-    gen = TileGenerator(a.model, a.steps, a.guidance, precision=a.precision)
+    gen = TileGenerator(a.model, a.steps, a.guidance, sampler=a.sampler, precision=a.precision)
     res["denoiser_graph"] = gen.m.variant
     # prompt and layout tiles: one stage, or the package's base model first (as the run time's cascade does)
-    staged = TwoStageGenerator(a.model, a.steps, a.guidance, a.precision) if a.two_stage else gen
+    staged = TwoStageGenerator(a.model, a.steps, a.guidance, a.precision, sampler=a.sampler) if a.two_stage else gen
     if a.two_stage:
         res["two_stage"] = {"factor": staged.factor, "base_guidance": staged.base.guidance,
                             "base_sha256": staged.base.m.package.denoiser_sha256}

@@ -19,6 +19,7 @@ import torch
 
 from ..core.conditions import GUIDANCE_RANGE, CondLayout, manifest_conditions, spatial_channels
 from ..core.models import sha256_file
+from ..core.request import DEFAULT_SAMPLER
 from .model import Denoiser, DenoiserConfig
 
 FORMAT = "rsgen-model-package/1"
@@ -96,7 +97,7 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
             "image": {"channels": ["red", "green", "blue"], "range": [-1.0, 1.0]},
             "conditions": manifest_conditions(text["dim"], info.pop("metadata_policy", None), cfg.guidance_input),
             "architecture": {"type": "diffusers.UNet2DModel+cond_mlp", **cfg.to_dict()},
-            "defaults": info.pop("defaults", {"steps": 20, "guidance": 3.0, "sampler": "dpmpp_2m"}),
+            "defaults": info.pop("defaults", {"steps": 20, "guidance": 3.0, "sampler": DEFAULT_SAMPLER}),
             **info,
         }
         files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
 from ..core.guideproj import GuideProjector
 from ..core.models import load, load_base
+from ..core.request import DEFAULT_SAMPLER
 from ..core.samplers import Schedule, make_sampler
 from ..core.tiling import world_noise
 from .captions import CLASS_PROMPT
@@ -26,7 +27,7 @@ class TileGenerator:
     """Batched generation of single tiles through the package's ONNX graphs (the run-time code path's
     model, sampler and condition encoding, without the GeoTIFF and window machinery)."""
 
-    def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = "dpmpp_2m",
+    def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = DEFAULT_SAMPLER,
                  precision: str = "auto", base: bool = False):
         """base: the package's coarse base model (the two-stage generation's first stage)."""
         self.m = load_base(model_dir, providers=["CPUExecutionProvider"]) if base else \
@@ -68,6 +69,7 @@ class TileGenerator:
         cond, uncond = np.concatenate(conds), np.concatenate(unconds)
         s = make_sampler(self.sampler, self.sched, self.steps)
         x = np.stack([world_noise(sd, 0, 0, res, res) for sd in seeds]) * s.init_noise_sigma
+        s.with_step_noise(lambda k: np.stack([world_noise(sd, 0, 0, res, res, stream=k + 1) for sd in seeds]))
         two = "guidance_input" not in cnd_m  # a guidance-distilled model: one evaluation does both
         for i, t in enumerate(s.timesteps):
             xin = s.scale_model_input(x, i).astype(np.float32)
@@ -90,12 +92,12 @@ class TwoStageGenerator:
     Same signature as TileGenerator.run for prompt and layout tiles."""
 
     def __init__(self, model_dir: str, steps: int, guidance: float, precision: str = "auto",
-                 base_guidance: Optional[float] = None):
-        self.fine = TileGenerator(model_dir, steps, guidance, precision=precision)
+                 base_guidance: Optional[float] = None, sampler: str = DEFAULT_SAMPLER):
+        self.fine = TileGenerator(model_dir, steps, guidance, sampler, precision=precision)
         man = self.fine.m.package.manifest
         self.factor = int(man["cascade_base"]["factor"])
         bg = man["cascade_base"]["manifest"].get("defaults", {}).get("guidance", guidance)
-        self.base = TileGenerator(model_dir, steps, base_guidance or bg, base=True)
+        self.base = TileGenerator(model_dir, steps, base_guidance or bg, sampler, base=True)
         self.C, self.slay, self.guide_factor = self.fine.C, self.fine.slay, self.fine.guide_factor
 
     def run(self, prompts, spatial, seeds, batch: int = 32, **meta) -> np.ndarray:
