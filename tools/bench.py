@@ -75,14 +75,14 @@ def ort_vs_torch(threads: int) -> dict:
     return out
 
 
-def seconds_per_tile(precision: str = "auto") -> dict:
+def seconds_per_tile(precision: str = "auto", sampler: str = "dpmpp_2m_sde") -> dict:
     from rsgen_qgis.core.pipeline import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     d = tempfile.mkdtemp()
     req = GenerationRequest(extent=(453000, 6233600, 453256, 6233856), crs="EPSG:32734", gsd=4.0,
                             prompt="a satellite image of a forest", seed=1, steps=20, guidance=3.0,
-                            sampler="dpmpp_2m", model=MODEL, output=os.path.join(d, "t.tif"), precision=precision)
+                            sampler=sampler, model=MODEL, output=os.path.join(d, "t.tif"), precision=precision)
     graph = generate(req).denoiser_graph  # warm: session load, hash check
     ts = [generate(req.replace(seed=i)).seconds for i in range(5)]
     r4 = req.replace(extent=(453000, 6233600, 453512, 6233856))
@@ -91,6 +91,7 @@ def seconds_per_tile(precision: str = "auto") -> dict:
 
     calls = evaluations_per_window(req, json.load(open(os.path.join(MODEL, "manifest.json"))))
     return {"tile_64px_20_steps_cfg_s": statistics.median(ts), "request_128x64_s": t2, "unet_calls_per_step": calls,
+            "sampler": sampler,
             "denoiser_graph": graph}
 
 
@@ -207,13 +208,18 @@ def main() -> None:
         if "ort_int8_ms" in v:
             print(f"denoiser {b}: ORT int8 graph {v['ort_int8_ms']:.1f} ms -> {v['int8_speedup']:.2f}x the fp32 graph")
     tiles = {}
-    for prec in ("auto", "fp32"):
-        s = seconds_per_tile(prec)
-        tiles[s["denoiser_graph"]] = s
-        print(f"64 px tile, 20 DPM-Solver++ steps, guidance 3 ({s['unet_calls_per_step']} UNet call(s)/step), "
-              f"{s['denoiser_graph']} graph, via generate(): {s['tile_64px_20_steps_cfg_s']:.3f} s "
-              "(target <= 0.5 s on 2 cores)")
+    from rsgen_qgis.core.samplers import SAMPLER_LABELS
+    for prec, sampler in (("auto", "dpmpp_2m_sde"), ("auto", "dpmpp_2m"), ("fp32", "dpmpp_2m_sde")):
+        s = seconds_per_tile(prec, sampler)
+        tiles[f"{s['denoiser_graph']}_{sampler}"] = s
+        print(f"64 px tile, 20 {SAMPLER_LABELS[sampler]} steps, guidance 3 "
+              f"({s['unet_calls_per_step']} UNet call(s)/step), {s['denoiser_graph']} graph, via generate(): "
+              f"{s['tile_64px_20_steps_cfg_s']:.3f} s (target <= 0.5 s on 2 cores)")
         print(f"128 x 64 px request (3 overlapping windows), {s['denoiser_graph']} graph: {s['request_128x64_s']:.3f} s")
+    sde, ode = tiles.get("int8_dpmpp_2m_sde"), tiles.get("int8_dpmpp_2m")
+    if sde and ode:
+        print(f"SDE vs ODE sampler, per tile: {sde['tile_64px_20_steps_cfg_s'] / ode['tile_64px_20_steps_cfg_s']:.3f}x "
+              "(the SDE's world-anchored step noise)")
     os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
     with open(os.path.join(ROOT, "runs", "bench.json"), "w") as f:
         json.dump({"ort_vs_torch": r, "tiles": tiles, "cores": threads}, f, indent=1)

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ParameterError
 
 SAMPLERS = ("dpmpp_2m", "ddim", "euler", "dpmpp_2m_sde")
-# The default since 0.4.1's make eval: with rsgen-base the SDE variant's samples carry more texture and the
+# The default since rsgen-base 0.4.2 (same graphs as 0.4.1): the SDE variant's samples carry more texture and the
 # scene classifier recognises 25 % of class-prompt tiles instead of 20 % (models/rsgen-base/MODEL_CARD.md).
 DEFAULT_SAMPLER = "dpmpp_2m_sde"
 # Which denoiser graph: "auto" = the package's fast graph for the device where it has one (int8 on the CPU,

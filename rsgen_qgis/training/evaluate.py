@@ -232,7 +232,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layouts", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
-    ap.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS, help="the run time's sampler to generate with")
+    ap.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
+                    help="the run time's sampler to generate with (default: the run time's default)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32"],
                     help="auto: the graph the CPU run time uses (int8 where the package has one); fp32: exact")
     ap.add_argument("--seed-offset", type=int, default=0,
