@@ -296,6 +296,37 @@ def test_large_area_lifts_the_budget_and_tells_windows_first(tiny_dock, qgis_ifa
     assert ok, problems
 
 
+def test_choosing_a_model_takes_its_defaults(make_dock, tiny_model_dir, monkeypatch, tmp_path):
+    """Picking a model in the combo sets steps, guidance and sampler from its manifest's defaults; opening the
+    dock restores the last values instead, and a package without defaults leaves the controls alone."""
+    import json
+    import shutil
+
+    sd = tmp_path / "d" / "rsgen-tiny-sd"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), sd)
+    man = json.loads((sd / "manifest.json").read_text())
+    man.update(id="rsgen-tiny-sd", name="tiny SD-like", defaults={"steps": 25, "guidance": 7.5, "sampler": "ddim"})
+    (sd / "manifest.json").write_text(json.dumps(man))
+    bare = tmp_path / "d" / "rsgen-tiny-bare"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), bare)
+    man = json.loads((bare / "manifest.json").read_text())
+    man.pop("defaults", None)
+    man.update(id="rsgen-tiny-bare", name="tiny without defaults")
+    (bare / "manifest.json").write_text(json.dumps(man))
+    monkeypatch.setenv(settings.ENV_MODEL_DIRS, os.pathsep.join([tiny_model_dir, str(tmp_path / "d")]))
+    settings.set_last(steps=12, guidance=2.0, sampler="euler", model="rsgen-tiny-sd")
+    dock = make_dock()
+    assert dock.model_combo.currentData() == "rsgen-tiny-sd"
+    assert (dock.steps_spin.value(), dock.guidance_spin.value(), dock.sampler_combo.currentData()) == \
+        (12, 2.0, "euler")  # the last values, not the package's
+    for mid, want in [("rsgen-tiny", (20, 3.0, "dpmpp_2m_sde")), ("rsgen-tiny-sd", (25, 7.5, "ddim")),
+                      ("rsgen-tiny-bare", (25, 7.5, "ddim"))]:
+        i = dock.model_combo.findData(mid)
+        dock.model_combo.setCurrentIndex(i)
+        dock.model_combo.activated.emit(i)  # what a click on the item sends
+        assert (dock.steps_spin.value(), dock.guidance_spin.value(), dock.sampler_combo.currentData()) == want, mid
+
+
 def test_guidance_control_follows_the_model(make_dock, tiny_model_dir, monkeypatch, tmp_path):
     """A guidance-distilled model accepts only its distilled scales: the control's range follows the model."""
     from rsgen_qgis.training.export import build_tiny_package

@@ -168,6 +168,7 @@ class GenerationDock(QgsDockWidget):
         self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
         self.add_models_btn.clicked.connect(self._add_model_folder)
         self.model_combo.currentIndexChanged.connect(lambda _: self._on_model_changed())
+        self.model_combo.activated.connect(lambda _: self._apply_model_defaults())  # the user's choice only
         self.generate_btn.clicked.connect(self.generate)
         self.conditions.raster_group.toggled.connect(lambda _: self._update_buttons())
         self.cancel_btn.clicked.connect(self.cancel)
@@ -290,6 +291,19 @@ class GenerationDock(QgsDockWidget):
         lo, hi, tip = guidance_limits(self._manifests.get(self.model_combo.currentData(), {}))
         self.guidance_spin.setRange(lo, hi)
         self.guidance_spin.setToolTip(tip)
+
+    def _apply_model_defaults(self) -> None:
+        """A model the user picks brings the steps, guidance and sampler its package was evaluated with
+        (manifest `defaults`; an SD-class package wants 25 steps at 7.5, rsgen-base 20 at 3). At start-up the
+        dock keeps the last values instead: this runs on the user's choice, not on programmatic changes."""
+        d = self._manifests.get(self.model_combo.currentData(), {}).get("defaults") or {}
+        if isinstance(d.get("steps"), int) and not isinstance(d["steps"], bool):
+            self.steps_spin.setValue(d["steps"])
+        if isinstance(d.get("guidance"), (int, float)) and not isinstance(d["guidance"], bool):
+            self.guidance_spin.setValue(float(d["guidance"]))  # clamped to the model's range (_on_model_changed)
+        i = self.sampler_combo.findData(d.get("sampler")) if isinstance(d.get("sampler"), str) else -1
+        if i >= 0:
+            self.sampler_combo.setCurrentIndex(i)
 
     def _add_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, tr("Folder with model packages"))
