@@ -152,7 +152,6 @@ def _out(*arrays: np.ndarray) -> type:
 class Sampler:
     """Common part: timestep selection (incl. img2img truncation), the float32 schedule, the public API."""
     name = ""
-    stochastic = False  # adds fresh noise each step: needs with_step_noise
 
     def __init__(self, schedule: Schedule, steps: int, strength: float) -> None:
         self.schedule = schedule
@@ -181,8 +180,8 @@ class Sampler:
 
     def _noise(self, i: int, shape) -> np.ndarray:
         if self._step_noise is None:
-            raise ParameterError(f"The {self.name} sampler adds noise at every step and needs the caller's "
-                                 "world-anchored step noise (with_step_noise).")
+            raise RuntimeError(f"The {self.name} sampler adds noise at every step and needs the caller's "
+                               "world-anchored step noise (with_step_noise).")  # a caller's bug, not the user's
         z = np.asarray(self._step_noise(i))
         if z.shape != tuple(shape):
             raise ValueError(f"step noise {z.shape} does not match the state {tuple(shape)}")
@@ -337,7 +336,6 @@ class DPMSolverPP2MSDESampler(DPMSolverPP2MSampler):
     first/second-order choice as the ODE sampler; the last step (sigma 0) returns the x0 prediction. The noise of
     step i is the caller's (with_step_noise), standing for diffusers' variance_noise."""
     name = "dpmpp_2m_sde"
-    stochastic = True
 
     def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
         k, last, x64 = self._begin + i, len(self._full) - 1, np.asarray(x, np.float64)
