@@ -31,6 +31,21 @@ def test_miou_psnr_ssim():
     assert 15 < ev.psnr(noisy, img) < 30 and ev.ssim(noisy, img) < 1.0
 
 
+def test_hole_figures():
+    """A fill equal to the scene: no colour shift, its border ratio equals the scene's own; a fill 40 grey levels
+    too bright: shift 40 and a border that is an edge."""
+    rng = np.random.default_rng(3)
+    real = rng.integers(60, 190, (5, 3, 64, 64)).astype(np.uint8)
+    same = ev.hole_figures(real.copy(), real, (16, 48))
+    assert same["colour_shift_hole"] == 0 and same["psnr_hole"] > 100
+    assert same["border_step_ratio"] == same["border_step_ratio_real"] == pytest.approx(1.0, abs=0.1)
+    bright = real.copy()
+    bright[:, :, 16:48, 16:48] += 40
+    f = ev.hole_figures(bright, real, (16, 48))
+    assert f["colour_shift_hole"] == pytest.approx(40.0) and f["border_step_ratio"] > 2
+    assert f["images"] == 5 and f["hole_px"] == 32
+
+
 def test_step_budget_is_exact():
     go = ev._budget(minutes=100.0, steps=3)
     assert [go(i) for i in range(5)] == [True, True, True, False, False]

@@ -178,3 +178,19 @@ def test_no_torch_on_runtime_path(tmp_path, tiny_model_dir):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     assert os.path.exists(tmp_path / "cli.tif")
+
+
+def test_hold_known_keeps_the_source_outside_the_mask():
+    """Inpainting's x0 hook: the estimate outside the mask becomes the source, inside it stays the model's;
+    a further hook (the guide's) runs after it; batched estimates broadcast over one mask."""
+    from rsgen_qgis.core.pipeline import hold_known
+
+    rng = np.random.default_rng(4)
+    known, x0 = rng.uniform(-1, 1, (2, 3, 8, 8)), rng.uniform(-1, 1, (2, 3, 8, 8))
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:6, 3:7] = 1
+    out = hold_known(known, mask)(x0)
+    np.testing.assert_allclose(out[..., mask == 0], known[..., mask == 0], atol=1e-6)
+    np.testing.assert_allclose(out[..., mask == 1], x0[..., mask == 1], atol=1e-6)
+    twice = hold_known(known, mask, then=lambda z: 2 * z)(x0)
+    np.testing.assert_allclose(twice, 2 * out, atol=1e-6)

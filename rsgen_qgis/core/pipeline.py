@@ -214,6 +214,22 @@ def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guid
     return acc / wsum
 
 
+def hold_known(known: np.ndarray, mask: np.ndarray,
+               then: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Inpainting's data consistency, an x0 hook for the sampler: every step's clean-image estimate keeps the
+    source outside the mask (x0 <- mask * x0 + (1 - mask) * known, mask 1 = regenerate), so the sample moves
+    towards a fill that continues the known pixels instead of only reading them as a condition. With rsgen-base
+    (97 held-out scenes, 32 px hole): hole PSNR +0.38 dB, better in 81 of 97, colour shift -2.2 grey levels
+    (model card). `then`: a further hook applied after it (guide consistency). known (.., 3, H, W), mask (H, W)."""
+    mask = np.asarray(mask, np.float32)
+    fixed = np.asarray(known, np.float32) * (1.0 - mask)
+
+    def hook(x0: np.ndarray) -> np.ndarray:
+        out = x0 * mask + fixed
+        return then(out) if then is not None else out
+    return hook
+
+
 def feather(mask: np.ndarray, width: int = 4) -> np.ndarray:
     """Alpha that is 1 deep inside the mask and ramps to 0 at its border, staying 0 outside: the result
     outside the mask is the source, byte for byte, and the border has no hard edge."""
@@ -299,12 +315,13 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
     else:
         x = (noise * sampler.init_noise_sigma).astype(np.float32)
     n = len(sampler.timesteps)
+    hook = p.guide_projector if p.mask is None else hold_known(p.known, p.mask, p.guide_projector)
     for i, t in enumerate(sampler.timesteps):
         if cancelled():
             raise Cancelled("Generation cancelled; nothing was written.")
         xin = sampler.scale_model_input(x, i)
         pred = _denoise_step(model, p, xin, float(t), req.guidance, tile, overlap, window_batch, cancelled)
-        x = sampler.step(pred, i, x, p.guide_projector).astype(np.float32)
+        x = sampler.step(pred, i, x, hook).astype(np.float32)
         progress((i + 1) / n * 0.97, f"Step {i + 1}/{n}")
     img = np.clip(x[:, :grid.height, :grid.width], -1, 1)
     if p.mask is not None:

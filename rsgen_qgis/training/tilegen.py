@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
 from ..core.guideproj import GuideProjector
 from ..core.models import load, load_base
+from ..core.pipeline import hold_known
 from ..core.request import DEFAULT_SAMPLER
 from ..core.samplers import Schedule, make_sampler
 from ..core.tiling import world_noise
@@ -41,14 +42,18 @@ class TileGenerator:
         self.guide_factor = int(man["conditions"].get("guide_factor", 4))
 
     def run(self, prompts: List[str], spatial: np.ndarray, seeds: List[int], batch: int = 32,
-            guides: Optional[np.ndarray] = None, guide_weight: float = 1.0, **meta) -> np.ndarray:
+            guides: Optional[np.ndarray] = None, guide_weight: float = 1.0, known: Optional[np.ndarray] = None,
+            mask: Optional[np.ndarray] = None, **meta) -> np.ndarray:
         """guides: (N, 3, h, w) low-resolution guides in [-1, 1] to hold each sample to, as the run time does
-        (core.guideproj); guide_weight 0 leaves the samples free."""
+        (core.guideproj); guide_weight 0 leaves the samples free. known (N, 3, H, W) in [-1, 1] and mask (H, W),
+        1 = regenerate: inpainting, each sample held to the known pixels as the run time does (hold_known)."""
         out = []
         for i in range(0, len(prompts), batch):
             hook = None
             if guides is not None and guide_weight > 0:
                 hook = GuideProjector.for_grid(guides[i:i + batch], spatial.shape[-2:], self.guide_factor, guide_weight)
+            if mask is not None:
+                hook = hold_known(known[i:i + batch], mask, hook)
             out.append(self._run(prompts[i:i + batch], spatial[i:i + batch], seeds[i:i + batch], hook, **meta))
         return np.concatenate(out)
 
