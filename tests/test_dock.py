@@ -325,6 +325,9 @@ def test_choosing_a_model_takes_its_defaults(make_dock, tiny_model_dir, monkeypa
         dock.model_combo.setCurrentIndex(i)
         dock.model_combo.activated.emit(i)  # what a click on the item sends
         assert (dock.steps_spin.value(), dock.guidance_spin.value(), dock.sampler_combo.currentData()) == want, mid
+    sde = dock.sampler_combo.findData("dpmpp_2m_sde")
+    assert dock.sampler_combo.itemText(sde) == "DPM-Solver++ 2M SDE"
+    assert "texture" in dock.sampler_combo.itemData(sde, Qt.ToolTipRole)
 
 
 def test_guidance_control_follows_the_model(make_dock, tiny_model_dir, monkeypatch, tmp_path):
