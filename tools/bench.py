@@ -3,11 +3,13 @@
 - ONNX Runtime vs torch eager for the same denoiser (the bundled rsgen-base), CPU, batch 1 and 8, and the
   package's int8 CPU graph vs its fp32 graph;
 - seconds per 64 px tile for 20 DPM-Solver++ steps with guidance (the dock's default), end to end through
-  generate() (GeoTIFF included), with the graph the CPU runs by default (int8) and with the exact fp32 graph;
+  generate() (GeoTIFF included), with the graph the CPU runs by default (int8) and with the exact fp32 graph, and
+  the default SDE sampler against the deterministic 2M;
 - large areas (core.largearea): for each size (km2 at --gsd m/px), one fresh subprocess runs generate() with
   large_area=True and reports its wall seconds and peak RSS (getrusage of that process: model, ONNX Runtime and
-  GDAL included), windows per second; 1 km2 again with the fp32 graph (--precision auto only); and batched
-  (8 windows per ONNX call) vs unbatched windows on one block.
+  GDAL included), windows per second; 1 km2 again with the fp32 graph (--precision auto only) and with the
+  deterministic DPM-Solver++ 2M instead of the default SDE sampler; and batched (8 windows per ONNX call) vs
+  unbatched windows on one block.
 Run with the venv's python from the repo root:
     tools/bench.py                                  # everything, 1/4/16 km2 at 2 m, 20 steps
     tools/bench.py --only-large --sizes 1,4 --steps 2   # what a 2-core laptop does in minutes
@@ -24,6 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from rsgen_qgis.core.request import DEFAULT_SAMPLER  # noqa: E402
 MODEL = os.path.join(ROOT, "models", "rsgen-base")
 
 
@@ -75,7 +78,7 @@ def ort_vs_torch(threads: int) -> dict:
     return out
 
 
-def seconds_per_tile(precision: str = "auto", sampler: str = "dpmpp_2m_sde") -> dict:
+def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER) -> dict:
     from rsgen_qgis.core.pipeline import generate
     from rsgen_qgis.core.request import GenerationRequest
 
@@ -95,7 +98,8 @@ def seconds_per_tile(precision: str = "auto", sampler: str = "dpmpp_2m_sde") -> 
             "denoiser_graph": graph}
 
 
-def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json: str, precision: str) -> None:
+def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json: str, precision: str,
+                sampler: str) -> None:
     """One large-area generation in this (fresh) process; writes seconds and this process's peak RSS."""
     import resource
 
@@ -108,7 +112,7 @@ def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json:
     req = GenerationRequest(extent=(x0, y0, x0 + side, y0 + side), crs="EPSG:32734", gsd=gsd, large_area=True,
                             prompt="a satellite image of medium density residential area with trees", seed=1,
                             steps=steps, guidance=3.0, model=MODEL, output=os.path.join(d, "large.tif"),
-                            precision=precision)
+                            precision=precision, sampler=sampler)
     t = time.perf_counter()
     r = generate(req, window_batch=window_batch, providers=["CPUExecutionProvider"])
     secs = time.perf_counter() - t
@@ -137,10 +141,10 @@ def _child(args: list) -> dict:
 def large_areas(sizes, gsd: float, steps: int, ratio: bool = True, precision: str = "auto") -> dict:
     out = {"sizes": []}
 
-    def one(km2, prec):
+    def one(km2, prec, sampler=DEFAULT_SAMPLER):
         r = _child(["--km2", str(km2), "--gsd", str(gsd), "--steps", str(steps), "--window-batch", "8",
-                    "--precision", prec])
-        print(f"large area {km2:g} km2 at {gsd:g} m ({r['px'][0]} x {r['px'][1]} px), {steps} steps, "
+                    "--precision", prec, "--sampler", sampler])
+        print(f"large area {km2:g} km2 at {gsd:g} m ({r['px'][0]} x {r['px'][1]} px), {steps} {sampler} steps, "
               f"{r['denoiser_graph']} graph: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
               f"{r['blocks']} blocks, {r['windows_per_step']} windows/step, {r['windows_per_s']:.2f} windows/s",
               flush=True)
@@ -156,6 +160,10 @@ def large_areas(sizes, gsd: float, steps: int, ratio: bool = True, precision: st
               "faster", flush=True)
     if not ratio:
         return out
+    ode = one(sizes[0], precision, "dpmpp_2m")
+    out["dpmpp_2m_first_size"] = ode
+    print(f"{DEFAULT_SAMPLER} vs dpmpp_2m at {sizes[0]:g} km2: {first['seconds'] / ode['seconds']:.3f}x the time",
+          flush=True)
     # batched vs unbatched: the same 256 x 256 px area, 1 step
     one_block = (256 * gsd) ** 2 / 1e6
     b8 = _child(["--km2", str(one_block), "--gsd", str(gsd), "--steps", "1", "--window-batch", "8"])
@@ -181,11 +189,12 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--km2", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--window-batch", type=int, default=8, help=argparse.SUPPRESS)
+    ap.add_argument("--sampler", default=DEFAULT_SAMPLER, help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32"],
                     help="denoiser graph for the large areas (auto: int8 on the CPU where the package has one)")
     a = ap.parse_args()
     if a.child:
-        large_child(a.km2, a.gsd, a.steps, a.window_batch, a.child, a.precision)
+        large_child(a.km2, a.gsd, a.steps, a.window_batch, a.child, a.precision, a.sampler)
         return
     if not os.path.isfile(os.path.join(MODEL, "manifest.json")):
         sys.exit("models/rsgen-base is missing: nothing to benchmark")
