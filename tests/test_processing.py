@@ -66,7 +66,10 @@ def test_algorithm_definition(tiny_setting):
     assert precision.options() == ["auto", "fp32"] and precision.usesStaticStrings()
     assert precision.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert "rsgen-tiny" in alg.parameterDefinition("MODEL").options()  # discovered through the setting
-    assert alg.parameterDefinition("SAMPLER").usesStaticStrings()
+    sampler = alg.parameterDefinition("SAMPLER")
+    assert sampler.usesStaticStrings() and sampler.defaultValue() == "dpmpp_2m_sde"
+    assert sampler.options() == ["dpmpp_2m", "ddim", "euler", "dpmpp_2m_sde"]  # new ones last: indices keep meaning
+    assert "dpmpp_2m_sde: Default" in sampler.help() and "dpmpp_2m: Deterministic" in sampler.help()
     assert alg.parameterDefinition("OUTPUT").type() == "rasterDestination"
     ok, msg = alg.checkParameterValues(dict(BASE, WIDTH=10, HEIGHT=10, OUTPUT="x.tif"), QgsProcessingContext())
     assert not ok and "not both" in msg

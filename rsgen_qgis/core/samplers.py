@@ -41,6 +41,14 @@ from .errors import ModelPackageError, ParameterError
 
 SAMPLER_LABELS: Dict[str, str] = {"dpmpp_2m": "DPM-Solver++ 2M", "ddim": "DDIM", "euler": "Euler",
                                   "dpmpp_2m_sde": "DPM-Solver++ 2M SDE"}
+# What each is for, for users (the dock's tooltips, Processing's parameter help).
+SAMPLER_HELP: Dict[str, str] = {
+    "dpmpp_2m_sde": "Default. Adds fresh noise at every step (drawn from the seed and the place, so results repeat): "
+                    "finer texture; with rsgen-base, scenes are recognised more often.",
+    "dpmpp_2m": "Deterministic (ODE) solver: smoother images; the default before rsgen-base 0.4.2.",
+    "ddim": "Deterministic DDIM; needs more steps than DPM-Solver++ for the same quality.",
+    "euler": "Euler (no noise added); needs more steps than DPM-Solver++ for the same quality.",
+}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 _F32 = np.float32

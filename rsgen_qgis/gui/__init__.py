@@ -86,14 +86,13 @@ def sampler_labels() -> Dict[str, str]:
     return dict(SAMPLER_LABELS)
 
 
-# What each sampler is for, as the dock's item tooltips (ids without an entry get none).
-SAMPLER_HINTS = {
-    "dpmpp_2m_sde": "Default. Adds fresh noise at every step (drawn from the seed and the place, so results repeat): "
-                    "finer texture; with rsgen-base, scenes are recognised more often.",
-    "dpmpp_2m": "Deterministic (ODE) solver: smoother images; the default before rsgen-base 0.4.2.",
-    "ddim": "Deterministic DDIM; needs more steps than DPM-Solver++ for the same quality.",
-    "euler": "Euler (no noise added); needs more steps than DPM-Solver++ for the same quality.",
-}
+def sampler_hints() -> Dict[str, str]:
+    """Sampler id -> what it is for (the dock's item tooltips); empty with an engine that has no hints."""
+    try:
+        from ..core.samplers import SAMPLER_HELP
+    except ImportError:
+        return {}
+    return dict(SAMPLER_HELP)
 
 
 def precision_labels() -> Dict[str, str]:

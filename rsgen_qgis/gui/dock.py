@@ -23,8 +23,8 @@ from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs,
                           layer_extent, unit_suffix)
 from ..gis.task import GenerationTask
 from .conditions import ConditionsPanel
-from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, SAMPLER_HINTS, dspin, duration, guidance_limits, metres, model_choices,
-               precision_labels, provider_text, row, sampler_labels, set_quiet, spin, tr, wrap_label)
+from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, guidance_limits, metres, model_choices,
+               precision_labels, provider_text, row, sampler_hints, sampler_labels, set_quiet, spin, tr, wrap_label)
 
 TITLE = "Satellite image generation"
 SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
@@ -111,10 +111,11 @@ class GenerationDock(QgsDockWidget):
         self.guidance_spin.setToolTip(guidance_limits({})[2])
         imf.addRow(tr("Guidance"), self.guidance_spin)
         self.sampler_combo = QComboBox()
+        hints = sampler_hints()
         for key, label in sampler_labels().items():
             self.sampler_combo.addItem(label, key)
-            if key in SAMPLER_HINTS:
-                self.sampler_combo.setItemData(self.sampler_combo.count() - 1, tr(SAMPLER_HINTS[key]), Qt.ToolTipRole)
+            if key in hints:
+                self.sampler_combo.setItemData(self.sampler_combo.count() - 1, tr(hints[key]), Qt.ToolTipRole)
         imf.addRow(tr("Sampler"), self.sampler_combo)
         self.precision_combo = QComboBox()
         for key, label in precision_labels().items():

@@ -52,6 +52,15 @@ def sampler_names() -> List[str]:
     return [name for name, _ in (SAMPLER_LABELS.items() if hasattr(SAMPLER_LABELS, "items") else SAMPLER_LABELS)]
 
 
+def sampler_help() -> Dict[str, str]:
+    """Sampler id -> what it is for (the SAMPLER parameter's help); empty with an engine that has no hints."""
+    try:
+        from ..core.samplers import SAMPLER_HELP
+    except ImportError:
+        return {}
+    return dict(SAMPLER_HELP)
+
+
 def model_ids() -> List[str]:
     """Ids of the model packages discoverable now (bundled, settings folders, $RSGEN_MODEL_DIRS)."""
     from ..core.models import discover
@@ -82,8 +91,10 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
                      "1 to 5 and cost one UNet evaluation per step at any scale; others cost two, one at 1.")
     alg.addParameter(guidance)
     names = sampler_names()
-    alg.addParameter(QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
-                                                DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0], False, True))
+    sampler = QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
+                                         DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0], False, True)
+    sampler.setHelp(" ".join(f"{n}: {h}" for n, h in sampler_help().items() if n in names))
+    alg.addParameter(sampler)
     precision = QgsProcessingParameterEnum(PRECISION, "Precision", list(PRECISIONS), False, "auto", False, True)
     precision.setHelp("auto: the model's int8 graph on the CPU (fp16 on a GPU) where the package has one - "
                       "faster, images close to but not identical with the exact graph's; fp32: the exact graph.")
