@@ -31,6 +31,13 @@ def test_miou_psnr_ssim():
     assert 15 < ev.psnr(noisy, img) < 30 and ev.ssim(noisy, img) < 1.0
 
 
+def test_wilson_interval():
+    lo, hi = ev.wilson(151, 600)  # 25.2 % of 600: about +- 3.5 points
+    assert lo == pytest.approx(0.218, abs=0.002) and hi == pytest.approx(0.288, abs=0.002)
+    lo, hi = ev.wilson(0, 20)
+    assert lo == pytest.approx(0.0, abs=1e-12) and 0.15 < hi < 0.17
+
+
 def test_hole_figures():
     """A fill equal to the scene: no colour shift, its border ratio equals the scene's own; a fill 40 grey levels
     too bright: shift 40 and a border that is an edge."""

@@ -191,6 +191,13 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 100, seed: 
     return float(np.mean(vals))
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> List[float]:
+    """95 % Wilson score interval of a proportion k / n: how far a top-1 figure of n tiles can move by chance."""
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [float(c - h), float(c + h)]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
@@ -315,6 +322,7 @@ def main(argv=None) -> None:
         fake_feat = clf.f(ft).numpy()
     pred = fake_logits.argmax(1).numpy()
     res["classifier_top1_generated"] = float((pred == np.array(labels)).mean())
+    res["classifier_top1_generated_wilson95"] = wilson(int((pred == np.array(labels)).sum()), len(labels))
     res["per_class_top1_generated"] = {c: float((pred[np.array(labels) == k] == k).mean())
                                        for k, c in enumerate(classes)}
     half = len(real_feat) // 2
