@@ -319,13 +319,21 @@ class DPMSolverPP2MSampler(Sampler):
         return (alpha * np.asarray(x0, np.float64) + (s * alpha) * np.asarray(noise, np.float64)).astype(
             _out(x0, noise))
 
-    def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
-        k, last, x64 = self._begin + i, len(self._full) - 1, np.asarray(x, np.float64)
-        m0 = self._convert(np.asarray(model_output, np.float64), self._alpha[k], self._sig[k], x64)
+    def _data_predictions(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook):
+        """(k, m0, m1): the schedule index of step i, this step's x0 prediction (after the hook) and the previous
+        step's (None on the first step, also after img2img truncation), which the next step will see."""
+        k = self._begin + i
+        m0 = self._convert(np.asarray(model_output, np.float64), self._alpha[k], self._sig[k],
+                           np.asarray(x, np.float64))
         if x0_hook is not None:
             m0 = np.asarray(x0_hook(m0), np.float64)
         m1 = self._prev_x0 if (i > 0 and self._prev_i == i - 1) else None
         self._prev_x0, self._prev_i = m0, i
+        return k, m0, m1
+
+    def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
+        k, m0, m1 = self._data_predictions(model_output, i, x, x0_hook)
+        last = len(self._full) - 1
         lam, h = self._lam, self._lam[k + 1] - self._lam[k]
         a = self._sig[k + 1] / self._sig[k]
         b = self._alpha[k + 1] * (np.exp(-h.astype(np.float64)).astype(_F32) - _F32(1))
@@ -346,12 +354,8 @@ class DPMSolverPP2MSDESampler(DPMSolverPP2MSampler):
     name = "dpmpp_2m_sde"
 
     def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
-        k, last, x64 = self._begin + i, len(self._full) - 1, np.asarray(x, np.float64)
-        m0 = self._convert(np.asarray(model_output, np.float64), self._alpha[k], self._sig[k], x64)
-        if x0_hook is not None:
-            m0 = np.asarray(x0_hook(m0), np.float64)
-        m1 = self._prev_x0 if (i > 0 and self._prev_i == i - 1) else None
-        self._prev_x0, self._prev_i = m0, i
+        k, m0, m1 = self._data_predictions(model_output, i, x, x0_hook)
+        last = len(self._full) - 1
         z = self._noise(i, np.shape(x))
         lam, h = self._lam, self._lam[k + 1] - self._lam[k]
         e1 = np.exp(-h.astype(np.float64)).astype(_F32)
