@@ -2,12 +2,16 @@
 
     .venv/bin/python tools/screenshot_dock.py out/dock.png [--model-dir DIR] [--size 1400x900] [--dock-only]
                                               [--generate [--model ID] [--steps N] [--gsd M]] [--conditions]
+                                              [--recall]
 
 Starts /usr/bin/qgis.bin under Xvfb with a throw-away profile and this file as its startup code (--code).
 Inside QGIS it draws an OSM-like map (land use, river, roads, buildings as memory layers) over Swellendam in
 UTM 34S, loads the plugin from this checkout, opens the dock, fills in a prompt and saves the window; with
 --generate it first presses Generate and waits for the layer, so the picture shows a result too; with --conditions
-the Conditions section is open: layout from the ticked roads and buildings layers, the rules table.
+the Conditions section is open: layout from the ticked roads and buildings layers, the rules table; with --recall
+(implies --generate) the dock is changed after the run, the generated layer's context menu in the Layers panel is
+opened and saved as OUT's name + "_menu.png" (the whole screen: the menu is its own window), then its "Reuse
+Generation Settings" is triggered and the window saved as OUT.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import tempfile
 THIS = os.path.abspath(globals().get("__file__") or os.environ.get("RSGEN_SCREENSHOT_SCRIPT", "screenshot_dock.py"))
 ROOT = os.path.dirname(os.path.dirname(THIS))
 ENV_OUT, ENV_DOCK_ONLY, ENV_GENERATE = "RSGEN_SCREENSHOT_OUT", "RSGEN_SCREENSHOT_DOCK_ONLY", "RSGEN_SCREENSHOT_GENERATE"
-ENV_CONDITIONS = "RSGEN_SCREENSHOT_CONDITIONS"
+ENV_CONDITIONS, ENV_RECALL = "RSGEN_SCREENSHOT_CONDITIONS", "RSGEN_SCREENSHOT_RECALL"
 EXTENT = (453000.0, 6233600.0, 454600.0, 6235200.0)  # Swellendam, EPSG:32734
 
 
@@ -38,8 +42,11 @@ def launch(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=0, help="sampling steps for --generate (default: the dock's)")
     ap.add_argument("--gsd", type=float, default=0.0, help="pixel size in metres (default: the dock's)")
     ap.add_argument("--conditions", action="store_true", help="open the Conditions section (layout from layers)")
+    ap.add_argument("--recall", action="store_true", help="after --generate: the layer's context menu, then "
+                    "Reuse Generation Settings")
     ap.add_argument("--timeout", type=int, default=600)
     a = ap.parse_args(argv)
+    a.generate = a.generate or a.recall
     out = os.path.abspath(a.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     for stale in (out, out + ".error.txt"):
@@ -49,7 +56,7 @@ def launch(argv=None) -> int:
     env = dict(os.environ, QGIS_PLUGINPATH=ROOT, QT_QPA_PLATFORM="xcb", PYTHONDONTWRITEBYTECODE="1",
                **{ENV_OUT: out, ENV_DOCK_ONLY: "1" if a.dock_only else "", "RSGEN_SCREENSHOT_SCRIPT": THIS,
                   ENV_GENERATE: f"{a.model}|{a.steps}|{a.gsd}" if a.generate else "",
-                  ENV_CONDITIONS: "1" if a.conditions else ""})
+                  ENV_CONDITIONS: "1" if a.conditions else "", ENV_RECALL: "1" if a.recall else ""})
     venv_site = os.path.join(ROOT, ".venv", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                              "site-packages")
     if os.path.isdir(venv_site):  # QGIS runs /usr/bin/python3: lend it the venv's onnxruntime
@@ -191,9 +198,35 @@ def inside_qgis() -> None:
 
     def wait_for_task() -> None:
         if dock.task is None:
-            QTimer.singleShot(2000, shoot)  # the new layer renders
+            QTimer.singleShot(2000, recall_menu if os.environ.get(ENV_RECALL) else shoot)  # the new layer renders
         else:
             QTimer.singleShot(500, wait_for_task)
+
+    def recall_menu() -> None:
+        from qgis.PyQt.QtCore import QPoint
+
+        group = project.layerTreeRoot().findGroup("Generated")
+        layer = group.findLayers()[0].layer()
+        view = iface.layerTreeView()
+        view.setCurrentLayer(layer)
+        dock.prompt_edit.setPlainText("something else entirely")
+        dock.seed_spin.setValue(123)
+        dock.source_combo.setCurrentIndex(dock.source_combo.findData("canvas"))
+        index = view.layerTreeModel().node2index(group.findLayers()[0])
+        rect = view.visualRect(view.proxyModel().mapFromSource(index)) if hasattr(view, "proxyModel") else \
+            view.visualRect(index)
+        menu = view.menuProvider().createContextMenu()
+        menu.popup(view.viewport().mapToGlobal(QPoint(rect.left() + 40, rect.bottom())))
+        QApplication.processEvents()
+
+        def grab_menu() -> None:
+            base = os.path.splitext(out)[0]
+            QApplication.primaryScreen().grabWindow(0).save(base + "_menu.png", "PNG")
+            menu.close()
+            plugin.recall_action.trigger()
+            QTimer.singleShot(1500, shoot)
+
+        QTimer.singleShot(800, grab_menu)
 
     QTimer.singleShot(1500, zoom)
     # let the canvas render and the dock lay out

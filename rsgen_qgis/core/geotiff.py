@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - private module layout changed
     CPLE_BaseError = RasterioError
 
 _WRITE_ERRORS = (OSError, RasterioError, CPLE_BaseError)
+IO_ERRORS = _WRITE_ERRORS  # what reading a file can raise too
 
 COG_OPTIONS = {
     "COMPRESS": "DEFLATE",

@@ -69,6 +69,27 @@ def canvas_extent(canvas: QgsMapCanvas) -> Tuple[Extent, QgsCoordinateReferenceS
     return from_rectangle(canvas.extent(), crs), crs
 
 
+def crs_from_text(text: str) -> QgsCoordinateReferenceSystem:
+    """A CRS as the engine records it (WKT, "EPSG:xxxx" or a PROJ string) as a QGIS CRS."""
+    crs = QgsCoordinateReferenceSystem()
+    if not text or not crs.createFromUserInput(text) or not crs.isValid():
+        raise CrsError(f"QGIS cannot read the recorded CRS {text[:60]!r}.")
+    return crs
+
+
+def extent_in(bounds: Tuple[float, float, float, float], crs: QgsCoordinateReferenceSystem,
+              dest_crs: QgsCoordinateReferenceSystem, project: Optional[QgsProject] = None) -> QgsRectangle:
+    """bounds (xmin, ymin, xmax, ymax) in crs as a rectangle in dest_crs (the bounding box when they differ)."""
+    rect = QgsRectangle(*bounds)
+    if crs == dest_crs or not dest_crs.isValid():
+        return rect
+    xform = QgsCoordinateTransform(crs, dest_crs, project or QgsProject.instance())
+    try:
+        return xform.transformBoundingBox(rect)
+    except QgsCsException as exc:
+        raise ExtentError(f"The extent cannot be projected to {describe_crs(dest_crs)}: {exc}") from exc
+
+
 def layer_extent(layer: Optional[QgsMapLayer], dest_crs: QgsCoordinateReferenceSystem,
                  project: Optional[QgsProject] = None) -> Extent:
     """A layer's full extent reprojected into dest_crs (the map CRS, so output and map agree)."""

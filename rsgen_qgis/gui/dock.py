@@ -7,7 +7,7 @@ Mistakes are shown inline (size/GSD) or in QGIS's message bar, never as a traceb
 from __future__ import annotations
 
 import random
-from typing import Optional
+from typing import List, Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
@@ -18,9 +18,10 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout,
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, RsgenError
+from ..core.recall import Recorded, model_change_note
 from ..core.request import DEFAULT_MODEL, GenerationRequest
-from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, describe_crs, fit_grid, from_rectangle,
-                          layer_extent, unit_suffix)
+from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text, describe_crs, extent_in, fit_grid,
+                          from_rectangle, layer_extent, unit_suffix)
 from ..gis.task import GenerationTask
 from .conditions import ConditionsPanel
 from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, guidance_limits, metres, model_choices,
@@ -40,6 +41,7 @@ class GenerationDock(QgsDockWidget):
         self.grid = None  # engine Grid for the current settings, None while they are invalid
         self.drawn_rect = None
         self._manifests = {}  # model id -> manifest, for the controls that depend on the model
+        self._model_sha = {}  # model id -> denoiser sha256, to tell when a recalled image's model has changed
         self.size_mode = "gsd"  # which of gsd / width / height the user set last: kept when the extent changes
         self._units: Optional[str] = None
         self._previous_tool = None  # the map tool to give back after drawing a rectangle
@@ -275,6 +277,7 @@ class GenerationDock(QgsDockWidget):
         packages, hint, problems = model_choices(settings.model_dirs())
         current = self.model_combo.currentData() or settings.last("model")
         self._manifests = {pkg.id: pkg.manifest for pkg in packages}
+        self._model_sha = {pkg.id: pkg.denoiser_sha256 for pkg in packages}
         self.model_combo.clear()
         for pkg in packages:
             self.model_combo.addItem(pkg.name, pkg.id)
@@ -307,6 +310,65 @@ class GenerationDock(QgsDockWidget):
         i = self.sampler_combo.findData(d.get("sampler")) if isinstance(d.get("sampler"), str) else -1
         if i >= 0:
             self.sampler_combo.setCurrentIndex(i)
+
+    # -- settings of a generated image ---------------------------------------------------------------------
+    def recall(self, rec: Recorded) -> List[str]:
+        """Fill the dock with what a generated image records: its extent (as a drawn rectangle, in the map's
+        CRS), pixel size, prompt, seed, steps, guidance, sampler, precision and model, so that Generate makes it
+        again, or a variant after one change (Random seed). Returns what the user must know: conditions to give
+        again, a model that is missing or changed, a map CRS other than the image's."""
+        r, notes = rec.request, list(rec.notes)
+        self.prompt_edit.setPlainText(str(r.get("prompt", "")))
+        seed = int(r.get("seed", 0))
+        if seed > self.seed_spin.maximum():
+            notes.append(tr("Its seed {s} is larger than the dock takes; use the command line "
+                            "(python -m rsgen_qgis regenerate) for the same pixels.").format(s=seed))
+        self.seed_spin.setValue(min(seed, self.seed_spin.maximum()))
+        self.steps_spin.setValue(int(r.get("steps", self.steps_spin.value())))
+        for combo, key in ((self.sampler_combo, "sampler"), (self.precision_combo, "precision")):
+            i = combo.findData(r.get(key))
+            if i >= 0:
+                combo.setCurrentIndex(i)
+        model = r.get("model", DEFAULT_MODEL)
+        i = self.model_combo.findData(model)
+        if i >= 0:
+            self.model_combo.setCurrentIndex(i)
+            note = model_change_note(rec, self._model_sha.get(model))
+            if note:
+                notes.append(note)
+        else:
+            notes.append(tr("Model {m!r} is not installed here; the dock keeps {c!r}.").format(
+                m=model, c=self.model_combo.currentText()))
+        self.guidance_spin.setValue(float(r.get("guidance", self.guidance_spin.value())))  # after the model's range
+        self.large_check.setChecked(bool(r.get("large_area", False)))
+        try:
+            crs = crs_from_text(r["crs"])
+            map_crs = self.canvas.mapSettings().destinationCrs()
+            self.drawn_rect = extent_in(tuple(r["extent"]), crs, map_crs)
+        except RsgenError as exc:
+            notes.append(str(exc))
+        else:
+            if crs != map_crs:
+                notes.append(tr("The image was made in {c}; the map is in {m}, so the new one will be on the map's "
+                                "grid. Set the project CRS to {c} for the same pixels.").format(
+                    c=describe_crs(crs), m=describe_crs(map_crs)))
+            self.source_combo.setCurrentIndex(self.source_combo.findData("drawn"))
+            self._source_changed_ui()
+            self.update_size()  # settles the pixel-size units for this CRS before the recorded size goes in
+            if r.get("gsd") and crs == map_crs:
+                self.gsd_spin.setValue(float(r["gsd"]))
+                self.size_mode = "gsd"
+            elif r.get("width") and r.get("height"):
+                set_quiet(self.height_spin, int(r["height"]))
+                self.width_spin.setValue(int(r["width"]))
+                self.size_mode = "width"
+            elif r.get("gsd"):  # another CRS: keep the ground size of a pixel
+                notes.append(tr("Set the pixel size: the image's {g} was in its own CRS units.").format(g=r["gsd"]))
+            self.update_size()
+        if rec.conditions_text():
+            notes.append(tr("It was made with {what}: give them again under Conditions.").format(
+                what=rec.conditions_text()))
+        return notes
 
     def _add_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, tr("Folder with model packages"))
