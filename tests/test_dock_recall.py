@@ -66,13 +66,14 @@ def test_recall_tells_what_it_cannot_carry(tiny_dock, tiny_model_dir, canvas, tm
     layout = np.full((70, 94), 4, np.uint8)
     src = made(tmp_path, tiny_model_dir, conditions=Conditions(layout=layout))
     rec = recorded_request_of(src)
-    rec.request["model"] = "rsgen-gone"
+    rec.request.update(model="rsgen-gone", date="2021-06-01", cascade=4)
     canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
     notes = tiny_dock.recall(rec)
     text = " ".join(notes)
     assert "'rsgen-gone' is not installed" in text
     assert "a layout" in text and "Conditions" in text
     assert "EPSG:32734" in text and "EPSG:3857" in text and "Set the pixel size" in text
+    assert "no control for its date 2021-06-01, cascade 4" in text
     assert tiny_dock.source_combo.currentData() == "drawn"
     r = tiny_dock.drawn_rect  # the recorded extent, now in web mercator
     assert 2.28e6 < r.xMinimum() < r.xMaximum() < 2.29e6 and -4.04e6 < r.yMinimum() < r.yMaximum() < -4.03e6

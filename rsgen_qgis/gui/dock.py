@@ -29,6 +29,8 @@ from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, guidance_limit
 
 TITLE = "Satellite image generation"
 SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
+# request fields the dock always leaves at their defaults: a recalled image that set them is told about
+DOCK_LACKS = {"date": None, "cascade": 0, "block_windows": 2}
 DEFAULT_LONG_SIDE = 512  # pixels, for a first pixel size when the saved one does not fit the CRS units
 
 
@@ -368,6 +370,10 @@ class GenerationDock(QgsDockWidget):
         if rec.conditions_text():
             notes.append(tr("It was made with {what}: give them again under Conditions.").format(
                 what=rec.conditions_text()))
+        lacking = [f"{k} {r[k]}" for k, default in DOCK_LACKS.items() if r.get(k, default) != default]
+        if lacking:
+            notes.append(tr("The panel has no control for its {what}; the command line keeps them (python -m "
+                            "rsgen_qgis regenerate).").format(what=", ".join(lacking)))
         return notes
 
     def _add_model_folder(self) -> None:
