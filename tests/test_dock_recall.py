@@ -80,6 +80,15 @@ def test_recall_tells_what_it_cannot_carry(tiny_dock, tiny_model_dir, canvas, tm
     assert tiny_dock.model_combo.currentData() == "rsgen-tiny"
 
 
+def test_recall_by_width_and_height(tiny_dock, tiny_model_dir, tmp_path):
+    src = made(tmp_path, tiny_model_dir, gsd=None, width=47, height=35)
+    assert tiny_dock.recall(recorded_request_of(src)) == []
+    assert (tiny_dock.grid.width, tiny_dock.grid.height) == (47, 35)
+    squashed = made(tmp_path, tiny_model_dir, "squashed.tif", gsd=None, width=47, height=70)  # 2:1 pixels
+    notes = tiny_dock.recall(recorded_request_of(squashed))
+    assert any("exact pixel grid" in n for n in notes), notes
+
+
 @pytest.fixture
 def spied_iface(qgis_iface):
     names = ("addToolBarIcon", "removeToolBarIcon", "addPluginToRasterMenu", "removePluginRasterMenu",

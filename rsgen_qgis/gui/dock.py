@@ -18,6 +18,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout,
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, RsgenError
+from ..core.georef import grid_for_request
 from ..core.recall import Recorded, model_change_note
 from ..core.request import DEFAULT_MODEL, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text, describe_crs, extent_in, fit_grid,
@@ -32,6 +33,16 @@ SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn
 # request fields the dock always leaves at their defaults: a recalled image that set them is told about
 DOCK_LACKS = {"date": None, "cascade": 0, "block_windows": 2}
 DEFAULT_LONG_SIDE = 512  # pixels, for a first pixel size when the saved one does not fit the CRS units
+
+
+def same_grid(grid, recorded: dict) -> bool:
+    """Whether the dock's grid is the one a recorded request asks for (same size and transform)."""
+    try:
+        want = grid_for_request(GenerationRequest.from_dict({**recorded, "output": "recalled.tif"}))
+    except RsgenError:
+        return False
+    return grid is not None and (grid.width, grid.height) == (want.width, want.height) and all(
+        abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(grid.transform, want.transform))
 
 
 class GenerationDock(QgsDockWidget):
@@ -367,6 +378,9 @@ class GenerationDock(QgsDockWidget):
             elif r.get("gsd"):  # another CRS: keep the ground size of a pixel
                 notes.append(tr("Set the pixel size: the image's {g} was in its own CRS units.").format(g=r["gsd"]))
             self.update_size()
+            if crs == map_crs and not same_grid(self.grid, r):
+                notes.append(tr("The panel cannot make the image's exact pixel grid (non-square pixels?); check "
+                                "Size before generating."))
         if rec.conditions_text():
             notes.append(tr("It was made with {what}: give them again under Conditions.").format(
                 what=rec.conditions_text()))
