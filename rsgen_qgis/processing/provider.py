@@ -11,6 +11,7 @@ from .dataset import GenerateDatasetAlgorithm
 from .generate import GenerateAlgorithm
 from .layout import LayoutGenerateAlgorithm, PreviewLayoutAlgorithm
 from .raster_conditions import InpaintAlgorithm, SuperResolveAlgorithm, VariationAlgorithm
+from .regenerate import RegenerateAlgorithm
 
 
 class RsgenProvider(QgsProcessingProvider):
@@ -31,7 +32,7 @@ class RsgenProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: N802
         for alg in (GenerateAlgorithm, LayoutGenerateAlgorithm, PreviewLayoutAlgorithm, InpaintAlgorithm,
-                    SuperResolveAlgorithm, VariationAlgorithm, GenerateDatasetAlgorithm):
+                    SuperResolveAlgorithm, VariationAlgorithm, RegenerateAlgorithm, GenerateDatasetAlgorithm):
             self.addAlgorithm(alg())
 
     def supportedOutputRasterLayerExtensions(self) -> List[str]:  # noqa: N802
