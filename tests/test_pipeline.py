@@ -149,6 +149,35 @@ def test_inpainting_keeps_outside_pixels(tmp_path, tiny_model_dir):
     assert not np.array_equal(out[:, mask], img[:, mask])
 
 
+def test_inpainting_fill_meets_the_source_without_a_step(tmp_path, tiny_model_dir, monkeypatch):
+    """The run time's seamless step (core.seamless) against the same run without it: the fill's mean colour moves
+    to the source's surroundings and the step across the hole's border shrinks."""
+    from rsgen_qgis.core import pipeline
+
+    yy, xx = np.mgrid[0:70, 0:100]
+    img = np.stack([60 + xx, 90 + yy, 140 + 0 * xx]).astype(np.uint8)  # smooth surroundings
+    mask = np.zeros((70, 100), bool)
+    mask[20:50, 30:70] = True
+    request = req(tmp_path, "seamless.tif", conditions=Conditions(image=img, mask=mask))
+    with rasterio.open(generate(request, model_dirs=[tiny_model_dir]).path) as ds:
+        done = ds.read().astype(float)
+    monkeypatch.setattr(pipeline, "seamless_fill", lambda fill, known, m: fill)
+    with rasterio.open(generate(request.replace(output=str(tmp_path / "raw.tif")),
+                                model_dirs=[tiny_model_dir]).path) as ds:
+        raw = ds.read().astype(float)
+
+    def border_step(a):  # the colour step across the hole's border: |mean(inside row - outside row)| per side
+        pairs = ((a[:, 20:50, 30], a[:, 20:50, 29]), (a[:, 20:50, 69], a[:, 20:50, 70]),
+                 (a[:, 20, 30:70], a[:, 19, 30:70]), (a[:, 49, 30:70], a[:, 50, 30:70]))
+        return np.mean([np.abs((i - o).mean(1)).mean() for i, o in pairs])
+    src = img.astype(float)
+    assert border_step(done) < border_step(raw) / 3, (border_step(done), border_step(raw))
+    assert border_step(done) < 2.0  # grey levels
+    shift = lambda a: np.abs(a[:, mask].mean(1) - src[:, mask].mean(1)).mean()
+    assert shift(done) < shift(raw)
+    assert np.array_equal(done[:, ~mask], src[:, ~mask])
+
+
 def test_layout_guide_and_variation_run(tmp_path, tiny_model_dir):
     layout = np.zeros((70, 100), np.uint8)
     layout[:, 40:48] = 1

@@ -23,6 +23,7 @@ from .guideproj import GuideProjector
 from .models import LoadedModel, cascade_factor, load, load_base
 from .request import GenerationRequest
 from .samplers import Schedule, make_sampler
+from .seamless import seamless_fill
 from .tiling import batched, blend_weights, windows, world_noise
 
 log = logging.getLogger("rsgen_qgis")
@@ -324,9 +325,11 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
         x = sampler.step(pred, i, x, hook).astype(np.float32)
         progress((i + 1) / n * 0.97, f"Step {i + 1}/{n}")
     img = np.clip(x[:, :grid.height, :grid.width], -1, 1)
-    if p.mask is not None:
-        a = feather(p.mask[:grid.height, :grid.width])
+    if p.mask is not None:  # the fill meets the source without a step (core.seamless), then a feathered edge
+        m = p.mask[:grid.height, :grid.width]
         src = p.known[:, :grid.height, :grid.width]
+        img = np.clip(seamless_fill(img, src, m), -1, 1)
+        a = feather(m)
         img = src * (1 - a) + img * a
     rgb = np.round((img + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
     if p.mask is not None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..core.conditions import layout_onehot
 from ..core.request import DEFAULT_SAMPLER, SAMPLERS
+from ..core.seamless import seamless_fill
 from .captions import CLASS_PROMPT
 from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
 from .tilegen import RES, TileGenerator, TwoStageGenerator
@@ -239,6 +240,13 @@ def hole_figures(comp: np.ndarray, real: np.ndarray, span: tuple) -> Dict:
             "border_step_ratio_real": border_ratio(real, lo, hi)}
 
 
+def seamless_u8(fill: np.ndarray, known: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """core.seamless.seamless_fill over a batch of uint8 images (N, 3, H, W), as the run time applies it."""
+    out = [seamless_fill(f.astype(np.float32) / 127.5 - 1, k.astype(np.float32) / 127.5 - 1, mask)
+           for f, k in zip(fill, known)]
+    return np.round((np.clip(np.stack(out), -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
 def grid_png(rows: List[np.ndarray], path: str, labels: List[str] = None) -> None:
     """rows: list of (N, 3, H, W) uint8 -> one PNG, a row each, 2 px gaps."""
     from PIL import Image
@@ -385,8 +393,10 @@ def main(argv=None) -> None:
     sp[:, o:o + k] = src * (1 - mask)
     fill = gen.run([""] * len(hr), sp, [i + a.seed_offset for i in range(len(hr))], gsd_m=AID_GSD_150 * 150 / RES,
                    has_inpaint=True, known=src, mask=mask)
-    comp = np.where(mask[None, None] > 0, fill, hr)
+    raw = np.where(mask[None, None] > 0, fill, hr)  # the model's fill as sampled
+    comp = np.where(mask[None, None] > 0, seamless_u8(fill, hr, mask), hr)  # + the run time's seamless step
     res["inpainting_hole"] = hole_figures(comp, hr, (16, 48))
+    res["inpainting_hole_before_seamless"] = hole_figures(raw, hr, (16, 48))
     holed = (hr[:8] * (1 - mask[None, None])).astype(np.uint8)
     grid_png([holed, comp[:8], hr[:8]], os.path.join(grids, "samples_inpaint.png"))
     res["eval_wall_s"] = round(time.time() - t0)
