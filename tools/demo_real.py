@@ -15,8 +15,9 @@ Then QGIS itself (qgis.bin under Xvfb, tools/screenshot_map.py) renders both res
 Seam metric: the mean absolute grey-level difference between 4-neighbour pixel pairs that straddle the mask border
 (one inside, one outside), divided by the same mean over pairs that both lie outside the mask within 2..8 px of it
 (the image's own texture near the mask). 1.0 = the border is as smooth as the surroundings. It is reported for the
-source orthophoto (its real building outlines), the feathered result, and the same sampling pasted with a hard
-mask (pipeline.feather replaced by the bare mask for one run: same seed, same model) as the visible-edge reference.
+source orthophoto (its real building outlines), the plugin's result (seamless correction + feathered blend), the same
+sampling without the seamless correction (core.seamless off for one run: same seed, same model) and pasted with a
+hard mask as well (pipeline.feather replaced by the bare mask) as the visible-edge reference.
 """
 from __future__ import annotations
 
@@ -154,12 +155,14 @@ def inpaint_demo(data, out, steps, log):
         mask = mask_from_polygons(layer, grid, target="the orthophoto crop")
         entry = log["inpaint"][label] = {"mask_pixels": int(mask.sum())}
         results = {}
-        for kind in ("feathered", "hard"):
+        for kind in ("feathered", "no_seamless", "hard"):
             suffix = "" if label == "polygons" else "_buffered"
             path = os.path.join(out, f"inpainted{suffix}.tif" if kind == "feathered" else
-                                f"inpainted{suffix}_hardmask.tif")
-            saved = pipeline.feather
-            if kind == "hard":  # measurement only: the same sampling pasted without the feathered blend
+                                f"inpainted{suffix}_{kind}.tif")
+            saved = pipeline.feather, pipeline.seamless_fill
+            if kind != "feathered":  # measurement only: the same sampling without the seamless correction
+                pipeline.seamless_fill = lambda fill, known, m: fill
+            if kind == "hard":  # ... and pasted without the feathered blend
                 pipeline.feather = lambda m, width=4: (m > 0.5).astype(np.float32)
             try:
                 t0 = time.time()
@@ -169,7 +172,7 @@ def inpaint_demo(data, out, steps, log):
                                                                     flush=True))
                 print()
             finally:
-                pipeline.feather = saved
+                pipeline.feather, pipeline.seamless_fill = saved
             results[kind] = gdal.Open(res.path).ReadAsArray()
             entry[f"{kind}_seconds"] = round(time.time() - t0, 1)
         out_img = results["feathered"]
@@ -177,7 +180,8 @@ def inpaint_demo(data, out, steps, log):
         entry["inside_mean_abs_change"] = round(float(np.abs(out_img[:, mask].astype(int) - image[:, mask]).mean()), 2)
         entry["seam"] = {k: dict(zip(("ratio", "border_diff", "near_outside_diff"),
                                      [round(v, 3) for v in seam_ratio(a, mask)]))
-                         for k, a in (("source", image), ("feathered", out_img), ("hard_mask", results["hard"]))}
+                         for k, a in (("source", image), ("feathered", out_img),
+                                      ("feathered_no_seamless", results["no_seamless"]), ("hard_mask", results["hard"]))}
     return crop, mask_path, buffered_path, os.path.join(out, "inpainted_buffered.tif")
 
 

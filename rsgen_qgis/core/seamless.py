@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+RING_RADIUS = 3      # the border's difference is averaged along the ring over this radius (px): its texture stays out
 COARSEST = 16        # side (px) below which a level starts from the mean boundary value
 ITERATIONS = 30      # red-black SOR sweeps per level (the coarser level supplies the low frequencies)
 OMEGA = 1.7          # over-relaxation
@@ -22,6 +23,16 @@ def _avg4(x: np.ndarray) -> np.ndarray:
     """Mean of the 4 neighbours, edges replicated (a zero-gradient border where the hole meets the image edge)."""
     p = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
     return 0.25 * (p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:])
+
+
+def _box_mean(values: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray:
+    """Weighted mean of `values` over a (2r+1)^2 box, counting only pixels where weight is 1 (cumulative sums)."""
+    def box(a):
+        k = 2 * radius + 1
+        p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(radius + 1, radius), (radius + 1, radius)])
+        c = p.cumsum(-1).cumsum(-2)
+        return c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]
+    return box(values * weight) / np.maximum(box(weight), 1e-6)
 
 
 def harmonic_fill(values: np.ndarray, fixed: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
@@ -56,7 +67,7 @@ def seamless_fill(fill: np.ndarray, known: np.ndarray, mask: np.ndarray) -> np.n
     """The fill with the membrane correction inside the mask (1 = regenerated); outside it, the fill unchanged
     (the caller keeps the source there). fill, known (C, H, W) float; mask (H, W). The correction on the border
     ring (known pixels 4-adjacent to the hole) is the source there minus the mean of the fill at the ring pixel's
-    neighbours inside the hole: the step the eye sees."""
+    neighbours inside the hole (the step the eye sees), averaged along the ring over RING_RADIUS px."""
     m = np.asarray(mask) > 0.5
     if not m.any() or m.all():
         return fill
@@ -81,7 +92,9 @@ def seamless_fill(fill: np.ndarray, known: np.ndarray, mask: np.ndarray) -> np.n
     c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, m.shape[1])
     box_ring = ring[r0:r1, c0:c1]
     box_m = m[r0:r1, c0:c1]
-    diff = (known - extension)[:, r0:r1, c0:c1]
+    # the step to remove, averaged along the ring: the colour mismatch, not the texture of the source's edge
+    # (a building outline, a shadow), which the membrane would otherwise smear into the fill
+    diff = _box_mean((known - extension)[:, r0:r1, c0:c1], box_ring.astype(np.float32), RING_RADIUS)
     # only the ring is fixed: every hole pixel's neighbours are hole or ring pixels, so the other known pixels
     # of the box (free in the solve) never reach the hole's values
     corr = harmonic_fill(np.where(box_ring, diff, np.float32(0)), box_ring)
