@@ -227,9 +227,17 @@ def test_generate_adds_layer_to_generated_group(tiny_dock, qgis_iface, qtbot, tm
     assert dock.generate_btn.isEnabled() and not dock.cancel_btn.isEnabled()
     assert "ONNX Runtime:" in dock.provider_label.text() and "will try" not in dock.provider_label.text()
     assert "fp32 graph" in dock.provider_label.text()
-    assert qgis_iface.messageBar().get_messages(Qgis.Success)
+    said = qgis_iface.messageBar().get_messages(Qgis.Success)
+    assert said and not any("temporary file" in m for m in said)  # a file the user chose is kept
     assert not qgis_iface.messageBar().get_messages(Qgis.Critical)
     assert settings.last("prompt") == "dense housing by a river" and settings.last("precision") == "fp32"
+    # without an output file: a temporary one, and the message says how to keep it
+    dock.output_widget.setFilePath("")
+    qgis_iface.messageBar().clear_messages()
+    task = dock.generate()
+    qtbot.waitUntil(lambda: task.done, timeout=TASK_TIMEOUT_MS)
+    said = qgis_iface.messageBar().get_messages(Qgis.Success)
+    assert any("temporary file, deleted when QGIS closes" in m for m in said), said
 
 
 def test_cancel_leaves_no_file_and_no_layer(tiny_dock, qgis_iface, qtbot, tmp_path):

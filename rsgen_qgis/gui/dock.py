@@ -6,6 +6,7 @@ Mistakes are shown inline (size/GSD) or in QGIS's message bar, never as a traceb
 """
 from __future__ import annotations
 
+import os
 import random
 from typing import List, Optional
 
@@ -483,8 +484,12 @@ class GenerationDock(QgsDockWidget):
         short = tr("Added {w} × {h} px in {s:.1f} s.").format(w=g.width, h=g.height, s=result.seconds)
         self.status_label.setText(short)  # the path would wrap over many lines in a narrow dock
         self.status_label.setToolTip(result.path)
+        keep = ""
+        if os.path.abspath(result.path).startswith(os.path.abspath(QgsProcessingUtils.tempFolder()) + os.sep):
+            keep = " " + tr("It is a temporary file, deleted when QGIS closes: set an Output file, or right-click "
+                            "the layer > Export > Save As… to keep it.")
         self._message(tr("Added “{name}”: {short} ({path})").format(name=layer.name(), short=short,
-                                                                   path=result.path), Qgis.Success, 8)
+                                                                   path=result.path) + keep, Qgis.Success, 8)
 
     def _on_failure(self, message: str, level: int) -> None:
         self.task = None
