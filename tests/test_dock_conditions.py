@@ -156,8 +156,14 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
         out = ds.read()
         assert ds.transform.to_gdal() == pytest.approx((X0, PX, 0, Y0, 0, -PX)) and ds.crs.to_epsg() == 32734
     assert np.array_equal(out[:, ~inside], img[:, ~inside])
+    c.grow_spin.setValue(PX)  # one pixel around the square: its 4-neighbours
+    req = dock.build_request()
+    grown = np.zeros((N, N), bool)
+    grown[9:13, 10:12] = grown[10:12, 9:13] = True
+    assert np.array_equal(req.conditions.mask, grown)
+    c.grow_spin.setValue(0.0)
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("superres"))
-    assert not c.mask_combo.isVisibleTo(c)
+    assert not c.mask_combo.isVisibleTo(c) and not c.grow_spin.isVisibleTo(c)
     dock.output_widget.setFilePath(str(tmp_path / "sr.tif"))
     path = run_task(dock, qtbot)
     with rasterio.open(path) as ds:

@@ -209,6 +209,21 @@ def test_inpaint_outside_mask_identical_on_the_rasters_grid(tiny, tmp_path, rgb_
     assert not np.array_equal(got[:, inside], img[:, inside])
 
 
+def test_inpaint_mask_grown_by_metres(tiny, tmp_path, rgb_raster):
+    layer, img = rgb_raster
+    mask = memory_layer("Polygon", UTM, [(poly_wkt(pixel_rect(4, 4, 6, 5, 0.0)), {})], fields=(), name="m")
+    out = str(tmp_path / "grown.tif")
+    res = run("inpaint", dict(MODEL, INPUT=layer, MASK=mask, GROW_M=2 * PX, OUTPUT=out))
+    grown = np.zeros((N, N), bool)  # rows 4-9, cols 4-8 grown by a 2 px disc: 2 more each side, corners rounded
+    grown[2:12, 2:11] = True
+    for r, c, dr, dc in ((2, 2, 1, 1), (2, 10, 1, -1), (11, 2, -1, 1), (11, 10, -1, -1)):
+        grown[r, c] = grown[r + dr, c] = grown[r, c + dc] = False
+    assert res["MASK_PIXELS"] == grown.sum() == 10 * 9 - 4 * 3
+    got = read(out)[0]
+    assert np.array_equal(got[:, ~grown], img[:, ~grown])
+    assert run("inpaint", dict(MODEL, INPUT=layer, MASK=mask, OUTPUT=str(tmp_path / "bare.tif")))["MASK_PIXELS"] == 30
+
+
 def test_inpaint_selected_features_only(tiny, tmp_path, rgb_raster):
     layer, _ = rgb_raster
     mask = memory_layer("Polygon", UTM, [(poly_wkt(pixel_rect(1, 1, 2, 2, 0.0)), {}),

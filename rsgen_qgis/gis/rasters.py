@@ -175,8 +175,9 @@ def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
 
 def mask_from_polygons(layer: Optional[QgsMapLayer], grid: Grid, selected_only: bool = False,
                        target: str = "the raster", project: Optional[QgsProject] = None,
-                       counts: Optional[Dict[str, int]] = None) -> np.ndarray:
-    """(H, W) bool on `grid`, True where a pixel's centre is inside a (reprojected, repaired) polygon."""
+                       counts: Optional[Dict[str, int]] = None, grow_m: float = 0.0) -> np.ndarray:
+    """(H, W) bool on `grid`, True where a pixel's centre is inside a (reprojected, repaired) polygon, grown by
+    grow_m metres on the ground (core.masks.grow: pixel sizes measured in metres, so any CRS works)."""
     if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
         raise ConditionError("Choose a valid polygon layer as the inpainting mask.")
     if layer.geometryType() != QgsWkbTypes.PolygonGeometry:
@@ -196,4 +197,10 @@ def mask_from_polygons(layer: Optional[QgsMapLayer], grid: Grid, selected_only: 
         which = "selected features" if selected_only else "polygons"
         raise ConditionError(f"The {which} of the mask layer {layer.name()!r} do not overlap {target} (no pixel "
                              "centre lies inside them); draw the mask over the image, or check the layers' CRSs.")
+    if grow_m > 0:
+        from ..core.georef import gsd_metres
+        from ..core.masks import grow
+
+        gx, gy = gsd_metres(grid)
+        mask = grow(mask, grow_m / gx, grow_m / gy)
     return mask

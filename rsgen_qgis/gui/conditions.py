@@ -23,7 +23,7 @@ from ..core.conditions import NO_LAYOUT
 from ..core.errors import ConditionError, ParameterError
 from ..core.request import Conditions, GenerationRequest
 from ..core.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
-from . import row, tr, wrap_label
+from . import dspin, row, tr, wrap_label
 
 COLUMNS = (("class", "Class"), ("field", "Field"), ("values", "Values"), ("geometry", "Geometry"),
            ("buffer_m", "Width m"), ("priority", "Priority"))
@@ -116,6 +116,11 @@ class ConditionsPanel(QWidget):
         self.mask_label = QLabel(tr("Mask"))
         rf.addRow(self.mask_label, self.mask_combo)
         rf.addRow("", self.selected_check)
+        self.grow_spin = dspin(0.0, 1000.0, 0.0, 1, 1.0, " m")
+        self.grow_spin.setToolTip(tr("Regenerate this far around the polygons too: shadows and edges of what is "
+                                     "removed go with it, and a border on open ground blends best"))
+        self.grow_label = QLabel(tr("Grow by"))
+        rf.addRow(self.grow_label, self.grow_spin)
         self.strength_slider = QSlider(Qt.Horizontal)
         self.strength_slider.setRange(5, 100)
         self.strength_slider.setValue(50)
@@ -256,7 +261,7 @@ class ConditionsPanel(QWidget):
 
     def _mode_changed(self, *_) -> None:
         mode = self.mode_combo.currentData()
-        for w in (self.mask_label, self.mask_combo, self.selected_check):
+        for w in (self.mask_label, self.mask_combo, self.selected_check, self.grow_label, self.grow_spin):
             w.setVisible(mode == "inpaint")
         for w in (self.strength_label, self.strength_slider, self.strength_value):
             w.setVisible(mode == "variation")
@@ -320,7 +325,7 @@ class ConditionsPanel(QWidget):
             if mask_layer is None or mask_layer.geometryType() != QgsWkbTypes.PolygonGeometry:
                 raise ConditionError(tr("Choose a polygon layer as the inpainting mask."))
             mask = mask_from_polygons(mask_layer, grid, self.selected_check.isChecked(),
-                                      target=f"raster {layer.name()!r}")
+                                      target=f"raster {layer.name()!r}", grow_m=self.grow_spin.value())
             conditions = Conditions(mask=mask, image=image)
         elif mode == "superres":
             grid, conditions = sr_grid(grid), Conditions(guide=image)

@@ -19,7 +19,7 @@ from .common import (RsgenAlgorithm, add_model_parameters, check_tif, guarded, l
                      result_name, run_engine)
 
 INPUT, MASK, SELECTED_ONLY, STRENGTH, OUTPUT = "INPUT", "MASK", "SELECTED_ONLY", "STRENGTH", "OUTPUT"
-GUIDE_CONSISTENCY = "GUIDE_CONSISTENCY"
+GUIDE_CONSISTENCY, GROW_M = "GUIDE_CONSISTENCY", "GROW_M"
 
 
 class _RasterConditionAlgorithm(RsgenAlgorithm):
@@ -83,14 +83,21 @@ class InpaintAlgorithm(_RasterConditionAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Regenerates a raster only inside the polygons of a mask layer (or its selected features), on the "
                 "raster's own grid and CRS. Pixels outside the polygons are copied unchanged (byte-identical to "
-                "the raster's 8-bit RGB); inside, the new pixels are blended in over a few pixels (feathered) so "
-                "no edge shows at the border. The mask layer may be in another CRS (it is reprojected).\n"
+                "the raster's 8-bit RGB); inside, the fill is corrected to meet the surroundings (seamless) and "
+                "blended in over a few pixels (feathered) so no edge shows at the border. Grow the mask by a few "
+                "metres to take shadows and edges along. The mask layer may be in another CRS (it is "
+                "reprojected).\n"
                 "16-bit, float and single-band rasters are converted to 8-bit RGB first (logged).")
 
     def add_extra_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterVectorLayer(MASK, "Mask: polygons to regenerate",
                                                             [QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterBoolean(SELECTED_ONLY, "Selected features only", False))
+        grow = QgsProcessingParameterNumber(GROW_M, "Grow the mask by (metres on the ground)",
+                                            QgsProcessingParameterNumber.Double, 0.0, True, 0.0, 1000.0)
+        grow.setHelp("Regenerate this far around the polygons too: the shadows and edges of what is removed go "
+                     "with it, and a border on open ground blends best (a few metres for buildings).")
+        self.addParameter(grow)
         self.addOutput(QgsProcessingOutputNumber("MASK_PIXELS", "Pixels regenerated"))
 
     def output_label(self) -> str:
@@ -104,7 +111,8 @@ class InpaintAlgorithm(_RasterConditionAlgorithm):
         mask_layer = self.parameterAsVectorLayer(parameters, MASK, context)
         counts = new_counts()
         mask = mask_from_polygons(mask_layer, grid, self.parameterAsBoolean(parameters, SELECTED_ONLY, context),
-                                  target=f"raster {layer.name()!r}", project=context.project(), counts=counts)
+                                  target=f"raster {layer.name()!r}", project=context.project(), counts=counts,
+                                  grow_m=self.parameterAsDouble(parameters, GROW_M, context))
         if counts["repaired"] or counts["skipped_invalid"]:
             notes.append(f"Mask polygons: {counts['repaired']} invalid repaired, {counts['skipped_invalid']} "
                          "invalid skipped.")
