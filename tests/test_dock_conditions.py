@@ -143,7 +143,16 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
     layer, img = raster
     mask = add_layer(f"Polygon?crs={UTM}", "mask", [(square(2, 2, 3), {}), (square(10, 10, 2), {})])
     c = dock.conditions
+    dock.show()  # a collapsible group lays its rows out only when shown
+    c.mode_combo.setCurrentIndex(c.mode_combo.findData("superres"))
+    c.raster_group.setChecked(True)  # opens the group: only the current mode's rows show
+    qtbot.wait(50)
+    assert not c.mask_combo.isVisibleTo(c) and not c.strength_label.isVisibleTo(c)
+    c.mode_combo.setCurrentIndex(c.mode_combo.findData("inpaint"))
+    c.raster_group.setChecked(False)
     c.raster_group.setChecked(True)
+    qtbot.wait(50)
+    assert c.mask_combo.isVisibleTo(c) and c.grow_spin.isVisibleTo(c) and not c.strength_label.isVisibleTo(c)
     c.raster_combo.setLayer(layer)
     c.mask_combo.setLayer(mask)
     mask.selectByIds([sorted(mask.allFeatureIds())[1]])

@@ -137,6 +137,8 @@ class ConditionsPanel(QWidget):
         self.set_rules(DEFAULT_OSM_RULES)
         self.refresh_layers()
         self._mode_changed()
+        # expanding a collapsible group shows all its rows again: show only the current mode's
+        self.raster_group.collapsedStateChanged.connect(self._mode_changed)
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.strength_slider.valueChanged.connect(self._mode_changed)
         self.add_rule_btn.clicked.connect(self._add_rule)
