@@ -16,6 +16,7 @@ from rsgen_qgis.core.recall import recorded_request_of
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 from rsgen_qgis.gis.layers import generation_record
 from test_dock import TASK_TIMEOUT_MS, canvas, clean_settings, make_dock, tiny_dock  # noqa: F401  (fixtures)
+from untagged import untagged_copy
 
 EXTENT = (453104.0, 6233620.0, 453480.0, 6233900.0)
 
@@ -103,11 +104,7 @@ def test_layers_panel_action_on_generated_layers_only(spied_iface, qgis_new_proj
     monkeypatch.setenv("RSGEN_MODEL_DIRS", tiny_model_dir)
     spied_iface.mapCanvas().setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:32734"))
     src = made(tmp_path, tiny_model_dir)
-    plain = str(tmp_path / "plain.tif")
-    with rasterio.open(src) as s:
-        profile, data = s.profile, s.read()
-    with rasterio.open(plain, "w", **{**profile, "driver": "GTiff"}) as d:
-        d.write(data)  # same pixels, no generation record
+    plain = untagged_copy(src, str(tmp_path / "plain.tif"))  # same pixels, no generation record
     project = QgsProject.instance()
     before = QgsRasterLayer(src, "made before the plugin loaded", "gdal")
     project.addMapLayer(before)
