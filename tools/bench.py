@@ -98,6 +98,21 @@ def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER) ->
             "denoiser_graph": graph}
 
 
+def seamless_cost(side: int = 1024) -> float:
+    """Seconds of the inpainting's seamless step (core.seamless) for a side x side hole in a slightly larger image."""
+    import numpy as np
+
+    from rsgen_qgis.core.seamless import seamless_fill
+
+    n = side + 64
+    rng = np.random.default_rng(0)
+    known = rng.uniform(-1, 1, (3, n, n)).astype(np.float32)
+    fill = rng.uniform(-1, 1, (3, n, n)).astype(np.float32)
+    mask = np.zeros((n, n), np.float32)
+    mask[32:-32, 32:-32] = 1
+    return timeit(lambda: seamless_fill(fill, known, mask), repeat=3, warmup=1)
+
+
 def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json: str, precision: str,
                 sampler: str) -> None:
     """One large-area generation in this (fresh) process; writes seconds and this process's peak RSS."""
@@ -229,9 +244,19 @@ def main() -> None:
     if sde and ode:
         print(f"SDE vs ODE sampler, per tile: {sde['tile_64px_20_steps_cfg_s'] / ode['tile_64px_20_steps_cfg_s']:.3f}x "
               "(the SDE's world-anchored step noise)")
+    seam_s = seamless_cost(1024)
+    if sde:  # the same hole's sampling: windows of the tile at 3/4 stride, each a tile's time
+        from rsgen_qgis.core.tiling import windows
+
+        m = json.load(open(os.path.join(MODEL, "manifest.json")))
+        tile = int(m["tile"]["size"])
+        n_win = len(windows(1088, 1088, tile, tile // 4))
+        gen_s = n_win * sde["tile_64px_20_steps_cfg_s"]
+        print(f"seamless inpainting step, 1024 x 1024 px hole: {seam_s:.2f} s = {100 * seam_s / gen_s:.1f} % of "
+              f"sampling that area (~{n_win} windows x {sde['tile_64px_20_steps_cfg_s']:.3f} s)")
     os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
     with open(os.path.join(ROOT, "runs", "bench.json"), "w") as f:
-        json.dump({"ort_vs_torch": r, "tiles": tiles, "cores": threads}, f, indent=1)
+        json.dump({"ort_vs_torch": r, "tiles": tiles, "seamless_1024_s": seam_s, "cores": threads}, f, indent=1)
 
 
 if __name__ == "__main__":
