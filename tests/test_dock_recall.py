@@ -118,6 +118,8 @@ def test_layers_panel_action_on_generated_layers_only(spied_iface, qgis_new_proj
     project.addMapLayers([ours, other])
     assert [c[0][1] for c in spied_iface.addCustomActionForLayer.call_args_list] == [before, ours]
     assert generation_record(other) is None and generation_record(None) is None
+    with mock.patch("rsgen_qgis.gis.layers.recorded_request_of", side_effect=ImportError("No module named 'rasterio'")):
+        assert generation_record(ours) is None  # QGIS without the engine's packages: no action, no crash
 
     spied_iface.setActiveLayer(other)
     spied_iface.messageBar().clear_messages()

@@ -57,7 +57,7 @@ def generation_record(layer: Optional[QgsMapLayer]) -> Optional[Recorded]:
         return None
     try:
         return recorded_request_of(path)
-    except RsgenError:
+    except (RsgenError, ImportError):  # not ours, or the engine's packages are missing: nothing to offer
         return None
 
 
