@@ -132,23 +132,17 @@ def _export_diffusers(a) -> int:
 
 def _regenerate(a) -> GenerationRequest:
     """The recorded request of `a.source`, with the options given on the command line changed."""
-    from .core.models import find
-    from .core.recall import model_change_note, recorded_request_of
+    from .core.recall import regenerate_request
 
     if os.path.abspath(a.source) == os.path.abspath(a.out):
         raise ParameterError("--out is the source file: write the new image elsewhere (the source is kept).")
-    rec = recorded_request_of(a.source)
     changes = {k: getattr(a, k) for k in ("seed", "prompt", "steps", "guidance", "sampler", "precision", "model")
                if getattr(a, k) is not None}
-    req = rec.to_request(a.out, **changes)
-    for note in rec.notes:
+    req, notes, warning = regenerate_request(a.source, a.out, a.model_dir, **changes)
+    for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    try:
-        note = model_change_note(rec, find(req.model, a.model_dir).denoiser_sha256) if "model" not in changes else None
-    except RsgenError:
-        note = None  # generate() reports a missing model with its own message
-    if note:
-        print(f"warning: {note}", file=sys.stderr)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return req
 
 

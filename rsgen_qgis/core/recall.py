@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import ParameterError
 from .request import GenerationRequest
@@ -105,4 +105,20 @@ def model_change_note(recorded: Recorded, installed_sha256: Optional[str]) -> Op
     return None
 
 
-__all__ = ["Recorded", "recorded_request", "recorded_request_of", "model_change_note"]
+def regenerate_request(source: str, output: str, model_dirs: Iterable[str] = (),
+                       **changes) -> Tuple[GenerationRequest, List[str], Optional[str]]:
+    """The request a generated GeoTIFF records, written to `output` with `changes` (seed=..., prompt=...) applied:
+    (request, notes on fields not carried over, a warning when the installed model is not the image's)."""
+    from .errors import RsgenError
+    from .models import find
+
+    rec = recorded_request_of(source)
+    req = rec.to_request(output, **changes)
+    try:
+        warning = None if "model" in changes else model_change_note(rec, find(req.model, model_dirs).denoiser_sha256)
+    except RsgenError:
+        warning = None  # generate() reports a missing model with its own message
+    return req, rec.notes, warning
+
+
+__all__ = ["Recorded", "recorded_request", "recorded_request_of", "regenerate_request", "model_change_note"]

@@ -53,16 +53,13 @@ class RegenerateAlgorithm(RsgenAlgorithm):
     @guarded
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        from ..core.models import find
-        from ..core.recall import model_change_note, recorded_request_of
-        from ..core.errors import RsgenError
+        from ..core.recall import regenerate_request
 
         layer = self.parameterAsRasterLayer(parameters, SOURCE, context)
         if layer is None:
             raise QgsProcessingException("Choose the generated image to take the settings from.")
         source = layer.source().split("|")[0]
         output = check_tif(self.parameterAsOutputLayer(parameters, OUTPUT, context))
-        rec = recorded_request_of(source)
         changes: Dict[str, Any] = {}
         if given(parameters, SEED):
             changes["seed"] = self.parameterAsInt(parameters, SEED, context)
@@ -70,14 +67,8 @@ class RegenerateAlgorithm(RsgenAlgorithm):
             changes["prompt"] = self.parameterAsString(parameters, PROMPT, context).strip()
         if given(parameters, STEPS):
             changes["steps"] = self.parameterAsInt(parameters, STEPS, context)
-        req = rec.to_request(output, **changes)
-        for note in rec.notes:
-            feedback.pushWarning(note)
-        try:
-            note = model_change_note(rec, find(req.model, settings.model_dirs()).denoiser_sha256)
-        except RsgenError:
-            note = None  # the engine reports a missing model itself
-        if note:
+        req, notes, warning = regenerate_request(source, output, settings.model_dirs(), **changes)
+        for note in notes + ([warning] if warning else []):
             feedback.pushWarning(note)
         result = run_engine(req, feedback)
         report(result, feedback)
