@@ -36,10 +36,11 @@ system: .stamps/system
 	@mkdir -p .stamps && touch $@
 
 venv: $(VENV)/.installed-$(GPU)
-$(VENV)/.installed-$(GPU): $(RUNTIME_REQ) requirements-dev.txt constraints.txt .stamps/system
+$(VENV)/.installed-$(GPU): $(RUNTIME_REQ) requirements-dev.txt requirements-qt6.txt constraints.txt .stamps/system
 	@[ -x $(PY) ] || $(SYSPY) -m venv --system-site-packages $(VENV)
 	@if [ "$(GPU)" = 1 ]; then $(PY) -m pip uninstall -y -q onnxruntime || true; else $(PY) -m pip uninstall -y -q onnxruntime-gpu || true; fi
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r $(RUNTIME_REQ) -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade --target $(VENV)/qt6 -r requirements-qt6.txt
 	@rm -f $(VENV)/.installed-*; touch $@
 
 demo: install

@@ -98,7 +98,7 @@ def boxes_from_layer(layer: Optional[QgsMapLayer], category_field: str, grid: Gr
     if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
         raise ConditionError("Choose a valid point or polygon layer for the object boxes.")
     name = layer.name()
-    if layer.geometryType() not in (QgsWkbTypes.PointGeometry, QgsWkbTypes.PolygonGeometry):
+    if layer.geometryType() not in (QgsWkbTypes.GeometryType.PointGeometry, QgsWkbTypes.GeometryType.PolygonGeometry):
         raise ConditionError(f"The boxes layer {name!r} must hold points or polygons.")
     idx = layer.fields().lookupField(category_field or "")
     if idx < 0:
@@ -106,7 +106,7 @@ def boxes_from_layer(layer: Optional[QgsMapLayer], category_field: str, grid: Gr
                              f"fields are: {', '.join(layer.fields().names()) or 'none'}.")
     cat_name = layer.fields().at(idx).name()
     size = {f: layer.fields().lookupField(f) for f in SIZE_FIELDS}
-    points = layer.geometryType() == QgsWkbTypes.PointGeometry
+    points = layer.geometryType() == QgsWkbTypes.GeometryType.PointGeometry
     if points and default_size_m is None and (size["width_m"] < 0 or size["length_m"] < 0):
         raise ConditionError(f"The point layer {name!r} needs fields width_m and length_m (metres) to make boxes, "
                              "or a default box size.")
@@ -203,7 +203,8 @@ def coco_dataset(images: Sequence[Tuple[str, Grid, Sequence[Box]]],
             if hbb is None or box.category not in cat_id:
                 continue
             seg = box_geometry(pb).intersection(frame)
-            ring = seg.asPolygon()[0] if seg.type() == QgsWkbTypes.PolygonGeometry and not seg.isMultipart() else []
+            polygon = seg.type() == QgsWkbTypes.GeometryType.PolygonGeometry and not seg.isMultipart()
+            ring = seg.asPolygon()[0] if polygon else []
             w, h = hbb[2] - hbb[0], hbb[3] - hbb[1]
             out["annotations"].append({
                 "id": len(out["annotations"]) + 1, "image_id": image_id, "category_id": cat_id[box.category],

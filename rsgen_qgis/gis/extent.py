@@ -44,7 +44,7 @@ def crs_to_wkt(crs: QgsCoordinateReferenceSystem) -> str:
     if not crs.isValid():
         raise CrsError("The map has no coordinate reference system; set the project CRS "
                        "(Project > Properties > CRS) first.")
-    return crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019)
+    return crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT2_2019)
 
 
 def describe_crs(crs: QgsCoordinateReferenceSystem) -> str:
@@ -148,20 +148,20 @@ class RectangleMapTool(QgsMapTool):
     def __init__(self, canvas: QgsMapCanvas):
         super().__init__(canvas)
         self._start: Optional[QgsPointXY] = None
-        self.band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self.band = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
         self.band.setColor(QColor(230, 80, 20, 200))
         self.band.setFillColor(QColor(230, 80, 20, 40))
         self.band.setWidth(2)
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     def show_rectangle(self, rect: Optional[QgsRectangle]) -> None:
-        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        self.band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         if rect is not None and not rect.isEmpty():
             self.band.setToGeometry(QgsGeometry.fromRect(rect), None)
 
     def clear(self) -> None:
         self._start = None
-        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        self.band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
 
     def remove(self) -> None:
         """Take the rubber band off the canvas for good (plugin unload)."""
@@ -171,7 +171,7 @@ class RectangleMapTool(QgsMapTool):
             scene.removeItem(self.band)
 
     def canvasPressEvent(self, event) -> None:  # noqa: N802  (Qt override)
-        if event.button() == Qt.LeftButton:
+        if event.button() == Qt.MouseButton.LeftButton:
             self._start = self.toMapCoordinates(event.pos())
             self.show_rectangle(None)
 
@@ -180,7 +180,7 @@ class RectangleMapTool(QgsMapTool):
             self.show_rectangle(QgsRectangle(self._start, self.toMapCoordinates(event.pos())))
 
     def canvasReleaseEvent(self, event) -> None:  # noqa: N802
-        if self._start is None or event.button() != Qt.LeftButton:
+        if self._start is None or event.button() != Qt.MouseButton.LeftButton:
             return
         rect = QgsRectangle(self._start, self.toMapCoordinates(event.pos()))
         rect.normalize()
@@ -192,6 +192,6 @@ class RectangleMapTool(QgsMapTool):
         self.rectangleDrawn.emit(rect)
 
     def keyPressEvent(self, event) -> None:  # noqa: N802
-        if event.key() == Qt.Key_Escape:
+        if event.key() == Qt.Key.Key_Escape:
             self.clear()
 

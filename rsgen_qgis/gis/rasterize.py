@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from osgeo import gdal, ogr
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsFeature,
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsFeature,
                        QgsFeatureRequest, QgsFeedback, QgsGeometry, QgsMapLayer, QgsPalettedRasterRenderer,
                        QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
@@ -30,8 +30,8 @@ from ..core.georef import Grid, gsd_metres
 from ..core.geotiff import check_writable
 from ..core.rules import LAYOUT_COLOURS, Rule, best_rule
 
-KINDS = {QgsWkbTypes.PointGeometry: "point", QgsWkbTypes.LineGeometry: "line",
-         QgsWkbTypes.PolygonGeometry: "polygon"}
+KINDS = {QgsWkbTypes.GeometryType.PointGeometry: "point", QgsWkbTypes.GeometryType.LineGeometry: "line",
+         QgsWkbTypes.GeometryType.PolygonGeometry: "polygon"}
 COUNTERS = ("repaired", "skipped_invalid", "empty_geometry", "outside", "unprojectable")
 
 
@@ -63,9 +63,10 @@ def plain(value: Any) -> Any:
 
 def polygon_parts(geom: QgsGeometry) -> Optional[QgsGeometry]:
     """The polygonal parts of a (repaired) geometry; makeValid may return lines or a mixed collection."""
-    if geom.type() == QgsWkbTypes.PolygonGeometry:
+    if geom.type() == QgsWkbTypes.GeometryType.PolygonGeometry:
         return geom
-    parts = [p for p in geom.asGeometryCollection() if p.type() == QgsWkbTypes.PolygonGeometry and not p.isEmpty()]
+    parts = [p for p in geom.asGeometryCollection()
+             if p.type() == QgsWkbTypes.GeometryType.PolygonGeometry and not p.isEmpty()]
     return QgsGeometry.collectGeometry(parts) if parts else None
 
 
@@ -114,7 +115,7 @@ def grid_geometries(layer: QgsVectorLayer, grid: Grid, counts: Dict[str, int], *
     if selected_only:
         request.setFilterFids(layer.selectedFeatureIds())
     try:  # only features near the grid are read
-        request.setFilterRect(xform.transformBoundingBox(area, QgsCoordinateTransform.ReverseTransform)
+        request.setFilterRect(xform.transformBoundingBox(area, Qgis.TransformDirection.Reverse)
                               if xform else area)
     except QgsCsException:
         pass  # the extent has no image in the layer's CRS: test every feature instead

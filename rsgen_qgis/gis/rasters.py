@@ -28,6 +28,13 @@ SR_FACTOR = 4
 # Qgis.DataType -> numpy (raw data types only; ARGB types are rendered images, not data)
 _DTYPES = {1: np.uint8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32, 7: np.float64}
 _TYPE_NAMES = {1: "Byte", 2: "UInt16", 3: "Int16", 4: "UInt32", 5: "Int32", 6: "Float32", 7: "Float64"}
+RGB_INTERPRETATION = (QgsRaster.ColorInterpretation.RedBand, QgsRaster.ColorInterpretation.GreenBand,
+                      QgsRaster.ColorInterpretation.BlueBand)
+
+
+def _code(value) -> int:
+    """A QGIS enum value as its number: an int on QGIS 3 (sip), an IntEnum on QGIS 4 (PyQt6)."""
+    return int(getattr(value, "value", value))
 
 
 def _check_raster(layer: Optional[QgsMapLayer]) -> QgsRasterLayer:
@@ -64,7 +71,7 @@ def raster_grid(layer: QgsRasterLayer) -> Grid:
     crs = layer.crs()
     if not crs.isValid():
         raise CrsError(f"Raster {layer.name()!r} has no CRS; set it in the layer's properties (Source > CRS).")
-    wkt = crs_to_wkt(parse_crs(crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019)))
+    wkt = crs_to_wkt(parse_crs(crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT2_2019)))
     r = layer.extent()
     w, h = layer.width(), layer.height()
     extent = (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum())
@@ -89,7 +96,7 @@ def _read_band(layer: QgsRasterLayer, band: int) -> Tuple[np.ndarray, Optional[n
     """(values, valid mask or None) of one band at full resolution, through the provider (any raster source)."""
     p = layer.dataProvider()
     block = p.block(band, p.extent(), layer.width(), layer.height())
-    dtype = _DTYPES.get(int(block.dataType()))
+    dtype = _DTYPES.get(_code(block.dataType()))
     if dtype is None or not block.isValid():
         raise ConditionError(f"Band {band} of raster {layer.name()!r} has a data type the plugin cannot read "
                              f"({block.dataType()}); convert it to Byte, UInt16 or Float32 first.")
@@ -137,7 +144,7 @@ def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
     interp = {p.colorInterpretation(b): b for b in range(1, n + 1)}
     if n == 1:
         a, valid = _read_band(layer, 1)
-        if p.colorInterpretation(1) == QgsRaster.PaletteIndex:
+        if p.colorInterpretation(1) == QgsRaster.ColorInterpretation.PaletteIndex:
             rgb = _palette_rgb(layer, a)
             if rgb is not None:
                 notes.append(f"Raster {name!r} is paletted: its colour table gave the RGB image.")
@@ -147,8 +154,8 @@ def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
     elif n == 2:
         bands = [1, 1, 1]
         notes.append(f"Raster {name!r} has 2 bands: band 1 was used as a grey image.")
-    elif all(k in interp for k in (QgsRaster.RedBand, QgsRaster.GreenBand, QgsRaster.BlueBand)):
-        bands = [interp[QgsRaster.RedBand], interp[QgsRaster.GreenBand], interp[QgsRaster.BlueBand]]
+    elif all(k in interp for k in RGB_INTERPRETATION):
+        bands = [interp[k] for k in RGB_INTERPRETATION]
         if n > 3 and bands != [1, 2, 3]:
             notes.append(f"Raster {name!r} has {n} bands: bands {bands} (marked red, green, blue) were used.")
     else:
@@ -167,7 +174,7 @@ def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
                 cache[b], stretched = _stretch(a, valid), True
         out[i] = cache[b]
     if stretched:
-        type_name = _TYPE_NAMES.get(int(p.dataType(bands[0])), "?")
+        type_name = _TYPE_NAMES.get(_code(p.dataType(bands[0])), "?")
         notes.append(f"Raster {name!r} is not 8-bit ({type_name}): each band was "
                      "stretched from its 2nd to 98th percentile to 0-255, as QGIS displays it.")
     return out, notes
@@ -180,7 +187,7 @@ def mask_from_polygons(layer: Optional[QgsMapLayer], grid: Grid, selected_only: 
     grow_m metres on the ground (core.masks.grow: pixel sizes measured in metres, so any CRS works)."""
     if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
         raise ConditionError("Choose a valid polygon layer as the inpainting mask.")
-    if layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+    if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
         raise ConditionError(f"The mask layer {layer.name()!r} must hold polygons (it holds "
                              f"{QgsWkbTypes.geometryDisplayString(layer.geometryType()).lower()}s).")
     if layer.featureCount() == 0:

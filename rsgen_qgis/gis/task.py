@@ -43,7 +43,7 @@ class GenerationTask(QgsTask):
                  providers: Optional[List[str]] = None, on_success: Optional[SuccessCallback] = None,
                  on_failure: Optional[FailureCallback] = None):
         self.name = layer_name(request.prompt, request.seed)
-        super().__init__(f"Generating satellite image: {self.name}", QgsTask.CanCancel)
+        super().__init__(f"Generating satellite image: {self.name}", QgsTask.Flag.CanCancel)
         self.request = request
         self.model_dirs = list(model_dirs)
         self.providers = list(providers) if providers else None
@@ -86,25 +86,25 @@ class GenerationTask(QgsTask):
             if ok and self.result is not None:
                 self.layer = add_result_layer(self.result.path, self.name)
                 for warning in getattr(self.result, "warnings", []) or []:
-                    QgsMessageLog.logMessage(warning, LOG_TAG, Qgis.Warning)
+                    QgsMessageLog.logMessage(warning, LOG_TAG, Qgis.MessageLevel.Warning)
                 if self.on_success:
                     self.on_success(self.result, self.layer)
             elif self.was_cancelled or (self.error is None and self.isCanceled()):
                 self.was_cancelled = True
-                self._fail("Generation cancelled; nothing was written.", Qgis.Info)
+                self._fail("Generation cancelled; nothing was written.", Qgis.MessageLevel.Info)
             else:
-                self._fail(self.error or "Generation failed.", Qgis.Critical)
+                self._fail(self.error or "Generation failed.", Qgis.MessageLevel.Critical)
         except RsgenError as exc:
-            self._fail(str(exc), Qgis.Critical)
+            self._fail(str(exc), Qgis.MessageLevel.Critical)
         except Exception as exc:  # noqa: BLE001  (same reason as in run())
             self.details = traceback.format_exc()
-            self._fail(f"Adding the generated layer failed: {exc}", Qgis.Critical)
+            self._fail(f"Adding the generated layer failed: {exc}", Qgis.MessageLevel.Critical)
         finally:
             self.done = True
 
     def _fail(self, message: str, level: int) -> None:
         if self.details:
-            QgsMessageLog.logMessage(f"{message}\n{self.details}", LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(f"{message}\n{self.details}", LOG_TAG, Qgis.MessageLevel.Critical)
         else:
             QgsMessageLog.logMessage(message, LOG_TAG, level)
         if self.on_failure:

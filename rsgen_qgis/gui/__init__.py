@@ -50,7 +50,7 @@ def row(*widgets: QWidget, stretch: Tuple[int, ...] = ()) -> QWidget:
 def wrap_label() -> QLabel:
     label = QLabel()
     label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
 
 

@@ -53,13 +53,13 @@ class ConditionsPanel(QWidget):
         lf.addWidget(self.layer_list)
         self.rules_table = QTableWidget(0, len(COLUMNS))
         self.rules_table.setHorizontalHeaderLabels([tr(label) for _, label in COLUMNS])
-        self.rules_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.rules_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.rules_table.horizontalHeader().setStretchLastSection(True)
         self.rules_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
         self.rules_table.setMaximumHeight(self.fontMetrics().lineSpacing() * 9)
-        self.rules_table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.rules_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         for w in (self.layer_list, self.rules_table):  # never widen the dock: scroll inside instead
-            w.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+            w.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.rules_table.setToolTip(tr("One rule a row: features whose Field has one of the Values (comma-separated, "
                                        "* = any) become Class; lines and points are buffered to Width m; the higher "
                                        "Priority wins where features overlap."))
@@ -77,14 +77,14 @@ class ConditionsPanel(QWidget):
         boxes = QFormLayout()
         boxes.setContentsMargins(0, 0, 0, 0)
         self.boxes_combo = QgsMapLayerComboBox()
-        self.boxes_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
-        self.boxes_combo.setFilters(QgsMapLayerProxyModel.PointLayer | QgsMapLayerProxyModel.PolygonLayer)
+        self.boxes_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.boxes_combo.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.boxes_combo.setAllowEmptyLayer(True)
         self.boxes_combo.setLayer(None)
         self.boxes_combo.setToolTip(tr("Optional: points or polygons drawn on top of the layout as object boxes "
                                        "(polygons as their minimum rotated rectangle)"))
         self.box_field_combo = QgsFieldComboBox()
-        self.box_field_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.box_field_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.box_field_combo.setToolTip(tr("The category of each box (building, tree, water, ...)"))
         self.boxes_combo.layerChanged.connect(self.box_field_combo.setLayer)
         boxes.addRow(tr("Object boxes"), self.boxes_combo)
@@ -101,17 +101,17 @@ class ConditionsPanel(QWidget):
         rf = QFormLayout(self.raster_group)
         rf.setContentsMargins(4, 4, 4, 4)
         self.mode_combo = QComboBox()
-        self.mode_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.mode_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         for key, label in RASTER_MODES:
             self.mode_combo.addItem(tr(label), key)
         rf.addRow(tr("Mode"), self.mode_combo)
         self.raster_combo = QgsMapLayerComboBox()
-        self.raster_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
-        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.raster_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         rf.addRow(tr("Raster"), self.raster_combo)
         self.mask_combo = QgsMapLayerComboBox()
-        self.mask_combo.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
-        self.mask_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.mask_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.mask_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.selected_check = QCheckBox(tr("Selected features only"))
         self.mask_label = QLabel(tr("Mask"))
         rf.addRow(self.mask_label, self.mask_combo)
@@ -121,7 +121,7 @@ class ConditionsPanel(QWidget):
                                      "removed go with it, and a border on open ground blends best"))
         self.grow_label = QLabel(tr("Grow by"))
         rf.addRow(self.grow_label, self.grow_spin)
-        self.strength_slider = QSlider(Qt.Horizontal)
+        self.strength_slider = QSlider(Qt.Orientation.Horizontal)
         self.strength_slider.setRange(5, 100)
         self.strength_slider.setValue(50)
         self.strength_value = QLabel()
@@ -159,20 +159,21 @@ class ConditionsPanel(QWidget):
         for layer in QgsProject.instance().mapLayers().values():
             if isinstance(layer, QgsVectorLayer) and layer.isSpatial():
                 item = QListWidgetItem(layer.name())
-                item.setData(Qt.UserRole, layer.id())
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                item.setCheckState(Qt.Checked if layer.id() in ticked else Qt.Unchecked)
+                item.setData(Qt.ItemDataRole.UserRole, layer.id())
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked if layer.id() in ticked else Qt.CheckState.Unchecked)
                 self.layer_list.addItem(item)
 
     def ticked_layer_ids(self) -> List[str]:
         items = (self.layer_list.item(i) for i in range(self.layer_list.count()))
-        return [it.data(Qt.UserRole) for it in items if it.checkState() == Qt.Checked]
+        return [it.data(Qt.ItemDataRole.UserRole) for it in items if it.checkState() == Qt.CheckState.Checked]
 
     def tick(self, *layers) -> None:
         ids = {layer.id() for layer in layers}
         for i in range(self.layer_list.count()):
             it = self.layer_list.item(i)
-            it.setCheckState(Qt.Checked if it.data(Qt.UserRole) in ids else Qt.Unchecked)
+            ticked = it.data(Qt.ItemDataRole.UserRole) in ids
+            it.setCheckState(Qt.CheckState.Checked if ticked else Qt.CheckState.Unchecked)
 
     def layout_layers(self) -> List[QgsVectorLayer]:
         project = QgsProject.instance()
@@ -193,7 +194,7 @@ class ConditionsPanel(QWidget):
                                                                            if isinstance(v, float) else str(v))
             item = QTableWidgetItem(text)
             if c == 0:  # keys the table has no column for (exclude, layer, optional) ride along with the row
-                item.setData(Qt.UserRole, {k: v for k, v in d.items() if k not in dict(COLUMNS)})
+                item.setData(Qt.ItemDataRole.UserRole, {k: v for k, v in d.items() if k not in dict(COLUMNS)})
             self.rules_table.setItem(r, c, item)
 
     def rules(self) -> List[Rule]:
@@ -205,7 +206,7 @@ class ConditionsPanel(QWidget):
             cells = {key: (self.rules_table.item(r, c).text().strip() if self.rules_table.item(r, c) else "")
                      for c, (key, _) in enumerate(COLUMNS)}
             first = self.rules_table.item(r, 0)
-            d = dict(first.data(Qt.UserRole) or {}) if first else {}
+            d = dict(first.data(Qt.ItemDataRole.UserRole) or {}) if first else {}
             d["class"] = cells["class"]
             d["field"] = cells["field"] or None
             d["values"] = [v.strip() for v in cells["values"].split(",") if v.strip()] or ["*"]
@@ -255,7 +256,7 @@ class ConditionsPanel(QWidget):
         try:
             fn()
         except RsgenError as exc:
-            self.message(str(exc), Qgis.Critical)
+            self.message(str(exc), Qgis.MessageLevel.Critical)
 
     # -- raster modes --------------------------------------------------------------------------------------------
     def raster_mode(self) -> Optional[str]:
@@ -324,7 +325,7 @@ class ConditionsPanel(QWidget):
         self.notes.extend(notes)
         if mode == "inpaint":
             mask_layer = self.mask_combo.currentLayer()
-            if mask_layer is None or mask_layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+            if mask_layer is None or mask_layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
                 raise ConditionError(tr("Choose a polygon layer as the inpainting mask."))
             mask = mask_from_polygons(mask_layer, grid, self.selected_check.isChecked(),
                                       target=f"raster {layer.name()!r}", grow_m=self.grow_spin.value())
@@ -343,10 +344,11 @@ class ConditionsPanel(QWidget):
 
         try:
             layer = self.preview()
-            self.message(tr("Added the layout preview: {notes}").format(notes=" ".join(self.notes)), Qgis.Info)
+            self.message(tr("Added the layout preview: {notes}").format(notes=" ".join(self.notes)),
+                         Qgis.MessageLevel.Info)
             return layer
         except RsgenError as exc:
-            self.message(str(exc), Qgis.Critical)
+            self.message(str(exc), Qgis.MessageLevel.Critical)
 
     def preview(self) -> QgsRasterLayer:
         """Rasterize the ticked layers on the dock's grid and add the class raster with a named legend."""

@@ -87,7 +87,7 @@ class GenerationDock(QgsDockWidget):
         self.draw_btn.setCheckable(True)
         af.addRow(tr("Extent"), row(self.source_combo, self.draw_btn, stretch=(1,)))
         self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.HasGeometry | QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.HasGeometry | QgsMapLayerProxyModel.Filter.RasterLayer)
         af.addRow(tr("Layer"), self.layer_combo)
         self.crs_label = wrap_label()
         af.addRow(tr("CRS"), self.crs_label)
@@ -131,7 +131,8 @@ class GenerationDock(QgsDockWidget):
         for key, label in sampler_labels().items():
             self.sampler_combo.addItem(label, key)
             if key in hints:
-                self.sampler_combo.setItemData(self.sampler_combo.count() - 1, tr(hints[key]), Qt.ToolTipRole)
+                self.sampler_combo.setItemData(self.sampler_combo.count() - 1, tr(hints[key]),
+                                               Qt.ItemDataRole.ToolTipRole)
         imf.addRow(tr("Sampler"), self.sampler_combo)
         self.precision_combo = QComboBox()
         for key, label in precision_labels().items():
@@ -141,7 +142,7 @@ class GenerationDock(QgsDockWidget):
                                            "not identical. Exact: the fp32 graph everywhere."))
         imf.addRow(tr("Precision"), self.precision_combo)
         self.output_widget = QgsFileWidget()
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif *.tiff)")
         self.output_widget.lineEdit().setPlaceholderText(tr("[Temporary file]"))
         imf.addRow(tr("Output file"), self.output_widget)
@@ -173,7 +174,7 @@ class GenerationDock(QgsDockWidget):
         lay.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(body)
         self.setWidget(scroll)
 
@@ -295,7 +296,7 @@ class GenerationDock(QgsDockWidget):
         self.model_combo.clear()
         for pkg in packages:
             self.model_combo.addItem(pkg.name, pkg.id)
-            self.model_combo.setItemData(self.model_combo.count() - 1, pkg.path, Qt.ToolTipRole)
+            self.model_combo.setItemData(self.model_combo.count() - 1, pkg.path, Qt.ItemDataRole.ToolTipRole)
         for choice in (current, DEFAULT_MODEL, None):  # last used, else the default model, else the first
             i = self.model_combo.findData(choice) if choice else min(0, self.model_combo.count() - 1)
             if i >= 0 or choice is None:
@@ -438,15 +439,15 @@ class GenerationDock(QgsDockWidget):
             providers = choose(settings.provider_preference())
             estimate = self._estimate(req, providers) if req.large_area else ""
         except RsgenError as exc:
-            self._message(str(exc), Qgis.Critical)
+            self._message(str(exc), Qgis.MessageLevel.Critical)
             return None
         except ImportError as exc:
             from ..gis.task import missing_package_message
 
-            self._message(missing_package_message(exc), Qgis.Critical)
+            self._message(missing_package_message(exc), Qgis.MessageLevel.Critical)
             return None
         if self.conditions.notes:
-            self._message(" ".join(self.conditions.notes), Qgis.Info, 8)
+            self._message(" ".join(self.conditions.notes), Qgis.MessageLevel.Info, 8)
         settings.set_last(prompt=req.prompt, model=req.model, seed=req.seed, steps=req.steps,
                           guidance=req.guidance, sampler=req.sampler, precision=req.precision)
         if self._units == "m" and req.gsd:
@@ -457,7 +458,7 @@ class GenerationDock(QgsDockWidget):
         self._set_running(True)
         if estimate:
             self.status_label.setText(estimate)
-            self._message(estimate, Qgis.Info, 10)
+            self._message(estimate, Qgis.MessageLevel.Info, 10)
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
@@ -489,14 +490,15 @@ class GenerationDock(QgsDockWidget):
             keep = " " + tr("It is a temporary file, deleted when QGIS closes: set an Output file, or right-click "
                             "the layer > Export > Save As… to keep it.")
         self._message(tr("Added “{name}”: {short} ({path})").format(name=layer.name(), short=short,
-                                                                   path=result.path) + keep, Qgis.Success, 8)
+                                                                   path=result.path) + keep,
+                      Qgis.MessageLevel.Success, 8)
 
     def _on_failure(self, message: str, level: int) -> None:
         self.task = None
         self._set_running(False)
         self.progress.setValue(0)
         self.status_label.setText(message)
-        self._message(message, level, 8 if level == Qgis.Info else 0)
+        self._message(message, level, 8 if level == Qgis.MessageLevel.Info else 0)
 
     def _message(self, text: str, level: int, duration: int = 0) -> None:
         self.iface.messageBar().pushMessage(tr(TITLE), text, level, duration)

@@ -98,7 +98,7 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
     precision = QgsProcessingParameterEnum(PRECISION, "Precision", list(PRECISIONS), False, "auto", False, True)
     precision.setHelp("auto: the model's int8 graph on the CPU (fp16 on a GPU) where the package has one - "
                       "faster, images close to but not identical with the exact graph's; fp32: the exact graph.")
-    precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     alg.addParameter(precision)
 
 

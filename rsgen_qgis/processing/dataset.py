@@ -66,7 +66,7 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
                                                        100000))
         self.addParameter(QgsProcessingParameterVectorLayer(
             EXTENTS, "Listed extents: polygon layer (one image per feature's bounding box)",
-            [QgsProcessing.TypeVectorPolygon], optional=True))
+            [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterCrs(TARGET_CRS, "Output CRS (default: the AOI's or extents' CRS)",
                                                     optional=True))
         self.addParameter(Num(GSD, "Pixel size (GSD) in the output CRS's units", Num.Double, None, False, 0.0))
@@ -78,7 +78,7 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(FILTER, "Drop samples the segmentation net does not confirm",
                                                         False))
         self.addParameter(QgsProcessingParameterFile(SEGNET, "Segmentation net (ONNX; default: the model package's)",
-                                                     QgsProcessingParameterFile.File, "onnx", optional=True,
+                                                     QgsProcessingParameterFile.Behavior.File, "onnx", optional=True,
                                                      fileFilter="ONNX (*.onnx)"))
         self.addParameter(Num(KEEP_FRACTION, "Filter: share of a sample's boxes that must be confirmed", Num.Double,
                               0.5, False, 0.0, 1.0))
@@ -157,7 +157,7 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
 
         folder = self.parameterAsString(parameters, OUTPUT_FOLDER, context)
         crs = self._crs(parameters, context)
-        wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019)
+        wkt = crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT2_2019)
         gsd = self.parameterAsDouble(parameters, GSD, context)
         if not gsd > 0:
             raise QgsProcessingException("The pixel size (GSD) must be positive.")

@@ -60,8 +60,8 @@ class GenerateAlgorithm(RsgenAlgorithm):
             LARGE_AREA, "Large area (no pixel budget; world-anchored blocks written to disk as they are done)",
             False, optional=True))
         cascade = QgsProcessingParameterNumber(CASCADE, "Coarse-to-fine factor (0 = off; e.g. 4)",
-                                               QgsProcessingParameterNumber.Integer, 0, True, 0, 16)
-        cascade.setFlags(cascade.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+                                               QgsProcessingParameterNumber.Type.Integer, 0, True, 0, 16)
+        cascade.setFlags(cascade.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(cascade)
         self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "Generated image"))
         self.addOutput(QgsProcessingOutputString("PROVIDER", "ONNX Runtime execution provider that ran"))
@@ -127,7 +127,7 @@ class GenerateAlgorithm(RsgenAlgorithm):
             size["height"] = self.parameterAsInt(parameters, HEIGHT, context)
         return GenerationRequest(
             extent=(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
-            crs=crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019), output=output,
+            crs=crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT2_2019), output=output,
             large_area=bool(self.parameterDefinition(LARGE_AREA)) and given(parameters, LARGE_AREA)
             and self.parameterAsBool(parameters, LARGE_AREA, context),
             cascade=self.parameterAsInt(parameters, CASCADE, context)

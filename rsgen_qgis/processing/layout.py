@@ -31,10 +31,11 @@ RULES_HELP = ("Rules file: JSON, a list of rules {\"class\", \"field\", \"values
 
 def add_layout_parameters(alg: QgsProcessingAlgorithm, boxes: bool = True) -> None:
     alg.addParameter(QgsProcessingParameterMultipleLayers(
-        LAYERS, "Vector layers for the layout (roads, buildings, land use, water…)", QgsProcessing.TypeVectorAnyGeometry,
+        LAYERS, "Vector layers for the layout (roads, buildings, land use, water…)",
+        QgsProcessing.SourceType.TypeVectorAnyGeometry,
         optional=True))
     alg.addParameter(QgsProcessingParameterFile(
-        RULES, "Layout rules file (JSON; default: the OSM rules)", QgsProcessingParameterFile.File, "json",
+        RULES, "Layout rules file (JSON; default: the OSM rules)", QgsProcessingParameterFile.Behavior.File, "json",
         optional=True, fileFilter="JSON (*.json)"))
     if boxes:
         add_box_parameters(alg, optional=True)
@@ -42,7 +43,8 @@ def add_layout_parameters(alg: QgsProcessingAlgorithm, boxes: bool = True) -> No
 
 def add_box_parameters(alg: QgsProcessingAlgorithm, optional: bool) -> None:
     alg.addParameter(QgsProcessingParameterVectorLayer(
-        BOXES, "Object boxes: point or polygon layer", [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon],
+        BOXES, "Object boxes: point or polygon layer",
+        [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon],
         optional=optional))
     alg.addParameter(QgsProcessingParameterField(BOX_FIELD, "Category field of the boxes layer", None, BOXES,
                                                  optional=optional))

@@ -91,10 +91,10 @@ class InpaintAlgorithm(_RasterConditionAlgorithm):
 
     def add_extra_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterVectorLayer(MASK, "Mask: polygons to regenerate",
-                                                            [QgsProcessing.TypeVectorPolygon]))
+                                                            [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterBoolean(SELECTED_ONLY, "Selected features only", False))
         grow = QgsProcessingParameterNumber(GROW_M, "Grow the mask by (metres on the ground)",
-                                            QgsProcessingParameterNumber.Double, 0.0, True, 0.0, 1000.0)
+                                            QgsProcessingParameterNumber.Type.Double, 0.0, True, 0.0, 1000.0)
         grow.setHelp("Regenerate this far around the polygons too: the shadows and edges of what is removed go "
                      "with it, and a border on open ground blends best (a few metres for buildings).")
         self.addParameter(grow)
@@ -152,8 +152,9 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
         from qgis.core import QgsProcessingParameterDefinition
 
         p = QgsProcessingParameterNumber(GUIDE_CONSISTENCY, "Guide consistency (1 = keep the raster exactly, "
-                                         "0 = a hint only)", QgsProcessingParameterNumber.Double, 1.0, False, 0.0, 1.0)
-        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+                                         "0 = a hint only)", QgsProcessingParameterNumber.Type.Double,
+                                         1.0, False, 0.0, 1.0)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(p)
 
     def request_values(self, parameters, context) -> dict:
