@@ -16,7 +16,15 @@ REAL_MODEL = os.path.join(ROOT, "models", "rsgen-base")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """A folder holding the package `rsgen-tiny` (random weights, real format, 32 px tile)."""
+    """A folder holding the package `rsgen-tiny` (random weights, real format, 32 px tile). RSGEN_TINY_MODEL_DIR
+    names one built beforehand (`python -c "from rsgen_qgis.training.export import build_tiny_package as b;
+    b('DIR/rsgen-tiny')"`), for running the QGIS-side tests where torch cannot be installed (another QGIS's
+    Python)."""
+    prebuilt = os.environ.get("RSGEN_TINY_MODEL_DIR")
+    if prebuilt:
+        if not os.path.isfile(os.path.join(prebuilt, "rsgen-tiny", "manifest.json")):
+            pytest.fail(f"RSGEN_TINY_MODEL_DIR={prebuilt} holds no rsgen-tiny/manifest.json")
+        return prebuilt
     from rsgen_qgis.training.export import build_tiny_package
 
     root = tmp_path_factory.mktemp("models")
