@@ -85,8 +85,11 @@ PACK_PART_MIB ?= 18
 pack: install
 	$(PY) -m rsgen_qgis.training.pack pack --data $(DATA) --out runs/pack/train.npz --max-part-mib $(PACK_PART_MIB)
 
+# build/rsgen_qgis.zip (with the models, offline), build/repository/rsgen_qgis.zip (code only, for
+# plugins.qgis.org's 25 MB limit) and build/models/<id>.zip (each model package, to add as a model folder)
 package: install
-	$(PY) tools/package.py --out build/rsgen_qgis.zip
+	$(PY) tools/package.py --out build/rsgen_qgis.zip --model-zips build/models
+	$(PY) tools/package.py --out build/repository/rsgen_qgis.zip --no-models
 
 clean:
 	rm -rf build out .pytest_cache

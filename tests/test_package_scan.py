@@ -62,6 +62,27 @@ def test_detect_secrets_finds_none(unpacked):
     assert not found, json.dumps(found, indent=1)
 
 
+def test_the_code_only_zip_fits_the_repository_limit(unpacked, tmp_path):
+    out = str(tmp_path / "repo.zip")
+    package.build(out, os.path.join(ROOT, "models"), with_models=False)
+    assert os.path.getsize(out) <= package.REPOSITORY_LIMIT
+    assert "within plugins.qgis.org's 25 MB" in package.repository_note(out)
+
+
+def test_a_model_zip_unzipped_anywhere_is_found_and_verified(tiny_model_dir, tmp_path):
+    """The repository's plugin has no model inside: the user unzips build/models/<id>.zip and adds the folder."""
+    from rsgen_qgis.core.models import discover, verify_files
+
+    zips = package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)
+    assert [os.path.basename(z) for z in zips] == ["rsgen-tiny.zip"]
+    with zipfile.ZipFile(zips[0]) as zf:
+        assert {n.split("/")[0] for n in zf.namelist()} == {"rsgen-tiny"}
+        zf.extractall(tmp_path / "my models")
+    found = {p.id: p for p in discover([str(tmp_path / "my models")])}
+    assert "rsgen-tiny" in found and found["rsgen-tiny"].path.startswith(str(tmp_path / "my models"))
+    verify_files(found["rsgen-tiny"])  # every file's sha256 as in its manifest
+
+
 def test_no_executable_or_hidden_files(unpacked):
     _, infos = unpacked
     assert len(infos) > 40

@@ -9,6 +9,13 @@ Layout QGIS expects: one root folder named like the package, metadata.txt inside
     rsgen_qgis/models/<id>/         the bundled model packages from <repo>/models
 
 Left out: training/ (torch, never imported at run time), tests, __pycache__, caches, editor droppings.
+
+plugins.qgis.org refuses uploads over 25 MB (PLUGIN_MAX_UPLOAD_SIZE, 25 000 000 bytes), and rsgen-base alone is
+~40 MB, so `make package` builds three files:
+    build/rsgen_qgis.zip                 plugin + bundled models: "Install from ZIP", works offline at once
+    build/repository/rsgen_qgis.zip      plugin code only (--no-models): what plugins.qgis.org takes
+    build/models/<id>.zip                each model package on its own (--model-zips): unzip it anywhere and add
+                                         that folder with the dock's model "…" button (or RSGEN_MODEL_DIRS)
 The plugin finds its models at <plugin>/models (zip) or <plugin>/../models (source checkout).
 Entries are sorted and time-stamped from metadata so two builds of the same tree are byte-identical.
 """
@@ -77,6 +84,15 @@ def build(out: str, models_dir: str, with_models: bool = True) -> List[str]:
     names = [a for _, a in entries]
     if len(names) != len(set(names)):
         raise SystemExit("duplicate archive names: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    _write(out, entries)
+    print(f"wrote {out}: {PACKAGE} {version}, {len(entries)} files, {os.path.getsize(out) / 1e6:.1f} MB")
+    return names
+
+
+REPOSITORY_LIMIT = 25_000_000  # bytes: plugins.qgis.org's PLUGIN_MAX_UPLOAD_SIZE
+
+
+def _write(out: str, entries: List[Tuple[str, str]]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
     tmp = out + ".partial"
     with zipfile.ZipFile(tmp, "w") as zf:
@@ -88,8 +104,26 @@ def build(out: str, models_dir: str, with_models: bool = True) -> List[str]:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
     os.replace(tmp, out)
-    print(f"wrote {out}: {PACKAGE} {version}, {len(entries)} files, {os.path.getsize(out) / 1e6:.1f} MB")
-    return names
+
+
+def build_model_zips(out_dir: str, models_dir: str) -> List[str]:
+    """One zip per model package under models_dir: `<id>/manifest.json ...` at its root."""
+    written = []
+    for model in sorted(os.listdir(models_dir)):
+        if os.path.isfile(os.path.join(models_dir, model, "manifest.json")):
+            out = os.path.join(out_dir, f"{model}.zip")
+            _write(out, list(_walk(os.path.join(models_dir, model), model)))
+            print(f"wrote {out}: model package {model}, {os.path.getsize(out) / 1e6:.1f} MB")
+            written.append(out)
+    return written
+
+
+def repository_note(path: str) -> str:
+    size = os.path.getsize(path)
+    if size <= REPOSITORY_LIMIT:
+        return f"{path}: {size / 1e6:.1f} MB, within plugins.qgis.org's 25 MB upload limit"
+    return (f"{path}: {size / 1e6:.1f} MB, over plugins.qgis.org's 25 MB upload limit: for the repository use the "
+            "--no-models zip, with the model zips beside it")
 
 
 def main(argv=None) -> int:
@@ -98,8 +132,12 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=os.path.join(ROOT, "models"),
                     help="folder whose model packages are bundled (default: <repo>/models)")
     ap.add_argument("--no-models", action="store_true", help="leave the model packages out")
+    ap.add_argument("--model-zips", metavar="DIR", help="also write each model package as DIR/<id>.zip")
     a = ap.parse_args(argv)
     build(a.out, a.models, not a.no_models)
+    print(repository_note(a.out))
+    if a.model_zips:
+        build_model_zips(a.model_zips, a.models)
     return 0
 
 

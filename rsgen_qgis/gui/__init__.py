@@ -128,8 +128,10 @@ def model_choices(extra_dirs: Sequence[str]) -> Tuple[List, str, str]:
         packages = discover(extra_dirs, problems)
     except (OSError, RsgenError) as exc:
         packages, problems = [], [str(exc)]
-    hint = "" if packages else tr("No model package found (searched: {dirs}). Add a folder with model packages "
-                                  "with the … button.").format(dirs=", ".join(search_dirs(extra_dirs)) or tr("no folder"))
+    hint = "" if packages else tr(
+        "No model package found (searched: {dirs}). The plugin from plugins.qgis.org comes without its model "
+        "(the repository's 25 MB limit): get rsgen-base.zip from the plugin's homepage, unzip it, and add that "
+        "folder with the … button.").format(dirs=", ".join(search_dirs(extra_dirs)) or tr("no folder"))
     return packages, hint, "\n".join(problems)
 
 
