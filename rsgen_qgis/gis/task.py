@@ -7,8 +7,10 @@ an exception escaping a QgsTask ends up as a Python traceback dialog, which user
 """
 from __future__ import annotations
 
+import os
+import sys
 import traceback
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from qgis.core import Qgis, QgsMessageLog, QgsRasterLayer, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
@@ -22,16 +24,36 @@ SuccessCallback = Callable[[object, QgsRasterLayer], None]  # (GenerationResult,
 FailureCallback = Callable[[str, int], None]  # (message, Qgis.MessageLevel)
 
 
+PIP_NAMES = {"onnxruntime": "onnxruntime", "numpy": "numpy", "yaml": "pyyaml", "rasterio": "rasterio",
+             "pyproj": "pyproj"}
+
+
+def install_command(package: str, platform: str = sys.platform, base_prefix: str = sys.base_prefix,
+                    version: Tuple[int, int] = tuple(sys.version_info[:2]), exists=os.path.exists) -> str:
+    """The command that installs `package` for the Python QGIS runs, on this platform. In QGIS sys.executable is
+    QGIS itself, so the interpreter is found from sys.base_prefix; on Windows pip must run where QGIS's DLLs are
+    found, i.e. in the OSGeo4W Shell that QGIS installs."""
+    if platform == "win32":
+        return f"in the OSGeo4W Shell (Start menu, next to QGIS): python -m pip install {package}"
+    python = os.path.join(base_prefix, "bin", f"python{version[0]}.{version[1]}")
+    if not exists(python):
+        python = "python3"
+    # PEP 668 (Debian 12 and later): the system Python refuses pip without these two flags
+    managed = exists(os.path.join(base_prefix, "lib", f"python{version[0]}.{version[1]}", "EXTERNALLY-MANAGED"))
+    flags = " --user --break-system-packages" if managed else " --user"
+    return f"{python} -m pip install{flags} {package}"
+
+
 def missing_package_message(exc: ImportError) -> str:
     """ImportError in QGIS's Python nearly always means onnxruntime (or numpy) is not installed there."""
     name = getattr(exc, "name", None) or str(exc)
     if name.startswith("rsgen_qgis"):
         return (f"The plugin's installation is incomplete: its module {name!r} is missing. Reinstall the plugin "
                 "(Plugins > Manage and Install Plugins > Install from ZIP).")
-    return (f"The Python package {name!r} is missing from QGIS's Python. Start QGIS with PYTHONPATH pointing at "
-            f"the site-packages of the plugin's venv (see the README), or install it for QGIS's interpreter "
-            f"(Debian 12: /usr/bin/python3 -m pip install --user --break-system-packages onnxruntime) "
-            f"and restart QGIS.")
+    package = PIP_NAMES.get(name.split(".")[0], name.split(".")[0])
+    return (f"The Python package {name!r} is missing from QGIS's Python. Install it for QGIS's interpreter "
+            f"({install_command(package)}) and restart QGIS; or start QGIS with PYTHONPATH pointing at the "
+            f"site-packages of the plugin's venv (see the README).")
 
 
 class GenerationTask(QgsTask):
