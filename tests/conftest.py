@@ -66,3 +66,19 @@ def _delete_layers_before_qgis_exits(qgis_app):
                 sip.delete(obj)
         except (RuntimeError, TypeError, ReferenceError):
             pass
+
+
+@pytest.fixture
+def loading_iface(qgis_iface, qgis_new_project, monkeypatch):
+    """pytest-qgis's iface with a real layer tree view: QGIS 3.40+'s Processing passes iface.layerTreeView() to C++
+    when it loads results (runAndLoadResults), which a mock cannot be (seen on QGIS 3.44); 3.22 never asks."""
+    from qgis.core import QgsLayerTreeModel, QgsProject
+    from qgis.gui import QgsLayerTreeView
+
+    view = QgsLayerTreeView()
+    model = QgsLayerTreeModel(QgsProject.instance().layerTreeRoot())
+    view.setModel(model)
+    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
+    yield qgis_iface
+    view.deleteLater()
+    del model

@@ -156,7 +156,7 @@ def test_processing_run_width_height_and_target_crs(tiny_setting, tmp_path):
         assert ds.bounds.bottom == pytest.approx(min(ys), abs=1.0) and ds.bounds.top == pytest.approx(max(ys), abs=1.0)
 
 
-def test_run_and_load_results_puts_layer_in_generated_group(tiny_setting, tmp_path, qgis_iface, qgis_new_project):
+def test_run_and_load_results_puts_layer_in_generated_group(tiny_setting, tmp_path, loading_iface):
     """From the toolbox the result is loaded like the dock's: named from the prompt, in "Generated"."""
     import processing
     from qgis.core import QgsProject

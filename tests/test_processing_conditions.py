@@ -131,7 +131,7 @@ def layout_layers(tmp_path):
 AREA = {"EXTENT": f"{X0},{X0 + N * PX},{Y0 - N * PX},{Y0} [{UTM}]", "GSD": PX}
 
 
-def test_preview_layout_aligned_reprojected_and_styled(tiny, tmp_path, qgis_iface, qgis_new_project):
+def test_preview_layout_aligned_reprojected_and_styled(tiny, tmp_path, loading_iface):
     import processing
 
     out = str(tmp_path / "layout.tif")
