@@ -315,3 +315,26 @@ def test_packaged_zip_installs_and_runs(tiny_model_dir, tmp_path):
     out = tmp_path / "zip.tif"
     enable_and_generate(env, out)
     check_output(out)
+
+
+@pytest.mark.slow
+def test_repository_zip_with_a_model_zip_beside_it(tiny_model_dir, tmp_path):
+    """plugins.qgis.org's zip has no model: without one, generating names what is missing; with a model zip
+    unzipped into a folder the user lists, the same request works."""
+    zpath, mpath = tmp_path / "repo" / "rsgen_qgis.zip", tmp_path / "zips"
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "package.py"), "--out", str(zpath), "--no-models",
+                    "--models", tiny_model_dir, "--model-zips", str(mpath)], check=True, capture_output=True)
+    with zipfile.ZipFile(zpath) as zf:
+        assert not [n for n in zf.namelist() if "/models/" in n or n.endswith(".onnx")]
+        zf.extractall(tmp_path / "plugins")
+    with zipfile.ZipFile(mpath / "rsgen-tiny.zip") as zf:
+        zf.extractall(tmp_path / "my models")
+    env = qgis_process_env(tmp_path / "plugins", tmp_path / "profile")
+    with pytest.raises(AssertionError) as missing:
+        enable_and_generate(env, tmp_path / "none.tif")
+    assert "'rsgen-tiny' not found" in str(missing.value) and "Unzip a model package" in str(missing.value)
+    assert not (tmp_path / "none.tif").exists()
+    env = qgis_process_env(tmp_path / "plugins", tmp_path / "profile2", tmp_path / "my models")
+    out = tmp_path / "with_model.tif"
+    enable_and_generate(env, out)
+    check_output(out)
