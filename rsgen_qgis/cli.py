@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d)
     sub.add_parser("models", help="list the installed model packages").add_argument(
         "--model-dir", action="append", default=[])
+    i = sub.add_parser("install-model", help="install a model package zip (e.g. rsgen-base.zip) into a folder, "
+                       "verified against its manifest; then pass that folder as --model-dir or in RSGEN_MODEL_DIRS")
+    i.add_argument("zip", help="the model package zip")
+    i.add_argument("--dest", required=True, help="models folder to install into (the package goes in DEST/<id>)")
     e = sub.add_parser("export-diffusers", help="convert a local diffusers Stable Diffusion pipeline folder into a "
                        "model package (needs torch, diffusers, transformers: the dev requirements)")
     e.add_argument("path", help="diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, ...)")
@@ -194,6 +198,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"no model packages in: {', '.join(search_dirs(a.model_dir)) or 'no folder'}")
             for e in errors:
                 print(f"skipped: {e}", file=sys.stderr)
+            return 0
+        if a.cmd == "install-model":
+            from .core.install import install_zip
+
+            pkg = install_zip(a.zip, a.dest)
+            print(f"installed {pkg.id} ({pkg.name}) in {pkg.path}; use it with --model-dir {a.dest}")
             return 0
         if a.cmd == "export-diffusers":
             return _export_diffusers(a)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, List
 
-from qgis.core import QgsSettings
+from qgis.core import QgsApplication, QgsSettings
 
 from .core.request import DEFAULT_MODEL, DEFAULT_PIXEL_BUDGET, DEFAULT_SAMPLER
 
@@ -65,6 +65,18 @@ def model_dirs() -> List[str]:
 
 def set_model_dirs(dirs: Iterable[str]) -> None:
     QgsSettings().setValue(KEY_MODEL_DIRS, [str(d) for d in dirs if d])
+
+
+def add_model_dir(folder: str) -> None:
+    """Append a folder to the user's model folders (once)."""
+    dirs = settings_model_dirs()
+    if folder not in dirs:
+        set_model_dirs(dirs + [folder])
+
+
+def installed_models_dir() -> str:
+    """Where models installed from a zip go: `rsgen_models` in the user's QGIS profile folder."""
+    return os.path.join(QgsApplication.qgisSettingsDirPath(), "rsgen_models")
 
 
 def pixel_budget() -> int:

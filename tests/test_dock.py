@@ -354,3 +354,33 @@ def test_guidance_control_follows_the_model(make_dock, tiny_model_dir, monkeypat
     assert dock.guidance_spin.value() == 5.0 and "built in" in dock.guidance_spin.toolTip()
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
     assert dock.guidance_spin.maximum() == 30.0
+
+
+def test_install_a_model_zip_from_the_dock(make_dock, tiny_model_dir, qgis_iface, tmp_path, monkeypatch):
+    """The plugin from plugins.qgis.org has no model: the model "…" menu installs one from its zip."""
+    import shutil
+    import sys
+
+    from qgis.core import QgsApplication
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+    import package
+
+    profile = tmp_path / "profile"
+    monkeypatch.setattr(QgsApplication, "qgisSettingsDirPath", staticmethod(lambda: str(profile)))
+    zips = package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)
+    dock = make_dock()
+    menu = [a.text() for a in dock.add_models_btn.menu().actions()]
+    assert menu == ["Add a Folder with Model Packages…", "Install a Model Package from a Zip…"]
+    qgis_iface.messageBar().clear_messages()
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    assert not dock.install_model_zip(str(bad))
+    assert "not a readable zip" in " ".join(qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical))
+    assert dock.model_combo.findData("rsgen-tiny") < 0
+    assert dock.install_model_zip(zips[0])
+    assert dock.model_combo.currentData() == "rsgen-tiny"
+    assert settings.settings_model_dirs() == [str(profile / "rsgen_models")]
+    assert (profile / "rsgen_models" / "rsgen-tiny" / "manifest.json").is_file()
+    said = " ".join(qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success))
+    assert "Installed model" in said and "rsgen_models" in said
+    shutil.rmtree(profile)

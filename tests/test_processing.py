@@ -332,7 +332,7 @@ def test_repository_zip_with_a_model_zip_beside_it(tiny_model_dir, tmp_path):
     env = qgis_process_env(tmp_path / "plugins", tmp_path / "profile")
     with pytest.raises(AssertionError) as missing:
         enable_and_generate(env, tmp_path / "none.tif")
-    assert "'rsgen-tiny' not found" in str(missing.value) and "Unzip a model package" in str(missing.value)
+    assert "'rsgen-tiny' not found" in str(missing.value) and "Install a model package" in str(missing.value)
     assert not (tmp_path / "none.tif").exists()
     env = qgis_process_env(tmp_path / "plugins", tmp_path / "profile2", tmp_path / "my models")
     out = tmp_path / "with_model.tif"

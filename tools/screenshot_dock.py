@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/screenshot_dock.py out/dock.png [--model-dir DIR] [--size 1400x900] [--dock-only]
                                               [--generate [--model ID] [--steps N] [--gsd M]] [--conditions]
-                                              [--recall]
+                                              [--recall] [--models-menu]
 
 Starts /usr/bin/qgis.bin under Xvfb with a throw-away profile and this file as its startup code (--code).
 Inside QGIS it draws an OSM-like map (land use, river, roads, buildings as memory layers) over Swellendam in
@@ -11,7 +11,8 @@ UTM 34S, loads the plugin from this checkout, opens the dock, fills in a prompt 
 the Conditions section is open: layout from the ticked roads and buildings layers, the rules table; with --recall
 (implies --generate) the dock is changed after the run, the generated layer's context menu in the Layers panel is
 opened and saved as OUT's name + "_menu.png" (the whole screen: the menu is its own window), then its "Reuse
-Generation Settings" is triggered and the window saved as OUT.
+Generation Settings" is triggered and the window saved as OUT; with --models-menu the model "…" menu (add a
+folder, install a zip) is opened and the screen saved as OUT's name + "_menu.png".
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ THIS = os.path.abspath(globals().get("__file__") or os.environ.get("RSGEN_SCREEN
 ROOT = os.path.dirname(os.path.dirname(THIS))
 ENV_OUT, ENV_DOCK_ONLY, ENV_GENERATE = "RSGEN_SCREENSHOT_OUT", "RSGEN_SCREENSHOT_DOCK_ONLY", "RSGEN_SCREENSHOT_GENERATE"
 ENV_CONDITIONS, ENV_RECALL = "RSGEN_SCREENSHOT_CONDITIONS", "RSGEN_SCREENSHOT_RECALL"
+ENV_MODELS_MENU = "RSGEN_SCREENSHOT_MODELS_MENU"
 EXTENT = (453000.0, 6233600.0, 454600.0, 6235200.0)  # Swellendam, EPSG:32734
 
 
@@ -44,6 +46,7 @@ def launch(argv=None) -> int:
     ap.add_argument("--conditions", action="store_true", help="open the Conditions section (layout from layers)")
     ap.add_argument("--recall", action="store_true", help="after --generate: the layer's context menu, then "
                     "Reuse Generation Settings")
+    ap.add_argument("--models-menu", action="store_true", help="open the model '…' menu and save the screen too")
     ap.add_argument("--timeout", type=int, default=600)
     a = ap.parse_args(argv)
     a.generate = a.generate or a.recall
@@ -56,7 +59,8 @@ def launch(argv=None) -> int:
     env = dict(os.environ, QGIS_PLUGINPATH=ROOT, QT_QPA_PLATFORM="xcb", PYTHONDONTWRITEBYTECODE="1",
                **{ENV_OUT: out, ENV_DOCK_ONLY: "1" if a.dock_only else "", "RSGEN_SCREENSHOT_SCRIPT": THIS,
                   ENV_GENERATE: f"{a.model}|{a.steps}|{a.gsd}" if a.generate else "",
-                  ENV_CONDITIONS: "1" if a.conditions else "", ENV_RECALL: "1" if a.recall else ""})
+                  ENV_CONDITIONS: "1" if a.conditions else "", ENV_RECALL: "1" if a.recall else "",
+                  ENV_MODELS_MENU: "1" if a.models_menu else ""})
     venv_site = os.path.join(ROOT, ".venv", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                              "site-packages")
     if os.path.isdir(venv_site):  # QGIS runs /usr/bin/python3: lend it the venv's onnxruntime
@@ -228,9 +232,25 @@ def inside_qgis() -> None:
 
         QTimer.singleShot(800, grab_menu)
 
+    def models_menu() -> None:
+        from qgis.PyQt.QtCore import QPoint
+
+        btn = dock.add_models_btn
+        menu = btn.menu()
+        menu.popup(btn.mapToGlobal(QPoint(0, btn.height())))
+        QApplication.processEvents()
+
+        def grab_menu() -> None:
+            QApplication.primaryScreen().grabWindow(0).save(os.path.splitext(out)[0] + "_menu.png", "PNG")
+            menu.close()
+            QTimer.singleShot(300, shoot)
+
+        QTimer.singleShot(800, grab_menu)
+
     QTimer.singleShot(1500, zoom)
     # let the canvas render and the dock lay out
-    QTimer.singleShot(5000, generate if os.environ.get(ENV_GENERATE) else shoot)
+    first = generate if os.environ.get(ENV_GENERATE) else models_menu if os.environ.get(ENV_MODELS_MENU) else shoot
+    QTimer.singleShot(5000, first)
 
 
 def _inside_qgis_safely() -> None:

@@ -159,8 +159,8 @@ def find(model: str, extra_dirs: Iterable[str] = ()) -> ModelPackage:
     known = ", ".join(p.id for p in pkgs) or "none"
     hint = f" Problems seen: {'; '.join(errors)}" if errors else ""
     if not pkgs and not errors:  # e.g. the plugin from plugins.qgis.org, which comes without its model
-        hint = (" Unzip a model package (such as rsgen-base.zip) into a folder and add that folder: the dock's "
-                "model … button, or RSGEN_MODEL_DIRS.")
+        hint = (" Install a model package (such as rsgen-base.zip): the dock's model … menu, or `python -m "
+                "rsgen_qgis install-model ZIP --dest DIR` and RSGEN_MODEL_DIRS=DIR.")
     raise ModelPackageError(f"Model {model!r} not found. Installed models: {known}. Searched: "
                             f"{', '.join(search_dirs(extra_dirs)) or 'no folder'}.{hint}")
 

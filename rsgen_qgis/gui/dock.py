@@ -14,8 +14,9 @@ from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessing
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer
-from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QPlainTextEdit,
-                                 QProgressBar, QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel,
+                                 QMenu, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QToolButton,
+                                 QVBoxLayout, QWidget)
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, RsgenError
@@ -113,7 +114,12 @@ class GenerationDock(QgsDockWidget):
         self.model_combo = QComboBox()
         self.add_models_btn = QToolButton()
         self.add_models_btn.setText("…")
-        self.add_models_btn.setToolTip(tr("Add a folder with model packages"))
+        self.add_models_btn.setToolTip(tr("Add a folder with model packages, or install a model package zip"))
+        self.add_models_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        models_menu = QMenu(self.add_models_btn)
+        self.add_folder_action = models_menu.addAction(tr("Add a Folder with Model Packages…"))
+        self.install_zip_action = models_menu.addAction(tr("Install a Model Package from a Zip…"))
+        self.add_models_btn.setMenu(models_menu)
         imf.addRow(tr("Model"), row(self.model_combo, self.add_models_btn, stretch=(1,)))
         self.model_hint = wrap_label()
         self.model_hint.setStyleSheet(ERROR_STYLE)
@@ -186,7 +192,8 @@ class GenerationDock(QgsDockWidget):
         self.height_spin.valueChanged.connect(lambda _: self._edited("height"))
         self.large_check.toggled.connect(lambda _: self.update_size())
         self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
-        self.add_models_btn.clicked.connect(self._add_model_folder)
+        self.add_folder_action.triggered.connect(self._add_model_folder)
+        self.install_zip_action.triggered.connect(self._choose_model_zip)
         self.model_combo.currentIndexChanged.connect(lambda _: self._on_model_changed())
         self.model_combo.activated.connect(lambda _: self._apply_model_defaults())  # the user's choice only
         self.generate_btn.clicked.connect(self.generate)
@@ -395,8 +402,33 @@ class GenerationDock(QgsDockWidget):
     def _add_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, tr("Folder with model packages"))
         if folder:
-            settings.set_model_dirs(settings.settings_model_dirs() + [folder])
+            settings.add_model_dir(folder)
             self.refresh_models()
+
+    def _choose_model_zip(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, tr("Model package zip (such as rsgen-base.zip)"), "",
+                                              tr("Zip files (*.zip)"))
+        if path:
+            self.install_model_zip(path)
+
+    def install_model_zip(self, path: str) -> bool:
+        """Install (verify, then unpack into the profile's rsgen_models folder) and select the model in `path`."""
+        from ..core.install import install_zip
+
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            pkg = install_zip(path, settings.installed_models_dir())
+        except ModelPackageError as exc:
+            self._message(str(exc), Qgis.MessageLevel.Critical)
+            return False
+        finally:
+            QApplication.restoreOverrideCursor()
+        settings.add_model_dir(os.path.dirname(pkg.path))
+        self.refresh_models()
+        self.model_combo.setCurrentIndex(self.model_combo.findData(pkg.id))
+        self._message(tr("Installed model {name} in {path}.").format(name=pkg.name, path=pkg.path),
+                      Qgis.MessageLevel.Success, 8)
+        return True
 
     def show_provider(self, actual: Optional[str] = None, graph: Optional[str] = None) -> None:
         """Which ONNX Runtime execution provider runs: the real one (and the graph) after a run, the first
