@@ -384,3 +384,24 @@ def test_install_a_model_zip_from_the_dock(make_dock, tiny_model_dir, qgis_iface
     said = " ".join(qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success))
     assert "Installed model" in said and "rsgen_models" in said
     shutil.rmtree(profile)
+
+
+def test_without_any_model_the_dock_says_how_to_get_one(make_dock, monkeypatch, tiny_model_dir, tmp_path):
+    """What the plugin from plugins.qgis.org shows before its model is installed; Generate stays off."""
+    import sys
+
+    from qgis.core import QgsApplication
+
+    from rsgen_qgis.core import models
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+    import package
+
+    monkeypatch.setattr(models, "BUNDLED_DIRS", ())
+    monkeypatch.setattr(QgsApplication, "qgisSettingsDirPath", staticmethod(lambda: str(tmp_path / "profile")))
+    dock = make_dock()
+    dock.show()
+    assert dock.model_combo.count() == 0 and not dock.generate_btn.isEnabled()
+    assert dock.model_hint.isVisible()
+    assert "Install a Model Package from a Zip" in dock.model_hint.text()
+    assert dock.install_model_zip(package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)[0])
+    assert not dock.model_hint.isVisible() and dock.model_combo.currentData() == "rsgen-tiny"

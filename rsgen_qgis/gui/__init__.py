@@ -129,9 +129,8 @@ def model_choices(extra_dirs: Sequence[str]) -> Tuple[List, str, str]:
     except (OSError, RsgenError) as exc:
         packages, problems = [], [str(exc)]
     hint = "" if packages else tr(
-        "No model package found (searched: {dirs}). The plugin from plugins.qgis.org comes without its model "
-        "(the repository's 25 MB limit): get rsgen-base.zip from the plugin's homepage and install it with "
-        "… > Install a Model Package from a Zip.").format(dirs=", ".join(search_dirs(extra_dirs)) or tr("no folder"))
+        "No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its model: get "
+        "rsgen-base.zip from the plugin's homepage and install it with … > Install a Model Package from a Zip.").format(dirs=", ".join(search_dirs(extra_dirs)) or tr("no folder"))
     return packages, hint, "\n".join(problems)
 
 
