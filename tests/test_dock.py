@@ -185,7 +185,7 @@ def test_no_model_gives_hint_and_message(make_dock, qgis_iface, monkeypatch, tmp
     monkeypatch.setattr("rsgen_qgis.core.models.BUNDLED_DIRS", (str(tmp_path / "none"),))
     dock = make_dock()
     assert dock.model_combo.count() == 0
-    assert dock.model_hint.isVisibleTo(dock) and "No model package" in dock.model_hint.text()
+    assert dock.model_hint.isVisibleTo(dock) and "No model installed" in dock.model_hint.text()
     assert not dock.generate_btn.isEnabled()
     qgis_iface.messageBar().clear_messages()
     assert dock.generate() is None
