@@ -5,8 +5,6 @@ behind (a toolbar action, a dock, a Processing provider, an installed translator
 """
 import configparser
 import os
-import shutil
-import subprocess
 from unittest import mock
 
 import pytest
@@ -18,11 +16,7 @@ import rsgen_qgis
 from rsgen_qgis import plugin as plugin_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QM_MAGIC = bytes([0x3C, 0xB8, 0x64, 0x18, 0xCA, 0xEF, 0x9C, 0x95, 0xCD, 0x21, 0x1C, 0xBF, 0x60, 0xA1, 0xBD, 0xDD])
 FRENCH_TITLE = "Génération d'images satellite"
-TS = """<?xml version="1.0" encoding="utf-8"?><!DOCTYPE TS><TS version="2.1" language="fr_FR">
-<context><name>rsgen_qgis</name><message><source>Satellite image generation</source>
-<translation>Génération d&apos;images satellite</translation></message></context></TS>"""
 
 
 def _flush_deletes():
@@ -31,17 +25,11 @@ def _flush_deletes():
 
 
 @pytest.fixture
-def french_qm(tmp_path):
-    """A real .qm translating the plugin title, built with lrelease (or an empty but valid .qm without it)."""
-    qm = tmp_path / "rsgen_qgis_fr.qm"
-    lrelease = shutil.which("lrelease")
-    if lrelease:
-        ts = tmp_path / "rsgen_qgis_fr.ts"
-        ts.write_text(TS, encoding="utf-8")
-        subprocess.run([lrelease, "-silent", str(ts), "-qm", str(qm)], check=True)
-    else:
-        qm.write_bytes(QM_MAGIC)
-    return str(qm), bool(lrelease)
+def french_qm():
+    """The plugin's own French translation (resources/i18n, tools/i18n.py)."""
+    qm = os.path.join(ROOT, "resources", "i18n", "rsgen_qgis_fr.qm")
+    assert os.path.isfile(qm)
+    return qm, True
 
 
 @pytest.fixture

@@ -8,13 +8,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from qgis.gui import QgsDoubleSpinBox, QgsSpinBox
 from qgis.PyQt.QtCore import QCoreApplication, Qt
-from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
+from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QWidget
 
 ERROR_STYLE = "color: #c0392b;"
 
 
 def tr(text: str) -> str:
     return QCoreApplication.translate("rsgen_qgis", text)
+
+
+def form(parent: Optional[QWidget] = None) -> QFormLayout:
+    """A form whose rows put the field under its label when the dock is too narrow for both side by side (longer
+    translated labels), instead of making the whole dock scroll sideways."""
+    layout = QFormLayout(parent) if parent is not None else QFormLayout()
+    layout.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    return layout
 
 
 def spin(lo: int, hi: int, value: int, suffix: str = "") -> QgsSpinBox:
@@ -35,6 +43,14 @@ def dspin(lo: float, hi: float, value: float, decimals: int, step: float, suffix
     box.setShowClearButton(False)
     box.setSuffix(suffix)
     return box
+
+
+def narrow(combo: QComboBox, chars: int = 10) -> QComboBox:
+    """A combo box that does not widen the dock to its longest item (long model names, translated labels): it
+    shrinks to `chars` characters and elides, the full text stays in its list."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    return combo
 
 
 def row(*widgets: QWidget, stretch: Tuple[int, ...] = ()) -> QWidget:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional
 
-from qgis.core import (QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsVectorLayer,
-                       QgsWkbTypes)
+from qgis.core import (QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject, QgsRasterLayer,
+                       QgsVectorLayer, QgsWkbTypes)
 from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHeaderView,
@@ -23,13 +23,19 @@ from ..core.conditions import NO_LAYOUT
 from ..core.errors import ConditionError, ParameterError
 from ..core.request import Conditions, GenerationRequest
 from ..core.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
-from . import dspin, row, tr, wrap_label
+from . import dspin, form, row, tr, wrap_label
 
 COLUMNS = (("class", "Class"), ("field", "Field"), ("values", "Values"), ("geometry", "Geometry"),
            ("buffer_m", "Width m"), ("priority", "Priority"))
 RASTER_MODES = (("inpaint", "Inpaint inside polygons"), ("superres", "Super-resolve (4× finer)"),
                 ("variation", "Variation (more like this)"))
 SOURCE = "rules table"
+# (attribute, QGIS theme icon or "", text shown without an icon, tooltip): icons keep the row narrow in any language
+RULE_BUTTONS = (("add_rule_btn", "/symbologyAdd.svg", "+", "Add a rule"),
+                ("del_rule_btn", "/symbologyRemove.svg", "−", "Delete the selected rules"),
+                ("load_rules_btn", "/mActionFileOpen.svg", "Load…", "Load rules from a JSON file"),
+                ("save_rules_btn", "/mActionFileSave.svg", "Save…", "Save the rules to a JSON file"),
+                ("reset_rules_btn", "", "OSM", "Back to the default OpenStreetMap rules"))
 
 
 class ConditionsPanel(QWidget):
@@ -66,15 +72,16 @@ class ConditionsPanel(QWidget):
         lf.addWidget(self.rules_table)
         self.add_rule_btn, self.del_rule_btn = QToolButton(), QToolButton()
         self.load_rules_btn, self.save_rules_btn, self.reset_rules_btn = QToolButton(), QToolButton(), QToolButton()
-        for b, text, tip in ((self.add_rule_btn, "+", "Add a rule"), (self.del_rule_btn, "−", "Delete the selected rules"),
-                             (self.load_rules_btn, "Load…", "Load rules from a JSON file"),
-                             (self.save_rules_btn, "Save…", "Save the rules to a JSON file"),
-                             (self.reset_rules_btn, "OSM", "Back to the default OpenStreetMap rules")):
-            b.setText(tr(text))
-            b.setToolTip(tr(tip))
+        for attr, icon_name, text, tip in RULE_BUTTONS:
+            button, icon = getattr(self, attr), QgsApplication.getThemeIcon(icon_name) if icon_name else None
+            if icon is not None and not icon.isNull():
+                button.setIcon(icon)
+            else:
+                button.setText(tr(text))
+            button.setToolTip(tr(tip))
         lf.addWidget(row(self.add_rule_btn, self.del_rule_btn, self.load_rules_btn, self.save_rules_btn,
                          self.reset_rules_btn, QWidget(), stretch=(0, 0, 0, 0, 0, 1)))
-        boxes = QFormLayout()
+        boxes = form()
         boxes.setContentsMargins(0, 0, 0, 0)
         self.boxes_combo = QgsMapLayerComboBox()
         self.boxes_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
@@ -98,7 +105,7 @@ class ConditionsPanel(QWidget):
         self.raster_group = QgsCollapsibleGroupBox(tr("From a raster layer"))
         self.raster_group.setCheckable(True)
         self.raster_group.setChecked(False)
-        rf = QFormLayout(self.raster_group)
+        rf = form(self.raster_group)
         rf.setContentsMargins(4, 4, 4, 4)
         self.mode_combo = QComboBox()
         self.mode_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)

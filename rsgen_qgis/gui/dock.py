@@ -27,7 +27,7 @@ from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text
                           from_rectangle, layer_extent, unit_suffix)
 from ..gis.task import GenerationTask
 from .conditions import ConditionsPanel
-from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, guidance_limits, metres, model_choices,
+from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, form, guidance_limits, metres, model_choices, narrow,
                precision_labels, provider_text, row, sampler_hints, sampler_labels, set_quiet, spin, tr, wrap_label)
 
 TITLE = "Satellite image generation"
@@ -78,8 +78,8 @@ class GenerationDock(QgsDockWidget):
     # -- layout --------------------------------------------------------------------------------------------
     def _build(self) -> None:
         area = QGroupBox(tr("Area"))
-        af = QFormLayout(area)
-        self.source_combo = QComboBox()
+        af = form(area)
+        self.source_combo = narrow(QComboBox())
         for key, label in SOURCES:
             self.source_combo.addItem(tr(label), key)
         self.draw_btn = QToolButton()
@@ -87,7 +87,7 @@ class GenerationDock(QgsDockWidget):
         self.draw_btn.setToolTip(tr("Draw a rectangle on the map"))
         self.draw_btn.setCheckable(True)
         af.addRow(tr("Extent"), row(self.source_combo, self.draw_btn, stretch=(1,)))
-        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo = narrow(QgsMapLayerComboBox())
         self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.HasGeometry | QgsMapLayerProxyModel.Filter.RasterLayer)
         af.addRow(tr("Layer"), self.layer_combo)
         self.crs_label = wrap_label()
@@ -105,13 +105,13 @@ class GenerationDock(QgsDockWidget):
         af.addRow("", self.large_check)
 
         image = QGroupBox(tr("Image"))
-        imf = QFormLayout(image)
+        imf = form(image)
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText(tr("e.g. dense residential area with trees beside a river"))
         self.prompt_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 3 + 14)
         imf.addRow(QLabel(tr("Prompt")))
         imf.addRow(self.prompt_edit)  # full width: prompts are sentences and docks are narrow
-        self.model_combo = QComboBox()
+        self.model_combo = narrow(QComboBox())
         self.add_models_btn = QToolButton()
         self.add_models_btn.setText("…")
         self.add_models_btn.setToolTip(tr("Add a folder with model packages, or install a model package zip"))
@@ -132,7 +132,7 @@ class GenerationDock(QgsDockWidget):
         self.guidance_spin = dspin(*GUIDANCE_SPIN_RANGE, 3.0, 1, 0.5)
         self.guidance_spin.setToolTip(guidance_limits({})[2])
         imf.addRow(tr("Guidance"), self.guidance_spin)
-        self.sampler_combo = QComboBox()
+        self.sampler_combo = narrow(QComboBox())
         hints = sampler_hints()
         for key, label in sampler_labels().items():
             self.sampler_combo.addItem(label, key)
@@ -140,7 +140,7 @@ class GenerationDock(QgsDockWidget):
                 self.sampler_combo.setItemData(self.sampler_combo.count() - 1, tr(hints[key]),
                                                Qt.ItemDataRole.ToolTipRole)
         imf.addRow(tr("Sampler"), self.sampler_combo)
-        self.precision_combo = QComboBox()
+        self.precision_combo = narrow(QComboBox())
         for key, label in precision_labels().items():
             self.precision_combo.addItem(label, key)
         self.precision_combo.setToolTip(tr("Fast: the model's int8 graph on the CPU (fp16 on a GPU) where the "
@@ -442,7 +442,8 @@ class GenerationDock(QgsDockWidget):
         """The request, conditions included as arrays (layers and rasters are read here, on the main thread)."""
         model = self.model_combo.currentData()
         if not model:
-            raise ModelPackageError(tr("No model to generate with: add a folder with model packages (… button)."))
+            raise ModelPackageError(tr("No model to generate with: install one (… > Install a Model Package from a "
+                                       "Zip) or add a folder with model packages."))
         output = self.output_widget.filePath().strip()
         if output and not output.lower().endswith((".tif", ".tiff")):
             output += ".tif"
