@@ -12,7 +12,7 @@ from tests.qt6_scan import ROOT
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import i18n  # noqa: E402  tools/i18n.py
 
-LANGUAGES = ("de", "fr")
+LANGUAGES = ("de", "es", "fr", "pt")
 
 
 def ts_path(lang):
@@ -88,3 +88,42 @@ def test_the_dock_in_french(qgis_iface, qgis_new_project, monkeypatch):
             dock.deleteLater()
     finally:
         QCoreApplication.removeTranslator(translator)
+
+
+def test_every_translation_file_is_checked():
+    assert sorted(os.path.basename(p)[len("rsgen_qgis_"):-3] for p in i18n.ts_files()) == sorted(LANGUAGES)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_dock_is_no_wider_than_in_english(lang, qgis_iface, qgis_new_project, monkeypatch):
+    """Longer translated texts must not widen the dock: QGIS gives it the same width in every language."""
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from rsgen_qgis import settings
+    from rsgen_qgis.gui.dock import GenerationDock
+
+    monkeypatch.delenv(settings.ENV_MODEL_DIRS, raising=False)
+
+    def widest(translator=None):
+        if translator is not None:
+            QCoreApplication.installTranslator(translator)
+        dock = GenerationDock(qgis_iface)
+        try:
+            dock.conditions.layout_group.setChecked(True)
+            dock.conditions.raster_group.setChecked(True)
+            dock.show()
+            QApplication.processEvents()
+            return dock.widget().minimumSizeHint().width(), max(
+                w.minimumSizeHint().width() for w in dock.findChildren(QWidget) if w.isVisible())
+        finally:
+            dock.cleanup()
+            dock.deleteLater()
+            if translator is not None:
+                QCoreApplication.removeTranslator(translator)
+
+    from qgis.PyQt.QtWidgets import QWidget
+    english = widest()
+    translator = QTranslator()
+    assert translator.load(ts_path(lang)[:-3] + ".qm")
+    translated = widest(translator)
+    assert translated[1] <= english[1] + 24, (lang, translated, english)  # a few characters of slack

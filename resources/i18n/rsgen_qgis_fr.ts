@@ -117,7 +117,7 @@
     </message>
     <message>
       <source>Selected features only</source>
-      <translation>Entités sélectionnées uniquement</translation>
+      <translation>Sélection uniquement</translation>
     </message>
     <message>
       <source>Mask</source>
@@ -153,7 +153,7 @@
     </message>
     <message>
       <source>Tick at least one vector layer for the layout, or choose an object boxes layer (Conditions &gt; Layout).</source>
-      <translation>Cochez au moins une couche vecteur pour la disposition, ou choisissez une couche de boîtes d'objets (Conditions &gt; Disposition).</translation>
+      <translation>Cochez au moins une couche vecteur pour la disposition, ou choisissez une couche de boîtes d'objets (Conditions &gt; Depuis des couches vecteur).</translation>
     </message>
     <message>
       <source>Boxes: {n} drawn</source>

@@ -23,7 +23,7 @@ from ..core.conditions import NO_LAYOUT
 from ..core.errors import ConditionError, ParameterError
 from ..core.request import Conditions, GenerationRequest
 from ..core.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
-from . import dspin, form, row, tr, wrap_label
+from . import dspin, form, narrow, row, tr, wrap_label
 
 COLUMNS = (("class", "Class"), ("field", "Field"), ("values", "Values"), ("geometry", "Geometry"),
            ("buffer_m", "Width m"), ("priority", "Priority"))
@@ -107,7 +107,7 @@ class ConditionsPanel(QWidget):
         self.raster_group.setChecked(False)
         rf = form(self.raster_group)
         rf.setContentsMargins(4, 4, 4, 4)
-        self.mode_combo = QComboBox()
+        self.mode_combo = narrow(QComboBox())
         self.mode_combo.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         for key, label in RASTER_MODES:
             self.mode_combo.addItem(tr(label), key)
