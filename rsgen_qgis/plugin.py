@@ -91,12 +91,15 @@ class RsgenPlugin:
         self._offer_recall(QgsProject.instance().mapLayers().values())
 
     def _offer_recall(self, layers) -> None:
-        """Add the Reuse action to the context menu of the layers that are images we generated."""
-        from .gis.layers import generation_record
+        """Add the Reuse action to the context menu of the layers that are images we generated, and say in their
+        metadata that they are synthetic (layers from Processing, or from a project saved without it)."""
+        from .gis.layers import describe_generated, generation_record
 
         for layer in layers:
-            if self.recall_action is not None and generation_record(layer) is not None:
+            rec = generation_record(layer)
+            if self.recall_action is not None and rec is not None:
                 self.iface.addCustomActionForLayer(self.recall_action, layer)
+                describe_generated(layer, rec)
 
     def recall_active_layer(self) -> None:
         """The action's slot: the layer the user right-clicked is the active one."""

@@ -217,6 +217,10 @@ def test_generate_adds_layer_to_generated_group(tiny_dock, qgis_iface, qtbot, tm
     assert layer.isValid() and layer.name() == "dense housing by a river (seed 7)"
     assert layer.source() == str(tmp_path / "out.tif")
     assert layer.crs().authid() == "EPSG:32734"
+    meta = layer.metadata()  # Layer Properties > Metadata says what it is, in the project too
+    assert meta.abstract().startswith("SYNTHETIC IMAGE") and "Prompt: dense housing by a river" in meta.abstract()
+    assert "Seed: 7, steps: 2" in meta.abstract() and "fp32 graph" in meta.abstract()
+    assert "synthetic" in meta.keywords().get("rsgen", [])
     g = dock.grid
     assert (layer.width(), layer.height()) == (g.width, g.height)
     with rasterio.open(layer.source()) as ds:

@@ -115,8 +115,16 @@ def test_layers_panel_action_on_generated_layers_only(spied_iface, qgis_new_proj
     assert spied_iface.addCustomActionForLayerType.call_args[0][0] is action
     assert [c[0] for c in spied_iface.addCustomActionForLayer.call_args_list] == [(action, before)]
     ours, other = QgsRasterLayer(src, "ours", "gdal"), QgsRasterLayer(plain, "other", "gdal")
-    project.addMapLayers([ours, other])
-    assert [c[0][1] for c in spied_iface.addCustomActionForLayer.call_args_list] == [before, ours]
+    kept = QgsRasterLayer(src, "described by its user", "gdal")
+    user_meta = kept.metadata()
+    user_meta.setAbstract("my own notes")
+    kept.setMetadata(user_meta)
+    project.addMapLayers([ours, other, kept])
+    assert [c[0][1] for c in spied_iface.addCustomActionForLayer.call_args_list] == [before, ours, kept]
+    # a generated image opened from disk (or a project saved without metadata) is marked synthetic; others not
+    assert before.metadata().abstract().startswith("SYNTHETIC IMAGE")
+    assert "Prompt: sparse houses among fields" in ours.metadata().abstract()
+    assert other.metadata().abstract() == "" and kept.metadata().abstract() == "my own notes"
     assert generation_record(other) is None and generation_record(None) is None
     with mock.patch("rsgen_qgis.gis.layers.recorded_request_of", side_effect=ImportError("No module named 'rasterio'")):
         assert generation_record(ours) is None  # QGIS without the engine's packages: no action, no crash

@@ -167,6 +167,7 @@ def test_run_and_load_results_puts_layer_in_generated_group(tiny_setting, tmp_pa
     names = [n.layer().name() for n in group.findLayers()]
     assert names == ["farmland with a river (seed 3)"]
     assert group.findLayers()[0].layer().source() == res["OUTPUT"]
+    assert group.findLayers()[0].layer().metadata().abstract().startswith("SYNTHETIC IMAGE")
 
 
 def test_regenerate_same_seed_same_pixels_other_seed_a_variant(tiny_setting, tmp_path):

@@ -19,7 +19,7 @@ from .. import settings
 from ..core.errors import RsgenError
 from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS
 from ..gis import icon_path
-from ..gis.layers import layer_name, move_to_generated_group
+from ..gis.layers import describe_generated, generation_record, layer_name, move_to_generated_group
 
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER"
 PRECISION = "PRECISION"
@@ -173,6 +173,7 @@ class IntoGeneratedGroup(QgsProcessingLayerPostProcessorInterface):
 
     def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802
         move_to_generated_group(layer, context.project())
+        describe_generated(layer, generation_record(layer))
 
     @classmethod
     def create(cls) -> "IntoGeneratedGroup":
