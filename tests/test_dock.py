@@ -409,3 +409,30 @@ def test_without_any_model_the_dock_says_how_to_get_one(make_dock, monkeypatch, 
     assert "Install a Model Package from a Zip" in dock.model_hint.text()
     assert dock.install_model_zip(package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)[0])
     assert not dock.model_hint.isVisible() and dock.model_combo.currentData() == "rsgen-tiny"
+
+
+def test_refuses_to_overwrite_a_file_open_as_a_layer(tiny_dock, qgis_iface, tmp_path):
+    """Writing over a GeoTIFF that a layer shows would leave that layer on the old image (and fail on Windows):
+    refused before anything runs, the file untouched."""
+    import numpy as np
+    import rasterio.transform
+    from qgis.core import QgsRasterLayer
+
+    src = tmp_path / "existing.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=4, height=4, count=3, dtype="uint8",
+                       crs="EPSG:32734", transform=rasterio.transform.from_origin(453000, 6235200, 50, 50)) as d:
+        d.write(np.zeros((3, 4, 4), np.uint8))
+    before = src.stat().st_mtime_ns
+    layer = QgsRasterLayer(str(src), "my orthophoto", "gdal")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        dock = tiny_dock
+        dock.output_widget.setFilePath(str(src))
+        dock.update_size()
+        qgis_iface.messageBar().clear_messages()
+        assert dock.generate() is None
+        said = " ".join(qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical))
+        assert "“my orthophoto”" in said and "choose another Output file" in said
+        assert src.stat().st_mtime_ns == before
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())

@@ -166,6 +166,7 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
         assert ds.transform.to_gdal() == pytest.approx((X0, PX, 0, Y0, 0, -PX)) and ds.crs.to_epsg() == 32734
     assert np.array_equal(out[:, ~inside], img[:, ~inside])
     c.grow_spin.setValue(PX)  # one pixel around the square: its 4-neighbours
+    dock.output_widget.setFilePath(str(tmp_path / "grown.tif"))  # inp.tif is a layer now: the dock would refuse it
     req = dock.build_request()
     grown = np.zeros((N, N), bool)
     grown[9:13, 10:12] = grown[10:12, 9:13] = True

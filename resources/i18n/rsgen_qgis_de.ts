@@ -352,6 +352,10 @@
       <translation>Kein Modell zum Erzeugen: eines installieren (… &gt; Modellpaket aus einer Zip-Datei installieren) oder einen Ordner mit Modellpaketen hinzufügen.</translation>
     </message>
     <message>
+      <source>{path} is open in this project as the layer “{name}”: remove that layer or choose another Output file (overwriting it would leave the layer showing the old image, and Windows refuses it).</source>
+      <translation>{path} ist in diesem Projekt als Layer „{name}“ geöffnet: diesen Layer entfernen oder eine andere Ausgabedatei wählen (Überschreiben ließe den Layer das alte Bild zeigen, und Windows verweigert es).</translation>
+    </message>
+    <message>
       <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
       <translation>Großes Gebiet: {n:,} Fenster × {steps} Schritte, etwa {t} (Schätzung).</translation>
     </message>

@@ -352,6 +352,10 @@
       <translation>No hay modelo con el que generar: instale uno (… &gt; Instalar un paquete de modelo desde un zip) o añada una carpeta con paquetes de modelos.</translation>
     </message>
     <message>
+      <source>{path} is open in this project as the layer “{name}”: remove that layer or choose another Output file (overwriting it would leave the layer showing the old image, and Windows refuses it).</source>
+      <translation>{path} está abierto en este proyecto como la capa «{name}»: quite esa capa o elija otro Archivo de salida (sobrescribirlo dejaría la capa mostrando la imagen antigua, y Windows lo rechaza).</translation>
+    </message>
+    <message>
       <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
       <translation>Zona grande: {n:,} ventanas × {steps} pasos, unos {t} (estimación).</translation>
     </message>

@@ -352,6 +352,10 @@
       <translation>Aucun modèle pour générer : installez-en un (… &gt; Installer un paquet de modèle depuis un zip) ou ajoutez un dossier de paquets de modèles.</translation>
     </message>
     <message>
+      <source>{path} is open in this project as the layer “{name}”: remove that layer or choose another Output file (overwriting it would leave the layer showing the old image, and Windows refuses it).</source>
+      <translation>{path} est ouvert dans ce projet comme couche « {name} » : retirez cette couche ou choisissez un autre Fichier de sortie (l'écraser laisserait la couche afficher l'ancienne image, et Windows le refuse).</translation>
+    </message>
+    <message>
       <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
       <translation>Grande zone : {n:,} fenêtres × {steps} étapes, environ {t} (estimation).</translation>
     </message>

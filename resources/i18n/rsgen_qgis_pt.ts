@@ -352,6 +352,10 @@
       <translation>Nenhum modelo para gerar: instale um (… &gt; Instalar um pacote de modelo de um zip) ou adicione uma pasta com pacotes de modelos.</translation>
     </message>
     <message>
+      <source>{path} is open in this project as the layer “{name}”: remove that layer or choose another Output file (overwriting it would leave the layer showing the old image, and Windows refuses it).</source>
+      <translation>{path} está aberto neste projeto como a camada “{name}”: remova essa camada ou escolha outro Arquivo de saída (sobrescrevê-lo deixaria a camada mostrando a imagem antiga, e o Windows recusa).</translation>
+    </message>
+    <message>
       <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
       <translation>Área grande: {n:,} janelas × {steps} passos, cerca de {t} (estimativa).</translation>
     </message>

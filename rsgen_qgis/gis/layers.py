@@ -5,7 +5,7 @@ layer tree are not thread-safe.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import os
 
@@ -71,6 +71,16 @@ def describe_generated(layer: QgsMapLayer, rec: Optional[Recorded]) -> bool:
                                       "'request' tag (Reuse Generation Settings reads it)."])
     layer.setMetadata(meta)
     return True
+
+
+def layers_using_file(path: str, project: Optional[QgsProject] = None) -> List[QgsMapLayer]:
+    """The project's layers whose data source is the file at `path` (QGIS keeps such files open)."""
+    def norm(p: str) -> str:
+        return os.path.normcase(os.path.realpath(os.path.abspath(p)))
+
+    target = norm(path)
+    return [lyr for lyr in (project or QgsProject.instance()).mapLayers().values()
+            if lyr.source() and norm(lyr.source().split("|")[0]) == target]
 
 
 def generation_record(layer: Optional[QgsMapLayer]) -> Optional[Recorded]:

@@ -19,12 +19,13 @@ from qgis.PyQt.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog
                                  QVBoxLayout, QWidget)
 
 from .. import settings
-from ..core.errors import ExtentError, ModelPackageError, RsgenError
+from ..core.errors import ExtentError, ModelPackageError, OutputError, RsgenError
 from ..core.georef import grid_for_request
 from ..core.recall import Recorded, model_change_note
 from ..core.request import DEFAULT_MODEL, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text, describe_crs, extent_in, fit_grid,
                           from_rectangle, layer_extent, unit_suffix)
+from ..gis.layers import layers_using_file
 from ..gis.task import GenerationTask
 from .conditions import ConditionsPanel
 from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, form, guidance_limits, metres, model_choices, narrow,
@@ -447,6 +448,11 @@ class GenerationDock(QgsDockWidget):
         output = self.output_widget.filePath().strip()
         if output and not output.lower().endswith((".tif", ".tiff")):
             output += ".tif"
+        busy = layers_using_file(output) if output else []
+        if busy:
+            raise OutputError(tr("{path} is open in this project as the layer “{name}”: remove that layer or choose "
+                                 "another Output file (overwriting it would leave the layer showing the old image, "
+                                 "and Windows refuses it).").format(path=output, name=busy[0].name()))
         params = dict(output=output or QgsProcessingUtils.generateTempFilename("rsgen.tif"),
                       prompt=self.prompt_edit.toPlainText().strip(), seed=self.seed_spin.value(),
                       steps=self.steps_spin.value(), guidance=self.guidance_spin.value(),
