@@ -436,3 +436,43 @@ def test_refuses_to_overwrite_a_file_open_as_a_layer(tiny_dock, qgis_iface, tmp_
         assert src.stat().st_mtime_ns == before
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
+
+
+def test_images_makes_seed_variants_one_after_the_other(tiny_dock, qgis_iface, qtbot, tmp_path):
+    dock = tiny_dock
+    dock.prompt_edit.setPlainText("farmland")
+    dock.seed_spin.setValue(7)
+    dock.steps_spin.setValue(2)
+    dock.gsd_spin.setValue(50.0)
+    dock.count_spin.setValue(3)
+    dock.output_widget.setFilePath(str(tmp_path / "field.tif"))
+    dock.update_size()
+    qgis_iface.messageBar().clear_messages()
+    assert dock.generate() is not None
+    qtbot.waitUntil(lambda: dock.task is None and len(dock._done) == 3, timeout=TASK_TIMEOUT_MS)
+    group = QgsProject.instance().layerTreeRoot().findGroup(GROUP_NAME)
+    names = [n.layer().name() for n in group.findLayers()]
+    assert names == ["farmland (seed 9)", "farmland (seed 8)", "farmland (seed 7)"]  # newest on top
+    pixels = []
+    for seed in (7, 8, 9):
+        with rasterio.open(tmp_path / f"field_seed{seed}.tif") as ds:
+            assert ds.tags()["seed"] == str(seed)
+            pixels.append(ds.read())
+    assert not (pixels[0] == pixels[1]).all() and not (pixels[1] == pixels[2]).all()
+    assert not (tmp_path / "field.tif").exists()
+    assert "Added 3 images" in dock.status_label.text()
+    assert len(qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)) == 1  # one message, not three
+    assert dock.generate_btn.isEnabled()
+
+
+def test_cancel_drops_the_variants_not_started(tiny_dock, qtbot, tmp_path):
+    dock = tiny_dock
+    dock.steps_spin.setValue(2)
+    dock.gsd_spin.setValue(50.0)
+    dock.count_spin.setValue(4)
+    dock.output_widget.setFilePath(str(tmp_path / "v.tif"))
+    dock.update_size()
+    assert dock.generate() is not None
+    dock.cancel()
+    qtbot.waitUntil(lambda: dock.task is None, timeout=TASK_TIMEOUT_MS)
+    assert dock._queue == [] and len([p for p in os.listdir(tmp_path) if p.startswith("v_seed")]) <= 1

@@ -116,3 +116,17 @@ def test_cli_warns_when_the_model_changed(tmp_path, tiny_model_dir, capsys):
     err = capsys.readouterr().err
     assert "has changed since" in err and "ffffffffffff" in err
     assert read_tags(str(tmp_path / "n.tif"))["model_sha256"] == tags["model_sha256"] == rec.model_sha256
+
+
+def test_request_variants():
+    from rsgen_qgis.core.request import GenerationRequest
+
+    req = GenerationRequest(extent=(0, 0, 100, 100), crs="EPSG:32734", gsd=10, seed=5, output="/x/a.tif")
+    assert req.variants(1) == [req]
+    v = req.variants(3)
+    assert [(r.seed, r.output) for r in v] == [(5, "/x/a_seed5.tif"), (6, "/x/a_seed6.tif"), (7, "/x/a_seed7.tif")]
+    assert all(r.replace(seed=5, output="/x/a.tif") == req for r in v)
+    names = iter(["t1.tif", "t2.tif"])
+    assert [r.output for r in req.variants(2, lambda: next(names))] == ["t1.tif", "t2.tif"]
+    with pytest.raises(ParameterError):
+        req.variants(0)

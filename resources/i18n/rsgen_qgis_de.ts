@@ -256,6 +256,14 @@
       <translation>Seed</translation>
     </message>
     <message>
+      <source>How many images to make, one after the other, with the seeds Seed, Seed + 1, …: each is its own layer (an Output file gets _seed&lt;N&gt; before .tif)</source>
+      <translation>Wie viele Bilder nacheinander erzeugt werden, mit den Seeds Seed, Seed + 1, …: jedes ist ein eigener Layer (eine Ausgabedatei bekommt _seed&lt;N&gt; vor .tif)</translation>
+    </message>
+    <message>
+      <source>Images</source>
+      <translation>Bilder</translation>
+    </message>
+    <message>
       <source>Steps</source>
       <translation>Schritte</translation>
     </message>
@@ -356,6 +364,10 @@
       <translation>{path} ist in diesem Projekt als Layer „{name}“ geöffnet: diesen Layer entfernen oder eine andere Ausgabedatei wählen (Überschreiben ließe den Layer das alte Bild zeigen, und Windows verweigert es).</translation>
     </message>
     <message>
+      <source>Image {i} of {n}: {text}</source>
+      <translation>Bild {i} von {n}: {text}</translation>
+    </message>
+    <message>
       <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
       <translation>Großes Gebiet: {n:,} Fenster × {steps} Schritte, etwa {t} (Schätzung).</translation>
     </message>
@@ -368,12 +380,20 @@
       <translation>{w} × {h} px in {s:.1f} s hinzugefügt.</translation>
     </message>
     <message>
+      <source>Added {n} images of {w} × {h} px; the last in {s:.1f} s.</source>
+      <translation>{n} Bilder mit {w} × {h} px hinzugefügt; das letzte in {s:.1f} s.</translation>
+    </message>
+    <message>
       <source>It is a temporary file, deleted when QGIS closes: set an Output file, or right-click the layer &gt; Export &gt; Save As… to keep it.</source>
       <translation>Es ist eine temporäre Datei, die beim Schließen von QGIS gelöscht wird: eine Ausgabedatei festlegen oder Rechtsklick auf den Layer &gt; Exportieren &gt; Speichern als…, um sie zu behalten.</translation>
     </message>
     <message>
       <source>Added “{name}”: {short} ({path})</source>
       <translation>„{name}“ hinzugefügt: {short} ({path})</translation>
+    </message>
+    <message>
+      <source>({n} of the images were added before.)</source>
+      <translation>({n} der Bilder wurden vorher hinzugefügt.)</translation>
     </message>
     <message>
       <source>Starting…</source>

@@ -256,6 +256,14 @@
       <translation>Semilla</translation>
     </message>
     <message>
+      <source>How many images to make, one after the other, with the seeds Seed, Seed + 1, …: each is its own layer (an Output file gets _seed&lt;N&gt; before .tif)</source>
+      <translation>Cuántas imágenes hacer, una tras otra, con las semillas Semilla, Semilla + 1, …: cada una es su propia capa (un Archivo de salida recibe _seed&lt;N&gt; antes de .tif)</translation>
+    </message>
+    <message>
+      <source>Images</source>
+      <translation>Imágenes</translation>
+    </message>
+    <message>
       <source>Steps</source>
       <translation>Pasos</translation>
     </message>
@@ -356,6 +364,10 @@
       <translation>{path} está abierto en este proyecto como la capa «{name}»: quite esa capa o elija otro Archivo de salida (sobrescribirlo dejaría la capa mostrando la imagen antigua, y Windows lo rechaza).</translation>
     </message>
     <message>
+      <source>Image {i} of {n}: {text}</source>
+      <translation>Imagen {i} de {n}: {text}</translation>
+    </message>
+    <message>
       <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
       <translation>Zona grande: {n:,} ventanas × {steps} pasos, unos {t} (estimación).</translation>
     </message>
@@ -368,12 +380,20 @@
       <translation>Añadidos {w} × {h} px en {s:.1f} s.</translation>
     </message>
     <message>
+      <source>Added {n} images of {w} × {h} px; the last in {s:.1f} s.</source>
+      <translation>Añadidas {n} imágenes de {w} × {h} px; la última en {s:.1f} s.</translation>
+    </message>
+    <message>
       <source>It is a temporary file, deleted when QGIS closes: set an Output file, or right-click the layer &gt; Export &gt; Save As… to keep it.</source>
       <translation>Es un archivo temporal, que se borra al cerrar QGIS: defina un Archivo de salida, o clic derecho en la capa &gt; Exportar &gt; Guardar como… para conservarlo.</translation>
     </message>
     <message>
       <source>Added “{name}”: {short} ({path})</source>
       <translation>Añadida «{name}»: {short} ({path})</translation>
+    </message>
+    <message>
+      <source>({n} of the images were added before.)</source>
+      <translation>({n} de las imágenes se añadieron antes.)</translation>
     </message>
     <message>
       <source>Starting…</source>

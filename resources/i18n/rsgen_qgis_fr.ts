@@ -256,6 +256,14 @@
       <translation>Graine</translation>
     </message>
     <message>
+      <source>How many images to make, one after the other, with the seeds Seed, Seed + 1, …: each is its own layer (an Output file gets _seed&lt;N&gt; before .tif)</source>
+      <translation>Combien d'images faire, l'une après l'autre, avec les graines Graine, Graine + 1, … : chacune est sa propre couche (un Fichier de sortie reçoit _seed&lt;N&gt; avant .tif)</translation>
+    </message>
+    <message>
+      <source>Images</source>
+      <translation>Images</translation>
+    </message>
+    <message>
       <source>Steps</source>
       <translation>Étapes</translation>
     </message>
@@ -356,6 +364,10 @@
       <translation>{path} est ouvert dans ce projet comme couche « {name} » : retirez cette couche ou choisissez un autre Fichier de sortie (l'écraser laisserait la couche afficher l'ancienne image, et Windows le refuse).</translation>
     </message>
     <message>
+      <source>Image {i} of {n}: {text}</source>
+      <translation>Image {i} sur {n} : {text}</translation>
+    </message>
+    <message>
       <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
       <translation>Grande zone : {n:,} fenêtres × {steps} étapes, environ {t} (estimation).</translation>
     </message>
@@ -368,12 +380,20 @@
       <translation>{w} × {h} px ajoutés en {s:.1f} s.</translation>
     </message>
     <message>
+      <source>Added {n} images of {w} × {h} px; the last in {s:.1f} s.</source>
+      <translation>{n} images de {w} × {h} px ajoutées ; la dernière en {s:.1f} s.</translation>
+    </message>
+    <message>
       <source>It is a temporary file, deleted when QGIS closes: set an Output file, or right-click the layer &gt; Export &gt; Save As… to keep it.</source>
       <translation>C'est un fichier temporaire, supprimé à la fermeture de QGIS : définissez un Fichier de sortie, ou clic droit sur la couche &gt; Exporter &gt; Enregistrer sous… pour le garder.</translation>
     </message>
     <message>
       <source>Added “{name}”: {short} ({path})</source>
       <translation>« {name} » ajoutée : {short} ({path})</translation>
+    </message>
+    <message>
+      <source>({n} of the images were added before.)</source>
+      <translation>({n} des images avaient déjà été ajoutées.)</translation>
     </message>
     <message>
       <source>Starting…</source>

@@ -256,6 +256,14 @@
       <translation>Semente</translation>
     </message>
     <message>
+      <source>How many images to make, one after the other, with the seeds Seed, Seed + 1, …: each is its own layer (an Output file gets _seed&lt;N&gt; before .tif)</source>
+      <translation>Quantas imagens fazer, uma após a outra, com as sementes Semente, Semente + 1, …: cada uma é sua própria camada (um Arquivo de saída recebe _seed&lt;N&gt; antes de .tif)</translation>
+    </message>
+    <message>
+      <source>Images</source>
+      <translation>Imagens</translation>
+    </message>
+    <message>
       <source>Steps</source>
       <translation>Passos</translation>
     </message>
@@ -356,6 +364,10 @@
       <translation>{path} está aberto neste projeto como a camada “{name}”: remova essa camada ou escolha outro Arquivo de saída (sobrescrevê-lo deixaria a camada mostrando a imagem antiga, e o Windows recusa).</translation>
     </message>
     <message>
+      <source>Image {i} of {n}: {text}</source>
+      <translation>Imagem {i} de {n}: {text}</translation>
+    </message>
+    <message>
       <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
       <translation>Área grande: {n:,} janelas × {steps} passos, cerca de {t} (estimativa).</translation>
     </message>
@@ -368,12 +380,20 @@
       <translation>Adicionados {w} × {h} px em {s:.1f} s.</translation>
     </message>
     <message>
+      <source>Added {n} images of {w} × {h} px; the last in {s:.1f} s.</source>
+      <translation>Adicionadas {n} imagens de {w} × {h} px; a última em {s:.1f} s.</translation>
+    </message>
+    <message>
       <source>It is a temporary file, deleted when QGIS closes: set an Output file, or right-click the layer &gt; Export &gt; Save As… to keep it.</source>
       <translation>É um arquivo temporário, apagado quando o QGIS fecha: defina um Arquivo de saída, ou clique com o botão direito na camada &gt; Exportar &gt; Salvar como… para mantê-lo.</translation>
     </message>
     <message>
       <source>Added “{name}”: {short} ({path})</source>
       <translation>Adicionada “{name}”: {short} ({path})</translation>
+    </message>
+    <message>
+      <source>({n} of the images were added before.)</source>
+      <translation>({n} das imagens foram adicionadas antes.)</translation>
     </message>
     <message>
       <source>Starting…</source>

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -130,6 +131,22 @@ class GenerationRequest:
 
     def replace(self, **changes) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
+
+    def variants(self, n: int, new_output=None) -> List["GenerationRequest"]:
+        """n requests that differ only in the seed (seed, seed+1, ...) and the output: with n > 1 each output
+        gets `_seed<seed>` before its extension, or, when `new_output` is given (a callable returning a fresh
+        path, e.g. a temporary file), that. n = 1 gives [self]."""
+        if n < 1:
+            raise ParameterError(f"The number of images must be at least 1 (got {n!r}).")
+        if n == 1:
+            return [self]
+        root, ext = os.path.splitext(self.output)
+        out = []
+        for i in range(n):
+            seed = (int(self.seed) + i) % 2**63
+            output = new_output() if new_output else f"{root}_seed{seed}{ext or '.tif'}"
+            out.append(self.replace(seed=seed, output=output))
+        return out
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "conditions"}

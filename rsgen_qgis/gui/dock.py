@@ -54,6 +54,9 @@ class GenerationDock(QgsDockWidget):
         self.setObjectName("RsgenGenerationDock")
         self.iface, self.canvas = iface, iface.mapCanvas()
         self.task: Optional[GenerationTask] = None
+        self._queue: List[GenerationRequest] = []  # variants (Images > 1) still to run, one after the other
+        self._done: List[str] = []  # names of the layers this run added so far
+        self._providers: List[str] = []
         self.grid = None  # engine Grid for the current settings, None while they are invalid
         self.drawn_rect = None
         self._manifests = {}  # model id -> manifest, for the controls that depend on the model
@@ -128,6 +131,11 @@ class GenerationDock(QgsDockWidget):
         self.seed_spin = spin(0, 2**31 - 1, 0)
         self.random_btn = QPushButton(tr("Random"))
         imf.addRow(tr("Seed"), row(self.seed_spin, self.random_btn, stretch=(1,)))
+        self.count_spin = spin(1, 16, 1)
+        self.count_spin.setToolTip(tr("How many images to make, one after the other, with the seeds Seed, "
+                                      "Seed + 1, …: each is its own layer (an Output file gets _seed<N> before "
+                                      ".tif)"))
+        imf.addRow(tr("Images"), self.count_spin)
         self.steps_spin = spin(1, 1000, 20)
         imf.addRow(tr("Steps"), self.steps_spin)
         self.guidance_spin = dspin(*GUIDANCE_SPIN_RANGE, 3.0, 1, 0.5)
@@ -448,11 +456,6 @@ class GenerationDock(QgsDockWidget):
         output = self.output_widget.filePath().strip()
         if output and not output.lower().endswith((".tif", ".tiff")):
             output += ".tif"
-        busy = layers_using_file(output) if output else []
-        if busy:
-            raise OutputError(tr("{path} is open in this project as the layer “{name}”: remove that layer or choose "
-                                 "another Output file (overwriting it would leave the layer showing the old image, "
-                                 "and Windows refuses it).").format(path=output, name=busy[0].name()))
         params = dict(output=output or QgsProcessingUtils.generateTempFilename("rsgen.tif"),
                       prompt=self.prompt_edit.toPlainText().strip(), seed=self.seed_spin.value(),
                       steps=self.steps_spin.value(), guidance=self.guidance_spin.value(),
@@ -468,11 +471,22 @@ class GenerationDock(QgsDockWidget):
         return self.conditions.with_layout(req)
 
     def generate(self) -> Optional[GenerationTask]:
+        """Start the request (or the first of Images variants: the others follow, one after the other)."""
         if self.task is not None:
             return None
         try:
             self.update_size()
             req = self.build_request()
+            fresh = None if self.output_widget.filePath().strip() else \
+                (lambda: QgsProcessingUtils.generateTempFilename("rsgen.tif"))
+            queue = req.variants(self.count_spin.value(), fresh)
+            for r in queue:
+                busy = layers_using_file(r.output)
+                if busy:
+                    raise OutputError(tr(
+                        "{path} is open in this project as the layer “{name}”: remove that layer or choose another "
+                        "Output file (overwriting it would leave the layer showing the old image, and Windows "
+                        "refuses it).").format(path=r.output, name=busy[0].name()))
             from ..core.providers import choose
 
             providers = choose(settings.provider_preference())
@@ -491,15 +505,25 @@ class GenerationDock(QgsDockWidget):
                           guidance=req.guidance, sampler=req.sampler, precision=req.precision)
         if self._units == "m" and req.gsd:
             settings.set_last(gsd_m=req.gsd)
-        self.task = GenerationTask(req, settings.model_dirs(), providers, self._on_success, self._on_failure)
-        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
-        self.task.stepMessage.connect(self.status_label.setText)
-        self._set_running(True)
+        self._queue, self._providers, self._done = queue[1:], providers, []
+        task = self._start(queue[0])
         if estimate:
             self.status_label.setText(estimate)
             self._message(estimate, Qgis.MessageLevel.Info, 10)
+        return task
+
+    def _start(self, req: GenerationRequest) -> GenerationTask:
+        self.task = GenerationTask(req, settings.model_dirs(), self._providers, self._on_success, self._on_failure)
+        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        self.task.stepMessage.connect(self._step_text)
+        self._set_running(True)
         QgsApplication.taskManager().addTask(self.task)
         return self.task
+
+    def _step_text(self, text: str) -> None:
+        total = len(self._done) + len(self._queue) + 1
+        self.status_label.setText(text if total == 1 else tr("Image {i} of {n}: {text}").format(
+            i=len(self._done) + 1, n=total, text=text))
 
     @staticmethod
     def _estimate(req: GenerationRequest, providers) -> str:
@@ -511,17 +535,25 @@ class GenerationDock(QgsDockWidget):
             n=n, steps=req.steps, t=duration(seconds))
 
     def cancel(self) -> None:
+        self._queue = []  # the variants not started yet are dropped; those already added stay
         if self.task is not None:
             self.status_label.setText(tr("Cancelling…"))
             self.task.cancel()
 
     def _on_success(self, result, layer) -> None:
         self.task = None
+        self._done.append(layer.name())
+        if self._queue:  # the next variant
+            self._start(self._queue.pop(0))
+            return
         self._set_running(False)
         self.progress.setValue(100)
         self.show_provider(result.provider, getattr(result, "denoiser_graph", None))
         g = result.grid
         short = tr("Added {w} × {h} px in {s:.1f} s.").format(w=g.width, h=g.height, s=result.seconds)
+        if len(self._done) > 1:
+            short = tr("Added {n} images of {w} × {h} px; the last in {s:.1f} s.").format(
+                n=len(self._done), w=g.width, h=g.height, s=result.seconds)
         self.status_label.setText(short)  # the path would wrap over many lines in a narrow dock
         self.status_label.setToolTip(result.path)
         keep = ""
@@ -534,6 +566,9 @@ class GenerationDock(QgsDockWidget):
 
     def _on_failure(self, message: str, level: int) -> None:
         self.task = None
+        if self._done:
+            message += " " + tr("({n} of the images were added before.)").format(n=len(self._done))
+        self._queue = []
         self._set_running(False)
         self.progress.setValue(0)
         self.status_label.setText(message)
