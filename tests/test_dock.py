@@ -438,15 +438,20 @@ def test_refuses_to_overwrite_a_file_open_as_a_layer(tiny_dock, qgis_iface, tmp_
         QgsProject.instance().removeMapLayer(layer.id())
 
 
-def test_images_makes_seed_variants_one_after_the_other(tiny_dock, qgis_iface, qtbot, tmp_path):
-    dock = tiny_dock
-    dock.prompt_edit.setPlainText("farmland")
-    dock.seed_spin.setValue(7)
+def small_run(dock, output, images=1, prompt="farmland", seed=7):
+    """A quick request for the tiny model: 2 steps at 50 m over the canvas."""
+    dock.prompt_edit.setPlainText(prompt)
+    dock.seed_spin.setValue(seed)
     dock.steps_spin.setValue(2)
     dock.gsd_spin.setValue(50.0)
-    dock.count_spin.setValue(3)
-    dock.output_widget.setFilePath(str(tmp_path / "field.tif"))
+    dock.count_spin.setValue(images)
+    dock.output_widget.setFilePath(str(output))
     dock.update_size()
+    return dock
+
+
+def test_images_makes_seed_variants_one_after_the_other(tiny_dock, qgis_iface, qtbot, tmp_path):
+    dock = small_run(tiny_dock, tmp_path / "field.tif", images=3)
     qgis_iface.messageBar().clear_messages()
     assert dock.generate() is not None
     qtbot.waitUntil(lambda: dock.task is None and len(dock._done) == 3, timeout=TASK_TIMEOUT_MS)
@@ -466,12 +471,7 @@ def test_images_makes_seed_variants_one_after_the_other(tiny_dock, qgis_iface, q
 
 
 def test_cancel_drops_the_variants_not_started(tiny_dock, qtbot, tmp_path):
-    dock = tiny_dock
-    dock.steps_spin.setValue(2)
-    dock.gsd_spin.setValue(50.0)
-    dock.count_spin.setValue(4)
-    dock.output_widget.setFilePath(str(tmp_path / "v.tif"))
-    dock.update_size()
+    dock = small_run(tiny_dock, tmp_path / "v.tif", images=4)
     assert dock.generate() is not None
     dock.cancel()
     qtbot.waitUntil(lambda: dock.task is None, timeout=TASK_TIMEOUT_MS)
