@@ -374,7 +374,7 @@ def test_install_a_model_zip_from_the_dock(make_dock, tiny_model_dir, qgis_iface
     zips = package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)
     dock = make_dock()
     menu = [a.text() for a in dock.add_models_btn.menu().actions()]
-    assert menu == ["Add a Folder with Model Packages…", "Install a Model Package from a Zip…"]
+    assert menu[:2] == ["Add a Folder with Model Packages…", "Install a Model Package from a Zip…"]
     qgis_iface.messageBar().clear_messages()
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"not a zip")
@@ -476,3 +476,19 @@ def test_cancel_drops_the_variants_not_started(tiny_dock, qtbot, tmp_path):
     dock.cancel()
     qtbot.waitUntil(lambda: dock.task is None, timeout=TASK_TIMEOUT_MS)
     assert dock._queue == [] and len([p for p in os.listdir(tmp_path) if p.startswith("v_seed")]) <= 1
+
+
+def test_model_card_from_the_model_menu(make_dock, real_model, tiny_model_dir, monkeypatch):
+    """The model … menu opens the chosen package's card (what it can and cannot do); off for a package without."""
+    from rsgen_qgis.gui import dock as dock_mod
+
+    opened = []
+    monkeypatch.setattr(dock_mod.QDesktopServices, "openUrl", staticmethod(lambda url: opened.append(url)))
+    monkeypatch.setenv(settings.ENV_MODEL_DIRS, tiny_model_dir)
+    dock = make_dock()
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-base"))
+    assert dock.model_card_action.isEnabled()
+    dock.model_card_action.trigger()
+    assert [u.toLocalFile() for u in opened] == [os.path.join(real_model, "MODEL_CARD.md")]
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
+    assert dock.model_card() is None and not dock.model_card_action.isEnabled()

@@ -244,6 +244,10 @@
       <translation>Modellpaket aus einer Zip-Datei installieren…</translation>
     </message>
     <message>
+      <source>Model Card (what this model can and cannot do)</source>
+      <translation>Modellkarte (was dieses Modell kann und nicht kann)</translation>
+    </message>
+    <message>
       <source>Model</source>
       <translation>Modell</translation>
     </message>

@@ -244,6 +244,10 @@
       <translation>Instalar un paquete de modelo desde un zip…</translation>
     </message>
     <message>
+      <source>Model Card (what this model can and cannot do)</source>
+      <translation>Ficha del modelo (lo que puede y no puede hacer)</translation>
+    </message>
+    <message>
       <source>Model</source>
       <translation>Modelo</translation>
     </message>

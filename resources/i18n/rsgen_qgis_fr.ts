@@ -244,6 +244,10 @@
       <translation>Installer un paquet de modèle depuis un zip…</translation>
     </message>
     <message>
+      <source>Model Card (what this model can and cannot do)</source>
+      <translation>Fiche du modèle (ce qu'il sait faire et ne sait pas faire)</translation>
+    </message>
+    <message>
       <source>Model</source>
       <translation>Modèle</translation>
     </message>

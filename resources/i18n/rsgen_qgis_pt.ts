@@ -244,6 +244,10 @@
       <translation>Instalar um pacote de modelo de um zip…</translation>
     </message>
     <message>
+      <source>Model Card (what this model can and cannot do)</source>
+      <translation>Ficha do modelo (o que ele pode e não pode fazer)</translation>
+    </message>
+    <message>
       <source>Model</source>
       <translation>Modelo</translation>
     </message>

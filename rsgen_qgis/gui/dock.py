@@ -13,7 +13,8 @@ from typing import List, Optional
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtCore import Qt, QTimer, QUrl
+from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel,
                                  QMenu, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QToolButton,
                                  QVBoxLayout, QWidget)
@@ -123,6 +124,8 @@ class GenerationDock(QgsDockWidget):
         models_menu = QMenu(self.add_models_btn)
         self.add_folder_action = models_menu.addAction(tr("Add a Folder with Model Packages…"))
         self.install_zip_action = models_menu.addAction(tr("Install a Model Package from a Zip…"))
+        models_menu.addSeparator()
+        self.model_card_action = models_menu.addAction(tr("Model Card (what this model can and cannot do)"))
         self.add_models_btn.setMenu(models_menu)
         imf.addRow(tr("Model"), row(self.model_combo, self.add_models_btn, stretch=(1,)))
         self.model_hint = wrap_label()
@@ -203,6 +206,7 @@ class GenerationDock(QgsDockWidget):
         self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
         self.add_folder_action.triggered.connect(self._add_model_folder)
         self.install_zip_action.triggered.connect(self._choose_model_zip)
+        self.model_card_action.triggered.connect(self.open_model_card)
         self.model_combo.currentIndexChanged.connect(lambda _: self._on_model_changed())
         self.model_combo.activated.connect(lambda _: self._apply_model_defaults())  # the user's choice only
         self.generate_btn.clicked.connect(self.generate)
@@ -321,6 +325,7 @@ class GenerationDock(QgsDockWidget):
         self.model_hint.setText(hint)
         self.model_hint.setVisible(bool(hint))
         self.model_hint.setToolTip(problems)
+        self.model_card_action.setEnabled(self.model_card() is not None)
         self._update_buttons()
 
     def _on_model_changed(self) -> None:
@@ -328,6 +333,21 @@ class GenerationDock(QgsDockWidget):
         lo, hi, tip = guidance_limits(self._manifests.get(self.model_combo.currentData(), {}))
         self.guidance_spin.setRange(lo, hi)
         self.guidance_spin.setToolTip(tip)
+        self.model_card_action.setEnabled(self.model_card() is not None)
+
+    def model_card(self) -> Optional[str]:
+        """The chosen package's MODEL_CARD.md (or README.md), if it has one."""
+        folder = self.model_combo.currentData(Qt.ItemDataRole.ToolTipRole)  # the package's folder
+        for name in ("MODEL_CARD.md", "README.md"):
+            path = os.path.join(folder, name) if folder else ""
+            if path and os.path.isfile(path):
+                return path
+        return None
+
+    def open_model_card(self) -> None:
+        path = self.model_card()
+        if path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(path))
 
     def _apply_model_defaults(self) -> None:
         """A model the user picks brings the steps, guidance and sampler its package was evaluated with
