@@ -79,6 +79,11 @@ def imports(tree: ast.Module) -> Dict[str, List[Imported]]:
             for alias in node.names:
                 out.setdefault(alias.asname or alias.name, []).append(
                     Imported(node.module, alias.name, id(node) in fallback, node.lineno))
+    # simple aliases (`Num = QgsProcessingParameterNumber`): their chains are the imported name's chains
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value, ast.Name) and node.value.id in out):
+            out.setdefault(node.targets[0].id, list(out[node.value.id]))
     return out
 
 

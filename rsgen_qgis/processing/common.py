@@ -83,9 +83,9 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
     else:  # nothing installed: still accept an id (or a package folder) so scripts and models stay valid
         alg.addParameter(QgsProcessingParameterString(MODEL, "Model id or package folder", DEFAULT_MODEL))
     Num = QgsProcessingParameterNumber
-    alg.addParameter(Num(SEED, "Seed", Num.Integer, 0, False, 0))
-    alg.addParameter(Num(STEPS, "Sampling steps", Num.Integer, steps, False, 1, 1000))
-    guidance = Num(GUIDANCE, "Guidance scale", Num.Double, 3.0, False, 0.0, 100.0)
+    alg.addParameter(Num(SEED, "Seed", Num.Type.Integer, 0, False, 0))
+    alg.addParameter(Num(STEPS, "Sampling steps", Num.Type.Integer, steps, False, 1, 1000))
+    guidance = Num(GUIDANCE, "Guidance scale", Num.Type.Double, 3.0, False, 0.0, 100.0)
     guidance.setHelp("How strongly the prompt and the layout steer the image (classifier-free guidance; "
                      "1 = off). Models with guidance built in (distilled, such as rsgen-base 0.4) accept "
                      "1 to 5 and cost one UNet evaluation per step at any scale; others cost two, one at 1.")

@@ -62,17 +62,16 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         Num = QgsProcessingParameterNumber
         self.addParameter(QgsProcessingParameterExtent(AOI, "Area of interest (random extents)", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(COUNT, "Number of random extents", Num.Integer, 10, False, 1,
-                                                       100000))
+        self.addParameter(Num(COUNT, "Number of random extents", Num.Type.Integer, 10, False, 1, 100000))
         self.addParameter(QgsProcessingParameterVectorLayer(
             EXTENTS, "Listed extents: polygon layer (one image per feature's bounding box)",
             [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterCrs(TARGET_CRS, "Output CRS (default: the AOI's or extents' CRS)",
                                                     optional=True))
-        self.addParameter(Num(GSD, "Pixel size (GSD) in the output CRS's units", Num.Double, None, False, 0.0))
-        self.addParameter(Num(SIZE, "Image size in pixels (random extents)", Num.Integer, 256, False, 8, 4096))
+        self.addParameter(Num(GSD, "Pixel size (GSD) in the output CRS's units", Num.Type.Double, None, False, 0.0))
+        self.addParameter(Num(SIZE, "Image size in pixels (random extents)", Num.Type.Integer, 256, False, 8, 4096))
         add_box_parameters(self, optional=False)
-        self.addParameter(Num(MIN_BOXES, "Minimum boxes per image", Num.Integer, 1, False, 0))
+        self.addParameter(Num(MIN_BOXES, "Minimum boxes per image", Num.Type.Integer, 1, False, 0))
         add_layout_parameters(self, boxes=False)
         add_model_parameters(self)
         self.addParameter(QgsProcessingParameterBoolean(FILTER, "Drop samples the segmentation net does not confirm",
@@ -80,8 +79,8 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
         self.addParameter(QgsProcessingParameterFile(SEGNET, "Segmentation net (ONNX; default: the model package's)",
                                                      QgsProcessingParameterFile.Behavior.File, "onnx", optional=True,
                                                      fileFilter="ONNX (*.onnx)"))
-        self.addParameter(Num(KEEP_FRACTION, "Filter: share of a sample's boxes that must be confirmed", Num.Double,
-                              0.5, False, 0.0, 1.0))
+        self.addParameter(Num(KEEP_FRACTION, "Filter: share of a sample's boxes that must be confirmed",
+                              Num.Type.Double, 0.5, False, 0.0, 1.0))
         self.addParameter(QgsProcessingParameterFolderDestination(OUTPUT_FOLDER, "Dataset folder"))
         self.addOutput(QgsProcessingOutputNumber("GENERATED", "Images generated"))
         self.addOutput(QgsProcessingOutputNumber("KEPT", "Images kept"))

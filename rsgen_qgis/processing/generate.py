@@ -74,9 +74,9 @@ class GenerateAlgorithm(RsgenAlgorithm):
             TARGET_CRS, "Output CRS (default: the extent's CRS, else the project CRS)", optional=True))
         Num = QgsProcessingParameterNumber
         self.addParameter(Num(GSD, "Pixel size (GSD) in the output CRS's units [or give width and height]",
-                              Num.Double, None, True, 0.0))
-        self.addParameter(Num(WIDTH, "Width in pixels (with height, instead of GSD)", Num.Integer, None, True, 1))
-        self.addParameter(Num(HEIGHT, "Height in pixels (with width, instead of GSD)", Num.Integer, None, True, 1))
+                              Num.Type.Double, None, True, 0.0))
+        self.addParameter(Num(WIDTH, "Width in pixels (with height, instead of GSD)", Num.Type.Integer, None, True, 1))
+        self.addParameter(Num(HEIGHT, "Height in pixels (with width, instead of GSD)", Num.Type.Integer, None, True, 1))
 
     def checkParameterValues(self, parameters: Dict[str, Any],  # noqa: N802
                              context: QgsProcessingContext) -> Tuple[bool, str]:

@@ -49,7 +49,7 @@ def add_box_parameters(alg: QgsProcessingAlgorithm, optional: bool) -> None:
     alg.addParameter(QgsProcessingParameterField(BOX_FIELD, "Category field of the boxes layer", None, BOXES,
                                                  optional=optional))
     Num = QgsProcessingParameterNumber
-    alg.addParameter(Num(BOX_SIZE, "Box size in metres for points without width_m/length_m fields", Num.Double,
+    alg.addParameter(Num(BOX_SIZE, "Box size in metres for points without width_m/length_m fields", Num.Type.Double,
                          None, True, 0.0))
 
 

@@ -190,7 +190,7 @@ class VariationAlgorithm(_RasterConditionAlgorithm):
 
     def add_extra_parameters(self) -> None:
         Num = QgsProcessingParameterNumber
-        self.addParameter(Num(STRENGTH, "Strength (0.05 = nearly the same, 1 = ignore the raster)", Num.Double,
+        self.addParameter(Num(STRENGTH, "Strength (0.05 = nearly the same, 1 = ignore the raster)", Num.Type.Double,
                               0.5, False, 0.05, 1.0))
 
     def output_label(self) -> str:

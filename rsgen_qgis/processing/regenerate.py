@@ -43,10 +43,10 @@ class RegenerateAlgorithm(RsgenAlgorithm):
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(SOURCE, "Generated image to take the settings from"))
         Num = QgsProcessingParameterNumber
-        self.addParameter(Num(SEED, "Seed (empty: the image's own)", Num.Integer, None, True, 0))
+        self.addParameter(Num(SEED, "Seed (empty: the image's own)", Num.Type.Integer, None, True, 0))
         self.addParameter(QgsProcessingParameterString(PROMPT, "Prompt (empty: the image's own)", None,
                                                        multiLine=True, optional=True))
-        self.addParameter(Num(STEPS, "Sampling steps (empty: the image's own)", Num.Integer, None, True, 1, 1000))
+        self.addParameter(Num(STEPS, "Sampling steps (empty: the image's own)", Num.Type.Integer, None, True, 1, 1000))
         self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "New image"))
         self.addOutput(QgsProcessingOutputString("PROVIDER", "ONNX Runtime execution provider that ran"))
 
