@@ -325,3 +325,19 @@ def test_guidance_outside_a_distilled_models_range(tmp_path):
     with pytest.raises(JobSpecError, match=r"guidance: 7.5 is outside 1-5"):
         runner.run(s, workers=0, progress=False)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_stale_write_probes_of_a_killed_run_are_removed(tmp_path):
+    """check_writable's probe file survives a kill -9 that lands between its create and remove; the next run's
+    start removes it with the half-written tiles (seen once as an extra file after the kill -9 test)."""
+    from rsgen_qgis.core.geotiff import PROBE_PREFIX
+
+    (tmp_path / "tiles").mkdir()
+    stale = [tmp_path / "tiles" / f"{PROBE_PREFIX}abc", tmp_path / f"{PROBE_PREFIX}def",
+             tmp_path / "tiles" / ".r0_c0.tif.partial-xyz"]
+    for p in stale:
+        p.write_bytes(b"")
+    keep = tmp_path / "tiles" / "r0_c0.tif"
+    keep.write_bytes(b"tile")
+    assert runner._remove_stale_partials(str(tmp_path)) == 3
+    assert not any(p.exists() for p in stale) and keep.exists()

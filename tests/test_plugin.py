@@ -70,7 +70,7 @@ def test_load_and_unload_cleanly(spied_iface, qgis_new_project, french_qm, monke
     provider = registry.providerById("rsgen")
     assert provider is not None and provider.name() == "rsgen"
     alg = registry.algorithmById("rsgen:generate")
-    assert alg is not None and alg.displayName() == "Generate satellite image"
+    assert alg is not None and alg.displayName() == "Générer une image satellite"  # the French .qm is installed
 
     assert plugin.dock is None  # built on first use only
     plugin.show_dock()

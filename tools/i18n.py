@@ -6,8 +6,8 @@
     .venv/bin/python tools/i18n.py release          .ts -> .qm with Qt's lrelease (qttools5-dev-tools)
 
 Texts are found in the source, not by running it: literal arguments of tr("..."), and the tables whose
-entries the code passes to tr(variable) (TABLES below). One Qt context, "rsgen_qgis", as tr() uses. Engine
-messages (core/) and Processing's parameter names stay English, like QGIS's own provider messages.
+entries the code passes to tr(variable) (TABLES below). One Qt context, "rsgen_qgis", as tr() uses. Processing's
+algorithm and parameter names are translated, its help texts and the engine's messages (core/) stay English.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Dict, List, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 I18N = os.path.join(ROOT, "resources", "i18n")
 CONTEXT = "rsgen_qgis"
-SCANNED = ("rsgen_qgis/plugin.py", "rsgen_qgis/gui", "rsgen_qgis/gis")
+SCANNED = ("rsgen_qgis/plugin.py", "rsgen_qgis/gui", "rsgen_qgis/gis", "rsgen_qgis/processing")
 # (file, constant): texts the code translates through tr(variable); in tuples of tuples the first item is a key
 TABLES = (("rsgen_qgis/plugin.py", "TITLE"), ("rsgen_qgis/plugin.py", "MENU"), ("rsgen_qgis/gui/dock.py", "TITLE"),
           ("rsgen_qgis/gui/dock.py", "SOURCES"), ("rsgen_qgis/gui/conditions.py", "COLUMNS"),

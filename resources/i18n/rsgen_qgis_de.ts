@@ -404,6 +404,182 @@
       <translation>Wird gestartet…</translation>
     </message>
     <message>
+      <source>Model id or package folder</source>
+      <translation>Modell-ID oder Paketordner</translation>
+    </message>
+    <message>
+      <source>Sampling steps</source>
+      <translation>Sampling-Schritte</translation>
+    </message>
+    <message>
+      <source>Guidance scale</source>
+      <translation>Guidance-Stärke</translation>
+    </message>
+    <message>
+      <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>
+      <translation>Datensatz erzeugen (Bilder + COCO/DOTA/GeoJSON-Boxen)</translation>
+    </message>
+    <message>
+      <source>Area of interest (random extents)</source>
+      <translation>Interessengebiet (zufällige Ausdehnungen)</translation>
+    </message>
+    <message>
+      <source>Number of random extents</source>
+      <translation>Anzahl zufälliger Ausdehnungen</translation>
+    </message>
+    <message>
+      <source>Listed extents: polygon layer (one image per feature's bounding box)</source>
+      <translation>Vorgegebene Ausdehnungen: Polygonlayer (ein Bild je Objekt-Begrenzungsrechteck)</translation>
+    </message>
+    <message>
+      <source>Output CRS (default: the AOI's or extents' CRS)</source>
+      <translation>Ausgabe-KBS (Standard: das des Interessengebiets bzw. der Ausdehnungen)</translation>
+    </message>
+    <message>
+      <source>Pixel size (GSD) in the output CRS's units</source>
+      <translation>Pixelgröße (GSD) in den Einheiten des Ausgabe-KBS</translation>
+    </message>
+    <message>
+      <source>Image size in pixels (random extents)</source>
+      <translation>Bildgröße in Pixeln (zufällige Ausdehnungen)</translation>
+    </message>
+    <message>
+      <source>Minimum boxes per image</source>
+      <translation>Mindestanzahl Boxen je Bild</translation>
+    </message>
+    <message>
+      <source>Drop samples the segmentation net does not confirm</source>
+      <translation>Beispiele verwerfen, die das Segmentierungsnetz nicht bestätigt</translation>
+    </message>
+    <message>
+      <source>Segmentation net (ONNX; default: the model package's)</source>
+      <translation>Segmentierungsnetz (ONNX; Standard: das des Modellpakets)</translation>
+    </message>
+    <message>
+      <source>Filter: share of a sample's boxes that must be confirmed</source>
+      <translation>Filter: Anteil der Boxen eines Beispiels, der bestätigt sein muss</translation>
+    </message>
+    <message>
+      <source>Dataset folder</source>
+      <translation>Datensatz-Ordner</translation>
+    </message>
+    <message>
+      <source>Generate satellite image</source>
+      <translation>Satellitenbild erzeugen</translation>
+    </message>
+    <message>
+      <source>Large area (no pixel budget; world-anchored blocks written to disk as they are done)</source>
+      <translation>Großes Gebiet (ohne Pixelbudget; weltverankerte Blöcke, fortlaufend auf die Festplatte geschrieben)</translation>
+    </message>
+    <message>
+      <source>Coarse-to-fine factor (0 = off; e.g. 4)</source>
+      <translation>Grob-zu-fein-Faktor (0 = aus; z. B. 4)</translation>
+    </message>
+    <message>
+      <source>Generated image</source>
+      <translation>Erzeugtes Bild</translation>
+    </message>
+    <message>
+      <source>Output CRS (default: the extent's CRS, else the project CRS)</source>
+      <translation>Ausgabe-KBS (Standard: das der Ausdehnung, sonst das des Projekts)</translation>
+    </message>
+    <message>
+      <source>Pixel size (GSD) in the output CRS's units [or give width and height]</source>
+      <translation>Pixelgröße (GSD) in den Einheiten des Ausgabe-KBS [oder Breite und Höhe angeben]</translation>
+    </message>
+    <message>
+      <source>Width in pixels (with height, instead of GSD)</source>
+      <translation>Breite in Pixeln (mit der Höhe, statt GSD)</translation>
+    </message>
+    <message>
+      <source>Height in pixels (with width, instead of GSD)</source>
+      <translation>Höhe in Pixeln (mit der Breite, statt GSD)</translation>
+    </message>
+    <message>
+      <source>Vector layers for the layout (roads, buildings, land use, water…)</source>
+      <translation>Vektorlayer für das Layout (Straßen, Gebäude, Landnutzung, Wasser…)</translation>
+    </message>
+    <message>
+      <source>Layout rules file (JSON; default: the OSM rules)</source>
+      <translation>Layout-Regeldatei (JSON; Standard: die OSM-Regeln)</translation>
+    </message>
+    <message>
+      <source>Object boxes: point or polygon layer</source>
+      <translation>Objektboxen: Punkt- oder Polygonlayer</translation>
+    </message>
+    <message>
+      <source>Category field of the boxes layer</source>
+      <translation>Kategoriefeld des Box-Layers</translation>
+    </message>
+    <message>
+      <source>Box size in metres for points without width_m/length_m fields</source>
+      <translation>Boxgröße in Metern für Punkte ohne die Felder width_m/length_m</translation>
+    </message>
+    <message>
+      <source>Generate from vector layers (layout)</source>
+      <translation>Aus Vektorlayern erzeugen (Layout)</translation>
+    </message>
+    <message>
+      <source>Layout classes</source>
+      <translation>Layout-Klassen</translation>
+    </message>
+    <message>
+      <source>Raster layer</source>
+      <translation>Rasterlayer</translation>
+    </message>
+    <message>
+      <source>Inpaint raster</source>
+      <translation>Raster auffüllen</translation>
+    </message>
+    <message>
+      <source>Mask: polygons to regenerate</source>
+      <translation>Maske: neu zu erzeugende Polygone</translation>
+    </message>
+    <message>
+      <source>Grow the mask by (metres on the ground)</source>
+      <translation>Maske erweitern um (Meter am Boden)</translation>
+    </message>
+    <message>
+      <source>Super-resolve raster (4x)</source>
+      <translation>Raster-Superauflösung (4x)</translation>
+    </message>
+    <message>
+      <source>Guide consistency (1 = keep the raster exactly, 0 = a hint only)</source>
+      <translation>Treue zur Vorlage (1 = Raster genau beibehalten, 0 = nur ein Hinweis)</translation>
+    </message>
+    <message>
+      <source>Variation of a raster</source>
+      <translation>Variation eines Rasters</translation>
+    </message>
+    <message>
+      <source>Strength (0.05 = nearly the same, 1 = ignore the raster)</source>
+      <translation>Stärke (0,05 = fast gleich, 1 = Raster ignorieren)</translation>
+    </message>
+    <message>
+      <source>Generate again from an image's settings</source>
+      <translation>Erneut aus den Einstellungen eines Bildes erzeugen</translation>
+    </message>
+    <message>
+      <source>Generated image to take the settings from</source>
+      <translation>Erzeugtes Bild, dessen Einstellungen übernommen werden</translation>
+    </message>
+    <message>
+      <source>Seed (empty: the image's own)</source>
+      <translation>Seed (leer: der des Bildes)</translation>
+    </message>
+    <message>
+      <source>Prompt (empty: the image's own)</source>
+      <translation>Prompt (leer: der des Bildes)</translation>
+    </message>
+    <message>
+      <source>Sampling steps (empty: the image's own)</source>
+      <translation>Sampling-Schritte (leer: die des Bildes)</translation>
+    </message>
+    <message>
+      <source>New image</source>
+      <translation>Neues Bild</translation>
+    </message>
+    <message>
       <source>Satellite image generation</source>
       <translation>Satellitenbild-Erzeugung</translation>
     </message>

@@ -404,6 +404,182 @@
       <translation>Iniciando…</translation>
     </message>
     <message>
+      <source>Model id or package folder</source>
+      <translation>Identificador de modelo o carpeta de paquete</translation>
+    </message>
+    <message>
+      <source>Sampling steps</source>
+      <translation>Pasos de muestreo</translation>
+    </message>
+    <message>
+      <source>Guidance scale</source>
+      <translation>Escala de guía</translation>
+    </message>
+    <message>
+      <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>
+      <translation>Generar conjunto de datos (imágenes + cajas COCO/DOTA/GeoJSON)</translation>
+    </message>
+    <message>
+      <source>Area of interest (random extents)</source>
+      <translation>Zona de interés (extensiones aleatorias)</translation>
+    </message>
+    <message>
+      <source>Number of random extents</source>
+      <translation>Número de extensiones aleatorias</translation>
+    </message>
+    <message>
+      <source>Listed extents: polygon layer (one image per feature's bounding box)</source>
+      <translation>Extensiones listadas: capa de polígonos (una imagen por rectángulo envolvente de cada objeto)</translation>
+    </message>
+    <message>
+      <source>Output CRS (default: the AOI's or extents' CRS)</source>
+      <translation>SRC de salida (predeterminado: el de la zona de interés o de las extensiones)</translation>
+    </message>
+    <message>
+      <source>Pixel size (GSD) in the output CRS's units</source>
+      <translation>Tamaño de píxel (GSD) en las unidades del SRC de salida</translation>
+    </message>
+    <message>
+      <source>Image size in pixels (random extents)</source>
+      <translation>Tamaño de imagen en píxeles (extensiones aleatorias)</translation>
+    </message>
+    <message>
+      <source>Minimum boxes per image</source>
+      <translation>Mínimo de cajas por imagen</translation>
+    </message>
+    <message>
+      <source>Drop samples the segmentation net does not confirm</source>
+      <translation>Descartar las muestras que la red de segmentación no confirma</translation>
+    </message>
+    <message>
+      <source>Segmentation net (ONNX; default: the model package's)</source>
+      <translation>Red de segmentación (ONNX; predeterminada: la del paquete de modelo)</translation>
+    </message>
+    <message>
+      <source>Filter: share of a sample's boxes that must be confirmed</source>
+      <translation>Filtro: proporción de las cajas de una muestra que debe confirmarse</translation>
+    </message>
+    <message>
+      <source>Dataset folder</source>
+      <translation>Carpeta del conjunto de datos</translation>
+    </message>
+    <message>
+      <source>Generate satellite image</source>
+      <translation>Generar imagen de satélite</translation>
+    </message>
+    <message>
+      <source>Large area (no pixel budget; world-anchored blocks written to disk as they are done)</source>
+      <translation>Zona grande (sin límite de píxeles; bloques anclados al mundo escritos en disco a medida que se terminan)</translation>
+    </message>
+    <message>
+      <source>Coarse-to-fine factor (0 = off; e.g. 4)</source>
+      <translation>Factor de grueso a fino (0 = desactivado; p. ej. 4)</translation>
+    </message>
+    <message>
+      <source>Generated image</source>
+      <translation>Imagen generada</translation>
+    </message>
+    <message>
+      <source>Output CRS (default: the extent's CRS, else the project CRS)</source>
+      <translation>SRC de salida (predeterminado: el de la extensión, si no el del proyecto)</translation>
+    </message>
+    <message>
+      <source>Pixel size (GSD) in the output CRS's units [or give width and height]</source>
+      <translation>Tamaño de píxel (GSD) en las unidades del SRC de salida [o indicar anchura y altura]</translation>
+    </message>
+    <message>
+      <source>Width in pixels (with height, instead of GSD)</source>
+      <translation>Anchura en píxeles (con la altura, en lugar del GSD)</translation>
+    </message>
+    <message>
+      <source>Height in pixels (with width, instead of GSD)</source>
+      <translation>Altura en píxeles (con la anchura, en lugar del GSD)</translation>
+    </message>
+    <message>
+      <source>Vector layers for the layout (roads, buildings, land use, water…)</source>
+      <translation>Capas vectoriales para la disposición (carreteras, edificios, uso del suelo, agua…)</translation>
+    </message>
+    <message>
+      <source>Layout rules file (JSON; default: the OSM rules)</source>
+      <translation>Archivo de reglas de disposición (JSON; predeterminado: las reglas OSM)</translation>
+    </message>
+    <message>
+      <source>Object boxes: point or polygon layer</source>
+      <translation>Cajas de objetos: capa de puntos o de polígonos</translation>
+    </message>
+    <message>
+      <source>Category field of the boxes layer</source>
+      <translation>Campo de categoría de la capa de cajas</translation>
+    </message>
+    <message>
+      <source>Box size in metres for points without width_m/length_m fields</source>
+      <translation>Tamaño de caja en metros para puntos sin campos width_m/length_m</translation>
+    </message>
+    <message>
+      <source>Generate from vector layers (layout)</source>
+      <translation>Generar desde capas vectoriales (disposición)</translation>
+    </message>
+    <message>
+      <source>Layout classes</source>
+      <translation>Clases de disposición</translation>
+    </message>
+    <message>
+      <source>Raster layer</source>
+      <translation>Capa ráster</translation>
+    </message>
+    <message>
+      <source>Inpaint raster</source>
+      <translation>Rellenar un ráster</translation>
+    </message>
+    <message>
+      <source>Mask: polygons to regenerate</source>
+      <translation>Máscara: polígonos que regenerar</translation>
+    </message>
+    <message>
+      <source>Grow the mask by (metres on the ground)</source>
+      <translation>Ampliar la máscara en (metros sobre el terreno)</translation>
+    </message>
+    <message>
+      <source>Super-resolve raster (4x)</source>
+      <translation>Superresolución de un ráster (4x)</translation>
+    </message>
+    <message>
+      <source>Guide consistency (1 = keep the raster exactly, 0 = a hint only)</source>
+      <translation>Fidelidad a la guía (1 = conservar el ráster exactamente, 0 = solo una pista)</translation>
+    </message>
+    <message>
+      <source>Variation of a raster</source>
+      <translation>Variación de un ráster</translation>
+    </message>
+    <message>
+      <source>Strength (0.05 = nearly the same, 1 = ignore the raster)</source>
+      <translation>Intensidad (0,05 = casi igual, 1 = ignorar el ráster)</translation>
+    </message>
+    <message>
+      <source>Generate again from an image's settings</source>
+      <translation>Generar de nuevo desde los parámetros de una imagen</translation>
+    </message>
+    <message>
+      <source>Generated image to take the settings from</source>
+      <translation>Imagen generada de la que tomar los parámetros</translation>
+    </message>
+    <message>
+      <source>Seed (empty: the image's own)</source>
+      <translation>Semilla (vacía: la de la imagen)</translation>
+    </message>
+    <message>
+      <source>Prompt (empty: the image's own)</source>
+      <translation>Prompt (vacío: el de la imagen)</translation>
+    </message>
+    <message>
+      <source>Sampling steps (empty: the image's own)</source>
+      <translation>Pasos de muestreo (vacío: los de la imagen)</translation>
+    </message>
+    <message>
+      <source>New image</source>
+      <translation>Imagen nueva</translation>
+    </message>
+    <message>
       <source>Satellite image generation</source>
       <translation>Generación de imágenes de satélite</translation>
     </message>

@@ -404,6 +404,182 @@
       <translation>Démarrage…</translation>
     </message>
     <message>
+      <source>Model id or package folder</source>
+      <translation>Identifiant de modèle ou dossier de paquet</translation>
+    </message>
+    <message>
+      <source>Sampling steps</source>
+      <translation>Étapes d'échantillonnage</translation>
+    </message>
+    <message>
+      <source>Guidance scale</source>
+      <translation>Échelle de guidage</translation>
+    </message>
+    <message>
+      <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>
+      <translation>Générer un jeu de données (images + boîtes COCO/DOTA/GeoJSON)</translation>
+    </message>
+    <message>
+      <source>Area of interest (random extents)</source>
+      <translation>Zone d'intérêt (emprises aléatoires)</translation>
+    </message>
+    <message>
+      <source>Number of random extents</source>
+      <translation>Nombre d'emprises aléatoires</translation>
+    </message>
+    <message>
+      <source>Listed extents: polygon layer (one image per feature's bounding box)</source>
+      <translation>Emprises listées : couche de polygones (une image par rectangle englobant d'entité)</translation>
+    </message>
+    <message>
+      <source>Output CRS (default: the AOI's or extents' CRS)</source>
+      <translation>SCR de sortie (par défaut : celui de la zone d'intérêt ou des emprises)</translation>
+    </message>
+    <message>
+      <source>Pixel size (GSD) in the output CRS's units</source>
+      <translation>Taille de pixel (GSD) dans les unités du SCR de sortie</translation>
+    </message>
+    <message>
+      <source>Image size in pixels (random extents)</source>
+      <translation>Taille d'image en pixels (emprises aléatoires)</translation>
+    </message>
+    <message>
+      <source>Minimum boxes per image</source>
+      <translation>Nombre minimal de boîtes par image</translation>
+    </message>
+    <message>
+      <source>Drop samples the segmentation net does not confirm</source>
+      <translation>Écarter les échantillons que le réseau de segmentation ne confirme pas</translation>
+    </message>
+    <message>
+      <source>Segmentation net (ONNX; default: the model package's)</source>
+      <translation>Réseau de segmentation (ONNX ; par défaut : celui du paquet de modèle)</translation>
+    </message>
+    <message>
+      <source>Filter: share of a sample's boxes that must be confirmed</source>
+      <translation>Filtre : part des boîtes d'un échantillon qui doit être confirmée</translation>
+    </message>
+    <message>
+      <source>Dataset folder</source>
+      <translation>Dossier du jeu de données</translation>
+    </message>
+    <message>
+      <source>Generate satellite image</source>
+      <translation>Générer une image satellite</translation>
+    </message>
+    <message>
+      <source>Large area (no pixel budget; world-anchored blocks written to disk as they are done)</source>
+      <translation>Grande zone (sans limite de pixels ; blocs ancrés dans le monde écrits sur disque au fur et à mesure)</translation>
+    </message>
+    <message>
+      <source>Coarse-to-fine factor (0 = off; e.g. 4)</source>
+      <translation>Facteur grossier-vers-fin (0 = désactivé ; ex. 4)</translation>
+    </message>
+    <message>
+      <source>Generated image</source>
+      <translation>Image générée</translation>
+    </message>
+    <message>
+      <source>Output CRS (default: the extent's CRS, else the project CRS)</source>
+      <translation>SCR de sortie (par défaut : celui de l'emprise, sinon celui du projet)</translation>
+    </message>
+    <message>
+      <source>Pixel size (GSD) in the output CRS's units [or give width and height]</source>
+      <translation>Taille de pixel (GSD) dans les unités du SCR de sortie [ou donner largeur et hauteur]</translation>
+    </message>
+    <message>
+      <source>Width in pixels (with height, instead of GSD)</source>
+      <translation>Largeur en pixels (avec la hauteur, au lieu du GSD)</translation>
+    </message>
+    <message>
+      <source>Height in pixels (with width, instead of GSD)</source>
+      <translation>Hauteur en pixels (avec la largeur, au lieu du GSD)</translation>
+    </message>
+    <message>
+      <source>Vector layers for the layout (roads, buildings, land use, water…)</source>
+      <translation>Couches vecteur pour la disposition (routes, bâtiments, occupation du sol, eau…)</translation>
+    </message>
+    <message>
+      <source>Layout rules file (JSON; default: the OSM rules)</source>
+      <translation>Fichier de règles de disposition (JSON ; par défaut : les règles OSM)</translation>
+    </message>
+    <message>
+      <source>Object boxes: point or polygon layer</source>
+      <translation>Boîtes d'objets : couche de points ou de polygones</translation>
+    </message>
+    <message>
+      <source>Category field of the boxes layer</source>
+      <translation>Champ de catégorie de la couche de boîtes</translation>
+    </message>
+    <message>
+      <source>Box size in metres for points without width_m/length_m fields</source>
+      <translation>Taille de boîte en mètres pour les points sans champs width_m/length_m</translation>
+    </message>
+    <message>
+      <source>Generate from vector layers (layout)</source>
+      <translation>Générer depuis des couches vecteur (disposition)</translation>
+    </message>
+    <message>
+      <source>Layout classes</source>
+      <translation>Classes de disposition</translation>
+    </message>
+    <message>
+      <source>Raster layer</source>
+      <translation>Couche raster</translation>
+    </message>
+    <message>
+      <source>Inpaint raster</source>
+      <translation>Remplir un raster</translation>
+    </message>
+    <message>
+      <source>Mask: polygons to regenerate</source>
+      <translation>Masque : polygones à régénérer</translation>
+    </message>
+    <message>
+      <source>Grow the mask by (metres on the ground)</source>
+      <translation>Agrandir le masque de (mètres au sol)</translation>
+    </message>
+    <message>
+      <source>Super-resolve raster (4x)</source>
+      <translation>Super-résolution d'un raster (4x)</translation>
+    </message>
+    <message>
+      <source>Guide consistency (1 = keep the raster exactly, 0 = a hint only)</source>
+      <translation>Fidélité au guide (1 = garder le raster exactement, 0 = simple indication)</translation>
+    </message>
+    <message>
+      <source>Variation of a raster</source>
+      <translation>Variation d'un raster</translation>
+    </message>
+    <message>
+      <source>Strength (0.05 = nearly the same, 1 = ignore the raster)</source>
+      <translation>Intensité (0,05 = presque identique, 1 = ignorer le raster)</translation>
+    </message>
+    <message>
+      <source>Generate again from an image's settings</source>
+      <translation>Générer à nouveau depuis les paramètres d'une image</translation>
+    </message>
+    <message>
+      <source>Generated image to take the settings from</source>
+      <translation>Image générée dont prendre les paramètres</translation>
+    </message>
+    <message>
+      <source>Seed (empty: the image's own)</source>
+      <translation>Graine (vide : celle de l'image)</translation>
+    </message>
+    <message>
+      <source>Prompt (empty: the image's own)</source>
+      <translation>Prompt (vide : celui de l'image)</translation>
+    </message>
+    <message>
+      <source>Sampling steps (empty: the image's own)</source>
+      <translation>Étapes d'échantillonnage (vide : celles de l'image)</translation>
+    </message>
+    <message>
+      <source>New image</source>
+      <translation>Nouvelle image</translation>
+    </message>
+    <message>
       <source>Satellite image generation</source>
       <translation>Génération d'images satellite</translation>
     </message>

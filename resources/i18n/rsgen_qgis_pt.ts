@@ -404,6 +404,182 @@
       <translation>Iniciando…</translation>
     </message>
     <message>
+      <source>Model id or package folder</source>
+      <translation>Identificador do modelo ou pasta do pacote</translation>
+    </message>
+    <message>
+      <source>Sampling steps</source>
+      <translation>Passos de amostragem</translation>
+    </message>
+    <message>
+      <source>Guidance scale</source>
+      <translation>Escala de orientação</translation>
+    </message>
+    <message>
+      <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>
+      <translation>Gerar conjunto de dados (imagens + caixas COCO/DOTA/GeoJSON)</translation>
+    </message>
+    <message>
+      <source>Area of interest (random extents)</source>
+      <translation>Área de interesse (extensões aleatórias)</translation>
+    </message>
+    <message>
+      <source>Number of random extents</source>
+      <translation>Número de extensões aleatórias</translation>
+    </message>
+    <message>
+      <source>Listed extents: polygon layer (one image per feature's bounding box)</source>
+      <translation>Extensões listadas: camada de polígonos (uma imagem por retângulo envolvente de cada feição)</translation>
+    </message>
+    <message>
+      <source>Output CRS (default: the AOI's or extents' CRS)</source>
+      <translation>SRC de saída (padrão: o da área de interesse ou das extensões)</translation>
+    </message>
+    <message>
+      <source>Pixel size (GSD) in the output CRS's units</source>
+      <translation>Tamanho de pixel (GSD) nas unidades do SRC de saída</translation>
+    </message>
+    <message>
+      <source>Image size in pixels (random extents)</source>
+      <translation>Tamanho da imagem em pixels (extensões aleatórias)</translation>
+    </message>
+    <message>
+      <source>Minimum boxes per image</source>
+      <translation>Mínimo de caixas por imagem</translation>
+    </message>
+    <message>
+      <source>Drop samples the segmentation net does not confirm</source>
+      <translation>Descartar as amostras que a rede de segmentação não confirma</translation>
+    </message>
+    <message>
+      <source>Segmentation net (ONNX; default: the model package's)</source>
+      <translation>Rede de segmentação (ONNX; padrão: a do pacote de modelo)</translation>
+    </message>
+    <message>
+      <source>Filter: share of a sample's boxes that must be confirmed</source>
+      <translation>Filtro: fração das caixas de uma amostra que deve ser confirmada</translation>
+    </message>
+    <message>
+      <source>Dataset folder</source>
+      <translation>Pasta do conjunto de dados</translation>
+    </message>
+    <message>
+      <source>Generate satellite image</source>
+      <translation>Gerar imagem de satélite</translation>
+    </message>
+    <message>
+      <source>Large area (no pixel budget; world-anchored blocks written to disk as they are done)</source>
+      <translation>Área grande (sem limite de pixels; blocos ancorados no mundo gravados em disco à medida que ficam prontos)</translation>
+    </message>
+    <message>
+      <source>Coarse-to-fine factor (0 = off; e.g. 4)</source>
+      <translation>Fator de grosso para fino (0 = desligado; ex.: 4)</translation>
+    </message>
+    <message>
+      <source>Generated image</source>
+      <translation>Imagem gerada</translation>
+    </message>
+    <message>
+      <source>Output CRS (default: the extent's CRS, else the project CRS)</source>
+      <translation>SRC de saída (padrão: o da extensão, senão o do projeto)</translation>
+    </message>
+    <message>
+      <source>Pixel size (GSD) in the output CRS's units [or give width and height]</source>
+      <translation>Tamanho de pixel (GSD) nas unidades do SRC de saída [ou informar largura e altura]</translation>
+    </message>
+    <message>
+      <source>Width in pixels (with height, instead of GSD)</source>
+      <translation>Largura em pixels (com a altura, em vez do GSD)</translation>
+    </message>
+    <message>
+      <source>Height in pixels (with width, instead of GSD)</source>
+      <translation>Altura em pixels (com a largura, em vez do GSD)</translation>
+    </message>
+    <message>
+      <source>Vector layers for the layout (roads, buildings, land use, water…)</source>
+      <translation>Camadas vetoriais para o leiaute (vias, edificações, uso do solo, água…)</translation>
+    </message>
+    <message>
+      <source>Layout rules file (JSON; default: the OSM rules)</source>
+      <translation>Arquivo de regras de leiaute (JSON; padrão: as regras OSM)</translation>
+    </message>
+    <message>
+      <source>Object boxes: point or polygon layer</source>
+      <translation>Caixas de objetos: camada de pontos ou de polígonos</translation>
+    </message>
+    <message>
+      <source>Category field of the boxes layer</source>
+      <translation>Campo de categoria da camada de caixas</translation>
+    </message>
+    <message>
+      <source>Box size in metres for points without width_m/length_m fields</source>
+      <translation>Tamanho da caixa em metros para pontos sem os campos width_m/length_m</translation>
+    </message>
+    <message>
+      <source>Generate from vector layers (layout)</source>
+      <translation>Gerar a partir de camadas vetoriais (leiaute)</translation>
+    </message>
+    <message>
+      <source>Layout classes</source>
+      <translation>Classes do leiaute</translation>
+    </message>
+    <message>
+      <source>Raster layer</source>
+      <translation>Camada raster</translation>
+    </message>
+    <message>
+      <source>Inpaint raster</source>
+      <translation>Preencher um raster</translation>
+    </message>
+    <message>
+      <source>Mask: polygons to regenerate</source>
+      <translation>Máscara: polígonos a regenerar</translation>
+    </message>
+    <message>
+      <source>Grow the mask by (metres on the ground)</source>
+      <translation>Ampliar a máscara em (metros no terreno)</translation>
+    </message>
+    <message>
+      <source>Super-resolve raster (4x)</source>
+      <translation>Super-resolução de um raster (4x)</translation>
+    </message>
+    <message>
+      <source>Guide consistency (1 = keep the raster exactly, 0 = a hint only)</source>
+      <translation>Fidelidade ao guia (1 = manter o raster exatamente, 0 = só uma indicação)</translation>
+    </message>
+    <message>
+      <source>Variation of a raster</source>
+      <translation>Variação de um raster</translation>
+    </message>
+    <message>
+      <source>Strength (0.05 = nearly the same, 1 = ignore the raster)</source>
+      <translation>Intensidade (0,05 = quase igual, 1 = ignorar o raster)</translation>
+    </message>
+    <message>
+      <source>Generate again from an image's settings</source>
+      <translation>Gerar de novo a partir das configurações de uma imagem</translation>
+    </message>
+    <message>
+      <source>Generated image to take the settings from</source>
+      <translation>Imagem gerada da qual tomar as configurações</translation>
+    </message>
+    <message>
+      <source>Seed (empty: the image's own)</source>
+      <translation>Semente (vazia: a da imagem)</translation>
+    </message>
+    <message>
+      <source>Prompt (empty: the image's own)</source>
+      <translation>Prompt (vazio: o da imagem)</translation>
+    </message>
+    <message>
+      <source>Sampling steps (empty: the image's own)</source>
+      <translation>Passos de amostragem (vazio: os da imagem)</translation>
+    </message>
+    <message>
+      <source>New image</source>
+      <translation>Nova imagem</translation>
+    </message>
+    <message>
       <source>Satellite image generation</source>
       <translation>Geração de imagens de satélite</translation>
     </message>

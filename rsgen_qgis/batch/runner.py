@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..core.conditions import CondLayout
 from ..core.errors import OutputError, RsgenError
+from ..core.geotiff import PROBE_PREFIX
 from ..core.models import sha256_file
 from ..core.request import GenerationRequest
 from .spec import JobSpec, JobSpecError
@@ -223,9 +224,13 @@ def _tile_ok(out_dir: str, rec: dict) -> bool:
 
 
 def _remove_stale_partials(out_dir: str) -> int:
+    """Half-written tiles and manifests, and write probes, of a run that was killed (run() owns the folder)."""
     n = 0
-    for p in glob.glob(os.path.join(glob.escape(out_dir), "tiles", ".*.partial-*")) + \
-            glob.glob(os.path.join(glob.escape(out_dir), f".{MANIFEST}.partial-*")):
+    base = glob.escape(out_dir)
+    for p in glob.glob(os.path.join(base, "tiles", ".*.partial-*")) + \
+            glob.glob(os.path.join(base, f".{MANIFEST}.partial-*")) + \
+            glob.glob(os.path.join(base, "tiles", PROBE_PREFIX + "*")) + \
+            glob.glob(os.path.join(base, PROBE_PREFIX + "*")):
         try:
             os.remove(p)
             n += 1

@@ -44,6 +44,9 @@ COG_OPTIONS = {
 }
 
 
+PROBE_PREFIX = ".rsgen-write-test-"  # check_writable's probe files: a process killed mid-probe may leave one
+
+
 def check_writable(path: str) -> None:
     """Fail early (before minutes of generation) if `path` cannot be written; the message names the folder."""
     path = os.path.abspath(os.fspath(path))
@@ -59,7 +62,7 @@ def check_writable(path: str) -> None:
         raise OutputError(f"Cannot write to the folder {folder}: permission denied; choose another folder.")
     # os.access says yes to root and knows nothing of read-only mounts: really try to create a file there.
     try:
-        fd, probe = tempfile.mkstemp(prefix=".rsgen-write-test-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
         os.close(fd)
         os.remove(probe)
     except OSError as err:

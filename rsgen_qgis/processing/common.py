@@ -13,6 +13,7 @@ from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessi
                        QgsProcessingParameterEnum,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProperty)
 
+from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
@@ -41,6 +42,11 @@ class RsgenAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802
         return type(self)()
+
+
+def tr(text: str) -> str:
+    """Processing's texts in the plugin's translations (context "rsgen_qgis", like the dock's)."""
+    return QCoreApplication.translate("rsgen_qgis", text)
 
 
 def sampler_names() -> List[str]:
@@ -75,27 +81,27 @@ def given(parameters: Dict[str, Any], name: str) -> bool:
 
 def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None:
     """Prompt, model, seed, steps, guidance, sampler and (advanced) precision: the same in every algorithm."""
-    alg.addParameter(QgsProcessingParameterString(PROMPT, "Prompt", prompt_default, multiLine=True, optional=True))
+    alg.addParameter(QgsProcessingParameterString(PROMPT, tr("Prompt"), prompt_default, multiLine=True, optional=True))
     ids = model_ids()
     if ids:
         default = DEFAULT_MODEL if DEFAULT_MODEL in ids else ids[0]
-        alg.addParameter(QgsProcessingParameterEnum(MODEL, "Model", ids, False, default, False, True))
+        alg.addParameter(QgsProcessingParameterEnum(MODEL, tr("Model"), ids, False, default, False, True))
     else:  # nothing installed: still accept an id (or a package folder) so scripts and models stay valid
-        alg.addParameter(QgsProcessingParameterString(MODEL, "Model id or package folder", DEFAULT_MODEL))
+        alg.addParameter(QgsProcessingParameterString(MODEL, tr("Model id or package folder"), DEFAULT_MODEL))
     Num = QgsProcessingParameterNumber
-    alg.addParameter(Num(SEED, "Seed", Num.Type.Integer, 0, False, 0))
-    alg.addParameter(Num(STEPS, "Sampling steps", Num.Type.Integer, steps, False, 1, 1000))
-    guidance = Num(GUIDANCE, "Guidance scale", Num.Type.Double, 3.0, False, 0.0, 100.0)
+    alg.addParameter(Num(SEED, tr("Seed"), Num.Type.Integer, 0, False, 0))
+    alg.addParameter(Num(STEPS, tr("Sampling steps"), Num.Type.Integer, steps, False, 1, 1000))
+    guidance = Num(GUIDANCE, tr("Guidance scale"), Num.Type.Double, 3.0, False, 0.0, 100.0)
     guidance.setHelp("How strongly the prompt and the layout steer the image (classifier-free guidance; "
                      "1 = off). Models with guidance built in (distilled, such as rsgen-base 0.4) accept "
                      "1 to 5 and cost one UNet evaluation per step at any scale; others cost two, one at 1.")
     alg.addParameter(guidance)
     names = sampler_names()
-    sampler = QgsProcessingParameterEnum(SAMPLER, "Sampler", names, False,
+    sampler = QgsProcessingParameterEnum(SAMPLER, tr("Sampler"), names, False,
                                          DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0], False, True)
     sampler.setHelp(" ".join(f"{n}: {h}" for n, h in sampler_help().items() if n in names))
     alg.addParameter(sampler)
-    precision = QgsProcessingParameterEnum(PRECISION, "Precision", list(PRECISIONS), False, "auto", False, True)
+    precision = QgsProcessingParameterEnum(PRECISION, tr("Precision"), list(PRECISIONS), False, "auto", False, True)
     precision.setHelp("auto: the model's int8 graph on the CPU (fp16 on a GPU) where the package has one - "
                       "faster, images close to but not identical with the exact graph's; fp32: the exact graph.")
     precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)

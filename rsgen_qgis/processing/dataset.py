@@ -27,7 +27,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
 from ..core.conditions import LAYOUT_CLASSES, NO_LAYOUT
 from ..core.georef import Grid, grid_for_request
 from ..core.request import Conditions, GenerationRequest
-from .common import RsgenAlgorithm, add_model_parameters, given, guarded, model_values, run_engine
+from .common import RsgenAlgorithm, add_model_parameters, given, guarded, model_values, run_engine, tr
 from .layout import (BOX_FIELD, BOXES, LAYERS, RULES_HELP, add_box_parameters, add_layout_parameters, box_options,
                      read_rules)
 
@@ -42,7 +42,7 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
         return "dataset"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Generate dataset (images + COCO/DOTA/GeoJSON boxes)"
+        return tr("Generate dataset (images + COCO/DOTA/GeoJSON boxes)")
 
     def tags(self) -> List[str]:
         return ["dataset", "training", "detection", "coco", "dota", "boxes", "aerogen", "synthetic"]
@@ -61,27 +61,27 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         Num = QgsProcessingParameterNumber
-        self.addParameter(QgsProcessingParameterExtent(AOI, "Area of interest (random extents)", optional=True))
-        self.addParameter(Num(COUNT, "Number of random extents", Num.Type.Integer, 10, False, 1, 100000))
+        self.addParameter(QgsProcessingParameterExtent(AOI, tr("Area of interest (random extents)"), optional=True))
+        self.addParameter(Num(COUNT, tr("Number of random extents"), Num.Type.Integer, 10, False, 1, 100000))
         self.addParameter(QgsProcessingParameterVectorLayer(
-            EXTENTS, "Listed extents: polygon layer (one image per feature's bounding box)",
+            EXTENTS, tr("Listed extents: polygon layer (one image per feature's bounding box)"),
             [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
-        self.addParameter(QgsProcessingParameterCrs(TARGET_CRS, "Output CRS (default: the AOI's or extents' CRS)",
+        self.addParameter(QgsProcessingParameterCrs(TARGET_CRS, tr("Output CRS (default: the AOI's or extents' CRS)"),
                                                     optional=True))
-        self.addParameter(Num(GSD, "Pixel size (GSD) in the output CRS's units", Num.Type.Double, None, False, 0.0))
-        self.addParameter(Num(SIZE, "Image size in pixels (random extents)", Num.Type.Integer, 256, False, 8, 4096))
+        self.addParameter(Num(GSD, tr("Pixel size (GSD) in the output CRS's units"), Num.Type.Double, None, False, 0.0))
+        self.addParameter(Num(SIZE, tr("Image size in pixels (random extents)"), Num.Type.Integer, 256, False, 8, 4096))
         add_box_parameters(self, optional=False)
-        self.addParameter(Num(MIN_BOXES, "Minimum boxes per image", Num.Type.Integer, 1, False, 0))
+        self.addParameter(Num(MIN_BOXES, tr("Minimum boxes per image"), Num.Type.Integer, 1, False, 0))
         add_layout_parameters(self, boxes=False)
         add_model_parameters(self)
-        self.addParameter(QgsProcessingParameterBoolean(FILTER, "Drop samples the segmentation net does not confirm",
-                                                        False))
-        self.addParameter(QgsProcessingParameterFile(SEGNET, "Segmentation net (ONNX; default: the model package's)",
-                                                     QgsProcessingParameterFile.Behavior.File, "onnx", optional=True,
-                                                     fileFilter="ONNX (*.onnx)"))
-        self.addParameter(Num(KEEP_FRACTION, "Filter: share of a sample's boxes that must be confirmed",
+        self.addParameter(QgsProcessingParameterBoolean(
+            FILTER, tr("Drop samples the segmentation net does not confirm"), False))
+        self.addParameter(QgsProcessingParameterFile(
+            SEGNET, tr("Segmentation net (ONNX; default: the model package's)"),
+            QgsProcessingParameterFile.Behavior.File, "onnx", optional=True, fileFilter="ONNX (*.onnx)"))
+        self.addParameter(Num(KEEP_FRACTION, tr("Filter: share of a sample's boxes that must be confirmed"),
                               Num.Type.Double, 0.5, False, 0.0, 1.0))
-        self.addParameter(QgsProcessingParameterFolderDestination(OUTPUT_FOLDER, "Dataset folder"))
+        self.addParameter(QgsProcessingParameterFolderDestination(OUTPUT_FOLDER, tr("Dataset folder")))
         self.addOutput(QgsProcessingOutputNumber("GENERATED", "Images generated"))
         self.addOutput(QgsProcessingOutputNumber("KEPT", "Images kept"))
         self.addOutput(QgsProcessingOutputString("FILTER_STATUS", "What the filter did"))

@@ -18,7 +18,7 @@ from .. import settings
 from ..core.request import GenerationRequest
 from ..gis.layers import layer_name
 from .common import (RsgenAlgorithm, add_model_parameters, check_tif, given, guarded, load_as_generated,
-                     model_ids, model_values, report, run_engine, sampler_names)  # noqa: F401  (re-exported)
+                     model_ids, model_values, report, run_engine, sampler_names, tr)  # noqa: F401  (re-exported)
 
 EXTENT, TARGET_CRS, GSD, WIDTH, HEIGHT = "EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT"
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, OUTPUT = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER", "OUTPUT"
@@ -32,7 +32,7 @@ class GenerateAlgorithm(RsgenAlgorithm):
         return "generate"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Generate satellite image"
+        return tr("Generate satellite image")
 
     def tags(self) -> List[str]:
         return ["satellite", "synthetic", "diffusion", "generate", "image", "onnx", "raster", "remote sensing"]
@@ -57,26 +57,28 @@ class GenerateAlgorithm(RsgenAlgorithm):
         self.add_area_parameters()
         add_model_parameters(self)
         self.addParameter(QgsProcessingParameterBoolean(
-            LARGE_AREA, "Large area (no pixel budget; world-anchored blocks written to disk as they are done)",
+            LARGE_AREA, tr("Large area (no pixel budget; world-anchored blocks written to disk as they are done)"),
             False, optional=True))
-        cascade = QgsProcessingParameterNumber(CASCADE, "Coarse-to-fine factor (0 = off; e.g. 4)",
+        cascade = QgsProcessingParameterNumber(CASCADE, tr("Coarse-to-fine factor (0 = off; e.g. 4)"),
                                                QgsProcessingParameterNumber.Type.Integer, 0, True, 0, 16)
         cascade.setFlags(cascade.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(cascade)
-        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "Generated image"))
+        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, tr("Generated image")))
         self.addOutput(QgsProcessingOutputString("PROVIDER", "ONNX Runtime execution provider that ran"))
         self.addOutput(QgsProcessingOutputNumber("GSD_METRES", "Ground sample distance in metres"))
 
     def add_area_parameters(self) -> None:
         """Extent, output CRS, and GSD or width + height: the request's grid."""
-        self.addParameter(QgsProcessingParameterExtent(EXTENT, "Extent"))
+        self.addParameter(QgsProcessingParameterExtent(EXTENT, tr("Extent")))
         self.addParameter(QgsProcessingParameterCrs(
-            TARGET_CRS, "Output CRS (default: the extent's CRS, else the project CRS)", optional=True))
+            TARGET_CRS, tr("Output CRS (default: the extent's CRS, else the project CRS)"), optional=True))
         Num = QgsProcessingParameterNumber
-        self.addParameter(Num(GSD, "Pixel size (GSD) in the output CRS's units [or give width and height]",
+        self.addParameter(Num(GSD, tr("Pixel size (GSD) in the output CRS's units [or give width and height]"),
                               Num.Type.Double, None, True, 0.0))
-        self.addParameter(Num(WIDTH, "Width in pixels (with height, instead of GSD)", Num.Type.Integer, None, True, 1))
-        self.addParameter(Num(HEIGHT, "Height in pixels (with width, instead of GSD)", Num.Type.Integer, None, True, 1))
+        self.addParameter(Num(WIDTH, tr("Width in pixels (with height, instead of GSD)"), Num.Type.Integer, None,
+                              True, 1))
+        self.addParameter(Num(HEIGHT, tr("Height in pixels (with width, instead of GSD)"), Num.Type.Integer, None,
+                              True, 1))
 
     def checkParameterValues(self, parameters: Dict[str, Any],  # noqa: N802
                              context: QgsProcessingContext) -> Tuple[bool, str]:

@@ -20,7 +20,7 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingConte
 from ..core.conditions import NO_LAYOUT
 from ..core.georef import Grid, grid_for_request
 from ..core.request import Conditions, GenerationRequest
-from .common import check_tif, given, guarded
+from .common import check_tif, given, guarded, tr
 from .generate import OUTPUT, GenerateAlgorithm
 
 LAYERS, RULES, BOXES, BOX_FIELD, BOX_SIZE = "LAYERS", "RULES", "BOXES", "BOX_FIELD", "BOX_SIZE"
@@ -31,11 +31,11 @@ RULES_HELP = ("Rules file: JSON, a list of rules {\"class\", \"field\", \"values
 
 def add_layout_parameters(alg: QgsProcessingAlgorithm, boxes: bool = True) -> None:
     alg.addParameter(QgsProcessingParameterMultipleLayers(
-        LAYERS, "Vector layers for the layout (roads, buildings, land use, water…)",
+        LAYERS, tr("Vector layers for the layout (roads, buildings, land use, water…)"),
         QgsProcessing.SourceType.TypeVectorAnyGeometry,
         optional=True))
     alg.addParameter(QgsProcessingParameterFile(
-        RULES, "Layout rules file (JSON; default: the OSM rules)", QgsProcessingParameterFile.Behavior.File, "json",
+        RULES, tr("Layout rules file (JSON; default: the OSM rules)"), QgsProcessingParameterFile.Behavior.File, "json",
         optional=True, fileFilter="JSON (*.json)"))
     if boxes:
         add_box_parameters(alg, optional=True)
@@ -43,13 +43,13 @@ def add_layout_parameters(alg: QgsProcessingAlgorithm, boxes: bool = True) -> No
 
 def add_box_parameters(alg: QgsProcessingAlgorithm, optional: bool) -> None:
     alg.addParameter(QgsProcessingParameterVectorLayer(
-        BOXES, "Object boxes: point or polygon layer",
+        BOXES, tr("Object boxes: point or polygon layer"),
         [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon],
         optional=optional))
-    alg.addParameter(QgsProcessingParameterField(BOX_FIELD, "Category field of the boxes layer", None, BOXES,
+    alg.addParameter(QgsProcessingParameterField(BOX_FIELD, tr("Category field of the boxes layer"), None, BOXES,
                                                  optional=optional))
     Num = QgsProcessingParameterNumber
-    alg.addParameter(Num(BOX_SIZE, "Box size in metres for points without width_m/length_m fields", Num.Type.Double,
+    alg.addParameter(Num(BOX_SIZE, tr("Box size in metres for points without width_m/length_m fields"), Num.Type.Double,
                          None, True, 0.0))
 
 
@@ -108,7 +108,7 @@ class LayoutGenerateAlgorithm(GenerateAlgorithm):
         return "generatelayout"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Generate from vector layers (layout)"
+        return tr("Generate from vector layers (layout)")
 
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Generates a synthetic satellite image whose layout follows your vector layers: each layer is "
@@ -167,7 +167,7 @@ class PreviewLayoutAlgorithm(GenerateAlgorithm):
         return "previewlayout"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Preview layout"
+        return tr("Preview layout")
 
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Writes the layout class raster that 'Generate from vector layers' would give the model, as a "
@@ -177,7 +177,7 @@ class PreviewLayoutAlgorithm(GenerateAlgorithm):
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         self.add_area_parameters()
         add_layout_parameters(self)
-        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "Layout classes"))
+        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, tr("Layout classes")))
         self.addOutput(QgsProcessingOutputString("LAYOUT_SUMMARY", "What the layout holds"))
 
     def checkParameterValues(self, parameters: Dict[str, Any],  # noqa: N802

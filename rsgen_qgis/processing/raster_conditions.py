@@ -16,7 +16,7 @@ from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingFeedbac
 
 from ..core.request import Conditions
 from .common import (RsgenAlgorithm, add_model_parameters, check_tif, guarded, load_as_generated, model_values, report,
-                     result_name, run_engine)
+                     result_name, run_engine, tr)
 
 INPUT, MASK, SELECTED_ONLY, STRENGTH, OUTPUT = "INPUT", "MASK", "SELECTED_ONLY", "STRENGTH", "OUTPUT"
 GUIDE_CONSISTENCY, GROW_M = "GUIDE_CONSISTENCY", "GROW_M"
@@ -28,7 +28,7 @@ class _RasterConditionAlgorithm(RsgenAlgorithm):
     label = ""  # prefix of the loaded layer's name
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(INPUT, "Raster layer"))
+        self.addParameter(QgsProcessingParameterRasterLayer(INPUT, tr("Raster layer")))
         self.add_extra_parameters()
         add_model_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, self.output_label()))
@@ -75,7 +75,7 @@ class InpaintAlgorithm(_RasterConditionAlgorithm):
         return "inpaint"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Inpaint raster"
+        return tr("Inpaint raster")
 
     def tags(self):
         return ["inpainting", "mask", "fill", "remove", "synthetic", "diffusion"]
@@ -90,10 +90,10 @@ class InpaintAlgorithm(_RasterConditionAlgorithm):
                 "16-bit, float and single-band rasters are converted to 8-bit RGB first (logged).")
 
     def add_extra_parameters(self) -> None:
-        self.addParameter(QgsProcessingParameterVectorLayer(MASK, "Mask: polygons to regenerate",
+        self.addParameter(QgsProcessingParameterVectorLayer(MASK, tr("Mask: polygons to regenerate"),
                                                             [QgsProcessing.SourceType.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterBoolean(SELECTED_ONLY, "Selected features only", False))
-        grow = QgsProcessingParameterNumber(GROW_M, "Grow the mask by (metres on the ground)",
+        self.addParameter(QgsProcessingParameterBoolean(SELECTED_ONLY, tr("Selected features only"), False))
+        grow = QgsProcessingParameterNumber(GROW_M, tr("Grow the mask by (metres on the ground)"),
                                             QgsProcessingParameterNumber.Type.Double, 0.0, True, 0.0, 1000.0)
         grow.setHelp("Regenerate this far around the polygons too: the shadows and edges of what is removed go "
                      "with it, and a border on open ground blends best (a few metres for buildings).")
@@ -135,7 +135,7 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
         return "superresolve"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Super-resolve raster (4x)"
+        return tr("Super-resolve raster (4x)")
 
     def tags(self):
         return ["super-resolution", "upscale", "sharpen", "synthetic", "diffusion"]
@@ -151,8 +151,8 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
     def add_extra_parameters(self) -> None:
         from qgis.core import QgsProcessingParameterDefinition
 
-        p = QgsProcessingParameterNumber(GUIDE_CONSISTENCY, "Guide consistency (1 = keep the raster exactly, "
-                                         "0 = a hint only)", QgsProcessingParameterNumber.Type.Double,
+        p = QgsProcessingParameterNumber(GUIDE_CONSISTENCY, tr("Guide consistency (1 = keep the raster exactly, "
+                                         "0 = a hint only)"), QgsProcessingParameterNumber.Type.Double,
                                          1.0, False, 0.0, 1.0)
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(p)
@@ -179,7 +179,7 @@ class VariationAlgorithm(_RasterConditionAlgorithm):
         return "variation"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Variation of a raster"
+        return tr("Variation of a raster")
 
     def tags(self):
         return ["variation", "sdedit", "more like this", "synthetic", "diffusion"]
@@ -190,7 +190,7 @@ class VariationAlgorithm(_RasterConditionAlgorithm):
 
     def add_extra_parameters(self) -> None:
         Num = QgsProcessingParameterNumber
-        self.addParameter(Num(STRENGTH, "Strength (0.05 = nearly the same, 1 = ignore the raster)", Num.Type.Double,
+        self.addParameter(Num(STRENGTH, tr("Strength (0.05 = nearly the same, 1 = ignore the raster)"), Num.Type.Double,
                               0.5, False, 0.05, 1.0))
 
     def output_label(self) -> str:

@@ -16,7 +16,8 @@ from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessi
 
 from .. import settings
 from ..gis.layers import layer_name
-from .common import RsgenAlgorithm, check_tif, given, guarded, load_as_generated, report, run_engine
+from .common import (RsgenAlgorithm, check_tif, given, guarded, load_as_generated, report, run_engine,
+                     tr)
 
 SOURCE, SEED, PROMPT, STEPS, OUTPUT = "SOURCE", "SEED", "PROMPT", "STEPS", "OUTPUT"
 
@@ -26,7 +27,7 @@ class RegenerateAlgorithm(RsgenAlgorithm):
         return "regenerate"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Generate again from an image's settings"
+        return tr("Generate again from an image's settings")
 
     def tags(self) -> List[str]:
         return ["satellite", "synthetic", "variant", "seed", "reproduce", "regenerate", "again"]
@@ -41,13 +42,14 @@ class RegenerateAlgorithm(RsgenAlgorithm):
                 "same layers. A warning says when the installed model is not the one the image was made with.")
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(SOURCE, "Generated image to take the settings from"))
+        self.addParameter(QgsProcessingParameterRasterLayer(SOURCE, tr("Generated image to take the settings from")))
         Num = QgsProcessingParameterNumber
-        self.addParameter(Num(SEED, "Seed (empty: the image's own)", Num.Type.Integer, None, True, 0))
-        self.addParameter(QgsProcessingParameterString(PROMPT, "Prompt (empty: the image's own)", None,
+        self.addParameter(Num(SEED, tr("Seed (empty: the image's own)"), Num.Type.Integer, None, True, 0))
+        self.addParameter(QgsProcessingParameterString(PROMPT, tr("Prompt (empty: the image's own)"), None,
                                                        multiLine=True, optional=True))
-        self.addParameter(Num(STEPS, "Sampling steps (empty: the image's own)", Num.Type.Integer, None, True, 1, 1000))
-        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, "New image"))
+        self.addParameter(Num(STEPS, tr("Sampling steps (empty: the image's own)"), Num.Type.Integer, None, True, 1,
+                              1000))
+        self.addParameter(QgsProcessingParameterRasterDestination(OUTPUT, tr("New image")))
         self.addOutput(QgsProcessingOutputString("PROVIDER", "ONNX Runtime execution provider that ran"))
 
     @guarded
