@@ -152,6 +152,34 @@ def test_extent_from_layer_in_another_crs(make_dock, canvas):
     assert dock.grid is not None and "EPSG:32734" in dock.crs_label.text()
 
 
+def test_extent_of_the_selected_features(make_dock, canvas):
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32734", "parcels", "memory")
+    feats = []
+    for rect in (QgsRectangle(453000, 6233600, 453400, 6234000), QgsRectangle(454000, 6234800, 454600, 6235200)):
+        f = QgsFeature()
+        f.setGeometry(QgsGeometry.fromRect(rect))
+        feats.append(f)
+    layer.dataProvider().addFeatures(feats)
+    layer.updateExtents()
+    QgsProject.instance().addMapLayer(layer)
+    dock = make_dock()
+    dock.source_combo.setCurrentIndex(dock.source_combo.findData("layer"))
+    dock.layer_combo.setLayer(layer)
+    assert dock.selected_check.isEnabled()
+    dock.update_size()
+    assert dock.current_extent().bounds == pytest.approx((453000, 6233600, 454600, 6235200))  # the whole layer
+    dock.selected_check.setChecked(True)
+    with pytest.raises(Exception, match="no selected features"):
+        dock.current_extent()
+    first = sorted(layer.allFeatureIds())[0]
+    layer.selectByIds([first])
+    dock.update_size()
+    assert dock.current_extent().bounds == pytest.approx((453000, 6233600, 453400, 6234000))
+    assert dock.grid is not None and (dock.grid.width, dock.grid.height) == (100, 100)  # 400 m at 4 m
+    dock.source_combo.setCurrentIndex(dock.source_combo.findData("canvas"))
+    assert not dock.selected_check.isEnabled()
+
+
 def test_drawn_rectangle(make_dock, canvas, qtbot):
     dock = make_dock()
     dock.gsd_spin.setValue(50.0)

@@ -196,6 +196,10 @@
       <translation>Layer</translation>
     </message>
     <message>
+      <source>The extent of the layer's selected features instead of the whole layer (vector layers)</source>
+      <translation>Die Ausdehnung der gewählten Objekte des Layers statt des ganzen Layers (Vektorlayer)</translation>
+    </message>
+    <message>
       <source>CRS</source>
       <translation>KBS</translation>
     </message>

@@ -196,6 +196,10 @@
       <translation>Capa</translation>
     </message>
     <message>
+      <source>The extent of the layer's selected features instead of the whole layer (vector layers)</source>
+      <translation>La extensión de los objetos seleccionados de la capa en lugar de toda la capa (capas vectoriales)</translation>
+    </message>
+    <message>
       <source>CRS</source>
       <translation>SRC</translation>
     </message>

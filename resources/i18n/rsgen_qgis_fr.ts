@@ -196,6 +196,10 @@
       <translation>Couche</translation>
     </message>
     <message>
+      <source>The extent of the layer's selected features instead of the whole layer (vector layers)</source>
+      <translation>L'emprise des entités sélectionnées de la couche au lieu de toute la couche (couches vecteur)</translation>
+    </message>
+    <message>
       <source>CRS</source>
       <translation>SCR</translation>
     </message>

@@ -196,6 +196,10 @@
       <translation>Camada</translation>
     </message>
     <message>
+      <source>The extent of the layer's selected features instead of the whole layer (vector layers)</source>
+      <translation>A extensão das feições selecionadas da camada em vez da camada inteira (camadas vetoriais)</translation>
+    </message>
+    <message>
       <source>CRS</source>
       <translation>SRC</translation>
     </message>

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsGeometry,
-                       QgsMapLayer, QgsPointXY, QgsProject, QgsRectangle, QgsUnitTypes, QgsWkbTypes)
+                       QgsMapLayer, QgsPointXY, QgsProject, QgsRectangle, QgsUnitTypes, QgsVectorLayer, QgsWkbTypes)
 from qgis.gui import QgsMapCanvas, QgsMapTool, QgsRubberBand
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor
@@ -91,11 +91,18 @@ def extent_in(bounds: Tuple[float, float, float, float], crs: QgsCoordinateRefer
 
 
 def layer_extent(layer: Optional[QgsMapLayer], dest_crs: QgsCoordinateReferenceSystem,
-                 project: Optional[QgsProject] = None) -> Extent:
-    """A layer's full extent reprojected into dest_crs (the map CRS, so output and map agree)."""
+                 project: Optional[QgsProject] = None, selected_only: bool = False) -> Extent:
+    """A layer's full extent, or the bounding box of its selected features, reprojected into dest_crs (the map
+    CRS, so output and map agree)."""
     if layer is None or not layer.isValid():
         raise ExtentError("Choose a valid layer to take the extent from.")
-    rect = QgsRectangle(layer.extent())
+    if selected_only and isinstance(layer, QgsVectorLayer):
+        if layer.selectedFeatureCount() == 0:
+            raise ExtentError(f"Layer {layer.name()!r} has no selected features: select some on the map, or "
+                              "untick Selected features only.")
+        rect = QgsRectangle(layer.boundingBoxOfSelected())
+    else:
+        rect = QgsRectangle(layer.extent())
     if layer.crs().isValid() and dest_crs.isValid() and layer.crs() != dest_crs:
         xform = QgsCoordinateTransform(layer.crs(), dest_crs, project or QgsProject.instance())
         try:

@@ -10,7 +10,7 @@ import os
 import random
 from typing import List, Optional
 
-from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils
+from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils, QgsVectorLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer, QUrl
@@ -65,6 +65,7 @@ class GenerationDock(QgsDockWidget):
         self.size_mode = "gsd"  # which of gsd / width / height the user set last: kept when the extent changes
         self._units: Optional[str] = None
         self._previous_tool = None  # the map tool to give back after drawing a rectangle
+        self._watched = None  # the vector layer whose selection the extent follows
         self.tool = RectangleMapTool(self.canvas)
         self.tool.rectangleDrawn.connect(self._on_drawn)
         self.tool.deactivated.connect(lambda: self.draw_btn.setChecked(False))
@@ -95,6 +96,10 @@ class GenerationDock(QgsDockWidget):
         self.layer_combo = narrow(QgsMapLayerComboBox())
         self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.HasGeometry | QgsMapLayerProxyModel.Filter.RasterLayer)
         af.addRow(tr("Layer"), self.layer_combo)
+        self.selected_check = QCheckBox(tr("Selected features only"))
+        self.selected_check.setToolTip(tr("The extent of the layer's selected features instead of the whole layer "
+                                          "(vector layers)"))
+        af.addRow("", self.selected_check)
         self.crs_label = wrap_label()
         af.addRow(tr("CRS"), self.crs_label)
         self.gsd_spin = dspin(1e-9, 1e7, 4.0, 3, 1.0)
@@ -198,7 +203,9 @@ class GenerationDock(QgsDockWidget):
 
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
         self.draw_btn.toggled.connect(self._on_draw_toggled)
-        self.layer_combo.layerChanged.connect(self._schedule)
+        self.layer_combo.layerChanged.connect(self._watch_selection)
+        self.selected_check.toggled.connect(lambda _: self._schedule())
+        self._watch_selection(self.layer_combo.currentLayer())
         self.gsd_spin.valueChanged.connect(lambda _: self._edited("gsd"))
         self.width_spin.valueChanged.connect(lambda _: self._edited("width"))
         self.height_spin.valueChanged.connect(lambda _: self._edited("height"))
@@ -230,7 +237,8 @@ class GenerationDock(QgsDockWidget):
         source = self.source_combo.currentData()
         crs = self.canvas.mapSettings().destinationCrs()
         if source == "layer":
-            return layer_extent(self.layer_combo.currentLayer(), crs)
+            return layer_extent(self.layer_combo.currentLayer(), crs,
+                                selected_only=self.selected_check.isChecked() and self.selected_check.isEnabled())
         if source == "drawn":
             if self.drawn_rect is None:
                 raise ExtentError(tr("Draw a rectangle on the map first (rectangle button next to Extent)."))
@@ -284,7 +292,27 @@ class GenerationDock(QgsDockWidget):
     def _source_changed_ui(self) -> None:
         source = self.source_combo.currentData()
         self.layer_combo.setEnabled(source == "layer")
+        vector = isinstance(self.layer_combo.currentLayer(), QgsVectorLayer)
+        self.selected_check.setEnabled(source == "layer" and vector)
         self.tool.show_rectangle(self.drawn_rect if source == "drawn" else None)
+
+    def _watch_selection(self, layer=None) -> None:
+        """Follow the chosen layer's selection, so the size shown is that of the selected features' extent."""
+        old = self._watched
+        if old is not None and not sip.isdeleted(old):
+            try:
+                old.selectionChanged.disconnect(self._on_selection_changed)
+            except TypeError:
+                pass
+        self._watched = layer if isinstance(layer, QgsVectorLayer) else None
+        if self._watched is not None:
+            self._watched.selectionChanged.connect(self._on_selection_changed)
+        self._source_changed_ui()
+        self._schedule()
+
+    def _on_selection_changed(self, *_) -> None:
+        if self.selected_check.isChecked():
+            self._schedule()
 
     def _on_draw_toggled(self, on: bool) -> None:
         if on:
@@ -610,6 +638,7 @@ class GenerationDock(QgsDockWidget):
 
     def cleanup(self) -> None:
         """Called by the plugin's unload(): disconnect from the canvas, drop the map tool, stop the task."""
+        self._watch_selection(None)  # no connection left on a layer that outlives the plugin
         self._timer.stop()
         self.conditions.cleanup()
         for signal, slot in ((self.canvas.extentsChanged, self._schedule),
