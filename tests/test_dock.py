@@ -406,10 +406,10 @@ def test_install_a_model_zip_from_the_dock(make_dock, tiny_model_dir, qgis_iface
     qgis_iface.messageBar().clear_messages()
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"not a zip")
-    assert not dock.install_model_zip(str(bad))
+    assert not dock.models_menu.install_zip(str(bad))
     assert "not a readable zip" in " ".join(qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical))
     assert dock.model_combo.findData("rsgen-tiny") < 0
-    assert dock.install_model_zip(zips[0])
+    assert dock.models_menu.install_zip(zips[0])
     assert dock.model_combo.currentData() == "rsgen-tiny"
     assert settings.settings_model_dirs() == [str(profile / "rsgen_models")]
     assert (profile / "rsgen_models" / "rsgen-tiny" / "manifest.json").is_file()
@@ -435,7 +435,7 @@ def test_without_any_model_the_dock_says_how_to_get_one(make_dock, monkeypatch, 
     assert dock.model_combo.count() == 0 and not dock.generate_btn.isEnabled()
     assert dock.model_hint.isVisible()
     assert "Install a Model Package from a Zip" in dock.model_hint.text()
-    assert dock.install_model_zip(package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)[0])
+    assert dock.models_menu.install_zip(package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)[0])
     assert not dock.model_hint.isVisible() and dock.model_combo.currentData() == "rsgen-tiny"
 
 
@@ -508,15 +508,15 @@ def test_cancel_drops_the_variants_not_started(tiny_dock, qtbot, tmp_path):
 
 def test_model_card_from_the_model_menu(make_dock, real_model, tiny_model_dir, monkeypatch):
     """The model … menu opens the chosen package's card (what it can and cannot do); off for a package without."""
-    from rsgen_qgis.gui import dock as dock_mod
+    from rsgen_qgis.gui import models_menu
 
     opened = []
-    monkeypatch.setattr(dock_mod.QDesktopServices, "openUrl", staticmethod(lambda url: opened.append(url)))
+    monkeypatch.setattr(models_menu.QDesktopServices, "openUrl", staticmethod(lambda url: opened.append(url)))
     monkeypatch.setenv(settings.ENV_MODEL_DIRS, tiny_model_dir)
     dock = make_dock()
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-base"))
-    assert dock.model_card_action.isEnabled()
-    dock.model_card_action.trigger()
+    assert dock.models_menu.model_card_action.isEnabled()
+    dock.models_menu.model_card_action.trigger()
     assert [u.toLocalFile() for u in opened] == [os.path.join(real_model, "MODEL_CARD.md")]
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
-    assert dock.model_card() is None and not dock.model_card_action.isEnabled()
+    assert dock.models_menu.model_card() is None and not dock.models_menu.model_card_action.isEnabled()

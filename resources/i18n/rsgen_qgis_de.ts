@@ -240,18 +240,6 @@
       <translation>Einen Ordner mit Modellpaketen hinzufügen oder ein Modellpaket als Zip-Datei installieren</translation>
     </message>
     <message>
-      <source>Add a Folder with Model Packages…</source>
-      <translation>Ordner mit Modellpaketen hinzufügen…</translation>
-    </message>
-    <message>
-      <source>Install a Model Package from a Zip…</source>
-      <translation>Modellpaket aus einer Zip-Datei installieren…</translation>
-    </message>
-    <message>
-      <source>Model Card (what this model can and cannot do)</source>
-      <translation>Modellkarte (was dieses Modell kann und nicht kann)</translation>
-    </message>
-    <message>
       <source>Model</source>
       <translation>Modell</translation>
     </message>
@@ -348,22 +336,6 @@
       <translation>Das Bedienfeld hat keine Einstellung für {what}; die Kommandozeile behält sie bei (python -m rsgen_qgis regenerate).</translation>
     </message>
     <message>
-      <source>Folder with model packages</source>
-      <translation>Ordner mit Modellpaketen</translation>
-    </message>
-    <message>
-      <source>Model package zip (such as rsgen-base.zip)</source>
-      <translation>Modellpaket als Zip-Datei (etwa rsgen-base.zip)</translation>
-    </message>
-    <message>
-      <source>Zip files (*.zip)</source>
-      <translation>Zip-Dateien (*.zip)</translation>
-    </message>
-    <message>
-      <source>Installed model {name} in {path}.</source>
-      <translation>Modell {name} in {path} installiert.</translation>
-    </message>
-    <message>
       <source>No model to generate with: install one (… &gt; Install a Model Package from a Zip) or add a folder with model packages.</source>
       <translation>Kein Modell zum Erzeugen: eines installieren (… &gt; Modellpaket aus einer Zip-Datei installieren) oder einen Ordner mit Modellpaketen hinzufügen.</translation>
     </message>
@@ -406,6 +378,34 @@
     <message>
       <source>Starting…</source>
       <translation>Wird gestartet…</translation>
+    </message>
+    <message>
+      <source>Add a Folder with Model Packages…</source>
+      <translation>Ordner mit Modellpaketen hinzufügen…</translation>
+    </message>
+    <message>
+      <source>Install a Model Package from a Zip…</source>
+      <translation>Modellpaket aus einer Zip-Datei installieren…</translation>
+    </message>
+    <message>
+      <source>Model Card (what this model can and cannot do)</source>
+      <translation>Modellkarte (was dieses Modell kann und nicht kann)</translation>
+    </message>
+    <message>
+      <source>Folder with model packages</source>
+      <translation>Ordner mit Modellpaketen</translation>
+    </message>
+    <message>
+      <source>Model package zip (such as rsgen-base.zip)</source>
+      <translation>Modellpaket als Zip-Datei (etwa rsgen-base.zip)</translation>
+    </message>
+    <message>
+      <source>Zip files (*.zip)</source>
+      <translation>Zip-Dateien (*.zip)</translation>
+    </message>
+    <message>
+      <source>Installed model {name} in {path}.</source>
+      <translation>Modell {name} in {path} installiert.</translation>
     </message>
     <message>
       <source>Model id or package folder</source>

@@ -240,18 +240,6 @@
       <translation>Añadir una carpeta con paquetes de modelos, o instalar un paquete de modelo en zip</translation>
     </message>
     <message>
-      <source>Add a Folder with Model Packages…</source>
-      <translation>Añadir una carpeta con paquetes de modelos…</translation>
-    </message>
-    <message>
-      <source>Install a Model Package from a Zip…</source>
-      <translation>Instalar un paquete de modelo desde un zip…</translation>
-    </message>
-    <message>
-      <source>Model Card (what this model can and cannot do)</source>
-      <translation>Ficha del modelo (lo que puede y no puede hacer)</translation>
-    </message>
-    <message>
       <source>Model</source>
       <translation>Modelo</translation>
     </message>
@@ -348,22 +336,6 @@
       <translation>El panel no tiene ajuste para su {what}; la línea de comandos los conserva (python -m rsgen_qgis regenerate).</translation>
     </message>
     <message>
-      <source>Folder with model packages</source>
-      <translation>Carpeta con paquetes de modelos</translation>
-    </message>
-    <message>
-      <source>Model package zip (such as rsgen-base.zip)</source>
-      <translation>Paquete de modelo en zip (como rsgen-base.zip)</translation>
-    </message>
-    <message>
-      <source>Zip files (*.zip)</source>
-      <translation>Archivos zip (*.zip)</translation>
-    </message>
-    <message>
-      <source>Installed model {name} in {path}.</source>
-      <translation>Modelo {name} instalado en {path}.</translation>
-    </message>
-    <message>
       <source>No model to generate with: install one (… &gt; Install a Model Package from a Zip) or add a folder with model packages.</source>
       <translation>No hay modelo con el que generar: instale uno (… &gt; Instalar un paquete de modelo desde un zip) o añada una carpeta con paquetes de modelos.</translation>
     </message>
@@ -406,6 +378,34 @@
     <message>
       <source>Starting…</source>
       <translation>Iniciando…</translation>
+    </message>
+    <message>
+      <source>Add a Folder with Model Packages…</source>
+      <translation>Añadir una carpeta con paquetes de modelos…</translation>
+    </message>
+    <message>
+      <source>Install a Model Package from a Zip…</source>
+      <translation>Instalar un paquete de modelo desde un zip…</translation>
+    </message>
+    <message>
+      <source>Model Card (what this model can and cannot do)</source>
+      <translation>Ficha del modelo (lo que puede y no puede hacer)</translation>
+    </message>
+    <message>
+      <source>Folder with model packages</source>
+      <translation>Carpeta con paquetes de modelos</translation>
+    </message>
+    <message>
+      <source>Model package zip (such as rsgen-base.zip)</source>
+      <translation>Paquete de modelo en zip (como rsgen-base.zip)</translation>
+    </message>
+    <message>
+      <source>Zip files (*.zip)</source>
+      <translation>Archivos zip (*.zip)</translation>
+    </message>
+    <message>
+      <source>Installed model {name} in {path}.</source>
+      <translation>Modelo {name} instalado en {path}.</translation>
     </message>
     <message>
       <source>Model id or package folder</source>

@@ -240,18 +240,6 @@
       <translation>Ajouter un dossier de paquets de modèles, ou installer un paquet de modèle zippé</translation>
     </message>
     <message>
-      <source>Add a Folder with Model Packages…</source>
-      <translation>Ajouter un dossier de paquets de modèles…</translation>
-    </message>
-    <message>
-      <source>Install a Model Package from a Zip…</source>
-      <translation>Installer un paquet de modèle depuis un zip…</translation>
-    </message>
-    <message>
-      <source>Model Card (what this model can and cannot do)</source>
-      <translation>Fiche du modèle (ce qu'il sait faire et ne sait pas faire)</translation>
-    </message>
-    <message>
       <source>Model</source>
       <translation>Modèle</translation>
     </message>
@@ -348,22 +336,6 @@
       <translation>Le panneau n'a pas de réglage pour ses {what} ; la ligne de commande les conserve (python -m rsgen_qgis regenerate).</translation>
     </message>
     <message>
-      <source>Folder with model packages</source>
-      <translation>Dossier de paquets de modèles</translation>
-    </message>
-    <message>
-      <source>Model package zip (such as rsgen-base.zip)</source>
-      <translation>Paquet de modèle zippé (comme rsgen-base.zip)</translation>
-    </message>
-    <message>
-      <source>Zip files (*.zip)</source>
-      <translation>Fichiers zip (*.zip)</translation>
-    </message>
-    <message>
-      <source>Installed model {name} in {path}.</source>
-      <translation>Modèle {name} installé dans {path}.</translation>
-    </message>
-    <message>
       <source>No model to generate with: install one (… &gt; Install a Model Package from a Zip) or add a folder with model packages.</source>
       <translation>Aucun modèle pour générer : installez-en un (… &gt; Installer un paquet de modèle depuis un zip) ou ajoutez un dossier de paquets de modèles.</translation>
     </message>
@@ -406,6 +378,34 @@
     <message>
       <source>Starting…</source>
       <translation>Démarrage…</translation>
+    </message>
+    <message>
+      <source>Add a Folder with Model Packages…</source>
+      <translation>Ajouter un dossier de paquets de modèles…</translation>
+    </message>
+    <message>
+      <source>Install a Model Package from a Zip…</source>
+      <translation>Installer un paquet de modèle depuis un zip…</translation>
+    </message>
+    <message>
+      <source>Model Card (what this model can and cannot do)</source>
+      <translation>Fiche du modèle (ce qu'il sait faire et ne sait pas faire)</translation>
+    </message>
+    <message>
+      <source>Folder with model packages</source>
+      <translation>Dossier de paquets de modèles</translation>
+    </message>
+    <message>
+      <source>Model package zip (such as rsgen-base.zip)</source>
+      <translation>Paquet de modèle zippé (comme rsgen-base.zip)</translation>
+    </message>
+    <message>
+      <source>Zip files (*.zip)</source>
+      <translation>Fichiers zip (*.zip)</translation>
+    </message>
+    <message>
+      <source>Installed model {name} in {path}.</source>
+      <translation>Modèle {name} installé dans {path}.</translation>
     </message>
     <message>
       <source>Model id or package folder</source>

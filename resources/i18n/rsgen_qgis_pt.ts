@@ -240,18 +240,6 @@
       <translation>Adicionar uma pasta com pacotes de modelos, ou instalar um pacote de modelo em zip</translation>
     </message>
     <message>
-      <source>Add a Folder with Model Packages…</source>
-      <translation>Adicionar uma pasta com pacotes de modelos…</translation>
-    </message>
-    <message>
-      <source>Install a Model Package from a Zip…</source>
-      <translation>Instalar um pacote de modelo de um zip…</translation>
-    </message>
-    <message>
-      <source>Model Card (what this model can and cannot do)</source>
-      <translation>Ficha do modelo (o que ele pode e não pode fazer)</translation>
-    </message>
-    <message>
       <source>Model</source>
       <translation>Modelo</translation>
     </message>
@@ -348,22 +336,6 @@
       <translation>O painel não tem controle para {what}; a linha de comando os mantém (python -m rsgen_qgis regenerate).</translation>
     </message>
     <message>
-      <source>Folder with model packages</source>
-      <translation>Pasta com pacotes de modelos</translation>
-    </message>
-    <message>
-      <source>Model package zip (such as rsgen-base.zip)</source>
-      <translation>Pacote de modelo em zip (como rsgen-base.zip)</translation>
-    </message>
-    <message>
-      <source>Zip files (*.zip)</source>
-      <translation>Arquivos zip (*.zip)</translation>
-    </message>
-    <message>
-      <source>Installed model {name} in {path}.</source>
-      <translation>Modelo {name} instalado em {path}.</translation>
-    </message>
-    <message>
       <source>No model to generate with: install one (… &gt; Install a Model Package from a Zip) or add a folder with model packages.</source>
       <translation>Nenhum modelo para gerar: instale um (… &gt; Instalar um pacote de modelo de um zip) ou adicione uma pasta com pacotes de modelos.</translation>
     </message>
@@ -406,6 +378,34 @@
     <message>
       <source>Starting…</source>
       <translation>Iniciando…</translation>
+    </message>
+    <message>
+      <source>Add a Folder with Model Packages…</source>
+      <translation>Adicionar uma pasta com pacotes de modelos…</translation>
+    </message>
+    <message>
+      <source>Install a Model Package from a Zip…</source>
+      <translation>Instalar um pacote de modelo de um zip…</translation>
+    </message>
+    <message>
+      <source>Model Card (what this model can and cannot do)</source>
+      <translation>Ficha do modelo (o que ele pode e não pode fazer)</translation>
+    </message>
+    <message>
+      <source>Folder with model packages</source>
+      <translation>Pasta com pacotes de modelos</translation>
+    </message>
+    <message>
+      <source>Model package zip (such as rsgen-base.zip)</source>
+      <translation>Pacote de modelo em zip (como rsgen-base.zip)</translation>
+    </message>
+    <message>
+      <source>Zip files (*.zip)</source>
+      <translation>Arquivos zip (*.zip)</translation>
+    </message>
+    <message>
+      <source>Installed model {name} in {path}.</source>
+      <translation>Modelo {name} instalado em {path}.</translation>
     </message>
     <message>
       <source>Model id or package folder</source>

@@ -13,11 +13,9 @@ from typing import List, Optional
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils, QgsVectorLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import Qt, QTimer, QUrl
-from qgis.PyQt.QtGui import QDesktopServices
-from qgis.PyQt.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel,
-                                 QMenu, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QToolButton,
-                                 QVBoxLayout, QWidget)
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QGroupBox, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
+                                 QScrollArea, QToolButton, QVBoxLayout, QWidget)
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, OutputError, RsgenError
@@ -29,6 +27,7 @@ from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text
 from ..gis.layers import layers_using_file
 from ..gis.task import GenerationTask
 from .conditions import ConditionsPanel
+from .models_menu import ModelMenu
 from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, form, guidance_limits, metres, model_choices, narrow,
                precision_labels, provider_text, row, sampler_hints, sampler_labels, set_quiet, spin, tr, wrap_label)
 
@@ -126,12 +125,10 @@ class GenerationDock(QgsDockWidget):
         self.add_models_btn.setText("…")
         self.add_models_btn.setToolTip(tr("Add a folder with model packages, or install a model package zip"))
         self.add_models_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
-        models_menu = QMenu(self.add_models_btn)
-        self.add_folder_action = models_menu.addAction(tr("Add a Folder with Model Packages…"))
-        self.install_zip_action = models_menu.addAction(tr("Install a Model Package from a Zip…"))
-        models_menu.addSeparator()
-        self.model_card_action = models_menu.addAction(tr("Model Card (what this model can and cannot do)"))
-        self.add_models_btn.setMenu(models_menu)
+        self.models_menu = ModelMenu(self.add_models_btn,
+                                     lambda: self.model_combo.currentData(Qt.ItemDataRole.ToolTipRole),
+                                     self._models_changed, self._message)
+        self.add_models_btn.setMenu(self.models_menu)
         imf.addRow(tr("Model"), row(self.model_combo, self.add_models_btn, stretch=(1,)))
         self.model_hint = wrap_label()
         self.model_hint.setStyleSheet(ERROR_STYLE)
@@ -211,9 +208,6 @@ class GenerationDock(QgsDockWidget):
         self.height_spin.valueChanged.connect(lambda _: self._edited("height"))
         self.large_check.toggled.connect(lambda _: self.update_size())
         self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
-        self.add_folder_action.triggered.connect(self._add_model_folder)
-        self.install_zip_action.triggered.connect(self._choose_model_zip)
-        self.model_card_action.triggered.connect(self.open_model_card)
         self.model_combo.currentIndexChanged.connect(lambda _: self._on_model_changed())
         self.model_combo.activated.connect(lambda _: self._apply_model_defaults())  # the user's choice only
         self.generate_btn.clicked.connect(self.generate)
@@ -353,7 +347,7 @@ class GenerationDock(QgsDockWidget):
         self.model_hint.setText(hint)
         self.model_hint.setVisible(bool(hint))
         self.model_hint.setToolTip(problems)
-        self.model_card_action.setEnabled(self.model_card() is not None)
+        self.models_menu.update_actions()
         self._update_buttons()
 
     def _on_model_changed(self) -> None:
@@ -361,21 +355,13 @@ class GenerationDock(QgsDockWidget):
         lo, hi, tip = guidance_limits(self._manifests.get(self.model_combo.currentData(), {}))
         self.guidance_spin.setRange(lo, hi)
         self.guidance_spin.setToolTip(tip)
-        self.model_card_action.setEnabled(self.model_card() is not None)
+        self.models_menu.update_actions()
 
-    def model_card(self) -> Optional[str]:
-        """The chosen package's MODEL_CARD.md (or README.md), if it has one."""
-        folder = self.model_combo.currentData(Qt.ItemDataRole.ToolTipRole)  # the package's folder
-        for name in ("MODEL_CARD.md", "README.md"):
-            path = os.path.join(folder, name) if folder else ""
-            if path and os.path.isfile(path):
-                return path
-        return None
-
-    def open_model_card(self) -> None:
-        path = self.model_card()
-        if path:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(path))
+    def _models_changed(self, select: Optional[str]) -> None:
+        """A folder was added or a package installed (the model menu): list again, and select the new model."""
+        self.refresh_models()
+        if select:
+            self.model_combo.setCurrentIndex(self.model_combo.findData(select))
 
     def _apply_model_defaults(self) -> None:
         """A model the user picks brings the steps, guidance and sampler its package was evaluated with
@@ -455,37 +441,6 @@ class GenerationDock(QgsDockWidget):
             notes.append(tr("The panel has no control for its {what}; the command line keeps them (python -m "
                             "rsgen_qgis regenerate).").format(what=", ".join(lacking)))
         return notes
-
-    def _add_model_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, tr("Folder with model packages"))
-        if folder:
-            settings.add_model_dir(folder)
-            self.refresh_models()
-
-    def _choose_model_zip(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, tr("Model package zip (such as rsgen-base.zip)"), "",
-                                              tr("Zip files (*.zip)"))
-        if path:
-            self.install_model_zip(path)
-
-    def install_model_zip(self, path: str) -> bool:
-        """Install (verify, then unpack into the profile's rsgen_models folder) and select the model in `path`."""
-        from ..core.install import install_zip
-
-        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-        try:
-            pkg = install_zip(path, settings.installed_models_dir())
-        except ModelPackageError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Critical)
-            return False
-        finally:
-            QApplication.restoreOverrideCursor()
-        settings.add_model_dir(os.path.dirname(pkg.path))
-        self.refresh_models()
-        self.model_combo.setCurrentIndex(self.model_combo.findData(pkg.id))
-        self._message(tr("Installed model {name} in {path}.").format(name=pkg.name, path=pkg.path),
-                      Qgis.MessageLevel.Success, 8)
-        return True
 
     def show_provider(self, actual: Optional[str] = None, graph: Optional[str] = None) -> None:
         """Which ONNX Runtime execution provider runs: the real one (and the graph) after a run, the first
