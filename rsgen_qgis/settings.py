@@ -112,6 +112,22 @@ def last(name: str) -> Any:
         return default
 
 
+KEY_RECENT_PROMPTS = PREFIX + "recent_prompts"
+RECENT_PROMPTS = 10
+
+
+def recent_prompts() -> List[str]:
+    """The prompts generated with last, newest first."""
+    return _as_list(QgsSettings().value(KEY_RECENT_PROMPTS, []))[:RECENT_PROMPTS]
+
+
+def remember_prompt(prompt: str) -> None:
+    prompt = " ".join(str(prompt or "").split())
+    if prompt:
+        rest = [p for p in recent_prompts() if p != prompt]
+        QgsSettings().setValue(KEY_RECENT_PROMPTS, ([prompt] + rest)[:RECENT_PROMPTS])
+
+
 def set_last(**values: Any) -> None:
     s = QgsSettings()
     for name, value in values.items():

@@ -263,6 +263,7 @@ def test_generate_adds_layer_to_generated_group(tiny_dock, qgis_iface, qtbot, tm
     assert said and not any("temporary file" in m for m in said)  # a file the user chose is kept
     assert not qgis_iface.messageBar().get_messages(Qgis.Critical)
     assert settings.last("prompt") == "dense housing by a river" and settings.last("precision") == "fp32"
+    assert settings.recent_prompts()[0] == "dense housing by a river"
     # without an output file: a temporary one, and the message says how to keep it
     dock.output_widget.setFilePath("")
     qgis_iface.messageBar().clear_messages()
@@ -520,3 +521,32 @@ def test_model_card_from_the_model_menu(make_dock, real_model, tiny_model_dir, m
     assert [u.toLocalFile() for u in opened] == [os.path.join(real_model, "MODEL_CARD.md")]
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
     assert dock.models_menu.model_card() is None and not dock.models_menu.model_card_action.isEnabled()
+
+
+def test_recent_prompts_menu(make_dock):
+    for prompt in ("a forest", "farmland with a river", "a forest", "  a  harbour\n with boats "):
+        settings.remember_prompt(prompt)
+    assert settings.recent_prompts() == ["a harbour with boats", "a forest", "farmland with a river"]
+    for i in range(20):
+        settings.remember_prompt(f"prompt {i}")
+    assert len(settings.recent_prompts()) == settings.RECENT_PROMPTS
+    assert settings.recent_prompts()[0] == "prompt 19"
+    dock = make_dock()
+    dock._fill_recent()
+    actions = dock.recent_menu.actions()
+    assert [a.text() for a in actions][:2] == ["prompt 19", "prompt 18"]
+    actions[1].trigger()
+    assert dock.prompt_edit.toPlainText() == "prompt 18"
+
+
+def test_ctrl_enter_in_the_prompt_generates(make_dock, qtbot, monkeypatch):
+    dock = make_dock()
+    calls = []
+    monkeypatch.setattr(dock, "generate", lambda: calls.append(1))
+    dock.show()
+    dock.prompt_edit.setFocus()
+    qtbot.waitUntil(dock.prompt_edit.hasFocus, timeout=2000)
+    assert dock.generate_btn.isEnabled()
+    qtbot.keyClick(dock.prompt_edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert calls == [1]
+    assert dock.prompt_edit.toPlainText().count("\n") == 0  # the shortcut, not a new line

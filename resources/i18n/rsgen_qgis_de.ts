@@ -232,6 +232,14 @@
       <translation>z. B. dichtes Wohngebiet mit Bäumen an einem Fluss</translation>
     </message>
     <message>
+      <source>Recent</source>
+      <translation>Zuletzt</translation>
+    </message>
+    <message>
+      <source>Prompts you generated with last</source>
+      <translation>Die Prompts, mit denen Sie zuletzt erzeugt haben</translation>
+    </message>
+    <message>
       <source>Prompt</source>
       <translation>Prompt</translation>
     </message>
@@ -296,6 +304,10 @@
       <translation>Erzeugen</translation>
     </message>
     <message>
+      <source>Generate (Ctrl+Enter in the prompt)</source>
+      <translation>Erzeugen (Strg+Eingabe im Prompt)</translation>
+    </message>
+    <message>
       <source>Cancel</source>
       <translation>Abbrechen</translation>
     </message>
@@ -306,6 +318,10 @@
     <message>
       <source>{w} × {h} px, GSD {g} on the ground</source>
       <translation>{w} × {h} px, GSD {g} am Boden</translation>
+    </message>
+    <message>
+      <source>(none yet)</source>
+      <translation>(noch keine)</translation>
     </message>
     <message>
       <source>Its seed {s} is larger than the dock takes; use the command line (python -m rsgen_qgis regenerate) for the same pixels.</source>

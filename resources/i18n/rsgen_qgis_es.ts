@@ -232,6 +232,14 @@
       <translation>p. ej. zona residencial densa con árboles junto a un río</translation>
     </message>
     <message>
+      <source>Recent</source>
+      <translation>Recientes</translation>
+    </message>
+    <message>
+      <source>Prompts you generated with last</source>
+      <translation>Los últimos prompts con los que generó</translation>
+    </message>
+    <message>
       <source>Prompt</source>
       <translation>Prompt</translation>
     </message>
@@ -296,6 +304,10 @@
       <translation>Generar</translation>
     </message>
     <message>
+      <source>Generate (Ctrl+Enter in the prompt)</source>
+      <translation>Generar (Ctrl+Intro en el prompt)</translation>
+    </message>
+    <message>
       <source>Cancel</source>
       <translation>Cancelar</translation>
     </message>
@@ -306,6 +318,10 @@
     <message>
       <source>{w} × {h} px, GSD {g} on the ground</source>
       <translation>{w} × {h} px, GSD {g} sobre el terreno</translation>
+    </message>
+    <message>
+      <source>(none yet)</source>
+      <translation>(ninguno todavía)</translation>
     </message>
     <message>
       <source>Its seed {s} is larger than the dock takes; use the command line (python -m rsgen_qgis regenerate) for the same pixels.</source>

@@ -232,6 +232,14 @@
       <translation>ex. : zone résidentielle dense avec des arbres au bord d'une rivière</translation>
     </message>
     <message>
+      <source>Recent</source>
+      <translation>Récents</translation>
+    </message>
+    <message>
+      <source>Prompts you generated with last</source>
+      <translation>Les derniers prompts avec lesquels vous avez généré</translation>
+    </message>
+    <message>
       <source>Prompt</source>
       <translation>Prompt</translation>
     </message>
@@ -296,6 +304,10 @@
       <translation>Générer</translation>
     </message>
     <message>
+      <source>Generate (Ctrl+Enter in the prompt)</source>
+      <translation>Générer (Ctrl+Entrée dans le prompt)</translation>
+    </message>
+    <message>
       <source>Cancel</source>
       <translation>Annuler</translation>
     </message>
@@ -306,6 +318,10 @@
     <message>
       <source>{w} × {h} px, GSD {g} on the ground</source>
       <translation>{w} × {h} px, GSD {g} au sol</translation>
+    </message>
+    <message>
+      <source>(none yet)</source>
+      <translation>(aucun pour l'instant)</translation>
     </message>
     <message>
       <source>Its seed {s} is larger than the dock takes; use the command line (python -m rsgen_qgis regenerate) for the same pixels.</source>

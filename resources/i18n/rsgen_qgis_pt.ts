@@ -232,6 +232,14 @@
       <translation>ex.: área residencial densa com árvores à beira de um rio</translation>
     </message>
     <message>
+      <source>Recent</source>
+      <translation>Recentes</translation>
+    </message>
+    <message>
+      <source>Prompts you generated with last</source>
+      <translation>Os últimos prompts com que você gerou</translation>
+    </message>
+    <message>
       <source>Prompt</source>
       <translation>Prompt</translation>
     </message>
@@ -296,6 +304,10 @@
       <translation>Gerar</translation>
     </message>
     <message>
+      <source>Generate (Ctrl+Enter in the prompt)</source>
+      <translation>Gerar (Ctrl+Enter no prompt)</translation>
+    </message>
+    <message>
       <source>Cancel</source>
       <translation>Cancelar</translation>
     </message>
@@ -306,6 +318,10 @@
     <message>
       <source>{w} × {h} px, GSD {g} on the ground</source>
       <translation>{w} × {h} px, GSD {g} no terreno</translation>
+    </message>
+    <message>
+      <source>(none yet)</source>
+      <translation>(nenhum ainda)</translation>
     </message>
     <message>
       <source>Its seed {s} is larger than the dock takes; use the command line (python -m rsgen_qgis regenerate) for the same pixels.</source>

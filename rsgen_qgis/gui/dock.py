@@ -14,8 +14,14 @@ from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessing
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer
-from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QGroupBox, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
-                                 QScrollArea, QToolButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtGui import QKeySequence
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QGroupBox, QLabel, QMenu, QPlainTextEdit, QProgressBar,
+                                 QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget)
+
+try:
+    from qgis.PyQt.QtGui import QShortcut  # Qt 6 (QGIS 4)
+except ImportError:
+    from qgis.PyQt.QtWidgets import QShortcut  # Qt 5 (QGIS 3)
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, OutputError, RsgenError
@@ -118,8 +124,18 @@ class GenerationDock(QgsDockWidget):
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText(tr("e.g. dense residential area with trees beside a river"))
         self.prompt_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 3 + 14)
-        imf.addRow(QLabel(tr("Prompt")))
+        self.recent_btn = QToolButton()
+        self.recent_btn.setText(tr("Recent"))
+        self.recent_btn.setToolTip(tr("Prompts you generated with last"))
+        self.recent_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.recent_menu = QMenu(self.recent_btn)
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self.recent_btn.setMenu(self.recent_menu)
+        imf.addRow(row(QLabel(tr("Prompt")), QWidget(), self.recent_btn, stretch=(0, 1, 0)))
         imf.addRow(self.prompt_edit)  # full width: prompts are sentences and docks are narrow
+        self.generate_shortcut = QShortcut(QKeySequence("Ctrl+Return"), self.prompt_edit)
+        self.generate_shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)
+        self.generate_shortcut.activated.connect(lambda: self.generate_btn.isEnabled() and self.generate())
         self.model_combo = narrow(QComboBox())
         self.add_models_btn = QToolButton()
         self.add_models_btn.setText("…")
@@ -176,6 +192,7 @@ class GenerationDock(QgsDockWidget):
 
         self.generate_btn = QPushButton(tr("Generate"))
         self.generate_btn.setDefault(True)
+        self.generate_btn.setToolTip(tr("Generate (Ctrl+Enter in the prompt)"))
         self.cancel_btn = QPushButton(tr("Cancel"))
         self.cancel_btn.setEnabled(False)
         self.progress = QProgressBar()
@@ -357,6 +374,17 @@ class GenerationDock(QgsDockWidget):
         self.guidance_spin.setToolTip(tip)
         self.models_menu.update_actions()
 
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        prompts = settings.recent_prompts()
+        for prompt in prompts:
+            text = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+            action = self.recent_menu.addAction(text)
+            action.setToolTip(prompt)
+            action.triggered.connect(lambda _=False, p=prompt: self.prompt_edit.setPlainText(p))
+        if not prompts:
+            self.recent_menu.addAction(tr("(none yet)")).setEnabled(False)
+
     def _models_changed(self, select: Optional[str]) -> None:
         """A folder was added or a package installed (the model menu): list again, and select the new model."""
         self.refresh_models()
@@ -504,6 +532,7 @@ class GenerationDock(QgsDockWidget):
             return None
         if self.conditions.notes:
             self._message(" ".join(self.conditions.notes), Qgis.MessageLevel.Info, 8)
+        settings.remember_prompt(req.prompt)
         settings.set_last(prompt=req.prompt, model=req.model, seed=req.seed, steps=req.steps,
                           guidance=req.guidance, sampler=req.sampler, precision=req.precision)
         if self._units == "m" and req.gsd:
