@@ -18,7 +18,7 @@ try:
 except ImportError:
     from qgis.PyQt.QtWidgets import QAction  # Qt 5 (QGIS 3)
 
-from .gis import icon_path, resource_path
+from .gis import icon_path, resource_path, tr
 
 MENU = "&Satellite image generation"
 TITLE = "Satellite image generation"
@@ -32,10 +32,6 @@ def raster_layer_type():
         return layer_type.Raster
     from qgis.core import QgsMapLayerType
     return QgsMapLayerType.RasterLayer
-
-
-def tr(text: str) -> str:
-    return QCoreApplication.translate("rsgen_qgis", text)
 
 
 def translation_file(locale: Optional[str] = None) -> Optional[str]:

@@ -6,8 +6,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, os.path.join(ROOT, "tools")):  # tools/: package.py and i18n.py are tested as modules
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -30,6 +31,14 @@ def tiny_model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     build_tiny_package(str(root / "rsgen-tiny"))
     return str(root)
+
+
+@pytest.fixture
+def tiny_model_zip(tiny_model_dir, tmp_path):
+    """The tiny package as `make package` writes a model zip (build/models/<id>.zip)."""
+    import package  # tools/package.py
+
+    return package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)[0]
 
 
 @pytest.fixture

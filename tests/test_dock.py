@@ -389,18 +389,15 @@ def test_guidance_control_follows_the_model(make_dock, tiny_model_dir, monkeypat
     assert dock.guidance_spin.maximum() == 30.0
 
 
-def test_install_a_model_zip_from_the_dock(make_dock, tiny_model_dir, qgis_iface, tmp_path, monkeypatch):
+def test_install_a_model_zip_from_the_dock(make_dock, tiny_model_zip, qgis_iface, tmp_path, monkeypatch):
     """The plugin from plugins.qgis.org has no model: the model "…" menu installs one from its zip."""
     import shutil
-    import sys
 
     from qgis.core import QgsApplication
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
-    import package
 
     profile = tmp_path / "profile"
     monkeypatch.setattr(QgsApplication, "qgisSettingsDirPath", staticmethod(lambda: str(profile)))
-    zips = package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)
+    zips = [tiny_model_zip]
     dock = make_dock()
     menu = [a.text() for a in dock.add_models_btn.menu().actions()]
     assert menu[:2] == ["Add a Folder with Model Packages…", "Install a Model Package from a Zip…"]
@@ -419,15 +416,11 @@ def test_install_a_model_zip_from_the_dock(make_dock, tiny_model_dir, qgis_iface
     shutil.rmtree(profile)
 
 
-def test_without_any_model_the_dock_says_how_to_get_one(make_dock, monkeypatch, tiny_model_dir, tmp_path):
+def test_without_any_model_the_dock_says_how_to_get_one(make_dock, monkeypatch, tiny_model_zip, tmp_path):
     """What the plugin from plugins.qgis.org shows before its model is installed; Generate stays off."""
-    import sys
-
     from qgis.core import QgsApplication
 
     from rsgen_qgis.core import models
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
-    import package
 
     monkeypatch.setattr(models, "BUNDLED_DIRS", ())
     monkeypatch.setattr(QgsApplication, "qgisSettingsDirPath", staticmethod(lambda: str(tmp_path / "profile")))
@@ -436,7 +429,7 @@ def test_without_any_model_the_dock_says_how_to_get_one(make_dock, monkeypatch, 
     assert dock.model_combo.count() == 0 and not dock.generate_btn.isEnabled()
     assert dock.model_hint.isVisible()
     assert "Install a Model Package from a Zip" in dock.model_hint.text()
-    assert dock.models_menu.install_zip(package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)[0])
+    assert dock.models_menu.install_zip(tiny_model_zip)
     assert not dock.model_hint.isVisible() and dock.model_combo.currentData() == "rsgen-tiny"
 
 

@@ -1,16 +1,12 @@
-"""The French and German translations: complete for every text the dock and the plugin show, placeholders
+"""The translations (French, German, Spanish, Portuguese): complete for every text the dock and the plugin show, placeholders
 intact, and the compiled .qm files that QGIS loads say what the .ts sources say."""
 import os
 import string
-import sys
 
 import pytest
 from qgis.PyQt.QtCore import QCoreApplication, QTranslator
 
-from tests.qt6_scan import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import i18n  # noqa: E402  tools/i18n.py
+import i18n  # tools/i18n.py (conftest puts tools/ on the path)
 
 LANGUAGES = ("de", "es", "fr", "pt")
 

@@ -1,6 +1,5 @@
 """Installing a model package from its zip: verified before it replaces anything, nothing left half-done."""
 import os
-import sys
 import zipfile
 
 import pytest
@@ -8,15 +7,11 @@ import pytest
 from rsgen_qgis.core.errors import ModelPackageError
 from rsgen_qgis.core.install import install_zip
 from rsgen_qgis.core.models import discover, sha256_file
-from tests.qt6_scan import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import package  # noqa: E402  tools/package.py
 
 
 @pytest.fixture
-def model_zip(tiny_model_dir, tmp_path):
-    return package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)[0]
+def model_zip(tiny_model_zip):
+    return tiny_model_zip
 
 
 def listing(folder):

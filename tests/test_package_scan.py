@@ -16,8 +16,7 @@ import pytest
 
 from tests.qt6_scan import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import package  # noqa: E402  tools/package.py
+import package  # tools/package.py (conftest puts tools/ on the path)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,16 @@ zip (<plugin>/resources), one level up in a source checkout (<repo>/resources).
 import os
 from typing import Optional
 
+from qgis.PyQt.QtCore import QCoreApplication
+
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESOURCE_DIRS = (os.path.join(PLUGIN_DIR, "resources"), os.path.join(os.path.dirname(PLUGIN_DIR), "resources"))
+
+
+def tr(text: str) -> str:
+    """A text in the user's language: one Qt context, "rsgen_qgis", for the plugin, the dock and Processing
+    (resources/i18n, tools/i18n.py)."""
+    return QCoreApplication.translate("rsgen_qgis", text)
 
 
 def resource_path(*parts: str) -> Optional[str]:

@@ -7,14 +7,12 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from qgis.gui import QgsDoubleSpinBox, QgsSpinBox
-from qgis.PyQt.QtCore import QCoreApplication, Qt
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QWidget
 
+from ..gis import tr  # noqa: F401  (re-exported: the dock and conditions import it from here)
+
 ERROR_STYLE = "color: #c0392b;"
-
-
-def tr(text: str) -> str:
-    return QCoreApplication.translate("rsgen_qgis", text)
 
 
 def form(parent: Optional[QWidget] = None) -> QFormLayout:

@@ -13,13 +13,12 @@ from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessi
                        QgsProcessingParameterEnum,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProperty)
 
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
 from ..core.errors import RsgenError
 from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS
-from ..gis import icon_path
+from ..gis import icon_path, tr  # noqa: F401  (tr: re-exported to the algorithms)
 from ..gis.layers import describe_generated, generation_record, layer_name, move_to_generated_group
 
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER"
@@ -42,11 +41,6 @@ class RsgenAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802
         return type(self)()
-
-
-def tr(text: str) -> str:
-    """Processing's texts in the plugin's translations (context "rsgen_qgis", like the dock's)."""
-    return QCoreApplication.translate("rsgen_qgis", text)
 
 
 def sampler_names() -> List[str]:
