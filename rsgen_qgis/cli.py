@@ -42,6 +42,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: the model's int8 graph on the CPU (fp16 on a GPU) where it has one; fp32: exact")
+    p.add_argument("--class-guidance", type=float, default=None, metavar="S",
+                   help="how strongly the model's scene classifier steers the image towards the classes the "
+                        "prompt names (0 = off; default: the model's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--guidance", type=float)
     r.add_argument("--sampler", choices=SAMPLERS)
     r.add_argument("--precision", choices=PRECISIONS)
+    r.add_argument("--class-guidance", type=float, metavar="S", help="default: the recorded class guidance")
     r.add_argument("--model", help="default: the recorded model id")
     r.add_argument("--model-dir", action="append", default=[], help="extra folder with model packages")
     r.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
@@ -140,7 +144,8 @@ def _regenerate(a) -> GenerationRequest:
 
     if os.path.abspath(a.source) == os.path.abspath(a.out):
         raise ParameterError("--out is the source file: write the new image elsewhere (the source is kept).")
-    changes = {k: getattr(a, k) for k in ("seed", "prompt", "steps", "guidance", "sampler", "precision", "model")
+    changes = {k: getattr(a, k) for k in ("seed", "prompt", "steps", "guidance", "sampler", "precision", "model",
+                                      "class_guidance")
                if getattr(a, k) is not None}
     req, notes, warning = regenerate_request(a.source, a.out, a.model_dir, **changes)
     for note in notes:
@@ -212,7 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if a.cmd == "demo":
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             req = GenerationRequest(output=a.out, model=a.model, steps=a.steps, guidance=a.guidance,
-                                    sampler=a.sampler, precision=a.precision, **DEMO)
+                                    sampler=a.sampler, precision=a.precision, class_guidance=a.class_guidance,
+                                    **DEMO)
             print(f"demo: {DEMO['prompt']!r} over Swellendam, South Africa ({DEMO['crs']}, {DEMO['gsd']} m/px)")
             return _run(req, a)
         kw = {}
@@ -222,7 +228,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 prompt=a.prompt, seed=a.seed, steps=a.steps, guidance=a.guidance,
                                 sampler=a.sampler, model=a.model, date=a.date, output=a.out,
                                 large_area=a.large_area, cascade=a.cascade, precision=a.precision,
-                                guide_consistency=a.guide_consistency, **kw)
+                                guide_consistency=a.guide_consistency, class_guidance=a.class_guidance, **kw)
         return _run(req, a)
     except RsgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,6 +31,7 @@ LAST_DEFAULTS = {
     "sampler": (DEFAULT_SAMPLER, str),
     "precision": ("auto", str),
     "gsd_m": (4.0, float),
+    "class_guidance": (-1.0, float),  # -1: never set, the model's default
 }
 
 

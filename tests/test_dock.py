@@ -543,3 +543,34 @@ def test_ctrl_enter_in_the_prompt_generates(make_dock, qtbot, monkeypatch):
     qtbot.keyClick(dock.prompt_edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert calls == [1]
     assert dock.prompt_edit.toPlainText().count("\n") == 0  # the shortcut, not a new line
+
+
+def test_class_guidance_control_follows_the_model(make_dock, tiny_model_dir, monkeypatch, tmp_path):
+    """The Class guidance control is on for a model with a class guide (showing its default until the user
+    generated with a value of their own) and off, with a tooltip that says why, for one without; the request
+    carries the value, or None (nothing to apply) for a model without a guide."""
+    pytest.importorskip("torch", reason="torch builds the class guide's graph")
+    import json
+    import shutil
+
+    from rsgen_qgis.training.classguide import GuideClassifier, add_to_package, export
+
+    guided = tmp_path / "d" / "rsgen-tiny-guided"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), guided)
+    man = json.loads((guided / "manifest.json").read_text())
+    man.update(id="rsgen-tiny-guided", name="tiny with a class guide")
+    (guided / "manifest.json").write_text(json.dumps(man))
+    export(GuideClassifier(2, (4, 8)).eval(), str(tmp_path / "g.onnx"))
+    add_to_package(str(guided), str(tmp_path / "g.onnx"), ["Forest", "Desert"],
+                   {"Forest": ["a forest"], "Desert": ["a desert"]}, default_scale=4.0)
+    monkeypatch.setenv(settings.ENV_MODEL_DIRS, os.pathsep.join([tiny_model_dir, str(tmp_path / "d")]))
+    settings.set_last(model="rsgen-tiny-guided")
+    dock = make_dock()
+    assert dock.model_combo.currentData() == "rsgen-tiny-guided"
+    assert dock.class_spin.isEnabled() and dock.class_spin.value() == 4.0
+    assert dock.build_request().class_guidance == 4.0
+    dock.class_spin.setValue(0.0)
+    assert dock.class_spin.text() == "Off" and dock.build_request().class_guidance == 0.0
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
+    assert not dock.class_spin.isEnabled() and "no class guide" in dock.class_spin.toolTip()
+    assert dock.build_request().class_guidance is None

@@ -61,8 +61,11 @@ def test_algorithm_definition(tiny_setting):
     assert alg.displayName() == "Generate satellite image"
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT", "PROMPT", "MODEL", "SEED", "STEPS",
-                     "GUIDANCE", "SAMPLER", "PRECISION", "LARGE_AREA", "CASCADE", "OUTPUT"]
+                     "GUIDANCE", "SAMPLER", "PRECISION", "CLASS_GUIDANCE", "LARGE_AREA", "CASCADE", "OUTPUT"]
     assert alg.parameterDefinition("CASCADE").flags() & QgsProcessingParameterDefinition.FlagAdvanced
+    cg = alg.parameterDefinition("CLASS_GUIDANCE")  # empty = the model's default
+    assert cg.flags() & QgsProcessingParameterDefinition.FlagAdvanced and cg.flags() & cg.FlagOptional
+    assert cg.defaultValue() is None and cg.maximum() == 20.0
     precision = alg.parameterDefinition("PRECISION")
     assert precision.options() == ["auto", "fp32"] and precision.usesStaticStrings()
     assert precision.flags() & QgsProcessingParameterDefinition.FlagAdvanced

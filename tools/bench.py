@@ -78,14 +78,15 @@ def ort_vs_torch(threads: int) -> dict:
     return out
 
 
-def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER) -> dict:
+def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, class_guidance=None) -> dict:
     from rsgen_qgis.core.pipeline import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     d = tempfile.mkdtemp()
     req = GenerationRequest(extent=(453000, 6233600, 453256, 6233856), crs="EPSG:32734", gsd=4.0,
                             prompt="a satellite image of a forest", seed=1, steps=20, guidance=3.0,
-                            sampler=sampler, model=MODEL, output=os.path.join(d, "t.tif"), precision=precision)
+                            sampler=sampler, model=MODEL, output=os.path.join(d, "t.tif"), precision=precision,
+                            class_guidance=class_guidance)
     graph = generate(req).denoiser_graph  # warm: session load, hash check
     ts = [generate(req.replace(seed=i)).seconds for i in range(5)]
     r4 = req.replace(extent=(453000, 6233600, 453512, 6233856))
@@ -240,6 +241,14 @@ def main() -> None:
               f"({s['unet_calls_per_step']} UNet call(s)/step), {s['denoiser_graph']} graph, via generate(): "
               f"{s['tile_64px_20_steps_cfg_s']:.3f} s (target <= 0.5 s on 2 cores)")
         print(f"128 x 64 px request (3 overlapping windows), {s['denoiser_graph']} graph: {s['request_128x64_s']:.3f} s")
+    with open(os.path.join(MODEL, "manifest.json")) as f:
+        cg_default = json.load(f).get("defaults", {}).get("class_guidance")
+    if cg_default:  # the default above includes class guidance; the same without it, in this run
+        off = seconds_per_tile("auto", DEFAULT_SAMPLER, class_guidance=0.0)["tile_64px_20_steps_cfg_s"]
+        on = tiles.get(f"int8_{DEFAULT_SAMPLER}", {}).get("tile_64px_20_steps_cfg_s")
+        if on:
+            print(f"class guidance {cg_default:g} (the default) vs off, per tile: {on:.3f} s vs {off:.3f} s = "
+                  f"{on / off:.3f}x")
     sde, ode = tiles.get("int8_dpmpp_2m_sde"), tiles.get("int8_dpmpp_2m")
     if sde and ode:
         print(f"SDE vs ODE sampler, per tile: {sde['tile_64px_20_steps_cfg_s'] / ode['tile_64px_20_steps_cfg_s']:.3f}x "

@@ -64,6 +64,14 @@
       <translation>kein Ordner</translation>
     </message>
     <message>
+      <source>This model has no class guide (a scene classifier that steers the image towards the scene classes the prompt names).</source>
+      <translation>Dieses Modell hat keine Klassenführung (einen Szenenklassifikator, der das Bild zu den Szenenklassen lenkt, die der Prompt nennt).</translation>
+    </message>
+    <message>
+      <source>How strongly the model's scene classifier steers the image towards the scene classes the prompt names (classifier guidance); Off = 0. Prompts near none of its classes are not steered. Costs a few percent more time.</source>
+      <translation>Wie stark der Szenenklassifikator des Modells das Bild zu den Szenenklassen lenkt, die der Prompt nennt (Classifier Guidance); Aus = 0. Prompts, die keiner seiner Klassen nahe sind, werden nicht gelenkt. Kostet einige Prozent mehr Zeit.</translation>
+    </message>
+    <message>
       <source>How strongly the prompt and the layout steer the image. This model has guidance built in (distilled) for {lo:g} to {hi:g}; 1 = off. Any value costs the same.</source>
       <translation>Wie stark Prompt und Layout das Bild lenken. Dieses Modell hat die Guidance eingebaut (destilliert) für {lo:g} bis {hi:g}; 1 = aus. Jeder Wert kostet gleich viel.</translation>
     </message>
@@ -274,6 +282,14 @@
     <message>
       <source>Guidance</source>
       <translation>Guidance</translation>
+    </message>
+    <message>
+      <source>Off</source>
+      <translation>Aus</translation>
+    </message>
+    <message>
+      <source>Class guidance</source>
+      <translation>Klassenführung</translation>
     </message>
     <message>
       <source>Sampler</source>

@@ -64,6 +64,14 @@
       <translation>ninguna carpeta</translation>
     </message>
     <message>
+      <source>This model has no class guide (a scene classifier that steers the image towards the scene classes the prompt names).</source>
+      <translation>Este modelo no tiene guía de clases (un clasificador de escenas que orienta la imagen hacia las clases de escena que nombra la descripción).</translation>
+    </message>
+    <message>
+      <source>How strongly the model's scene classifier steers the image towards the scene classes the prompt names (classifier guidance); Off = 0. Prompts near none of its classes are not steered. Costs a few percent more time.</source>
+      <translation>Cuánto orienta el clasificador de escenas del modelo la imagen hacia las clases de escena que nombra la descripción (guía por clasificador); Desactivado = 0. Las descripciones alejadas de todas sus clases no se orientan. Cuesta un pequeño porcentaje más de tiempo.</translation>
+    </message>
+    <message>
       <source>How strongly the prompt and the layout steer the image. This model has guidance built in (distilled) for {lo:g} to {hi:g}; 1 = off. Any value costs the same.</source>
       <translation>Cuánto orientan la imagen el prompt y la disposición. Este modelo lleva la guía incorporada (destilada) de {lo:g} a {hi:g}; 1 = desactivada. Cualquier valor cuesta lo mismo.</translation>
     </message>
@@ -274,6 +282,14 @@
     <message>
       <source>Guidance</source>
       <translation>Guía</translation>
+    </message>
+    <message>
+      <source>Off</source>
+      <translation>Desactivado</translation>
+    </message>
+    <message>
+      <source>Class guidance</source>
+      <translation>Guía por clase</translation>
     </message>
     <message>
       <source>Sampler</source>

@@ -64,6 +64,14 @@
       <translation>aucun dossier</translation>
     </message>
     <message>
+      <source>This model has no class guide (a scene classifier that steers the image towards the scene classes the prompt names).</source>
+      <translation>Ce modèle n'a pas de guide de classes (un classifieur de scènes qui oriente l'image vers les classes de scène nommées par la description).</translation>
+    </message>
+    <message>
+      <source>How strongly the model's scene classifier steers the image towards the scene classes the prompt names (classifier guidance); Off = 0. Prompts near none of its classes are not steered. Costs a few percent more time.</source>
+      <translation>Force avec laquelle le classifieur de scènes du modèle oriente l'image vers les classes de scène nommées par la description (guidage par classifieur) ; Désactivé = 0. Les descriptions proches d'aucune de ses classes ne sont pas orientées. Coûte quelques pour cent de temps en plus.</translation>
+    </message>
+    <message>
       <source>How strongly the prompt and the layout steer the image. This model has guidance built in (distilled) for {lo:g} to {hi:g}; 1 = off. Any value costs the same.</source>
       <translation>À quel point le prompt et la disposition orientent l'image. Ce modèle intègre le guidage (distillé) de {lo:g} à {hi:g} ; 1 = désactivé. Toutes les valeurs coûtent le même temps.</translation>
     </message>
@@ -274,6 +282,14 @@
     <message>
       <source>Guidance</source>
       <translation>Guidage</translation>
+    </message>
+    <message>
+      <source>Off</source>
+      <translation>Désactivé</translation>
+    </message>
+    <message>
+      <source>Class guidance</source>
+      <translation>Guidage par classe</translation>
     </message>
     <message>
       <source>Sampler</source>

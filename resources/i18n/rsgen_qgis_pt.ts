@@ -64,6 +64,14 @@
       <translation>nenhuma pasta</translation>
     </message>
     <message>
+      <source>This model has no class guide (a scene classifier that steers the image towards the scene classes the prompt names).</source>
+      <translation>Este modelo não tem guia de classes (um classificador de cenas que orienta a imagem para as classes de cena que a descrição nomeia).</translation>
+    </message>
+    <message>
+      <source>How strongly the model's scene classifier steers the image towards the scene classes the prompt names (classifier guidance); Off = 0. Prompts near none of its classes are not steered. Costs a few percent more time.</source>
+      <translation>Quanto o classificador de cenas do modelo orienta a imagem para as classes de cena que a descrição nomeia (guia por classificador); Desligado = 0. Descrições distantes de todas as suas classes não são orientadas. Custa alguns por cento a mais de tempo.</translation>
+    </message>
+    <message>
       <source>How strongly the prompt and the layout steer the image. This model has guidance built in (distilled) for {lo:g} to {hi:g}; 1 = off. Any value costs the same.</source>
       <translation>Quanto o prompt e o leiaute orientam a imagem. Este modelo tem a orientação embutida (destilada) de {lo:g} a {hi:g}; 1 = desligada. Qualquer valor custa o mesmo.</translation>
     </message>
@@ -274,6 +282,14 @@
     <message>
       <source>Guidance</source>
       <translation>Orientação</translation>
+    </message>
+    <message>
+      <source>Off</source>
+      <translation>Desligado</translation>
+    </message>
+    <message>
+      <source>Class guidance</source>
+      <translation>Guia por classe</translation>
     </message>
     <message>
       <source>Sampler</source>

@@ -188,6 +188,8 @@ class _BlockRunner:
             if model.text_encoder is None:
                 raise ConditionError(f"Model {model.package.id!r} takes no text prompt; leave the prompt empty.")
             self.emb = model.text_encoder.embed([req.prompt.strip()])
+        from .pipeline import class_guidance_for
+        self.class_guidance = class_guidance_for(req, model, self.emb, [])
         c = req.conditions
         self.guide = None if c.guide is None else np.asarray(c.guide, np.float32) / 127.5 - 1.0
         self.layout = None if c.layout is None else np.asarray(c.layout, np.uint8)
@@ -241,7 +243,7 @@ class _BlockRunner:
                   has_guide=self.guide is not None or self.guide_source is not None)
         cond = cond_vectors(self.cl, self.emb, guidance=req.guidance, **kw)
         uncond, zero = unconditional(self.cl, self.cnd_m, self.emb, req.guidance, **kw) or (None, None)
-        return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [], zero, projector)
+        return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [], zero, projector, self.class_guidance)
 
     def _block_projector(self, block_guide: np.ndarray, bgrid: Grid, r_off: int, c_off: int):
         """Guide consistency for a block: a guide array as coarse as the model's guide is held on its own pixels
@@ -262,7 +264,8 @@ class _BlockRunner:
         return self._guide_projector(req, self.cnd_m, block_guide, bgrid)
 
     def run(self, kr: int, kc: int) -> np.ndarray:
-        from .pipeline import _denoise_step
+        from .classguide import with_shift
+        from .pipeline import _denoise_step, class_shift
 
         lay, req = self.lay, self.req
         p = self.prepared(kr, kc)
@@ -276,7 +279,9 @@ class _BlockRunner:
             xin = sampler.scale_model_input(x, i)
             pred = _denoise_step(self.model, p, xin, float(t), req.guidance, lay.tile, lay.overlap, self.batch,
                                  self.cancelled, self.tick)
-            x = sampler.step(pred, i, x, p.guide_projector).astype(np.float32)
+            shift = class_shift(self.model, p, xin, float(t), self.schedule, lay.tile, lay.overlap, self.batch)
+            hook = p.guide_projector if shift is None else with_shift(shift, p.guide_projector)
+            x = sampler.step(pred, i, x, hook).astype(np.float32)
         return np.clip(x, -1, 1)
 
 

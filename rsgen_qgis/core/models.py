@@ -194,6 +194,7 @@ class LoadedModel:
     extra: dict = field(default_factory=dict)  # latent packages: the other graphs (core/latent.py)
     variant: str = "fp32"  # which denoiser graph runs: fp32, fp16 (GPU) or int8 (CPU); see denoiser_variant
     variant_sha256: str = ""  # that graph's sha256 (provenance)
+    class_guide: Optional[object] = None  # core.classguide.ClassGuide when the package has one
 
 
 class SteppedDenoiser:
@@ -337,10 +338,38 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
                 raise ModelPackageError(f"{tfile}: cannot load the text encoder ({exc}).") from exc
             check_io(pkg, "text_encoder", text.session)
         loaded = LoadedModel(pkg, sess, text, sess.get_providers()[0], variant=variant,
-                             variant_sha256=pkg.manifest["files"][dn_name]["sha256"])
+                             variant_sha256=pkg.manifest["files"][dn_name]["sha256"],
+                             class_guide=_open_class_guide(pkg, text, so))
         _log_provider(pkg, chosen, loaded.provider)
         _cache[key] = loaded
         return loaded
+
+
+def _open_class_guide(pkg: ModelPackage, text, so):
+    """The package's class guide (core.classguide), or None. Its classifier is small (about 3 ms per 64 px tile
+    and step on a laptop CPU), so it runs on the CPU whatever runs the denoiser."""
+    import onnxruntime as ort
+
+    from .classguide import ClassGuide, ClassGuideSpec
+
+    section = pkg.manifest.get("class_guide")
+    if not section:
+        return None
+    spec = ClassGuideSpec.from_manifest(section)
+    if text is None:
+        raise ModelPackageError(f"{pkg.file('manifest.json')}: a class guide needs the package's text encoder.")
+    path = pkg.file(spec.file)
+    if spec.file not in pkg.manifest["files"]:
+        raise ModelPackageError(f"{path}: the class guide's graph is not listed under the manifest's files.")
+    try:
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelPackageError(f"{path}: ONNX Runtime cannot load the class guide ({exc}).") from exc
+    names = {i.name for i in sess.get_inputs()}, {o.name for o in sess.get_outputs()}
+    if names != ({"sample", "logsnr", "target"}, {"grad", "probs"}):
+        raise ModelPackageError(f"{path}: the class guide's graph must take sample, logsnr and target and give "
+                                f"grad and probs (it has {sorted(names[0])} -> {sorted(names[1])}).")
+    return ClassGuide(spec, sess, text.embed)
 
 
 def _log_provider(pkg: ModelPackage, chosen: Sequence[str], actual: str) -> None:

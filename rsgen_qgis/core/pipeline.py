@@ -15,6 +15,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 import numpy as np
 
 from . import VERSION
+from . import classguide
 from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot, unconditional
 from .errors import Cancelled, ConditionError, ParameterError
 from .georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
@@ -57,6 +58,7 @@ class Prepared:
     warnings: List[str]
     uncond_zero: Optional[Tuple[int, int]] = None  # spatial channels (offset, count) the unconditional branch zeroes
     guide_projector: Optional[GuideProjector] = None  # holds each step's x0 to the guide (core.guideproj)
+    class_guidance: Optional[classguide.Resolved] = None  # core.classguide: target classes and scale, or off
 
 
 def _canvas_size(n: int, tile: int, multiple: int) -> int:
@@ -159,7 +161,41 @@ def prepare(req: GenerationRequest, model: LoadedModel, grid: Grid,
               has_layout=c.layout is not None, has_inpaint=mask is not None, has_guide=c.guide is not None)
     cond = cond_vectors(cl, emb, guidance=req.guidance, **kw)
     uncond, zero = unconditional(cl, cnd_m, emb, req.guidance, **kw) or (None, None)
-    return Prepared(grid, hc, wc, spatial, cond, uncond, known, mask, meta, warnings, zero, projector)
+    cg = class_guidance_for(req, model, emb, warnings)
+    return Prepared(grid, hc, wc, spatial, cond, uncond, known, mask, meta, warnings, zero, projector, cg)
+
+
+def class_guidance_for(req: GenerationRequest, model: LoadedModel, emb: Optional[np.ndarray],
+                       warnings: List[str]) -> classguide.Resolved:
+    """The request's class guidance (core.classguide) with this model and prompt embedding."""
+    r = classguide.resolve(req.class_guidance, model.class_guide, None if emb is None else emb[0])
+    if req.class_guidance and model.class_guide is None:
+        warnings.append(f"Model {model.package.id!r} has no class guide; class guidance was not applied.")
+    return r
+
+
+def class_shift(model: LoadedModel, p: Prepared, xin: np.ndarray, t: float, schedule: Schedule, tile: int,
+                overlap: int, batch: int) -> Optional[np.ndarray]:
+    """This step's class-guidance shift of the clean-image estimate on the whole canvas (windows batched and
+    fused with the same smooth weights as the model's predictions), or None where guidance is off or outside
+    its noise range."""
+    cg = p.class_guidance
+    if cg is None or cg.target is None:
+        return None
+    ab = classguide.alpha_bar_at(schedule, t)
+    if not model.class_guide.active(ab):
+        return None
+    acc = np.zeros_like(xin, dtype=np.float32)
+    wsum = np.zeros(xin.shape[1:], np.float32)
+    weight = {}
+    for group in batched(windows(p.canvas_h, p.canvas_w, tile, overlap), batch):
+        xs = np.stack([xin[:, r:r + h, c:c + w] for r, c, h, w in group])
+        g = model.class_guide.gradient(xs, ab, cg.target)
+        for (r, c, h, w), o in zip(group, g):
+            wgt = weight.setdefault((h, w), blend_weights(h, w, overlap))
+            acc[:, r:r + h, c:c + w] += o * wgt
+            wsum[r:r + h, c:c + w] += wgt
+    return classguide.ClassGuide.x0_shift(acc / wsum, ab, cg.scale)
 
 
 def guide_projector(req: GenerationRequest, cond_manifest: dict, guide: np.ndarray, grid: Grid
@@ -262,7 +298,16 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
         "guidance": req.guidance, "software": f"rsgen_qgis {VERSION}", "synthetic": "true",
         "provider": model.provider, "request": json.dumps(request, sort_keys=True),
         "metadata_used": {k: ("unknown" if v is None else v) for k, v in metadata.items()},
+        "class_guidance": class_guidance_tag(req, model),
     }
+
+
+def class_guidance_tag(req: GenerationRequest, model: LoadedModel) -> str:
+    """What class guidance did for this request, in words (the GeoTIFF's class_guidance tag)."""
+    emb = None
+    if req.prompt.strip() and model.text_encoder is not None:
+        emb = model.text_encoder.embed([req.prompt.strip()])
+    return class_guidance_for(req, model, emb, []).tag
 
 
 def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Progress,
@@ -306,7 +351,8 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
     overlap = tile // 4
     c = req.conditions
     strength = c.strength if (c.image is not None and c.mask is None) else 1.0
-    sampler = make_sampler(req.sampler, Schedule.from_config(m["scheduler"]), req.steps, strength)
+    schedule = Schedule.from_config(m["scheduler"])
+    sampler = make_sampler(req.sampler, schedule, req.steps, strength)
     p = prepare(req, model, grid, projector)
     col0, row0 = grid.world_offset
     noise = world_noise(req.seed, col0, row0, p.canvas_h, p.canvas_w)
@@ -322,7 +368,8 @@ def sample_canvas(req: GenerationRequest, model: LoadedModel, grid: Grid, progre
             raise Cancelled("Generation cancelled; nothing was written.")
         xin = sampler.scale_model_input(x, i)
         pred = _denoise_step(model, p, xin, float(t), req.guidance, tile, overlap, window_batch, cancelled)
-        x = sampler.step(pred, i, x, hook).astype(np.float32)
+        shift = class_shift(model, p, xin, float(t), schedule, tile, overlap, window_batch)
+        x = sampler.step(pred, i, x, hook if shift is None else classguide.with_shift(shift, hook)).astype(np.float32)
         progress((i + 1) / n * 0.97, f"Step {i + 1}/{n}")
     img = np.clip(x[:, :grid.height, :grid.width], -1, 1)
     if p.mask is not None:  # the fill meets the source without a step (core.seamless), then a feathered edge

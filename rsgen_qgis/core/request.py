@@ -24,6 +24,7 @@ DEFAULT_SAMPLER = "dpmpp_2m_sde"
 PRECISIONS = ("auto", "fp32")
 DEFAULT_MODEL = "rsgen-base"
 DEFAULT_PIXEL_BUDGET = 1024 * 1024
+MAX_CLASS_GUIDANCE = 20.0  # class guidance scale upper bound (core.classguide); the model card measures its effect
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class GenerationRequest:
     # (core.guideproj): 1 = exactly (its area means over the guide's cells equal the guide), 0 = the guide only
     # steers the model
     guide_consistency: float = 1.0
+    # class guidance (core.classguide): how strongly the model's scene classifier steers the image towards the
+    # classes the prompt names; None = the model's default, 0 = off
+    class_guidance: Optional[float] = None
     conditions: Conditions = field(default_factory=Conditions)
 
     def __post_init__(self):
@@ -115,6 +119,11 @@ class GenerationRequest:
                 not 0.0 <= self.guide_consistency <= 1.0:
             raise ParameterError(f"Guide consistency must be a number from 0 (the guide only steers) to 1 (the "
                                  f"output keeps the guide exactly) (got {self.guide_consistency!r}).")
+        cg = self.class_guidance
+        if cg is not None and (isinstance(cg, bool) or not isinstance(cg, (int, float)) or
+                               not 0.0 <= cg <= MAX_CLASS_GUIDANCE):
+            raise ParameterError(f"Class guidance must be a number from 0 (off) to {MAX_CLASS_GUIDANCE:g}, or "
+                                 f"empty for the model's default (got {cg!r}).")
         if not 0.0 < self.conditions.strength <= 1.0:
             raise ParameterError(f"Variation strength must be in (0, 1] (got {self.conditions.strength!r}).")
         if isinstance(self.block_windows, bool) or not isinstance(self.block_windows, int) or \

@@ -151,6 +151,16 @@ def model_choices(extra_dirs: Sequence[str]) -> Tuple[List, str, str]:
 GUIDANCE_SPIN_RANGE = (0.0, 30.0)
 
 
+def class_guidance_hint(manifest: dict) -> Tuple[bool, str]:
+    """(whether the model has a class guide, the class guidance control's tooltip)."""
+    if not manifest.get("class_guide"):
+        return False, tr("This model has no class guide (a scene classifier that steers the image towards the "
+                         "scene classes the prompt names).")
+    return True, tr("How strongly the model's scene classifier steers the image towards the scene classes the "
+                    "prompt names (classifier guidance); Off = 0. Prompts near none of its classes are not "
+                    "steered. Costs a few percent more time.")
+
+
 def guidance_limits(manifest: dict) -> Tuple[float, float, str]:
     """(min, max, tooltip) of the guidance control for a model: a guidance-distilled model (guidance built
     in, one evaluation per step) accepts only the scales it was distilled for."""

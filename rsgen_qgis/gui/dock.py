@@ -27,15 +27,16 @@ from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, OutputError, RsgenError
 from ..core.georef import grid_for_request
 from ..core.recall import Recorded, model_change_note
-from ..core.request import DEFAULT_MODEL, GenerationRequest
+from ..core.request import DEFAULT_MODEL, MAX_CLASS_GUIDANCE, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text, describe_crs, extent_in, fit_grid,
                           from_rectangle, layer_extent, unit_suffix)
 from ..gis.layers import layers_using_file
 from ..gis.task import GenerationTask
 from .conditions import ConditionsPanel
 from .models_menu import ModelMenu
-from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, dspin, duration, form, guidance_limits, metres, model_choices, narrow,
-               precision_labels, provider_text, row, sampler_hints, sampler_labels, set_quiet, spin, tr, wrap_label)
+from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, class_guidance_hint, dspin, duration, form, guidance_limits, metres,
+               model_choices, narrow, precision_labels, provider_text, row, sampler_hints, sampler_labels, set_quiet,
+               spin, tr, wrap_label)
 
 TITLE = "Satellite image generation"
 SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
@@ -162,6 +163,10 @@ class GenerationDock(QgsDockWidget):
         self.guidance_spin = dspin(*GUIDANCE_SPIN_RANGE, 3.0, 1, 0.5)
         self.guidance_spin.setToolTip(guidance_limits({})[2])
         imf.addRow(tr("Guidance"), self.guidance_spin)
+        self.class_spin = dspin(0.0, MAX_CLASS_GUIDANCE, 0.0, 1, 0.5)
+        self.class_spin.setSpecialValueText(tr("Off"))
+        self._class_from_model = False  # True until the user generated with a value: the chosen model's default
+        imf.addRow(tr("Class guidance"), self.class_spin)
         self.sampler_combo = narrow(QComboBox())
         hints = sampler_hints()
         for key, label in sampler_labels().items():
@@ -236,6 +241,9 @@ class GenerationDock(QgsDockWidget):
         self.seed_spin.setValue(min(settings.last("seed"), 2**31 - 1))
         self.steps_spin.setValue(settings.last("steps"))
         self.guidance_spin.setValue(settings.last("guidance"))
+        cg = settings.last("class_guidance")
+        self._class_from_model = cg < 0
+        self.class_spin.setValue(max(cg, 0.0))
         i = self.sampler_combo.findData(settings.last("sampler"))
         self.sampler_combo.setCurrentIndex(max(i, 0))
         i = self.precision_combo.findData(settings.last("precision"))
@@ -369,9 +377,15 @@ class GenerationDock(QgsDockWidget):
 
     def _on_model_changed(self) -> None:
         """The guidance control takes the chosen model's range (a distilled model's is narrower)."""
-        lo, hi, tip = guidance_limits(self._manifests.get(self.model_combo.currentData(), {}))
+        manifest = self._manifests.get(self.model_combo.currentData(), {})
+        lo, hi, tip = guidance_limits(manifest)
         self.guidance_spin.setRange(lo, hi)
         self.guidance_spin.setToolTip(tip)
+        has, tip = class_guidance_hint(manifest)
+        self.class_spin.setEnabled(has)
+        self.class_spin.setToolTip(tip)
+        if has and self._class_from_model:  # no value of the user's yet: the model's own
+            self.class_spin.setValue(float((manifest.get("defaults") or {}).get("class_guidance", 0.0)))
         self.models_menu.update_actions()
 
     def _fill_recent(self) -> None:
@@ -403,6 +417,9 @@ class GenerationDock(QgsDockWidget):
         i = self.sampler_combo.findData(d.get("sampler")) if isinstance(d.get("sampler"), str) else -1
         if i >= 0:
             self.sampler_combo.setCurrentIndex(i)
+        cg = d.get("class_guidance")
+        if isinstance(cg, (int, float)) and not isinstance(cg, bool):
+            self.class_spin.setValue(float(cg))
 
     # -- settings of a generated image ---------------------------------------------------------------------
     def recall(self, rec: Recorded) -> List[str]:
@@ -433,6 +450,8 @@ class GenerationDock(QgsDockWidget):
             notes.append(tr("Model {m!r} is not installed here; the dock keeps {c!r}.").format(
                 m=model, c=self.model_combo.currentText()))
         self.guidance_spin.setValue(float(r.get("guidance", self.guidance_spin.value())))  # after the model's range
+        if isinstance(r.get("class_guidance"), (int, float)):  # None (the model's default) keeps the dock's value
+            self.class_spin.setValue(float(r["class_guidance"]))
         self.large_check.setChecked(bool(r.get("large_area", False)))
         try:
             crs = crs_from_text(r["crs"])
@@ -491,7 +510,8 @@ class GenerationDock(QgsDockWidget):
                       prompt=self.prompt_edit.toPlainText().strip(), seed=self.seed_spin.value(),
                       steps=self.steps_spin.value(), guidance=self.guidance_spin.value(),
                       sampler=self.sampler_combo.currentData(), model=model, pixel_budget=settings.pixel_budget(),
-                      precision=self.precision_combo.currentData())
+                      precision=self.precision_combo.currentData(),
+                      class_guidance=self.class_spin.value() if self.class_spin.isEnabled() else None)
         if self.conditions.raster_mode():  # on the raster's own grid: the Area settings do not apply
             return self.conditions.raster_request(**params)
         ext = self.current_extent()
@@ -535,6 +555,9 @@ class GenerationDock(QgsDockWidget):
         settings.remember_prompt(req.prompt)
         settings.set_last(prompt=req.prompt, model=req.model, seed=req.seed, steps=req.steps,
                           guidance=req.guidance, sampler=req.sampler, precision=req.precision)
+        if req.class_guidance is not None:
+            settings.set_last(class_guidance=req.class_guidance)
+            self._class_from_model = False
         if self._units == "m" and req.gsd:
             settings.set_last(gsd_m=req.gsd)
         self._queue, self._providers, self._done = queue[1:], providers, []

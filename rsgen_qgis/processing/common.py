@@ -17,13 +17,13 @@ from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
 from ..core.errors import RsgenError
-from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS
+from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, MAX_CLASS_GUIDANCE, PRECISIONS, SAMPLERS
 from ..gis import icon_path, tr  # noqa: F401  (tr: re-exported to the algorithms)
 from ..gis.layers import describe_generated, generation_record, layer_name, move_to_generated_group
 
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER"
-PRECISION = "PRECISION"
-MODEL_PARAMS = (PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, PRECISION)
+PRECISION, CLASS_GUIDANCE = "PRECISION", "CLASS_GUIDANCE"
+MODEL_PARAMS = (PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, PRECISION, CLASS_GUIDANCE)
 
 
 class RsgenAlgorithm(QgsProcessingAlgorithm):
@@ -100,6 +100,13 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
                       "faster, images close to but not identical with the exact graph's; fp32: the exact graph.")
     precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     alg.addParameter(precision)
+    cg = Num(CLASS_GUIDANCE, tr("Class guidance"), Num.Type.Double, None, True, 0.0, MAX_CLASS_GUIDANCE)
+    cg.setHelp("How strongly the model's scene classifier steers the image towards the scene classes the prompt "
+               "names (classifier guidance; 0 = off). Empty: the model's default. Only models with a class guide "
+               "(rsgen-base 0.5) use it; prompts near none of its classes are not steered. The GeoTIFF's "
+               "class_guidance tag says what was done.")
+    cg.setFlags(cg.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+    alg.addParameter(cg)
 
 
 def model_values(alg, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, Any]:
@@ -114,6 +121,8 @@ def model_values(alg, parameters: Dict[str, Any], context: QgsProcessingContext)
                 guidance=alg.parameterAsDouble(parameters, GUIDANCE, context),
                 sampler=alg.parameterAsEnumString(parameters, SAMPLER, context),
                 precision=alg.parameterAsEnumString(parameters, PRECISION, context) or "auto",
+                class_guidance=(alg.parameterAsDouble(parameters, CLASS_GUIDANCE, context)
+                                if given(parameters, CLASS_GUIDANCE) else None),
                 pixel_budget=settings.pixel_budget())
 
 

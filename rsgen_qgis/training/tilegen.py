@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.classguide import alpha_bar_at, with_shift
 from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
 from ..core.guideproj import GuideProjector
 from ..core.models import load, load_base
@@ -29,10 +30,13 @@ class TileGenerator:
     model, sampler and condition encoding, without the GeoTIFF and window machinery)."""
 
     def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = DEFAULT_SAMPLER,
-                 precision: str = "auto", base: bool = False):
-        """base: the package's coarse base model (the two-stage generation's first stage)."""
+                 precision: str = "auto", base: bool = False, class_scale: float = 0.0, class_guide=None):
+        """base: the package's coarse base model (the two-stage generation's first stage). class_scale: class
+        guidance (core.classguide) with the package's class guide, or with `class_guide` when given."""
         self.m = load_base(model_dir, providers=["CPUExecutionProvider"]) if base else \
             load(model_dir, providers=["CPUExecutionProvider"], precision=precision)
+        self.class_scale = class_scale
+        self.class_guide = class_guide or (self.m.class_guide if class_scale > 0 else None)
         man = self.m.package.manifest
         self.lay = CondLayout.from_manifest(man["conditions"])
         self.sched = Schedule.from_config(man["scheduler"])
@@ -72,6 +76,13 @@ class TileGenerator:
                 o, k = u[1]
                 uspatial[i, o:o + k] = 0.0
         cond, uncond = np.concatenate(conds), np.concatenate(unconds)
+        targets = None
+        if self.class_scale > 0 and self.class_guide is not None:
+            qs = [self.class_guide.target(self.m.text_encoder.embed([p])[0] if p else None) for p in prompts]
+            if any(q is not None for q in qs):
+                k = len(self.class_guide.spec.classes)
+                targets = np.stack([np.zeros(k, np.float32) if q is None else q for q in qs])
+                on = np.array([q is not None for q in qs], np.float32)[:, None, None, None]
         s = make_sampler(self.sampler, self.sched, self.steps)
         x = np.stack([world_noise(sd, 0, 0, res, res) for sd in seeds]) * s.init_noise_sigma
         s.with_step_noise(lambda k: np.stack([world_noise(sd, 0, 0, res, res, stream=k + 1) for sd in seeds]))
@@ -86,7 +97,13 @@ class TileGenerator:
             else:
                 feed = {"sample": xin, "timestep": np.full(n, t, np.float32), "spatial": spatial, "cond": cond}
                 pred = self.m.denoiser.run(["prediction"], feed)[0]
-            x = s.step(pred, i, x, x0_hook).astype(np.float32)
+            hook = x0_hook
+            if targets is not None:
+                ab = alpha_bar_at(self.sched, float(t))
+                if self.class_guide.active(ab):
+                    g = self.class_guide.gradient(xin, ab, targets) * on
+                    hook = with_shift(self.class_guide.x0_shift(g, ab, self.class_scale), x0_hook)
+            x = s.step(pred, i, x, hook).astype(np.float32)
         return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
