@@ -65,7 +65,8 @@ eval: install
 # Four phases (MODEL_CARD.md): 80 min from scratch with a 32 px curriculum, then 100 min at 64 px from its EMA
 # weights with a cosine learning-rate decay, then 115 min more from those (lower peak rate, another data order),
 # then 70 min of guidance distillation (one UNet evaluation per step instead of two); then the int8 CPU graph,
-# calibrated on the package's own sampling runs over training-split material (~1.5 min).
+# calibrated on the package's own sampling runs over training-split material (~1.5 min); then the class guide
+# (a noise-aware scene classifier for class guidance, ~28 min).
 train: install
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train --minutes 80 --threads 2
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train2 --init runs/train/last.pt --minutes 100 \
@@ -77,6 +78,8 @@ train: install
 	$(PY) -m rsgen_qgis.training.export --checkpoint runs/distill/last.pt --out models/rsgen-base \
 	    --info rsgen_qgis/training/rsgen_base_info.json
 	$(PY) -m rsgen_qgis.training.quantize --model models/rsgen-base --data $(DATA)
+	$(PY) -m rsgen_qgis.training.classguide --data $(DATA) --out runs/classguide --steps 3000 \
+	    --add-to models/rsgen-base --scale 20
 
 # Compact training data (WebP images, layouts, caption embeddings) for a machine without the data folder, in parts
 # of at most PACK_PART_MIB (a part travels to a device call beside the repository's ~43 MB): there,

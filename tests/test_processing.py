@@ -65,7 +65,7 @@ def test_algorithm_definition(tiny_setting):
     assert alg.parameterDefinition("CASCADE").flags() & QgsProcessingParameterDefinition.FlagAdvanced
     cg = alg.parameterDefinition("CLASS_GUIDANCE")  # empty = the model's default
     assert cg.flags() & QgsProcessingParameterDefinition.FlagAdvanced and cg.flags() & cg.FlagOptional
-    assert cg.defaultValue() is None and cg.maximum() == 20.0
+    assert cg.defaultValue() is None and cg.maximum() == 50.0
     precision = alg.parameterDefinition("PRECISION")
     assert precision.options() == ["auto", "fp32"] and precision.usesStaticStrings()
     assert precision.flags() & QgsProcessingParameterDefinition.FlagAdvanced

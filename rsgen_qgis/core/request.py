@@ -24,7 +24,7 @@ DEFAULT_SAMPLER = "dpmpp_2m_sde"
 PRECISIONS = ("auto", "fp32")
 DEFAULT_MODEL = "rsgen-base"
 DEFAULT_PIXEL_BUDGET = 1024 * 1024
-MAX_CLASS_GUIDANCE = 20.0  # class guidance scale upper bound (core.classguide); the model card measures its effect
+MAX_CLASS_GUIDANCE = 50.0  # class guidance scale upper bound (core.classguide); the model card measures 0-40
 
 
 @dataclass(frozen=True)
