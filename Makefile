@@ -66,7 +66,7 @@ eval: install
 # weights with a cosine learning-rate decay, then 115 min more from those (lower peak rate, another data order),
 # then 70 min of guidance distillation (one UNet evaluation per step instead of two); then the int8 CPU graph,
 # calibrated on the package's own sampling runs over training-split material (~1.5 min); then the class guide
-# (a noise-aware scene classifier for class guidance, ~28 min).
+# (a noise-aware scene classifier for class guidance): 3000 steps, then 3000 more at half the rate (~28 + 28 min).
 train: install
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train --minutes 80 --threads 2
 	$(PY) -m rsgen_qgis.training.train --data $(DATA) --out runs/train2 --init runs/train/last.pt --minutes 100 \
@@ -78,8 +78,9 @@ train: install
 	$(PY) -m rsgen_qgis.training.export --checkpoint runs/distill/last.pt --out models/rsgen-base \
 	    --info rsgen_qgis/training/rsgen_base_info.json
 	$(PY) -m rsgen_qgis.training.quantize --model models/rsgen-base --data $(DATA)
-	$(PY) -m rsgen_qgis.training.classguide --data $(DATA) --out runs/classguide --steps 3000 \
-	    --add-to models/rsgen-base --scale 20
+	$(PY) -m rsgen_qgis.training.classguide --data $(DATA) --out runs/classguide --steps 3000
+	$(PY) -m rsgen_qgis.training.classguide --data $(DATA) --out runs/classguide2 --steps 3000 --lr 1e-3 --seed 8 \
+	    --init runs/classguide/classguide.pt --add-to models/rsgen-base --scale 20
 
 # Compact training data (WebP images, layouts, caption embeddings) for a machine without the data folder, in parts
 # of at most PACK_PART_MIB (a part travels to a device call beside the repository's ~43 MB): there,

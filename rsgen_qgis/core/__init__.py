@@ -1,3 +1,3 @@
 """The generation engine. Imports numpy, onnxruntime, rasterio and pyproj only: never qgis, never torch."""
 
-VERSION = "0.3.0"
+VERSION = "0.4.0"
