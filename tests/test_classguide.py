@@ -234,3 +234,34 @@ def test_large_area_path_with_class_guidance(guided_package, tmp_path):
         assert ra.tags()["class_guidance"].startswith("scale 8")
     assert np.array_equal(pa[:, :, 32:], pb[:, :, :32])
     assert np.abs(pa.astype(int) - pc.astype(int)).mean() > 0.5
+
+
+def test_records_keep_the_scale_that_ran(guided_package, tmp_path):
+    """A request that left class guidance to the model records the model's default as a number, so the record
+    regenerates the same pixels even if a later package changes its default; records from before class
+    guidance existed read as off."""
+    from rsgen_qgis.core.geotiff import read_tags
+    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.recall import recorded_request, recorded_request_of
+
+    root = tmp_path / "models"
+    shutil.copytree(guided_package, root)
+    mp = root / "rsgen-tiny-guided" / "manifest.json"
+    m = json.loads(mp.read_text())
+    m["class_guide"]["default_scale"] = 6.0
+    mp.write_text(json.dumps(m))
+    first = generate(_req(tmp_path, "first.tif"), model_dirs=[str(root)])
+    tags = read_tags(first.path)
+    assert json.loads(tags["request"])["class_guidance"] == 6.0
+    assert tags["class_guidance"].startswith("scale 6 towards Harbour")
+    again = generate(recorded_request_of(first.path).to_request(str(tmp_path / "again.tif")),
+                     model_dirs=[str(root)])
+    import rasterio
+
+    with rasterio.open(first.path) as fa, rasterio.open(again.path) as fb:
+        assert np.array_equal(fa.read(), fb.read())
+    old = dict(tags)
+    rec = json.loads(old["request"])
+    rec.pop("class_guidance")
+    old["request"] = json.dumps(rec)
+    assert recorded_request(old).to_request(str(tmp_path / "old.tif")).class_guidance == 0.0

@@ -287,6 +287,8 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
     the image, and leaving it out lets the same request written elsewhere give the same bytes (batch resume)."""
     request = req.to_dict()
     request["output"] = os.path.basename(req.output)
+    if req.class_guidance is None and model.class_guide is not None:  # the model's default, as a number: the
+        request["class_guidance"] = model.class_guide.spec.default_scale  # record stays exact if it changes
     below = getattr(model.denoiser, "exact_below", None)  # a stepped int8 denoiser: the last steps ran fp32
     extra = {"denoiser_fp32_below_timestep": below} if below else {}
     return {

@@ -69,6 +69,8 @@ def recorded_request(tags: Mapping[str, str], source: str = "this file") -> Reco
         raise ParameterError(f"The generation record of {source} is damaged (not a JSON object).")
     known = {f.name for f in dataclasses.fields(GenerationRequest)} - {"conditions"}
     request = {k: v for k, v in rec.items() if k in known}
+    if "class_guidance" not in rec:  # made before class guidance existed (plugin < 0.4.0): it had none
+        request["class_guidance"] = 0.0
     dropped = sorted(set(rec) - known - {"conditions"})
     notes = [f"not carried over (unknown to this version): {', '.join(dropped)}"] if dropped else []
     missing = [k for k in ("extent", "crs") if k not in request]
