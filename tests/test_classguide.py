@@ -3,6 +3,7 @@ autograd, the prompt's class target, the package entry, and generation through t
 import json
 import os
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -92,12 +93,13 @@ def test_logsnr_input_matches_training():
 
 
 def _fake_embed(words):
-    """A deterministic bag-of-words embedding: prompts sharing words are similar."""
+    """A deterministic bag-of-words embedding (crc32: str hashes change with every process): prompts sharing
+    words are similar."""
     out = []
     for p in words:
         v = np.zeros(64)
         for w in p.lower().split():
-            v[hash(w) % 64] += 1.0 if w not in ("a", "with", "of") else 0.1
+            v[zlib.crc32(w.encode()) % 64] += 1.0 if w not in ("a", "with", "of") else 0.1
         out.append(v / max(np.linalg.norm(v), 1e-9))
     return np.array(out, np.float32)
 
