@@ -174,6 +174,14 @@ def class_guidance_for(req: GenerationRequest, model: LoadedModel, emb: Optional
     return r
 
 
+def _fuse(acc: np.ndarray, wsum: np.ndarray, weights: dict, group, outs, overlap: int) -> None:
+    """Add each window's output into the canvas with its smooth blend weight (weights: cache by window size)."""
+    for (r, c, h, w), o in zip(group, outs):
+        wgt = weights.setdefault((h, w), blend_weights(h, w, overlap))
+        acc[:, r:r + h, c:c + w] += o * wgt
+        wsum[r:r + h, c:c + w] += wgt
+
+
 def class_shift(model: LoadedModel, p: Prepared, xin: np.ndarray, t: float, schedule: Schedule, tile: int,
                 overlap: int, batch: int) -> Optional[np.ndarray]:
     """This step's class-guidance shift of the clean-image estimate on the whole canvas (windows batched and
@@ -190,11 +198,7 @@ def class_shift(model: LoadedModel, p: Prepared, xin: np.ndarray, t: float, sche
     weight = {}
     for group in batched(windows(p.canvas_h, p.canvas_w, tile, overlap), batch):
         xs = np.stack([xin[:, r:r + h, c:c + w] for r, c, h, w in group])
-        g = model.class_guide.gradient(xs, ab, cg.target)
-        for (r, c, h, w), o in zip(group, g):
-            wgt = weight.setdefault((h, w), blend_weights(h, w, overlap))
-            acc[:, r:r + h, c:c + w] += o * wgt
-            wsum[r:r + h, c:c + w] += wgt
+        _fuse(acc, wsum, weight, group, model.class_guide.gradient(xs, ab, cg.target), overlap)
     return classguide.ClassGuide.x0_shift(acc / wsum, ab, cg.scale)
 
 
@@ -242,10 +246,7 @@ def _denoise_step(model: LoadedModel, p: Prepared, x: np.ndarray, t: float, guid
         if p.uncond is not None:
             cpred, upred = out[:len(group)], out[len(group):]
             out = upred + guidance * (cpred - upred)
-        for (r, c, h, w), o in zip(group, out):
-            wgt = weight.setdefault((h, w), blend_weights(h, w, overlap))
-            acc[:, r:r + h, c:c + w] += o * wgt
-            wsum[r:r + h, c:c + w] += wgt
+        _fuse(acc, wsum, weight, group, out, overlap)
         if tick is not None:
             tick(len(group))
     return acc / wsum
