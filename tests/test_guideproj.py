@@ -5,10 +5,10 @@ import pytest
 import rasterio
 
 from rsgen_qgis.core import errors
-from rsgen_qgis.core.guideproj import GuideProjector, area_matrix
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.engine.guideproj import GuideProjector, area_matrix
+from rsgen_qgis.core.engine.pipeline import generate
 from rsgen_qgis.core.request import Conditions, GenerationRequest
-from rsgen_qgis.core.samplers import Schedule, make_sampler
+from rsgen_qgis.core.engine.samplers import Schedule, make_sampler
 
 
 def block_mean(x, f):

@@ -7,9 +7,9 @@ import pytest
 import rasterio
 
 from rsgen_qgis.core import errors
-from rsgen_qgis.core.geotiff import is_valid_cog
-from rsgen_qgis.core.largearea import BlockLayout, fade
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.geo.geotiff import is_valid_cog
+from rsgen_qgis.core.engine.largearea import BlockLayout, fade
+from rsgen_qgis.core.engine.pipeline import generate
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 
 X0, Y0, GSD = 453000.0, 6233600.0, 4.0
@@ -141,7 +141,7 @@ def test_conditions(tmp_path, tiny_model_dir):
 
 
 def test_estimate_matches_the_run(tmp_path, tiny_model_dir):
-    from rsgen_qgis.core.largearea import estimate_request
+    from rsgen_qgis.core.engine.largearea import estimate_request
 
     r = px_req(tmp_path, "e.tif", 0, 0, 100, 50, steps=1)
     n, secs = estimate_request(r, [tiny_model_dir])
@@ -155,7 +155,7 @@ def test_estimate_matches_the_run(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("large", [False, True])
 def test_cascade_guides_the_fine_pass(tmp_path, tiny_model_dir, large):
-    from rsgen_qgis.core import cascade
+    from rsgen_qgis.core.engine import cascade
 
     calls = []
     real = cascade.upsample_to

@@ -1,7 +1,7 @@
 """export-diffusers + the latent runtime against diffusers' own PyTorch pipelines.
 
 Tiny random-config Stable Diffusion pipelines (tests/tiny_diffusers.py) are saved with save_pretrained
-(safetensors), converted with the project's exporter and run through core/latent.py; the result must equal
+(safetensors), converted with the project's exporter and run through core/engine/latent.py; the result must equal
 StableDiffusionPipeline / StableDiffusionControlNetPipeline run with the same scheduler, initial latents and
 control image. Observed differences are below 1e-6 on this machine; the tolerance is 1e-4 on images in [0, 1].
 """
@@ -14,10 +14,10 @@ import torch
 
 from tiny_diffusers import build_tiny_sd, make_satunet
 
-from rsgen_qgis.core import latent
+from rsgen_qgis.core.engine import latent
 from rsgen_qgis.core.errors import ConditionError
-from rsgen_qgis.core.models import load, read_package
-from rsgen_qgis.core.samplers import Schedule, make_sampler
+from rsgen_qgis.core.runtime.models import load, read_package
+from rsgen_qgis.core.engine.samplers import Schedule, make_sampler
 
 TOL = 1e-4
 CPU = ["CPUExecutionProvider"]
@@ -123,7 +123,7 @@ def test_io_binding_path_gives_the_same_image(tiny_cn):
     _, pkg = tiny_cn
     x0 = np.random.default_rng(2).standard_normal((4, 8, 8)).astype(np.float32)
     ctrl = np.random.default_rng(3).random((3, 16, 16)).astype(np.float32)
-    from rsgen_qgis.core.models import find, verify_files
+    from rsgen_qgis.core.runtime.models import find, verify_files
 
     pk = find(pkg)
     verify_files(pk)
@@ -158,7 +158,7 @@ def test_windows_and_decode_blending_cover_a_large_canvas(tiny_sd_dpm):
 def test_generate_writes_a_georeferenced_latent_image(tiny_cn, tmp_path):
     import rasterio
 
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.pipeline import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
 
     _, pkg = tiny_cn
@@ -193,7 +193,7 @@ def test_fp16_graph_chosen_for_gpu_providers(tiny_sd_dpm, monkeypatch):
     real = latent.session
     monkeypatch.setattr(latent, "session", lambda path, chosen, *a: opened.append((os.path.basename(path),
                                                                                     list(chosen))) or real(path, CPU))
-    from rsgen_qgis.core.models import find
+    from rsgen_qgis.core.runtime.models import find
 
     pk = find(pkg)
     assert pk.manifest["graphs"]["unet"]["fp16_file"] == "unet_fp16.onnx"
@@ -221,8 +221,8 @@ def test_satunet_metadata_graph_equals_reference(tmp_path):
     from diffusers import UNet2DConditionModel
     from diffusers.models.embeddings import TimestepEmbedding
 
-    from rsgen_qgis.core import diffusionsat
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.conditions import diffusionsat
+    from rsgen_qgis.core.engine.pipeline import generate
     from rsgen_qgis.core.request import GenerationRequest
     from rsgen_qgis.training.diffusers_export import convert
 
@@ -289,8 +289,8 @@ def test_graphs_accept_other_sizes_than_traced(tiny_sd_dpm):
 def test_satunet_with_controlnet(tmp_path, controlnet_metadata):
     """DiffusionSat with a ControlNet: a plain ControlNet takes no metadata input, DiffusionSat's metadata
     ControlNet does (its metadata embedding kept, not dropped); both run through generate()."""
-    from rsgen_qgis.core import diffusionsat
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.conditions import diffusionsat
+    from rsgen_qgis.core.engine.pipeline import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
     from rsgen_qgis.training.diffusers_export import convert
 
@@ -354,7 +354,7 @@ def test_variation_equals_diffusers_img2img(tiny_cn, monkeypatch, tmp_path):
     ours = np.clip(latent.decode(m, latent.denoise(den, sampler, x)) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
     assert np.abs(ours - ref).max() < TOL
     # through generate(): a low strength stays near the source image, a full one does not need it
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.pipeline import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
 
     src_img = (np.random.default_rng(5).random((3, 16, 16)) * 255).astype(np.uint8)

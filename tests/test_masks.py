@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from rsgen_qgis.core.masks import grow
+from rsgen_qgis.core.conditions.masks import grow
 
 
 def test_a_point_grows_into_a_disc_or_an_ellipse():

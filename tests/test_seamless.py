@@ -2,7 +2,7 @@
 known pixels without a step while keeping their own detail."""
 import numpy as np
 
-from rsgen_qgis.core.seamless import harmonic_fill, seamless_fill
+from rsgen_qgis.core.conditions.seamless import harmonic_fill, seamless_fill
 
 
 def exact_harmonic(values, fixed):

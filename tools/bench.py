@@ -79,7 +79,7 @@ def ort_vs_torch(threads: int) -> dict:
 
 
 def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, class_guidance=None) -> dict:
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.pipeline import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     d = tempfile.mkdtemp()
@@ -91,7 +91,7 @@ def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, cl
     ts = [generate(req.replace(seed=i)).seconds for i in range(5)]
     r4 = req.replace(extent=(453000, 6233600, 453512, 6233856))
     t2 = generate(r4).seconds
-    from rsgen_qgis.core.largearea import evaluations_per_window
+    from rsgen_qgis.core.engine.largearea import evaluations_per_window
 
     calls = evaluations_per_window(req, json.load(open(os.path.join(MODEL, "manifest.json"))))
     return {"tile_64px_20_steps_cfg_s": statistics.median(ts), "request_128x64_s": t2, "unet_calls_per_step": calls,
@@ -103,7 +103,7 @@ def seamless_cost(side: int = 1024) -> float:
     """Seconds of the inpainting's seamless step (core.seamless) for a side x side hole in a slightly larger image."""
     import numpy as np
 
-    from rsgen_qgis.core.seamless import seamless_fill
+    from rsgen_qgis.core.conditions.seamless import seamless_fill
 
     n = side + 64
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json:
     """One large-area generation in this (fresh) process; writes seconds and this process's peak RSS."""
     import resource
 
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.pipeline import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     side = round(math.sqrt(km2 * 1e6) / gsd) * gsd
@@ -233,7 +233,7 @@ def main() -> None:
         if "ort_int8_ms" in v:
             print(f"denoiser {b}: ORT int8 graph {v['ort_int8_ms']:.1f} ms -> {v['int8_speedup']:.2f}x the fp32 graph")
     tiles = {}
-    from rsgen_qgis.core.samplers import SAMPLER_LABELS
+    from rsgen_qgis.core.engine.samplers import SAMPLER_LABELS
     for prec, sampler in (("auto", "dpmpp_2m_sde"), ("auto", "dpmpp_2m"), ("fp32", "dpmpp_2m_sde")):
         s = seconds_per_tile(prec, sampler)
         tiles[f"{s['denoiser_graph']}_{sampler}"] = s
@@ -255,7 +255,7 @@ def main() -> None:
               "(the SDE's world-anchored step noise)")
     seam_s = seamless_cost(1024)
     if sde:  # the same hole's sampling: windows of the tile at 3/4 stride, each a tile's time
-        from rsgen_qgis.core.tiling import windows
+        from rsgen_qgis.core.engine.tiling import windows
 
         m = json.load(open(os.path.join(MODEL, "manifest.json")))
         tile = int(m["tile"]["size"])

@@ -65,9 +65,9 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from rsgen_qgis.core import latent
-    from rsgen_qgis.core.models import load
-    from rsgen_qgis.core.samplers import Schedule, make_sampler
+    from rsgen_qgis.core.engine import latent
+    from rsgen_qgis.core.runtime.models import load
+    from rsgen_qgis.core.engine.samplers import Schedule, make_sampler
 
     full = a.size == "full"
     src, pkg = os.path.join(a.out, "sd"), os.path.join(a.out, "pkg", f"sd15-{a.size}")
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                  "encoder_hidden_states": m.text_encoder.embed(PROMPT)}
         f32 = m.denoiser.run(feeds)["noise_pred"]
     if a.fp16:
-        from rsgen_qgis.core import models
+        from rsgen_qgis.core.runtime import models
 
         del m
         models._cache.clear()  # the fp32 sessions

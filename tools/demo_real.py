@@ -86,11 +86,11 @@ def reproject(src_uri, name, crs, path):
 def layout_demo(data, out, steps, log):
     import numpy as np
 
-    from rsgen_qgis.core import projdata  # noqa: F401
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.geo import projdata  # noqa: F401
+    from rsgen_qgis.core.engine.pipeline import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
-    from rsgen_qgis.core.rules import DEFAULT_OSM_RULES
-    from rsgen_qgis.core.georef import grid_for_request
+    from rsgen_qgis.core.conditions.rules import DEFAULT_OSM_RULES
+    from rsgen_qgis.core.geo.georef import grid_for_request
     from rsgen_qgis.gis.rasterize import layers_to_layout, stats_message, write_layout
 
     import pyproj
@@ -132,7 +132,7 @@ def inpaint_demo(data, out, steps, log):
     from osgeo import gdal
     from qgis.core import QgsFeatureRequest, QgsRasterLayer, QgsVectorLayer
 
-    from rsgen_qgis.core import pipeline
+    from rsgen_qgis.core.engine import pipeline
     from rsgen_qgis.core.request import Conditions
     from rsgen_qgis.gis.rasters import mask_from_polygons, raster_grid, read_rgb, request_on_grid
 

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from rsgen_qgis.core.conditions import LAYOUT_CLASSES
+    from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES
     from rsgen_qgis.training.data import load_maps
     from rsgen_qgis.training.evaluate import RES, resize, to_tensor, train_segnet
 

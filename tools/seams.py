@@ -49,11 +49,11 @@ def main(argv=None) -> int:
     import numpy as np
     import rasterio
 
-    from rsgen_qgis.core.largearea import BlockLayout
-    from rsgen_qgis.core.models import load
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.largearea import BlockLayout
+    from rsgen_qgis.core.runtime.models import load
+    from rsgen_qgis.core.engine.pipeline import generate
     from rsgen_qgis.core.request import GenerationRequest
-    from rsgen_qgis.core.seams import seam_report
+    from rsgen_qgis.core.engine.seams import seam_report
 
     os.makedirs(a.out, exist_ok=True)
     lay = BlockLayout.for_manifest(load(a.model).package.manifest)

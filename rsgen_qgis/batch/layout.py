@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..core.errors import ConditionError
-from ..core.georef import Grid
+from ..core.geo.georef import Grid
 
 
 @dataclass(frozen=True)

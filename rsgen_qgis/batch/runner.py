@@ -30,10 +30,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..core.conditions import CondLayout
+from ..core.conditions.encoding import CondLayout
 from ..core.errors import OutputError, RsgenError
-from ..core.geotiff import PROBE_PREFIX
-from ..core.models import sha256_file
+from ..core.geo.geotiff import PROBE_PREFIX
+from ..core.runtime.models import sha256_file
 from ..core.request import GenerationRequest
 from .spec import JobSpec, JobSpecError
 
@@ -175,8 +175,8 @@ def tile_request(spec: JobSpec, tile: Tile, pitch: int, out_dir: str) -> Generat
 
 def run_tile(task: dict) -> dict:
     """Generate one tile (a plain-data task, so it travels to Dask workers); returns what the manifest records."""
-    from ..core import models
-    from ..core.pipeline import generate
+    from ..core.runtime import models
+    from ..core.engine.pipeline import generate
 
     req = GenerationRequest.from_dict(task["request"])
     layout = None
@@ -264,7 +264,7 @@ def adopt_finished(out_dir: str, task: dict, model_sha256: str) -> Optional[dict
 
 def gsd_warning(spec: JobSpec, model_manifest: dict, pitch: int, tile: Optional[Tile]) -> Optional[str]:
     """A warning naming the model's training GSD range when the job's GSD (in metres) is outside it."""
-    from ..core.georef import grid_for_request, gsd_metres_mean
+    from ..core.geo.georef import grid_for_request, gsd_metres_mean
 
     rng = (model_manifest.get("training", {}) or {}).get("gsd_range_m") or \
         ((model_manifest.get("conditions", {}).get("metadata_coverage", {}) or {}).get("gsd", {}) or {}).get("range")
@@ -306,8 +306,8 @@ def build_vrt(out_dir: str, records: Dict[str, dict]) -> Optional[str]:
 def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progress: bool = True,
         providers: Optional[Sequence[str]] = None, log: Callable[[str], None] = None) -> dict:
     """Run (or resume) a job; returns the final manifest. Raises BatchError if some tiles failed."""
-    from ..core.largearea import BlockLayout
-    from ..core.models import find
+    from ..core.engine.largearea import BlockLayout
+    from ..core.runtime.models import find
 
     log = log or (lambda m: print(m, file=sys.stderr))
     pkg = find(spec.model, spec.model_dirs)

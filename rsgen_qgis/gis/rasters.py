@@ -16,9 +16,9 @@ import numpy as np
 from qgis.core import (QgsCoordinateReferenceSystem, QgsMapLayer, QgsProject, QgsRaster, QgsRasterLayer,
                        QgsVectorLayer, QgsWkbTypes)
 
-from ..core import projdata  # noqa: F401  (before pyproj)
+from ..core.geo import projdata  # noqa: F401  (before pyproj)
 from ..core.errors import ConditionError, CrsError
-from ..core.georef import Grid, crs_to_wkt, parse_crs
+from ..core.geo.georef import Grid, crs_to_wkt, parse_crs
 from ..core.request import GenerationRequest
 from .rasterize import burn, grid_geometries, new_counts
 
@@ -205,8 +205,8 @@ def mask_from_polygons(layer: Optional[QgsMapLayer], grid: Grid, selected_only: 
         raise ConditionError(f"The {which} of the mask layer {layer.name()!r} do not overlap {target} (no pixel "
                              "centre lies inside them); draw the mask over the image, or check the layers' CRSs.")
     if grow_m > 0:
-        from ..core.georef import gsd_metres
-        from ..core.masks import grow
+        from ..core.geo.georef import gsd_metres
+        from ..core.conditions.masks import grow
 
         gx, gy = gsd_metres(grid)
         mask = grow(mask, grow_m / gx, grow_m / gy)

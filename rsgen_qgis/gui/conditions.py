@@ -19,10 +19,10 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileD
 
 import numpy as np
 
-from ..core.conditions import NO_LAYOUT
+from ..core.conditions.encoding import NO_LAYOUT
 from ..core.errors import ConditionError, ParameterError
 from ..core.request import Conditions, GenerationRequest
-from ..core.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
+from ..core.conditions.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
 from . import dspin, form, narrow, row, tr, wrap_label
 
 COLUMNS = (("class", "Class"), ("field", "Field"), ("values", "Values"), ("geometry", "Geometry"),
@@ -287,7 +287,7 @@ class ConditionsPanel(QWidget):
     # -- requests ------------------------------------------------------------------------------------------------
     def with_layout(self, req: GenerationRequest) -> GenerationRequest:
         """The dock's request plus the layout of the ticked layers when the layout group is on (raises RsgenError)."""
-        from ..core.georef import grid_for_request
+        from ..core.geo.georef import grid_for_request
 
         self.notes = []
         if not self.layout_group.isChecked():

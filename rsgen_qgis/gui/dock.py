@@ -25,7 +25,7 @@ except ImportError:
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, OutputError, RsgenError
-from ..core.georef import grid_for_request
+from ..core.geo.georef import grid_for_request
 from ..core.recall import Recorded, model_change_note
 from ..core.request import DEFAULT_MODEL, MAX_CLASS_GUIDANCE, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text, describe_crs, extent_in, fit_grid,
@@ -538,7 +538,7 @@ class GenerationDock(QgsDockWidget):
                         "{path} is open in this project as the layer “{name}”: remove that layer or choose another "
                         "Output file (overwriting it would leave the layer showing the old image, and Windows "
                         "refuses it).").format(path=r.output, name=busy[0].name()))
-            from ..core.providers import choose
+            from ..core.runtime.providers import choose
 
             providers = choose(settings.provider_preference())
             estimate = self._estimate(req, providers) if req.large_area else ""
@@ -583,7 +583,7 @@ class GenerationDock(QgsDockWidget):
     @staticmethod
     def _estimate(req: GenerationRequest, providers) -> str:
         """Windows and time of a large-area run, told before it starts (loads the model, times one batch)."""
-        from ..core.largearea import estimate_request
+        from ..core.engine.largearea import estimate_request
 
         n, seconds = estimate_request(req, settings.model_dirs(), providers)
         return tr("Large area: {n:,} windows × {steps} steps, about {t} (estimate).").format(

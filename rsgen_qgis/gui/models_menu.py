@@ -48,7 +48,7 @@ class ModelMenu(QMenu):
 
     def install_zip(self, path: str) -> bool:
         """Install (verify, then unpack into the profile's rsgen_models folder) and select the model in `path`."""
-        from ..core.install import install_zip
+        from ..core.runtime.install import install_zip
 
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:

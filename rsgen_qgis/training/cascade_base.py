@@ -22,8 +22,8 @@ import tempfile
 
 import torch
 
-from ..core.conditions import manifest_conditions
-from ..core.models import FORMAT, read_package, sha256_file
+from ..core.conditions.encoding import manifest_conditions
+from ..core.runtime.models import FORMAT, read_package, sha256_file
 from ..core.request import DEFAULT_SAMPLER
 from .export import denoiser_io, export_denoiser
 from .model import Denoiser, DenoiserConfig

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.conditions import CondLayout, LAYOUT_CLASSES, encode_gsd
+from ..core.conditions.encoding import CondLayout, LAYOUT_CLASSES, encode_gsd
 from .captions import AID_SYNONYMS, aid_captions, layout_caption
 
 # Nominal GSD of the 150 px AID copy (AID scenes are 600 px at ~0.5-8 m; 4x smaller here). AID gives no

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.conditions import GUIDABLE, GUIDANCE_RANGE, GUIDANCE_SCALE, GUIDANCE_SHIFT, CondLayout, \
+from ..core.conditions.encoding import GUIDABLE, GUIDANCE_RANGE, GUIDANCE_SCALE, GUIDANCE_SHIFT, CondLayout, \
     spatial_layout
 from .data import BatchMaker, load_aid, load_maps
 from .model import Denoiser, DenoiserConfig

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.conditions import layout_onehot
+from ..core.conditions.encoding import layout_onehot
 from ..core.request import DEFAULT_SAMPLER, SAMPLERS
-from ..core.seamless import seamless_fill
+from ..core.conditions.seamless import seamless_fill
 from .captions import CLASS_PROMPT
 from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
 from .tilegen import RES, TileGenerator, TwoStageGenerator

@@ -17,8 +17,8 @@ from typing import Optional
 
 import torch
 
-from ..core.conditions import GUIDANCE_RANGE, CondLayout, manifest_conditions, spatial_channels
-from ..core.models import sha256_file
+from ..core.conditions.encoding import GUIDANCE_RANGE, CondLayout, manifest_conditions, spatial_channels
+from ..core.runtime.models import sha256_file
 from ..core.request import DEFAULT_SAMPLER
 from .model import Denoiser, DenoiserConfig
 

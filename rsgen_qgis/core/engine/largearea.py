@@ -28,12 +28,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .blockblend import BlockBlender
-from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guided, layout_onehot, unconditional
-from .errors import Cancelled, ConditionError
-from .georef import Grid
+from ..conditions.encoding import CondLayout, NO_LAYOUT, cond_vectors, guided, layout_onehot, unconditional
+from ..errors import Cancelled, ConditionError
+from ..geo.georef import Grid
 from .guideproj import GuideProjector
-from .models import MAX_BATCH, LoadedModel
-from .request import GenerationRequest
+from ..runtime.models import MAX_BATCH, LoadedModel
+from ..request import GenerationRequest
 from .samplers import Schedule, make_sampler
 from .tiling import world_noise
 
@@ -384,8 +384,8 @@ def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Tuple[in
 def estimate_request(req: GenerationRequest, model_dirs=(), providers=None) -> Tuple[int, float]:
     """(windows per step, estimated seconds) for a request, large-area or not: what the dock and Processing
     show before starting. Loads the model (kept warm for the run that follows) and times one batch once."""
-    from .georef import grid_for_request
-    from .models import load
+    from ..geo.georef import grid_for_request
+    from ..runtime.models import load
     from .pipeline import _canvas_size
     from .tiling import windows
 

@@ -22,12 +22,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .conditions import NO_LAYOUT
-from .errors import ConditionError
-from .georef import Grid, grid_for_request
+from ..conditions.encoding import NO_LAYOUT
+from ..errors import ConditionError
+from ..geo.georef import Grid, grid_for_request
 from .guideproj import GuideProjector
-from .models import LoadedModel
-from .request import Conditions, GenerationRequest
+from ..runtime.models import LoadedModel
+from ..request import Conditions, GenerationRequest
 
 
 class _ArrayWriter:

@@ -5,10 +5,10 @@ Per step the latent canvas (the output grid padded to whole tiles, divided by th
 overlapping UNet-sized windows; each batch of windows runs with its unconditional twins (classifier-free
 guidance: uncond + g * (cond - uncond), the empty prompt as diffusers encodes it), the guided noise
 predictions are fused with smooth weights and the sampler steps the whole canvas (samplers are elementwise,
-core/samplers.py). The VAE then decodes overlapping latent windows, blended in pixel space. With a canvas of
+core/engine/samplers.py). The VAE then decodes overlapping latent windows, blended in pixel space. With a canvas of
 one tile this is exactly StableDiffusion(ControlNet)Pipeline's loop: tests/test_latent.py compares both.
 
-Conditions: the prompt; DiffusionSat metadata from the grid (core/diffusionsat.py) when the UNet takes it;
+Conditions: the prompt; DiffusionSat metadata from the grid (core/conditions/diffusionsat.py) when the UNet takes it;
 the layout (drawn with the manifest's palette, values in [0, 1]) or the guide image as the ControlNet
 conditioning image; a source image for variations (VAE encoder mean, noised to the strength's first
 timestep, as img2img). Noise is world-anchored (core/tiling.world_noise on the latent grid).
@@ -23,10 +23,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import VERSION, diffusionsat
-from .clip_tokenizer import CLIPTokenizer
-from .errors import Cancelled, ConditionError, ModelPackageError
-from .ortrun import Graph, host, session
+from .. import VERSION
+from ..conditions import diffusionsat
+from ..runtime.clip_tokenizer import CLIPTokenizer
+from ..errors import Cancelled, ConditionError, ModelPackageError
+from ..runtime.ortrun import Graph, host, session
 from .samplers import Sampler, Schedule, make_sampler
 from .tiling import batched, blend_weights, windows, world_noise
 
@@ -66,8 +67,8 @@ def _tile_dims(m: dict) -> Dict[str, int]:
 
 def load_latent(pkg, chosen: Sequence[str], threads: int = 0, io_binding: Optional[bool] = None):
     """Open every graph of a verified latent package (fp16 UNet/ControlNet on a GPU when the package has them)."""
-    from . import providers as prov
-    from .models import MAX_BATCH, LoadedModel, check_io
+    from ..runtime import providers as prov
+    from ..runtime.models import MAX_BATCH, LoadedModel, check_io
 
     m = pkg.manifest
     g = m["graphs"]
@@ -108,7 +109,7 @@ def load_latent(pkg, chosen: Sequence[str], threads: int = 0, io_binding: Option
 
 def _zeros_residuals(spec: dict, n: int, h: int, w: int) -> Dict[str, np.ndarray]:
     """Zero ControlNet residuals (the UNet graph of a ControlNet package always takes them)."""
-    from .providers import resolve_dim
+    from ..runtime.providers import resolve_dim
 
     out = {}
     for name, s in spec["inputs"].items():
@@ -260,7 +261,7 @@ def _pad_edge(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def control_image(m: dict, req, grid, hc: int, wc: int) -> Optional[np.ndarray]:
     """The ControlNet conditioning image (3, Hc, Wc) in [0, 1] from the layout or the guide, or None."""
-    from .conditions import NO_LAYOUT, guide_upsample
+    from ..conditions.encoding import NO_LAYOUT, guide_upsample
 
     c = req.conditions
     spec = m["conditions"].get("control")
@@ -294,8 +295,8 @@ def control_image(m: dict, req, grid, hc: int, wc: int) -> Optional[np.ndarray]:
 def generate_latent(req, model, grid, progress: Progress, cancelled: Callable[[], bool], window_batch: int,
                     t0: float):
     """The latent-kind body of core.pipeline.generate: same grid, noise anchoring, tags and atomic COG write."""
-    from .georef import centre_lonlat, gsd_metres_mean
-    from .geotiff import write_cog
+    from ..geo.georef import centre_lonlat, gsd_metres_mean
+    from ..geo.geotiff import write_cog
     from .pipeline import GenerationResult
 
     m = model.package.manifest
@@ -331,7 +332,7 @@ def generate_latent(req, model, grid, progress: Progress, cancelled: Callable[[]
         x = sampler.add_noise(z0, noise, sampler.start_timestep)
     else:
         x = noise * np.float32(sampler.init_noise_sigma)
-    from .models import MAX_BATCH
+    from ..runtime.models import MAX_BATCH
 
     # a batch of windows runs with its guidance twins: stay inside the TensorRT profile (MAX_BATCH)
     batch = max(1, min(window_batch, MAX_BATCH) // 2)

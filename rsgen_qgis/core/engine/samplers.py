@@ -37,7 +37,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelPackageError, ParameterError
+from ..errors import ModelPackageError, ParameterError
 
 SAMPLER_LABELS: Dict[str, str] = {"dpmpp_2m": "DPM-Solver++ 2M", "ddim": "DDIM", "euler": "Euler",
                                   "dpmpp_2m_sde": "DPM-Solver++ 2M SDE"}

@@ -14,17 +14,17 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from . import VERSION
+from .. import VERSION
 from . import classguide
-from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot, unconditional
-from .errors import Cancelled, ConditionError, ParameterError
-from .georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
-from .geotiff import check_writable, write_cog
+from ..conditions.encoding import CondLayout, NO_LAYOUT, cond_vectors, guide_upsample, layout_onehot, unconditional
+from ..errors import Cancelled, ConditionError, ParameterError
+from ..geo.georef import Grid, centre_lonlat, grid_for_request, gsd_metres_mean
+from ..geo.geotiff import check_writable, write_cog
 from .guideproj import GuideProjector
-from .models import LoadedModel, cascade_factor, load, load_base
-from .request import GenerationRequest
+from ..runtime.models import LoadedModel, cascade_factor, load, load_base
+from ..request import GenerationRequest
 from .samplers import Schedule, make_sampler
-from .seamless import seamless_fill
+from ..conditions.seamless import seamless_fill
 from .tiling import batched, blend_weights, windows, world_noise
 
 log = logging.getLogger("rsgen_qgis")
@@ -317,7 +317,7 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
                     cancelled: Callable[[], bool], window_batch: int, t0: float,
                     layout_source=None, guide_source=None, extra_tags=None) -> GenerationResult:
     """The large-area path: world-anchored blocks streamed into a COG (see core.largearea)."""
-    from .geotiff import CogStream
+    from ..geo.geotiff import CogStream
     from .blockblend import RADIUS as BLEND_RADIUS
     from .largearea import BlockLayout, check_conditions, generate_blocks
 
@@ -407,7 +407,7 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     check_writable(req.output)
     progress(0.0, "Loading model")
     model = load(req.model, model_dirs, providers, threads, req.precision)
-    if model.package.manifest.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/latent.py
+    if model.package.manifest.get("kind", "pixel") == "latent":  # converted diffusers pipelines: core/engine/latent.py
         if req.large_area or req.cascade > 1:
             raise ParameterError(f"Model {model.package.id!r} is a latent diffusion pipeline; the large-area "
                                  "path and the cascade work with pixel-space models (such as rsgen-base).")

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConditionError
+from ..errors import ConditionError
 
 LAYOUT_CLASSES = ("background", "road", "major_road", "building", "vegetation", "water")
 NO_LAYOUT = 255  # class id meaning "no information" in a layout raster

@@ -15,14 +15,14 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import ModelPackageError
-from .request import PRECISIONS
+from ..errors import ModelPackageError
+from ..request import PRECISIONS
 
 FORMAT = "rsgen-model-package/1"
-# Graphs each kind of package must have: pixel-space denoiser, or latent diffusion (core/latent.py).
+# Graphs each kind of package must have: pixel-space denoiser, or latent diffusion (core/engine/latent.py).
 REQUIRED_GRAPHS = {"pixel": ("denoiser",), "latent": ("text_encoder", "unet", "vae_decoder")}
 MAX_BATCH = 16  # largest batch a graph sees (window batch x 2 for classifier-free guidance): TensorRT profile
-_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the plugin folder
 BUNDLED_DIRS = (os.path.join(_HERE, "models"), os.path.join(os.path.dirname(_HERE), "models"))
 ENV_DIRS = "RSGEN_MODEL_DIRS"
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -191,7 +191,7 @@ class LoadedModel:
     text_encoder: Optional[object]
     provider: str
     lock: threading.Lock = field(default_factory=threading.Lock)
-    extra: dict = field(default_factory=dict)  # latent packages: the other graphs (core/latent.py)
+    extra: dict = field(default_factory=dict)  # latent packages: the other graphs (core/engine/latent.py)
     variant: str = "fp32"  # which denoiser graph runs: fp32, fp16 (GPU) or int8 (CPU); see denoiser_variant
     variant_sha256: str = ""  # that graph's sha256 (provenance)
     class_guide: Optional[object] = None  # core.classguide.ClassGuide when the package has one
@@ -245,7 +245,7 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
     verify_files(pkg)
     chosen = list(providers or prov.choose())
     if pkg.kind == "latent":
-        from .latent import load_latent
+        from ..engine.latent import load_latent
 
         key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads)
         with _cache_lock:
@@ -350,7 +350,7 @@ def _open_class_guide(pkg: ModelPackage, text):
     and step on a laptop CPU), so it runs on the CPU whatever runs the denoiser."""
     import onnxruntime as ort
 
-    from .classguide import ClassGuide, ClassGuideSpec
+    from ..engine.classguide import ClassGuide, ClassGuideSpec
 
     section = pkg.manifest.get("class_guide")
     if not section:
