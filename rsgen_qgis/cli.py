@@ -157,7 +157,7 @@ def _regenerate(a) -> GenerationRequest:
 
 def _run(req: GenerationRequest, a) -> int:
     from .core.runtime import providers
-    from .core.engine.pipeline import generate
+    from .core.engine.generate import generate
 
     bar = None
     if not a.quiet:

@@ -13,7 +13,7 @@ import yaml
 
 from rsgen_qgis.batch import runner, spec
 from rsgen_qgis.batch.spec import JobSpecError
-from rsgen_qgis.core.engine.pipeline import generate
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.request import GenerationRequest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -307,7 +307,7 @@ def test_tile_renamed_but_not_recorded_is_adopted_not_redone(clean_run, tmp_path
 def test_batch_and_large_area_modules_import_no_torch_or_qgis():
     code = ("import sys\n"
             "import rsgen_qgis.batch.runner, rsgen_qgis.batch.cli, rsgen_qgis.batch.layout\n"
-            "import rsgen_qgis.core.engine.largearea, rsgen_qgis.core.engine.cascade, rsgen_qgis.core.engine.seams, distributed\n"
+            "import rsgen_qgis.core.engine.blocks, rsgen_qgis.core.engine.cascade, rsgen_qgis.core.engine.seams, distributed\n"
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'qgis') if m in sys.modules]\n"
             "assert not bad, bad\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

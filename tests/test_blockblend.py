@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rsgen_qgis.core.engine.blockblend import BlockBlender, box_blur, correlation, split
-from rsgen_qgis.core.engine.largearea import fade
+from rsgen_qgis.core.engine.blocks import fade
 from rsgen_qgis.core.engine.seams import seam_report
 
 B, T = 96, 32

@@ -14,7 +14,7 @@ from rsgen_qgis.core.engine.cascade import coarse_layout
 from rsgen_qgis.core.conditions.encoding import NO_LAYOUT
 from rsgen_qgis.core.geo.georef import Grid
 from rsgen_qgis.core.runtime.models import cascade_factor, load_base, read_package
-from rsgen_qgis.core.engine.pipeline import generate
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 
 X0, Y0 = 453008.0, 6233600.0  # on the 16 m coarse grid
@@ -92,16 +92,16 @@ def test_cascade_at_the_base_factor_uses_the_base(two_stage_dir, tmp_path, large
 
 
 def test_cascade_passes_the_layout_to_the_coarse_pass(two_stage_dir, tmp_path, monkeypatch):
-    from rsgen_qgis.core.engine import pipeline
+    from rsgen_qgis.core.engine import single
 
     seen = []
-    real = pipeline.sample_canvas
+    real = single.sample_canvas
 
     def spy(r, model, grid, *a, **k):
         seen.append((r.conditions.layout, grid))
         return real(r, model, grid, *a, **k)
 
-    monkeypatch.setattr(pipeline, "sample_canvas", spy)
+    monkeypatch.setattr(single, "sample_canvas", spy)
     layout = np.full((40, 60), 3, np.uint8)
     layout[:, :20] = 5
     generate(req(tmp_path, "l.tif", cascade=4, conditions=Conditions(layout=layout)), model_dirs=[two_stage_dir])

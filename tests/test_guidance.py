@@ -6,9 +6,9 @@ import numpy as np
 
 from rsgen_qgis.core.conditions.encoding import CondLayout, cond_vectors, manifest_conditions, unconditional
 from rsgen_qgis.core.geo.georef import grid_for_request
-from rsgen_qgis.core.engine.largearea import evaluations_per_window
+from rsgen_qgis.core.engine.blocks import evaluations_per_window
 from rsgen_qgis.core.runtime.models import load
-from rsgen_qgis.core.engine.pipeline import sample_canvas
+from rsgen_qgis.core.engine.single import sample_canvas
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 from recording import Recorder
 

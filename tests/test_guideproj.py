@@ -6,7 +6,7 @@ import rasterio
 
 from rsgen_qgis.core import errors
 from rsgen_qgis.core.engine.guideproj import GuideProjector, area_matrix
-from rsgen_qgis.core.engine.pipeline import generate
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 from rsgen_qgis.core.engine.samplers import Schedule, make_sampler
 

@@ -305,7 +305,7 @@ def test_packaged_zip_installs_and_runs(tiny_model_dir, tmp_path):
         assert (meta.external_attr >> 16) & 0o170000 == 0o100000, "metadata.txt must be a real file"
         with open(os.path.join(ROOT, "metadata.txt"), "rb") as f:
             assert zf.read(meta) == f.read()
-        for needed in ("rsgen_qgis/__init__.py", "rsgen_qgis/plugin.py", "rsgen_qgis/core/engine/pipeline.py",
+        for needed in ("rsgen_qgis/__init__.py", "rsgen_qgis/plugin.py", "rsgen_qgis/core/engine/generate.py",
                        "rsgen_qgis/resources/icon.svg", "rsgen_qgis/models/rsgen-tiny/manifest.json",
                        "rsgen_qgis/LICENSE"):
             assert needed in names, needed

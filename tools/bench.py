@@ -79,7 +79,7 @@ def ort_vs_torch(threads: int) -> dict:
 
 
 def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, class_guidance=None) -> dict:
-    from rsgen_qgis.core.engine.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     d = tempfile.mkdtemp()
@@ -91,7 +91,7 @@ def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, cl
     ts = [generate(req.replace(seed=i)).seconds for i in range(5)]
     r4 = req.replace(extent=(453000, 6233600, 453512, 6233856))
     t2 = generate(r4).seconds
-    from rsgen_qgis.core.engine.largearea import evaluations_per_window
+    from rsgen_qgis.core.engine.blocks import evaluations_per_window
 
     calls = evaluations_per_window(req, json.load(open(os.path.join(MODEL, "manifest.json"))))
     return {"tile_64px_20_steps_cfg_s": statistics.median(ts), "request_128x64_s": t2, "unet_calls_per_step": calls,
@@ -119,7 +119,7 @@ def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json:
     """One large-area generation in this (fresh) process; writes seconds and this process's peak RSS."""
     import resource
 
-    from rsgen_qgis.core.engine.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     side = round(math.sqrt(km2 * 1e6) / gsd) * gsd

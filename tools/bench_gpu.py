@@ -192,7 +192,7 @@ def sd_unet(device, providers, iters, smoke: bool, onnx: bool) -> dict:
 
 
 def end_to_end(providers, smoke: bool) -> dict:
-    from rsgen_qgis.core.engine.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     size = 128 if smoke else 512

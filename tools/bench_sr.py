@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from rsgen_qgis.core.conditions.encoding import guide_upsample
-    from rsgen_qgis.core.engine.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
 
     n, f = a.size, 4

@@ -49,9 +49,9 @@ def main(argv=None) -> int:
     import numpy as np
     import rasterio
 
-    from rsgen_qgis.core.engine.largearea import BlockLayout
+    from rsgen_qgis.core.engine.blocks import BlockLayout
     from rsgen_qgis.core.runtime.models import load
-    from rsgen_qgis.core.engine.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
     from rsgen_qgis.core.engine.seams import seam_report
 

@@ -176,7 +176,7 @@ def tile_request(spec: JobSpec, tile: Tile, pitch: int, out_dir: str) -> Generat
 def run_tile(task: dict) -> dict:
     """Generate one tile (a plain-data task, so it travels to Dask workers); returns what the manifest records."""
     from ..core.runtime import models
-    from ..core.engine.pipeline import generate
+    from ..core.engine.generate import generate
 
     req = GenerationRequest.from_dict(task["request"])
     layout = None
@@ -306,7 +306,7 @@ def build_vrt(out_dir: str, records: Dict[str, dict]) -> Optional[str]:
 def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progress: bool = True,
         providers: Optional[Sequence[str]] = None, log: Callable[[str], None] = None) -> dict:
     """Run (or resume) a job; returns the final manifest. Raises BatchError if some tiles failed."""
-    from ..core.engine.largearea import BlockLayout
+    from ..core.engine.blocks import BlockLayout
     from ..core.runtime.models import find
 
     log = log or (lambda m: print(m, file=sys.stderr))

@@ -81,7 +81,7 @@ class GenerationTask(QgsTask):
     # -- worker thread -------------------------------------------------------------------------------------
     def run(self) -> bool:
         try:
-            from ..core.engine.pipeline import generate  # onnxruntime & co. load only when someone generates
+            from ..core.engine.generate import generate  # onnxruntime & co. load only when someone generates
 
             self.result = generate(self.request, progress=self._progress, cancelled=self.isCanceled,
                                    model_dirs=self.model_dirs, providers=self.providers)

@@ -583,7 +583,7 @@ class GenerationDock(QgsDockWidget):
     @staticmethod
     def _estimate(req: GenerationRequest, providers) -> str:
         """Windows and time of a large-area run, told before it starts (loads the model, times one batch)."""
-        from ..core.engine.largearea import estimate_request
+        from ..core.engine.blocks import estimate_request
 
         n, seconds = estimate_request(req, settings.model_dirs(), providers)
         return tr("Large area: {n:,} windows × {steps} steps, about {t} (estimate).").format(

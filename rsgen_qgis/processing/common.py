@@ -145,7 +145,7 @@ def run_engine(req, feedback: QgsProcessingFeedback, progress_range=(0.0, 1.0), 
     """core.pipeline.generate with Processing's progress and cancel; returns the GenerationResult.
 
     Raises RsgenError / ImportError for the caller to turn into QgsProcessingException (see guarded())."""
-    from ..core.engine.pipeline import generate
+    from ..core.engine.generate import generate
     from ..core.runtime.providers import choose
 
     lo, hi = progress_range

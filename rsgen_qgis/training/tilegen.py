@@ -15,7 +15,7 @@ from ..core.engine.classguide import alpha_bar_at, with_shift
 from ..core.conditions.encoding import CondLayout, cond_vectors, layout_onehot, unconditional
 from ..core.engine.guideproj import GuideProjector
 from ..core.runtime.models import load, load_base
-from ..core.engine.pipeline import hold_known
+from ..core.engine.inpaint import hold_known
 from ..core.request import DEFAULT_SAMPLER
 from ..core.engine.samplers import Schedule, make_sampler
 from ..core.engine.tiling import world_noise

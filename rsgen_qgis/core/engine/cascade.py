@@ -26,12 +26,11 @@ from ..conditions.encoding import NO_LAYOUT
 from ..errors import ConditionError
 from ..geo.georef import Grid, grid_for_request
 from .guideproj import GuideProjector
-from ..runtime.models import LoadedModel
 from ..request import Conditions, GenerationRequest
 
 
 class _ArrayWriter:
-    """A writer for core.largearea.generate_blocks that keeps the (small) coarse image in memory."""
+    """A writer for core.engine.blocks.generate_blocks that keeps the (small) coarse image in memory."""
 
     def __init__(self, grid: Grid):
         self.array = np.zeros((3, grid.height, grid.width), np.uint8)
@@ -104,15 +103,15 @@ class CoarseGuide:
         return coarse_projector(self.coarse, self.cgrid, grid, weight)
 
 
-def with_coarse_guide(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Callable[[float, str], None],
+def with_coarse_guide(req: GenerationRequest, grid: Grid, model, progress: Callable[[float, str], None],
                       cancelled: Callable[[], bool], window_batch: int = 8, layout_source=None):
     """Run the coarse pass with `model` (the package's base model or the model itself); return (fine request,
     guide_source, projector): on the single-request path the request carries the coarse image upsampled to its
     grid as its guide and the projector holds the fine image to the coarse pixels (guide_source None); on the
     large-area path the request is unchanged and guide_source gives each block its part of the guide and its
     projector."""
-    from .largearea import generate_blocks
-    from .pipeline import sample_canvas
+    from .blocks import generate_blocks
+    from .single import sample_canvas
 
     if req.conditions.guide is not None:
         raise ConditionError("The cascade makes its own guide image; give either a guide or a cascade factor.")
