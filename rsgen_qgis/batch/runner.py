@@ -311,12 +311,12 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
 
     log = log or (lambda m: print(m, file=sys.stderr))
     pkg = find(spec.model, spec.model_dirs)
-    rng = CondLayout.from_manifest(pkg.manifest["conditions"]).guidance_range if pkg.kind == "pixel" \
+    rng = CondLayout.from_manifest(pkg.manifest["conditions"]).guidance_range if pkg.interface == "rsgen" \
         else None
     if rng and not rng[0] <= spec.guidance <= rng[1]:
         raise JobSpecError(f"guidance: {spec.guidance:g} is outside {rng[0]:g}-{rng[1]:g}, the scales model {pkg.id!r} "
                            "has its guidance distilled for.")
-    lay = BlockLayout.for_manifest(pkg.manifest, spec.block_windows)
+    lay = BlockLayout.for_manifest(pkg.manifest, spec.block_windows, pkg.factor)
     pitch = spec.tile_px
     tiles = plan_tiles(spec, pitch)
     os.makedirs(os.path.join(spec.output, "tiles"), exist_ok=True)

@@ -59,6 +59,14 @@ class ModelPackage:
         return "diffusers" if "unet" in self.manifest.get("graphs", {}) else "rsgen"
 
     @property
+    def factor(self) -> int:
+        """Pixels per latent cell (1 for pixel packages), from the manifest alone."""
+        m = self.manifest
+        if self.interface == "diffusers":
+            return int(m.get("latent", {}).get("vae_scale_factor", 8))
+        return int((m.get("autoencoder") or {}).get("factor", 1)) if self.kind == "latent" else 1
+
+    @property
     def denoiser_sha256(self) -> str:
         """sha256 of the graph that makes the image (rsgen: denoiser, diffusers: UNet), for provenance tags."""
         g = self.manifest["graphs"]
