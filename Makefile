@@ -16,7 +16,7 @@ help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
 	@echo "make test     install, then run the tests"
 	@echo "make install  [GPU=1] system packages (apt) + Python venv with --system-site-packages"
-	@echo "make bench    speed figures (ORT vs torch, s/tile, large areas)"
+	@echo "make bench    speed figures (ORT vs torch, s/tile, large areas; latent models: s per 256 px tile, Mpx/s, RSS)"
 	@echo "make bench-gpu GPU=1  GPU figures (ORT-CUDA vs PyTorch-CUDA, fp16, SD-class UNet; needs CUDA)"
 	@echo "make seams    seam metric: fused large-area path vs naive tiling (real model)"
 	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
@@ -51,6 +51,7 @@ test: install
 
 bench: install
 	$(PY) tools/bench.py $(BENCH_ARGS)
+	$(PY) tools/bench_latent.py $(BENCH_LATENT_ARGS)
 
 bench-gpu: install
 	$(PY) tools/bench_gpu.py --json runs/bench_gpu.json

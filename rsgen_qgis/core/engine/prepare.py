@@ -3,8 +3,9 @@
 Every condition starts in pixels on the footprint (layout ids, guide, known image, mask, all padded to the
 canvas), then goes down to the model's latent grid through its autoencoder (core.runtime.autoencoder): layout
 one-hot averaged over each latent cell (class fractions), the mask max-pooled (a cell with any pixel to
-regenerate is regenerated; the pixel composite afterwards keeps everything outside the pixel mask), the
-masked image and the guide encoded. With the identity autoencoder of a pixel package each of these is the pixel
+regenerate is regenerated; the pixel composite afterwards keeps everything outside the pixel mask), the known
+image and the guide encoded (the masked-image condition is the known latents outside the latent mask, so training
+needs one encode per image, not one per random mask). With the identity autoencoder of a pixel package each of these is the pixel
 array itself, so pixel models see exactly what they were trained with.
 
 What the denoiser is told depends on its interface (core.engine.predictors): an rsgen denoiser takes spatial
@@ -191,7 +192,7 @@ def _prepare_rsgen(req: GenerationRequest, model, fp: Footprint, p: Prepared, pr
         o, _ = lay["mask"]
         spatial[o] = p.mask
         o, n = lay["masked_image"]
-        spatial[o:o + n] = fp.known * (1.0 - fp.mask) if f == 1 else ae.encode(fp.known * (1.0 - fp.mask))
+        spatial[o:o + n] = p.known * (1.0 - p.mask)  # pixels for a pixel model, the source's latents for a latent one
     if fp.guide is not None:
         o, n = lay["guide"]
         spatial[o:o + n] = ae.encode(fp.guide)
