@@ -38,7 +38,10 @@ def denoiser_io(cfg: DenoiserConfig) -> dict:
 
 
 def export_denoiser(model: Denoiser, path: str, opset: int = 17) -> None:
-    """fp32 ONNX with dynamic batch and image size (any multiple of the UNet's downsampling factor)."""
+    """fp32 ONNX with dynamic batch and image size (any multiple of the UNet's downsampling factor). Exported
+    without constant folding, so every parameter is an initializer under its own name (ONNX Runtime folds the
+    reshapes and transposes when it loads the graph): training can start again from a committed package's graph
+    (state_from_onnx)."""
     cfg = model.cfg
     model = model.eval().float()
     t = cfg.tile
@@ -49,7 +52,48 @@ def export_denoiser(model: Denoiser, path: str, opset: int = 17) -> None:
             "prediction": {0: "batch", 2: "height", 3: "width"}}
     with torch.no_grad():
         torch.onnx.export(model, args, path, input_names=["sample", "timestep", "spatial", "cond"],
-                          output_names=["prediction"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+                          output_names=["prediction"], dynamic_axes=axes, opset_version=opset, dynamo=False,
+                          do_constant_folding=False)
+    _name_every_parameter(path, model)
+
+
+def _name_every_parameter(path: str, model: Denoiser) -> None:
+    """The exporter keeps one initializer for byte-identical parameters (freshly initialised norms): add the
+    others under their own names (unused by the graph, a few bytes) so state_from_onnx finds every one."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(path)
+    have = {i.name for i in m.graph.initializer} | {o for n in m.graph.node for o in n.output}
+    missing = {k: v for k, v in model.state_dict().items() if k not in have}
+    if not missing:
+        return
+    for k, v in missing.items():
+        m.graph.initializer.append(numpy_helper.from_array(v.detach().cpu().numpy(), k))
+    onnx.save(m, path)
+
+
+def state_from_onnx(path: str, model: Denoiser) -> dict:
+    """The denoiser's state dict read back from its fp32 graph (export_denoiser keeps the parameter names);
+    raises ValueError naming what does not match, so a phase never starts from the wrong weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(path).graph
+    inits = {i.name: i for i in g.initializer}
+    for n in g.node:  # a parameter the exporter shared with an identical one: Identity(kept) -> its name
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits.setdefault(n.output[0], inits[n.input[0]])
+    out = {}
+    for k, v in model.state_dict().items():
+        if k not in inits:
+            raise ValueError(f"{path}: no initializer {k!r}; the graph was not exported by this version's "
+                             "export_denoiser (names kept) or is another architecture.")
+        a = numpy_helper.to_array(inits[k])
+        if tuple(a.shape) != tuple(v.shape):
+            raise ValueError(f"{path}: {k!r} is {a.shape} in the graph, {tuple(v.shape)} in the model.")
+        out[k] = torch.from_numpy(a.copy())
+    return out
 
 
 def export_fp16(src: str, dst: str) -> None:
@@ -167,6 +211,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
     ap.add_argument("--info", help="JSON file with extra manifest fields (licence, training, metadata_policy)")
+    ap.add_argument("--autoencoder", help="a latent model's autoencoder package folder (models/taef2)")
+    ap.add_argument("--text-kind", default="minilm", choices=("minilm", "tiny"),
+                    help="text encoder to ship (tiny: random, for toy runs and tests)")
+    ap.add_argument("--no-fp16", action="store_true")
     a = ap.parse_args(argv)
     st = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
     model = Denoiser(DenoiserConfig.from_dict(st["config"]))
@@ -178,7 +226,8 @@ def main(argv=None) -> None:
     info.setdefault("training", {}).update({"steps": st["step"], "wall_s": round(st["elapsed_s"]),
                                             "device": st.get("device", "cpu")})
     m = write_package(a.out, model, st["schedule"], model_id=info.pop("id", "rsgen-base"),
-                      name=info.pop("name", "rsgen base"), info=info)
+                      name=info.pop("name", "rsgen base"), info=info, text_kind=a.text_kind, fp16=not a.no_fp16,
+                      autoencoder=autoencoder_entry(a.autoencoder) if a.autoencoder else None)
     total = sum(v["bytes"] for v in m["files"].values())
     print(f"wrote {a.out}: {len(m['files'])} files, {total / 1e6:.1f} MB")
 
