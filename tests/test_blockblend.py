@@ -1,4 +1,4 @@
-"""Contrast-preserving block cross-fade (core.blockblend): exact where one block covers, variance kept in the
+"""Contrast-preserving block cross-fade (core.engine.blockblend): exact where one block covers, variance kept in the
 bands, low frequencies blended linearly, order-independent of the request."""
 import numpy as np
 import pytest

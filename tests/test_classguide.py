@@ -1,4 +1,4 @@
-"""Class guidance (core.classguide, training.classguide): the exported graph's own input gradient equals torch's
+"""Class guidance (core.engine.classguide, training.classguide): the exported graph's own input gradient equals torch's
 autograd, the prompt's class target, the package entry, and generation through the plugin's pipeline."""
 import json
 import os

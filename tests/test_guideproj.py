@@ -1,4 +1,4 @@
-"""Guide consistency (core.guideproj): the projection itself, the samplers' x0 hook, and the engine keeping a
+"""Guide consistency (core.engine.guideproj): the projection itself, the samplers' x0 hook, and the engine keeping a
 super-resolution guide on both paths."""
 import numpy as np
 import pytest

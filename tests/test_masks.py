@@ -1,4 +1,4 @@
-"""Growing an inpainting mask by a ground distance (core.masks)."""
+"""Growing an inpainting mask by a ground distance (core.conditions.masks)."""
 import math
 
 import numpy as np

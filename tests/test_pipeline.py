@@ -150,7 +150,7 @@ def test_inpainting_keeps_outside_pixels(tmp_path, tiny_model_dir):
 
 
 def test_inpainting_fill_meets_the_source_without_a_step(tmp_path, tiny_model_dir, monkeypatch):
-    """The run time's seamless step (core.seamless) against the same run without it: the fill's mean colour moves
+    """The run time's seamless step (core.conditions.seamless) against the same run without it: the fill's mean colour moves
     to the source's surroundings and the step across the hole's border shrinks."""
     from rsgen_qgis.core.engine import inpaint
 

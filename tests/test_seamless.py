@@ -1,4 +1,4 @@
-"""Seamless inpainting fills (core.seamless): the harmonic solve against an exact one, and fills that meet the
+"""Seamless inpainting fills (core.conditions.seamless): the harmonic solve against an exact one, and fills that meet the
 known pixels without a step while keeping their own detail."""
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""World-anchored noise (core.tiling.world_noise): a pure function of seed, stream and world pixel."""
+"""World-anchored noise (core.engine.tiling.world_noise): a pure function of seed, stream and world pixel."""
 import numpy as np
 
 from rsgen_qgis.core.engine.tiling import world_noise

@@ -5,7 +5,7 @@
 - seconds per 64 px tile for 20 DPM-Solver++ steps with guidance (the dock's default), end to end through
   generate() (GeoTIFF included), with the graph the CPU runs by default (int8) and with the exact fp32 graph, and
   the default SDE sampler against the deterministic 2M;
-- large areas (core.largearea): for each size (km2 at --gsd m/px), one fresh subprocess runs generate() with
+- large areas (core.engine.blocks): for each size (km2 at --gsd m/px), one fresh subprocess runs generate() with
   large_area=True and reports its wall seconds and peak RSS (getrusage of that process: model, ONNX Runtime and
   GDAL included), windows per second; 1 km2 again with the fp32 graph (--precision auto only) and with the
   deterministic DPM-Solver++ 2M instead of the default SDE sampler; and batched (8 windows per ONNX call) vs
@@ -100,7 +100,7 @@ def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, cl
 
 
 def seamless_cost(side: int = 1024) -> float:
-    """Seconds of the inpainting's seamless step (core.seamless) for a side x side hole in a slightly larger image."""
+    """Seconds of the inpainting's seamless step (core.conditions.seamless) for a side x side hole in a slightly larger image."""
     import numpy as np
 
     from rsgen_qgis.core.conditions.seamless import seamless_fill

@@ -16,7 +16,7 @@ Seam metric: the mean absolute grey-level difference between 4-neighbour pixel p
 (one inside, one outside), divided by the same mean over pairs that both lie outside the mask within 2..8 px of it
 (the image's own texture near the mask). 1.0 = the border is as smooth as the surroundings. It is reported for the
 source orthophoto (its real building outlines), the plugin's result (seamless correction + feathered blend), the same
-sampling without the seamless correction (core.seamless off for one run: same seed, same model) and pasted with a
+sampling without the seamless correction (core.conditions.seamless off for one run: same seed, same model) and pasted with a
 hard mask as well (inpaint.feather replaced by the bare mask) as the visible-edge reference.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Train the evaluation segmentation net (training.evaluate.SegNet: aerial RGB -> layout classes, on the pix2pix
-"maps" tiles) for a few minutes and export it as ONNX for the dataset filter (rsgen:dataset SEGNET, core.segfilter).
+"maps" tiles) for a few minutes and export it as ONNX for the dataset filter (rsgen:dataset SEGNET, core.conditions.segfilter).
 
     .venv/bin/python tools/export_segnet.py --data /work/data --minutes 5 --out out/segnet.onnx
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/seams.py [--size 512] [--steps 10] [--gsd 4] [--out runs/seams]
 
-- fused: one large-area request (core.largearea: world-anchored blocks of overlapping windows fused every
+- fused: one large-area request (core.engine.blocks: world-anchored blocks of overlapping windows fused every
   step, blocks cross-faded), measured on the window grid (window starts and ends, world-anchored), on the
   block grid (band edges, band centres) and on every line inside the bands where blocks are cross-faded;
 - naive: the same area as independent model tiles (64 px for rsgen-base, 256 px for a TAEF2 latent model) (one request per tile, one window each, same world noise,

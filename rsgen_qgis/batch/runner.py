@@ -1,10 +1,10 @@
 """Batch runner: a job spec -> world-anchored tiles -> per-tile COGs, a VRT mosaic and a JSON manifest.
 
 Tiles sit on the world pixel grid of the job's GSD (tile (i, j) = world rows [i*P, (i+1)*P), columns
-[j*P, (j+1)*P)); each is one large-area request (core.largearea), a pure function of the job and the tile's
+[j*P, (j+1)*P)); each is one large-area request (core.engine.blocks), a pure function of the job and the tile's
 place, so neighbouring tiles join without a seam and a tile made twice is the same bytes.
 
-Crash safety: a tile's COG is renamed into place only when complete (core.geotiff), and the manifest, which
+Crash safety: a tile's COG is renamed into place only when complete (core.geo.geotiff), and the manifest, which
 is the only record of what is done, is rewritten atomically (temp file + rename) after each tile *after* its
 file is in place and hashed. A tile whose write fails (full disk...) is never recorded. After a kill -9 the next
 run reads the manifest, checks every recorded tile's size and sha256, removes stale partial files, adopts a
@@ -14,7 +14,7 @@ run's.
 
 Scale-out: Dask distributed. A LocalCluster of worker processes by default (`--workers N`), or an existing
 cluster (`--scheduler tcp://host:port`, workers need this package importable and the model reachable). Each
-worker process keeps its ONNX session warm (core.models caches loaded models per process), so only the first
+worker process keeps its ONNX session warm (core.runtime.models caches loaded models per process), so only the first
 tile on a worker pays for loading. `--workers 0` runs in this process without Dask.
 """
 from __future__ import annotations

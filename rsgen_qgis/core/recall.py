@@ -55,7 +55,7 @@ class Recorded:
 
 
 def recorded_request(tags: Mapping[str, str], source: str = "this file") -> Recorded:
-    """Read the request back from a generated GeoTIFF's tags (core.geotiff.read_tags). Raises ParameterError
+    """Read the request back from a generated GeoTIFF's tags (core.geo.geotiff.read_tags). Raises ParameterError
     with a user message when the file was not made by rsgen_qgis or its record is unreadable."""
     text = tags.get("request")
     if not text or str(tags.get("synthetic", "")).lower() != "true":

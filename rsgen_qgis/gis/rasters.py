@@ -184,7 +184,7 @@ def mask_from_polygons(layer: Optional[QgsMapLayer], grid: Grid, selected_only: 
                        target: str = "the raster", project: Optional[QgsProject] = None,
                        counts: Optional[Dict[str, int]] = None, grow_m: float = 0.0) -> np.ndarray:
     """(H, W) bool on `grid`, True where a pixel's centre is inside a (reprojected, repaired) polygon, grown by
-    grow_m metres on the ground (core.masks.grow: pixel sizes measured in metres, so any CRS works)."""
+    grow_m metres on the ground (core.conditions.masks.grow: pixel sizes measured in metres, so any CRS works)."""
     if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
         raise ConditionError("Choose a valid polygon layer as the inpainting mask.")
     if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:

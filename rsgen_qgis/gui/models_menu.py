@@ -1,6 +1,6 @@
 """The model row's "…" menu: add a folder of model packages, install a package from its zip, read the chosen
 model's card. The plugin from plugins.qgis.org comes without its model (25 MB limit), so this is where a user
-gets one; core.install does the checking, this only asks for the file and tells what happened."""
+gets one; core.runtime.install does the checking, this only asks for the file and tells what happened."""
 from __future__ import annotations
 
 import os

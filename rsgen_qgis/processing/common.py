@@ -142,7 +142,7 @@ def as_processing_error(exc: BaseException) -> QgsProcessingException:
 
 
 def run_engine(req, feedback: QgsProcessingFeedback, progress_range=(0.0, 1.0), log: bool = True):
-    """core.pipeline.generate with Processing's progress and cancel; returns the GenerationResult.
+    """core.engine.generate.generate with Processing's progress and cancel; returns the GenerationResult.
 
     Raises RsgenError / ImportError for the caller to turn into QgsProcessingException (see guarded())."""
     from ..core.engine.generate import generate

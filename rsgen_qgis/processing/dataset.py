@@ -5,7 +5,7 @@ MIN_BOXES objects) or the features of an extents layer (each feature's bounding 
 a layout made of the vector layers (optional) and the boxes (filled rotated rectangles), then the boxes are
 exported three ways: COCO (horizontal boxes, pixel coordinates, one JSON for the dataset), DOTA v1 (rotated boxes,
 pixel corners, one text file per image) and GeoJSON (rotated boxes in map coordinates, one file for the dataset).
-An optional filter drops samples whose boxes a segmentation net does not confirm (core.segfilter).
+An optional filter drops samples whose boxes a segmentation net does not confirm (core.conditions.segfilter).
 
 Nothing half-made is left behind: on an error or cancel the images written by this run are removed, and the label
 files are written (atomically) only at the end.

@@ -106,7 +106,7 @@ def embed_texts_torch(texts: Sequence[str], kind: str = "minilm", max_length: in
 
 
 def io_spec(dim: int) -> dict:
-    """Graph inputs/outputs as the model manifest states them (core.models checks a loaded graph against it)."""
+    """Graph inputs/outputs as the model manifest states them (core.runtime.models checks a loaded graph against it)."""
     ids = {"dtype": "int64", "shape": ["batch", "sequence"]}
     return {"inputs": {"input_ids": dict(ids), "attention_mask": dict(ids), "token_type_ids": dict(ids)},
             "outputs": {"embedding": {"dtype": "float32", "shape": ["batch", dim]}}}

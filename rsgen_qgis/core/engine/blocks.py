@@ -7,7 +7,7 @@ into fixed blocks: block (i, j) covers world pixels [j*B, j*B + B + D) x [i*B, i
 D = the band neighbouring blocks share). Inside a block the windows tile its footprint exactly, are batched
 through the ONNX session and fused every step (seamless inside); blocks are cross-faded over their shared
 band with raised-cosine weights that sum to one, contrast-preserving
-(core.blockblend: low frequencies blended linearly, detail renormalised by the blend's measured standard
+(core.engine.blockblend: low frequencies blended linearly, detail renormalised by the blend's measured standard
 deviation, so the band is as sharp as the blocks instead of a soft stripe). Each block is a pure function
 of (seed, world position, prompt, metadata at the block, conditions there), and every pixel is the same
 weighted sum of the same blocks in the same (world row-major) order whatever the request, so:

@@ -8,7 +8,7 @@ Two kinds of coarse pass:
   texture (the two-stage generation);
 - otherwise the same model at `cascade` times the GSD: each window sees more ground, so large structures
   (fields, river bends, town edges) are laid out at a scale the 64 px window cannot see at the fine GSD.
-Either way the fine pass adds the detail, held to the coarse image by guide consistency (core.guideproj). The
+Either way the fine pass adds the detail, held to the coarse image by guide consistency (core.engine.guideproj). The
 coarse grid is the request's extent snapped outward at the coarse GSD, so it is itself world-anchored, and on
 the large-area path both passes are (overlapping cascaded requests agree away from their edges, where the
 fine blocks reaching past the request see the guide's edge). The coarse pass takes the prompt, the metadata

@@ -39,7 +39,7 @@ class GenerationResult:
     seconds: float
     model_id: str
     warnings: List[str] = field(default_factory=list)
-    stats: Optional[object] = None  # large-area path: core.largearea.LargeAreaStats
+    stats: Optional[object] = None  # large-area path: core.engine.blocks.LargeAreaStats
     denoiser_graph: str = "fp32"    # the denoiser graph that ran: fp32, int8 (CPU) or fp16 (GPU)
 
 
@@ -79,7 +79,7 @@ def class_guidance_tag(req: GenerationRequest, model: LoadedModel) -> str:
 def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Progress,
                     cancelled: Callable[[], bool], window_batch: int, t0: float,
                     layout_source=None, guide_source=None, extra_tags=None) -> GenerationResult:
-    """The large-area path: world-anchored blocks streamed into a COG (see core.largearea)."""
+    """The large-area path: world-anchored blocks streamed into a COG (see core.engine.blocks)."""
     from ..geo.geotiff import CogStream
     from .blockblend import RADIUS as BLEND_RADIUS
     from .blocks import BlockLayout, check_conditions, generate_blocks

@@ -228,7 +228,7 @@ class LoadedModel:
     extra: dict = field(default_factory=dict)  # diffusers packages: the other graphs (core/runtime/diffusers.py)
     variant: str = "fp32"  # which denoiser graph runs: fp32, fp16 (GPU) or int8 (CPU); see denoiser_variant
     variant_sha256: str = ""  # that graph's sha256 (provenance)
-    class_guide: Optional[object] = None  # core.classguide.ClassGuide when the package has one
+    class_guide: Optional[object] = None  # core.engine.classguide.ClassGuide when the package has one
     autoencoder: object = field(default_factory=Identity)  # core.runtime.autoencoder: the latent space's edges
 
     @property
@@ -431,7 +431,7 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
 
 
 def _open_class_guide(pkg: ModelPackage, text):
-    """The package's class guide (core.classguide), or None. Its classifier is small (about 3 ms per 64 px tile
+    """The package's class guide (core.engine.classguide), or None. Its classifier is small (about 3 ms per 64 px tile
     and step on a laptop CPU), so it runs on the CPU whatever runs the denoiser."""
     import onnxruntime as ort
 
