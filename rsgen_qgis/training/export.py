@@ -54,10 +54,10 @@ def export_denoiser(model: Denoiser, path: str, opset: int = 17) -> None:
         torch.onnx.export(model, args, path, input_names=["sample", "timestep", "spatial", "cond"],
                           output_names=["prediction"], dynamic_axes=axes, opset_version=opset, dynamo=False,
                           do_constant_folding=False)
-    _name_every_parameter(path, model)
+    name_every_parameter(path, model)
 
 
-def _name_every_parameter(path: str, model: Denoiser) -> None:
+def name_every_parameter(path: str, model: torch.nn.Module) -> None:
     """The exporter keeps one initializer for byte-identical parameters (freshly initialised norms): add the
     others under their own names (unused by the graph, a few bytes) so state_from_onnx finds every one."""
     import onnx
@@ -73,7 +73,7 @@ def _name_every_parameter(path: str, model: Denoiser) -> None:
     onnx.save(m, path)
 
 
-def state_from_onnx(path: str, model: Denoiser) -> dict:
+def state_from_onnx(path: str, model: torch.nn.Module) -> dict:
     """The denoiser's state dict read back from its fp32 graph (export_denoiser keeps the parameter names);
     raises ValueError naming what does not match, so a phase never starts from the wrong weights."""
     import onnx

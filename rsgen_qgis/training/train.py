@@ -146,7 +146,7 @@ def main(argv=None) -> None:
         cfg = DenoiserConfig(image_channels=image_channels, spatial_channels=spatial_channels(image_channels=image_channels),
                              cond_dim=cond_dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
                              attention_levels=attn, tile=a.tile, norm_num_groups=min(32, widths[0] // 4),
-                             guidance_input=a.guidance_input)
+                             attention_head_dim=min(32, widths[-1]), guidance_input=a.guidance_input)
     else:
         cfg = DenoiserConfig(cond_dim=cond_dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
                              attention_levels=attn, tile=a.tile, guidance_input=a.guidance_input)

@@ -186,10 +186,11 @@ def find(model: str, extra_dirs: Iterable[str] = ()) -> ModelPackage:
     if os.path.isdir(model):
         return read_package(model)
     errors: list = []
-    pkgs = discover(extra_dirs, errors)
+    pkgs = discover(extra_dirs, errors, autoencoders=True)  # asked for by id: load() says what an autoencoder is
     for p in pkgs:
         if p.id == model:
             return p
+    pkgs = [p for p in pkgs if p.kind != "autoencoder"]
     known = ", ".join(p.id for p in pkgs) or "none"
     hint = f" Problems seen: {'; '.join(errors)}" if errors else ""
     if not pkgs and not errors:  # e.g. the plugin from plugins.qgis.org, which comes without its model
