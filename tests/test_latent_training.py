@@ -80,3 +80,29 @@ def test_pack_train_export_generate_and_continue(toy_data, tmp_path, tiny_latent
     assert all(torch.equal(sd[k], v) for k, v in st["ema"].items())
     train.main(args[:2] + ["--out", out + "2", "--init-onnx", os.path.join(pkg, "denoiser.onnx")] + args[4:])
     assert os.path.isfile(os.path.join(out + "2", "last.pt"))
+
+
+def test_make_train_gpu_runs_at_toy_scale(toy_data, tmp_path, tiny_latent_dir):
+    """`make train-gpu` (the one device call of docs/GPU.md) on the CPU: from a latent pack to the EMA weights in
+    $OUT, which export to a latent package."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pack = encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "latents.npz"),
+                          limit=4)
+    out = tmp_path / "out"
+    (out / "cache").mkdir(parents=True)
+    caps = all_captions()
+    np.savez(out / "cache" / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), 384)).astype(np.float32))
+    p = subprocess.run(["make", "-s", "-C", root, "train-gpu", f"PY={sys.executable}", f"LATENT_PACK={pack}",
+                        "GPU_MINUTES=0.01", f"OUT={out}"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    st = torch.load(out / "ema.pt", map_location="cpu", weights_only=True)
+    assert st["step"] >= 1 and st["config"]["image_channels"] == 32 and st["config"]["tile"] == 32
