@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import secrets
+import stat
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
@@ -47,10 +48,27 @@ COG_OPTIONS = {
 PROBE_PREFIX = ".rsgen-write-test-"  # check_writable's probe files: a process killed mid-probe may leave one
 
 
-def check_writable(path: str) -> None:
-    """Fail early (before minutes of generation) if `path` cannot be written; the message names the folder."""
+GEOTIFF_EXTENSIONS = (".tif", ".tiff")
+
+
+def check_writable(path: str, geotiff: bool = True) -> None:
+    """Fail early (before minutes of generation) if `path` cannot be written; the message names the folder.
+
+    The file is written beside `path` and renamed over it, so `path` must be a regular file or not exist yet: a
+    link would be replaced by the file (not its target written), a FIFO or a device node (/dev/null as root)
+    would be replaced by a GeoTIFF. geotiff: the name must say GeoTIFF (.tif/.tiff), since that is what is
+    written whatever the name says."""
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
+    if geotiff and not path.lower().endswith(GEOTIFF_EXTENSIONS):
+        raise OutputError(f"Cannot write {os.path.basename(path)!r}: rsgen writes GeoTIFF (Cloud Optimized) only; "
+                          f"name the output with .tif, e.g. {os.path.splitext(path)[0] + '.tif'}.")
+    if os.path.islink(path):
+        raise OutputError(f"Cannot write to {path}: it is a link (to {os.readlink(path)}); the link itself would be "
+                          "replaced. Give the real file's path or a new name.")
+    if os.path.lexists(path) and not os.path.isdir(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise OutputError(f"Cannot write to {path}: it is not a regular file (a pipe, socket or device); "
+                          "give a new file name.")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise OutputError(f"Cannot write {os.path.basename(path)!r}: {folder} is a file, not a folder.")
     if not os.path.isdir(folder):
