@@ -19,6 +19,7 @@ from typing import Callable, Iterable, List, Optional
 import numpy as np
 
 from .. import VERSION
+from .classguide import recorded_scale
 from .prepare import PromptCache, class_guidance_for, metadata_for
 from .single import sample_canvas
 from ..errors import Cancelled
@@ -48,8 +49,8 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
     the image, and leaving it out lets the same request written elsewhere give the same bytes (batch resume)."""
     request = req.to_dict()
     request["output"] = os.path.basename(req.output)
-    if req.class_guidance is None and model.class_guide is not None:  # the model's default, as a number: the
-        request["class_guidance"] = model.class_guide.spec.default_scale  # record stays exact if it changes
+    request["class_guidance"] = recorded_scale(  # left to the model: its default, as a number
+        req.class_guidance, model.class_guide.spec.default_scale if model.class_guide is not None else None)
     below = getattr(model.denoiser, "exact_below", None)  # a stepped int8 denoiser: the last steps ran fp32
     extra = {"denoiser_fp32_below_timestep": below} if below else {}
     if model.autoencoder.factor > 1:
