@@ -81,6 +81,19 @@ def model_ids() -> List[str]:
     return ids
 
 
+def target_crs(alg, parameters: Dict[str, Any], name: str, context: QgsProcessingContext):
+    """The CRS parameter `name` when given, None when left empty; a value QGIS does not know as a CRS is refused
+    (it used to be ignored, and the output written in the extent's CRS)."""
+    if not given(parameters, name):
+        return None
+    crs = alg.parameterAsCrs(parameters, name, context)
+    if not crs.isValid():
+        raise QgsProcessingException(f"{name}: {parameters.get(name)!r} is not a CRS QGIS knows; give an EPSG code "
+                                     "such as EPSG:32734, a WKT or PROJ string, or leave it empty for the extent's "
+                                     "CRS.")
+    return crs
+
+
 def given(parameters: Dict[str, Any], name: str) -> bool:
     value = parameters.get(name)
     return isinstance(value, QgsProperty) or value not in (None, "")
