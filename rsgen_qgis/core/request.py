@@ -50,6 +50,8 @@ class Conditions:
     image:  (3, H, W) uint8 RGB source image (inpainting, variation).
     guide:  (3, h, w) uint8 low-resolution RGB guide (super-resolution, cascade); any h, w.
     strength: for variation (image without mask): 1.0 = ignore the image, 0.3 = stay close to it.
+    nodata: (H, W) bool, True where the output must stay nodata because its source had no data there (a raster
+            input's nodata or non-finite pixels); written as the GeoTIFF's mask (transparent in QGIS).
     """
 
     layout: Optional[np.ndarray] = field(default=None, compare=False)
@@ -57,11 +59,12 @@ class Conditions:
     image: Optional[np.ndarray] = field(default=None, compare=False)
     guide: Optional[np.ndarray] = field(default=None, compare=False)
     strength: float = 1.0
+    nodata: Optional[np.ndarray] = field(default=None, compare=False)
 
     def summary(self) -> dict:
         """What was given, for provenance tags (arrays are described, not dumped)."""
         out = {}
-        for name in ("layout", "mask", "image", "guide"):
+        for name in ("layout", "mask", "image", "guide", "nodata"):
             arr = getattr(self, name)
             if arr is not None:
                 out[name] = "x".join(str(s) for s in arr.shape)

@@ -135,13 +135,15 @@ def _remove_temps(prefix: str) -> None:
             pass
 
 
-def write_cog(path: str, rgb: np.ndarray, grid: Grid, tags: Dict, nodata: Optional[float] = None) -> str:
+def write_cog(path: str, rgb: np.ndarray, grid: Grid, tags: Dict, nodata: Optional[float] = None,
+              valid: Optional[np.ndarray] = None) -> str:
     """Write `rgb` (uint8, (3, H, W), row 0 = north) on `grid` as a COG at `path`, atomically; return the path.
 
     The COG driver can only copy, so the pixels go into an in-memory tiled GTiff first (RGB photometric, colour
     interpretation red/green/blue, CRS as WKT, tags), which GDAL then copies to a temp file beside `path` with
     overviews; the temp file is renamed over `path` only when complete. On any failure all temp files are
-    removed and an existing file at `path` is left as it was.
+    removed and an existing file at `path` is left as it was. valid: (H, W) bool, False where the pixels are
+    nodata; written as the internal mask band (GDAL: transparent in QGIS).
     """
     path = os.path.abspath(os.fspath(path))
     _check_input(rgb, grid)
@@ -155,11 +157,13 @@ def write_cog(path: str, rgb: np.ndarray, grid: Grid, tags: Dict, nodata: Option
     if nodata is not None:
         profile["nodata"] = nodata
     try:
-        with MemoryFile() as mem:
+        with MemoryFile() as mem, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             with mem.open(**profile) as src:
                 src.write(rgb)
                 src.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
                 src.update_tags(**clean)
+                if valid is not None:
+                    src.write_mask(np.where(valid, 255, 0).astype(np.uint8))
             with mem.open() as src:
                 rasterio.shutil.copy(src, temp, driver="COG", **COG_OPTIONS)
         os.replace(temp, path)
@@ -186,9 +190,10 @@ class CogStream:
 
     CACHE_MB = 64
 
-    def __init__(self, path: str, grid: Grid, tags: Dict):
+    def __init__(self, path: str, grid: Grid, tags: Dict, valid: Optional[np.ndarray] = None):
+        """valid: (H, W) bool, False where the output stays nodata (the internal mask band, as write_cog)."""
         self.path = os.path.abspath(os.fspath(path))
-        self.grid = grid
+        self.grid, self.valid = grid, valid
         self.tags = _clean_tags(tags)
         check_writable(self.path)
         self.prefix = _temp_prefix(self.path)
@@ -222,6 +227,9 @@ class CogStream:
         try:
             self._ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
             self._ds.update_tags(**self.tags)
+            if self.valid is not None:
+                with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                    self._ds.write_mask(np.where(self.valid, 255, 0).astype(np.uint8))
             self._ds.close()
             self._ds = None
             with rasterio.Env(GDAL_CACHEMAX=self.CACHE_MB), rasterio.open(self.prefix + ".stream.tif") as src:
