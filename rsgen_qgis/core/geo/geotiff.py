@@ -208,6 +208,9 @@ class CogStream:
             self.abort()
             raise OutputError(f"Could not write {self.path} (folder {os.path.dirname(self.path)}): {err}.") \
                 from err
+        except BaseException:  # cancel, Ctrl-C, SIGTERM (sigterm.py) while the file is being created
+            self.abort()
+            raise
 
     def write(self, rgb: np.ndarray, row_off: int, col_off: int) -> None:
         """Write a (3, h, w) uint8 block at pixel (row_off, col_off) of the grid."""
