@@ -76,8 +76,9 @@ class JobLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             if not _os_lock(fd):
                 os.close(fd)
-                raise JobFolderLocked(f"{os.path.dirname(self.path)} is being worked on by {_describe(_holder(self.path))}; "
-                                      "wait for it to finish (or stop it) before running this job again.")
+                raise JobFolderLocked(f"{os.path.dirname(self.path)} is being worked on by "
+                                      f"{_describe(_holder(self.path))}; wait for it to finish (or stop it) before "
+                                      "running this job again.")
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except OSError:
