@@ -164,6 +164,13 @@ def test_links_inside_a_package_are_not_followed(tiny_package_copy, outside, tar
         load(tiny_package_copy, providers=CPU)
 
 
+def test_an_unlisted_link_in_the_package_is_refused(tiny_package_copy, outside):
+    """A graph may read files the manifest does not list (ONNX external data): no link may sit in the folder."""
+    os.symlink(str(outside / "vocab.txt"), os.path.join(tiny_package_copy, "denoiser.onnx.data"))
+    with pytest.raises(ModelPackageError, match="denoiser.onnx.data: is a link"):
+        load(tiny_package_copy, providers=CPU)
+
+
 # -- 4. a malformed manifest anywhere on the search path is skipped; the others keep working -------------------
 MALFORMED = {
     "graphs as a list": lambda m: m.update(graphs=[m["graphs"]["denoiser"]]),

@@ -92,9 +92,14 @@ def read_package(path: str) -> ModelPackage:
 
 def verify_files(pkg: ModelPackage) -> None:
     """Check every listed file: a plain file inside the package with the recorded size and sha256 (cached by path,
-    size, mtime); the same check pkg.file() makes when the run time opens one."""
+    size, mtime); the same check pkg.file() makes when the run time opens one. A link anywhere in the folder is
+    refused too: a file the manifest does not list may still be opened by a graph (ONNX external data)."""
     for name in pkg.manifest["files"]:
         pkg.file(name)
+    for entry in os.scandir(pkg.path):
+        if entry.is_symlink():
+            raise ModelPackageError(f"{entry.path}: is a link; a model package holds plain files only (a link may "
+                                    "point anywhere). Not loaded.")
 
 
 def search_dirs(extra_dirs: Iterable[str] = ()) -> List[str]:
