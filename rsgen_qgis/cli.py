@@ -186,7 +186,14 @@ def _run(req: GenerationRequest, a) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .sigterm import terminates_cleanly
+
     a = build_parser().parse_args(argv)
+    with terminates_cleanly():  # SIGTERM: temporary files removed, then the process dies of the signal
+        return _main(a)
+
+
+def _main(a) -> int:
     if a.cmd == "batch":
         from .batch.cli import run as run_batch
 

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -341,3 +342,103 @@ def test_stale_write_probes_of_a_killed_run_are_removed(tmp_path):
     keep.write_bytes(b"tile")
     assert runner._remove_stale_partials(str(tmp_path)) == 3
     assert not any(p.exists() for p in stale) and keep.exists()
+
+
+# -- issue 20, 7: one runner per job folder; a finished, unrecorded tile of a class-guided model is adopted ------
+def _start_runner(path, tmp_path, name):
+    log = open(tmp_path / f"{name}.log", "w+b")
+    p = subprocess.Popen([sys.executable, "-m", "rsgen_qgis", "batch", path, "--workers", "0", "--quiet"],
+                         env=dict(os.environ, PYTHONPATH=ROOT), stdout=log, stderr=subprocess.STDOUT)
+    return p, log
+
+
+def test_a_second_runner_refuses_while_the_first_holds_the_lock(clean_run, tmp_path, tiny_model_dir):
+    from rsgen_qgis.batch.lock import LOCK_FILE, JobFolderLocked
+
+    s0, _ = clean_run
+    path = job(tmp_path, md=tiny_model_dir)
+    first, log = _start_runner(path, tmp_path, "first")
+    lock = tmp_path / "out" / LOCK_FILE
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None and f'"pid": {first.pid}' not in \
+            (lock.read_text() if lock.exists() else ""):
+        time.sleep(0.02)
+    assert first.poll() is None, (log.seek(0), log.read()[-4000:])
+    with pytest.raises(JobFolderLocked) as held:
+        runner.run(spec.load(path), workers=0, progress=False)
+    text = str(held.value)
+    assert f"process {first.pid}" in text and socket.gethostname() in text and "since" in text
+    # the CLI says the same, exit 2, no traceback
+    second = subprocess.run([sys.executable, "-m", "rsgen_qgis", "batch", path, "--workers", "0", "--quiet"],
+                            env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    if first.poll() is None:
+        assert second.returncode == 2 and f"process {first.pid}" in second.stderr, second.stderr
+    assert first.wait(300) == 0, (log.seek(0), log.read()[-4000:])
+    log.close()
+    man = json.load(open(tmp_path / "out" / "manifest.json"))
+    assert len(man["tiles"]) == 4 and all(runner._tile_ok(str(tmp_path / "out"), r) for r in man["tiles"].values())
+    assert tile_bytes(str(tmp_path / "out")) == tile_bytes(s0.output)
+    assert not lock.exists()  # released at the end
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(clean_run, tmp_path, tiny_model_dir):
+    from rsgen_qgis.batch.lock import LOCK_FILE
+
+    path = job(tmp_path, md=tiny_model_dir)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                                          "started": "2020-01-01T00:00:00"}))
+    man = runner.run(spec.load(path), workers=0, progress=False)
+    assert len(man["tiles"]) == 4
+
+
+def test_a_lock_held_on_another_host_is_respected(tmp_path, tiny_model_dir):
+    from rsgen_qgis.batch.lock import LOCK_FILE, JobFolderLocked
+
+    path = job(tmp_path, md=tiny_model_dir)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "render-node-7",
+                                                          "started": "2020-01-01T00:00:00"}))
+    with pytest.raises(JobFolderLocked, match="render-node-7"):
+        runner.run(spec.load(path), workers=0, progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.fixture(scope="module")
+def guided_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny package with a toy class guide (tests/test_classguide.py's), its default scale 20 as rsgen-base's."""
+    import shutil
+
+    pytest.importorskip("torch")
+    from rsgen_qgis.training.classguide import add_to_package, export
+    from test_classguide import CLASSES, PHRASES, _random_guide
+
+    root = tmp_path_factory.mktemp("guided_batch")
+    dst = root / "rsgen-tiny"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), dst)
+    export(_random_guide(), str(root / "g.onnx"))
+    add_to_package(str(dst), str(root / "g.onnx"), CLASSES, PHRASES, default_scale=20.0, min_similarity=-1.0)
+    return str(root)
+
+
+def test_an_unrecorded_tile_of_a_class_guided_model_is_adopted(tmp_path, guided_dir):
+    """The tile's tags record class_guidance 20 (the model's default, resolved); the task leaves it to the model
+    (None): recovery compares the resolved request, so the finished tile is taken, not redone."""
+    import shutil
+
+    s = spec.load(job(tmp_path, md=guided_dir, name="a.yaml", out="a"))
+    first = runner.run(s, workers=0, progress=False)
+    with rasterio.open(os.path.join(s.output, next(iter(first["tiles"].values()))["path"])) as ds:
+        assert json.loads(ds.tags()["request"])["class_guidance"] == 20.0
+    mpath = os.path.join(s.output, "manifest.json")
+    man = json.load(open(mpath))
+    key = sorted(man["tiles"])[0]
+    rec = man["tiles"].pop(key)
+    json.dump(man, open(mpath, "w"))
+    stamp = os.stat(os.path.join(s.output, rec["path"])).st_mtime_ns
+    out = runner.run(s, workers=0, progress=False)
+    assert out["tiles"][key].get("adopted") is True and out["tiles"][key]["sha256"] == rec["sha256"]
+    assert os.stat(os.path.join(s.output, rec["path"])).st_mtime_ns == stamp
+    shutil.rmtree(s.output)

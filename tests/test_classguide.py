@@ -11,6 +11,7 @@ import pytest
 from rsgen_qgis.core.engine.classguide import ClassGuide, ClassGuideSpec, logsnr_input, resolve
 from rsgen_qgis.core.errors import ModelPackageError, ParameterError
 from rsgen_qgis.core.request import GenerationRequest
+from tolerances import reordered_sum_tol
 
 torch = pytest.importorskip("torch", reason="torch (training extras) builds the class-guide graph")
 
@@ -71,7 +72,9 @@ def test_exported_gradient_equals_autograd(tmp_path):
     grad, probs = GradNet(net)(x, ls, tgt)
     scale = float(xr.grad.abs().max())
     assert scale > 0
-    assert float((grad - xr.grad).abs().max()) < 1e-5 * scale
+    # the graph's own backward pass vs autograd: the same sums in another order; the longest are the transposed
+    # 3x3 convolutions over 16 channels, through the 4 layers (tolerances.py: ~7e-5 of the scale; 6e-7 seen)
+    assert float((grad - xr.grad).abs().max()) < reordered_sum_tol(scale, 16 * 9, chained=4)
     assert torch.allclose(probs, torch.softmax(net(x, ls), 1), atol=1e-6)
     path = str(tmp_path / "g.onnx")
     export(net, path)
@@ -82,7 +85,8 @@ def test_exported_gradient_equals_autograd(tmp_path):
         (tgt * torch.log_softmax(net(xr, ls), 1)).sum().backward()
         g = sess.run(["grad"], {"sample": xs.numpy(), "logsnr": ls.numpy(), "target": tgt.numpy()})[0]
         assert g.shape == shape
-        assert np.abs(g - xr.grad.numpy()).max() < 1e-4 * float(xr.grad.abs().max())
+        # ONNX Runtime vs autograd: as above, another kernel's order (~7e-5 of the scale; 4e-7 seen)
+        assert np.abs(g - xr.grad.numpy()).max() < reordered_sum_tol(float(xr.grad.abs().max()), 16 * 9, chained=4)
 
 
 def test_logsnr_input_matches_training():

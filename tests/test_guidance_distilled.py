@@ -17,6 +17,7 @@ from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.engine.single import sample_canvas
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 from recording import Recorder
+from tolerances import reordered_sum_tol
 
 META = dict(gsd_m=4.0, lon=None, lat=None, date=None, has_inpaint=False, has_guide=False)
 
@@ -114,6 +115,12 @@ def test_distillation_target_uses_the_run_time_rule():
     sp, cond = torch.randn(2, 13, 32, 32), torch.randn(2, teacher.cfg.cond_dim)
     with torch.no_grad():
         ref = teacher(x, t, sp, cond)
+        # the student's extra, zero-weight input column changes the order of the first condition layer's sums
+        # (cond_dim + 1 terms); that difference reaches the output through each of the 8 residual blocks that add
+        # the embedding. 1e-6 (8 ulps of the outputs' ~1.4) failed on an AMD EPYC; a real change (the weights not
+        # copied, the column not zero) moves the outputs by > 1e-2.
+        tol = reordered_sum_tol(float(ref.abs().max()), teacher.cfg.cond_dim + 1, chained=8)
         for w in (0.0, 1.0):
-            assert torch.allclose(student(x, t, sp, torch.cat([cond, torch.full((2, 1), w)], 1)), ref, atol=1e-6)
+            assert torch.allclose(student(x, t, sp, torch.cat([cond, torch.full((2, 1), w)], 1)), ref, rtol=0,
+                                  atol=tol)
     assert student.cfg.guidance_input and student.cfg.cond_dim == teacher.cfg.cond_dim + 1

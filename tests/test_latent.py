@@ -21,6 +21,7 @@ from rsgen_qgis.core.runtime import diffusers as latent
 from rsgen_qgis.core.errors import ConditionError
 from rsgen_qgis.core.runtime.models import load, read_package
 from rsgen_qgis.core.engine.samplers import Schedule, make_sampler
+from tolerances import reordered_sum_tol
 
 TOL = 1e-4
 CPU = ["CPUExecutionProvider"]
@@ -99,7 +100,10 @@ def test_text_encoder_equals_clip(tiny_cn):
         ids = tok(p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
             ref = te(ids)[0].numpy()
-        np.testing.assert_allclose(m.text_encoder.embed(p), ref, atol=1e-5)
+        # ONNX Runtime vs torch: every sum in another order; the longest runs over the 77 positions, in each of the
+        # 2 layers (tolerances.py); ~2.5e-5 at these values (up to ~2.7), 1e-6 seen
+        np.testing.assert_allclose(m.text_encoder.embed(p), ref, rtol=0,
+                                   atol=reordered_sum_tol(np.abs(ref).max(), 77, chained=2))
 
 
 def test_controlnet_ddim_equals_diffusers(tiny_cn):
@@ -276,7 +280,8 @@ def test_satunet_metadata_graph_equals_reference(tmp_path):
         ref = ref_unet(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ehs)).sample.numpy()
     h.remove()
     got = m.denoiser.run({"sample": x, "timestep": t, "encoder_hidden_states": ehs, "metadata": md})["noise_pred"]
-    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # ONNX Runtime vs torch: the longest sums are the up blocks' 3x3 convolutions over (32 + 32) channels
+    np.testing.assert_allclose(got, ref, rtol=0, atol=reordered_sum_tol(np.abs(ref).max(), 64 * 9))
     other = m.denoiser.run({"sample": x, "timestep": t, "encoder_hidden_states": ehs,
                             "metadata": md[::-1].copy()})["noise_pred"]
     assert np.abs(other - got).max() > 1e-3  # the metadata reaches the prediction
@@ -303,8 +308,11 @@ def test_graphs_accept_other_sizes_than_traced(tiny_sd_dpm):
         ref = unet(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ehs)).sample.numpy()
         img = vae.decode(torch.from_numpy(x[:1])).sample.numpy()
     got = m.denoiser.run({"sample": x, "timestep": t, "encoder_hidden_states": ehs})["noise_pred"]
-    np.testing.assert_allclose(got, ref, atol=1e-5)
-    np.testing.assert_allclose(m.extra["vae_decoder"].run({"latent": x[:1]})["image"], img, atol=1e-5)
+    # ONNX Runtime vs torch (tolerances.py): the UNet's longest sums are its up blocks' 3x3 convolutions over
+    # (32 + 32) channels (~1e-4 here, 2e-6 seen); the VAE decoder's, its mid attention over the 16 x 12 positions
+    np.testing.assert_allclose(got, ref, rtol=0, atol=reordered_sum_tol(np.abs(ref).max(), 64 * 9))
+    np.testing.assert_allclose(m.extra["vae_decoder"].run({"latent": x[:1]})["image"], img, rtol=0,
+                               atol=reordered_sum_tol(np.abs(img).max(), 16 * 12))
 
 
 @pytest.mark.parametrize("controlnet_metadata", [False, True])

@@ -38,4 +38,7 @@ def run(a) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rsgen_qgis")
     add_parser(ap.add_subparsers(dest="cmd", required=True))
-    return run(ap.parse_args(argv))
+    from ..sigterm import terminates_cleanly
+
+    with terminates_cleanly():
+        return run(ap.parse_args(argv))

@@ -44,6 +44,9 @@ class VectorLayout:
             ds = ogr.Open(path)
         except RuntimeError as err:
             raise ConditionError(f"layout: cannot open {path}: {err}") from err
+        if ds is None or ds.GetLayerCount() == 0:  # a raster, a text file: GDAL opens some and finds no layer
+            raise ConditionError(f"layout: {path} is not a vector file (no layer of features in it); give a "
+                                 "GeoPackage, shapefile or other vector file.")
         lyr = ds.GetLayerByName(layer) if layer else ds.GetLayer(0)
         if lyr is None:
             raise ConditionError(f"layout: {path} has no layer {layer!r}.")

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..core.conditions.encoding import CondLayout
+from ..core.engine.classguide import ClassGuideSpec, recorded_scale
 from ..core.errors import OutputError, RsgenError
-from ..core.geo.geotiff import PROBE_PREFIX
+from ..core.geo.geotiff import PROBE_PREFIX, check_writable
 from ..core.runtime.models import sha256_file
 from ..core.request import GenerationRequest
+from .lock import JobLock
 from .spec import JobSpec, JobSpecError
 
 MANIFEST = "manifest.json"
@@ -239,16 +241,20 @@ def _remove_stale_partials(out_dir: str) -> int:
     return n
 
 
-def adopt_finished(out_dir: str, task: dict, model_sha256: str) -> Optional[dict]:
+def adopt_finished(out_dir: str, task: dict, model_sha256: str,
+                   default_class_guidance: Optional[float] = None) -> Optional[dict]:
     """A tile COG already at its final path but not in the manifest (killed between the rename and the
     manifest write) is complete, since only whole files are renamed into place; take it if its provenance tags
-    say it was made from exactly this tile request and model. Returns a manifest record, or None."""
+    say it was made from exactly this tile request and model. The tags record the request as it ran (class
+    guidance left to the model as the model's default, core.engine.classguide.recorded_scale): it is compared
+    with the task's request resolved the same way. Returns a manifest record, or None."""
     import rasterio
 
     path = task["request"]["output"]
     if not os.path.isfile(path):
         return None
-    want = dict(task["request"], output=os.path.basename(path))
+    want = dict(task["request"], output=os.path.basename(path),
+                class_guidance=recorded_scale(task["request"].get("class_guidance"), default_class_guidance))
     try:
         with rasterio.open(path) as ds:
             tags = ds.tags()
@@ -320,7 +326,16 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
     pitch = spec.tile_px
     tiles = plan_tiles(spec, pitch)
     os.makedirs(os.path.join(spec.output, "tiles"), exist_ok=True)
+    with JobLock(spec.output):  # one runner per folder (batch/lock.py): before any file in it is read or removed
+        return _run_locked(spec, pkg, lay, pitch, tiles, workers, scheduler, progress, providers, log)
+
+
+def _run_locked(spec: JobSpec, pkg, lay, pitch: int, tiles: List[Tile], workers: int, scheduler: Optional[str],
+                progress: bool, providers: Optional[Sequence[str]], log: Callable[[str], None]) -> dict:
+    """run()'s body, under the job folder's lock."""
     mpath = os.path.join(spec.output, MANIFEST)
+    for p in (mpath, os.path.join(spec.output, "mosaic.vrt")):
+        check_writable(p, geotiff=False)  # a link or a pipe in their place is refused, not replaced
     ident = _job_identity(spec)
     done: Dict[str, dict] = {}
     if os.path.exists(mpath):
@@ -385,9 +400,11 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
         failures.append(f"{key}: {err}")
         log(f"tile {key} failed: {err}")
 
+    guide = pkg.manifest.get("class_guide")
+    default_cg = ClassGuideSpec.from_manifest(guide).default_scale if guide else None
     pending = []
     for task in tasks:
-        rec = adopt_finished(spec.output, task, pkg.denoiser_sha256)
+        rec = adopt_finished(spec.output, task, pkg.denoiser_sha256, default_cg)
         if rec is not None:
             record(rec)
         else:

@@ -21,13 +21,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.conditions.encoding import LAYOUT_CLASSES
 from ..core.errors import RsgenError
-from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS
+from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS, date_problem
 
 
 class JobSpecError(RsgenError):
@@ -120,6 +121,11 @@ class JobSpec:
         return asdict(self)
 
 
+def _given(d: dict, key: str, default):
+    """The value of an optional key, or the default only when the key is absent or null."""
+    return default if d.get(key) is None else d[key]
+
+
 def _abs(base: str, p: str) -> str:
     return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, os.path.expanduser(p)))
 
@@ -138,8 +144,10 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
         where = f"aois.bboxes[{i}]"
         b = _check(b, BBOX, where)
         vals = b["bbox"]
-        if len(vals) != 4 or not all(isinstance(v, _NUM) and not isinstance(v, bool) for v in vals):
-            raise JobSpecError(f"{where}.bbox: expected four numbers [xmin, ymin, xmax, ymax], got {vals!r}.")
+        if len(vals) != 4 or not all(isinstance(v, _NUM) and not isinstance(v, bool) and math.isfinite(v)
+                                     for v in vals):
+            raise JobSpecError(f"{where}.bbox: expected four numbers [xmin, ymin, xmax, ymax], all finite, "
+                               f"got {vals!r}.")
         if not (vals[2] > vals[0] and vals[3] > vals[1]):
             raise JobSpecError(f"{where}.bbox: xmax must be above xmin and ymax above ymin, got {vals!r}.")
         boxes.append(BBoxAOI(tuple(float(v) for v in vals), b.get("crs") or d["crs"], b.get("prompt"),
@@ -156,20 +164,29 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
     for i, m in enumerate(d.get("model_dirs") or []):
         if not isinstance(m, str):
             raise JobSpecError(f"model_dirs[{i}]: expected text (a folder), got {type(m).__name__}.")
-    if d["gsd"] <= 0:
-        raise JobSpecError(f"gsd: must be positive, got {d['gsd']!r}.")
+    if not 0 < d["gsd"] < math.inf:  # NaN fails this too
+        raise JobSpecError(f"gsd: must be a positive number (pixel size in CRS units), got {d['gsd']!r}.")
     sampler = d.get("sampler") or DEFAULT_SAMPLER
     if sampler not in SAMPLERS:
         raise JobSpecError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}.")
-    tile_px = int(d.get("tile_px") or 1024)
+    # a value given is used or refused, never replaced by the default (0 is a value)
+    tile_px = _given(d, "tile_px", 1024)
     if tile_px < 16:
         raise JobSpecError(f"tile_px: at least 16 pixels, got {tile_px}.")
-    steps = int(d.get("steps") or 20)
+    steps = _given(d, "steps", 20)
     if not 1 <= steps <= 1000:
         raise JobSpecError(f"steps: from 1 to 1000, got {steps}.")
-    block_windows = int(d.get("block_windows") or 2)
+    block_windows = _given(d, "block_windows", 2)
     if not 1 <= block_windows <= 64:
         raise JobSpecError(f"block_windows: from 1 to 64, got {block_windows}.")
+    seed = _given(d, "seed", 0)
+    if not 0 <= seed < 2**63:
+        raise JobSpecError(f"seed: a whole number from 0 to 2^63-1, got {seed}.")
+    guidance = float(_given(d, "guidance", 3.0))
+    if not 0 <= guidance < math.inf:
+        raise JobSpecError(f"guidance: a number of 0 or more, got {guidance!r}.")
+    if d.get("date") is not None and date_problem(d["date"]):
+        raise JobSpecError(f"date: {date_problem(d['date'])}.")
     precision = d.get("precision") or "auto"
     if precision not in PRECISIONS:
         raise JobSpecError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)} (auto: the model's "
@@ -180,8 +197,7 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
     return JobSpec(
         path=os.path.abspath(path), output=_abs(base, d["output"]), crs=d["crs"], gsd=float(d["gsd"]),
         model=model, model_dirs=tuple(_abs(base, m) for m in d.get("model_dirs") or []),
-        seed=int(d.get("seed") or 0), steps=steps, guidance=float(d.get("guidance", 3.0) if d.get("guidance")
-                                                                   is not None else 3.0),
+        seed=seed, steps=steps, guidance=guidance,
         sampler=sampler, date=d.get("date"), prompt=d.get("prompt") or "", tile_px=tile_px,
         block_windows=block_windows,
         aoi_file=_abs(base, a["file"]) if a.get("file") else None, aoi_layer=a.get("layer"),

@@ -18,7 +18,8 @@ from .errors import ParameterError
 from .request import GenerationRequest
 
 _CONDITION_WORDS = {"layout": "a layout (from vector layers or a class raster)", "mask": "an inpainting mask",
-                    "image": "a source image", "guide": "a low-resolution guide image"}
+                    "image": "a source image", "guide": "a low-resolution guide image",
+                    "nodata": "the source's nodata pixels"}
 
 
 @dataclass

@@ -6,8 +6,11 @@ can read it from a job spec, and the GeoTIFF's provenance tags can record it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -27,6 +30,17 @@ DEFAULT_PIXEL_BUDGET = 1024 * 1024
 MAX_CLASS_GUIDANCE = 50.0  # class guidance scale upper bound (core.engine.classguide); the model card measures 0-40
 
 
+def date_problem(date) -> str:
+    """Why `date` is not an ISO calendar date yyyy-mm-dd ('' when it is one); the batch spec says it too."""
+    if not isinstance(date, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        return f"{date!r} is not a date in the form yyyy-mm-dd (e.g. 2020-06-01)"
+    try:
+        _dt.date.fromisoformat(date)
+    except ValueError as exc:
+        return f"{date!r} is not a calendar date ({exc})"
+    return ""
+
+
 @dataclass(frozen=True)
 class Conditions:
     """Conditions already made into arrays on the request's pixel grid (row 0 = north).
@@ -36,6 +50,8 @@ class Conditions:
     image:  (3, H, W) uint8 RGB source image (inpainting, variation).
     guide:  (3, h, w) uint8 low-resolution RGB guide (super-resolution, cascade); any h, w.
     strength: for variation (image without mask): 1.0 = ignore the image, 0.3 = stay close to it.
+    nodata: (H, W) bool, True where the output must stay nodata because its source had no data there (a raster
+            input's nodata or non-finite pixels); written as the GeoTIFF's mask (transparent in QGIS).
     """
 
     layout: Optional[np.ndarray] = field(default=None, compare=False)
@@ -43,11 +59,12 @@ class Conditions:
     image: Optional[np.ndarray] = field(default=None, compare=False)
     guide: Optional[np.ndarray] = field(default=None, compare=False)
     strength: float = 1.0
+    nodata: Optional[np.ndarray] = field(default=None, compare=False)
 
     def summary(self) -> dict:
         """What was given, for provenance tags (arrays are described, not dumped)."""
         out = {}
-        for name in ("layout", "mask", "image", "guide"):
+        for name in ("layout", "mask", "image", "guide", "nodata"):
             arr = getattr(self, name)
             if arr is not None:
                 out[name] = "x".join(str(s) for s in arr.shape)
@@ -105,12 +122,19 @@ class GenerationRequest:
             raise ParameterError(f"Unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}.")
         if self.sampler not in SAMPLERS:
             raise ParameterError(f"Unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}.")
-        if not (self.guidance >= 0.0):
-            raise ParameterError(f"Guidance must be 0 or more (got {self.guidance!r}).")
+        if not (self.guidance >= 0.0) or not math.isfinite(self.guidance):
+            raise ParameterError(f"Guidance must be a number of 0 or more (got {self.guidance!r}).")
+        if self.date is not None and date_problem(self.date):
+            raise ParameterError(f"The imagery date {date_problem(self.date)}; leave it empty when unknown.")
+        try:
+            str(self.prompt).encode("utf-8")
+        except UnicodeEncodeError as exc:  # bytes that were not UTF-8 on a command line arrive as surrogates
+            raise ParameterError(f"The prompt is not valid text: the character at position {exc.start} is not "
+                                 "UTF-8 (check the terminal's encoding, or retype it).") from None
         if self.gsd is None and (self.width is None or self.height is None):
             raise ParameterError("Give either a GSD (pixel size) or both width and height in pixels.")
-        if self.gsd is not None and not (self.gsd > 0):
-            raise ParameterError(f"The GSD (pixel size) must be positive (got {self.gsd!r}).")
+        if self.gsd is not None and not (0 < self.gsd < math.inf):
+            raise ParameterError(f"The GSD (pixel size) must be a positive, finite number (got {self.gsd!r}).")
         for name in ("width", "height"):
             v = getattr(self, name)
             if v is not None and (int(v) != v or v < 1):

@@ -6,6 +6,9 @@ pixel); super-resolution keeps the footprint and divides the pixel size by 4. Th
 other rasters are converted here, and every conversion is reported as a note the user sees:
 single band -> grey RGB (or its colour table), 16-bit/float -> 2-98 percentile stretch per band (what QGIS's
 default rendering shows), more than 3 bands -> the bands marked red/green/blue, else the first three.
+Nodata (the band's nodata value, NaN, +-inf) stays nodata: read_rgb_nodata() says where, output_nodata() carries
+it to the output grid (the engine writes it as the GeoTIFF's mask), and a raster without one valid pixel is
+refused with that reason instead of becoming a black image.
 """
 from __future__ import annotations
 
@@ -136,6 +139,39 @@ def _palette_rgb(layer: QgsRasterLayer, a: np.ndarray) -> Optional[np.ndarray]:
 
 def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
     """(3, H, W) uint8 RGB of the whole layer on its own grid, and notes on every conversion made."""
+    rgb, _, notes = read_rgb_nodata(layer)
+    return rgb, notes
+
+
+def output_nodata(nodata: Optional[np.ndarray], mask: Optional[np.ndarray] = None,
+                  factor: int = 1) -> Optional[np.ndarray]:
+    """Where the output stays nodata: the source's nodata pixels, less those an inpainting mask regenerates,
+    repeated `factor` times (super-resolution's finer grid); None when there is none."""
+    if nodata is None:
+        return None
+    out = nodata & ~mask if mask is not None else nodata
+    if factor > 1:
+        out = np.repeat(np.repeat(out, factor, 0), factor, 1)
+    return out if out.any() else None
+
+
+def read_rgb_nodata(layer: QgsRasterLayer) -> Tuple[np.ndarray, Optional[np.ndarray], List[str]]:
+    """read_rgb, plus (H, W) bool True where the source has no data (None when it has data everywhere); a raster
+    without a single valid pixel is refused."""
+    rgb, valid, notes = _read_rgb(layer)
+    if valid is None or valid.all():
+        return rgb, None, notes
+    if not valid.any():
+        raise ConditionError(f"Raster {layer.name()!r} has no valid pixel: every pixel is nodata or not a finite "
+                             "number (NaN, infinity); there is nothing to work from. Check its nodata value, or "
+                             "choose another raster.")
+    notes.append(f"Raster {layer.name()!r} has {int((~valid).sum())} nodata pixels: they stay nodata "
+                 "(transparent) in the output.")
+    return rgb, ~valid, notes
+
+
+def _read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, Optional[np.ndarray], List[str]]:
+    """(rgb, valid (H, W) bool or None, notes) of the bands read_rgb uses."""
     layer = _check_raster(layer)
     p = layer.dataProvider()
     n = p.bandCount()
@@ -148,7 +184,7 @@ def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
             rgb = _palette_rgb(layer, a)
             if rgb is not None:
                 notes.append(f"Raster {name!r} is paletted: its colour table gave the RGB image.")
-                return np.ascontiguousarray(rgb), notes
+                return np.ascontiguousarray(rgb), valid, notes
         bands = [1, 1, 1]
         notes.append(f"Raster {name!r} has a single band: it was used as a grey image (same value in R, G, B).")
     elif n == 2:
@@ -165,9 +201,12 @@ def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
     out = np.zeros((3, layer.height(), layer.width()), np.uint8)
     cache: Dict[int, np.ndarray] = {}
     stretched = False
+    all_valid: Optional[np.ndarray] = None
     for i, b in enumerate(bands):
         if b not in cache:
             a, valid = _read_band(layer, b)
+            if valid is not None:
+                all_valid = valid if all_valid is None else (all_valid & valid)
             if a.dtype == np.uint8:
                 cache[b] = np.where(valid, a, 0).astype(np.uint8) if valid is not None else a
             else:
@@ -177,7 +216,7 @@ def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
         type_name = _TYPE_NAMES.get(_code(p.dataType(bands[0])), "?")
         notes.append(f"Raster {name!r} is not 8-bit ({type_name}): each band was "
                      "stretched from its 2nd to 98th percentile to 0-255, as QGIS displays it.")
-    return out, notes
+    return out, all_valid, notes
 
 
 def mask_from_polygons(layer: Optional[QgsMapLayer], grid: Grid, selected_only: bool = False,

@@ -320,7 +320,8 @@ class ConditionsPanel(QWidget):
 
     def raster_request(self, output: str, **params) -> GenerationRequest:
         """A request on the chosen raster's grid (inpainting, variation) or its 4x finer twin (super-resolution)."""
-        from ..gis.rasters import mask_from_polygons, raster_grid, read_rgb, request_on_grid, sr_grid
+        from ..gis.rasters import (SR_FACTOR, mask_from_polygons, output_nodata, raster_grid, read_rgb_nodata,
+                                   request_on_grid, sr_grid)
 
         self.notes = []
         mode = self.raster_mode()
@@ -328,7 +329,7 @@ class ConditionsPanel(QWidget):
         if not isinstance(layer, QgsRasterLayer):
             raise ConditionError(tr("Choose the raster layer to work on (Conditions > From a raster layer)."))
         grid = raster_grid(layer)
-        image, notes = read_rgb(layer)
+        image, nodata, notes = read_rgb_nodata(layer)  # nodata stays nodata in the output
         self.notes.extend(notes)
         if mode == "inpaint":
             mask_layer = self.mask_combo.currentLayer()
@@ -336,11 +337,11 @@ class ConditionsPanel(QWidget):
                 raise ConditionError(tr("Choose a polygon layer as the inpainting mask."))
             mask = mask_from_polygons(mask_layer, grid, self.selected_check.isChecked(),
                                       target=f"raster {layer.name()!r}", grow_m=self.grow_spin.value())
-            conditions = Conditions(mask=mask, image=image)
+            conditions = Conditions(mask=mask, image=image, nodata=output_nodata(nodata, mask))
         elif mode == "superres":
-            grid, conditions = sr_grid(grid), Conditions(guide=image)
+            grid, conditions = sr_grid(grid), Conditions(guide=image, nodata=output_nodata(nodata, factor=SR_FACTOR))
         else:
-            conditions = Conditions(image=image, strength=self.strength())
+            conditions = Conditions(image=image, strength=self.strength(), nodata=output_nodata(nodata))
         return request_on_grid(grid, output, conditions=conditions, **params)
 
     # -- preview ---------------------------------------------------------------------------------------------------

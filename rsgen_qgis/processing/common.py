@@ -61,11 +61,37 @@ def sampler_help() -> Dict[str, str]:
     return dict(SAMPLER_HELP)
 
 
-def model_ids() -> List[str]:
-    """Ids of the model packages discoverable now (bundled, settings folders, $RSGEN_MODEL_DIRS)."""
-    from ..core.runtime.models import discover
+_skipped_logged: set = set()
 
-    return [p.id for p in discover(settings.model_dirs())]
+
+def model_ids() -> List[str]:
+    """Ids of the model packages discoverable now (bundled, settings folders, $RSGEN_MODEL_DIRS). A broken
+    package is left out and named once in QGIS's log (Log Messages, rsgen tab); it never hides the others."""
+    from qgis.core import Qgis, QgsMessageLog
+
+    from ..core.runtime.models import discover
+    from ..gis.task import LOG_TAG
+
+    errors: List[str] = []
+    ids = [p.id for p in discover(settings.model_dirs(), errors)]
+    for e in errors:
+        if e not in _skipped_logged:
+            _skipped_logged.add(e)
+            QgsMessageLog.logMessage(f"Model package skipped: {e}", LOG_TAG, Qgis.MessageLevel.Warning)
+    return ids
+
+
+def target_crs(alg, parameters: Dict[str, Any], name: str, context: QgsProcessingContext):
+    """The CRS parameter `name` when given, None when left empty; a value QGIS does not know as a CRS is refused
+    (it used to be ignored, and the output written in the extent's CRS)."""
+    if not given(parameters, name):
+        return None
+    crs = alg.parameterAsCrs(parameters, name, context)
+    if not crs.isValid():
+        raise QgsProcessingException(f"{name}: {parameters.get(name)!r} is not a CRS QGIS knows; give an EPSG code "
+                                     "such as EPSG:32734, a WKT or PROJ string, or leave it empty for the extent's "
+                                     "CRS.")
+    return crs
 
 
 def given(parameters: Dict[str, Any], name: str) -> bool:

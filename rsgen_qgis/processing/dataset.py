@@ -27,7 +27,8 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
 from ..core.conditions.encoding import LAYOUT_CLASSES, NO_LAYOUT
 from ..core.geo.georef import Grid, grid_for_request
 from ..core.request import Conditions, GenerationRequest
-from .common import RsgenAlgorithm, add_model_parameters, given, guarded, model_values, run_engine, tr
+from .common import (RsgenAlgorithm, add_model_parameters, given, guarded, model_values, run_engine, target_crs,
+                     tr)
 from .layout import (BOX_FIELD, BOXES, LAYERS, RULES_HELP, add_box_parameters, add_layout_parameters, box_options,
                      read_rules)
 
@@ -95,10 +96,9 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
 
     # -- extents -----------------------------------------------------------------------------------------------
     def _crs(self, parameters, context) -> QgsCoordinateReferenceSystem:
-        if given(parameters, TARGET_CRS):
-            crs = self.parameterAsCrs(parameters, TARGET_CRS, context)
-            if crs.isValid():
-                return crs
+        crs = target_crs(self, parameters, TARGET_CRS, context)
+        if crs is not None:
+            return crs
         if given(parameters, AOI):
             crs = self.parameterAsExtentCrs(parameters, AOI, context)
         else:

@@ -17,7 +17,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingContext,
 from .. import settings
 from ..core.request import GenerationRequest
 from ..gis.layers import layer_name
-from .common import (RsgenAlgorithm, add_model_parameters, check_tif, given, guarded, load_as_generated,
+from .common import (RsgenAlgorithm, add_model_parameters, check_tif, given, guarded, load_as_generated, target_crs,
                      model_ids, model_values, report, run_engine, sampler_names, tr)  # noqa: F401  (re-exported)
 
 EXTENT, TARGET_CRS, GSD, WIDTH, HEIGHT = "EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT"
@@ -99,10 +99,9 @@ class GenerateAlgorithm(RsgenAlgorithm):
         return None
 
     def _crs(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> QgsCoordinateReferenceSystem:
-        if given(parameters, TARGET_CRS):
-            crs = self.parameterAsCrs(parameters, TARGET_CRS, context)
-            if crs.isValid():
-                return crs
+        crs = target_crs(self, parameters, TARGET_CRS, context)
+        if crs is not None:
+            return crs
         crs = self.parameterAsExtentCrs(parameters, EXTENT, context)
         if not crs.isValid() and context.project() is not None:
             crs = context.project().crs()

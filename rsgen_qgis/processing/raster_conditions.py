@@ -104,7 +104,7 @@ class InpaintAlgorithm(_RasterConditionAlgorithm):
         return "Inpainted image"
 
     def grid_and_conditions(self, layer, parameters, context, feedback, notes):
-        from ..gis.rasters import mask_from_polygons, raster_grid, read_rgb
+        from ..gis.rasters import mask_from_polygons, output_nodata, raster_grid, read_rgb_nodata
         from ..gis.rasterize import new_counts
 
         grid = raster_grid(layer)
@@ -116,11 +116,11 @@ class InpaintAlgorithm(_RasterConditionAlgorithm):
         if counts["repaired"] or counts["skipped_invalid"]:
             notes.append(f"Mask polygons: {counts['repaired']} invalid repaired, {counts['skipped_invalid']} "
                          "invalid skipped.")
-        image, conv = read_rgb(layer)
+        image, nodata, conv = read_rgb_nodata(layer)
         notes.extend(conv)
         feedback.pushInfo(f"Regenerating {int(mask.sum())} of {mask.size} pixels.")
         self._mask_pixels = int(mask.sum())
-        return grid, Conditions(mask=mask, image=image)
+        return grid, Conditions(mask=mask, image=image, nodata=output_nodata(nodata, mask))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         out = super().processAlgorithm(parameters, context, feedback)
@@ -164,12 +164,12 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
         return "Super-resolved image"
 
     def grid_and_conditions(self, layer, parameters, context, feedback, notes):
-        from ..gis.rasters import SR_FACTOR, raster_grid, read_rgb, sr_grid
+        from ..gis.rasters import SR_FACTOR, output_nodata, raster_grid, read_rgb_nodata, sr_grid
 
         grid = raster_grid(layer)
-        guide, conv = read_rgb(layer)
+        guide, nodata, conv = read_rgb_nodata(layer)
         notes.extend(conv)
-        return sr_grid(grid, SR_FACTOR), Conditions(guide=guide)
+        return sr_grid(grid, SR_FACTOR), Conditions(guide=guide, nodata=output_nodata(nodata, factor=SR_FACTOR))
 
 
 class VariationAlgorithm(_RasterConditionAlgorithm):
@@ -197,9 +197,10 @@ class VariationAlgorithm(_RasterConditionAlgorithm):
         return "Variation"
 
     def grid_and_conditions(self, layer, parameters, context, feedback, notes):
-        from ..gis.rasters import raster_grid, read_rgb
+        from ..gis.rasters import output_nodata, raster_grid, read_rgb_nodata
 
         grid = raster_grid(layer)
-        image, conv = read_rgb(layer)
+        image, nodata, conv = read_rgb_nodata(layer)
         notes.extend(conv)
-        return grid, Conditions(image=image, strength=self.parameterAsDouble(parameters, STRENGTH, context))
+        return grid, Conditions(image=image, strength=self.parameterAsDouble(parameters, STRENGTH, context),
+                                nodata=output_nodata(nodata))

@@ -87,7 +87,8 @@ def cached_net(cache: str, name: str, steps: int, key: str, build):
         return build()
     path = os.path.join(cache, f"judge_{name}_{steps}steps_{key}.pt")
     if os.path.exists(path):
-        net = torch.load(path, map_location="cpu", weights_only=False)
+        # a judge this function trained and cached itself (training only, never in the plugin zip)
+        net = torch.load(path, map_location="cpu", weights_only=False)  # nosec B614
         print(f"{name}: loaded {path}", flush=True)
         return net
     net = build()
@@ -361,7 +362,8 @@ def main(argv=None) -> None:
     judge2 = os.path.join(cache, f"judge_classifier_1200steps_{len(aid_tr['labels'])}x{len(classes)}.pt")
     if os.path.exists(judge2) and a.clf_cosine:  # a second opinion: the earlier, weaker judge (another training)
         with torch.no_grad():
-            other = torch.load(judge2, map_location="cpu", weights_only=False)
+            # the judge an earlier evaluation trained and cached (training only)
+            other = torch.load(judge2, map_location="cpu", weights_only=False)  # nosec B614
             res["second_judge_top1"] = {
                 "real_heldout": float((torch.cat([other(real[i:i + 256]) for i in range(0, len(real), 256)])
                                        .argmax(1).numpy() == aid_te["labels"]).mean()),

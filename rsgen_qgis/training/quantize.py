@@ -156,15 +156,16 @@ def add_int8(model_dir: str, feeds: List[Dict[str, np.ndarray]], method: str = "
     src = pkg.file(man["graphs"]["denoiser"]["file"])
     tmp = os.path.join(model_dir, f".{INT8_FILE}.tmp")
     quantize_graph(src, tmp, feeds, method)
-    os.replace(tmp, pkg.file(INT8_FILE))
+    dst = os.path.join(pkg.path, INT8_FILE)  # a new file: pkg.file() gives only listed, verified ones
+    os.replace(tmp, dst)
     man["graphs"]["denoiser"]["int8_file"] = INT8_FILE
     man["graphs"]["denoiser"]["int8"] = {"ops": list(QUANTIZED_OPS), "fp32_kept": [output_conv(src)],
                                          "fp32_below_timestep": FP32_BELOW_TIMESTEP,
                                          "weights": "int8 per channel",
                                          "activations": "uint8 per tensor", "calibration": method,
                                          "calibration_feeds": len(feeds), **(info or {})}
-    man["files"][INT8_FILE] = {"sha256": sha256_file(pkg.file(INT8_FILE)), "bytes": os.path.getsize(pkg.file(INT8_FILE))}
-    mtmp = pkg.file(".manifest.json.tmp")
+    man["files"][INT8_FILE] = {"sha256": sha256_file(dst), "bytes": os.path.getsize(dst)}
+    mtmp = os.path.join(pkg.path, ".manifest.json.tmp")
     with open(mtmp, "w") as f:
         json.dump(man, f, indent=1)
     os.replace(mtmp, pkg.file("manifest.json"))

@@ -225,7 +225,8 @@ def write_package(src: str, out: str, stats: Optional[dict] = None, window: Opti
         if os.path.exists(out):
             shutil.rmtree(out)
         os.replace(tmp, out)
-        os.chmod(out, 0o755)
+        # a folder (mkdtemp made it 0o700): the usual mode of a folder others may read, not a permissive file mask
+        os.chmod(out, 0o755)  # nosec B103
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -133,6 +133,13 @@ class Resolved:
     tag: str
 
 
+def recorded_scale(requested: Optional[float], default_scale: Optional[float]) -> Optional[float]:
+    """The class guidance a record keeps: a request that left it to the model (None) records the model's default
+    as a number (default_scale: None when the model has no class guide), so the record stays exact if a later
+    package changes its default. Generation (provenance tags) and batch recovery both use this."""
+    return default_scale if requested is None and default_scale is not None else requested
+
+
 def resolve(requested: Optional[float], guide: Optional[ClassGuide], embedding: Optional[np.ndarray]) -> Resolved:
     """requested: the request's class_guidance (None = the model's default)."""
     if guide is None:

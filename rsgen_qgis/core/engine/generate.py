@@ -19,9 +19,10 @@ from typing import Callable, Iterable, List, Optional
 import numpy as np
 
 from .. import VERSION
+from .classguide import recorded_scale
 from .prepare import PromptCache, class_guidance_for, metadata_for
 from .single import sample_canvas
-from ..errors import Cancelled
+from ..errors import Cancelled, ConditionError
 from ..geo.georef import Grid, grid_for_request
 from ..geo.geotiff import check_writable, write_cog
 from ..request import GenerationRequest
@@ -48,8 +49,8 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
     the image, and leaving it out lets the same request written elsewhere give the same bytes (batch resume)."""
     request = req.to_dict()
     request["output"] = os.path.basename(req.output)
-    if req.class_guidance is None and model.class_guide is not None:  # the model's default, as a number: the
-        request["class_guidance"] = model.class_guide.spec.default_scale  # record stays exact if it changes
+    request["class_guidance"] = recorded_scale(  # left to the model: its default, as a number
+        req.class_guidance, model.class_guide.spec.default_scale if model.class_guide is not None else None)
     below = getattr(model.denoiser, "exact_below", None)  # a stepped int8 denoiser: the last steps ran fp32
     extra = {"denoiser_fp32_below_timestep": below} if below else {}
     if model.autoencoder.factor > 1:
@@ -78,7 +79,8 @@ def class_guidance_tag(req: GenerationRequest, model: LoadedModel) -> str:
 
 def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Progress,
                     cancelled: Callable[[], bool], window_batch: int, t0: float,
-                    layout_source=None, guide_source=None, extra_tags=None) -> GenerationResult:
+                    layout_source=None, guide_source=None, extra_tags=None,
+                    valid: Optional[np.ndarray] = None) -> GenerationResult:
     """The large-area path: world-anchored blocks streamed into a COG (see core.engine.blocks)."""
     from ..geo.geotiff import CogStream
     from .blockblend import RADIUS as BLEND_RADIUS
@@ -93,7 +95,7 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
                           "units": "latent cells" if lay.factor > 1 else "pixels", "factor": lay.factor,
                           "metadata": "per block (centre of each block)",
                           "blend": f"contrast-preserving cross-fade, detail above a {2 * BLEND_RADIUS + 1} px box x2"}
-    with CogStream(req.output, grid, tags) as out:
+    with CogStream(req.output, grid, tags, valid) as out:
         stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch,
                                 layout_source=layout_source, guide_source=guide_source)
         if cancelled():
@@ -105,6 +107,22 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     progress(1.0, "Done")
     return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, warnings, stats,
                             model.variant)
+
+
+def _valid_pixels(req: GenerationRequest, grid: Grid) -> Optional[np.ndarray]:
+    """(H, W) bool, False where the output stays nodata (req.conditions.nodata), or None when every pixel is data;
+    refused before the model loads when it does not fit the grid or leaves no pixel to generate."""
+    nodata = req.conditions.nodata
+    if nodata is None:
+        return None
+    nodata = np.asarray(nodata, bool)
+    if nodata.shape != (grid.height, grid.width):
+        raise ConditionError(f"The nodata mask is {nodata.shape[-1]}x{nodata.shape[0]} pixels but the output grid is "
+                             f"{grid.width}x{grid.height}; it must be made on the request's grid.")
+    if nodata.all():
+        raise ConditionError("The source has no valid pixel (all nodata or not finite): there is nothing to "
+                             "generate from; check the raster's nodata value or choose another raster.")
+    return None if not nodata.any() else ~nodata
 
 
 def generate(req: GenerationRequest, progress: Optional[Progress] = None,
@@ -122,6 +140,7 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     cancelled = cancelled or (lambda: False)
     grid = grid_for_request(req)
     check_writable(req.output)
+    valid = _valid_pixels(req, grid)
     progress(0.0, "Loading model")
     model = load(req.model, model_dirs, providers, threads, req.precision)
     guide_source, projector, extra_tags = None, None, {}
@@ -140,13 +159,13 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
         progress = lambda f, msg: outer(0.2 + 0.8 * f, msg)  # noqa: E731
     if req.large_area:
         return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source,
-                               guide_source, extra_tags)
+                               guide_source, extra_tags, valid)
     rgb, p = sample_canvas(req, model, grid, progress, cancelled, window_batch, projector)
     tags = {**provenance_tags(req, model, p.metadata), **extra_tags}
     if "guide_consistency" in p.extra:
         tags["guide_consistency"] = p.extra["guide_consistency"]
     progress(0.98, "Writing GeoTIFF")
-    path = write_cog(req.output, rgb, grid, tags)
+    path = write_cog(req.output, rgb, grid, tags, valid=valid)
     for w in p.warnings:
         log.warning(w)
     progress(1.0, "Done")

@@ -24,6 +24,7 @@ AREA_TOLERANCE_DEG = 5.0
 _POLAR_LIMIT_DEG = 84.0
 _SNAP_EPS = 1e-9  # relative: an extent that already is a whole multiple of the GSD must not grow by a pixel
 _SAMPLES = 21  # points per side sampled when projecting an extent to lon/lat
+MAX_SIDE = 2**31 - 1  # pixels per side: GDAL's raster size is a C int (a GSD of 1e-9 m asked for 10^12)
 
 LARGE_AREA_HINT = ('use a coarser GSD, or the large-area path (`python -m rsgen_qgis batch`, or the dock\'s '
                    '"Large area" option), which generates the area in tiles')
@@ -180,6 +181,10 @@ def grid_for_request(req: GenerationRequest) -> Grid:
     else:
         width, height = int(req.width), int(req.height)
         transform = (xmin, (xmax - xmin) / width, 0.0, ymax, 0.0, -(ymax - ymin) / height)
+    if max(width, height) > MAX_SIDE:
+        raise PixelBudgetError(f"The output would be {width:,} x {height:,} pixels, more than a GeoTIFF can hold "
+                               f"({MAX_SIDE:,} per side) even on the large-area path; choose a coarser GSD or a "
+                               "smaller extent.")
     if width * height > req.pixel_budget and not getattr(req, "large_area", False):
         raise PixelBudgetError(
             f"The output would be {width} x {height} = {width * height:,} pixels, more than the budget of "

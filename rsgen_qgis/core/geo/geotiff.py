@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import secrets
+import stat
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
@@ -47,10 +48,27 @@ COG_OPTIONS = {
 PROBE_PREFIX = ".rsgen-write-test-"  # check_writable's probe files: a process killed mid-probe may leave one
 
 
-def check_writable(path: str) -> None:
-    """Fail early (before minutes of generation) if `path` cannot be written; the message names the folder."""
+GEOTIFF_EXTENSIONS = (".tif", ".tiff")
+
+
+def check_writable(path: str, geotiff: bool = True) -> None:
+    """Fail early (before minutes of generation) if `path` cannot be written; the message names the folder.
+
+    The file is written beside `path` and renamed over it, so `path` must be a regular file or not exist yet: a
+    link would be replaced by the file (not its target written), a FIFO or a device node (/dev/null as root)
+    would be replaced by a GeoTIFF. geotiff: the name must say GeoTIFF (.tif/.tiff), since that is what is
+    written whatever the name says."""
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
+    if geotiff and not path.lower().endswith(GEOTIFF_EXTENSIONS):
+        raise OutputError(f"Cannot write {os.path.basename(path)!r}: rsgen writes GeoTIFF (Cloud Optimized) only; "
+                          f"name the output with .tif, e.g. {os.path.splitext(path)[0] + '.tif'}.")
+    if os.path.islink(path):
+        raise OutputError(f"Cannot write to {path}: it is a link (to {os.readlink(path)}); the link itself would be "
+                          "replaced. Give the real file's path or a new name.")
+    if os.path.lexists(path) and not os.path.isdir(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise OutputError(f"Cannot write to {path}: it is not a regular file (a pipe, socket or device); "
+                          "give a new file name.")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise OutputError(f"Cannot write {os.path.basename(path)!r}: {folder} is a file, not a folder.")
     if not os.path.isdir(folder):
@@ -117,13 +135,15 @@ def _remove_temps(prefix: str) -> None:
             pass
 
 
-def write_cog(path: str, rgb: np.ndarray, grid: Grid, tags: Dict, nodata: Optional[float] = None) -> str:
+def write_cog(path: str, rgb: np.ndarray, grid: Grid, tags: Dict, nodata: Optional[float] = None,
+              valid: Optional[np.ndarray] = None) -> str:
     """Write `rgb` (uint8, (3, H, W), row 0 = north) on `grid` as a COG at `path`, atomically; return the path.
 
     The COG driver can only copy, so the pixels go into an in-memory tiled GTiff first (RGB photometric, colour
     interpretation red/green/blue, CRS as WKT, tags), which GDAL then copies to a temp file beside `path` with
     overviews; the temp file is renamed over `path` only when complete. On any failure all temp files are
-    removed and an existing file at `path` is left as it was.
+    removed and an existing file at `path` is left as it was. valid: (H, W) bool, False where the pixels are
+    nodata; written as the internal mask band (GDAL: transparent in QGIS).
     """
     path = os.path.abspath(os.fspath(path))
     _check_input(rgb, grid)
@@ -137,11 +157,13 @@ def write_cog(path: str, rgb: np.ndarray, grid: Grid, tags: Dict, nodata: Option
     if nodata is not None:
         profile["nodata"] = nodata
     try:
-        with MemoryFile() as mem:
+        with MemoryFile() as mem, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             with mem.open(**profile) as src:
                 src.write(rgb)
                 src.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
                 src.update_tags(**clean)
+                if valid is not None:
+                    src.write_mask(np.where(valid, 255, 0).astype(np.uint8))
             with mem.open() as src:
                 rasterio.shutil.copy(src, temp, driver="COG", **COG_OPTIONS)
         os.replace(temp, path)
@@ -168,9 +190,10 @@ class CogStream:
 
     CACHE_MB = 64
 
-    def __init__(self, path: str, grid: Grid, tags: Dict):
+    def __init__(self, path: str, grid: Grid, tags: Dict, valid: Optional[np.ndarray] = None):
+        """valid: (H, W) bool, False where the output stays nodata (the internal mask band, as write_cog)."""
         self.path = os.path.abspath(os.fspath(path))
-        self.grid = grid
+        self.grid, self.valid = grid, valid
         self.tags = _clean_tags(tags)
         check_writable(self.path)
         self.prefix = _temp_prefix(self.path)
@@ -185,6 +208,9 @@ class CogStream:
             self.abort()
             raise OutputError(f"Could not write {self.path} (folder {os.path.dirname(self.path)}): {err}.") \
                 from err
+        except BaseException:  # cancel, Ctrl-C, SIGTERM (sigterm.py) while the file is being created
+            self.abort()
+            raise
 
     def write(self, rgb: np.ndarray, row_off: int, col_off: int) -> None:
         """Write a (3, h, w) uint8 block at pixel (row_off, col_off) of the grid."""
@@ -204,6 +230,9 @@ class CogStream:
         try:
             self._ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
             self._ds.update_tags(**self.tags)
+            if self.valid is not None:
+                with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                    self._ds.write_mask(np.where(self.valid, 255, 0).astype(np.uint8))
             self._ds.close()
             self._ds = None
             with rasterio.Env(GDAL_CACHEMAX=self.CACHE_MB), rasterio.open(self.prefix + ".stream.tif") as src:

@@ -6,8 +6,8 @@ whose graphs do not have the inputs/outputs the manifest promises is refused wit
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -17,14 +17,11 @@ import numpy as np
 
 from ..errors import ModelPackageError
 from .autoencoder import Identity
+from .manifest_schema import FORMAT, REQUIRED_GRAPHS, check_manifest  # noqa: F401  (FORMAT, REQUIRED_GRAPHS: API)
+from .package_files import MANIFEST, package_file, sha256_file  # noqa: F401  (sha256_file: API)
 from ..request import PRECISIONS
 
-FORMAT = "rsgen-model-package/1"
-# Graphs each kind of package must have. pixel: an rsgen denoiser on images (its autoencoder is the identity);
-# latent: an rsgen denoiser on the latents of the autoencoder package it names ("autoencoder" section), or a
-# converted diffusers pipeline (text_encoder + unet + its own vae_decoder); autoencoder: a shared autoencoder
-# (core.runtime.autoencoder), no denoiser: never offered as a model to generate with.
-REQUIRED_GRAPHS = {"pixel": ("denoiser",), "latent": (), "autoencoder": ()}
+log = logging.getLogger("rsgen_qgis")
 MAX_BATCH = 16  # largest batch a graph sees (window batch x 2 for classifier-free guidance): TensorRT profile
 _HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the plugin folder
 BUNDLED_DIRS = (os.path.join(_HERE, "models"), os.path.join(os.path.dirname(_HERE), "models"))
@@ -47,7 +44,12 @@ class ModelPackage:
         return self.manifest.get("name", self.id)
 
     def file(self, name: str) -> str:
-        return os.path.join(self.path, name)
+        """The path of a file of this package, for every file the run time opens: only a listed file inside the
+        package folder whose sha256 matches (core.runtime.package_files); the manifest itself for
+        'manifest.json'."""
+        if name == MANIFEST:
+            return os.path.join(self.path, MANIFEST)
+        return package_file(self.path, self.manifest["files"], name)
 
     @property
     def kind(self) -> str:
@@ -73,15 +75,6 @@ class ModelPackage:
         return self.manifest["files"][(g.get("denoiser") or g["unet"])["file"]]["sha256"]
 
 
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (model packages, batch tiles)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_package(path: str) -> ModelPackage:
     """Parse a package's manifest (no hashing yet); raise ModelPackageError naming what is wrong."""
     mpath = os.path.join(path, "manifest.json")
@@ -92,58 +85,21 @@ def read_package(path: str) -> ModelPackage:
             m = json.load(f)
     except (OSError, ValueError) as exc:
         raise ModelPackageError(f"{mpath}: cannot read the manifest ({exc}).") from exc
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise ModelPackageError(f"{mpath}: not an rsgen model package (format must be {FORMAT!r}).")
-    kind = m.get("kind", "pixel")
-    if kind not in REQUIRED_GRAPHS:
-        raise ModelPackageError(f"{mpath}: unknown model kind {kind!r} (expected {', '.join(REQUIRED_GRAPHS)}).")
-    needed = ("id", "files", "autoencoder") if kind == "autoencoder" else \
-        ("id", "files", "graphs", "scheduler", "tile", "conditions")
-    for key in needed:
-        if key not in m:
-            raise ModelPackageError(f"{mpath}: the manifest has no {key!r}.")
+    check_manifest(m, mpath)  # types and ranges of everything read later, and every named file listed
     m.setdefault("graphs", {})
-    for g in REQUIRED_GRAPHS[kind]:
-        if g not in m["graphs"]:
-            raise ModelPackageError(f"{mpath}: the manifest declares no {g!r} graph, which a {kind} model needs.")
-    if kind == "latent":
-        g = m["graphs"]
-        if "unet" in g:
-            for name in ("text_encoder", "vae_decoder"):
-                if name not in g:
-                    raise ModelPackageError(f"{mpath}: the manifest declares no {name!r} graph, which a converted "
-                                            "diffusers pipeline needs.")
-        elif "denoiser" not in g or not isinstance(m.get("autoencoder"), dict):
-            raise ModelPackageError(f"{mpath}: a latent model needs a 'denoiser' graph and an 'autoencoder' "
-                                    "section naming its autoencoder package (or a converted diffusers UNet).")
-    for g in m["graphs"].values():
-        if g["file"] not in m["files"]:
-            raise ModelPackageError(f"{mpath}: graph file {g['file']!r} is not listed under 'files'.")
     return ModelPackage(os.path.abspath(path), m)
 
 
-_verified: Dict[tuple, bool] = {}
-
-
 def verify_files(pkg: ModelPackage) -> None:
-    """Check every listed file exists with the recorded size and sha256 (cached by path, size, mtime)."""
-    for name, meta in pkg.manifest["files"].items():
-        p = pkg.file(name)
-        if os.path.basename(name) != name:
-            raise ModelPackageError(f"{p}: file names in a package may not contain folders.")
-        if not os.path.isfile(p):
-            raise ModelPackageError(f"{p}: file listed in the manifest is missing.")
-        st = os.stat(p)
-        key = (p, st.st_size, st.st_mtime_ns, meta.get("sha256"))
-        if _verified.get(key):
-            continue
-        if "bytes" in meta and st.st_size != meta["bytes"]:
-            raise ModelPackageError(f"{p}: size {st.st_size} bytes, the manifest says {meta['bytes']}; "
-                                    "the file is corrupt or from another model.")
-        if sha256_file(p) != meta.get("sha256"):
-            raise ModelPackageError(f"{p}: sha256 does not match the manifest; the file is corrupt or from "
-                                    "another model.")
-        _verified[key] = True
+    """Check every listed file: a plain file inside the package with the recorded size and sha256 (cached by path,
+    size, mtime); the same check pkg.file() makes when the run time opens one. A link anywhere in the folder is
+    refused too: a file the manifest does not list may still be opened by a graph (ONNX external data)."""
+    for name in pkg.manifest["files"]:
+        pkg.file(name)
+    for entry in os.scandir(pkg.path):
+        if entry.is_symlink():
+            raise ModelPackageError(f"{entry.path}: is a link; a model package holds plain files only (a link may "
+                                    "point anywhere). Not loaded.")
 
 
 def search_dirs(extra_dirs: Iterable[str] = ()) -> List[str]:
@@ -157,41 +113,91 @@ def search_dirs(extra_dirs: Iterable[str] = ()) -> List[str]:
     return out
 
 
-def discover(extra_dirs: Iterable[str] = (), errors: Optional[list] = None,
-             autoencoders: bool = False) -> List[ModelPackage]:
-    """Packages found in the given folders, $RSGEN_MODEL_DIRS and the bundled models/ (first id wins).
+def _claimed_id(folder: str) -> str:
+    """The id a package that could not be read claims (its manifest's id if that much is readable, else its
+    folder's name): a broken package must not silently give way to another of the same id (find)."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+            m = json.load(f)
+        if isinstance(m, dict) and isinstance(m.get("id"), str):
+            return m["id"]
+    except (OSError, ValueError):
+        pass
+    return os.path.basename(folder)
 
-    A folder may itself be a package or contain packages. Unreadable packages are skipped and their
-    messages appended to `errors` when a list is given. Autoencoder packages are parts of models, not models
-    to generate with: listed only with autoencoders=True."""
-    found: Dict[str, ModelPackage] = {}
+
+_reported: set = set()
+
+
+def scan(extra_dirs: Iterable[str] = ()) -> List[tuple]:
+    """(folder, package or None, claimed id, problem) for every package folder on the search path, in order.
+    A broken package's problem is logged once per process (discovery runs at every dialog refresh)."""
+    out = []
     for d in search_dirs(extra_dirs):
-        cands = [d] if os.path.isfile(os.path.join(d, "manifest.json")) else \
-            [os.path.join(d, s) for s in sorted(os.listdir(d)) if os.path.isfile(os.path.join(d, s, "manifest.json"))]
+        try:
+            cands = [d] if os.path.isfile(os.path.join(d, MANIFEST)) else \
+                [os.path.join(d, s) for s in sorted(os.listdir(d))
+                 if not s.startswith(".") and os.path.isfile(os.path.join(d, s, MANIFEST))]
+        except OSError as exc:
+            out.append((d, None, None, f"{d}: cannot list this model folder ({exc.strerror or exc})."))
+            continue
         for c in cands:
             try:
                 pkg = read_package(c)
             except ModelPackageError as exc:
-                if errors is not None:
-                    errors.append(str(exc))
+                out.append((c, None, _claimed_id(c), str(exc)))
                 continue
-            if pkg.kind == "autoencoder" and not autoencoders:
+            except Exception as exc:  # a manifest the schema let through but still breaks a reader: skip it too
+                out.append((c, None, _claimed_id(c), f"{c}: cannot read this model package ({exc!r})."))
                 continue
-            found.setdefault(pkg.id, pkg)
+            out.append((c, pkg, pkg.id, None))
+    for _, _, _, problem in out:
+        if problem and problem not in _reported:
+            _reported.add(problem)
+            log.warning("Model package skipped: %s", problem)
+    return out
+
+
+def discover(extra_dirs: Iterable[str] = (), errors: Optional[list] = None,
+             autoencoders: bool = False) -> List[ModelPackage]:
+    """Packages found in the given folders, $RSGEN_MODEL_DIRS and the bundled models/ (first id wins).
+
+    A folder may itself be a package or contain packages. A broken package (unreadable, or a manifest that fails
+    the schema) is skipped, logged once, and its message appended to `errors` when a list is given; it never
+    stops the others. Autoencoder packages are parts of models, not models to generate with: listed only with
+    autoencoders=True."""
+    found: Dict[str, ModelPackage] = {}
+    for _, pkg, _, problem in scan(extra_dirs):
+        if pkg is None:
+            if errors is not None:
+                errors.append(problem)
+            continue
+        if pkg.kind == "autoencoder" and not autoencoders:
+            continue
+        found.setdefault(pkg.id, pkg)
     return list(found.values())
 
 
 def find(model: str, extra_dirs: Iterable[str] = ()) -> ModelPackage:
-    """A package by id or by folder path."""
+    """A package by id or by folder path. The first package on the search path with that id is the one chosen;
+    if that one is broken, it is refused with its problem, never silently replaced by a later one."""
     if os.path.isdir(model):
         return read_package(model)
-    errors: list = []
-    pkgs = discover(extra_dirs, errors, autoencoders=True)  # asked for by id: load() says what an autoencoder is
-    for p in pkgs:
-        if p.id == model:
-            return p
-    pkgs = [p for p in pkgs if p.kind != "autoencoder"]
-    known = ", ".join(p.id for p in pkgs) or "none"
+    found = scan(extra_dirs)  # autoencoders too: asked for by id, load() says what an autoencoder is
+    for i, (folder, pkg, claimed, problem) in enumerate(found):
+        if claimed != model:
+            continue
+        if pkg is not None:
+            return pkg
+        later = next((p.path for _, p, c, _ in found[i + 1:] if p is not None and c == model), None)
+        other = (f" The next package with this id, {later}, was not used in its place: fix or remove the broken "
+                 f"one (or leave its folder out of the model folders) to use it.") if later else ""
+        raise ModelPackageError(f"Model {model!r}: the package chosen for this id is {folder}, the first with this "
+                                f"id on the model search path (the folders you add come before the bundled "
+                                f"models), and it is broken: {problem}{other}")
+    pkgs = [p for _, p, _, _ in found if p is not None and p.kind != "autoencoder"]
+    errors = [problem for _, p, _, problem in found if p is None]
+    known = ", ".join(dict.fromkeys(p.id for p in pkgs)) or "none"
     hint = f" Problems seen: {'; '.join(errors)}" if errors else ""
     if not pkgs and not errors:  # e.g. the plugin from plugins.qgis.org, which comes without its model
         hint = (" Install a model package (such as rsgen-base.zip): the dock's model … menu, or `python -m "
@@ -444,9 +450,7 @@ def _open_class_guide(pkg: ModelPackage, text):
     spec = ClassGuideSpec.from_manifest(section)
     if text is None:
         raise ModelPackageError(f"{pkg.file('manifest.json')}: a class guide needs the package's text encoder.")
-    path = pkg.file(spec.file)
-    if spec.file not in pkg.manifest["files"]:
-        raise ModelPackageError(f"{path}: the class guide's graph is not listed under the manifest's files.")
+    path = pkg.file(spec.file)  # listed, inside the package, sha256 checked
     # its own options: one thread that does not spin between calls, so that it does not hold the cores the
     # denoiser's session wants next (sharing the denoiser's options made every denoiser call ~35 % slower; a 64 px
     # tile at the default 0.44 s instead of 0.36 s with these, 0.28-0.29 s without class guidance)
