@@ -10,13 +10,13 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu seams eval train package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval train latents train-latent train-gpu package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
 	@echo "make test     install, then run the tests"
 	@echo "make install  [GPU=1] system packages (apt) + Python venv with --system-site-packages"
-	@echo "make bench    speed figures (ORT vs torch, s/tile, large areas)"
+	@echo "make bench    speed figures (ORT vs torch, s/tile, large areas; latent models: s per 256 px tile, Mpx/s, RSS)"
 	@echo "make bench-gpu GPU=1  GPU figures (ORT-CUDA vs PyTorch-CUDA, fp16, SD-class UNet; needs CUDA)"
 	@echo "make seams    seam metric: fused large-area path vs naive tiling (real model)"
 	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
@@ -51,9 +51,16 @@ test: install
 
 bench: install
 	$(PY) tools/bench.py $(BENCH_ARGS)
+	$(PY) tools/bench_latent.py $(BENCH_LATENT_ARGS)
 
 bench-gpu: install
 	$(PY) tools/bench_gpu.py --json runs/bench_gpu.json
+
+# the shipped autoencoder on held-out scenes beside 8x bicubic, ONNX vs the published torch weights (TAESD=gitdir)
+DATA512 ?=
+TAESD ?=
+bench-ae: install
+	$(PY) tools/bench_autoencoder.py --data $(DATA) $(if $(DATA512),--data512 $(DATA512)) $(if $(TAESD),--weights $(TAESD))
 
 seams: install
 	$(PY) tools/seams.py
@@ -81,6 +88,25 @@ train: install
 	$(PY) -m rsgen_qgis.training.classguide --data $(DATA) --out runs/classguide --steps 3000
 	$(PY) -m rsgen_qgis.training.classguide --data $(DATA) --out runs/classguide2 --steps 3000 --lr 1e-3 --seed 8 \
 	    --init runs/classguide/classguide.pt --add-to models/rsgen-base --scale 20
+
+# rsgen-base 1.0 (latent, issue "rsgen-base 1.0"): the prepared images encoded once by models/taef2 (the run
+# time's own ONNX encoder), then training in instalments that add up: each run resumes runs/train-latent/last.pt
+# when it is there, else starts from the committed package's graph when LATENT_INIT names one (--init-onnx).
+LATENT_MINUTES ?= 140
+LATENT_INIT ?=
+latents: install
+	$(PY) -m rsgen_qgis.training.latent_data encode --data $(DATA) $(if $(DATA512),--maps-data $(DATA512)) \
+	    --ae models/taef2 --out runs/latents/train.npz --threads 2
+train-latent: install
+	$(PY) -m rsgen_qgis.training.train --latents runs/latents/train.npz --out runs/train-latent --tile 32 \
+	    --channels 64,128,192 --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
+	    --low-res-share 0.3 $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
+# One device call (docs/GPU.md): the same training on the GPU for at most 8 minutes from the latent pack carried
+# with the working tree, EMA weights to $$OUT (exported and evaluated on the CPU afterwards).
+train-gpu:
+	$(PY) -m rsgen_qgis.training.train --latents $(or $(LATENT_PACK),runs/latents/train.npz) --out $${OUT:-runs}/train-gpu \
+	    --tile 32 --channels 64,128,192 --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
+	    --low-res-share 0.3 --save-every 2 --ema-out $${OUT:-runs}/ema.pt $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
 
 # Compact training data (WebP images, layouts, caption embeddings) for a machine without the data folder, in parts
 # of at most PACK_PART_MIB (a part travels to a device call beside the repository's ~43 MB): there,

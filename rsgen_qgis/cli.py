@@ -156,8 +156,8 @@ def _regenerate(a) -> GenerationRequest:
 
 
 def _run(req: GenerationRequest, a) -> int:
-    from .core import providers
-    from .core.pipeline import generate
+    from .core.runtime import providers
+    from .core.engine.generate import generate
 
     bar = None
     if not a.quiet:
@@ -193,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_batch(a)
     try:
         if a.cmd == "models":
-            from .core.models import discover, search_dirs
+            from .core.runtime.models import discover, search_dirs
 
             errors: list = []
             pkgs = discover(a.model_dir, errors)
@@ -205,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"skipped: {e}", file=sys.stderr)
             return 0
         if a.cmd == "install-model":
-            from .core.install import install_zip
+            from .core.runtime.install import install_zip
 
             pkg = install_zip(a.zip, a.dest)
             print(f"installed {pkg.id} ({pkg.name}) in {pkg.path}; use it with --model-dir {a.dest}")

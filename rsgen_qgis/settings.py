@@ -56,7 +56,7 @@ def env_model_dirs() -> List[str]:
 def model_dirs() -> List[str]:
     """Extra model folders to search, settings first, then $RSGEN_MODEL_DIRS, without duplicates.
 
-    The bundled models (<plugin>/models and <plugin>/../models) are added by core.models itself."""
+    The bundled models (<plugin>/models and <plugin>/../models) are added by core.runtime.models itself."""
     out: List[str] = []
     for d in settings_model_dirs() + env_model_dirs():
         if d not in out:

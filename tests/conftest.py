@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 REAL_MODEL = os.path.join(ROOT, "models", "rsgen-base")
+TAEF2 = os.path.join(ROOT, "models", "taef2")
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,23 @@ def tiny_model_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     build_tiny_package(str(root / "rsgen-tiny"))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_dir(tmp_path_factory):
+    """A folder with `rsgen-tiny-latent` (random weights, an rsgen denoiser on TAEF2 latents, 64 px tiles) and a
+    copy of the taef2 autoencoder package beside it."""
+    if not os.path.isfile(os.path.join(TAEF2, "manifest.json")):
+        if os.environ.get("CI"):
+            pytest.fail("models/taef2 (committed) is missing")
+        pytest.skip("models/taef2 is not in this checkout")
+    from rsgen_qgis.training.export import build_tiny_package
+
+    root = tmp_path_factory.mktemp("latent_models")
+    shutil.copytree(TAEF2, root / "taef2")
+    build_tiny_package(str(root / "rsgen-tiny-latent"), seed=3, model_id="rsgen-tiny-latent",
+                       autoencoder_dir=str(root / "taef2"))
     return str(root)
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from rsgen_qgis.batch import runner, spec
 from rsgen_qgis.batch.spec import JobSpecError
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.request import GenerationRequest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +116,7 @@ def test_aoi_polygons_pick_tiles_and_prompts(tmp_path, tiny_model_dir):
 
 
 def test_gsd_far_outside_training_range_warns(tmp_path, tiny_model_dir):
-    from rsgen_qgis.core.models import find
+    from rsgen_qgis.core.runtime.models import find
 
     s = spec.load(job(tmp_path, md=tiny_model_dir, gsd=200.0))
     pkg = find("rsgen-tiny", [tiny_model_dir])
@@ -226,7 +226,7 @@ def test_vector_layout_burned_per_block_grid(tmp_path):
     from osgeo import ogr, osr
 
     from rsgen_qgis.batch.layout import VectorLayout
-    from rsgen_qgis.core.georef import Grid
+    from rsgen_qgis.core.geo.georef import Grid
 
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(4326)  # the roads come in lon/lat, the grid is UTM 34S
@@ -307,7 +307,7 @@ def test_tile_renamed_but_not_recorded_is_adopted_not_redone(clean_run, tmp_path
 def test_batch_and_large_area_modules_import_no_torch_or_qgis():
     code = ("import sys\n"
             "import rsgen_qgis.batch.runner, rsgen_qgis.batch.cli, rsgen_qgis.batch.layout\n"
-            "import rsgen_qgis.core.largearea, rsgen_qgis.core.cascade, rsgen_qgis.core.seams, distributed\n"
+            "import rsgen_qgis.core.engine.blocks, rsgen_qgis.core.engine.cascade, rsgen_qgis.core.engine.seams, distributed\n"
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'qgis') if m in sys.modules]\n"
             "assert not bad, bad\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -330,7 +330,7 @@ def test_guidance_outside_a_distilled_models_range(tmp_path):
 def test_stale_write_probes_of_a_killed_run_are_removed(tmp_path):
     """check_writable's probe file survives a kill -9 that lands between its create and remove; the next run's
     start removes it with the half-written tiles (seen once as an extra file after the kill -9 test)."""
-    from rsgen_qgis.core.geotiff import PROBE_PREFIX
+    from rsgen_qgis.core.geo.geotiff import PROBE_PREFIX
 
     (tmp_path / "tiles").mkdir()
     stale = [tmp_path / "tiles" / f"{PROBE_PREFIX}abc", tmp_path / f"{PROBE_PREFIX}def",

@@ -1,11 +1,11 @@
-"""Contrast-preserving block cross-fade (core.blockblend): exact where one block covers, variance kept in the
+"""Contrast-preserving block cross-fade (core.engine.blockblend): exact where one block covers, variance kept in the
 bands, low frequencies blended linearly, order-independent of the request."""
 import numpy as np
 import pytest
 
-from rsgen_qgis.core.blockblend import BlockBlender, box_blur, correlation, split
-from rsgen_qgis.core.largearea import fade
-from rsgen_qgis.core.seams import seam_report
+from rsgen_qgis.core.engine.blockblend import BlockBlender, box_blur, correlation, split
+from rsgen_qgis.core.engine.blocks import fade
+from rsgen_qgis.core.engine.seams import seam_report
 
 B, T = 96, 32
 L = B + T

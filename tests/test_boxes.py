@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from qgis.core import QgsVectorLayer
 
-from rsgen_qgis.core import projdata  # noqa: F401  (before pyproj)
-from rsgen_qgis.core.conditions import LAYOUT_CLASSES, NO_LAYOUT
+from rsgen_qgis.core.geo import projdata  # noqa: F401  (before pyproj)
+from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES, NO_LAYOUT
 from rsgen_qgis.core.errors import ConditionError
-from rsgen_qgis.core.georef import Grid
+from rsgen_qgis.core.geo.georef import Grid
 from rsgen_qgis.gis.boxes import (Box, boxes_from_layer, burn_boxes, coco_dataset, dota_text, geojson, write_json)
 
 import pyproj  # noqa: E402

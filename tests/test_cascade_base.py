@@ -10,11 +10,11 @@ import rasterio
 import torch
 
 from rsgen_qgis.core import errors
-from rsgen_qgis.core.cascade import coarse_layout
-from rsgen_qgis.core.conditions import NO_LAYOUT
-from rsgen_qgis.core.georef import Grid
-from rsgen_qgis.core.models import cascade_factor, load_base, read_package
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.engine.cascade import coarse_layout
+from rsgen_qgis.core.conditions.encoding import NO_LAYOUT
+from rsgen_qgis.core.geo.georef import Grid
+from rsgen_qgis.core.runtime.models import cascade_factor, load_base, read_package
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 
 X0, Y0 = 453008.0, 6233600.0  # on the 16 m coarse grid
@@ -92,16 +92,16 @@ def test_cascade_at_the_base_factor_uses_the_base(two_stage_dir, tmp_path, large
 
 
 def test_cascade_passes_the_layout_to_the_coarse_pass(two_stage_dir, tmp_path, monkeypatch):
-    from rsgen_qgis.core import pipeline
+    from rsgen_qgis.core.engine import single
 
     seen = []
-    real = pipeline.sample_canvas
+    real = single.sample_canvas
 
     def spy(r, model, grid, *a, **k):
         seen.append((r.conditions.layout, grid))
         return real(r, model, grid, *a, **k)
 
-    monkeypatch.setattr(pipeline, "sample_canvas", spy)
+    monkeypatch.setattr(single, "sample_canvas", spy)
     layout = np.full((40, 60), 3, np.uint8)
     layout[:, :20] = 5
     generate(req(tmp_path, "l.tif", cascade=4, conditions=Conditions(layout=layout)), model_dirs=[two_stage_dir])
@@ -124,7 +124,7 @@ def test_coarse_layout_majority_and_no_layout():
 def test_fine_pass_keeps_the_coarse_pixels(two_stage_dir, tmp_path, monkeypatch, large):
     """Guide consistency on the coarse image's own pixels: each 4 x 4 block of the output averages to the coarse
     pixel above it (both grids world-anchored, so the blocks line up)."""
-    from rsgen_qgis.core import cascade
+    from rsgen_qgis.core.engine import cascade
 
     coarse = []
     real = cascade.upsample_to

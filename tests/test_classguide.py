@@ -1,4 +1,4 @@
-"""Class guidance (core.classguide, training.classguide): the exported graph's own input gradient equals torch's
+"""Class guidance (core.engine.classguide, training.classguide): the exported graph's own input gradient equals torch's
 autograd, the prompt's class target, the package entry, and generation through the plugin's pipeline."""
 import json
 import os
@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from rsgen_qgis.core.classguide import ClassGuide, ClassGuideSpec, logsnr_input, resolve
+from rsgen_qgis.core.engine.classguide import ClassGuide, ClassGuideSpec, logsnr_input, resolve
 from rsgen_qgis.core.errors import ModelPackageError, ParameterError
 from rsgen_qgis.core.request import GenerationRequest
 
@@ -27,7 +27,7 @@ def _colour_guide(steps=100, seed=0):
     Desert sand, Harbour blue), noised at every timestep of the tiny package's schedule: guidance towards a
     class must then turn the image that colour."""
     import torch.nn.functional as F
-    from rsgen_qgis.core.samplers import Schedule
+    from rsgen_qgis.core.engine.samplers import Schedule
     from rsgen_qgis.training.classguide import GuideClassifier, logsnr_channel
     from rsgen_qgis.training.train import SCHEDULE
 
@@ -192,7 +192,7 @@ def _channel_means(path):
 def test_generation_with_class_guidance(guided_package, tmp_path):
     """Guidance towards Harbour (blue) makes the image bluer and towards Forest (green) less red than the same
     seed unguided; the guide's own probability of the target class rises; the tags say what was done."""
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
 
     dirs = [guided_package]
     off = generate(_req(tmp_path, "off.tif"), model_dirs=dirs)
@@ -210,7 +210,7 @@ def test_generation_with_class_guidance(guided_package, tmp_path):
 
 def test_model_default_and_models_without_a_guide(guided_package, tiny_model_dir, tmp_path):
     import rasterio
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
 
     mp = os.path.join(guided_package, "rsgen-tiny-guided", "manifest.json")
     with open(mp) as f:
@@ -224,7 +224,7 @@ def test_model_default_and_models_without_a_guide(guided_package, tiny_model_dir
 def test_large_area_path_with_class_guidance(guided_package, tmp_path):
     """Blocks are guided as the single-request canvas is, and overlapping requests still agree."""
     import rasterio
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
 
     dirs = [guided_package]
     a = generate(_req(tmp_path, "a.tif", class_guidance=8.0, large_area=True), model_dirs=dirs)
@@ -242,8 +242,8 @@ def test_records_keep_the_scale_that_ran(guided_package, tmp_path):
     """A request that left class guidance to the model records the model's default as a number, so the record
     regenerates the same pixels even if a later package changes its default; records from before class
     guidance existed read as off."""
-    from rsgen_qgis.core.geotiff import read_tags
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.geo.geotiff import read_tags
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.recall import recorded_request, recorded_request_of
 
     root = tmp_path / "models"

@@ -6,7 +6,7 @@ import pytest
 
 from tiny_diffusers import hf_tokenizer, write_clip_vocab
 
-from rsgen_qgis.core.clip_tokenizer import CLIPTokenizer
+from rsgen_qgis.core.runtime.clip_tokenizer import CLIPTokenizer
 
 PROMPTS = ["a satellite image of farmland with fields and roads", "Dense  RESIDENTIAL area,\tby a river!!",
            "the city's old town: 2024, ÉTÉ, naïve café", "<|endoftext|>x<|startoftext|> <|ENDOFTEXT|>",

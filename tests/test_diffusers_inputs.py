@@ -132,7 +132,7 @@ def test_cli_exports_a_good_folder(good, tmp_path, capsys):
     out = tmp_path / "models" / "my-sd"
     assert main(["export-diffusers", good, "--out", str(out), "--id", "my-sd"]) == 0
     assert "wrote" in capsys.readouterr().out
-    from rsgen_qgis.core.models import load
+    from rsgen_qgis.core.runtime.models import load
 
     m = load(str(out), providers=["CPUExecutionProvider"])  # hashes and graph IO checked
     assert m.package.id == "my-sd" and m.package.kind == "latent"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rsgen_qgis.core import diffusionsat
+from rsgen_qgis.core.conditions import diffusionsat
 from rsgen_qgis.core.errors import ConditionError
 
 

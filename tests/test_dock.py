@@ -13,7 +13,7 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsGeomet
 from qgis.PyQt.QtCore import QPoint, Qt
 
 from rsgen_qgis import settings
-from rsgen_qgis.core.georef import grid_for_request, gsd_metres_mean
+from rsgen_qgis.core.geo.georef import grid_for_request, gsd_metres_mean
 from rsgen_qgis.core.request import GenerationRequest
 from rsgen_qgis.gis.layers import GROUP_NAME
 from rsgen_qgis.gui import metres as _metres
@@ -211,7 +211,7 @@ def test_random_seed_button(make_dock):
 
 
 def test_no_model_gives_hint_and_message(make_dock, qgis_iface, monkeypatch, tmp_path):
-    monkeypatch.setattr("rsgen_qgis.core.models.BUNDLED_DIRS", (str(tmp_path / "none"),))
+    monkeypatch.setattr("rsgen_qgis.core.runtime.models.BUNDLED_DIRS", (str(tmp_path / "none"),))
     dock = make_dock()
     assert dock.model_combo.count() == 0
     assert dock.model_hint.isVisibleTo(dock) and "No model installed" in dock.model_hint.text()
@@ -331,7 +331,7 @@ def test_large_area_lifts_the_budget_and_tells_windows_first(tiny_dock, qgis_ifa
     assert any("windows" in m and "estimate" in m for m in infos), infos
     qtbot.waitUntil(lambda: task.done, timeout=TASK_TIMEOUT_MS)
     assert task.error is None, task.error
-    from rsgen_qgis.core.geotiff import is_valid_cog
+    from rsgen_qgis.core.geo.geotiff import is_valid_cog
 
     with rasterio.open(tmp_path / "large.tif") as ds:
         assert (ds.width, ds.height) == size
@@ -423,7 +423,7 @@ def test_without_any_model_the_dock_says_how_to_get_one(make_dock, monkeypatch, 
     """What the plugin from plugins.qgis.org shows before its model is installed; Generate stays off."""
     from qgis.core import QgsApplication
 
-    from rsgen_qgis.core import models
+    from rsgen_qgis.core.runtime import models
 
     monkeypatch.setattr(models, "BUNDLED_DIRS", ())
     monkeypatch.setattr(QgsApplication, "qgisSettingsDirPath", staticmethod(lambda: str(tmp_path / "profile")))

@@ -10,9 +10,9 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProject, QgsRaster
                        QgsRectangle, QgsSettings)
 
 from rsgen_qgis import settings
-from rsgen_qgis.core.conditions import LAYOUT_CLASSES
+from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES
 from rsgen_qgis.core.errors import ParameterError
-from rsgen_qgis.core.rules import DEFAULT_OSM_RULES
+from rsgen_qgis.core.conditions.rules import DEFAULT_OSM_RULES
 from rsgen_qgis.gis.layers import GROUP_NAME
 from rsgen_qgis.gui.dock import GenerationDock
 from qgs_layers import memory_layer_from_spec
@@ -208,7 +208,7 @@ def test_mask_outside_raster_goes_to_message_bar(dock, qgis_iface, tmp_path, ras
 
 def test_object_boxes_layer_burns_rotated_boxes_into_the_layout(dock, qgis_iface):
     """Boxes only (no ticked layers): the boxes become building pixels, the rest stays "no information"."""
-    from rsgen_qgis.core.conditions import NO_LAYOUT
+    from rsgen_qgis.core.conditions.encoding import NO_LAYOUT
 
     assert dock.conditions.boxes_combo.currentLayer() is None  # optional, off by default
     boxes = add_layer(f"Polygon?crs={UTM}&field=kind:string", "boxes", [(square(4, 6), {"kind": "building"})])

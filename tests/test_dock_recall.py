@@ -11,7 +11,7 @@ import rasterio
 from qgis.core import Qgis, QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer
 
 import rsgen_qgis
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.recall import recorded_request_of
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 from rsgen_qgis.gis.layers import generation_record

@@ -189,8 +189,8 @@ def test_super_resolution_over_the_budget_says_tick_large_area_and_then_works(do
     assert task.layer.name().startswith("Super-resolved: src (seed")
 
 
-def test_variation_and_inpainting_of_the_whole_raster_go_part_by_part(dock, qtbot, tmp_path, raster):
-    """Large area ticked: a raster over the budget is varied / inpainted in parts that meet without a step."""
+def test_variation_and_inpainting_of_the_whole_raster_take_the_large_area_path(dock, qtbot, tmp_path, raster):
+    """Large area ticked: a raster over the budget is varied / inpainted through the large-area path (blocks)."""
     layer, img = raster
     settings.set_pixel_budget(BUDGET)
     raster_mode(dock, "variation", layer)
@@ -282,7 +282,7 @@ def test_the_models_pixel_size_range_is_shown_and_warned_about(dock, raster, tmp
 
 # -- 5. degrees: a pixel size proposed from metres, a warning when the result is tiny --------------------------------
 def test_a_pixel_size_in_degrees_follows_metres(dock, qgis_iface, qtbot):
-    from rsgen_qgis.core.georef import gsd_metres_mean
+    from rsgen_qgis.core.geo.georef import gsd_metres_mean
 
     dock.show()
     canvas = qgis_iface.mapCanvas()
@@ -301,7 +301,7 @@ def test_a_pixel_size_in_degrees_follows_metres(dock, qgis_iface, qtbot):
     assert f"{gsd_m:.1f} m" in dock.size_label.text() or f"{gsd_m:.2f} m" in dock.size_label.text()
     dock.gsd_spin.setValue(0.00098)  # the user's own value: kept, and a tiny result is said
     dock.update_size()
-    assert dock.grid.width < 20
+    assert min(dock.grid.width, dock.grid.height) < 32
     assert dock.gsd_warning.isVisibleTo(dock)
     assert "px" in dock.gsd_warning.text() and "Suggest" in dock.gsd_warning.text()
     dock.suggest_btn.click()
@@ -336,13 +336,14 @@ def test_the_rules_dialog_edits_every_column(dock, monkeypatch):
         return True
 
     monkeypatch.setattr(conditions_module.RulesDialog, "run", edit)
+    dock.conditions.layout_group.setChecked(True)  # the group's widgets are off until it is switched on
     dock.conditions.edit_rules_btn.click()
     assert dock.conditions.rules()[0].priority == 99
 
 
 # -- 7. the large-area estimate before the run, off the main thread, in the progress's units ------------------------
 def test_large_area_estimate_comes_first_without_blocking(dock, qtbot, tmp_path, monkeypatch):
-    from rsgen_qgis.core import largearea
+    from rsgen_qgis.core.engine import blocks as largearea
 
     threads = []
     real = largearea.estimate_request
@@ -449,7 +450,7 @@ def test_the_docks_engine_settings_are_the_command_lines(dock, qtbot, tmp_path, 
     """Same graph, threads, window batching and execution providers (the dock once took 8 times the bench's time
     on a loaded machine: not from its settings)."""
     from rsgen_qgis import cli
-    from rsgen_qgis.core import pipeline
+    from rsgen_qgis.core.engine import generate as pipeline
 
     calls = []
     real = pipeline.generate

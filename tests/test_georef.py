@@ -4,13 +4,13 @@ import math
 import numpy as np
 import pytest
 
-import rsgen_qgis.core.projdata  # noqa: F401  (before pyproj)
+import rsgen_qgis.core.geo.projdata  # noqa: F401  (before pyproj)
 import pyproj
 import rasterio
 from rasterio.crs import CRS as RioCRS
 
 from rsgen_qgis.core.errors import CrsError, ExtentError, PixelBudgetError
-from rsgen_qgis.core.georef import Grid, centre_lonlat, grid_for_request, gsd_metres, gsd_metres_mean
+from rsgen_qgis.core.geo.georef import Grid, centre_lonlat, grid_for_request, gsd_metres, gsd_metres_mean
 from rsgen_qgis.core.request import GenerationRequest
 
 WGS84_A = 6378137.0

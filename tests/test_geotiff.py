@@ -9,12 +9,12 @@ import rasterio
 import rasterio.shutil
 from rasterio.enums import ColorInterp
 
-import rsgen_qgis.core.projdata  # noqa: F401  (before pyproj)
+import rsgen_qgis.core.geo.projdata  # noqa: F401  (before pyproj)
 import pyproj
 
 from rsgen_qgis.core.errors import OutputError
-from rsgen_qgis.core.geotiff import check_writable, is_valid_cog, read_tags, write_cog
-from rsgen_qgis.core.georef import grid_for_request
+from rsgen_qgis.core.geo.geotiff import check_writable, is_valid_cog, read_tags, write_cog
+from rsgen_qgis.core.geo.georef import grid_for_request
 from rsgen_qgis.core.request import GenerationRequest
 
 AEQD = "+proj=aeqd +lat_0=-34 +lon_0=20.4 +datum=WGS84 +units=m"

@@ -4,11 +4,11 @@ import dataclasses
 
 import numpy as np
 
-from rsgen_qgis.core.conditions import CondLayout, cond_vectors, manifest_conditions, unconditional
-from rsgen_qgis.core.georef import grid_for_request
-from rsgen_qgis.core.largearea import evaluations_per_window
-from rsgen_qgis.core.models import load
-from rsgen_qgis.core.pipeline import sample_canvas
+from rsgen_qgis.core.conditions.encoding import CondLayout, cond_vectors, manifest_conditions, unconditional
+from rsgen_qgis.core.geo.georef import grid_for_request
+from rsgen_qgis.core.engine.blocks import evaluations_per_window
+from rsgen_qgis.core.runtime.models import load
+from rsgen_qgis.core.engine.single import sample_canvas
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 from recording import Recorder
 

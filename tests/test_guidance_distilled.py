@@ -7,13 +7,14 @@ import os
 import numpy as np
 import pytest
 
-from rsgen_qgis.core.conditions import (GUIDANCE_RANGE, CondLayout, cond_vectors, manifest_conditions,
+from rsgen_qgis.core.conditions.encoding import (GUIDANCE_RANGE, CondLayout, cond_vectors, manifest_conditions,
                                         spatial_layout, unconditional)
 from rsgen_qgis.core.errors import ConditionError
-from rsgen_qgis.core.georef import grid_for_request
-from rsgen_qgis.core.largearea import evaluations_per_window
-from rsgen_qgis.core.models import load
-from rsgen_qgis.core.pipeline import generate, sample_canvas
+from rsgen_qgis.core.geo.georef import grid_for_request
+from rsgen_qgis.core.engine.blocks import evaluations_per_window
+from rsgen_qgis.core.runtime.models import load
+from rsgen_qgis.core.engine.generate import generate
+from rsgen_qgis.core.engine.single import sample_canvas
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 from recording import Recorder
 

@@ -1,14 +1,14 @@
-"""Guide consistency (core.guideproj): the projection itself, the samplers' x0 hook, and the engine keeping a
+"""Guide consistency (core.engine.guideproj): the projection itself, the samplers' x0 hook, and the engine keeping a
 super-resolution guide on both paths."""
 import numpy as np
 import pytest
 import rasterio
 
 from rsgen_qgis.core import errors
-from rsgen_qgis.core.guideproj import GuideProjector, area_matrix
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.engine.guideproj import GuideProjector, area_matrix
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.request import Conditions, GenerationRequest
-from rsgen_qgis.core.samplers import Schedule, make_sampler
+from rsgen_qgis.core.engine.samplers import Schedule, make_sampler
 
 
 def block_mean(x, f):

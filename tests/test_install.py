@@ -5,8 +5,8 @@ import zipfile
 import pytest
 
 from rsgen_qgis.core.errors import ModelPackageError
-from rsgen_qgis.core.install import install_zip
-from rsgen_qgis.core.models import discover, sha256_file
+from rsgen_qgis.core.runtime.install import install_zip
+from rsgen_qgis.core.runtime.models import discover, sha256_file
 
 
 @pytest.fixture

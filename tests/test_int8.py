@@ -11,8 +11,8 @@ import pytest
 import rasterio
 
 from rsgen_qgis.core.errors import ModelPackageError, ParameterError
-from rsgen_qgis.core.models import denoiser_variant, load, read_package
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.runtime.models import denoiser_variant, load, read_package
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.request import GenerationRequest
 from rsgen_qgis.training.quantize import INT8_FILE, add_int8, output_conv, trajectory_feeds
 
@@ -123,7 +123,7 @@ def test_last_steps_run_the_exact_graph(int8_dir, tmp_path):
     detail); above it the int8 graph. Checked on the timesteps a real 20-step run sends."""
     from recording import Recorder
 
-    from rsgen_qgis.core.models import SteppedDenoiser
+    from rsgen_qgis.core.runtime.models import SteppedDenoiser
 
     m = load("rsgen-tiny", [int8_dir], CPU)
     d = m.denoiser
@@ -141,7 +141,7 @@ def test_last_steps_run_the_exact_graph(int8_dir, tmp_path):
 
 
 def test_estimate_counts_both_graphs(int8_dir):
-    from rsgen_qgis.core.largearea import seconds_per_window_eval, window_seconds_per_sample
+    from rsgen_qgis.core.engine.blocks import seconds_per_window_eval, window_seconds_per_sample
 
     m = load("rsgen-tiny", [int8_dir], CPU)
     r = GenerationRequest(extent=(0, 0, 128, 128), crs="EPSG:32734", gsd=4.0, steps=20, guidance=1.0,

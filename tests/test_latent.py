@@ -1,7 +1,8 @@
 """export-diffusers + the latent runtime against diffusers' own PyTorch pipelines.
 
 Tiny random-config Stable Diffusion pipelines (tests/tiny_diffusers.py) are saved with save_pretrained
-(safetensors), converted with the project's exporter and run through core/latent.py; the result must equal
+(safetensors), converted with the project's exporter and run through the one sampling engine (core/engine/loop.py,
+core/engine/predictors.py, the VAE as the package's autoencoder); the result must equal
 StableDiffusionPipeline / StableDiffusionControlNetPipeline run with the same scheduler, initial latents and
 control image. Observed differences are below 1e-6 on this machine; the tolerance is 1e-4 on images in [0, 1].
 """
@@ -14,10 +15,12 @@ import torch
 
 from tiny_diffusers import build_tiny_sd, make_satunet
 
-from rsgen_qgis.core import latent
+from rsgen_qgis.core.engine import loop
+from rsgen_qgis.core.engine.prepare import Prepared
+from rsgen_qgis.core.runtime import diffusers as latent
 from rsgen_qgis.core.errors import ConditionError
-from rsgen_qgis.core.models import load, read_package
-from rsgen_qgis.core.samplers import Schedule, make_sampler
+from rsgen_qgis.core.runtime.models import load, read_package
+from rsgen_qgis.core.engine.samplers import Schedule, make_sampler
 
 TOL = 1e-4
 CPU = ["CPUExecutionProvider"]
@@ -48,13 +51,25 @@ def tiny_sd_dpm(tmp_path_factory):
     return src, str(root / "pkg" / "tiny-sd")
 
 
+def _prepared(m, x, prompt=PROMPT, uncond=True, metadata=None, control=None) -> Prepared:
+    """What the engine prepares for a diffusers footprint, made by hand for a latent canvas like x."""
+    return Prepared(None, x.shape[-2], x.shape[-1], m.autoencoder.factor, {}, [], text=m.text_encoder.embed(prompt),
+                    text_uncond=m.text_encoder.embed("") if uncond else None, dmeta=metadata, control=control)
+
+
+def _denoise(m, p, sampler, x, guidance):
+    """The engine's loop over the whole canvas (windows of one UNet tile, a quarter overlap)."""
+    tile = int(m.package.manifest["tile"]["size"]) // m.autoencoder.factor
+    return loop.run(m, p, sampler, Schedule.from_config(m.package.manifest["scheduler"]), x.astype(np.float32),
+                    guidance, tile, tile // 4, 4, lambda: False)
+
+
 def _ours(pkg, method, steps, guidance, x0, prompt=PROMPT, control=None, metadata=None, **kw):
     m = load(pkg, providers=CPU, **kw)
     sampler = make_sampler(method, Schedule.from_config(m.package.manifest["scheduler"]), steps)
-    uncond = m.text_encoder.embed("") if guidance > 1 else None
-    den = latent.LatentDenoiser(m, m.text_encoder.embed(prompt), uncond, guidance, metadata, control)
-    z = latent.denoise(den, sampler, x0 * np.float32(sampler.init_noise_sigma))
-    return np.clip(latent.decode(m, z) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
+    p = _prepared(m, x0, prompt, guidance > 1, metadata, control)
+    z = _denoise(m, p, sampler, x0 * np.float32(sampler.init_noise_sigma), guidance)
+    return np.clip(m.autoencoder.decode(z) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
 
 
 def test_manifest_records_the_conversion(tiny_cn):
@@ -123,16 +138,17 @@ def test_io_binding_path_gives_the_same_image(tiny_cn):
     _, pkg = tiny_cn
     x0 = np.random.default_rng(2).standard_normal((4, 8, 8)).astype(np.float32)
     ctrl = np.random.default_rng(3).random((3, 16, 16)).astype(np.float32)
-    from rsgen_qgis.core.models import find, verify_files
+    from rsgen_qgis.core.runtime.models import find, verify_files
 
     pk = find(pkg)
     verify_files(pk)
-    bound = latent.load_latent(pk, CPU, io_binding=True)
+    from rsgen_qgis.core.runtime.autoencoder import diffusers_autoencoder
+
+    bound = latent.load_diffusers(pk, CPU, io_binding=True)
+    bound.autoencoder = diffusers_autoencoder(pk, bound.extra)
     assert bound.denoiser.io_binding and bound.extra["controlnet"].io_binding
     s = make_sampler("ddim", Schedule.from_config(pk.manifest["scheduler"]), 3)
-    den = latent.LatentDenoiser(bound, bound.text_encoder.embed(PROMPT), bound.text_encoder.embed(""), 3.0,
-                                control=ctrl)
-    img = latent.decode(bound, latent.denoise(den, s, x0))
+    img = bound.autoencoder.decode(_denoise(bound, _prepared(bound, x0, control=ctrl), s, x0, 3.0))
     ref = _ours(pkg, "ddim", 3, 3.0, x0, control=ctrl)
     np.testing.assert_allclose(np.clip(img / 2 + 0.5, 0, 1).transpose(1, 2, 0), ref, atol=1e-6)
 
@@ -143,22 +159,22 @@ def test_windows_and_decode_blending_cover_a_large_canvas(tiny_sd_dpm):
     _, pkg = tiny_sd_dpm
     m = load(pkg, providers=CPU)
     x = np.random.default_rng(0).standard_normal((4, 8, 20)).astype(np.float32)
-    den = latent.LatentDenoiser(m, m.text_encoder.embed(PROMPT), None, 1.0)
-    full = den(x, 500.0)
-    one = den(x[:, :, :8], 500.0)
+    full = loop.denoise_step(m, _prepared(m, x, uncond=False), x, 500.0, 1.0, 8, 2, 4, lambda: False)
+    one = loop.denoise_step(m, _prepared(m, x[:, :, :8], uncond=False), x[:, :, :8], 500.0, 1.0, 8, 2, 4,
+                            lambda: False)
     ref = m.denoiser.run({"sample": x[None, :, :, :8], "timestep": np.array([500.0], np.float32),
                           "encoder_hidden_states": m.text_encoder.embed(PROMPT)})["noise_pred"][0]
     np.testing.assert_allclose(one, ref, atol=1e-6)
     assert full.shape == x.shape and np.isfinite(full).all()
     np.testing.assert_allclose(full[:, :, :4], ref[:, :, :4], atol=1e-5)  # left edge: only the first window
-    img = latent.decode(m, x)
+    img = m.autoencoder.decode(x)
     assert img.shape == (3, 16, 40) and np.isfinite(img).all()
 
 
 def test_generate_writes_a_georeferenced_latent_image(tiny_cn, tmp_path):
     import rasterio
 
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
 
     _, pkg = tiny_cn
@@ -179,10 +195,16 @@ def test_generate_writes_a_georeferenced_latent_image(tiny_cn, tmp_path):
         ia, ib, ic = a.read(), b.read(), c.read()
     np.testing.assert_array_equal(ia, ib)  # same seed, same place: same pixels
     assert (ia != ic).any()  # the layout drives the ControlNet
-    with pytest.raises(ConditionError, match="inpainting"):
-        generate(GenerationRequest(output=str(tmp_path / "d.tif"), conditions=Conditions(
-            image=np.zeros((3, 24, 40), np.uint8), mask=np.ones((24, 40), bool)), **base), providers=CPU)
-    assert not os.path.exists(tmp_path / "d.tif")
+    # inpainting through the same engine (it used to be refused for converted pipelines): known latents held,
+    # then the pixel composite: outside the mask the source byte for byte
+    src = np.random.default_rng(9).integers(0, 256, (3, 24, 40), dtype=np.uint8)
+    mask = np.zeros((24, 40), bool)
+    mask[6:18, 10:30] = True
+    r4 = generate(GenerationRequest(output=str(tmp_path / "d.tif"), conditions=Conditions(image=src, mask=mask),
+                                    **{**base, "model": pkg}), providers=CPU)
+    with rasterio.open(r4.path) as d:
+        out = d.read()
+    assert np.array_equal(out[:, ~mask], src[:, ~mask]) and not np.array_equal(out[:, mask], src[:, mask])
 
 
 def test_fp16_graph_chosen_for_gpu_providers(tiny_sd_dpm, monkeypatch):
@@ -193,16 +215,16 @@ def test_fp16_graph_chosen_for_gpu_providers(tiny_sd_dpm, monkeypatch):
     real = latent.session
     monkeypatch.setattr(latent, "session", lambda path, chosen, *a: opened.append((os.path.basename(path),
                                                                                     list(chosen))) or real(path, CPU))
-    from rsgen_qgis.core.models import find
+    from rsgen_qgis.core.runtime.models import find
 
     pk = find(pkg)
     assert pk.manifest["graphs"]["unet"]["fp16_file"] == "unet_fp16.onnx"
-    latent.load_latent(pk, ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    latent.load_latent(pk, CPU)
+    latent.load_diffusers(pk, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    latent.load_diffusers(pk, CPU)
     assert ("unet_fp16.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"]) in opened
     assert ("unet.onnx", CPU) in opened
     # the text encoder never asks TensorRT for an engine
-    latent.load_latent(pk, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    latent.load_diffusers(pk, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     assert ("text_encoder.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"]) in opened
     # the fp16 graph (fp32 inputs and outputs) predicts what the fp32 one does, to fp16 precision
     import onnxruntime as ort
@@ -221,8 +243,8 @@ def test_satunet_metadata_graph_equals_reference(tmp_path):
     from diffusers import UNet2DConditionModel
     from diffusers.models.embeddings import TimestepEmbedding
 
-    from rsgen_qgis.core import diffusionsat
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.conditions import diffusionsat
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
     from rsgen_qgis.training.diffusers_export import convert
 
@@ -289,8 +311,8 @@ def test_graphs_accept_other_sizes_than_traced(tiny_sd_dpm):
 def test_satunet_with_controlnet(tmp_path, controlnet_metadata):
     """DiffusionSat with a ControlNet: a plain ControlNet takes no metadata input, DiffusionSat's metadata
     ControlNet does (its metadata embedding kept, not dropped); both run through generate()."""
-    from rsgen_qgis.core import diffusionsat
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.conditions import diffusionsat
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
     from rsgen_qgis.training.diffusers_export import convert
 
@@ -348,13 +370,12 @@ def test_variation_equals_diffusers_img2img(tiny_cn, monkeypatch, tmp_path):
     noise = randn_tensor((1, 4, 8, 8), generator=torch.Generator().manual_seed(7), dtype=torch.float32).numpy()[0]
     m = load(pkg, providers=CPU)
     sampler = make_sampler("ddim", Schedule.from_config(m.package.manifest["scheduler"]), steps, strength)
-    z0 = latent.encode(m, image[0] * 2 - 1)
+    z0 = m.autoencoder.encode(image[0] * 2 - 1)
     x = sampler.add_noise(z0, noise, sampler.start_timestep)
-    den = latent.LatentDenoiser(m, m.text_encoder.embed(PROMPT), m.text_encoder.embed(""), g)
-    ours = np.clip(latent.decode(m, latent.denoise(den, sampler, x)) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
+    ours = np.clip(m.autoencoder.decode(_denoise(m, _prepared(m, x), sampler, x, g)) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
     assert np.abs(ours - ref).max() < TOL
     # through generate(): a low strength stays near the source image, a full one does not need it
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
 
     src_img = (np.random.default_rng(5).random((3, 16, 16)) * 255).astype(np.uint8)
@@ -415,3 +436,27 @@ def test_large_graphs_keep_weights_in_one_data_file(tmp_path, monkeypatch):
     u32, u16 = (ort.InferenceSession(os.path.join(pkg, f), providers=CPU).run(None, feeds)[0]
                 for f in ("unet.onnx", "unet_fp16.onnx"))
     assert np.abs(u16 - u32).max() < 2e-2 * np.abs(u32).max()
+
+
+def test_converted_pipelines_take_the_large_area_path(tiny_sd_dpm, tmp_path):
+    """A converted diffusers pipeline through the same world-anchored blocks as every package: two overlapping
+    large-area requests agree byte for byte where they overlap."""
+    import rasterio
+
+    from rsgen_qgis.core.engine.generate import generate
+    from rsgen_qgis.core.request import GenerationRequest
+
+    _, pkg = tiny_sd_dpm
+    base = dict(crs="EPSG:32633", gsd=10.0, prompt=PROMPT, seed=2, steps=2, sampler="ddim", guidance=3.0,
+                model=pkg, large_area=True)
+    x0, y0 = 500000.0, 4000000.0
+    a = generate(GenerationRequest(extent=(x0, y0, x0 + 900, y0 + 700), output=str(tmp_path / "a.tif"), **base),
+                 providers=CPU)
+    b = generate(GenerationRequest(extent=(x0 + 230, y0 - 150, x0 + 1130, y0 + 550), output=str(tmp_path / "b.tif"),
+                                   **base), providers=CPU)
+    with rasterio.open(a.path) as da, rasterio.open(b.path) as db:
+        ia, ib = da.read(), db.read()
+        assert json.loads(da.tags()["large_area"])["factor"] == 2
+    assert a.stats.blocks > 1
+    # b is 23 px right and 15 px lower on the ground: a's rows 0..54 are b's rows 15..69 (55 rows), a's cols 23..89
+    np.testing.assert_array_equal(ia[:, 15:70, 23:90], ib[:, 0:55, 0:67])

@@ -1,9 +1,9 @@
-"""Growing an inpainting mask by a ground distance (core.masks)."""
+"""Growing an inpainting mask by a ground distance (core.conditions.masks)."""
 import math
 
 import numpy as np
 
-from rsgen_qgis.core.masks import grow
+from rsgen_qgis.core.conditions.masks import grow
 
 
 def test_a_point_grows_into_a_disc_or_an_ellipse():

@@ -70,7 +70,7 @@ def test_the_code_only_zip_fits_the_repository_limit(unpacked, tmp_path):
 
 def test_a_model_zip_unzipped_anywhere_is_found_and_verified(tiny_model_dir, tmp_path):
     """The repository's plugin has no model inside: the user unzips build/models/<id>.zip and adds the folder."""
-    from rsgen_qgis.core.models import discover, verify_files
+    from rsgen_qgis.core.runtime.models import discover, verify_files
 
     zips = package.build_model_zips(str(tmp_path / "zips"), tiny_model_dir)
     assert [os.path.basename(z) for z in zips] == ["rsgen-tiny.zip"]

@@ -9,8 +9,8 @@ import pytest
 import rasterio
 
 from rsgen_qgis.core import errors
-from rsgen_qgis.core.geotiff import is_valid_cog
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.geo.geotiff import is_valid_cog
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 
 UTM = dict(extent=(453000.0, 6233600.0, 453400.0, 6233880.0), crs="EPSG:32734", gsd=4.0)
@@ -150,9 +150,9 @@ def test_inpainting_keeps_outside_pixels(tmp_path, tiny_model_dir):
 
 
 def test_inpainting_fill_meets_the_source_without_a_step(tmp_path, tiny_model_dir, monkeypatch):
-    """The run time's seamless step (core.seamless) against the same run without it: the fill's mean colour moves
+    """The run time's seamless step (core.conditions.seamless) against the same run without it: the fill's mean colour moves
     to the source's surroundings and the step across the hole's border shrinks."""
-    from rsgen_qgis.core import pipeline
+    from rsgen_qgis.core.engine import inpaint
 
     yy, xx = np.mgrid[0:70, 0:100]
     img = np.stack([60 + xx, 90 + yy, 140 + 0 * xx]).astype(np.uint8)  # smooth surroundings
@@ -161,7 +161,7 @@ def test_inpainting_fill_meets_the_source_without_a_step(tmp_path, tiny_model_di
     request = req(tmp_path, "seamless.tif", conditions=Conditions(image=img, mask=mask))
     with rasterio.open(generate(request, model_dirs=[tiny_model_dir]).path) as ds:
         done = ds.read().astype(float)
-    monkeypatch.setattr(pipeline, "seamless_fill", lambda fill, known, m: fill)
+    monkeypatch.setattr(inpaint, "seamless_fill", lambda fill, known, m: fill)
     with rasterio.open(generate(request.replace(output=str(tmp_path / "raw.tif")),
                                 model_dirs=[tiny_model_dir]).path) as ds:
         raw = ds.read().astype(float)
@@ -212,7 +212,7 @@ def test_no_torch_on_runtime_path(tmp_path, tiny_model_dir):
 def test_hold_known_keeps_the_source_outside_the_mask():
     """Inpainting's x0 hook: the estimate outside the mask becomes the source, inside it stays the model's;
     a further hook (the guide's) runs after it; batched estimates broadcast over one mask."""
-    from rsgen_qgis.core.pipeline import hold_known
+    from rsgen_qgis.core.engine.inpaint import hold_known
 
     rng = np.random.default_rng(4)
     known, x0 = rng.uniform(-1, 1, (2, 3, 8, 8)), rng.uniform(-1, 1, (2, 3, 8, 8))

@@ -238,7 +238,7 @@ def test_bad_input_raises_clear_message(tiny_setting, tmp_path, change, expected
 
 def test_unknown_model_id_is_refused(provider, tmp_path, monkeypatch):
     """Without any discoverable package the MODEL parameter is free text; an unknown id names what exists."""
-    monkeypatch.setattr("rsgen_qgis.core.models.BUNDLED_DIRS", (str(tmp_path / "none"),))
+    monkeypatch.setattr("rsgen_qgis.core.runtime.models.BUNDLED_DIRS", (str(tmp_path / "none"),))
     with pytest.raises(QgsProcessingException) as info:
         run(dict(BASE, MODEL="no-such-model", OUTPUT=str(tmp_path / "m.tif")))
     assert "no-such-model" in str(info.value) and "not found" in str(info.value)
@@ -305,7 +305,7 @@ def test_packaged_zip_installs_and_runs(tiny_model_dir, tmp_path):
         assert (meta.external_attr >> 16) & 0o170000 == 0o100000, "metadata.txt must be a real file"
         with open(os.path.join(ROOT, "metadata.txt"), "rb") as f:
             assert zf.read(meta) == f.read()
-        for needed in ("rsgen_qgis/__init__.py", "rsgen_qgis/plugin.py", "rsgen_qgis/core/pipeline.py",
+        for needed in ("rsgen_qgis/__init__.py", "rsgen_qgis/plugin.py", "rsgen_qgis/core/engine/generate.py",
                        "rsgen_qgis/resources/icon.svg", "rsgen_qgis/models/rsgen-tiny/manifest.json",
                        "rsgen_qgis/LICENSE"):
             assert needed in names, needed

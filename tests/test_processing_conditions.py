@@ -13,8 +13,8 @@ from qgis.core import (QgsApplication, QgsCoordinateTransformContext,
                        QgsVectorLayer)
 
 from rsgen_qgis import settings
-from rsgen_qgis.core import projdata  # noqa: F401  (before pyproj)
-from rsgen_qgis.core.conditions import LAYOUT_CLASSES
+from rsgen_qgis.core.geo import projdata  # noqa: F401  (before pyproj)
+from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES
 from rsgen_qgis.processing.provider import RsgenProvider
 
 import pyproj  # noqa: E402

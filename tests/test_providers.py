@@ -5,7 +5,7 @@ import os
 import onnxruntime
 import pytest
 
-from rsgen_qgis.core import providers
+from rsgen_qgis.core.runtime import providers
 from rsgen_qgis.core.errors import ParameterError
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -75,7 +75,7 @@ def test_pixel_model_gets_a_profile_and_reports_the_provider(tiny_model_dir, mon
     back, with the profile built from the manifest (batch 1..16 at the model's tile)."""
     import logging
 
-    from rsgen_qgis.core import models
+    from rsgen_qgis.core.runtime import models
 
     seen = {}
     real = providers.with_options

@@ -3,17 +3,17 @@ import json
 
 import numpy as np
 
-from rsgen_qgis.core import projdata  # noqa: F401  (before pyproj: PROJ data in a venv)
+from rsgen_qgis.core.geo import projdata  # noqa: F401  (before pyproj: PROJ data in a venv)
 import pyproj  # noqa: E402
 import pytest
 from osgeo import gdal
 from qgis.core import (QgsCoordinateTransformContext, QgsRasterLayer, QgsVectorFileWriter,
                        QgsVectorLayer)
 
-from rsgen_qgis.core.conditions import LAYOUT_CLASSES, NO_LAYOUT
+from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES, NO_LAYOUT
 from rsgen_qgis.core.errors import ConditionError, ParameterError
-from rsgen_qgis.core.georef import Grid
-from rsgen_qgis.core.rules import DEFAULT_OSM_RULES, Rule, load_rules
+from rsgen_qgis.core.geo.georef import Grid
+from rsgen_qgis.core.conditions.rules import DEFAULT_OSM_RULES, Rule, load_rules
 from rsgen_qgis.gis.rasterize import layers_to_layout, stats_message, style_layout_layer, write_layout
 from qgs_layers import memory_layer
 

@@ -8,8 +8,8 @@ import rasterio
 
 from rsgen_qgis import cli
 from rsgen_qgis.core.errors import ParameterError
-from rsgen_qgis.core.geotiff import read_tags
-from rsgen_qgis.core.pipeline import generate
+from rsgen_qgis.core.geo.geotiff import read_tags
+from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.recall import model_change_note, recorded_request, recorded_request_of
 from rsgen_qgis.core.request import Conditions, GenerationRequest
 from untagged import untagged_copy

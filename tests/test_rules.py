@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from rsgen_qgis.core.conditions import LAYOUT_CLASSES
+from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES
 from rsgen_qgis.core.errors import ParameterError
-from rsgen_qgis.core.rules import (DEFAULT_OSM_RULES, DEFAULT_PRIORITY, Rule, best_rule, load_rules, match,
+from rsgen_qgis.core.conditions.rules import (DEFAULT_OSM_RULES, DEFAULT_PRIORITY, Rule, best_rule, load_rules, match,
                                    rule_from_dict, rules_from_data, rules_to_json)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

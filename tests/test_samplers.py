@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import StableDiffusionImg2ImgPipeline
 
 from rsgen_qgis.core.errors import ModelPackageError, ParameterError
-from rsgen_qgis.core.samplers import SAMPLER_LABELS, Schedule, make_sampler
+from rsgen_qgis.core.engine.samplers import SAMPLER_LABELS, Schedule, make_sampler
 
 DIFFUSERS = {
     "ddim": lambda c: DDIMScheduler.from_config({**c, "clip_sample": False}),

@@ -1,8 +1,8 @@
-"""Seamless inpainting fills (core.seamless): the harmonic solve against an exact one, and fills that meet the
+"""Seamless inpainting fills (core.conditions.seamless): the harmonic solve against an exact one, and fills that meet the
 known pixels without a step while keeping their own detail."""
 import numpy as np
 
-from rsgen_qgis.core.seamless import harmonic_fill, seamless_fill
+from rsgen_qgis.core.conditions.seamless import harmonic_fill, seamless_fill
 
 
 def exact_harmonic(values, fixed):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rsgen_qgis.core.seams import line_positions, seam_ratio, seam_report
+from rsgen_qgis.core.engine.seams import line_positions, seam_ratio, seam_report
 
 
 def texture(seed, h=256, w=256, scale=4.0):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rsgen_qgis.core.segfilter import box_agreement, keep_sample, quad_mask
+from rsgen_qgis.core.conditions.segfilter import box_agreement, keep_sample, quad_mask
 
 
 def test_quad_mask_pixel_centres():

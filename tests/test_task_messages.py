@@ -37,6 +37,6 @@ def test_the_pip_name_is_given_not_the_module_name():
 
 
 def test_missing_plugin_module_says_reinstall():
-    exc = ImportError("No module named 'rsgen_qgis.core.tiling'", name="rsgen_qgis.core.tiling")
+    exc = ImportError("No module named 'rsgen_qgis.core.engine.tiling'", name="rsgen_qgis.core.engine.tiling")
     msg = missing_package_message(exc)
-    assert "Reinstall the plugin" in msg and "rsgen_qgis.core.tiling" in msg
+    assert "Reinstall the plugin" in msg and "rsgen_qgis.core.engine.tiling" in msg

@@ -52,7 +52,7 @@ def corpus(n: int = 200, seed: int = 0) -> list:
 
 @pytest.fixture(scope="module")
 def ours():
-    from rsgen_qgis.core.tokenizer import WordPieceTokenizer
+    from rsgen_qgis.core.runtime.tokenizer import WordPieceTokenizer
 
     return WordPieceTokenizer(VOCAB)
 
@@ -89,7 +89,7 @@ def test_tokenizer_batch_padding_and_truncation(ours, hf, max_length):
 
 def test_tokenizer_unicode_sample(hf):
     """Every 5th BMP code point, the whole SMP emoji block, and each legacy-table range, in context."""
-    from rsgen_qgis.core import tokenizer as tk
+    from rsgen_qgis.core.runtime import tokenizer as tk
 
     cps = list(range(0x20, 0x10000, 5)) + list(range(0x1F300, 0x1FB00, 3))
     cps += [lo for lo in tk._PLAIN_LO] + [hi for hi in tk._PLAIN_HI]
@@ -103,7 +103,7 @@ def test_tokenizer_unicode_sample(hf):
 
 
 def test_tokenizer_rejects_misuse(ours, tmp_path):
-    from rsgen_qgis.core.tokenizer import WordPieceTokenizer
+    from rsgen_qgis.core.runtime.tokenizer import WordPieceTokenizer
 
     with pytest.raises(TypeError):
         ours.encode("a prompt", 64)
@@ -116,7 +116,7 @@ def test_tokenizer_rejects_misuse(ours, tmp_path):
 
 
 def test_runtime_import_is_light():
-    code = ("import sys, rsgen_qgis.core.text, rsgen_qgis.core.tokenizer; "
+    code = ("import sys, rsgen_qgis.core.runtime.text, rsgen_qgis.core.runtime.tokenizer; "
             "bad = [m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules]; "
             "assert not bad, bad")
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -185,7 +185,7 @@ def test_tiny_weights_are_deterministic():
 
 
 def test_text_encoder_runtime_and_cache(tiny_export):
-    from rsgen_qgis.core.text import TextEncoder
+    from rsgen_qgis.core.runtime.text import TextEncoder
     from rsgen_qgis.training.text_encoder import embed_texts_torch
 
     out, info = tiny_export
@@ -203,7 +203,7 @@ def test_text_encoder_runtime_and_cache(tiny_export):
 
 def test_tiny_quantized_export_runs(tmp_path):
     pytest.importorskip("torch")
-    from rsgen_qgis.core.text import TextEncoder
+    from rsgen_qgis.core.runtime.text import TextEncoder
     from rsgen_qgis.training.text_encoder import embed_texts_torch, export_text_encoder
 
     info = export_text_encoder(str(tmp_path), kind="tiny", quantize=True)
@@ -217,7 +217,7 @@ def test_tiny_quantized_export_runs(tmp_path):
 def test_minilm_int8_export(tmp_path):
     """The real encoder: int8 file ~23 MB, close to fp32 torch, and semantically sane."""
     pytest.importorskip("torch")
-    from rsgen_qgis.core.text import TextEncoder
+    from rsgen_qgis.core.runtime.text import TextEncoder
     from rsgen_qgis.training.text_encoder import embed_texts_torch, export_text_encoder
 
     info = export_text_encoder(str(tmp_path), kind="minilm", quantize=True)

@@ -1,7 +1,7 @@
-"""World-anchored noise (core.tiling.world_noise): a pure function of seed, stream and world pixel."""
+"""World-anchored noise (core.engine.tiling.world_noise): a pure function of seed, stream and world pixel."""
 import numpy as np
 
-from rsgen_qgis.core.tiling import world_noise
+from rsgen_qgis.core.engine.tiling import world_noise
 
 
 def test_same_place_same_noise_whatever_the_window():

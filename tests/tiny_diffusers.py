@@ -29,14 +29,14 @@ _one_torch_thread()
 
 
 def _bytes_to_unicode():
-    from rsgen_qgis.core.clip_tokenizer import bytes_to_unicode
+    from rsgen_qgis.core.runtime.clip_tokenizer import bytes_to_unicode
 
     return bytes_to_unicode()
 
 
 def write_clip_vocab(folder: str, n_merges: int = 150) -> None:
     """vocab.json + merges.txt of a byte-level BPE learnt (greedy pair counts) on CORPUS."""
-    from rsgen_qgis.core.clip_tokenizer import normalize, pre_tokenize
+    from rsgen_qgis.core.runtime.clip_tokenizer import normalize, pre_tokenize
 
     b2u = _bytes_to_unicode()
     base = list(b2u.values())

@@ -5,7 +5,7 @@
 - seconds per 64 px tile for 20 DPM-Solver++ steps with guidance (the dock's default), end to end through
   generate() (GeoTIFF included), with the graph the CPU runs by default (int8) and with the exact fp32 graph, and
   the default SDE sampler against the deterministic 2M;
-- large areas (core.largearea): for each size (km2 at --gsd m/px), one fresh subprocess runs generate() with
+- large areas (core.engine.blocks): for each size (km2 at --gsd m/px), one fresh subprocess runs generate() with
   large_area=True and reports its wall seconds and peak RSS (getrusage of that process: model, ONNX Runtime and
   GDAL included), windows per second; 1 km2 again with the fp32 graph (--precision auto only) and with the
   deterministic DPM-Solver++ 2M instead of the default SDE sampler; and batched (8 windows per ONNX call) vs
@@ -79,7 +79,7 @@ def ort_vs_torch(threads: int) -> dict:
 
 
 def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, class_guidance=None) -> dict:
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     d = tempfile.mkdtemp()
@@ -91,7 +91,7 @@ def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, cl
     ts = [generate(req.replace(seed=i)).seconds for i in range(5)]
     r4 = req.replace(extent=(453000, 6233600, 453512, 6233856))
     t2 = generate(r4).seconds
-    from rsgen_qgis.core.largearea import evaluations_per_window
+    from rsgen_qgis.core.engine.blocks import evaluations_per_window
 
     calls = evaluations_per_window(req, json.load(open(os.path.join(MODEL, "manifest.json"))))
     return {"tile_64px_20_steps_cfg_s": statistics.median(ts), "request_128x64_s": t2, "unet_calls_per_step": calls,
@@ -100,10 +100,10 @@ def seconds_per_tile(precision: str = "auto", sampler: str = DEFAULT_SAMPLER, cl
 
 
 def seamless_cost(side: int = 1024) -> float:
-    """Seconds of the inpainting's seamless step (core.seamless) for a side x side hole in a slightly larger image."""
+    """Seconds of the inpainting's seamless step (core.conditions.seamless) for a side x side hole in a slightly larger image."""
     import numpy as np
 
-    from rsgen_qgis.core.seamless import seamless_fill
+    from rsgen_qgis.core.conditions.seamless import seamless_fill
 
     n = side + 64
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def large_child(km2: float, gsd: float, steps: int, window_batch: int, out_json:
     """One large-area generation in this (fresh) process; writes seconds and this process's peak RSS."""
     import resource
 
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     side = round(math.sqrt(km2 * 1e6) / gsd) * gsd
@@ -233,7 +233,7 @@ def main() -> None:
         if "ort_int8_ms" in v:
             print(f"denoiser {b}: ORT int8 graph {v['ort_int8_ms']:.1f} ms -> {v['int8_speedup']:.2f}x the fp32 graph")
     tiles = {}
-    from rsgen_qgis.core.samplers import SAMPLER_LABELS
+    from rsgen_qgis.core.engine.samplers import SAMPLER_LABELS
     for prec, sampler in (("auto", "dpmpp_2m_sde"), ("auto", "dpmpp_2m"), ("fp32", "dpmpp_2m_sde")):
         s = seconds_per_tile(prec, sampler)
         tiles[f"{s['denoiser_graph']}_{sampler}"] = s
@@ -255,7 +255,7 @@ def main() -> None:
               "(the SDE's world-anchored step noise)")
     seam_s = seamless_cost(1024)
     if sde:  # the same hole's sampling: windows of the tile at 3/4 stride, each a tile's time
-        from rsgen_qgis.core.tiling import windows
+        from rsgen_qgis.core.engine.tiling import windows
 
         m = json.load(open(os.path.join(MODEL, "manifest.json")))
         tile = int(m["tile"]["size"])

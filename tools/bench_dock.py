@@ -4,7 +4,7 @@
 
 The same request (--size m square over Swellendam at --gsd m, rsgen-base's defaults) is generated alternately
 through the dock's GenerationTask (a QgsTask on QGIS's task manager, in a headless QgsApplication) and through
-core.pipeline.generate on the calling thread, as `make bench` and the command line do. Alternating keeps a busy
+core.engine.generate.generate on the calling thread, as `make bench` and the command line do. Alternating keeps a busy
 machine's load from favouring one side; both use the engine settings the tests hold equal
 (tests/test_first_hour.py::test_the_docks_engine_settings_are_the_command_lines). Prints each time and the ratio.
 """
@@ -32,8 +32,8 @@ def main(argv=None) -> int:
 
     app = QgsApplication([], False)
     app.initQgis()
-    from rsgen_qgis.core.pipeline import generate
-    from rsgen_qgis.core.providers import choose
+    from rsgen_qgis.core.engine.generate import generate
+    from rsgen_qgis.core.runtime.providers import choose
     from rsgen_qgis.core.request import GenerationRequest
     from rsgen_qgis.gis.task import GenerationTask
 

@@ -192,7 +192,7 @@ def sd_unet(device, providers, iters, smoke: bool, onnx: bool) -> dict:
 
 
 def end_to_end(providers, smoke: bool) -> dict:
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
 
     size = 128 if smoke else 512
@@ -202,7 +202,7 @@ def end_to_end(providers, smoke: bool) -> dict:
                             guidance=3.0, sampler="dpmpp_2m", model=MODEL, output=os.path.join(d, "w.tif"))
     generate(req, providers=providers, window_batch=8)  # warm: sessions, engines
     r = generate(req.replace(seed=2), providers=providers, window_batch=8)
-    from rsgen_qgis.core.tiling import windows
+    from rsgen_qgis.core.engine.tiling import windows
 
     n = len(windows(size, size, 64, 16))
     return {"size_px": size, "windows": n, "steps": req.steps, "seconds": r.seconds, "provider": r.provider,

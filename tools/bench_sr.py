@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     import rasterio
     from PIL import Image
 
-    from rsgen_qgis.core.conditions import guide_upsample
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.conditions.encoding import guide_upsample
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
 
     n, f = a.size, 4

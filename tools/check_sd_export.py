@@ -65,9 +65,10 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from rsgen_qgis.core import latent
-    from rsgen_qgis.core.models import load
-    from rsgen_qgis.core.samplers import Schedule, make_sampler
+    from rsgen_qgis.core.engine import loop
+    from rsgen_qgis.core.engine.prepare import Prepared
+    from rsgen_qgis.core.runtime.models import load
+    from rsgen_qgis.core.engine.samplers import Schedule, make_sampler
 
     full = a.size == "full"
     src, pkg = os.path.join(a.out, "sd"), os.path.join(a.out, "pkg", f"sd15-{a.size}")
@@ -101,16 +102,19 @@ def main(argv=None) -> int:
         ref = pipe(PROMPT, num_inference_steps=10, guidance_scale=7.5, latents=torch.from_numpy(x0),
                    output_type="np", height=256, width=256).images[0]
         s = make_sampler("dpmpp_2m", Schedule.from_config(m.package.manifest["scheduler"]), 10)
-        den = latent.LatentDenoiser(m, m.text_encoder.embed(PROMPT), m.text_encoder.embed(""), 7.5)
-        z = latent.denoise(den, s, x0[0] * np.float32(s.init_noise_sigma))
-        ours = np.clip(latent.decode(m, z) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
+        p = Prepared(None, 32, 32, m.autoencoder.factor, {}, [], text=m.text_encoder.embed(PROMPT),
+                     text_uncond=m.text_encoder.embed(""))
+        z = loop.run(m, p, s, Schedule.from_config(m.package.manifest["scheduler"]),
+                     (x0[0] * np.float32(s.init_noise_sigma)).astype(np.float32), 7.5,
+                     int(m.package.manifest["tile"]["size"]) // m.autoencoder.factor, 2, 4, lambda: False)
+        ours = np.clip(m.autoencoder.decode(z) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
         print(f"256 px image, ONNX path vs StableDiffusionPipeline: max |diff| {np.abs(ours - ref).max():.3g}, "
               f"mean |diff| {np.abs(ours - ref).mean():.3g} (image std {ref.std():.3g})")
         feeds = {"sample": x0, "timestep": np.array([801.0], np.float32),
                  "encoder_hidden_states": m.text_encoder.embed(PROMPT)}
         f32 = m.denoiser.run(feeds)["noise_pred"]
     if a.fp16:
-        from rsgen_qgis.core import models
+        from rsgen_qgis.core.runtime import models
 
         del m
         models._cache.clear()  # the fp32 sessions

@@ -16,8 +16,8 @@ Seam metric: the mean absolute grey-level difference between 4-neighbour pixel p
 (one inside, one outside), divided by the same mean over pairs that both lie outside the mask within 2..8 px of it
 (the image's own texture near the mask). 1.0 = the border is as smooth as the surroundings. It is reported for the
 source orthophoto (its real building outlines), the plugin's result (seamless correction + feathered blend), the same
-sampling without the seamless correction (core.seamless off for one run: same seed, same model) and pasted with a
-hard mask as well (pipeline.feather replaced by the bare mask) as the visible-edge reference.
+sampling without the seamless correction (core.conditions.seamless off for one run: same seed, same model) and pasted with a
+hard mask as well (inpaint.feather replaced by the bare mask) as the visible-edge reference.
 """
 from __future__ import annotations
 
@@ -86,11 +86,11 @@ def reproject(src_uri, name, crs, path):
 def layout_demo(data, out, steps, log):
     import numpy as np
 
-    from rsgen_qgis.core import projdata  # noqa: F401
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.geo import projdata  # noqa: F401
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import Conditions, GenerationRequest
-    from rsgen_qgis.core.rules import DEFAULT_OSM_RULES
-    from rsgen_qgis.core.georef import grid_for_request
+    from rsgen_qgis.core.conditions.rules import DEFAULT_OSM_RULES
+    from rsgen_qgis.core.geo.georef import grid_for_request
     from rsgen_qgis.gis.rasterize import layers_to_layout, stats_message, write_layout
 
     import pyproj
@@ -132,7 +132,7 @@ def inpaint_demo(data, out, steps, log):
     from osgeo import gdal
     from qgis.core import QgsFeatureRequest, QgsRasterLayer, QgsVectorLayer
 
-    from rsgen_qgis.core import pipeline
+    from rsgen_qgis.core.engine import generate as pipeline, inpaint
     from rsgen_qgis.core.request import Conditions
     from rsgen_qgis.gis.rasters import mask_from_polygons, raster_grid, read_rgb, request_on_grid
 
@@ -159,11 +159,11 @@ def inpaint_demo(data, out, steps, log):
             suffix = "" if label == "polygons" else "_buffered"
             path = os.path.join(out, f"inpainted{suffix}.tif" if kind == "feathered" else
                                 f"inpainted{suffix}_{kind}.tif")
-            saved = pipeline.feather, pipeline.seamless_fill
+            saved = inpaint.feather, inpaint.seamless_fill
             if kind != "feathered":  # measurement only: the same sampling without the seamless correction
-                pipeline.seamless_fill = lambda fill, known, m: fill
+                inpaint.seamless_fill = lambda fill, known, m: fill
             if kind == "hard":  # ... and pasted without the feathered blend
-                pipeline.feather = lambda m, width=4: (m > 0.5).astype(np.float32)
+                inpaint.feather = lambda m, width=4: (m > 0.5).astype(np.float32)
             try:
                 t0 = time.time()
                 res = pipeline.generate(request_on_grid(grid, path, prompt=INPAINT_PROMPT, seed=3, steps=steps,
@@ -172,7 +172,7 @@ def inpaint_demo(data, out, steps, log):
                                                                     flush=True))
                 print()
             finally:
-                pipeline.feather, pipeline.seamless_fill = saved
+                inpaint.feather, inpaint.seamless_fill = saved
             results[kind] = gdal.Open(res.path).ReadAsArray()
             entry[f"{kind}_seconds"] = round(time.time() - t0, 1)
         out_img = results["feathered"]

@@ -1,5 +1,5 @@
 """Train the evaluation segmentation net (training.evaluate.SegNet: aerial RGB -> layout classes, on the pix2pix
-"maps" tiles) for a few minutes and export it as ONNX for the dataset filter (rsgen:dataset SEGNET, core.segfilter).
+"maps" tiles) for a few minutes and export it as ONNX for the dataset filter (rsgen:dataset SEGNET, core.conditions.segfilter).
 
     .venv/bin/python tools/export_segnet.py --data /work/data --minutes 5 --out out/segnet.onnx
 
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from rsgen_qgis.core.conditions import LAYOUT_CLASSES
+    from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES
     from rsgen_qgis.training.data import load_maps
     from rsgen_qgis.training.evaluate import RES, resize, to_tensor, train_segnet
 

@@ -1,4 +1,4 @@
-"""How far the CPU's default graph (int8, fp32 for the last steps: core.models.SteppedDenoiser) moves a package's
+"""How far the CPU's default graph (int8, fp32 for the last steps: core.runtime.models.SteppedDenoiser) moves a package's
 images from its exact fp32 graph.
 
     tools/quant_check.py --model models/rsgen-base --data data [--json runs/quant_check.json]

@@ -2,12 +2,13 @@
 
     .venv/bin/python tools/seams.py [--size 512] [--steps 10] [--gsd 4] [--out runs/seams]
 
-- fused: one large-area request (core.largearea: world-anchored blocks of overlapping windows fused every
+- fused: one large-area request (core.engine.blocks: world-anchored blocks of overlapping windows fused every
   step, blocks cross-faded), measured on the window grid (window starts and ends, world-anchored), on the
   block grid (band edges, band centres) and on every line inside the bands where blocks are cross-faded;
-- naive: the same area as independent 64 px tiles (one request per tile, one window each, same world noise,
+- naive: the same area as independent model tiles (64 px for rsgen-base, 256 px for a TAEF2 latent model) (one request per tile, one window each, same world noise,
   no overlap, no fusion), measured on the tile grid.
-Each figure has its shifted-grid control (same lines moved by half a period). Prints a table and writes
+Latent models (--model a latent package): the block geometry is on the latent grid; every line measured here
+is in pixels (latent lines times the factor). Each figure has its shifted-grid control (same lines moved by half a period). Prints a table and writes
 runs/seams/seams.json (+ the two GeoTIFFs).
 
 One image's figures move with the seed by several hundredths (controls too: 0.94-1.06 over a few seeds at
@@ -49,20 +50,21 @@ def main(argv=None) -> int:
     import numpy as np
     import rasterio
 
-    from rsgen_qgis.core.largearea import BlockLayout
-    from rsgen_qgis.core.models import load
-    from rsgen_qgis.core.pipeline import generate
+    from rsgen_qgis.core.engine.blocks import BlockLayout
+    from rsgen_qgis.core.runtime.models import load
+    from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.request import GenerationRequest
-    from rsgen_qgis.core.seams import seam_report
+    from rsgen_qgis.core.engine.seams import seam_report
 
     os.makedirs(a.out, exist_ok=True)
-    lay = BlockLayout.for_manifest(load(a.model).package.manifest)
+    lay = BlockLayout.for_model(load(a.model))
     # Near Swellendam (UTM 34S). The top-left pixel sits just past a block's band (world column and row
     # index = band mod block), so the area's first pixels are covered by one block only.
-    xb = round(453000.0 / a.gsd / lay.block) * lay.block
-    yb = round(6236000.0 / a.gsd / lay.block) * lay.block
-    x0 = (xb + lay.band) * a.gsd
-    ytop = (yb - lay.band) * a.gsd
+    B, D = lay.px_block, lay.px_band
+    xb = round(453000.0 / a.gsd / B) * B
+    yb = round(6236000.0 / a.gsd / B) * B
+    x0 = (xb + D) * a.gsd
+    ytop = (yb - D) * a.gsd
     common = dict(crs="EPSG:32734", gsd=a.gsd, prompt=a.prompt, seed=a.seed, steps=a.steps, model=a.model,
                   precision=a.precision)
     out = {"size_px": a.size, "gsd": a.gsd, "steps": a.steps, "seed": a.seed, "precision": a.precision,
@@ -85,30 +87,29 @@ def main(argv=None) -> int:
         fused = ds.read()
         gt = ds.transform
         made = json.loads(ds.tags()["large_area"])  # the block layout the image was made with
-    lay = BlockLayout(int(made["tile"]), int(made["overlap"]), int(made["block"]), int(made.get("band", 0)))
-    out.update(tile=lay.tile, stride=lay.stride, block=lay.block, band=lay.band)
+    lay = BlockLayout(int(made["tile"]), int(made["overlap"]), int(made["block"]), int(made.get("band", 0)),
+                      int(made.get("factor", 1)))
+    f = lay.factor
+    B, D, T, S = lay.px_block, lay.px_band, lay.tile * f, lay.stride * f  # in pixels
+    out.update(tile=T, stride=S, block=B, band=D, factor=f)
     origin = (round(gt.c / gt.a), round(gt.f / gt.e))  # world (col, row) of the top-left pixel
     # window starts and ends inside each block; control half a stride on (inside windows)
-    out["fused_window_grid"] = seam_report(fused, lay.block, lay.window_edges, origin,
-                                           shift=lay.stride // 2).to_dict()
-    out["fused_block_grid"] = seam_report(fused, lay.block, (0, lay.band), origin, shift=lay.block // 2).to_dict()
-    out["fused_block_centre"] = seam_report(fused, lay.block, (lay.band // 2,), origin,
-                                            shift=lay.block // 2).to_dict()
+    out["fused_window_grid"] = seam_report(fused, B, lay.window_edges, origin, shift=S // 2).to_dict()
+    out["fused_block_grid"] = seam_report(fused, B, (0, D), origin, shift=B // 2).to_dict()
+    out["fused_block_centre"] = seam_report(fused, B, (D // 2,), origin, shift=B // 2).to_dict()
     # every line of the shared bands (where two blocks are cross-faded), against the same lines half a block on
-    out["fused_block_bands"] = seam_report(fused, lay.block, tuple(range(1, lay.band)), origin,
-                                           shift=lay.block // 2).to_dict()
+    out["fused_block_bands"] = seam_report(fused, B, tuple(range(1, D)), origin, shift=B // 2).to_dict()
     # the naive tiles start at the area's top-left corner: their grid is anchored to the image, not the world
-    out["fused_on_naive_grid"] = seam_report(fused, lay.tile, (0,), (0, 0)).to_dict()
+    out["fused_on_naive_grid"] = seam_report(fused, T, (0,), (0, 0)).to_dict()
 
     if a.measure_only and os.path.exists(os.path.join(a.out, "naive.tif")):
         with rasterio.open(os.path.join(a.out, "naive.tif")) as ds:
-            out["naive_tile_grid"] = seam_report(ds.read(), lay.tile, (0,), (0, 0)).to_dict()
+            out["naive_tile_grid"] = seam_report(ds.read(), T, (0,), (0, 0)).to_dict()
     elif not a.skip_naive:
         t = time.time()
         naive = np.zeros_like(fused)
         tdir = os.path.join(a.out, "naive_tiles")
         os.makedirs(tdir, exist_ok=True)
-        T = lay.tile
         for i in range(0, a.size, T):
             for j in range(0, a.size, T):
                 p = os.path.join(tdir, f"t_{i}_{j}.tif")
@@ -126,8 +127,8 @@ def main(argv=None) -> int:
 
     with open(os.path.join(a.out, "seams.json"), "w") as f:
         json.dump(out, f, indent=1)
-    print(f"area {a.size} x {a.size} px at {a.gsd} m, {a.steps} steps, seed {a.seed}, tile {lay.tile}, "
-          f"window stride {lay.stride}, block {lay.block}, band {lay.band}")
+    print(f"area {a.size} x {a.size} px at {a.gsd} m, {a.steps} steps, seed {a.seed}, tile {T}, "
+          f"window stride {S}, block {B}, band {D} (pixels; latent factor {f})")
     print(f"{'image / lines':40s} {'ratio':>7s} {'control':>8s} {'lines':>6s}")
     for k in ("fused_window_grid", "fused_block_grid", "fused_block_centre", "fused_block_bands",
               "fused_on_naive_grid",

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def run(a) -> int:
-    from ..core import providers
+    from ..core.runtime import providers
     from . import runner, spec
 
     try:

@@ -1,6 +1,6 @@
 """Layout condition from vector files for the batch runner (GDAL/OGR only, no QGIS).
 
-Burned per block footprint (core.largearea calls it with each block's grid), not per tile: the layout a block
+Burned per block footprint (core.engine.blocks calls it with each block's grid), not per tile: the layout a block
 sees is then a function of its place only, so tiles stay seamless and byte-reproducible with conditions too.
 Sources are burned in spec order (a later one wins where they overlap), ALL_TOUCHED off (a pixel takes a class
 when its centre is inside), lines and points need a `buffer` (CRS units of the job) to cover pixels. Pixels
@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..core.errors import ConditionError
-from ..core.georef import Grid
+from ..core.geo.georef import Grid
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Batch runner: a job spec -> world-anchored tiles -> per-tile COGs, a VRT mosaic and a JSON manifest.
 
 Tiles sit on the world pixel grid of the job's GSD (tile (i, j) = world rows [i*P, (i+1)*P), columns
-[j*P, (j+1)*P)); each is one large-area request (core.largearea), a pure function of the job and the tile's
+[j*P, (j+1)*P)); each is one large-area request (core.engine.blocks), a pure function of the job and the tile's
 place, so neighbouring tiles join without a seam and a tile made twice is the same bytes.
 
-Crash safety: a tile's COG is renamed into place only when complete (core.geotiff), and the manifest, which
+Crash safety: a tile's COG is renamed into place only when complete (core.geo.geotiff), and the manifest, which
 is the only record of what is done, is rewritten atomically (temp file + rename) after each tile *after* its
 file is in place and hashed. A tile whose write fails (full disk...) is never recorded. After a kill -9 the next
 run reads the manifest, checks every recorded tile's size and sha256, removes stale partial files, adopts a
@@ -14,7 +14,7 @@ run's.
 
 Scale-out: Dask distributed. A LocalCluster of worker processes by default (`--workers N`), or an existing
 cluster (`--scheduler tcp://host:port`, workers need this package importable and the model reachable). Each
-worker process keeps its ONNX session warm (core.models caches loaded models per process), so only the first
+worker process keeps its ONNX session warm (core.runtime.models caches loaded models per process), so only the first
 tile on a worker pays for loading. `--workers 0` runs in this process without Dask.
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..core.conditions import CondLayout
+from ..core.conditions.encoding import CondLayout
 from ..core.errors import OutputError, RsgenError
-from ..core.geotiff import PROBE_PREFIX
-from ..core.models import sha256_file
+from ..core.geo.geotiff import PROBE_PREFIX
+from ..core.runtime.models import sha256_file
 from ..core.request import GenerationRequest
 from .spec import JobSpec, JobSpecError
 
@@ -175,8 +175,8 @@ def tile_request(spec: JobSpec, tile: Tile, pitch: int, out_dir: str) -> Generat
 
 def run_tile(task: dict) -> dict:
     """Generate one tile (a plain-data task, so it travels to Dask workers); returns what the manifest records."""
-    from ..core import models
-    from ..core.pipeline import generate
+    from ..core.runtime import models
+    from ..core.engine.generate import generate
 
     req = GenerationRequest.from_dict(task["request"])
     layout = None
@@ -264,7 +264,7 @@ def adopt_finished(out_dir: str, task: dict, model_sha256: str) -> Optional[dict
 
 def gsd_warning(spec: JobSpec, model_manifest: dict, pitch: int, tile: Optional[Tile]) -> Optional[str]:
     """A warning naming the model's training GSD range when the job's GSD (in metres) is outside it."""
-    from ..core.georef import grid_for_request, gsd_metres_mean
+    from ..core.geo.georef import grid_for_request, gsd_metres_mean
 
     rng = (model_manifest.get("training", {}) or {}).get("gsd_range_m") or \
         ((model_manifest.get("conditions", {}).get("metadata_coverage", {}) or {}).get("gsd", {}) or {}).get("range")
@@ -306,17 +306,17 @@ def build_vrt(out_dir: str, records: Dict[str, dict]) -> Optional[str]:
 def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progress: bool = True,
         providers: Optional[Sequence[str]] = None, log: Callable[[str], None] = None) -> dict:
     """Run (or resume) a job; returns the final manifest. Raises BatchError if some tiles failed."""
-    from ..core.largearea import BlockLayout
-    from ..core.models import find
+    from ..core.engine.blocks import BlockLayout
+    from ..core.runtime.models import find
 
     log = log or (lambda m: print(m, file=sys.stderr))
     pkg = find(spec.model, spec.model_dirs)
-    rng = CondLayout.from_manifest(pkg.manifest["conditions"]).guidance_range if pkg.kind == "pixel" \
+    rng = CondLayout.from_manifest(pkg.manifest["conditions"]).guidance_range if pkg.interface == "rsgen" \
         else None
     if rng and not rng[0] <= spec.guidance <= rng[1]:
         raise JobSpecError(f"guidance: {spec.guidance:g} is outside {rng[0]:g}-{rng[1]:g}, the scales model {pkg.id!r} "
                            "has its guidance distilled for.")
-    lay = BlockLayout.for_manifest(pkg.manifest, spec.block_windows)
+    lay = BlockLayout.for_manifest(pkg.manifest, spec.block_windows, pkg.factor)
     pitch = spec.tile_px
     tiles = plan_tiles(spec, pitch)
     os.makedirs(os.path.join(spec.output, "tiles"), exist_ok=True)

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..core.conditions import LAYOUT_CLASSES
+from ..core.conditions.encoding import LAYOUT_CLASSES
 from ..core.errors import RsgenError
 from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS
 

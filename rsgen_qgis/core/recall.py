@@ -55,7 +55,7 @@ class Recorded:
 
 
 def recorded_request(tags: Mapping[str, str], source: str = "this file") -> Recorded:
-    """Read the request back from a generated GeoTIFF's tags (core.geotiff.read_tags). Raises ParameterError
+    """Read the request back from a generated GeoTIFF's tags (core.geo.geotiff.read_tags). Raises ParameterError
     with a user message when the file was not made by rsgen_qgis or its record is unreadable."""
     text = tags.get("request")
     if not text or str(tags.get("synthetic", "")).lower() != "true":
@@ -89,7 +89,7 @@ def recorded_request(tags: Mapping[str, str], source: str = "this file") -> Reco
 
 def recorded_request_of(path: str) -> Recorded:
     """recorded_request() of a GeoTIFF on disk; a file that cannot be read is a ParameterError too."""
-    from .geotiff import IO_ERRORS, read_tags
+    from .geo.geotiff import IO_ERRORS, read_tags
 
     try:
         tags = read_tags(path)
@@ -112,7 +112,7 @@ def regenerate_request(source: str, output: str, model_dirs: Iterable[str] = (),
     """The request a generated GeoTIFF records, written to `output` with `changes` (seed=..., prompt=...) applied:
     (request, notes on fields not carried over, a warning when the installed model is not the image's)."""
     from .errors import RsgenError
-    from .models import find
+    from .runtime.models import find
 
     rec = recorded_request_of(source)
     req = rec.to_request(output, **changes)

@@ -20,11 +20,11 @@ SAMPLERS = ("dpmpp_2m", "ddim", "euler", "dpmpp_2m_sde")
 # scene classifier recognises 25 % of class-prompt tiles instead of 20 % (models/rsgen-base/MODEL_CARD.md).
 DEFAULT_SAMPLER = "dpmpp_2m_sde"
 # Which denoiser graph: "auto" = the package's fast graph for the device where it has one (int8 on the CPU,
-# fp16 on a GPU), "fp32" = the exact graph everywhere (core.models.denoiser_variant).
+# fp16 on a GPU), "fp32" = the exact graph everywhere (core.runtime.models.denoiser_variant).
 PRECISIONS = ("auto", "fp32")
 DEFAULT_MODEL = "rsgen-base"
 DEFAULT_PIXEL_BUDGET = 1024 * 1024
-MAX_CLASS_GUIDANCE = 50.0  # class guidance scale upper bound (core.classguide); the model card measures 0-40
+MAX_CLASS_GUIDANCE = 50.0  # class guidance scale upper bound (core.engine.classguide); the model card measures 0-40
 
 
 @dataclass(frozen=True)
@@ -80,15 +80,15 @@ class GenerationRequest:
     model: str = DEFAULT_MODEL
     date: Optional[str] = None  # ISO yyyy-mm-dd of the imagery to imitate; None = unknown
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
-    large_area: bool = False  # lift the pixel budget; world-anchored blocks streamed to disk (core.largearea)
+    large_area: bool = False  # lift the pixel budget; world-anchored blocks streamed to disk (core.engine.blocks)
     block_windows: int = 2    # large-area block footprint: one tile plus this many window strides (changes the pixels)
     cascade: int = 0          # coarse-to-fine: first generate at gsd * cascade, then guide the fine pass with it
     precision: str = "auto"   # denoiser graph: "auto" (int8 on CPU / fp16 on GPU where the model has one) or "fp32"
     # with a guide (super-resolution, cascade): how strictly the output keeps the guide's coarse content
-    # (core.guideproj): 1 = exactly (its area means over the guide's cells equal the guide), 0 = the guide only
+    # (core.engine.guideproj): 1 = exactly (its area means over the guide's cells equal the guide), 0 = the guide only
     # steers the model
     guide_consistency: float = 1.0
-    # class guidance (core.classguide): how strongly the model's scene classifier steers the image towards the
+    # class guidance (core.engine.classguide): how strongly the model's scene classifier steers the image towards the
     # classes the prompt names; None = the model's default, 0 = off
     class_guidance: Optional[float] = None
     conditions: Conditions = field(default_factory=Conditions)

@@ -24,9 +24,9 @@ from qgis.core import (QgsGeometry, QgsMapLayer, QgsPointXY, QgsProject, QgsRect
                        QgsWkbTypes)
 from qgis.PyQt.QtGui import QTransform
 
-from ..core.conditions import LAYOUT_CLASSES, NO_LAYOUT
+from ..core.conditions.encoding import LAYOUT_CLASSES, NO_LAYOUT
 from ..core.errors import ConditionError, OutputError
-from ..core.georef import Grid, gsd_metres_mean, parse_crs
+from ..core.geo.georef import Grid, gsd_metres_mean, parse_crs
 from .rasterize import burn, grid_geometries, metre_scale, new_counts, plain
 
 SIZE_FIELDS = ("width_m", "length_m", "angle")

@@ -16,7 +16,7 @@ from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
 from ..core.errors import CrsError, ExtentError
-from ..core.georef import Grid, grid_for_request, gsd_metres_mean
+from ..core.geo.georef import Grid, grid_for_request, gsd_metres_mean
 from ..core.request import DEFAULT_PIXEL_BUDGET, GenerationRequest
 
 

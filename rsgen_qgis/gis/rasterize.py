@@ -24,11 +24,11 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransfor
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor, QTransform
 
-from ..core.conditions import LAYOUT_CLASSES, NO_LAYOUT
+from ..core.conditions.encoding import LAYOUT_CLASSES, NO_LAYOUT
 from ..core.errors import Cancelled, ConditionError, CrsError, OutputError
-from ..core.georef import Grid, gsd_metres
-from ..core.geotiff import check_writable
-from ..core.rules import LAYOUT_COLOURS, Rule, best_rule
+from ..core.geo.georef import Grid, gsd_metres
+from ..core.geo.geotiff import check_writable
+from ..core.conditions.rules import LAYOUT_COLOURS, Rule, best_rule
 
 KINDS = {QgsWkbTypes.GeometryType.PointGeometry: "point", QgsWkbTypes.GeometryType.LineGeometry: "line",
          QgsWkbTypes.GeometryType.PolygonGeometry: "polygon"}

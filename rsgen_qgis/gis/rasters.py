@@ -18,9 +18,9 @@ import numpy as np
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsMapLayer,
                        QgsProject, QgsRaster, QgsRasterLayer, QgsRectangle, QgsVectorLayer, QgsWkbTypes)
 
-from ..core import projdata  # noqa: F401  (before pyproj)
+from ..core.geo import projdata  # noqa: F401  (before pyproj)
 from ..core.errors import ConditionError, CrsError
-from ..core.georef import Grid, crs_to_wkt, parse_crs
+from ..core.geo.georef import Grid, crs_to_wkt, parse_crs
 from ..core.request import GenerationRequest
 from . import tr
 from .rasterize import burn, grid_geometries, new_counts
@@ -236,7 +236,7 @@ def mask_from_polygons(layer: Optional[QgsMapLayer], grid: Grid, selected_only: 
                        target: str = "the raster", project: Optional[QgsProject] = None,
                        counts: Optional[Dict[str, int]] = None, grow_m: float = 0.0) -> np.ndarray:
     """(H, W) bool on `grid`, True where a pixel's centre is inside a (reprojected, repaired) polygon, grown by
-    grow_m metres on the ground (core.masks.grow: pixel sizes measured in metres, so any CRS works)."""
+    grow_m metres on the ground (core.conditions.masks.grow: pixel sizes measured in metres, so any CRS works)."""
     if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
         raise ConditionError("Choose a valid polygon layer as the inpainting mask.")
     if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
@@ -257,8 +257,8 @@ def mask_from_polygons(layer: Optional[QgsMapLayer], grid: Grid, selected_only: 
         raise ConditionError(f"The {which} of the mask layer {layer.name()!r} do not overlap {target} (no pixel "
                              "centre lies inside them); draw the mask over the image, or check the layers' CRSs.")
     if grow_m > 0:
-        from ..core.georef import gsd_metres
-        from ..core.masks import grow
+        from ..core.geo.georef import gsd_metres
+        from ..core.conditions.masks import grow
 
         gx, gy = gsd_metres(grid)
         mask = grow(mask, grow_m / gx, grow_m / gy)

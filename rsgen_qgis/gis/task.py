@@ -82,12 +82,12 @@ class GenerationTask(QgsTask):
     # -- worker thread -------------------------------------------------------------------------------------
     def run(self) -> bool:
         try:
-            # onnxruntime & co. load only when someone generates; core.pipeline.generate, with the same engine
-            # settings as the command line and the bench, or part by part for a raster window over the budget
-            from ..core.windowed import generate_request
+            # onnxruntime & co. load only when someone generates; the engine settings (graph, threads, batching,
+            # providers) are the command line's and the bench's (tests/test_first_hour.py holds them equal)
+            from ..core.engine.generate import generate
 
-            self.result = generate_request(self.request, progress=self._progress, cancelled=self.isCanceled,
-                                           model_dirs=self.model_dirs, providers=self.providers)
+            self.result = generate(self.request, progress=self._progress, cancelled=self.isCanceled,
+                                   model_dirs=self.model_dirs, providers=self.providers)
             return True
         except Cancelled:
             self.was_cancelled = True
@@ -150,9 +150,9 @@ class EstimateTask(QgsTask):
 
     def run(self) -> bool:
         try:
-            from ..core import largearea
+            from ..core.engine import blocks
 
-            self.value = largearea.estimate_request(self.request, self.model_dirs, self.providers)
+            self.value = blocks.estimate_request(self.request, self.model_dirs, self.providers)
             return True
         except RsgenError as exc:
             self.error = str(exc)

@@ -92,7 +92,7 @@ def duration(seconds: float) -> str:
 def sampler_labels() -> Dict[str, str]:
     """Sampler id -> label shown to users, in the engine's order."""
     try:
-        from ..core.samplers import SAMPLER_LABELS
+        from ..core.engine.samplers import SAMPLER_LABELS
     except ImportError:  # engine without its samplers module yet: show the ids
         from ..core.request import SAMPLERS
 
@@ -103,7 +103,7 @@ def sampler_labels() -> Dict[str, str]:
 def sampler_hints() -> Dict[str, str]:
     """Sampler id -> what it is for (the dock's item tooltips); empty with an engine that has no hints."""
     try:
-        from ..core.samplers import SAMPLER_HELP
+        from ..core.engine.samplers import SAMPLER_HELP
     except ImportError:
         return {}
     return dict(SAMPLER_HELP)
@@ -118,7 +118,7 @@ def provider_text(preference: str, actual: Optional[str] = None, graph: Optional
     """('ONNX Runtime: CUDA (GPU)', ok): the provider that ran (after a run, with the denoiser graph it ran:
     fp32, int8 or fp16) or will be tried first."""
     try:
-        from ..core.providers import LABELS, choose
+        from ..core.runtime.providers import LABELS, choose
 
         chosen = choose(preference)
     except ImportError as exc:
@@ -135,7 +135,7 @@ def provider_text(preference: str, actual: Optional[str] = None, graph: Optional
 def model_choices(extra_dirs: Sequence[str]) -> Tuple[List, str, str]:
     """(packages, hint shown when there are none, unreadable packages' messages) for the model combo."""
     from ..core.errors import RsgenError
-    from ..core.models import discover, search_dirs
+    from ..core.runtime.models import discover, search_dirs
 
     problems: List[str] = []
     try:

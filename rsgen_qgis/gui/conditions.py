@@ -22,10 +22,10 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDialo
 
 import numpy as np
 
-from ..core.conditions import NO_LAYOUT
+from ..core.conditions.encoding import NO_LAYOUT
 from ..core.errors import ConditionError, ParameterError, PixelBudgetError
 from ..core.request import DEFAULT_PIXEL_BUDGET, Conditions, GenerationRequest
-from ..core.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
+from ..core.conditions.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
 from . import dspin, form, narrow, row, tr, wrap_label
 
 COLUMNS = (("class", "Class"), ("field", "Field"), ("values", "Values"), ("geometry", "Geometry"),
@@ -324,7 +324,7 @@ class ConditionsPanel(QWidget):
     # -- requests ------------------------------------------------------------------------------------------------
     def with_layout(self, req: GenerationRequest) -> GenerationRequest:
         """The dock's request plus the layout of the ticked layers when the layout group is on (raises RsgenError)."""
-        from ..core.georef import grid_for_request
+        from ..core.geo.georef import grid_for_request
 
         self.notes = []
         if not self.layout_group.isChecked():
@@ -373,8 +373,7 @@ class ConditionsPanel(QWidget):
     def raster_request(self, output: str, extent, crs, large_area: bool = False, **params) -> GenerationRequest:
         """A request on the chosen raster's grid (inpainting, variation) or its 4x finer twin (super-resolution),
         for the part of the raster in `extent` (map CRS `crs`); inpainting only around the mask's polygons. Over
-        the pixel budget it needs Large area: then super-resolution takes the large-area path and inpainting and
-        variation go part by part (core.windowed)."""
+        the pixel budget it needs Large area: then all three take the engine's large-area path (blocks)."""
         from ..gis.rasters import mask_from_polygons, mask_window, read_rgb, request_on_grid, sr_grid
 
         self.notes = []

@@ -32,7 +32,7 @@ except ImportError:
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, OutputError, RsgenError
-from ..core.georef import grid_for_request, gsd_metres_mean
+from ..core.geo.georef import grid_for_request, gsd_metres_mean
 from ..core.recall import Recorded, model_change_note
 from ..core.request import DEFAULT_MODEL, MAX_CLASS_GUIDANCE, Conditions, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text, describe_crs, extent_in, fit_grid,
@@ -470,7 +470,7 @@ class GenerationDock(QgsDockWidget):
         if self._estimate_task is not None:  # one at a time: when it ends, the newest settings are estimated
             return
         try:
-            from ..core.providers import choose
+            from ..core.runtime.providers import choose
 
             providers = choose(settings.provider_preference())
         except (ImportError, RsgenError) as exc:
@@ -770,7 +770,7 @@ class GenerationDock(QgsDockWidget):
                         "{path} is open in this project as the layer “{name}”: remove that layer or choose another "
                         "Output file (overwriting it would leave the layer showing the old image, and Windows "
                         "refuses it).").format(path=r.output, name=busy[0].name()))
-            from ..core.providers import choose
+            from ..core.runtime.providers import choose
 
             providers = choose(settings.provider_preference())
         except RsgenError as exc:

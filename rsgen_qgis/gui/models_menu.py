@@ -1,6 +1,6 @@
 """The model row's "…" menu: add a folder of model packages, install a package from its zip, read the chosen
 model's card. The plugin from plugins.qgis.org comes without its model (25 MB limit), so this is where a user
-gets one; core.install does the checking, this only asks for the file and tells what happened."""
+gets one; core.runtime.install does the checking, this only asks for the file and tells what happened."""
 from __future__ import annotations
 
 import os
@@ -48,7 +48,7 @@ class ModelMenu(QMenu):
 
     def install_zip(self, path: str) -> bool:
         """Install (verify, then unpack into the profile's rsgen_models folder) and select the model in `path`."""
-        from ..core.install import install_zip
+        from ..core.runtime.install import install_zip
 
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:

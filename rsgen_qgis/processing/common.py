@@ -46,7 +46,7 @@ class RsgenAlgorithm(QgsProcessingAlgorithm):
 def sampler_names() -> List[str]:
     """Sampler ids, in the engine's order (static enum strings: `SAMPLER=ddim` works in scripts)."""
     try:
-        from ..core.samplers import SAMPLER_LABELS
+        from ..core.engine.samplers import SAMPLER_LABELS
     except ImportError:  # the engine is older than its samplers module: fall back to the request's list
         return list(SAMPLERS)
     return [name for name, _ in (SAMPLER_LABELS.items() if hasattr(SAMPLER_LABELS, "items") else SAMPLER_LABELS)]
@@ -55,7 +55,7 @@ def sampler_names() -> List[str]:
 def sampler_help() -> Dict[str, str]:
     """Sampler id -> what it is for (the SAMPLER parameter's help); empty with an engine that has no hints."""
     try:
-        from ..core.samplers import SAMPLER_HELP
+        from ..core.engine.samplers import SAMPLER_HELP
     except ImportError:
         return {}
     return dict(SAMPLER_HELP)
@@ -63,7 +63,7 @@ def sampler_help() -> Dict[str, str]:
 
 def model_ids() -> List[str]:
     """Ids of the model packages discoverable now (bundled, settings folders, $RSGEN_MODEL_DIRS)."""
-    from ..core.models import discover
+    from ..core.runtime.models import discover
 
     return [p.id for p in discover(settings.model_dirs())]
 
@@ -142,11 +142,11 @@ def as_processing_error(exc: BaseException) -> QgsProcessingException:
 
 
 def run_engine(req, feedback: QgsProcessingFeedback, progress_range=(0.0, 1.0), log: bool = True):
-    """core.pipeline.generate with Processing's progress and cancel; returns the GenerationResult.
+    """core.engine.generate.generate with Processing's progress and cancel; returns the GenerationResult.
 
     Raises RsgenError / ImportError for the caller to turn into QgsProcessingException (see guarded())."""
-    from ..core.pipeline import generate
-    from ..core.providers import choose
+    from ..core.engine.generate import generate
+    from ..core.runtime.providers import choose
 
     lo, hi = progress_range
     if log:
@@ -165,7 +165,7 @@ def run_engine(req, feedback: QgsProcessingFeedback, progress_range=(0.0, 1.0), 
 
 def report(result, feedback: QgsProcessingFeedback) -> float:
     """Log what was written; returns the mean GSD in metres."""
-    from ..core.georef import gsd_metres_mean
+    from ..core.geo.georef import gsd_metres_mean
 
     g = result.grid
     gsd_m = gsd_metres_mean(g)

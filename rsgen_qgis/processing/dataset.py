@@ -5,7 +5,7 @@ MIN_BOXES objects) or the features of an extents layer (each feature's bounding 
 a layout made of the vector layers (optional) and the boxes (filled rotated rectangles), then the boxes are
 exported three ways: COCO (horizontal boxes, pixel coordinates, one JSON for the dataset), DOTA v1 (rotated boxes,
 pixel corners, one text file per image) and GeoJSON (rotated boxes in map coordinates, one file for the dataset).
-An optional filter drops samples whose boxes a segmentation net does not confirm (core.segfilter).
+An optional filter drops samples whose boxes a segmentation net does not confirm (core.conditions.segfilter).
 
 Nothing half-made is left behind: on an error or cancel the images written by this run are removed, and the label
 files are written (atomically) only at the end.
@@ -24,8 +24,8 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterVectorLayer)
 
-from ..core.conditions import LAYOUT_CLASSES, NO_LAYOUT
-from ..core.georef import Grid, grid_for_request
+from ..core.conditions.encoding import LAYOUT_CLASSES, NO_LAYOUT
+from ..core.geo.georef import Grid, grid_for_request
 from ..core.request import Conditions, GenerationRequest
 from .common import RsgenAlgorithm, add_model_parameters, given, guarded, model_values, run_engine, tr
 from .layout import (BOX_FIELD, BOXES, LAYERS, RULES_HELP, add_box_parameters, add_layout_parameters, box_options,
@@ -210,7 +210,7 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
                 written.append(result.path)
                 if segnet is not None:
                     agreement = self._agreement(segnet, result.path, boxes, grid)
-                    from ..core.segfilter import keep_sample
+                    from ..core.conditions.segfilter import keep_sample
 
                     keep_frac = self.parameterAsDouble(parameters, KEEP_FRACTION, context)
                     if not keep_sample(agreement, BOX_FRACTION, keep_frac):
@@ -247,8 +247,8 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
         if not self.parameterAsBoolean(parameters, FILTER, context):
             return None, "off"
         from .. import settings
-        from ..core.models import find
-        from ..core.segfilter import SegNet, package_segmenter
+        from ..core.runtime.models import find
+        from ..core.conditions.segfilter import SegNet, package_segmenter
 
         path = self.parameterAsFile(parameters, SEGNET, context) if given(parameters, SEGNET) else ""
         if not path:
@@ -293,7 +293,7 @@ class GenerateDatasetAlgorithm(RsgenAlgorithm):
     def _agreement(segnet, path, boxes, grid):
         from osgeo import gdal
 
-        from ..core.segfilter import box_agreement
+        from ..core.conditions.segfilter import box_agreement
         from ..gis.boxes import class_of
 
         rgb = gdal.Open(path).ReadAsArray()[:3]

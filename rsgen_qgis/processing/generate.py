@@ -147,8 +147,8 @@ class GenerateAlgorithm(RsgenAlgorithm):
         output = check_tif(self.parameterAsOutputLayer(parameters, OUTPUT, context))
         req = self.with_conditions(self.request(parameters, context, output), parameters, context, feedback)
         if req.large_area:
-            from ..core.largearea import estimate_request
-            from ..core.providers import choose
+            from ..core.engine.blocks import estimate_request
+            from ..core.runtime.providers import choose
 
             n_win, secs = estimate_request(req, settings.model_dirs(), choose(settings.provider_preference()))
             feedback.pushInfo(f"Large area: {n_win} windows per step x {req.steps} steps, estimated "

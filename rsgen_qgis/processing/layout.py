@@ -17,8 +17,8 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingConte
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterVectorLayer)
 
-from ..core.conditions import NO_LAYOUT
-from ..core.georef import Grid, grid_for_request
+from ..core.conditions.encoding import NO_LAYOUT
+from ..core.geo.georef import Grid, grid_for_request
 from ..core.request import Conditions, GenerationRequest
 from .common import check_tif, given, guarded, tr
 from .generate import OUTPUT, GenerateAlgorithm
@@ -54,7 +54,7 @@ def add_box_parameters(alg: QgsProcessingAlgorithm, optional: bool) -> None:
 
 
 def read_rules(alg: QgsProcessingAlgorithm, parameters: Dict[str, Any], context: QgsProcessingContext):
-    from ..core.rules import DEFAULT_OSM_RULES, load_rules
+    from ..core.conditions.rules import DEFAULT_OSM_RULES, load_rules
 
     path = alg.parameterAsFile(parameters, RULES, context)
     return load_rules(path) if path else list(DEFAULT_OSM_RULES)

@@ -6,11 +6,11 @@ The base model is a denoiser trained at a quarter of the package's tile (16 px f
 data, so one base tile covers the ground of one fine tile at 4x the GSD. It gives the whole class-level layout
 of a scene (where the fields, roofs, water and tarmac are) the capacity that the fine model must otherwise share
 with texture; the fine model then adds the detail through its 4x guide condition, held to the base image by
-core.guideproj (Ho et al. 2022, "Cascaded diffusion models for high fidelity image generation").
+core.engine.guideproj (Ho et al. 2022, "Cascaded diffusion models for high fidelity image generation").
 
 It lives in the same folder and shares the text encoder, so it costs only its own graph. The package manifest
 gains `cascade_base`: the factor and a complete manifest for the base (its graph, scheduler, tile, conditions,
-the GSD range it was trained on), which core.models.load_base opens like any package.
+the GSD range it was trained on), which core.runtime.models.load_base opens like any package.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import tempfile
 
 import torch
 
-from ..core.conditions import manifest_conditions
-from ..core.models import FORMAT, read_package, sha256_file
+from ..core.conditions.encoding import manifest_conditions
+from ..core.runtime.models import FORMAT, read_package, sha256_file
 from ..core.request import DEFAULT_SAMPLER
 from .export import denoiser_io, export_denoiser
 from .model import Denoiser, DenoiserConfig

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.samplers import Schedule
+from ..core.engine.samplers import Schedule
 from .data import load_aid
 
 RES = 64
@@ -193,7 +193,7 @@ def add_to_package(package_dir: str, graph: str, classes: Sequence[str], phrases
     """Copy a class-guide graph into a package and describe it in the manifest (files, `class_guide`,
     defaults.class_guidance). The manifest is rewritten last, through a temporary file, so a failure leaves the
     package as it was or with an unlisted extra file."""
-    from ..core.models import sha256_file
+    from ..core.runtime.models import sha256_file
 
     mpath = os.path.join(package_dir, "manifest.json")
     with open(mpath) as f:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.conditions import CondLayout, LAYOUT_CLASSES, encode_gsd
+from ..core.conditions.encoding import CondLayout, LAYOUT_CLASSES, encode_gsd
 from .captions import AID_SYNONYMS, aid_captions, layout_caption
 
 # Nominal GSD of the 150 px AID copy (AID scenes are 600 px at ~0.5-8 m; 4x smaller here). AID gives no
@@ -190,26 +190,35 @@ class BatchMaker:
         g = F.interpolate(F.avg_pool2d(x0, 4), size=(res, res), mode="bilinear", align_corners=False)
         g = g * torch.from_numpy(guide_on).float()[:, None, None, None]
         spatial = torch.cat([layout, mask, masked, g], 1)
-        cond = np.zeros((n, self.lay.dim), np.float32)
-        seg = self.lay.segments
-        for i, cnd in enumerate(conds):
-            cap, gsd, loc = cnd[:3]
-            has_layout = bool(cnd[3]) if len(cnd) > 3 else False
-            if cap is not None:
-                o, s = seg["text"]
-                cond[i, o:o + s] = self.emb[cap]
-                cond[i, seg["text_present"][0]] = 1
-            if gsd is not None:
-                cond[i, seg["gsd"][0]] = encode_gsd(gsd)
-                cond[i, seg["gsd_present"][0]] = 1
-            if loc is not None:
-                r = np.radians(loc[0])
-                o = seg["lon"][0]
-                cond[i, o:o + 2] = (np.sin(r), np.cos(r))
-                cond[i, seg["lon_present"][0]] = 1
-                cond[i, seg["lat"][0]] = loc[1] / 90.0
-                cond[i, seg["lat_present"][0]] = 1
-            cond[i, seg["layout_present"][0]] = float(has_layout)
-            cond[i, seg["inpaint_present"][0]] = float(inpaint[i])
-            cond[i, seg["guide_present"][0]] = float(guide_on[i])
+        cond = cond_matrix(self.lay, self.emb, conds, inpaint, guide_on)
         return {"x0": x0, "spatial": spatial, "cond": torch.from_numpy(cond)}
+
+
+def cond_matrix(lay: CondLayout, emb: Dict[str, np.ndarray], conds: list, inpaint: np.ndarray,
+                guide_on: np.ndarray) -> np.ndarray:
+    """The global condition vectors of a batch: conds[i] = (caption or None, gsd or None, (lon, lat) or None
+    [, has_layout]); flags of the spatial conditions from inpaint / guide_on (pixel and latent batches alike)."""
+    n = len(conds)
+    cond = np.zeros((n, lay.dim), np.float32)
+    seg = lay.segments
+    for i, cnd in enumerate(conds):
+        cap, gsd, loc = cnd[:3]
+        has_layout = bool(cnd[3]) if len(cnd) > 3 else False
+        if cap is not None:
+            o, s = seg["text"]
+            cond[i, o:o + s] = emb[cap]
+            cond[i, seg["text_present"][0]] = 1
+        if gsd is not None:
+            cond[i, seg["gsd"][0]] = encode_gsd(gsd)
+            cond[i, seg["gsd_present"][0]] = 1
+        if loc is not None:
+            r = np.radians(loc[0])
+            o = seg["lon"][0]
+            cond[i, o:o + 2] = (np.sin(r), np.cos(r))
+            cond[i, seg["lon_present"][0]] = 1
+            cond[i, seg["lat"][0]] = loc[1] / 90.0
+            cond[i, seg["lat_present"][0]] = 1
+        cond[i, seg["layout_present"][0]] = float(has_layout)
+        cond[i, seg["inpaint_present"][0]] = float(inpaint[i])
+        cond[i, seg["guide_present"][0]] = float(guide_on[i])
+    return cond

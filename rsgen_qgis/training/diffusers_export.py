@@ -6,14 +6,14 @@ Graphs: CLIP text encoder (input_ids -> last_hidden_state), UNet (sample, timest
 [, metadata][, ControlNet residuals] -> noise_pred), ControlNet when the folder has one, VAE decoder
 (latent / scaling_factor -> image in [-1, 1]) and VAE encoder (image -> latent mean, for variations).
 The package also holds the tokenizer's vocab.json + merges.txt (read by
-core/clip_tokenizer.py at run time), the scheduler's noise schedule, the VAE's latent scaling factor and the
+core/runtime/clip_tokenizer.py at run time), the scheduler's noise schedule, the VAE's latent scaling factor and the
 condition encodings. Weights load with use_safetensors=True after diffusers_inspect has refused pickle-only
 parts: nothing is ever unpickled.
 
 DiffusionSat's SatUNet (a UNet2DConditionModel plus `metadata_embedding`, one TimestepEmbedding per metadata
 field applied to the sinusoidal projection of the field, summed into the time embedding; its ControlNet has
 the same) is rebuilt from its config and safetensors as the diffusers class whose class embedding is that
-sum, so the graph takes a `metadata` [B, 7] input encoded as core/diffusionsat.py says.
+sum, so the graph takes a `metadata` [B, 7] input encoded as core/conditions/diffusionsat.py says.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from ..core import diffusionsat
-from ..core.conditions import LAYOUT_CLASSES
+from ..core.conditions import diffusionsat
+from ..core.conditions.encoding import LAYOUT_CLASSES
 from .diffusers_inspect import (DiffusersFolderError, inspect, scheduler_config, special_tokens,
                                 tokenizer_tables)
 from .export import FORMAT, sha256_file

@@ -118,7 +118,7 @@ def inspect(folder: str) -> dict:
     if sched.get("_class_name") not in SCHEDULERS:
         raise DiffusersFolderError(f"{sp}: scheduler {sched.get('_class_name')!r} is not supported; the runtime "
                                    f"samples DDPM-family schedules ({', '.join(SCHEDULERS)}).")
-    from ..core.samplers import Schedule
+    from ..core.engine.samplers import Schedule
 
     try:
         Schedule.from_config(scheduler_config(sched))
@@ -176,7 +176,7 @@ def tokenizer_tables(info: dict) -> tuple:
     """(vocab dict, merges list of 'a b') from vocab.json + merges.txt, or from tokenizer.json."""
     d, have = info["dir"], info["files"]
     if have["vocab.json"] and have["merges.txt"]:
-        from ..core.clip_tokenizer import read_merges
+        from ..core.runtime.clip_tokenizer import read_merges
 
         with open(os.path.join(d, "vocab.json"), encoding="utf-8") as f:
             vocab = json.load(f)

@@ -4,7 +4,7 @@ guidance in two (Meng et al. 2023, "On distillation of guided diffusion models",
     python -m rsgen_qgis.training.distill --data DATA --teacher runs/train3/last.pt --out runs/distill --minutes 75
 
 The student is the teacher's architecture with one more condition value, the guidance scale w (encoded as in
-core.conditions: (w - 1) / 4); it starts as the teacher with that input's weights at zero, so at w = 1 it is
+core.conditions.encoding: (w - 1) / 4); it starts as the teacher with that input's weights at zero, so at w = 1 it is
 the teacher's conditional prediction from step 0. Each step draws a training batch (the same conditions, each
 present or dropped at random, as training), a timestep and noise, and regresses the student on the teacher's
 guided prediction u + w (c - u), where u is the teacher's unconditional branch exactly as the run time forms
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.conditions import GUIDABLE, GUIDANCE_RANGE, GUIDANCE_SCALE, GUIDANCE_SHIFT, CondLayout, \
+from ..core.conditions.encoding import GUIDABLE, GUIDANCE_RANGE, GUIDANCE_SCALE, GUIDANCE_SHIFT, CondLayout, \
     spatial_layout
 from .data import BatchMaker, load_aid, load_maps
 from .model import Denoiser, DenoiserConfig

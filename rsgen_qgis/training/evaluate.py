@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.conditions import layout_onehot
+from ..core.conditions.encoding import layout_onehot
 from ..core.request import DEFAULT_SAMPLER, SAMPLERS
-from ..core.seamless import seamless_fill
+from ..core.conditions.seamless import seamless_fill
 from .captions import CLASS_PROMPT
 from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
 from .tilegen import RES, TileGenerator, TwoStageGenerator
@@ -254,7 +254,7 @@ def hole_figures(comp: np.ndarray, real: np.ndarray, span: tuple) -> Dict:
 
 
 def seamless_u8(fill: np.ndarray, known: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """core.seamless.seamless_fill over a batch of uint8 images (N, 3, H, W), as the run time applies it."""
+    """core.conditions.seamless.seamless_fill over a batch of uint8 images (N, 3, H, W), as the run time applies it."""
     out = [seamless_fill(f.astype(np.float32) / 127.5 - 1, k.astype(np.float32) / 127.5 - 1, mask)
            for f, k in zip(fill, known)]
     return np.round((np.clip(np.stack(out), -1, 1) + 1) * 127.5).astype(np.uint8)
@@ -298,10 +298,10 @@ def main(argv=None) -> None:
                     help="prompt and layout tiles through the package's coarse base model first (the cascade at "
                          "its factor, as the dock's two-stage option runs it)")
     ap.add_argument("--guide-consistency", type=float, default=1.0,
-                    help="super-resolution: hold samples to the guide as the run time does (core.guideproj; its "
+                    help="super-resolution: hold samples to the guide as the run time does (core.engine.guideproj; its "
                          "default 1); 0 = the model only reads the guide")
     ap.add_argument("--class-guidance", type=float, default=None,
-                    help="class guidance scale (core.classguide) with the package's class guide; default: the "
+                    help="class guidance scale (core.engine.classguide) with the package's class guide; default: the "
                          "package's default (0 where it has none)")
     ap.add_argument("--grids", default=None, help="folder for sample grid PNGs (default: the model folder)")
     a = ap.parse_args(argv)

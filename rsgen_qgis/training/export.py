@@ -17,8 +17,8 @@ from typing import Optional
 
 import torch
 
-from ..core.conditions import GUIDANCE_RANGE, CondLayout, manifest_conditions, spatial_channels
-from ..core.models import sha256_file
+from ..core.conditions.encoding import GUIDANCE_RANGE, CondLayout, manifest_conditions, spatial_channels
+from ..core.runtime.models import sha256_file
 from ..core.request import DEFAULT_SAMPLER
 from .model import Denoiser, DenoiserConfig
 
@@ -38,7 +38,10 @@ def denoiser_io(cfg: DenoiserConfig) -> dict:
 
 
 def export_denoiser(model: Denoiser, path: str, opset: int = 17) -> None:
-    """fp32 ONNX with dynamic batch and image size (any multiple of the UNet's downsampling factor)."""
+    """fp32 ONNX with dynamic batch and image size (any multiple of the UNet's downsampling factor). Exported
+    without constant folding, so every parameter is an initializer under its own name (ONNX Runtime folds the
+    reshapes and transposes when it loads the graph): training can start again from a committed package's graph
+    (state_from_onnx)."""
     cfg = model.cfg
     model = model.eval().float()
     t = cfg.tile
@@ -49,7 +52,48 @@ def export_denoiser(model: Denoiser, path: str, opset: int = 17) -> None:
             "prediction": {0: "batch", 2: "height", 3: "width"}}
     with torch.no_grad():
         torch.onnx.export(model, args, path, input_names=["sample", "timestep", "spatial", "cond"],
-                          output_names=["prediction"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+                          output_names=["prediction"], dynamic_axes=axes, opset_version=opset, dynamo=False,
+                          do_constant_folding=False)
+    name_every_parameter(path, model)
+
+
+def name_every_parameter(path: str, model: torch.nn.Module) -> None:
+    """The exporter keeps one initializer for byte-identical parameters (freshly initialised norms): add the
+    others under their own names (unused by the graph, a few bytes) so state_from_onnx finds every one."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(path)
+    have = {i.name for i in m.graph.initializer} | {o for n in m.graph.node for o in n.output}
+    missing = {k: v for k, v in model.state_dict().items() if k not in have}
+    if not missing:
+        return
+    for k, v in missing.items():
+        m.graph.initializer.append(numpy_helper.from_array(v.detach().cpu().numpy(), k))
+    onnx.save(m, path)
+
+
+def state_from_onnx(path: str, model: torch.nn.Module) -> dict:
+    """The denoiser's state dict read back from its fp32 graph (export_denoiser keeps the parameter names);
+    raises ValueError naming what does not match, so a phase never starts from the wrong weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(path).graph
+    inits = {i.name: i for i in g.initializer}
+    for n in g.node:  # a parameter the exporter shared with an identical one: Identity(kept) -> its name
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits.setdefault(n.output[0], inits[n.input[0]])
+    out = {}
+    for k, v in model.state_dict().items():
+        if k not in inits:
+            raise ValueError(f"{path}: no initializer {k!r}; the graph was not exported by this version's "
+                             "export_denoiser (names kept) or is another architecture.")
+        a = numpy_helper.to_array(inits[k])
+        if tuple(a.shape) != tuple(v.shape):
+            raise ValueError(f"{path}: {k!r} is {a.shape} in the graph, {tuple(v.shape)} in the model.")
+        out[k] = torch.from_numpy(a.copy())
+    return out
 
 
 def export_fp16(src: str, dst: str) -> None:
@@ -61,9 +105,22 @@ def export_fp16(src: str, dst: str) -> None:
     onnx.save(m, dst)
 
 
+def autoencoder_entry(ae_dir: str) -> dict:
+    """What a latent model's manifest says of its autoencoder package (core.runtime.autoencoder): its id, factor,
+    channels and the decoder's sha256 (so a different decoder under the same id is refused at run time)."""
+    with open(os.path.join(ae_dir, "manifest.json"), encoding="utf-8") as f:
+        m = json.load(f)
+    ae = m["autoencoder"]
+    return {"package": m["id"], "factor": int(ae["factor"]), "channels": int(ae["channels"]),
+            "decoder_sha256": m["files"][ae["decoder"]["file"]]["sha256"]}
+
+
 def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: str, name: str,
-                  text_kind: str = "minilm", info: Optional[dict] = None, fp16: bool = True) -> dict:
-    """Write every file of a package into out_dir (replacing it atomically) and return the manifest."""
+                  text_kind: str = "minilm", info: Optional[dict] = None, fp16: bool = True,
+                  autoencoder: Optional[dict] = None) -> dict:
+    """Write every file of a package into out_dir (replacing it atomically) and return the manifest.
+    autoencoder: a latent model's autoencoder entry (autoencoder_entry); the denoiser then works on its latents
+    (cfg.image_channels = its channels, cfg.tile in latent cells) and the manifest's tile is in pixels."""
     from .text_encoder import export_text_encoder
 
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -73,7 +130,10 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
         text = export_text_encoder(tmp, kind=text_kind, quantize=(text_kind == "minilm"))
         cfg = model.cfg
         lay = CondLayout(text["dim"], GUIDANCE_RANGE if cfg.guidance_input else None)
-        if cfg.cond_dim != lay.dim or cfg.spatial_channels != spatial_channels():
+        f = int(autoencoder["factor"]) if autoencoder else 1
+        if autoencoder and cfg.image_channels != int(autoencoder["channels"]):
+            raise ValueError("The denoiser's channels do not match its autoencoder's latent channels.")
+        if cfg.cond_dim != lay.dim or cfg.spatial_channels != spatial_channels(image_channels=cfg.image_channels):
             raise ValueError("The denoiser's condition sizes do not match the text encoder / condition layout.")
         export_denoiser(model, os.path.join(tmp, "denoiser.onnx"))
         graphs = {"denoiser": {"file": "denoiser.onnx", **denoiser_io(cfg)},
@@ -87,17 +147,19 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
             "id": model_id,
             "name": name,
             "version": info.pop("version", "0.1.0"),
-            "kind": "pixel",
+            "kind": "latent" if autoencoder else "pixel",
             "license": info.pop("license", "see MODEL_CARD.md"),
             "graphs": graphs,
             "tokenizer": {"type": "wordpiece", "vocab": text["vocab"], "lowercase": text.get("lowercase", True),
                           "max_length": text.get("max_length", 64)},
             "scheduler": schedule,
-            "tile": {"size": cfg.tile, "multiple": 2 ** (len(cfg.block_out_channels) - 1)},
+            "tile": {"size": cfg.tile * f, "multiple": 2 ** (len(cfg.block_out_channels) - 1) * f},
             "image": {"channels": ["red", "green", "blue"], "range": [-1.0, 1.0]},
-            "conditions": manifest_conditions(text["dim"], info.pop("metadata_policy", None), cfg.guidance_input),
+            "conditions": manifest_conditions(text["dim"], info.pop("metadata_policy", None), cfg.guidance_input,
+                                              image_channels=cfg.image_channels),
             "architecture": {"type": "diffusers.UNet2DModel+cond_mlp", **cfg.to_dict()},
             "defaults": info.pop("defaults", {"steps": 20, "guidance": 3.0, "sampler": DEFAULT_SAMPLER}),
+            **({"autoencoder": dict(autoencoder)} if autoencoder else {}),
             **info,
         }
         files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
@@ -117,22 +179,28 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
         raise
 
 
-def tiny_config(text_dim: int = 32, guidance_input: bool = False) -> DenoiserConfig:
+def tiny_config(text_dim: int = 32, guidance_input: bool = False, image_channels: int = 3,
+                tile: int = 32) -> DenoiserConfig:
     lay = CondLayout(text_dim, GUIDANCE_RANGE if guidance_input else None)
-    return DenoiserConfig(cond_dim=lay.dim, block_out_channels=(8, 16), attention_levels=(False, True),
-                          norm_num_groups=4, attention_head_dim=8, tile=32, guidance_input=guidance_input)
+    return DenoiserConfig(image_channels=image_channels, spatial_channels=spatial_channels(image_channels=image_channels),
+                          cond_dim=lay.dim, block_out_channels=(8, 16), attention_levels=(False, True),
+                          norm_num_groups=4, attention_head_dim=8, tile=tile, guidance_input=guidance_input)
 
 
 def build_tiny_package(out_dir: str, seed: int = 0, guidance_input: bool = False,
-                       model_id: str = "rsgen-tiny") -> dict:
+                       model_id: str = "rsgen-tiny", autoencoder_dir: Optional[str] = None) -> dict:
     """A random-weights package in the real format, for plumbing tests (fast to build and to run);
-    guidance_input: shaped like a guidance-distilled model."""
+    guidance_input: shaped like a guidance-distilled model; autoencoder_dir: a latent model on that autoencoder
+    package's latents (tile of 8 latent cells)."""
     from .train import SCHEDULE
 
     torch.manual_seed(seed)
-    model = Denoiser(tiny_config(guidance_input=guidance_input))
+    ae = autoencoder_entry(autoencoder_dir) if autoencoder_dir else None
+    cfg = tiny_config(guidance_input=guidance_input, image_channels=ae["channels"] if ae else 3,
+                      tile=8 if ae else 32)
+    model = Denoiser(cfg)
     return write_package(out_dir, model, dict(SCHEDULE), model_id=model_id, name=f"{model_id} (random weights)",
-                         text_kind="tiny", fp16=False,
+                         text_kind="tiny", fp16=False, autoencoder=ae,
                          info={"description": "Random weights for tests; produces noise-like images.",
                                "training": {"gsd_range_m": [1.0, 20.0]}})
 
@@ -143,6 +211,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
     ap.add_argument("--info", help="JSON file with extra manifest fields (licence, training, metadata_policy)")
+    ap.add_argument("--autoencoder", help="a latent model's autoencoder package folder (models/taef2)")
+    ap.add_argument("--text-kind", default="minilm", choices=("minilm", "tiny"),
+                    help="text encoder to ship (tiny: random, for toy runs and tests)")
+    ap.add_argument("--no-fp16", action="store_true")
     a = ap.parse_args(argv)
     st = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
     model = Denoiser(DenoiserConfig.from_dict(st["config"]))
@@ -154,7 +226,8 @@ def main(argv=None) -> None:
     info.setdefault("training", {}).update({"steps": st["step"], "wall_s": round(st["elapsed_s"]),
                                             "device": st.get("device", "cpu")})
     m = write_package(a.out, model, st["schedule"], model_id=info.pop("id", "rsgen-base"),
-                      name=info.pop("name", "rsgen base"), info=info)
+                      name=info.pop("name", "rsgen base"), info=info, text_kind=a.text_kind, fp16=not a.no_fp16,
+                      autoencoder=autoencoder_entry(a.autoencoder) if a.autoencoder else None)
     total = sum(v["bytes"] for v in m["files"].values())
     print(f"wrote {a.out}: {len(m['files'])} files, {total / 1e6:.1f} MB")
 

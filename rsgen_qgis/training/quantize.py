@@ -9,7 +9,7 @@ step of 20-step DPM-Solver++ runs through the package's own graphs (core sampler
 training-split material only - class prompts at several guidance scales, maps layouts, low-resolution guides
 and inpainting holes from the training halves. The graph is written beside the others as denoiser_int8.onnx,
 the manifest gains `graphs.denoiser.int8_file` and the file's sha256, and the run time uses it on the CPU
-unless precision "fp32" is asked for (core.models.load). Figures of its cost: MODEL_CARD.md.
+unless precision "fp32" is asked for (core.runtime.models.load). Figures of its cost: MODEL_CARD.md.
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-from ..core.models import read_package, sha256_file
+from ..core.runtime.models import read_package, sha256_file
 
 INT8_FILE = "denoiser_int8.onnx"
 QUANTIZED_OPS = ("Conv",)
-# Steps at timesteps below this run the fp32 graph (core.models.SteppedDenoiser): the last 3 of 20 DPM-Solver++
+# Steps at timesteps below this run the fp32 graph (core.runtime.models.SteppedDenoiser): the last 3 of 20 DPM-Solver++
 # steps. Measured on held-out layouts / super-resolution (MODEL_CARD.md): int8 everywhere 0.93 / 22.11 dB,
 # fp32 from t < 150 on 1.18 / 22.68 dB, fp32 throughout 1.18 / 22.85 dB.
 FP32_BELOW_TIMESTEP = 150
@@ -64,7 +64,7 @@ def trajectory_feeds(model_dir: str, cases: Iterable[dict], steps: int = 20) -> 
 
 def training_cases(data: str, cache: str, spatial_layout: dict, channels: int, res: int = 64) -> List[dict]:
     """Calibration runs on training-split material only (AID train scenes, maps train layouts)."""
-    from ..core.conditions import layout_onehot
+    from ..core.conditions.encoding import layout_onehot
     from .captions import CLASS_PROMPT
     from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
 

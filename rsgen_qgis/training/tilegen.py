@@ -11,14 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.classguide import alpha_bar_at, with_shift
-from ..core.conditions import CondLayout, cond_vectors, layout_onehot, unconditional
-from ..core.guideproj import GuideProjector
-from ..core.models import load, load_base
-from ..core.pipeline import hold_known
+from ..core.engine.classguide import alpha_bar_at, with_shift
+from ..core.conditions.encoding import CondLayout, cond_vectors, layout_onehot, unconditional
+from ..core.engine.guideproj import GuideProjector
+from ..core.runtime.models import load, load_base
+from ..core.engine.inpaint import hold_known
 from ..core.request import DEFAULT_SAMPLER
-from ..core.samplers import Schedule, make_sampler
-from ..core.tiling import world_noise
+from ..core.engine.samplers import Schedule, make_sampler
+from ..core.engine.tiling import world_noise
 from .captions import CLASS_PROMPT
 from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_maps
 
@@ -32,7 +32,7 @@ class TileGenerator:
     def __init__(self, model_dir: str, steps: int, guidance: float, sampler: str = DEFAULT_SAMPLER,
                  precision: str = "auto", base: bool = False, class_scale: float = 0.0, class_guide=None):
         """base: the package's coarse base model (the two-stage generation's first stage). class_scale: class
-        guidance (core.classguide) with the package's class guide, or with `class_guide` when given."""
+        guidance (core.engine.classguide) with the package's class guide, or with `class_guide` when given."""
         self.m = load_base(model_dir, providers=["CPUExecutionProvider"]) if base else \
             load(model_dir, providers=["CPUExecutionProvider"], precision=precision)
         self.class_scale = class_scale
@@ -49,7 +49,7 @@ class TileGenerator:
             guides: Optional[np.ndarray] = None, guide_weight: float = 1.0, known: Optional[np.ndarray] = None,
             mask: Optional[np.ndarray] = None, **meta) -> np.ndarray:
         """guides: (N, 3, h, w) low-resolution guides in [-1, 1] to hold each sample to, as the run time does
-        (core.guideproj); guide_weight 0 leaves the samples free. known (N, 3, H, W) in [-1, 1] and mask (H, W),
+        (core.engine.guideproj); guide_weight 0 leaves the samples free. known (N, 3, H, W) in [-1, 1] and mask (H, W),
         1 = regenerate: inpainting, each sample held to the known pixels as the run time does (hold_known)."""
         out = []
         for i in range(0, len(prompts), batch):

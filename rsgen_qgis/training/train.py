@@ -86,6 +86,12 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default="", help="folder written by prepare-data")
     ap.add_argument("--pack", default="", help="training pack (training/pack.py) to unpack into the cache first, "
                                                "for a machine without the data folder")
+    ap.add_argument("--latents", default="", help="latent pack (training/latent_data.py encode): train a latent "
+                    "model on the autoencoder's latents instead of images (--tile in latent cells)")
+    ap.add_argument("--init-onnx", default="", help="start from a package's fp32 denoiser graph (its weights as the "
+                    "model and EMA; optimizer state starts fresh and re-warms): continue from what is committed")
+    ap.add_argument("--guidance-input", action="store_true", help="the cond vector ends with the guidance scale "
+                    "(train a guidance-distillable layout; the scale is fed as 1 = unguided here)")
     ap.add_argument("--channels", default="32,64,96", help="UNet block widths (the CPU recipe's default)")
     ap.add_argument("--layers-per-block", type=int, default=1)
     ap.add_argument("--tile", type=int, default=64, help="native tile in px (16: a coarse base model for the cascade)")
@@ -107,8 +113,8 @@ def main(argv=None) -> None:
                     help="cosine: decay from --lr to --lr-min over the time budget (after the warm-up)")
     ap.add_argument("--lr-min", type=float, default=2e-5)
     a = ap.parse_args(argv)
-    if not a.data and not a.pack:
-        ap.error("give --data (prepared folder) or --pack (training pack)")
+    if not a.data and not a.pack and not a.latents:
+        ap.error("give --data (prepared folder), --pack (training pack) or --latents (latent pack)")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -120,20 +126,41 @@ def main(argv=None) -> None:
 
         print("unpacked:", unpack(a.pack, cache), flush=True)
     emb = caption_embeddings(cache)
-    aid, maps = load_aid(a.data, "train", cache), load_maps(a.data, "train", cache)
-    bm = BatchMaker(aid, maps, emb, seed=a.seed)
+    if a.latents:
+        from ..core.conditions.encoding import spatial_channels
+        from .latent_data import LatentBatchMaker, load_pack
+
+        bm = LatentBatchMaker(load_pack(a.latents), emb, seed=a.seed)
+        image_channels = bm.C
+    else:
+        aid, maps = load_aid(a.data, "train", cache), load_maps(a.data, "train", cache)
+        bm = BatchMaker(aid, maps, emb, seed=a.seed)
+        image_channels = 3
     widths = tuple(int(c) for c in a.channels.split(","))
     attn = tuple(bool(int(v)) for v in a.attention.split(",")) if a.attention else \
         (False,) * (len(widths) - 1) + (True,)
     if len(attn) != len(widths):
         ap.error("--attention needs one 0/1 per level of --channels")
-    cfg = DenoiserConfig(cond_dim=bm.lay.dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
-                         attention_levels=attn, tile=a.tile)
+    cond_dim = bm.lay.dim + (1 if a.guidance_input else 0)
+    if a.latents:
+        cfg = DenoiserConfig(image_channels=image_channels, spatial_channels=spatial_channels(image_channels=image_channels),
+                             cond_dim=cond_dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
+                             attention_levels=attn, tile=a.tile, norm_num_groups=min(32, widths[0] // 4),
+                             attention_head_dim=min(32, widths[-1]), guidance_input=a.guidance_input)
+    else:
+        cfg = DenoiserConfig(cond_dim=cond_dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
+                             attention_levels=attn, tile=a.tile, guidance_input=a.guidance_input)
     model = Denoiser(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     step, elapsed0 = 0, 0.0
     ckpt = os.path.join(a.out, "last.pt")
+    if a.init_onnx and not (a.resume and os.path.exists(ckpt)):
+        from .export import state_from_onnx
+
+        sd = state_from_onnx(a.init_onnx, model)
+        model.load_state_dict(sd); ema.load_state_dict(sd)
+        print(f"initialised from {a.init_onnx} (the package's fp32 graph)", flush=True)
     if a.init and not (a.resume and os.path.exists(ckpt)):
         st = torch.load(a.init, map_location=dev, weights_only=True)
         if DenoiserConfig.from_dict(st["config"]) != cfg:
@@ -157,9 +184,17 @@ def main(argv=None) -> None:
         elapsed = time.time() - t_start
         if elapsed >= budget:
             break
-        res = 32 if (elapsed < a.low_res_share * budget and cfg.tile > 32) else cfg.tile
-        bs = a.batch * (2 if res < cfg.tile else 1)
-        b = {k: v.to(dev) for k, v in bm.batch(bs, res).items()}
+        if a.latents:  # AID scenes are 18 latent cells: 16-cell crops; maps tiles at the native tile
+            src = "aid" if bm.rng.random() < bm.p.aid else "maps"
+            res = 16 if (src == "aid" or elapsed < a.low_res_share * budget) else cfg.tile
+            bs = a.batch * max(1, (cfg.tile // res) ** 2 // 2)
+            b = {k: v.to(dev) for k, v in bm.batch(bs, res, src).items()}
+        else:
+            res = 32 if (elapsed < a.low_res_share * budget and cfg.tile > 32) else cfg.tile
+            bs = a.batch * (2 if res < cfg.tile else 1)
+            b = {k: v.to(dev) for k, v in bm.batch(bs, res).items()}
+        if a.guidance_input:  # unguided rows: the guidance input at w = 1 (encoded 0), distillation teaches the rest
+            b["cond"] = torch.cat([b["cond"], torch.zeros(len(b["cond"]), 1, device=dev)], 1)
         x0 = b["x0"]
         t = torch.randint(0, 1000, (bs,), device=dev)
         noise = torch.randn_like(x0)

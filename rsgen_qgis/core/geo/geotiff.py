@@ -22,7 +22,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 
-from .errors import OutputError
+from ..errors import OutputError
 from .georef import Grid
 
 try:  # GDAL errors that rasterio surfaces as CPLE_* exceptions (disk full, permission denied...)

@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .conditions import LAYOUT_CLASSES
-from .errors import ParameterError
+from .encoding import LAYOUT_CLASSES
+from ..errors import ParameterError
 
 GEOMETRIES = ("line", "polygon", "point", "any")
 DEFAULT_PRIORITY = {"background": 0, "vegetation": 10, "water": 20, "road": 30, "major_road": 40, "building": 50}

@@ -31,7 +31,7 @@ def choose(preference: str = "auto", have: Optional[Sequence[str]] = None) -> Li
     """Providers to try, best first, limited to what this onnxruntime build has; CPU always last."""
     pref = (preference or "auto").lower()
     if pref not in PREFERENCES:
-        from .errors import ParameterError
+        from ..errors import ParameterError
 
         raise ParameterError(f"Unknown execution provider preference {preference!r}; "
                              f"choose one of: {', '.join(PREFERENCES)}.")

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConditionError
+from ..errors import ConditionError
 
 LAYOUT_CLASSES = ("background", "road", "major_road", "building", "vegetation", "water")
 NO_LAYOUT = 255  # class id meaning "no information" in a layout raster
@@ -87,13 +87,17 @@ def encode_guidance(layout: CondLayout, guidance: float) -> float:
     return (guidance - layout.guidance_shift) / layout.guidance_scale
 
 
-def spatial_layout(n_classes: int = len(LAYOUT_CLASSES)) -> Dict[str, tuple]:
-    return {"layout": (0, n_classes), "mask": (n_classes, 1), "masked_image": (n_classes + 1, 3),
-            "guide": (n_classes + 4, 3)}
+def spatial_layout(n_classes: int = len(LAYOUT_CLASSES), image_channels: int = 3) -> Dict[str, tuple]:
+    """Channel offsets of the spatial conditions. image_channels: what the denoiser works on (3 for pixel
+    models; a latent model's masked image and guide are encoded by its autoencoder: its latent channels), all on
+    the denoiser's grid (latent cells: layout as class fractions, the mask max-pooled)."""
+    c = image_channels
+    return {"layout": (0, n_classes), "mask": (n_classes, 1), "masked_image": (n_classes + 1, c),
+            "guide": (n_classes + 1 + c, c)}
 
 
-def spatial_channels(n_classes: int = len(LAYOUT_CLASSES)) -> int:
-    return n_classes + 7
+def spatial_channels(n_classes: int = len(LAYOUT_CLASSES), image_channels: int = 3) -> int:
+    return n_classes + 1 + 2 * image_channels
 
 
 def encode_gsd(gsd_m: float) -> float:
@@ -174,14 +178,15 @@ GUIDABLE = ("text", "layout")
 
 
 def manifest_conditions(text_dim: int, metadata_coverage: Optional[dict] = None,
-                        guidance_input: bool = False) -> dict:
-    """The `conditions` block of a model manifest for this encoding (guidance_input: guidance-distilled)."""
+                        guidance_input: bool = False, image_channels: int = 3) -> dict:
+    """The `conditions` block of a model manifest for this encoding (guidance_input: guidance-distilled;
+    image_channels: a latent model's latent channels)."""
     lay = CondLayout(text_dim, GUIDANCE_RANGE if guidance_input else None)
     out = {
         "cond_dim": lay.dim,
         "cond_layout": {k: list(v) for k, v in lay.segments.items()},
-        "spatial_channels": spatial_channels(),
-        "spatial_layout": {k: list(v) for k, v in spatial_layout().items()},
+        "spatial_channels": spatial_channels(image_channels=image_channels),
+        "spatial_layout": {k: list(v) for k, v in spatial_layout(image_channels=image_channels).items()},
         "layout_classes": [{"id": i, "name": n} for i, n in enumerate(LAYOUT_CLASSES)],
         "no_layout_id": NO_LAYOUT,
         "metadata": {

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 from . import providers as prov
-from .errors import ModelPackageError
+from ..errors import ModelPackageError
 
 log = logging.getLogger("rsgen_qgis")
 Value = Union[np.ndarray, object]  # numpy array or onnxruntime.OrtValue

@@ -158,3 +158,17 @@ class GuideProjector:
         out = np.array(x0, dtype=np.float64 if np.asarray(x0).dtype == np.float64 else np.float32)
         out[..., :H, :W] = x + self.weight * (y - x)
         return out
+
+
+def guide_projector(req: GenerationRequest, cond_manifest: dict, guide: np.ndarray, grid: Grid
+                    ) -> Optional[GuideProjector]:
+    """The guide-consistency step for this request, or None (guide_consistency 0). The constraint is held at
+    the guide's own resolution, at most the model's guide factor below the grid's; the cascade's guide is the
+    coarse pass upsampled to the grid, so there it is held at the coarse pass's resolution."""
+    if req.guide_consistency <= 0:
+        return None
+    factor = int(cond_manifest.get("guide_factor", 4))
+    coarsest = None
+    if req.cascade > 1:
+        coarsest = (max(1, round(grid.height / req.cascade)), max(1, round(grid.width / req.cascade)))
+    return GuideProjector.for_grid(guide, (grid.height, grid.width), factor, req.guide_consistency, coarsest)

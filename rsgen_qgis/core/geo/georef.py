@@ -13,8 +13,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from . import projdata  # noqa: F401  (must run before pyproj looks for proj.db)
-from .errors import CrsError, ExtentError, PixelBudgetError
-from .request import GenerationRequest
+from ..errors import CrsError, ExtentError, PixelBudgetError
+from ..request import GenerationRequest
 
 import pyproj  # noqa: E402  (after projdata on purpose)
 

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import ModelPackageError
+from ..errors import ModelPackageError
 
 
 def logsnr_input(alpha_bar: float) -> float:

@@ -17,12 +17,12 @@ coefficients pixel by pixel and never reduce over the image (no dynamic threshol
 percentiles). The large-area path relies on this: it fuses the model outputs of overlapping windows into one
 canvas and steps the whole canvas, which must equal stepping each pixel on its own. DPM-Solver++ 2M keeps the
 previous x0 prediction (one array the size of x) between calls, so call `step` once per index, in order.
-An x0_hook given to `step` (guide consistency, core.guideproj) is the caller's and may reduce over the image;
+An x0_hook given to `step` (guide consistency, core.engine.guideproj) is the caller's and may reduce over the image;
 the large-area path passes one per block, whose canvas it steps as a whole.
 
 Stochastic samplers (DPM-Solver++ 2M SDE) add fresh noise at every step. They never draw it themselves: the
 caller binds a function of the step index (`with_step_noise`) that returns world-anchored noise for the canvas
-(core.tiling.world_noise with stream = index + 1), so the same place and seed still give the same pixels and
+(core.engine.tiling.world_noise with stream = index + 1), so the same place and seed still give the same pixels and
 overlapping requests and blocks agree.
 
 Deliberate differences from diffusers, both at its edges:
@@ -37,7 +37,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelPackageError, ParameterError
+from ..errors import ModelPackageError, ParameterError
 
 SAMPLER_LABELS: Dict[str, str] = {"dpmpp_2m": "DPM-Solver++ 2M", "ddim": "DDIM", "euler": "Euler",
                                   "dpmpp_2m_sde": "DPM-Solver++ 2M SDE"}
@@ -224,7 +224,7 @@ class Sampler:
     def step(self, model_output: np.ndarray, i: int, x: np.ndarray, x0_hook: X0Hook = None) -> np.ndarray:
         """The state after the i-th entry of self.timesteps, given the model's output for
         scale_model_input(x, i) at that timestep. x0_hook, when given, replaces the step's clean-image estimate
-        (e.g. core.guideproj's guide consistency); the step then moves towards the replaced estimate, with the
+        (e.g. core.engine.guideproj's guide consistency); the step then moves towards the replaced estimate, with the
         noise direction implied by it and x (x0-consistent, as DPM-Solver++'s data prediction is anyway)."""
         raise NotImplementedError
 

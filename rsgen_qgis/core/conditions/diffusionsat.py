@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .errors import ConditionError
+from ..errors import ConditionError
 
 ENCODING = "diffusionsat_md7"
 FIELDS = ("lon", "lat", "gsd", "cloud", "year", "month", "day")

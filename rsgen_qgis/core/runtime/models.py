@@ -15,14 +15,18 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import ModelPackageError
-from .request import PRECISIONS
+from ..errors import ModelPackageError
+from .autoencoder import Identity
+from ..request import PRECISIONS
 
 FORMAT = "rsgen-model-package/1"
-# Graphs each kind of package must have: pixel-space denoiser, or latent diffusion (core/latent.py).
-REQUIRED_GRAPHS = {"pixel": ("denoiser",), "latent": ("text_encoder", "unet", "vae_decoder")}
+# Graphs each kind of package must have. pixel: an rsgen denoiser on images (its autoencoder is the identity);
+# latent: an rsgen denoiser on the latents of the autoencoder package it names ("autoencoder" section), or a
+# converted diffusers pipeline (text_encoder + unet + its own vae_decoder); autoencoder: a shared autoencoder
+# (core.runtime.autoencoder), no denoiser: never offered as a model to generate with.
+REQUIRED_GRAPHS = {"pixel": ("denoiser",), "latent": (), "autoencoder": ()}
 MAX_BATCH = 16  # largest batch a graph sees (window batch x 2 for classifier-free guidance): TensorRT profile
-_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the plugin folder
 BUNDLED_DIRS = (os.path.join(_HERE, "models"), os.path.join(os.path.dirname(_HERE), "models"))
 ENV_DIRS = "RSGEN_MODEL_DIRS"
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -50,8 +54,21 @@ class ModelPackage:
         return self.manifest.get("kind", "pixel")
 
     @property
+    def interface(self) -> str:
+        """How the denoiser is called (core.engine.predictors): 'rsgen' or 'diffusers'."""
+        return "diffusers" if "unet" in self.manifest.get("graphs", {}) else "rsgen"
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent cell (1 for pixel packages), from the manifest alone."""
+        m = self.manifest
+        if self.interface == "diffusers":
+            return int(m.get("latent", {}).get("vae_scale_factor", 8))
+        return int((m.get("autoencoder") or {}).get("factor", 1)) if self.kind == "latent" else 1
+
+    @property
     def denoiser_sha256(self) -> str:
-        """sha256 of the graph that makes the image (pixel: denoiser, latent: UNet), for provenance tags."""
+        """sha256 of the graph that makes the image (rsgen: denoiser, diffusers: UNet), for provenance tags."""
         g = self.manifest["graphs"]
         return self.manifest["files"][(g.get("denoiser") or g["unet"])["file"]]["sha256"]
 
@@ -77,15 +94,28 @@ def read_package(path: str) -> ModelPackage:
         raise ModelPackageError(f"{mpath}: cannot read the manifest ({exc}).") from exc
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ModelPackageError(f"{mpath}: not an rsgen model package (format must be {FORMAT!r}).")
-    for key in ("id", "files", "graphs", "scheduler", "tile", "conditions"):
-        if key not in m:
-            raise ModelPackageError(f"{mpath}: the manifest has no {key!r}.")
     kind = m.get("kind", "pixel")
     if kind not in REQUIRED_GRAPHS:
         raise ModelPackageError(f"{mpath}: unknown model kind {kind!r} (expected {', '.join(REQUIRED_GRAPHS)}).")
+    needed = ("id", "files", "autoencoder") if kind == "autoencoder" else \
+        ("id", "files", "graphs", "scheduler", "tile", "conditions")
+    for key in needed:
+        if key not in m:
+            raise ModelPackageError(f"{mpath}: the manifest has no {key!r}.")
+    m.setdefault("graphs", {})
     for g in REQUIRED_GRAPHS[kind]:
         if g not in m["graphs"]:
             raise ModelPackageError(f"{mpath}: the manifest declares no {g!r} graph, which a {kind} model needs.")
+    if kind == "latent":
+        g = m["graphs"]
+        if "unet" in g:
+            for name in ("text_encoder", "vae_decoder"):
+                if name not in g:
+                    raise ModelPackageError(f"{mpath}: the manifest declares no {name!r} graph, which a converted "
+                                            "diffusers pipeline needs.")
+        elif "denoiser" not in g or not isinstance(m.get("autoencoder"), dict):
+            raise ModelPackageError(f"{mpath}: a latent model needs a 'denoiser' graph and an 'autoencoder' "
+                                    "section naming its autoencoder package (or a converted diffusers UNet).")
     for g in m["graphs"].values():
         if g["file"] not in m["files"]:
             raise ModelPackageError(f"{mpath}: graph file {g['file']!r} is not listed under 'files'.")
@@ -127,11 +157,13 @@ def search_dirs(extra_dirs: Iterable[str] = ()) -> List[str]:
     return out
 
 
-def discover(extra_dirs: Iterable[str] = (), errors: Optional[list] = None) -> List[ModelPackage]:
+def discover(extra_dirs: Iterable[str] = (), errors: Optional[list] = None,
+             autoencoders: bool = False) -> List[ModelPackage]:
     """Packages found in the given folders, $RSGEN_MODEL_DIRS and the bundled models/ (first id wins).
 
     A folder may itself be a package or contain packages. Unreadable packages are skipped and their
-    messages appended to `errors` when a list is given."""
+    messages appended to `errors` when a list is given. Autoencoder packages are parts of models, not models
+    to generate with: listed only with autoencoders=True."""
     found: Dict[str, ModelPackage] = {}
     for d in search_dirs(extra_dirs):
         cands = [d] if os.path.isfile(os.path.join(d, "manifest.json")) else \
@@ -143,6 +175,8 @@ def discover(extra_dirs: Iterable[str] = (), errors: Optional[list] = None) -> L
                 if errors is not None:
                     errors.append(str(exc))
                 continue
+            if pkg.kind == "autoencoder" and not autoencoders:
+                continue
             found.setdefault(pkg.id, pkg)
     return list(found.values())
 
@@ -152,10 +186,11 @@ def find(model: str, extra_dirs: Iterable[str] = ()) -> ModelPackage:
     if os.path.isdir(model):
         return read_package(model)
     errors: list = []
-    pkgs = discover(extra_dirs, errors)
+    pkgs = discover(extra_dirs, errors, autoencoders=True)  # asked for by id: load() says what an autoencoder is
     for p in pkgs:
         if p.id == model:
             return p
+    pkgs = [p for p in pkgs if p.kind != "autoencoder"]
     known = ", ".join(p.id for p in pkgs) or "none"
     hint = f" Problems seen: {'; '.join(errors)}" if errors else ""
     if not pkgs and not errors:  # e.g. the plugin from plugins.qgis.org, which comes without its model
@@ -191,10 +226,15 @@ class LoadedModel:
     text_encoder: Optional[object]
     provider: str
     lock: threading.Lock = field(default_factory=threading.Lock)
-    extra: dict = field(default_factory=dict)  # latent packages: the other graphs (core/latent.py)
+    extra: dict = field(default_factory=dict)  # diffusers packages: the other graphs (core/runtime/diffusers.py)
     variant: str = "fp32"  # which denoiser graph runs: fp32, fp16 (GPU) or int8 (CPU); see denoiser_variant
     variant_sha256: str = ""  # that graph's sha256 (provenance)
-    class_guide: Optional[object] = None  # core.classguide.ClassGuide when the package has one
+    class_guide: Optional[object] = None  # core.engine.classguide.ClassGuide when the package has one
+    autoencoder: object = field(default_factory=Identity)  # core.runtime.autoencoder: the latent space's edges
+
+    @property
+    def interface(self) -> str:
+        return self.package.interface
 
 
 class SteppedDenoiser:
@@ -236,24 +276,67 @@ def denoiser_variant(spec: dict, provider: str, precision: str = "auto") -> str:
 
 def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequence[str]] = None,
          threads: int = 0, precision: str = "auto") -> LoadedModel:
-    """Verify a package and open its ONNX sessions (kept warm: later calls with the same files reuse them).
-    precision: 'auto' (the package's fp16 graph on a GPU, its int8 graph on the CPU, where it has them) or
-    'fp32' (the exact graph everywhere)."""
+    """Verify a package (and its autoencoder) and open its ONNX sessions (kept warm: later calls with the same
+    files reuse them). precision: 'auto' (the package's fp16 graph on a GPU, its int8 graph on the CPU, where it
+    has them) or 'fp32' (the exact graph everywhere)."""
     from . import providers as prov
 
     pkg = find(model, extra_dirs)
+    if pkg.kind == "autoencoder":
+        raise ModelPackageError(f"{pkg.path}: {pkg.id!r} is an autoencoder package, a part that latent models "
+                                "use, not a model to generate with.")
     verify_files(pkg)
     chosen = list(providers or prov.choose())
-    if pkg.kind == "latent":
-        from .latent import load_latent
+    if pkg.interface == "diffusers":
+        from .autoencoder import diffusers_autoencoder
+        from .diffusers import load_diffusers
 
         key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads)
         with _cache_lock:
             if key not in _cache:
-                _cache[key] = load_latent(pkg, chosen, threads)
-                _log_provider(pkg, chosen, _cache[key].provider)
+                loaded = load_diffusers(pkg, chosen, threads)
+                loaded.autoencoder = diffusers_autoencoder(pkg, loaded.extra)
+                _cache[key] = loaded
+                _log_provider(pkg, chosen, loaded.provider)
             return _cache[key]
-    return open_pixel(pkg, chosen, threads, precision)
+    return open_pixel(pkg, chosen, threads, precision, extra_dirs)
+
+
+def find_autoencoder(pkg: ModelPackage, extra_dirs: Iterable[str] = ()) -> ModelPackage:
+    """The autoencoder package a latent model names: beside the model's folder first, then on the search path."""
+    spec = pkg.manifest.get("autoencoder") or {}
+    ae_id = spec.get("package")
+    if not isinstance(ae_id, str) or not ae_id:
+        raise ModelPackageError(f"{pkg.file('manifest.json')}: the 'autoencoder' section names no package.")
+    beside = os.path.join(os.path.dirname(pkg.path), ae_id)
+    if os.path.isfile(os.path.join(beside, "manifest.json")):
+        cand = read_package(beside)
+        if cand.id == ae_id and cand.kind == "autoencoder":
+            return cand
+    for cand in discover(extra_dirs, autoencoders=True):
+        if cand.id == ae_id and cand.kind == "autoencoder":
+            return cand
+    raise ModelPackageError(f"{pkg.file('manifest.json')}: model {pkg.id!r} needs the autoencoder package "
+                            f"{ae_id!r}, which is not installed (install its zip like a model, or put its folder "
+                            f"beside {os.path.basename(pkg.path)!r}).")
+
+
+def open_autoencoder(pkg: ModelPackage, chosen: Sequence[str], threads: int, extra_dirs: Iterable[str] = ()):
+    """The model's autoencoder: the identity for pixel packages, else its verified autoencoder package opened,
+    refused (naming the file) when its factor, channels or decoder differ from what the model declares."""
+    from .autoencoder import open_package_autoencoder
+
+    if pkg.kind != "latent":
+        return Identity()
+    ae_pkg = find_autoencoder(pkg, extra_dirs)
+    verify_files(ae_pkg)
+    want = pkg.manifest["autoencoder"]
+    ae = open_package_autoencoder(ae_pkg, chosen, threads, want)
+    shape = pkg.manifest["graphs"]["denoiser"].get("inputs", {}).get("sample", {}).get("shape", [])
+    if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != ae.channels:
+        raise ModelPackageError(f"{pkg.file(pkg.manifest['graphs']['denoiser']['file'])}: the denoiser takes "
+                                f"{shape[1]} channels but its autoencoder {ae_pkg.id!r} gives {ae.channels}.")
+    return ae
 
 
 def base_package(pkg: ModelPackage) -> Optional[ModelPackage]:
@@ -292,8 +375,10 @@ def load_base(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Se
     return open_pixel(pkg, list(providers or prov.choose()), threads, "fp32")
 
 
-def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: str) -> LoadedModel:
-    """ONNX sessions of a verified pixel package (cached: later calls with the same files reuse them)."""
+def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: str,
+               extra_dirs: Iterable[str] = ()) -> LoadedModel:
+    """ONNX sessions of a verified rsgen package, pixel or latent (cached: later calls with the same files reuse
+    them)."""
     import onnxruntime as ort
 
     from . import providers as prov
@@ -311,7 +396,8 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = threads
-        tile = int(pkg.manifest["tile"]["size"])
+        ae = open_autoencoder(pkg, chosen, threads, extra_dirs)
+        tile = int(pkg.manifest["tile"]["size"]) // ae.factor
         dims = [{"batch": b, "height": tile, "width": tile} for b in (1, MAX_BATCH, MAX_BATCH)]
         profile = prov.shape_profile(g["denoiser"]["inputs"], *dims)
 
@@ -339,18 +425,18 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
             check_io(pkg, "text_encoder", text.session)
         loaded = LoadedModel(pkg, sess, text, sess.get_providers()[0], variant=variant,
                              variant_sha256=pkg.manifest["files"][dn_name]["sha256"],
-                             class_guide=_open_class_guide(pkg, text))
+                             class_guide=_open_class_guide(pkg, text), autoencoder=ae)
         _log_provider(pkg, chosen, loaded.provider)
         _cache[key] = loaded
         return loaded
 
 
 def _open_class_guide(pkg: ModelPackage, text):
-    """The package's class guide (core.classguide), or None. Its classifier is small (about 3 ms per 64 px tile
+    """The package's class guide (core.engine.classguide), or None. Its classifier is small (about 3 ms per 64 px tile
     and step on a laptop CPU), so it runs on the CPU whatever runs the denoiser."""
     import onnxruntime as ort
 
-    from .classguide import ClassGuide, ClassGuideSpec
+    from ..engine.classguide import ClassGuide, ClassGuideSpec
 
     section = pkg.manifest.get("class_guide")
     if not section:

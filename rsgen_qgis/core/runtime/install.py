@@ -15,7 +15,7 @@ import stat
 import tempfile
 import zipfile
 
-from .errors import ModelPackageError
+from ..errors import ModelPackageError
 from .models import ModelPackage, read_package, verify_files
 
 MAX_UNPACKED = 4 << 30  # bytes: a model package is tens of MB; refuse zip bombs long before the disk fills

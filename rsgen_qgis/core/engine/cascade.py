@@ -8,7 +8,7 @@ Two kinds of coarse pass:
   texture (the two-stage generation);
 - otherwise the same model at `cascade` times the GSD: each window sees more ground, so large structures
   (fields, river bends, town edges) are laid out at a scale the 64 px window cannot see at the fine GSD.
-Either way the fine pass adds the detail, held to the coarse image by guide consistency (core.guideproj). The
+Either way the fine pass adds the detail, held to the coarse image by guide consistency (core.engine.guideproj). The
 coarse grid is the request's extent snapped outward at the coarse GSD, so it is itself world-anchored, and on
 the large-area path both passes are (overlapping cascaded requests agree away from their edges, where the
 fine blocks reaching past the request see the guide's edge). The coarse pass takes the prompt, the metadata
@@ -22,16 +22,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .conditions import NO_LAYOUT
-from .errors import ConditionError
-from .georef import Grid, grid_for_request
+from ..conditions.encoding import NO_LAYOUT
+from ..errors import ConditionError
+from ..geo.georef import Grid, grid_for_request
 from .guideproj import GuideProjector
-from .models import LoadedModel
-from .request import Conditions, GenerationRequest
+from ..request import Conditions, GenerationRequest
 
 
 class _ArrayWriter:
-    """A writer for core.largearea.generate_blocks that keeps the (small) coarse image in memory."""
+    """A writer for core.engine.blocks.generate_blocks that keeps the (small) coarse image in memory."""
 
     def __init__(self, grid: Grid):
         self.array = np.zeros((3, grid.height, grid.width), np.uint8)
@@ -104,15 +103,15 @@ class CoarseGuide:
         return coarse_projector(self.coarse, self.cgrid, grid, weight)
 
 
-def with_coarse_guide(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Callable[[float, str], None],
+def with_coarse_guide(req: GenerationRequest, grid: Grid, model, progress: Callable[[float, str], None],
                       cancelled: Callable[[], bool], window_batch: int = 8, layout_source=None):
     """Run the coarse pass with `model` (the package's base model or the model itself); return (fine request,
     guide_source, projector): on the single-request path the request carries the coarse image upsampled to its
     grid as its guide and the projector holds the fine image to the coarse pixels (guide_source None); on the
     large-area path the request is unchanged and guide_source gives each block its part of the guide and its
     projector."""
-    from .largearea import generate_blocks
-    from .pipeline import sample_canvas
+    from .blocks import generate_blocks
+    from .single import sample_canvas
 
     if req.conditions.guide is not None:
         raise ConditionError("The cascade makes its own guide image; give either a guide or a cascade factor.")

@@ -1,4 +1,4 @@
-"""Contrast-preserving cross-fade of world-anchored blocks (core.largearea).
+"""Contrast-preserving cross-fade of world-anchored blocks (core.engine.blocks).
 
 A plain cross-fade a*A + b*B (a + b = 1) of two images that agree only in part lowers the contrast of the
 band: where A and B are fine detail with correlation rho, the blend keeps a fraction a^2 + b^2 + 2ab*rho of

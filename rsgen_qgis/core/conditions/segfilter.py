@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .conditions import LAYOUT_CLASSES
-from .errors import ConditionError, ModelPackageError
+from .encoding import LAYOUT_CLASSES
+from ..errors import ConditionError, ModelPackageError
 
 Quad = Sequence[Tuple[float, float]]
 

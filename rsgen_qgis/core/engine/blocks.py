@@ -7,7 +7,7 @@ into fixed blocks: block (i, j) covers world pixels [j*B, j*B + B + D) x [i*B, i
 D = the band neighbouring blocks share). Inside a block the windows tile its footprint exactly, are batched
 through the ONNX session and fused every step (seamless inside); blocks are cross-faded over their shared
 band with raised-cosine weights that sum to one, contrast-preserving
-(core.blockblend: low frequencies blended linearly, detail renormalised by the blend's measured standard
+(core.engine.blockblend: low frequencies blended linearly, detail renormalised by the blend's measured standard
 deviation, so the band is as sharp as the blocks instead of a soft stripe). Each block is a pure function
 of (seed, world position, prompt, metadata at the block, conditions there), and every pixel is the same
 weighted sum of the same blocks in the same (world row-major) order whatever the request, so:
@@ -27,15 +27,17 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import loop
 from .blockblend import BlockBlender
-from .conditions import CondLayout, NO_LAYOUT, cond_vectors, guided, layout_onehot, unconditional
-from .errors import Cancelled, ConditionError
-from .georef import Grid
-from .guideproj import GuideProjector
-from .models import MAX_BATCH, LoadedModel
-from .request import GenerationRequest
+from .guideproj import GuideProjector, guide_projector
+from .inpaint import composite
+from .prepare import Footprint, PromptCache, prepare
 from .samplers import Schedule, make_sampler
-from .tiling import world_noise
+from ..conditions.encoding import NO_LAYOUT, guided
+from ..errors import Cancelled, ConditionError
+from ..geo.georef import Grid
+from ..request import GenerationRequest
+from ..runtime.models import MAX_BATCH
 
 # Block geometry for a model tile T (README, "Large areas"). Windows overlap by 3T/16 (stride 13T/16), a block's
 # footprint is T + k strides (k = block_windows: (k + 1)^2 windows), and neighbouring blocks share a band of T/4.
@@ -51,12 +53,14 @@ BAND_FRACTION = 1 / 4
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """Window and block geometry of a model, in world pixels: `block` is the pitch, `band` the width neighbouring
-    blocks share (0 = one tile); the footprint (block + band) is a whole number of window strides plus a tile."""
+    """Window and block geometry of a model on its latent grid (world cells of `factor` x `factor` pixels; pixel
+    models: factor 1, cells are pixels): `block` is the pitch, `band` the width neighbouring blocks share
+    (0 = one tile); the footprint (block + band) is a whole number of window strides plus a tile."""
     tile: int
     overlap: int
     block: int
     band: int = 0
+    factor: int = 1
 
     def __post_init__(self):
         if self.band == 0:
@@ -76,25 +80,41 @@ class BlockLayout:
 
     @property
     def window_edges(self) -> Tuple[int, ...]:
-        """Where windows start and end inside a block, modulo the pitch (the lines a seam would follow)."""
+        """Where windows start and end inside a block, in pixels modulo the pitch (the lines a seam would follow)."""
         n = (self.span - self.tile) // self.stride + 1
-        return tuple(sorted({(i * self.stride + e) % self.block for i in range(n) for e in (0, self.tile)}))
+        return tuple(sorted({(i * self.stride + e) * self.factor % self.px_block for i in range(n) for e in (0, self.tile)}))
 
     @property
     def windows_per_block(self) -> int:
         return ((self.span - self.tile) // self.stride + 1) ** 2
 
+    @property
+    def px_block(self) -> int:
+        return self.block * self.factor
+
+    @property
+    def px_span(self) -> int:
+        return self.span * self.factor
+
+    @property
+    def px_band(self) -> int:
+        return self.band * self.factor
+
     @classmethod
-    def for_manifest(cls, manifest: dict, block_windows: int = DEFAULT_BLOCK_WINDOWS) -> "BlockLayout":
-        tile = int(manifest["tile"]["size"])
+    def for_manifest(cls, manifest: dict, block_windows: int = DEFAULT_BLOCK_WINDOWS, factor: int = 1) -> "BlockLayout":
+        tile = int(manifest["tile"]["size"]) // factor
         overlap, band = max(1, round(tile * OVERLAP_FRACTION)), max(1, round(tile * BAND_FRACTION))
         span = tile + max(1, int(block_windows)) * (tile - overlap)
-        return cls(tile, overlap, span - band, band)
+        return cls(tile, overlap, span - band, band, factor)
+
+    @classmethod
+    def for_model(cls, model, block_windows: int = DEFAULT_BLOCK_WINDOWS) -> "BlockLayout":
+        return cls.for_manifest(model.package.manifest, block_windows, model.autoencoder.factor)
 
     def block_range(self, lo: int, n: int) -> range:
-        """Indices k of the blocks whose footprint [k*B, k*B + span) meets world pixels [lo, lo + n)."""
-        b = self.block
-        kmin = (lo - self.span) // b + 1
+        """Indices k of the blocks whose pixel footprint [k*B*f, k*B*f + span*f) meets world pixels [lo, lo + n)."""
+        b, span = self.px_block, self.px_span
+        kmin = (lo - span) // b + 1
         kmax = -((-(lo + n)) // b) - 1
         return range(kmin, kmax + 1)
 
@@ -138,9 +158,14 @@ def guide_window(guide: np.ndarray, full: Tuple[int, int], row_off: int, col_off
 
 def check_conditions(req: GenerationRequest, grid: Grid) -> None:
     c = req.conditions
-    if c.image is not None or c.mask is not None:
-        raise ConditionError("Inpainting and variation work on one request at a time; the large-area path "
-                             "takes a layout and a guide image only.")
+    if c.mask is not None and c.image is None:
+        raise ConditionError("Inpainting needs the source image as well as the mask.")
+    for name, a, lead in (("source image", c.image, (3,)), ("mask", c.mask, ())):
+        if a is not None and np.shape(a) != lead + (grid.height, grid.width):
+            raise ConditionError(f"The {name} is {np.shape(a)[-1]}x{np.shape(a)[-2]} pixels but the output grid "
+                                 f"is {grid.width}x{grid.height}; it must be made on the request's grid.")
+    if c.mask is not None and not np.asarray(c.mask).any():
+        raise ConditionError("The inpainting mask is empty: no pixel to regenerate.")
     if c.layout is not None and np.shape(c.layout) != (grid.height, grid.width):
         raise ConditionError(f"The layout is {np.shape(c.layout)[-1]}x{np.shape(c.layout)[-2]} pixels but the "
                              f"output grid is {grid.width}x{grid.height}; it must be made on the request's grid.")
@@ -163,36 +188,31 @@ class LargeAreaStats:
 
 
 class _BlockRunner:
-    """Generates one block footprint (3, span, span) in [-1, 1]; state shared by all blocks of a request."""
+    """Generates one block footprint (3, span*f, span*f) in [-1, 1]: its conditions in pixels on the footprint
+    (core.engine.prepare), the shared sampling loop on its latent canvas, then the autoencoder's windowed decode.
+    State shared by all blocks of a request."""
 
-    def __init__(self, req: GenerationRequest, model: LoadedModel, grid: Grid, lay: BlockLayout,
+    def __init__(self, req: GenerationRequest, model, grid: Grid, lay: BlockLayout,
                  window_batch: int, cancelled: Callable[[], bool], tick: Callable[[int], None],
                  layout_source: Optional[Callable[[Grid], np.ndarray]] = None,
                  guide_source: Optional[Callable[[Grid], np.ndarray]] = None):
-        from .pipeline import guide_projector, metadata_for  # late: pipeline imports this module
-
         self.req, self.model, self.grid, self.lay = req, model, grid, lay
         self.batch, self.cancelled, self.tick = window_batch, cancelled, tick
+        self.prompt = PromptCache(req, model)
         # A block's windows in one ONNX call where the graph's batch profile allows it (its 9 windows as one batch
         # of 9 instead of 8 + 1: 1 km2 at 2 m in 26.0 s instead of 27.1 on 2 cores); window_batch 1 stays 1.
         whole = lay.windows_per_block * evaluations_per_window(req, model.package.manifest)
         if window_batch > 1 and whole <= MAX_BATCH:
             self.batch = lay.windows_per_block
-        self._metadata_for, self._guide_projector = metadata_for, guide_projector
         m = model.package.manifest
-        self.cnd_m = m["conditions"]
+        self.cnd_m = m.get("conditions", {})
         self.schedule = Schedule.from_config(m["scheduler"])
-        self.cl = CondLayout.from_manifest(self.cnd_m)
-        self.emb = None
-        if req.prompt.strip():
-            if model.text_encoder is None:
-                raise ConditionError(f"Model {model.package.id!r} takes no text prompt; leave the prompt empty.")
-            self.emb = model.text_encoder.embed([req.prompt.strip()])
-        from .pipeline import class_guidance_for
-        self.class_guidance = class_guidance_for(req, model, self.emb, [])
         c = req.conditions
         self.guide = None if c.guide is None else np.asarray(c.guide, np.float32) / 127.5 - 1.0
         self.layout = None if c.layout is None else np.asarray(c.layout, np.uint8)
+        self.image = None if c.image is None else np.asarray(c.image)
+        self.mask = None if c.mask is None else np.asarray(c.mask, np.float32)
+        self.strength = c.strength if (c.image is not None and c.mask is None) else 1.0
         self.layout_source = layout_source
         self.guide_source = guide_source
         if guide_source is not None and self.guide is not None:
@@ -200,32 +220,40 @@ class _BlockRunner:
         if layout_source is not None and self.layout is not None:
             raise ConditionError("Give the layout either as an array or as a source, not both.")
 
-    def prepared(self, kr: int, kc: int):
-        from .pipeline import Prepared
+    def _window(self, a: np.ndarray, r_off: int, c_off: int, L: int, fill) -> np.ndarray:
+        """The footprint [r_off, r_off + L) x [c_off, c_off + L) of a request-grid array (.., H, W); outside the
+        grid: `fill` ("edge" repeats the nearest pixel)."""
+        H, W = self.grid.height, self.grid.width
+        if fill == "edge":
+            rr = np.clip(np.arange(r_off, r_off + L), 0, H - 1)
+            cc = np.clip(np.arange(c_off, c_off + L), 0, W - 1)
+            return a[..., rr[:, None], cc[None, :]]
+        out = np.full(a.shape[:-2] + (L, L), fill, a.dtype)
+        r0, r1 = max(0, r_off), min(H, r_off + L)
+        c0, c1 = max(0, c_off), min(W, c_off + L)
+        if r1 > r0 and c1 > c0:
+            out[..., r0 - r_off:r1 - r_off, c0 - c_off:c1 - c_off] = a[..., r0:r1, c0:c1]
+        return out
 
-        lay, grid, req = self.lay, self.grid, self.req
+    def footprint(self, kr: int, kc: int) -> Footprint:
+        lay, grid = self.lay, self.grid
         col0, row0 = grid.world_offset
-        L = lay.span
-        r_off, c_off = kr * lay.block - row0, kc * lay.block - col0
+        L = lay.px_span
+        r_off, c_off = kr * lay.px_block - row0, kc * lay.px_block - col0
         bgrid = grid.window(c_off, r_off, L, L)
-        spatial = np.zeros((self.cnd_m["spatial_channels"], L, L), np.float32)
-        sl = self.cnd_m["spatial_layout"]
-        has_layout = self.layout is not None or self.layout_source is not None
+        fp = Footprint(bgrid, L, L, strength=self.strength)
         if self.layout_source is not None:
             ids = np.asarray(self.layout_source(bgrid), np.uint8)
             if ids.shape != (L, L):
                 raise ConditionError(f"The layout source gave {ids.shape}, expected {(L, L)}.")
-            o, n = sl["layout"]
-            spatial[o:o + n] = layout_onehot(ids, len(self.cnd_m["layout_classes"]))
+            fp.layout = ids
         elif self.layout is not None:
-            ids = np.full((L, L), NO_LAYOUT, np.uint8)
-            r0, r1 = max(0, r_off), min(grid.height, r_off + L)
-            c0, c1 = max(0, c_off), min(grid.width, c_off + L)
-            if r1 > r0 and c1 > c0:
-                ids[r0 - r_off:r1 - r_off, c0 - c_off:c1 - c_off] = self.layout[r0:r1, c0:c1]
-            o, n = sl["layout"]
-            spatial[o:o + n] = layout_onehot(ids, len(self.cnd_m["layout_classes"]))
-        projector = None
+            fp.layout = self._window(self.layout, r_off, c_off, L, NO_LAYOUT)
+        if self.image is not None:
+            fp.known = self._window(self.image, r_off, c_off, L, "edge").astype(np.float32) / 127.5 - 1.0
+        if self.mask is not None:
+            fp.mask = self._window(self.mask, r_off, c_off, L, 0.0)
+            fp.skip = not fp.mask.any()  # nothing to regenerate in this block: it is the source, as it is
         if self.guide is not None or self.guide_source is not None:
             if self.guide is not None:
                 g = guide_window(self.guide, (grid.height, grid.width), r_off, c_off, L, L)
@@ -234,22 +262,15 @@ class _BlockRunner:
                 if g.shape != (3, L, L):
                     raise ConditionError(f"The guide source gave {g.shape}, expected {(3, L, L)}.")
                 g = g / 127.5 - 1.0
-            o, n = sl["guide"]
-            spatial[o:o + n] = g
-            projector = self._block_projector(g, bgrid, r_off, c_off)
-        meta = self._metadata_for(bgrid, req, self.model.package.manifest, [])
-        kw = dict(gsd_m=meta["gsd_m"], lon=meta["lon"], lat=meta["lat"], date=meta["date"],
-                  has_layout=has_layout, has_inpaint=False,
-                  has_guide=self.guide is not None or self.guide_source is not None)
-        cond = cond_vectors(self.cl, self.emb, guidance=req.guidance, **kw)
-        uncond, zero = unconditional(self.cl, self.cnd_m, self.emb, req.guidance, **kw) or (None, None)
-        return Prepared(bgrid, L, L, spatial, cond, uncond, None, None, meta, [], zero, projector, self.class_guidance)
+            fp.guide = g
+            fp.projector = self._block_projector(g, bgrid, r_off, c_off)
+        return fp
 
     def _block_projector(self, block_guide: np.ndarray, bgrid: Grid, r_off: int, c_off: int):
         """Guide consistency for a block: a guide array as coarse as the model's guide is held on its own pixels
         wholly inside the block (exact, as on the single-request path); otherwise (the cascade's guide source,
         a fine guide array) on cells of the model's guide factor anchored to the block, so to the world."""
-        req, grid, L = self.req, self.grid, self.lay.span
+        req, grid, L = self.req, self.grid, self.lay.px_span
         if req.guide_consistency <= 0:
             return None
         factor = int(self.cnd_m.get("guide_factor", 4))
@@ -261,31 +282,31 @@ class _BlockRunner:
             own = self.guide_source.projector(bgrid, req.guide_consistency)  # the cascade's coarse pixels
             if own is not None:
                 return own
-        return self._guide_projector(req, self.cnd_m, block_guide, bgrid)
+        return guide_projector(req, self.cnd_m, block_guide, bgrid)
 
     def run(self, kr: int, kc: int) -> np.ndarray:
-        from .classguide import with_shift
-        from .pipeline import _denoise_step, class_shift
+        lay, req, model = self.lay, self.req, self.model
+        fp = self.footprint(kr, kc)
+        if fp.skip:
+            self.tick(lay.windows_per_block * len(make_sampler(req.sampler, self.schedule, req.steps,
+                                                                self.strength).timesteps))
+            return fp.known
+        p = prepare(req, model, fp, self.prompt)
+        if p.class_guidance is not None and p.class_guidance.target is not None:
+            self.class_guidance_tag = p.class_guidance.tag
+        sampler = make_sampler(req.sampler, self.schedule, req.steps, self.strength)
+        x = loop.start(sampler, p, req.seed, kc * lay.block, kr * lay.block, model.autoencoder.channels,
+                       self.strength)
+        z = loop.run(model, p, sampler, self.schedule, x, req.guidance, lay.tile, lay.overlap, self.batch,
+                     self.cancelled, tick=self.tick)
+        img = np.clip(model.autoencoder.decode(z), -1, 1)
+        if p.mask_px is not None:  # inpainting: the block's fill composited into its source in pixels
+            rgb = composite(img, p.known_px, p.mask_px, np.round((p.known_px + 1.0) * 127.5).astype(np.uint8))
+            return rgb.astype(np.float32) / 127.5 - 1.0
+        return img
 
-        lay, req = self.lay, self.req
-        p = self.prepared(kr, kc)
-        sampler = make_sampler(req.sampler, self.schedule, req.steps, 1.0)
-        c0, r0 = kc * lay.block, kr * lay.block
-        x = (world_noise(req.seed, c0, r0, lay.span, lay.span) * sampler.init_noise_sigma).astype(np.float32)
-        sampler.with_step_noise(lambda i: world_noise(req.seed, c0, r0, lay.span, lay.span, stream=i + 1))
-        for i, t in enumerate(sampler.timesteps):
-            if self.cancelled():
-                raise Cancelled("Generation cancelled; nothing was written.")
-            xin = sampler.scale_model_input(x, i)
-            pred = _denoise_step(self.model, p, xin, float(t), req.guidance, lay.tile, lay.overlap, self.batch,
-                                 self.cancelled, self.tick)
-            shift = class_shift(self.model, p, xin, float(t), self.schedule, lay.tile, lay.overlap, self.batch)
-            hook = p.guide_projector if shift is None else with_shift(shift, p.guide_projector)
-            x = sampler.step(pred, i, x, hook).astype(np.float32)
-        return np.clip(x, -1, 1)
 
-
-def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writer,
+def generate_blocks(req: GenerationRequest, model, grid: Grid, writer,
                     progress: Callable[[float, str], None], cancelled: Callable[[], bool],
                     window_batch: int = 8, block_windows: Optional[int] = None,
                     layout_source: Optional[Callable[[Grid], np.ndarray]] = None,
@@ -293,11 +314,14 @@ def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writ
     """Generate `grid` block by block into `writer` (anything with write(rgb_uint8, row_off, col_off))."""
     t0 = time.time()
     check_conditions(req, grid)
-    lay = BlockLayout.for_manifest(model.package.manifest, block_windows or req.block_windows)
+    lay = BlockLayout.for_model(model, block_windows or req.block_windows)
     rows, cols = lay.blocks(grid)
+    sampler = make_sampler(req.sampler, Schedule.from_config(model.package.manifest["scheduler"]), req.steps,
+                           req.conditions.strength if req.conditions.image is not None and req.conditions.mask is None
+                           else 1.0)
     stats = LargeAreaStats(blocks=len(rows) * len(cols), windows=len(rows) * len(cols) * lay.windows_per_block,
                            layout=lay)
-    total = stats.windows * req.steps
+    total = stats.windows * len(sampler.timesteps)
 
     def tick(n: int) -> None:
         stats.window_evals += n
@@ -308,17 +332,18 @@ def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writ
     runner = _BlockRunner(req, model, grid, lay, window_batch, cancelled, tick, layout_source, guide_source)
     col0, row0 = grid.world_offset
     H, W = grid.height, grid.width
-    blend = BlockBlender(lay.block, lay.span, fade(lay.span, lay.band), W, col0)
+    B, S = lay.px_block, lay.px_span
+    blend = BlockBlender(B, S, fade(S, lay.px_band), W, col0)
     for kr in rows:
-        d0 = kr * lay.block
-        g0, g1 = max(d0, row0), min(d0 + lay.span, row0 + H)
+        d0 = kr * B
+        g0, g1 = max(d0, row0), min(d0 + S, row0 + H)
         for kc in cols:
-            e0 = kc * lay.block
-            h0, h1 = max(e0, col0), min(e0 + lay.span, col0 + W)
+            e0 = kc * B
+            h0, h1 = max(e0, col0), min(e0 + S, col0 + W)
             blend.add(kr, kc, runner.run(kr, kc), (g0, g1), (h0, h1))
             stats.max_band_rows = max(stats.max_band_rows, blend.rows_held)
             done_blocks += 1
-        final = row0 + H if kr == rows[-1] else min((kr + 1) * lay.block, row0 + H)
+        final = row0 + H if kr == rows[-1] else min((kr + 1) * B, row0 + H)
         n = final - blend.top
         if n > 0:
             if cancelled():
@@ -326,6 +351,9 @@ def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writ
             top = blend.top
             img = blend.take(n)
             rgb = np.round((img + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+            if runner.mask is not None:  # outside the mask the source's own bytes, whatever the blend did
+                outside = runner.mask[top - row0:top - row0 + n] <= 0.5
+                rgb[:, outside] = runner.image[:, top - row0:top - row0 + n][:, outside]
             writer.write(rgb, top - row0, 0)
     stats.band_correlation = blend.mean_rho
     stats.seconds = time.time() - t0
@@ -333,38 +361,73 @@ def generate_blocks(req: GenerationRequest, model: LoadedModel, grid: Grid, writ
 
 
 _speed: Dict[tuple, float] = {}
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 
 
-def seconds_per_window_eval(model: LoadedModel, batch: int = 8, timestep: float = 500.0) -> float:
+def _zero_feed(model, batch: int, timestep: float) -> Tuple[str, dict]:
+    """A feed of zeros shaped like one batch of windows for the model's denoiser (any interface)."""
+    from ..runtime.providers import resolve_dim
+
+    m = model.package.manifest
+    t = int(m["tile"]["size"]) // model.autoencoder.factor
+    name = "denoiser" if model.interface == "rsgen" else "unet"
+    dims = {"batch": batch, "height": t, "width": t, "sequence": int(m.get("tokenizer", {}).get("max_length", 77))}
+    feed = {}
+    for k, spec in m["graphs"][name]["inputs"].items():
+        shape = [resolve_dim(d, dims) for d in spec["shape"]]
+        feed[k] = np.full(shape, timestep, _NP[spec["dtype"]]) if k == "timestep" else \
+            np.zeros(shape, _NP[spec["dtype"]])
+    out = "prediction" if model.interface == "rsgen" else "noise_pred"
+    return out, feed
+
+
+def seconds_per_window_eval(model, batch: int = 8, timestep: float = 500.0) -> float:
     """Measured once per loaded model (and graph: a stepped int8 denoiser runs fp32 at low timesteps): seconds
     for one window through the denoiser at `timestep`, in batches of `batch`."""
+    from ..runtime.ortrun import Graph
+
     below = getattr(model.denoiser, "exact_below", None)
     graph = model.variant if below is None else ("fp32" if timestep < below else model.variant)
     key = (model.package.path, model.provider, model.variant, graph, batch)
     if key not in _speed:
-        m = model.package.manifest
-        t = int(m["tile"]["size"])
-        c = m["conditions"]
-        feed = {"sample": np.zeros((batch, 3, t, t), np.float32), "timestep": np.full((batch,), timestep, np.float32),
-                "spatial": np.zeros((batch, c["spatial_channels"], t, t), np.float32),
-                "cond": np.zeros((batch, c["cond_dim"]), np.float32)}
+        out, feed = _zero_feed(model, batch, timestep)
+        d = model.denoiser
+        call = (lambda: d.run(feed, [out])) if isinstance(d, Graph) else (lambda: d.run([out], feed))
         with model.lock:
-            model.denoiser.run(["prediction"], feed)  # warm-up
+            call()  # warm-up
             t0 = time.perf_counter()
-            model.denoiser.run(["prediction"], feed)
+            call()
             _speed[key] = (time.perf_counter() - t0) / batch
     return _speed[key]
 
 
+def seconds_per_decoded_cell(model) -> float:
+    """Seconds the autoencoder takes to decode one latent cell (0 for pixel models), measured once on one
+    window of its own size."""
+    ae = model.autoencoder
+    if ae.factor == 1:
+        return 0.0
+    key = (model.package.path, "decode", ae.describe())
+    if key not in _speed:
+        z = np.zeros((ae.channels, ae.tile, ae.tile), np.float32)
+        ae.decode(z)
+        t0 = time.perf_counter()
+        ae.decode(z)
+        _speed[key] = (time.perf_counter() - t0) / (ae.tile - ae.overlap) ** 2
+    return _speed[key]
+
+
 def evaluations_per_window(req: GenerationRequest, manifest: dict) -> int:
-    """UNet evaluations per window and step: 2 when classifier-free guidance has a condition to drop (a prompt,
-    or a layout where the model guides layouts), else 1."""
+    """Denoiser evaluations per window and step: 2 when classifier-free guidance has a condition to drop (a
+    prompt, or a layout where the model guides layouts), else 1."""
+    if "unet" in manifest.get("graphs", {}):  # converted diffusers pipelines: the empty prompt's twin
+        return 2 if req.guidance > 1.0 else 1
     drops = guided(manifest.get("conditions", {}), bool(req.prompt.strip()), req.conditions.layout is not None,
                    req.guidance)
     return 2 if any(drops) else 1
 
 
-def window_seconds_per_sample(req: GenerationRequest, model: LoadedModel) -> float:
+def window_seconds_per_sample(req: GenerationRequest, model) -> float:
     """Seconds one window costs over the whole sampling run: the timed per-window cost of each step's graph
     (int8 or fp32 for a stepped denoiser) times the evaluations per step."""
     cfg = evaluations_per_window(req, model.package.manifest)
@@ -374,30 +437,33 @@ def window_seconds_per_sample(req: GenerationRequest, model: LoadedModel) -> flo
     return cfg * sum(seconds_per_window_eval(model, timestep=float(t)) for t in s.timesteps)
 
 
-def estimate(req: GenerationRequest, model: LoadedModel, grid: Grid) -> Tuple[int, float]:
+def estimate(req: GenerationRequest, model, grid: Grid) -> Tuple[int, float]:
     """(windows per step, estimated seconds) for the large-area path, before starting it."""
-    lay = BlockLayout.for_manifest(model.package.manifest, req.block_windows)
+    lay = BlockLayout.for_model(model, req.block_windows)
     n = lay.n_windows(grid)
-    return n, n * window_seconds_per_sample(req, model)
+    rows, cols = lay.blocks(grid)
+    decode = len(rows) * len(cols) * lay.span ** 2 * seconds_per_decoded_cell(model)
+    return n, n * window_seconds_per_sample(req, model) + decode
 
 
 def estimate_request(req: GenerationRequest, model_dirs=(), providers=None) -> Tuple[int, float]:
     """(windows per step, estimated seconds) for a request, large-area or not: what the dock and Processing
     show before starting. Loads the model (kept warm for the run that follows) and times one batch once."""
-    from .georef import grid_for_request
-    from .models import load
-    from .pipeline import _canvas_size
+    from ..geo.georef import grid_for_request
+    from ..runtime.models import load
+    from .single import canvas_size, geometry
     from .tiling import windows
 
     grid = grid_for_request(req)
     model = load(req.model, model_dirs, providers, precision=req.precision)
     if req.large_area:
         return estimate(req, model, grid)
-    m = model.package.manifest
-    tile, mult = int(m["tile"]["size"]), int(m["tile"].get("multiple", 1))
-    n = len(windows(_canvas_size(grid.height, tile, mult), _canvas_size(grid.width, tile, mult), tile, tile // 4))
-    return n, n * window_seconds_per_sample(req, model)
+    tile, overlap, tile_px, mult = geometry(model)
+    f = model.autoencoder.factor
+    hc, wc = canvas_size(grid.height, tile_px, mult) // f, canvas_size(grid.width, tile_px, mult) // f
+    n = len(windows(hc, wc, tile, overlap))
+    return n, n * window_seconds_per_sample(req, model) + hc * wc * seconds_per_decoded_cell(model)
 
 
-__all__ = ["BlockLayout", "generate_blocks", "estimate", "estimate_request", "evaluations_per_window", "fade", "guide_window", "LargeAreaStats",
-           "seconds_per_window_eval", "DEFAULT_BLOCK_WINDOWS"]
+__all__ = ["BlockLayout", "generate_blocks", "estimate", "estimate_request", "evaluations_per_window", "fade",
+           "guide_window", "LargeAreaStats", "seconds_per_window_eval", "DEFAULT_BLOCK_WINDOWS"]

@@ -1,0 +1,154 @@
+"""generate(): one request in, one georeferenced COG out. The same engine serves the dock, Processing, the CLI
+and the batch runner, for every kind of model package (pixel, latent, converted diffusers pipelines).
+
+    request -> grid (core.geo) -> model + autoencoder (core.runtime) -> footprints (the canvas, or world-anchored
+    blocks) -> latent windows sampled in one loop (core.engine.loop) -> decode -> COG (docs/ENGINE.md)
+
+Order matters for users: everything that can be refused (extent, CRS, pixel budget, output folder, model,
+conditions) is checked before the first model call, so a mistake costs no waiting and leaves no file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, List, Optional
+
+import numpy as np
+
+from .. import VERSION
+from .prepare import PromptCache, class_guidance_for, metadata_for
+from .single import sample_canvas
+from ..errors import Cancelled
+from ..geo.georef import Grid, grid_for_request
+from ..geo.geotiff import check_writable, write_cog
+from ..request import GenerationRequest
+from ..runtime.models import LoadedModel, cascade_factor, load, load_base
+
+log = logging.getLogger("rsgen_qgis")
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class GenerationResult:
+    path: str
+    grid: Grid
+    provider: str
+    seconds: float
+    model_id: str
+    warnings: List[str] = field(default_factory=list)
+    stats: Optional[object] = None  # large-area path: core.engine.blocks.LargeAreaStats
+    denoiser_graph: str = "fp32"    # the denoiser graph that ran: fp32, int8 (CPU) or fp16 (GPU)
+
+
+def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) -> dict:
+    """GeoTIFF tags. The request is recorded with the output's file name only: the folder says nothing about
+    the image, and leaving it out lets the same request written elsewhere give the same bytes (batch resume)."""
+    request = req.to_dict()
+    request["output"] = os.path.basename(req.output)
+    if req.class_guidance is None and model.class_guide is not None:  # the model's default, as a number: the
+        request["class_guidance"] = model.class_guide.spec.default_scale  # record stays exact if it changes
+    below = getattr(model.denoiser, "exact_below", None)  # a stepped int8 denoiser: the last steps ran fp32
+    extra = {"denoiser_fp32_below_timestep": below} if below else {}
+    if model.autoencoder.factor > 1:
+        extra["autoencoder"] = model.autoencoder.describe()
+        extra["autoencoder_sha256"] = model.autoencoder.sha256
+    return {
+        **extra,
+        "prompt": req.prompt, "seed": req.seed, "model_id": model.package.id,
+        "model_sha256": model.package.denoiser_sha256, "denoiser_graph": model.variant,
+        "denoiser_graph_sha256": model.variant_sha256 or model.package.denoiser_sha256,
+        "sampler": req.sampler, "steps": req.steps,
+        "guidance": req.guidance, "software": f"rsgen_qgis {VERSION}", "synthetic": "true",
+        "provider": model.provider, "request": json.dumps(request, sort_keys=True),
+        "metadata_used": {k: ("unknown" if v is None else v) for k, v in metadata.items()},
+        "class_guidance": class_guidance_tag(req, model),
+    }
+
+
+def class_guidance_tag(req: GenerationRequest, model: LoadedModel) -> str:
+    """What class guidance did for this request, in words (the GeoTIFF's class_guidance tag)."""
+    if model.interface != "rsgen" or model.class_guide is None:
+        return class_guidance_for(req, model, None, []).tag
+    emb = PromptCache(req, model).pooled() if model.text_encoder is not None else None
+    return class_guidance_for(req, model, emb, []).tag
+
+
+def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, progress: Progress,
+                    cancelled: Callable[[], bool], window_batch: int, t0: float,
+                    layout_source=None, guide_source=None, extra_tags=None) -> GenerationResult:
+    """The large-area path: world-anchored blocks streamed into a COG (see core.engine.blocks)."""
+    from ..geo.geotiff import CogStream
+    from .blockblend import RADIUS as BLEND_RADIUS
+    from .blocks import BlockLayout, check_conditions, generate_blocks
+
+    check_conditions(req, grid)
+    warnings: List[str] = []
+    meta = metadata_for(grid, req, model.package.manifest, warnings)
+    lay = BlockLayout.for_model(model, req.block_windows)
+    tags = {**provenance_tags(req, model, meta), **(extra_tags or {})}
+    tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block, "band": lay.band,
+                          "units": "latent cells" if lay.factor > 1 else "pixels", "factor": lay.factor,
+                          "metadata": "per block (centre of each block)",
+                          "blend": f"contrast-preserving cross-fade, detail above a {2 * BLEND_RADIUS + 1} px box x2"}
+    with CogStream(req.output, grid, tags) as out:
+        stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch,
+                                layout_source=layout_source, guide_source=guide_source)
+        if cancelled():
+            raise Cancelled("Generation cancelled; nothing was written.")
+        progress(0.96, "Writing Cloud Optimized GeoTIFF")
+        path = out.commit()
+    for w in warnings:
+        log.warning(w)
+    progress(1.0, "Done")
+    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, warnings, stats,
+                            model.variant)
+
+
+def generate(req: GenerationRequest, progress: Optional[Progress] = None,
+             cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
+             providers: Optional[List[str]] = None, window_batch: int = 8, threads: int = 0,
+             layout_source: Optional[Callable[[Grid], np.ndarray]] = None) -> GenerationResult:
+    """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind.
+
+    With `req.large_area` the pixel budget is lifted and the area is generated in world-anchored blocks
+    streamed to disk (memory independent of the area; overlapping requests agree pixel for pixel).
+    layout_source (large-area path): grid -> (H, W) uint8 layout, called for each block's footprint.
+    threads: ONNX Runtime intra-op threads (0 = its default)."""
+    t0 = time.time()
+    progress = progress or (lambda f, m: None)
+    cancelled = cancelled or (lambda: False)
+    grid = grid_for_request(req)
+    check_writable(req.output)
+    progress(0.0, "Loading model")
+    model = load(req.model, model_dirs, providers, threads, req.precision)
+    guide_source, projector, extra_tags = None, None, {}
+    if req.cascade > 1:
+        from .cascade import with_coarse_guide
+
+        coarse_model = model
+        if cascade_factor(model.package) == req.cascade:  # the package's own coarse base model
+            coarse_model = load_base(req.model, model_dirs, providers, threads)
+        req, guide_source, projector = with_coarse_guide(
+            req, grid, coarse_model, lambda f, msg: progress(0.2 * f, f"Coarse pass: {msg}"), cancelled,
+            window_batch, layout_source)
+        extra_tags["cascade_coarse_model"] = coarse_model.package.id
+        extra_tags["cascade_coarse_sha256"] = coarse_model.package.denoiser_sha256
+        outer = progress
+        progress = lambda f, msg: outer(0.2 + 0.8 * f, msg)  # noqa: E731
+    if req.large_area:
+        return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source,
+                               guide_source, extra_tags)
+    rgb, p = sample_canvas(req, model, grid, progress, cancelled, window_batch, projector)
+    tags = {**provenance_tags(req, model, p.metadata), **extra_tags}
+    if "guide_consistency" in p.extra:
+        tags["guide_consistency"] = p.extra["guide_consistency"]
+    progress(0.98, "Writing GeoTIFF")
+    path = write_cog(req.output, rgb, grid, tags)
+    for w in p.warnings:
+        log.warning(w)
+    progress(1.0, "Done")
+    return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, p.warnings,
+                            denoiser_graph=model.variant)

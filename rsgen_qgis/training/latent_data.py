@@ -1,0 +1,217 @@
+"""Training data for latent models: the prepared images encoded once into the autoencoder's latents, and batches
+made from them with every condition, lowered to the latent grid exactly as the run time lowers them
+(core/engine/prepare.py): layout as class fractions per latent cell, the inpainting mask on latent cells, the
+masked image as the known latents outside the mask, the guide as the encoded 4x-coarser image.
+
+    python -m rsgen_qgis.training.latent_data encode --data DATA [--maps-data DATA512] --ae models/taef2 \\
+        --out runs/latents/train.npz
+
+The encoding runs through the run time's own ONNX autoencoder (core.runtime.autoencoder), so training and
+generation see the same latents. AID scenes (150 px) are centre-cropped to 144 px (18 x 18 latents); maps
+tiles to whole latent cells (512 px -> 64 x 64). Flips and 90-degree turns are applied to the latents
+(`dihedral_check` measures how far that is from encoding the turned image; MODEL_CARD.md records it).
+The pack is float16 (half the bytes; the latents' standardised range is about +-4, where float16 keeps
+3 significant digits).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..core.conditions.encoding import CondLayout, LAYOUT_CLASSES
+from .captions import aid_captions, layout_caption
+from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, Probabilities, cond_matrix, load_aid, load_maps
+
+AID_CROP = 144
+
+
+def open_autoencoder(ae_dir: str, threads: int = 0):
+    """The autoencoder package at ae_dir, verified and opened as the run time opens it."""
+    from ..core.runtime.autoencoder import open_package_autoencoder
+    from ..core.runtime.models import read_package, verify_files
+
+    pkg = read_package(ae_dir)
+    verify_files(pkg)
+    return open_package_autoencoder(pkg, ["CPUExecutionProvider"], threads)
+
+
+def _guide(img: np.ndarray, factor: int = 4) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> the image averaged over factor x factor cells, bilinearly upsampled back (the
+    run time's guide for a guide array `factor` times coarser: conditions.encoding.guide_upsample)."""
+    from ..core.conditions.encoding import guide_upsample
+
+    c, H, W = img.shape
+    g = img.reshape(c, H // factor, factor, W // factor, factor).mean((2, 4))
+    return guide_upsample(g, (H, W)).astype(np.float32)
+
+
+def _fractions(layout: np.ndarray, f: int) -> np.ndarray:
+    """(H, W) class ids -> (K, H/f, W/f) uint8 class fractions x 255 (the run time's pool_mean of the one-hot)."""
+    H, W = layout.shape
+    oh = np.eye(len(LAYOUT_CLASSES), dtype=np.float32)[layout].transpose(2, 0, 1)
+    fr = oh.reshape(len(LAYOUT_CLASSES), H // f, f, W // f, f).mean((2, 4))
+    return np.round(fr * 255).astype(np.uint8)
+
+
+def encode_images(ae, images: np.ndarray, crop: Optional[int], log=print) -> Dict[str, np.ndarray]:
+    """(N, H, W, 3) uint8 -> {'z': (N, C, h, w) f16 latents, 'g': guide latents} (centre crop to `crop`)."""
+    zs, gs = [], []
+    for i, im in enumerate(images):
+        a = im.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+        if crop:
+            o = (a.shape[1] - crop) // 2
+            a = a[:, o:o + crop, o:o + crop]
+        zs.append(ae.encode(a).astype(np.float16))
+        gs.append(ae.encode(_guide(a)).astype(np.float16))
+        if i % 500 == 0:
+            log(f"encoded {i}/{len(images)}")
+    return {"z": np.stack(zs), "g": np.stack(gs)}
+
+
+def encode_dataset(data: str, ae_dir: str, out: str, maps_data: Optional[str] = None, split: str = "train",
+                   threads: int = 0, limit: int = 0) -> str:
+    """Write the latent pack `out` (.npz): AID latents + labels + classes, maps latents + layout fractions."""
+    ae = open_autoencoder(ae_dir, threads)
+    cache = os.path.join(os.path.dirname(os.path.abspath(out)), "cache")
+    aid = load_aid(data, split, cache)
+    maps = load_maps(maps_data or data, split, os.path.join(cache, "maps_px") if maps_data else cache)
+    if limit:
+        aid = {**aid, "images": aid["images"][:limit], "labels": aid["labels"][:limit]}
+        maps = {k: v[:limit] for k, v in maps.items()}
+    a = encode_images(ae, aid["images"], AID_CROP)
+    side = maps["aerial"].shape[1] // ae.factor * ae.factor
+    m = encode_images(ae, maps["aerial"][:, :side, :side], None)
+    lay = np.stack([_fractions(x[:side, :side], ae.factor) for x in maps["layout"]])
+    maps_gsd = MAPS_GSD_256 * 256 / maps["aerial"].shape[1]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".partial.npz"
+    np.savez(tmp, aid_z=a["z"], aid_g=a["g"], aid_labels=aid["labels"], aid_classes=np.array(aid["classes"]),
+             maps_z=m["z"], maps_g=m["g"], maps_layout=lay, maps_gsd=np.float32(maps_gsd),
+             aid_gsd=np.float32(AID_GSD_150), factor=np.int32(ae.factor), autoencoder=np.array(ae.name),
+             autoencoder_sha256=np.array(ae.sha256))
+    os.replace(tmp, out)
+    return out
+
+
+def dihedral_check(ae, images: np.ndarray, n: int = 16) -> dict:
+    """How far turning/flipping latents is from encoding the turned image: PSNR (dB, images in [-1, 1] as 8-bit)
+    of decode(turn(encode(x))) against decode(encode(turn(x))), beside the round trip's own PSNR."""
+    def psnr(x, y):
+        d = np.mean((np.clip(x, -1, 1) - np.clip(y, -1, 1)) ** 2) * (127.5 ** 2)
+        return float(10 * np.log10(255.0 ** 2 / max(d, 1e-12)))
+    turned, trip = [], []
+    for im in images[:n]:
+        a = im.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+        o = (a.shape[1] - AID_CROP) // 2
+        a = np.ascontiguousarray(a[:, o:o + AID_CROP, o:o + AID_CROP])
+        z = ae.encode(a)
+        trip.append(psnr(ae.decode(z), a))
+        for k, flip in ((1, False), (2, False), (0, True), (3, True)):
+            t = np.rot90(a, k, axes=(1, 2))
+            zt = np.rot90(z, k, axes=(1, 2))
+            if flip:
+                t, zt = t[:, :, ::-1], zt[:, :, ::-1]
+            t, zt = np.ascontiguousarray(t), np.ascontiguousarray(zt)
+            turned.append(psnr(ae.decode(zt), ae.decode(ae.encode(t))))
+    return {"latent_turn_vs_encoded_turn_psnr_db": float(np.mean(turned)),
+            "round_trip_psnr_db": float(np.mean(trip)), "images": min(n, len(images))}
+
+
+def load_pack(path: str) -> dict:
+    z = np.load(path)
+    return {k: z[k] for k in z.files}
+
+
+def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    a = np.rot90(a, k, axes=(-2, -1))
+    return a[..., ::-1] if flip else a
+
+
+class LatentBatchMaker:
+    """Batches {x0, spatial, cond} on the latent grid, conditions as the run time lowers them."""
+
+    def __init__(self, pack: dict, caption_emb: Dict[str, np.ndarray], seed: int = 0,
+                 probs: Probabilities = Probabilities()):
+        self.pk, self.emb, self.p = pack, caption_emb, probs
+        self.rng = np.random.default_rng(seed)
+        self.pyrng = random.Random(seed)
+        self.lay = CondLayout(len(next(iter(caption_emb.values()))))
+        self.classes = [str(c) for c in pack["aid_classes"]]
+        self.C = int(pack["aid_z"].shape[1])
+        self.factor = int(pack["factor"])
+
+    def _crop(self, arrays: List[np.ndarray], idx: np.ndarray, res: int):
+        size = arrays[0].shape[-1]
+        ys = self.rng.integers(0, size - res + 1, len(idx))
+        xs = self.rng.integers(0, size - res + 1, len(idx))
+        k, flip = int(self.rng.integers(0, 4)), bool(self.rng.random() < 0.5)
+        return [np.stack([_dihedral(a[i, :, y:y + res, x:x + res], k, flip) for i, y, x in zip(idx, ys, xs)])
+                .astype(np.float32) for a in arrays]
+
+    def batch(self, n: int, res: int, source: str):
+        """source 'aid' (res <= 18 latent cells) or 'maps'."""
+        import torch
+
+        from .data import random_masks
+
+        p, rng = self.p, self.rng
+        conds = []
+        K = len(LAYOUT_CLASSES)
+        if source == "aid":
+            idx = rng.integers(0, len(self.pk["aid_z"]), n)
+            z, g = self._crop([self.pk["aid_z"], self.pk["aid_g"]], idx, res)
+            layout = np.zeros((n, K, res, res), np.float32)
+            gsd = float(self.pk["aid_gsd"])
+            for i in idx:
+                cls = self.classes[int(self.pk["aid_labels"][i])]
+                cap = None if rng.random() < p.drop_text else self.pyrng.choice(aid_captions(cls))
+                conds.append((cap, None if rng.random() < p.drop_gsd else gsd, None))
+        else:
+            idx = rng.integers(0, len(self.pk["maps_z"]), n)
+            z, g, fr = self._crop([self.pk["maps_z"], self.pk["maps_g"], self.pk["maps_layout"]], idx, res)
+            fr = fr / 255.0
+            keep = rng.random(n) < p.layout
+            layout = fr * keep[:, None, None, None]
+            gsd = float(self.pk["maps_gsd"])
+            frac = fr.mean((2, 3))
+            for j in range(n):
+                cap = layout_caption(frac[j], self.pyrng) if rng.random() < p.maps_text else None
+                loc = None if rng.random() < p.drop_location else NYC_LONLAT
+                conds.append((cap, None if rng.random() < p.drop_gsd else gsd, loc, bool(keep[j])))
+        inpaint = rng.random(n) < p.inpaint
+        guide_on = rng.random(n) < p.guide
+        mask = random_masks(n, res, rng) * inpaint[:, None, None]
+        masked = z * (1 - mask[:, None]) * inpaint[:, None, None, None]
+        g = g * guide_on[:, None, None, None]
+        spatial = np.concatenate([layout, mask[:, None], masked, g], 1).astype(np.float32)
+        cond = cond_matrix(self.lay, self.emb, conds, inpaint, guide_on)
+        return {"x0": torch.from_numpy(z), "spatial": torch.from_numpy(spatial), "cond": torch.from_numpy(cond)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("encode", help="encode the prepared data into a latent pack")
+    e.add_argument("--data", required=True)
+    e.add_argument("--maps-data", help="prepared folder with larger maps tiles (prepare-data --maps-px 512)")
+    e.add_argument("--ae", required=True, help="autoencoder package folder (models/taef2)")
+    e.add_argument("--out", required=True)
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--limit", type=int, default=0, help="first N images of each source (toy packs)")
+    c = sub.add_parser("dihedral-check", help="turned latents vs encoded turned images")
+    c.add_argument("--data", required=True)
+    c.add_argument("--ae", required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "encode":
+        print(encode_dataset(a.data, a.ae, a.out, a.maps_data, threads=a.threads, limit=a.limit))
+    else:
+        aid = load_aid(a.data, "train", None)
+        print(dihedral_check(open_autoencoder(a.ae), aid["images"]))
+
+
+if __name__ == "__main__":
+    main()

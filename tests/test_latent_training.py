@@ -1,0 +1,108 @@
+"""The latent model's training chain at toy scale, on the committed TAEF2 graphs: prepared images -> latent pack
+(encoded by the run time's own autoencoder) -> a few training steps -> a latent package -> an image through
+generate() -> training starts again from the committed package's graph (state_from_onnx)."""
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+PIL = pytest.importorskip("PIL.Image")
+
+
+def _smooth(rng, size):
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    a, b, c = rng.uniform(1, 6, 3)
+    img = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * (xx + yy))], -1)
+    return ((img + 1) * 127.5).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    """A prepared-data folder as prepare-data writes it: AID-like scenes (two classes) and maps pairs."""
+    root = tmp_path_factory.mktemp("toydata")
+    rng = np.random.default_rng(0)
+    for cls in ("Forest", "Farmland"):
+        d = root / "aid" / cls
+        d.mkdir(parents=True)
+        for i in range(5):
+            PIL.fromarray(_smooth(rng, 150)).save(d / f"{cls.lower()}_{i}.jpg", quality=95)
+    d = root / "maps" / "train"
+    d.mkdir(parents=True)
+    colours = np.array([(233, 228, 222), (250, 250, 249), (200, 216, 168)], np.uint8)
+    for i in range(2):
+        PIL.fromarray(_smooth(rng, 256)).save(d / f"{i + 1}_aerial.jpg", quality=95)
+        ids = (np.add.outer(np.arange(256) // 64, np.arange(256) // 64) % 3)
+        PIL.fromarray(colours[ids]).save(d / f"{i + 1}_map.jpg", quality=95)
+    return str(root)
+
+
+def test_pack_train_export_generate_and_continue(toy_data, tmp_path, tiny_latent_dir):
+    import torch
+
+    from rsgen_qgis.core.engine.generate import generate
+    from rsgen_qgis.core.request import GenerationRequest
+    from rsgen_qgis.training import export, train
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset, load_pack
+    from rsgen_qgis.training.model import Denoiser, DenoiserConfig
+
+    ae_dir = os.path.join(tiny_latent_dir, "taef2")
+    pack = encode_dataset(toy_data, ae_dir, str(tmp_path / "runs" / "latents.npz"))
+    p = load_pack(pack)
+    assert p["aid_z"].shape == (8, 32, 18, 18) and p["aid_g"].shape == p["aid_z"].shape  # 4 of 5 per class: train
+    assert p["maps_z"].shape == (2, 32, 32, 32) and p["maps_layout"].shape == (2, 6, 32, 32)
+    assert np.abs(p["maps_layout"].astype(int).sum(1) - 255).max() <= 3  # class fractions of each latent cell
+    assert 0.3 < float(np.std(p["aid_z"].astype(np.float32))) < 3  # standardised by the package's statistics
+    # caption embeddings as train.py caches them (the tiny text encoder's 32 dimensions; random here)
+    cache = tmp_path / "runs" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    caps = all_captions()
+    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), 32)).astype(np.float32))
+    out = str(tmp_path / "runs" / "train")
+    args = ["--latents", pack, "--out", out, "--minutes", "0.05", "--channels", "8,16", "--attention", "0,1",
+            "--tile", "8", "--batch", "2", "--threads", "1", "--save-every", "100"]
+    train.main(args)
+    st = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)
+    assert st["step"] >= 1 and st["config"]["image_channels"] == 32
+    pkg = str(tmp_path / "pkgs" / "rsgen-toy-latent")
+    export.main(["--checkpoint", os.path.join(out, "last.pt"), "--out", pkg, "--autoencoder", ae_dir,
+                 "--text-kind", "tiny", "--no-fp16"])
+    r = generate(GenerationRequest(extent=(453000.0, 6233600.0, 453256.0, 6233856.0), crs="EPSG:32734", gsd=4.0,
+                                   output=str(tmp_path / "toy.tif"), model=pkg, prompt="a forest", steps=2,
+                                   guidance=1.0, sampler="ddim"), model_dirs=[tiny_latent_dir],
+                 providers=["CPUExecutionProvider"])
+    assert os.path.isfile(r.path)
+    # the committed package is a starting point: its graph holds the EMA weights under their names
+    model = Denoiser(DenoiserConfig.from_dict(st["config"]))
+    sd = export.state_from_onnx(os.path.join(pkg, "denoiser.onnx"), model)
+    assert all(torch.equal(sd[k], v) for k, v in st["ema"].items())
+    train.main(args[:2] + ["--out", out + "2", "--init-onnx", os.path.join(pkg, "denoiser.onnx")] + args[4:])
+    assert os.path.isfile(os.path.join(out + "2", "last.pt"))
+
+
+def test_make_train_gpu_runs_at_toy_scale(toy_data, tmp_path, tiny_latent_dir):
+    """`make train-gpu` (the one device call of docs/GPU.md) on the CPU: from a latent pack to the EMA weights in
+    $OUT, which export to a latent package."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pack = encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "latents.npz"),
+                          limit=4)
+    out = tmp_path / "out"
+    (out / "cache").mkdir(parents=True)
+    caps = all_captions()
+    np.savez(out / "cache" / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), 384)).astype(np.float32))
+    p = subprocess.run(["make", "-s", "-C", root, "train-gpu", f"PY={sys.executable}", f"LATENT_PACK={pack}",
+                        "GPU_MINUTES=0.01", f"OUT={out}"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    st = torch.load(out / "ema.pt", map_location="cpu", weights_only=True)
+    assert st["step"] >= 1 and st["config"]["image_channels"] == 32 and st["config"]["tile"] == 32

@@ -1,0 +1,157 @@
+"""`make bench` (second part): latent models through the one engine, measured in one run on this machine.
+
+The model: --model DIR (a latent package), or, by default, a package built here with random weights in the
+architecture planned for rsgen-base 1.0 (an rsgen denoiser on TAEF2 latents: 32 x 32 latent tiles = 256 px,
+UNet channels 64/128/192, guidance-distilled: one evaluation per step) on the committed models/taef2. Speed does
+not depend on the weights, so these are the figures the trained model will have with this architecture.
+
+Figures (runs/bench_latent.json):
+- seconds per 256 px tile, 20 steps, through generate() (GeoTIFF included), with the TAEF2 decode alone beside;
+- large areas in fresh processes: 1 km2 at 2 m and at 1 m (seconds, Mpx/s per core) and peak RSS at 1, 4 and
+  16 km2 at 2 m (getrusage of that process: model, ONNX Runtime, GDAL included).
+    tools/bench_latent.py [--sizes 1,4,16] [--steps 20] [--model DIR]
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+TAEF2 = os.path.join(ROOT, "models", "taef2")
+BENCH_PKG = os.path.join(ROOT, "runs", "bench_latent_models")
+PLANNED = dict(block_out_channels=(64, 128, 192), attention_levels=(False, False, True), layers_per_block=1,
+               norm_num_groups=16, attention_head_dim=32, tile=32, guidance_input=True)
+
+
+def build_bench_package(out_root: str) -> str:
+    """A random-weights latent package in the planned architecture, beside a copy of models/taef2."""
+    import shutil
+
+    import torch
+
+    from rsgen_qgis.core.conditions.encoding import CondLayout, GUIDANCE_RANGE, spatial_channels
+    from rsgen_qgis.training.export import autoencoder_entry, write_package
+    from rsgen_qgis.training.model import Denoiser, DenoiserConfig
+    from rsgen_qgis.training.train import SCHEDULE
+
+    pkg = os.path.join(out_root, "rsgen-latent-bench")
+    if os.path.isfile(os.path.join(pkg, "manifest.json")):
+        return pkg
+    os.makedirs(out_root, exist_ok=True)
+    if not os.path.isdir(os.path.join(out_root, "taef2")):
+        shutil.copytree(TAEF2, os.path.join(out_root, "taef2"))
+    ae = autoencoder_entry(os.path.join(out_root, "taef2"))
+    torch.manual_seed(0)
+    lay = CondLayout(32, GUIDANCE_RANGE)  # the tiny text encoder (32 dims): its cost is one call per request
+    cfg = DenoiserConfig(image_channels=ae["channels"], spatial_channels=spatial_channels(image_channels=ae["channels"]),
+                         cond_dim=lay.dim, **PLANNED)
+    write_package(pkg, Denoiser(cfg), dict(SCHEDULE), model_id="rsgen-latent-bench",
+                  name="latent bench (random weights, planned 1.0 architecture)", text_kind="tiny", fp16=False,
+                  autoencoder=ae, info={"training": {"gsd_range_m": [0.5, 20.0]}})
+    return pkg
+
+
+def _request(model: str, side_m: float, gsd: float, out: str, **kw):
+    from rsgen_qgis.core.request import GenerationRequest
+
+    x0, y0 = 453000.0, 6233000.0
+    return GenerationRequest(extent=(x0, y0, x0 + side_m, y0 + side_m), crs="EPSG:32734", gsd=gsd, model=model,
+                             prompt="dense residential area with trees", seed=1, guidance=3.0, output=out, **kw)
+
+
+def tile_seconds(model: str, steps: int) -> dict:
+    import numpy as np
+
+    from rsgen_qgis.core.engine.generate import generate
+    from rsgen_qgis.core.runtime.models import load
+
+    d = tempfile.mkdtemp()
+    req = _request(model, 512.0, 2.0, os.path.join(d, "t.tif"), steps=steps)  # 256 x 256 px
+    generate(req, providers=["CPUExecutionProvider"])  # warm: sessions, hashes
+    ts = [generate(req.replace(seed=i), providers=["CPUExecutionProvider"]).seconds for i in range(3)]
+    m = load(model, providers=["CPUExecutionProvider"])
+    z = np.zeros((m.autoencoder.channels, 32, 32), np.float32)
+    m.autoencoder.decode(z)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        m.autoencoder.decode(z)
+    dec = (time.perf_counter() - t0) / 3
+    return {"tile_256px_s": statistics.median(ts), "steps": steps, "decode_256px_s": dec}
+
+
+def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str) -> None:
+    from rsgen_qgis.core.engine.generate import generate
+
+    d = tempfile.mkdtemp()
+    side = round(math.sqrt(km2 * 1e6) / gsd) * gsd
+    req = _request(model, side, gsd, os.path.join(d, "large.tif"), steps=steps, large_area=True)
+    t = time.perf_counter()
+    r = generate(req, providers=["CPUExecutionProvider"])
+    secs = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    px = r.grid.width * r.grid.height
+    with open(out_json, "w") as f:
+        json.dump({"km2": km2, "gsd": gsd, "px": [r.grid.width, r.grid.height], "steps": steps, "seconds": secs,
+                   "peak_rss_mb": rss, "blocks": r.stats.blocks, "window_evals": r.stats.window_evals,
+                   "mpx_per_s_per_core": px / 1e6 / secs / (os.cpu_count() or 1)}, f)
+    os.remove(r.path)
+
+
+def _child(model: str, km2: float, gsd: float, steps: int) -> dict:
+    fd, out = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--child", out, "--model", model, "--km2", str(km2),
+                    "--gsd", str(gsd), "--steps", str(steps)], check=True)
+    with open(out) as f:
+        res = json.load(f)
+    os.remove(out)
+    return res
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a latent model package folder (default: the planned architecture, random)")
+    ap.add_argument("--sizes", default="1,4,16")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--km2", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--gsd", type=float, default=2.0, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        large_child(a.model, a.km2, a.gsd, a.steps, a.child)
+        return
+    if not os.path.isfile(os.path.join(TAEF2, "manifest.json")):
+        sys.exit("models/taef2 is missing: nothing to benchmark")
+    model = a.model or build_bench_package(BENCH_PKG)
+    cores = os.cpu_count() or 1
+    out = {"model": os.path.basename(model), "cores": cores, "planned_architecture": None if a.model else
+           {k: list(v) if isinstance(v, tuple) else v for k, v in PLANNED.items()}}
+    t = tile_seconds(model, a.steps)
+    out["tile"] = t
+    print(f"latent model {out['model']}: 256 px tile, {a.steps} steps (one evaluation each), via generate(): "
+          f"{t['tile_256px_s']:.2f} s; TAEF2 decode of one 256 px tile {t['decode_256px_s']:.3f} s", flush=True)
+    runs = []
+    for km2, gsd in [(float(s), 2.0) for s in a.sizes.split(",")] + [(1.0, 1.0)]:
+        r = _child(model, km2, gsd, a.steps)
+        runs.append(r)
+        print(f"large area {km2:g} km2 at {gsd:g} m ({r['px'][0]} x {r['px'][1]} px): {r['seconds']:.1f} s, "
+              f"{r['mpx_per_s_per_core']:.4f} Mpx/s per core, peak RSS {r['peak_rss_mb']:.0f} MB, {r['blocks']} blocks, "
+              f"{r['window_evals']} window evaluations", flush=True)
+    out["large"] = runs
+    os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
+    with open(os.path.join(ROOT, "runs", "bench_latent.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
