@@ -157,6 +157,7 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
     c.mask_combo.setLayer(mask)
     mask.selectByIds([sorted(mask.allFeatureIds())[1]])
     c.selected_check.setChecked(True)
+    c.grow_spin.setValue(0.0)  # the polygon alone (the default grows it by 6 m)
     dock.output_widget.setFilePath(str(tmp_path / "inp.tif"))
     path = run_task(dock, qtbot)
     inside = np.zeros((N, N), bool)

@@ -26,8 +26,8 @@ SCANNED = ("rsgen_qgis/plugin.py", "rsgen_qgis/gui", "rsgen_qgis/gis", "rsgen_qg
 # (file, constant): texts the code translates through tr(variable); in tuples of tuples the first item is a key
 TABLES = (("rsgen_qgis/plugin.py", "TITLE"), ("rsgen_qgis/plugin.py", "MENU"), ("rsgen_qgis/gui/dock.py", "TITLE"),
           ("rsgen_qgis/gui/dock.py", "SOURCES"), ("rsgen_qgis/gui/conditions.py", "COLUMNS"),
-          ("rsgen_qgis/gui/conditions.py", "RASTER_MODES"), ("rsgen_qgis/gui/conditions.py", "RULE_BUTTONS"),
-          ("rsgen_qgis/core/engine/samplers.py", "SAMPLER_HELP"))
+          ("rsgen_qgis/gui/conditions.py", "RASTER_MODES"), ("rsgen_qgis/gui/conditions.py", "RASTER_RESULTS"),
+          ("rsgen_qgis/gui/conditions.py", "RULE_BUTTONS"), ("rsgen_qgis/core/engine/samplers.py", "SAMPLER_HELP"))
 
 
 def _files() -> List[str]:

@@ -2,7 +2,8 @@
 
     .venv/bin/python tools/screenshot_dock.py out/dock.png [--model-dir DIR] [--size 1400x900] [--dock-only]
                                               [--generate [--model ID] [--steps N] [--gsd M]] [--conditions]
-                                              [--recall] [--models-menu]
+                                              [--recall] [--models-menu] [--data DIR [--extent X0,Y0,X1,Y1]]
+                                              [--drawn X0,Y0,X1,Y1] [--inpaint] [--large] [--cancel-after S]
 
 Starts /usr/bin/qgis.bin under Xvfb with a throw-away profile and this file as its startup code (--code).
 Inside QGIS it draws an OSM-like map (land use, river, roads, buildings as memory layers) over Swellendam in
@@ -13,6 +14,12 @@ the Conditions section is open: layout from the ticked roads and buildings layer
 opened and saved as OUT's name + "_menu.png" (the whole screen: the menu is its own window), then its "Reuse
 Generation Settings" is triggered and the window saved as OUT; with --models-menu the model "…" menu (add a
 folder, install a zip) is opened and the screen saved as OUT's name + "_menu.png".
+--data DIR loads the real Swellendam data instead (DIR/orthophoto.tif, DIR/training_data.gpkg's roads and
+buildings, as /work/shared/tools/prepare-data writes them) in the CRS QGIS picks for the photo (EPSG:4326), zoomed
+to --extent (map CRS; default the photo); --drawn draws a rectangle (map CRS) as the Area before generating;
+--inpaint inpaints the photo inside the buildings (Conditions > From a raster layer); --large ticks Large area;
+--cancel-after S presses Cancel S seconds after Generate. With --generate the message bar's items are written to
+OUT + ".bar.txt" (what the user sees on top, and under it).
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(THIS))
 ENV_OUT, ENV_DOCK_ONLY, ENV_GENERATE = "RSGEN_SCREENSHOT_OUT", "RSGEN_SCREENSHOT_DOCK_ONLY", "RSGEN_SCREENSHOT_GENERATE"
 ENV_CONDITIONS, ENV_RECALL = "RSGEN_SCREENSHOT_CONDITIONS", "RSGEN_SCREENSHOT_RECALL"
 ENV_MODELS_MENU = "RSGEN_SCREENSHOT_MODELS_MENU"
+ENV_DATA, ENV_DRAWN, ENV_EXTRA = "RSGEN_SCREENSHOT_DATA", "RSGEN_SCREENSHOT_DRAWN", "RSGEN_SCREENSHOT_EXTRA"
+ENV_PROMPT, ENV_OUTPUT = "RSGEN_SCREENSHOT_PROMPT", "RSGEN_SCREENSHOT_OUTPUT"
 EXTENT = (453000.0, 6233600.0, 454600.0, 6235200.0)  # Swellendam, EPSG:32734
 
 
@@ -47,6 +56,14 @@ def launch(argv=None) -> int:
     ap.add_argument("--recall", action="store_true", help="after --generate: the layer's context menu, then "
                     "Reuse Generation Settings")
     ap.add_argument("--models-menu", action="store_true", help="open the model '…' menu and save the screen too")
+    ap.add_argument("--data", default="", help="folder with orthophoto.tif and training_data.gpkg (real data)")
+    ap.add_argument("--extent", default="", help="with --data: X0,Y0,X1,Y1 to zoom to (map CRS)")
+    ap.add_argument("--drawn", default="", help="X0,Y0,X1,Y1 (map CRS): a drawn rectangle as the Area")
+    ap.add_argument("--inpaint", action="store_true", help="with --data: inpaint the photo inside the buildings")
+    ap.add_argument("--large", action="store_true", help="tick Large area")
+    ap.add_argument("--output", default="", help="the Output file (default: a temporary file)")
+    ap.add_argument("--prompt", default="", help="the prompt (default: medium density residential by a river)")
+    ap.add_argument("--cancel-after", type=float, default=0.0, help="press Cancel this many seconds after Generate")
     ap.add_argument("--timeout", type=int, default=600)
     a = ap.parse_args(argv)
     a.generate = a.generate or a.recall
@@ -60,7 +77,9 @@ def launch(argv=None) -> int:
                **{ENV_OUT: out, ENV_DOCK_ONLY: "1" if a.dock_only else "", "RSGEN_SCREENSHOT_SCRIPT": THIS,
                   ENV_GENERATE: f"{a.model}|{a.steps}|{a.gsd}" if a.generate else "",
                   ENV_CONDITIONS: "1" if a.conditions else "", ENV_RECALL: "1" if a.recall else "",
-                  ENV_MODELS_MENU: "1" if a.models_menu else ""})
+                  ENV_MODELS_MENU: "1" if a.models_menu else "", ENV_DATA: os.path.abspath(a.data) if a.data else "",
+                  ENV_DRAWN: a.drawn, ENV_PROMPT: a.prompt,
+                  ENV_OUTPUT: os.path.abspath(a.output) if a.output else "", ENV_EXTRA: f"{a.extent}|{int(a.inpaint)}|{int(a.large)}|{a.cancel_after}"})
     venv_site = os.path.join(ROOT, ".venv", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                              "site-packages")
     if os.path.isdir(venv_site):  # QGIS runs /usr/bin/python3: lend it the venv's onnxruntime
@@ -147,41 +166,101 @@ def _osm_like_layers():
     ]
 
 
+def _real_layers(folder: str):
+    """The Swellendam orthophoto, then its OSM roads and buildings (outlines, so the photo shows through)."""
+    from qgis.core import QgsRasterLayer, QgsSymbol, QgsVectorLayer
+
+    photo = QgsRasterLayer(os.path.join(folder, "orthophoto.tif"), "orthophoto")
+    gpkg = os.path.join(folder, "training_data.gpkg")
+    roads = QgsVectorLayer(f"{gpkg}|layername=roads", "roads", "ogr")
+    buildings = QgsVectorLayer(f"{gpkg}|layername=buildings", "buildings", "ogr")
+    symbol = QgsSymbol.defaultSymbol(buildings.geometryType())
+    symbol.symbolLayer(0).setBrushStyle(0)  # Qt.NoBrush: outline only
+    symbol.symbolLayer(0).setStrokeColor(_qcolor("#ff00ff"))
+    buildings.renderer().setSymbol(symbol)
+    line = QgsSymbol.defaultSymbol(roads.geometryType())
+    line.setColor(_qcolor("#f7c46b"))
+    roads.renderer().setSymbol(line)
+    return [photo, roads, buildings]
+
+
+def _rect(text: str):
+    from qgis.core import QgsRectangle
+
+    return QgsRectangle(*[float(v) for v in text.split(",")])
+
+
 def inside_qgis() -> None:
     import qgis.utils
     from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
+    from qgis.gui import QgsCollapsibleGroupBox
     from qgis.PyQt.QtCore import QTimer
     from qgis.PyQt.QtWidgets import QApplication
 
     iface = qgis.utils.iface
     out = os.environ[ENV_OUT]
     project = QgsProject.instance()
-    project.setCrs(QgsCoordinateReferenceSystem("EPSG:32734"))
-    for layer in _osm_like_layers():
+    data = os.environ.get(ENV_DATA, "")
+    extent_text, inpaint, large, cancel_after = (os.environ.get(ENV_EXTRA) or "|0|0|0").split("|")
+    layers = _real_layers(data) if data else _osm_like_layers()
+    crs = layers[0].crs() if data else QgsCoordinateReferenceSystem("EPSG:32734")
+    extent = (_rect(extent_text) if extent_text else layers[0].extent()) if data else QgsRectangle(*EXTENT)
+    project.setCrs(crs)
+    for layer in layers:
         project.addMapLayer(layer)
     window = iface.mainWindow()
     window.setGeometry(QApplication.primaryScreen().availableGeometry())
     window.showMaximized()
     canvas = iface.mapCanvas()
-    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:32734"))
+    canvas.setDestinationCrs(crs)
     qgis.utils.loadPlugin("rsgen_qgis")
     qgis.utils.startPlugin("rsgen_qgis")
     plugin = qgis.utils.plugins["rsgen_qgis"]
     plugin.show_dock()
     dock = plugin.dock
-    dock.prompt_edit.setPlainText("a satellite image of medium density residential area with trees by a river")
+    dock.prompt_edit.setPlainText(os.environ.get(ENV_PROMPT) or
+                                  "a satellite image of medium density residential area with trees by a river")
     dock.seed_spin.setValue(7)
+    if os.environ.get(ENV_OUTPUT):
+        dock.output_widget.setFilePath(os.environ[ENV_OUTPUT])
     if os.environ.get(ENV_CONDITIONS):
         dock.conditions.layout_group.setChecked(True)
         dock.conditions.tick(*[lyr for n in ("roads", "buildings") for lyr in project.mapLayersByName(n)])
 
+    if int(large):
+        dock.large_check.setChecked(True)
+    if int(inpaint):
+        c = dock.conditions
+        c.raster_group.setChecked(True)
+        c.mode_combo.setCurrentIndex(c.mode_combo.findData("inpaint"))
+        c.raster_combo.setLayer(project.mapLayersByName("orthophoto")[0])
+        c.mask_combo.setLayer(project.mapLayersByName("buildings")[0])
+        group = dock.findChild(QgsCollapsibleGroupBox, "RsgenConditions")
+        if group is not None:
+            group.setCollapsed(False)
+
     def zoom() -> None:  # once the window has its final size, so the canvas shows the whole area
-        canvas.setExtent(QgsRectangle(*EXTENT))
+        canvas.setExtent(extent)
         canvas.refresh()
+        if os.environ.get(ENV_DRAWN):  # as the rectangle tool reports a drag
+            rect = _rect(os.environ[ENV_DRAWN])
+            dock.tool.show_rectangle(rect)
+            dock.tool.rectangleDrawn.emit(rect)
+
+    def dump_bar() -> None:
+        items = iface.messageBar().items()
+        with open(out + ".bar.txt", "w", encoding="utf-8") as f:
+            current = iface.messageBar().currentItem()
+            f.write(f"current: {current.title() if current else None}: {current.text() if current else None}\n")
+            for item in items:
+                f.write(f"item: {item.title()}: {item.text()}\n")
+            f.write(f"status: {dock.status_label.text()}\n")
 
     def shoot() -> None:
         dock.update_size()
         QApplication.processEvents()
+        if os.environ.get(ENV_GENERATE):
+            dump_bar()
         widget = dock if os.environ.get(ENV_DOCK_ONLY) else window
         widget.grab().save(out, "PNG")
         project.setDirty(False)
@@ -198,9 +277,17 @@ def inside_qgis() -> None:
         dock.update_size()
         if dock.generate() is None:
             shoot()  # refused: the message bar says why, and the screenshot shows it
+        if float(cancel_after):
+            QTimer.singleShot(int(float(cancel_after) * 1000), dock.cancel)
         wait_for_task()
 
     def wait_for_task() -> None:
+        if dock.task is None and int(inpaint):  # the mask's outlines over the result: what was inpainted
+            root = project.layerTreeRoot()
+            for name in ("buildings",):
+                node = root.findLayer(project.mapLayersByName(name)[0].id())
+                root.insertChildNode(0, node.clone())
+                node.parent().removeChildNode(node)
         if dock.task is None:
             QTimer.singleShot(2000, recall_menu if os.environ.get(ENV_RECALL) else shoot)  # the new layer renders
         else:

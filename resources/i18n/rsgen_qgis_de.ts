@@ -88,6 +88,14 @@
       <translation>Eine Regel pro Zeile: Objekte, deren Feld einen der Werte hat (durch Kommas getrennt, * = alle), werden zur Klasse; Linien und Punkte werden auf Breite m gepuffert; wo sich Objekte überlagern, gewinnt die höhere Priorität.</translation>
     </message>
     <message>
+      <source>Edit rules…</source>
+      <translation>Regeln bearbeiten…</translation>
+    </message>
+    <message>
+      <source>All the rules' columns (geometry, priority) in a larger window</source>
+      <translation>Alle Spalten der Regeln (Geometrie, Priorität) in einem größeren Fenster</translation>
+    </message>
+    <message>
       <source>Optional: points or polygons drawn on top of the layout as object boxes (polygons as their minimum rotated rectangle)</source>
       <translation>Optional: Punkte oder Polygone, die als Objektboxen über das Layout gezeichnet werden (Polygone als ihr minimales gedrehtes Rechteck)</translation>
     </message>
@@ -132,8 +140,8 @@
       <translation>Maske</translation>
     </message>
     <message>
-      <source>Regenerate this far around the polygons too: shadows and edges of what is removed go with it, and a border on open ground blends best</source>
-      <translation>Auch so weit um die Polygone herum neu erzeugen: Schatten und Ränder des Entfernten verschwinden mit, und ein Rand auf freiem Gelände fügt sich am besten ein</translation>
+      <source>Regenerate this far around the polygons too. OSM building footprints sit a few metres off the roofs and shadows seen from above: with 0 m much of each building stays, 6 m removes it with its shadow, and a border on open ground blends best.</source>
+      <translation>Auch so weit um die Polygone herum neu erzeugen. OSM-Gebäudeumrisse liegen einige Meter neben den Dächern und Schatten, die von oben zu sehen sind: mit 0 m bleibt viel von jedem Gebäude stehen, 6 m entfernen es mitsamt Schatten, und ein Rand auf freiem Gelände fügt sich am besten ein.</translation>
     </message>
     <message>
       <source>Grow by</source>
@@ -152,12 +160,12 @@
       <translation>Layout-Regeln</translation>
     </message>
     <message>
-      <source>Works on the raster's own grid and CRS (the Area settings are not used)</source>
-      <translation>Arbeitet auf dem eigenen Gitter und KBS des Rasters (die Gebiet-Einstellungen werden nicht verwendet)</translation>
+      <source>On the raster's own grid and CRS, in the Area's extent (inpainting: only around the polygons); only that part of the raster is read</source>
+      <translation>Im eigenen Raster und KBS des Rasters, in der Ausdehnung des Gebiets (Auffüllen: nur um die Polygone); nur dieser Teil des Rasters wird gelesen</translation>
     </message>
     <message>
-      <source>Same footprint and CRS as the raster, pixels 4× smaller; each 4×4 block averages to the raster's pixel</source>
-      <translation>Gleiche Ausdehnung und gleiches KBS wie das Raster, Pixel 4× kleiner; jeder 4×4-Block mittelt zum Pixel des Rasters</translation>
+      <source>The raster in the Area's extent, pixels 4× smaller; each 4×4 block averages to the raster's pixel</source>
+      <translation>Das Raster in der Ausdehnung des Gebiets, Pixel 4× kleiner; jeder 4×4-Block mittelt zum Pixel des Rasters</translation>
     </message>
     <message>
       <source>Tick at least one vector layer for the layout, or choose an object boxes layer (Conditions &gt; Layout).</source>
@@ -174,6 +182,10 @@
     <message>
       <source>Choose a polygon layer as the inpainting mask.</source>
       <translation>Einen Polygonlayer als Maske zum Auffüllen wählen.</translation>
+    </message>
+    <message>
+      <source>“{mode}” on this extent gives {w} × {h} px, more than the {budget:,} px of one generation: tick Large area (the image is then made in parts), or draw a smaller rectangle on the raster (about {side} × {side} of its pixels).</source>
+      <translation>„{mode}“ ergibt in dieser Ausdehnung {w} × {h} px, mehr als die {budget:,} px einer Erzeugung: Großes Gebiet ankreuzen (das Bild entsteht dann in Teilen) oder ein kleineres Rechteck auf dem Raster zeichnen (etwa {side} × {side} seiner Pixel).</translation>
     </message>
     <message>
       <source>Added the layout preview: {notes}</source>
@@ -212,8 +224,20 @@
       <translation>KBS</translation>
     </message>
     <message>
+      <source>Suggest</source>
+      <translation>Vorschlag</translation>
+    </message>
+    <message>
+      <source>A pixel size for this view within the model's range (in a CRS in degrees: converted from metres at this latitude); it then follows the view until you set one</source>
+      <translation>Eine Pixelgröße für diese Ansicht im Bereich des Modells (in einem KBS in Grad: aus Metern bei dieser Breite umgerechnet); sie folgt dann der Ansicht, bis Sie selbst eine setzen</translation>
+    </message>
+    <message>
       <source>Pixel size</source>
       <translation>Pixelgröße</translation>
+    </message>
+    <message>
+      <source>The pixel sizes the model was trained on: outside them its images are less realistic</source>
+      <translation>Die Pixelgrößen, mit denen das Modell trainiert wurde: außerhalb davon sind seine Bilder weniger realistisch</translation>
     </message>
     <message>
       <source>Size</source>
@@ -250,6 +274,14 @@
     <message>
       <source>Prompt</source>
       <translation>Prompt</translation>
+    </message>
+    <message>
+      <source>Use them</source>
+      <translation>Verwenden</translation>
+    </message>
+    <message>
+      <source>Switch on Conditions &gt; Layout from vector layers with these layers</source>
+      <translation>Bedingungen &gt; Layout aus Vektorlayern mit diesen Layern einschalten</translation>
     </message>
     <message>
       <source>Add a folder with model packages, or install a model package zip</source>
@@ -336,6 +368,46 @@
       <translation>{w} × {h} px, GSD {g} am Boden</translation>
     </message>
     <message>
+      <source>{g} is outside the pixel sizes {model} was trained on ({lo:g}–{hi:g} m): expect a less realistic image.</source>
+      <translation>{g} liegt außerhalb der Pixelgrößen, mit denen {model} trainiert wurde ({lo:g}–{hi:g} m): das Bild wird weniger realistisch.</translation>
+    </message>
+    <message>
+      <source>Only {w} × {h} px: zoom out, or press Suggest for a pixel size that fits this view.</source>
+      <translation>Nur {w} × {h} px: herauszoomen oder Vorschlag drücken für eine Pixelgröße, die zu dieser Ansicht passt.</translation>
+    </message>
+    <message>
+      <source>{w} × {h} px from “{name}” ({ww} × {wh} px of it), GSD {g} on the ground</source>
+      <translation>{w} × {h} px aus „{name}“ ({ww} × {wh} px davon), GSD {g} am Boden</translation>
+    </message>
+    <message>
+      <source>More than the {n:,} px of one generation: tick Large area, or draw a smaller rectangle on the raster.</source>
+      <translation>Mehr als die {n:,} px einer Erzeugung: Großes Gebiet ankreuzen oder ein kleineres Rechteck auf dem Raster zeichnen.</translation>
+    </message>
+    <message>
+      <source>Large area: estimating the time…</source>
+      <translation>Großes Gebiet: Dauer wird geschätzt…</translation>
+    </message>
+    <message>
+      <source>Large area: no estimate ({why}).</source>
+      <translation>Großes Gebiet: keine Schätzung ({why}).</translation>
+    </message>
+    <message>
+      <source>Large area: {total:,} windows to run ({n:,} × {steps} steps), about {t} (estimate).</source>
+      <translation>Großes Gebiet: {total:,} Fenster zu rechnen ({n:,} × {steps} Schritte), etwa {t} (Schätzung).</translation>
+    </message>
+    <message>
+      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic texture).</source>
+      <translation>{names}: ein Layout aus diesen Layern lässt das Bild dem Ort folgen (ein Prompt allein ergibt eine allgemeine Textur).</translation>
+    </message>
+    <message>
+      <source>A prompt alone gives a generic texture. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
+      <translation>Ein Prompt allein ergibt eine allgemeine Textur. Straßen und Gebäude laden (z. B. OpenStreetMap) und unter Bedingungen ankreuzen: dann folgt das Bild dem Ort.</translation>
+    </message>
+    <message>
+      <source>Model: {lo:g}–{hi:g} m</source>
+      <translation>Modell: {lo:g}–{hi:g} m</translation>
+    </message>
+    <message>
       <source>(none yet)</source>
       <translation>(noch keine)</translation>
     </message>
@@ -378,10 +450,6 @@
     <message>
       <source>Image {i} of {n}: {text}</source>
       <translation>Bild {i} von {n}: {text}</translation>
-    </message>
-    <message>
-      <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
-      <translation>Großes Gebiet: {n:,} Fenster × {steps} Schritte, etwa {t} (Schätzung).</translation>
     </message>
     <message>
       <source>Cancelling…</source>
@@ -438,6 +506,26 @@
     <message>
       <source>Installed model {name} in {path}.</source>
       <translation>Modell {name} in {path} installiert.</translation>
+    </message>
+    <message>
+      <source>Generated</source>
+      <translation>Erzeugtes Bild</translation>
+    </message>
+    <message>
+      <source>The extent cannot be projected to the CRS of raster {name!r}: {err}</source>
+      <translation>Die Ausdehnung lässt sich nicht in das KBS des Rasters {name!r} projizieren: {err}</translation>
+    </message>
+    <message>
+      <source>The extent does not overlap raster {name!r}: pan the map to it, draw a rectangle on it, or choose Extent &gt; Layer extent with the raster.</source>
+      <translation>Die Ausdehnung überschneidet das Raster {name!r} nicht: die Karte dorthin verschieben, ein Rechteck darauf zeichnen oder Ausdehnung &gt; Layerausdehnung mit dem Raster wählen.</translation>
+    </message>
+    <message>
+      <source>Generating satellite image: {name}</source>
+      <translation>Satellitenbild wird erzeugt: {name}</translation>
+    </message>
+    <message>
+      <source>Estimating the large-area time</source>
+      <translation>Dauer für großes Gebiet wird geschätzt</translation>
     </message>
     <message>
       <source>Model id or package folder</source>
@@ -670,6 +758,18 @@
     <message>
       <source>Variation (more like this)</source>
       <translation>Variation (mehr davon)</translation>
+    </message>
+    <message>
+      <source>Inpainted</source>
+      <translation>Aufgefüllt</translation>
+    </message>
+    <message>
+      <source>Super-resolved</source>
+      <translation>Superaufgelöst</translation>
+    </message>
+    <message>
+      <source>Variation</source>
+      <translation>Variation</translation>
     </message>
     <message>
       <source>+</source>

@@ -88,6 +88,14 @@
       <translation>Una regla por fila: los objetos cuyo Campo tiene uno de los Valores (separados por comas, * = cualquiera) pasan a ser la Clase; líneas y puntos reciben un búfer de Anchura m; donde los objetos se solapan gana la Prioridad más alta.</translation>
     </message>
     <message>
+      <source>Edit rules…</source>
+      <translation>Editar reglas…</translation>
+    </message>
+    <message>
+      <source>All the rules' columns (geometry, priority) in a larger window</source>
+      <translation>Todas las columnas de las reglas (geometría, prioridad) en una ventana más grande</translation>
+    </message>
+    <message>
       <source>Optional: points or polygons drawn on top of the layout as object boxes (polygons as their minimum rotated rectangle)</source>
       <translation>Opcional: puntos o polígonos dibujados sobre la disposición como cajas de objetos (los polígonos como su rectángulo rotado mínimo)</translation>
     </message>
@@ -132,8 +140,8 @@
       <translation>Máscara</translation>
     </message>
     <message>
-      <source>Regenerate this far around the polygons too: shadows and edges of what is removed go with it, and a border on open ground blends best</source>
-      <translation>Regenerar también hasta esta distancia alrededor de los polígonos: las sombras y los bordes de lo que se quita desaparecen con ello, y un borde en terreno abierto se funde mejor</translation>
+      <source>Regenerate this far around the polygons too. OSM building footprints sit a few metres off the roofs and shadows seen from above: with 0 m much of each building stays, 6 m removes it with its shadow, and a border on open ground blends best.</source>
+      <translation>Regenerar también esta distancia alrededor de los polígonos. Las huellas de edificios de OSM quedan a unos metros de los tejados y sombras vistos desde arriba: con 0 m queda buena parte de cada edificio, 6 m lo quitan con su sombra, y un borde en terreno abierto se funde mejor.</translation>
     </message>
     <message>
       <source>Grow by</source>
@@ -152,12 +160,12 @@
       <translation>Reglas de disposición</translation>
     </message>
     <message>
-      <source>Works on the raster's own grid and CRS (the Area settings are not used)</source>
-      <translation>Trabaja sobre la malla y el SRC propios del ráster (no se usan los ajustes de Zona)</translation>
+      <source>On the raster's own grid and CRS, in the Area's extent (inpainting: only around the polygons); only that part of the raster is read</source>
+      <translation>En la malla y el SRC propios del ráster, dentro de la extensión del Área (relleno: solo alrededor de los polígonos); solo se lee esa parte del ráster</translation>
     </message>
     <message>
-      <source>Same footprint and CRS as the raster, pixels 4× smaller; each 4×4 block averages to the raster's pixel</source>
-      <translation>Misma huella y mismo SRC que el ráster, píxeles 4× más pequeños; cada bloque de 4×4 promedia el píxel del ráster</translation>
+      <source>The raster in the Area's extent, pixels 4× smaller; each 4×4 block averages to the raster's pixel</source>
+      <translation>El ráster dentro de la extensión del Área, píxeles 4× más pequeños; cada bloque 4×4 promedia el píxel del ráster</translation>
     </message>
     <message>
       <source>Tick at least one vector layer for the layout, or choose an object boxes layer (Conditions &gt; Layout).</source>
@@ -174,6 +182,10 @@
     <message>
       <source>Choose a polygon layer as the inpainting mask.</source>
       <translation>Elija una capa de polígonos como máscara de relleno.</translation>
+    </message>
+    <message>
+      <source>“{mode}” on this extent gives {w} × {h} px, more than the {budget:,} px of one generation: tick Large area (the image is then made in parts), or draw a smaller rectangle on the raster (about {side} × {side} of its pixels).</source>
+      <translation>«{mode}» en esta extensión da {w} × {h} px, más que los {budget:,} px de una generación: marque Zona grande (la imagen se hace entonces por partes), o dibuje un rectángulo más pequeño sobre el ráster (unos {side} × {side} de sus píxeles).</translation>
     </message>
     <message>
       <source>Added the layout preview: {notes}</source>
@@ -212,8 +224,20 @@
       <translation>SRC</translation>
     </message>
     <message>
+      <source>Suggest</source>
+      <translation>Sugerir</translation>
+    </message>
+    <message>
+      <source>A pixel size for this view within the model's range (in a CRS in degrees: converted from metres at this latitude); it then follows the view until you set one</source>
+      <translation>Un tamaño de píxel para esta vista dentro del rango del modelo (en un SRC en grados: convertido desde metros a esta latitud); luego sigue la vista hasta que usted fije uno</translation>
+    </message>
+    <message>
       <source>Pixel size</source>
       <translation>Tamaño de píxel</translation>
+    </message>
+    <message>
+      <source>The pixel sizes the model was trained on: outside them its images are less realistic</source>
+      <translation>Los tamaños de píxel con los que se entrenó el modelo: fuera de ellos sus imágenes son menos realistas</translation>
     </message>
     <message>
       <source>Size</source>
@@ -250,6 +274,14 @@
     <message>
       <source>Prompt</source>
       <translation>Prompt</translation>
+    </message>
+    <message>
+      <source>Use them</source>
+      <translation>Usarlas</translation>
+    </message>
+    <message>
+      <source>Switch on Conditions &gt; Layout from vector layers with these layers</source>
+      <translation>Activar Condiciones &gt; Desde capas vectoriales con estas capas</translation>
     </message>
     <message>
       <source>Add a folder with model packages, or install a model package zip</source>
@@ -336,6 +368,46 @@
       <translation>{w} × {h} px, GSD {g} sobre el terreno</translation>
     </message>
     <message>
+      <source>{g} is outside the pixel sizes {model} was trained on ({lo:g}–{hi:g} m): expect a less realistic image.</source>
+      <translation>{g} está fuera de los tamaños de píxel con los que se entrenó {model} ({lo:g}–{hi:g} m): espere una imagen menos realista.</translation>
+    </message>
+    <message>
+      <source>Only {w} × {h} px: zoom out, or press Suggest for a pixel size that fits this view.</source>
+      <translation>Solo {w} × {h} px: aleje la vista, o pulse Sugerir para un tamaño de píxel acorde con esta vista.</translation>
+    </message>
+    <message>
+      <source>{w} × {h} px from “{name}” ({ww} × {wh} px of it), GSD {g} on the ground</source>
+      <translation>{w} × {h} px desde «{name}» ({ww} × {wh} px de él), GSD {g} sobre el terreno</translation>
+    </message>
+    <message>
+      <source>More than the {n:,} px of one generation: tick Large area, or draw a smaller rectangle on the raster.</source>
+      <translation>Más que los {n:,} px de una generación: marque Zona grande, o dibuje un rectángulo más pequeño sobre el ráster.</translation>
+    </message>
+    <message>
+      <source>Large area: estimating the time…</source>
+      <translation>Zona grande: estimando el tiempo…</translation>
+    </message>
+    <message>
+      <source>Large area: no estimate ({why}).</source>
+      <translation>Zona grande: sin estimación ({why}).</translation>
+    </message>
+    <message>
+      <source>Large area: {total:,} windows to run ({n:,} × {steps} steps), about {t} (estimate).</source>
+      <translation>Zona grande: {total:,} ventanas que calcular ({n:,} × {steps} pasos), unos {t} (estimación).</translation>
+    </message>
+    <message>
+      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic texture).</source>
+      <translation>{names}: una disposición a partir de estas capas hace que la imagen siga el lugar (un prompt solo da una textura genérica).</translation>
+    </message>
+    <message>
+      <source>A prompt alone gives a generic texture. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
+      <translation>Un prompt solo da una textura genérica. Cargue calles y edificios (p. ej. OpenStreetMap) y márquelos en Condiciones: la imagen sigue entonces el lugar.</translation>
+    </message>
+    <message>
+      <source>Model: {lo:g}–{hi:g} m</source>
+      <translation>Modelo: {lo:g}–{hi:g} m</translation>
+    </message>
+    <message>
       <source>(none yet)</source>
       <translation>(ninguno todavía)</translation>
     </message>
@@ -378,10 +450,6 @@
     <message>
       <source>Image {i} of {n}: {text}</source>
       <translation>Imagen {i} de {n}: {text}</translation>
-    </message>
-    <message>
-      <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
-      <translation>Zona grande: {n:,} ventanas × {steps} pasos, unos {t} (estimación).</translation>
     </message>
     <message>
       <source>Cancelling…</source>
@@ -438,6 +506,26 @@
     <message>
       <source>Installed model {name} in {path}.</source>
       <translation>Modelo {name} instalado en {path}.</translation>
+    </message>
+    <message>
+      <source>Generated</source>
+      <translation>Imagen generada</translation>
+    </message>
+    <message>
+      <source>The extent cannot be projected to the CRS of raster {name!r}: {err}</source>
+      <translation>La extensión no puede proyectarse al SRC del ráster {name!r}: {err}</translation>
+    </message>
+    <message>
+      <source>The extent does not overlap raster {name!r}: pan the map to it, draw a rectangle on it, or choose Extent &gt; Layer extent with the raster.</source>
+      <translation>La extensión no se superpone al ráster {name!r}: desplace el mapa hasta él, dibuje un rectángulo encima, o elija Extensión &gt; Extensión de capa con el ráster.</translation>
+    </message>
+    <message>
+      <source>Generating satellite image: {name}</source>
+      <translation>Generando imagen satelital: {name}</translation>
+    </message>
+    <message>
+      <source>Estimating the large-area time</source>
+      <translation>Estimando el tiempo (zona grande)</translation>
     </message>
     <message>
       <source>Model id or package folder</source>
@@ -670,6 +758,18 @@
     <message>
       <source>Variation (more like this)</source>
       <translation>Variación (más como esta)</translation>
+    </message>
+    <message>
+      <source>Inpainted</source>
+      <translation>Rellenado</translation>
+    </message>
+    <message>
+      <source>Super-resolved</source>
+      <translation>Superresuelto</translation>
+    </message>
+    <message>
+      <source>Variation</source>
+      <translation>Variación</translation>
     </message>
     <message>
       <source>+</source>

@@ -88,6 +88,14 @@
       <translation>Une règle par ligne : les entités dont le Champ a l'une des Valeurs (séparées par des virgules, * = toutes) deviennent la Classe ; lignes et points reçoivent un tampon de Largeur m ; la Priorité la plus haute l'emporte là où des entités se superposent.</translation>
     </message>
     <message>
+      <source>Edit rules…</source>
+      <translation>Modifier les règles…</translation>
+    </message>
+    <message>
+      <source>All the rules' columns (geometry, priority) in a larger window</source>
+      <translation>Toutes les colonnes des règles (géométrie, priorité) dans une fenêtre plus grande</translation>
+    </message>
+    <message>
       <source>Optional: points or polygons drawn on top of the layout as object boxes (polygons as their minimum rotated rectangle)</source>
       <translation>Facultatif : points ou polygones dessinés par-dessus la disposition comme boîtes d'objets (les polygones comme leur rectangle orienté minimal)</translation>
     </message>
@@ -132,8 +140,8 @@
       <translation>Masque</translation>
     </message>
     <message>
-      <source>Regenerate this far around the polygons too: shadows and edges of what is removed go with it, and a border on open ground blends best</source>
-      <translation>Régénérer aussi à cette distance autour des polygones : les ombres et les bords de ce qui est retiré partent avec, et une bordure en terrain dégagé se fond le mieux</translation>
+      <source>Regenerate this far around the polygons too. OSM building footprints sit a few metres off the roofs and shadows seen from above: with 0 m much of each building stays, 6 m removes it with its shadow, and a border on open ground blends best.</source>
+      <translation>Régénérer aussi cette distance autour des polygones. Les emprises de bâtiments OSM sont décalées de quelques mètres par rapport aux toits et aux ombres vus d'en haut : avec 0 m une bonne partie de chaque bâtiment reste, 6 m l'enlèvent avec son ombre, et une bordure sur terrain dégagé se fond le mieux.</translation>
     </message>
     <message>
       <source>Grow by</source>
@@ -152,12 +160,12 @@
       <translation>Règles de disposition</translation>
     </message>
     <message>
-      <source>Works on the raster's own grid and CRS (the Area settings are not used)</source>
-      <translation>Travaille sur la grille et le SCR propres du raster (les réglages de la zone ne sont pas utilisés)</translation>
+      <source>On the raster's own grid and CRS, in the Area's extent (inpainting: only around the polygons); only that part of the raster is read</source>
+      <translation>Sur la grille et le SCR propres au raster, dans l'emprise de la Zone (remplissage : seulement autour des polygones) ; seule cette partie du raster est lue</translation>
     </message>
     <message>
-      <source>Same footprint and CRS as the raster, pixels 4× smaller; each 4×4 block averages to the raster's pixel</source>
-      <translation>Même emprise et même SCR que le raster, pixels 4× plus petits ; chaque bloc 4×4 a pour moyenne le pixel du raster</translation>
+      <source>The raster in the Area's extent, pixels 4× smaller; each 4×4 block averages to the raster's pixel</source>
+      <translation>Le raster dans l'emprise de la Zone, pixels 4× plus petits ; chaque bloc 4×4 a pour moyenne le pixel du raster</translation>
     </message>
     <message>
       <source>Tick at least one vector layer for the layout, or choose an object boxes layer (Conditions &gt; Layout).</source>
@@ -174,6 +182,10 @@
     <message>
       <source>Choose a polygon layer as the inpainting mask.</source>
       <translation>Choisissez une couche de polygones comme masque de remplissage.</translation>
+    </message>
+    <message>
+      <source>“{mode}” on this extent gives {w} × {h} px, more than the {budget:,} px of one generation: tick Large area (the image is then made in parts), or draw a smaller rectangle on the raster (about {side} × {side} of its pixels).</source>
+      <translation>« {mode} » sur cette emprise donne {w} × {h} px, plus que les {budget:,} px d'une génération : cochez Grande zone (l'image est alors faite par parties), ou dessinez un rectangle plus petit sur le raster (environ {side} × {side} de ses pixels).</translation>
     </message>
     <message>
       <source>Added the layout preview: {notes}</source>
@@ -212,8 +224,20 @@
       <translation>SCR</translation>
     </message>
     <message>
+      <source>Suggest</source>
+      <translation>Proposer</translation>
+    </message>
+    <message>
+      <source>A pixel size for this view within the model's range (in a CRS in degrees: converted from metres at this latitude); it then follows the view until you set one</source>
+      <translation>Une taille de pixel pour cette vue dans la plage du modèle (dans un SCR en degrés : convertie depuis des mètres à cette latitude) ; elle suit ensuite la vue jusqu'à ce que vous en fixiez une</translation>
+    </message>
+    <message>
       <source>Pixel size</source>
       <translation>Taille de pixel</translation>
+    </message>
+    <message>
+      <source>The pixel sizes the model was trained on: outside them its images are less realistic</source>
+      <translation>Les tailles de pixel sur lesquelles le modèle a été entraîné : en dehors, ses images sont moins réalistes</translation>
     </message>
     <message>
       <source>Size</source>
@@ -250,6 +274,14 @@
     <message>
       <source>Prompt</source>
       <translation>Prompt</translation>
+    </message>
+    <message>
+      <source>Use them</source>
+      <translation>Les utiliser</translation>
+    </message>
+    <message>
+      <source>Switch on Conditions &gt; Layout from vector layers with these layers</source>
+      <translation>Activer Conditions &gt; Depuis des couches vecteur avec ces couches</translation>
     </message>
     <message>
       <source>Add a folder with model packages, or install a model package zip</source>
@@ -336,6 +368,46 @@
       <translation>{w} × {h} px, GSD {g} au sol</translation>
     </message>
     <message>
+      <source>{g} is outside the pixel sizes {model} was trained on ({lo:g}–{hi:g} m): expect a less realistic image.</source>
+      <translation>{g} est hors des tailles de pixel sur lesquelles {model} a été entraîné ({lo:g}–{hi:g} m) : attendez-vous à une image moins réaliste.</translation>
+    </message>
+    <message>
+      <source>Only {w} × {h} px: zoom out, or press Suggest for a pixel size that fits this view.</source>
+      <translation>Seulement {w} × {h} px : dézoomez, ou cliquez sur Proposer pour une taille de pixel adaptée à cette vue.</translation>
+    </message>
+    <message>
+      <source>{w} × {h} px from “{name}” ({ww} × {wh} px of it), GSD {g} on the ground</source>
+      <translation>{w} × {h} px depuis « {name} » ({ww} × {wh} px de celui-ci), GSD {g} au sol</translation>
+    </message>
+    <message>
+      <source>More than the {n:,} px of one generation: tick Large area, or draw a smaller rectangle on the raster.</source>
+      <translation>Plus que les {n:,} px d'une génération : cochez Grande zone, ou dessinez un rectangle plus petit sur le raster.</translation>
+    </message>
+    <message>
+      <source>Large area: estimating the time…</source>
+      <translation>Grande zone : estimation de la durée…</translation>
+    </message>
+    <message>
+      <source>Large area: no estimate ({why}).</source>
+      <translation>Grande zone : pas d'estimation ({why}).</translation>
+    </message>
+    <message>
+      <source>Large area: {total:,} windows to run ({n:,} × {steps} steps), about {t} (estimate).</source>
+      <translation>Grande zone : {total:,} fenêtres à calculer ({n:,} × {steps} pas), environ {t} (estimation).</translation>
+    </message>
+    <message>
+      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic texture).</source>
+      <translation>{names} : une disposition tirée de ces couches fait suivre le lieu à l'image (un prompt seul donne une texture générique).</translation>
+    </message>
+    <message>
+      <source>A prompt alone gives a generic texture. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
+      <translation>Un prompt seul donne une texture générique. Chargez des routes et des bâtiments (p. ex. OpenStreetMap) et cochez-les sous Conditions : l'image suit alors le lieu.</translation>
+    </message>
+    <message>
+      <source>Model: {lo:g}–{hi:g} m</source>
+      <translation>Modèle : {lo:g}–{hi:g} m</translation>
+    </message>
+    <message>
       <source>(none yet)</source>
       <translation>(aucun pour l'instant)</translation>
     </message>
@@ -378,10 +450,6 @@
     <message>
       <source>Image {i} of {n}: {text}</source>
       <translation>Image {i} sur {n} : {text}</translation>
-    </message>
-    <message>
-      <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
-      <translation>Grande zone : {n:,} fenêtres × {steps} étapes, environ {t} (estimation).</translation>
     </message>
     <message>
       <source>Cancelling…</source>
@@ -438,6 +506,26 @@
     <message>
       <source>Installed model {name} in {path}.</source>
       <translation>Modèle {name} installé dans {path}.</translation>
+    </message>
+    <message>
+      <source>Generated</source>
+      <translation>Image générée</translation>
+    </message>
+    <message>
+      <source>The extent cannot be projected to the CRS of raster {name!r}: {err}</source>
+      <translation>L'emprise ne peut pas être projetée dans le SCR du raster {name!r} : {err}</translation>
+    </message>
+    <message>
+      <source>The extent does not overlap raster {name!r}: pan the map to it, draw a rectangle on it, or choose Extent &gt; Layer extent with the raster.</source>
+      <translation>L'emprise ne recouvre pas le raster {name!r} : déplacez la carte dessus, dessinez-y un rectangle, ou choisissez Emprise &gt; Emprise de couche avec le raster.</translation>
+    </message>
+    <message>
+      <source>Generating satellite image: {name}</source>
+      <translation>Génération d'image satellite : {name}</translation>
+    </message>
+    <message>
+      <source>Estimating the large-area time</source>
+      <translation>Estimation de la durée (grande zone)</translation>
     </message>
     <message>
       <source>Model id or package folder</source>
@@ -670,6 +758,18 @@
     <message>
       <source>Variation (more like this)</source>
       <translation>Variation (plus de ce genre)</translation>
+    </message>
+    <message>
+      <source>Inpainted</source>
+      <translation>Rempli</translation>
+    </message>
+    <message>
+      <source>Super-resolved</source>
+      <translation>Super-résolu</translation>
+    </message>
+    <message>
+      <source>Variation</source>
+      <translation>Variation</translation>
     </message>
     <message>
       <source>+</source>

@@ -88,6 +88,14 @@
       <translation>Uma regra por linha: feições cujo Campo tem um dos Valores (separados por vírgulas, * = qualquer) viram a Classe; linhas e pontos recebem um buffer de Largura m; onde feições se sobrepõem vence a Prioridade mais alta.</translation>
     </message>
     <message>
+      <source>Edit rules…</source>
+      <translation>Editar regras…</translation>
+    </message>
+    <message>
+      <source>All the rules' columns (geometry, priority) in a larger window</source>
+      <translation>Todas as colunas das regras (geometria, prioridade) numa janela maior</translation>
+    </message>
+    <message>
       <source>Optional: points or polygons drawn on top of the layout as object boxes (polygons as their minimum rotated rectangle)</source>
       <translation>Opcional: pontos ou polígonos desenhados sobre o leiaute como caixas de objetos (polígonos como seu retângulo rotacionado mínimo)</translation>
     </message>
@@ -132,8 +140,8 @@
       <translation>Máscara</translation>
     </message>
     <message>
-      <source>Regenerate this far around the polygons too: shadows and edges of what is removed go with it, and a border on open ground blends best</source>
-      <translation>Regenerar também até esta distância em torno dos polígonos: sombras e bordas do que é removido vão junto, e uma borda em terreno aberto se mistura melhor</translation>
+      <source>Regenerate this far around the polygons too. OSM building footprints sit a few metres off the roofs and shadows seen from above: with 0 m much of each building stays, 6 m removes it with its shadow, and a border on open ground blends best.</source>
+      <translation>Regenerar também esta distância em volta dos polígonos. Os contornos de edifícios do OSM ficam a alguns metros dos telhados e sombras vistos de cima: com 0 m boa parte de cada edifício fica, 6 m o removem com a sua sombra, e uma borda em terreno aberto se funde melhor.</translation>
     </message>
     <message>
       <source>Grow by</source>
@@ -152,12 +160,12 @@
       <translation>Regras de leiaute</translation>
     </message>
     <message>
-      <source>Works on the raster's own grid and CRS (the Area settings are not used)</source>
-      <translation>Trabalha na grade e no SRC próprios do raster (as configurações de Área não são usadas)</translation>
+      <source>On the raster's own grid and CRS, in the Area's extent (inpainting: only around the polygons); only that part of the raster is read</source>
+      <translation>Na grade e no SRC próprios do raster, na extensão da Área (preenchimento: só em volta dos polígonos); só essa parte do raster é lida</translation>
     </message>
     <message>
-      <source>Same footprint and CRS as the raster, pixels 4× smaller; each 4×4 block averages to the raster's pixel</source>
-      <translation>Mesma abrangência e mesmo SRC do raster, pixels 4× menores; cada bloco 4×4 tem como média o pixel do raster</translation>
+      <source>The raster in the Area's extent, pixels 4× smaller; each 4×4 block averages to the raster's pixel</source>
+      <translation>O raster na extensão da Área, pixels 4× menores; cada bloco 4×4 tem como média o pixel do raster</translation>
     </message>
     <message>
       <source>Tick at least one vector layer for the layout, or choose an object boxes layer (Conditions &gt; Layout).</source>
@@ -174,6 +182,10 @@
     <message>
       <source>Choose a polygon layer as the inpainting mask.</source>
       <translation>Escolha uma camada de polígonos como máscara de preenchimento.</translation>
+    </message>
+    <message>
+      <source>“{mode}” on this extent gives {w} × {h} px, more than the {budget:,} px of one generation: tick Large area (the image is then made in parts), or draw a smaller rectangle on the raster (about {side} × {side} of its pixels).</source>
+      <translation>“{mode}” nesta extensão dá {w} × {h} px, mais que os {budget:,} px de uma geração: marque Área grande (a imagem é então feita por partes), ou desenhe um retângulo menor sobre o raster (cerca de {side} × {side} dos seus pixels).</translation>
     </message>
     <message>
       <source>Added the layout preview: {notes}</source>
@@ -212,8 +224,20 @@
       <translation>SRC</translation>
     </message>
     <message>
+      <source>Suggest</source>
+      <translation>Sugerir</translation>
+    </message>
+    <message>
+      <source>A pixel size for this view within the model's range (in a CRS in degrees: converted from metres at this latitude); it then follows the view until you set one</source>
+      <translation>Um tamanho de pixel para esta vista dentro da faixa do modelo (num SRC em graus: convertido de metros nesta latitude); depois segue a vista até que você defina um</translation>
+    </message>
+    <message>
       <source>Pixel size</source>
       <translation>Tamanho de pixel</translation>
+    </message>
+    <message>
+      <source>The pixel sizes the model was trained on: outside them its images are less realistic</source>
+      <translation>Os tamanhos de pixel com que o modelo foi treinado: fora deles as suas imagens são menos realistas</translation>
     </message>
     <message>
       <source>Size</source>
@@ -250,6 +274,14 @@
     <message>
       <source>Prompt</source>
       <translation>Prompt</translation>
+    </message>
+    <message>
+      <source>Use them</source>
+      <translation>Usá-las</translation>
+    </message>
+    <message>
+      <source>Switch on Conditions &gt; Layout from vector layers with these layers</source>
+      <translation>Ativar Condições &gt; De camadas vetoriais com estas camadas</translation>
     </message>
     <message>
       <source>Add a folder with model packages, or install a model package zip</source>
@@ -336,6 +368,46 @@
       <translation>{w} × {h} px, GSD {g} no terreno</translation>
     </message>
     <message>
+      <source>{g} is outside the pixel sizes {model} was trained on ({lo:g}–{hi:g} m): expect a less realistic image.</source>
+      <translation>{g} está fora dos tamanhos de pixel com que {model} foi treinado ({lo:g}–{hi:g} m): espere uma imagem menos realista.</translation>
+    </message>
+    <message>
+      <source>Only {w} × {h} px: zoom out, or press Suggest for a pixel size that fits this view.</source>
+      <translation>Só {w} × {h} px: afaste a vista, ou clique em Sugerir para um tamanho de pixel que sirva a esta vista.</translation>
+    </message>
+    <message>
+      <source>{w} × {h} px from “{name}” ({ww} × {wh} px of it), GSD {g} on the ground</source>
+      <translation>{w} × {h} px de “{name}” ({ww} × {wh} px dele), GSD {g} no terreno</translation>
+    </message>
+    <message>
+      <source>More than the {n:,} px of one generation: tick Large area, or draw a smaller rectangle on the raster.</source>
+      <translation>Mais que os {n:,} px de uma geração: marque Área grande, ou desenhe um retângulo menor sobre o raster.</translation>
+    </message>
+    <message>
+      <source>Large area: estimating the time…</source>
+      <translation>Área grande: estimando o tempo…</translation>
+    </message>
+    <message>
+      <source>Large area: no estimate ({why}).</source>
+      <translation>Área grande: sem estimativa ({why}).</translation>
+    </message>
+    <message>
+      <source>Large area: {total:,} windows to run ({n:,} × {steps} steps), about {t} (estimate).</source>
+      <translation>Área grande: {total:,} janelas a calcular ({n:,} × {steps} passos), cerca de {t} (estimativa).</translation>
+    </message>
+    <message>
+      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic texture).</source>
+      <translation>{names}: um leiaute a partir destas camadas faz a imagem seguir o lugar (um prompt sozinho dá uma textura genérica).</translation>
+    </message>
+    <message>
+      <source>A prompt alone gives a generic texture. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
+      <translation>Um prompt sozinho dá uma textura genérica. Carregue ruas e edifícios (p. ex. OpenStreetMap) e marque-os em Condições: a imagem segue então o lugar.</translation>
+    </message>
+    <message>
+      <source>Model: {lo:g}–{hi:g} m</source>
+      <translation>Modelo: {lo:g}–{hi:g} m</translation>
+    </message>
+    <message>
       <source>(none yet)</source>
       <translation>(nenhum ainda)</translation>
     </message>
@@ -378,10 +450,6 @@
     <message>
       <source>Image {i} of {n}: {text}</source>
       <translation>Imagem {i} de {n}: {text}</translation>
-    </message>
-    <message>
-      <source>Large area: {n:,} windows × {steps} steps, about {t} (estimate).</source>
-      <translation>Área grande: {n:,} janelas × {steps} passos, cerca de {t} (estimativa).</translation>
     </message>
     <message>
       <source>Cancelling…</source>
@@ -438,6 +506,26 @@
     <message>
       <source>Installed model {name} in {path}.</source>
       <translation>Modelo {name} instalado em {path}.</translation>
+    </message>
+    <message>
+      <source>Generated</source>
+      <translation>Imagem gerada</translation>
+    </message>
+    <message>
+      <source>The extent cannot be projected to the CRS of raster {name!r}: {err}</source>
+      <translation>A extensão não pode ser projetada no SRC do raster {name!r}: {err}</translation>
+    </message>
+    <message>
+      <source>The extent does not overlap raster {name!r}: pan the map to it, draw a rectangle on it, or choose Extent &gt; Layer extent with the raster.</source>
+      <translation>A extensão não se sobrepõe ao raster {name!r}: desloque o mapa até ele, desenhe um retângulo sobre ele, ou escolha Extensão &gt; Extensão da camada com o raster.</translation>
+    </message>
+    <message>
+      <source>Generating satellite image: {name}</source>
+      <translation>Gerando imagem de satélite: {name}</translation>
+    </message>
+    <message>
+      <source>Estimating the large-area time</source>
+      <translation>Estimando o tempo (área grande)</translation>
     </message>
     <message>
       <source>Model id or package folder</source>
@@ -670,6 +758,18 @@
     <message>
       <source>Variation (more like this)</source>
       <translation>Variação (mais como esta)</translation>
+    </message>
+    <message>
+      <source>Inpainted</source>
+      <translation>Preenchido</translation>
+    </message>
+    <message>
+      <source>Super-resolved</source>
+      <translation>Super-resolvido</translation>
+    </message>
+    <message>
+      <source>Variation</source>
+      <translation>Variação</translation>
     </message>
     <message>
       <source>+</source>

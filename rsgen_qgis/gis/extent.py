@@ -148,7 +148,8 @@ class RectangleMapTool(QgsMapTool):
     """Press, drag, release: emits rectangleDrawn(QgsRectangle) in the canvas CRS.
 
     The rubber band stays on the map after the drag (and after another tool is chosen) so the user sees the
-    area that will be generated; clear() removes it."""
+    area that will be generated; clear() removes it. It is an outline only: a fill, even a faint one, would tint
+    the image generated under it (a green result looked brown)."""
 
     rectangleDrawn = pyqtSignal(QgsRectangle)
 
@@ -157,7 +158,7 @@ class RectangleMapTool(QgsMapTool):
         self._start: Optional[QgsPointXY] = None
         self.band = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
         self.band.setColor(QColor(230, 80, 20, 200))
-        self.band.setFillColor(QColor(230, 80, 20, 40))
+        self.band.setFillColor(QColor(0, 0, 0, 0))
         self.band.setWidth(2)
         self.setCursor(Qt.CursorShape.CrossCursor)
 

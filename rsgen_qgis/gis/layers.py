@@ -13,18 +13,37 @@ from qgis.core import QgsLayerMetadata, QgsLayerTreeGroup, QgsMapLayer, QgsProje
 
 from ..core.errors import OutputError, RsgenError
 from ..core.recall import Recorded, recorded_request_of
+from . import tr
 
 GROUP_NAME = "Generated"
 _NAME_CHARS = 48
 
 
 def layer_name(prompt: str, seed: Optional[int] = None) -> str:
-    """A short, readable name: the prompt's first words (one line), then the seed to tell variants apart."""
+    """A short, readable name: the prompt's first words (one line), then the seed to tell variants apart;
+    "Generated (seed 4)" without a prompt."""
     text = " ".join(str(prompt or "").split())
     if len(text) > _NAME_CHARS:
         text = text[:_NAME_CHARS].rsplit(" ", 1)[0].rstrip(",.;:") + "…"
-    text = text or "Generated image"
+    text = text or tr("Generated")
     return f"{text} (seed {seed})" if seed is not None else text
+
+
+def source_layer_name(operation: str, source: str, seed: Optional[int] = None) -> str:
+    """What was done to which layer: "Inpainted: orthophoto (seed 3)" (operation already translated)."""
+    return f"{operation}: {source} (seed {seed})" if seed is not None else f"{operation}: {source}"
+
+
+def unique_name(name: str, project: Optional[QgsProject] = None) -> str:
+    """`name`, or `name #2`, `#3`... when the project already has a layer of that name (two inpaintings of one
+    raster with one seed would otherwise look the same in the Layers panel)."""
+    taken = {lyr.name() for lyr in (project or QgsProject.instance()).mapLayers().values()}
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name} #{n}" in taken:
+        n += 1
+    return f"{name} #{n}"
 
 
 def generated_group(project: Optional[QgsProject] = None) -> QgsLayerTreeGroup:
@@ -39,7 +58,7 @@ def generated_group(project: Optional[QgsProject] = None) -> QgsLayerTreeGroup:
 def add_result_layer(path: str, name: str, project: Optional[QgsProject] = None) -> QgsRasterLayer:
     """Load the GeoTIFF and insert it first in the "Generated" group (newest on top, drawn above older ones)."""
     project = project or QgsProject.instance()
-    layer = QgsRasterLayer(path, name, "gdal")
+    layer = QgsRasterLayer(path, unique_name(name, project), "gdal")
     if not layer.isValid():
         raise OutputError(f"The generated file {path} was written but QGIS cannot open it as a raster.")
     describe_generated(layer, generation_record(layer))

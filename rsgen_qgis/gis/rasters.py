@@ -2,7 +2,9 @@
 the inpainting mask from polygons, and the grids these work on.
 
 Inpainting and variation work on the raster's own grid and CRS (the output must overlay the input pixel for
-pixel); super-resolution keeps the footprint and divides the pixel size by 4. The model wants 8-bit RGB, so
+pixel); super-resolution keeps the footprint and divides the pixel size by 4. The dock works on a window of the
+raster (window_grid: the chosen extent snapped to the raster's pixels; mask_window: inpainting only around the
+polygons) and reads only that window, so a raster of any size can be worked on. The model wants 8-bit RGB, so
 other rasters are converted here, and every conversion is reported as a note the user sees:
 single band -> grey RGB (or its colour table), 16-bit/float -> 2-98 percentile stretch per band (what QGIS's
 default rendering shows), more than 3 bands -> the bands marked red/green/blue, else the first three.
@@ -16,13 +18,14 @@ import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from qgis.core import (QgsCoordinateReferenceSystem, QgsMapLayer, QgsProject, QgsRaster, QgsRasterLayer,
-                       QgsVectorLayer, QgsWkbTypes)
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsMapLayer,
+                       QgsProject, QgsRaster, QgsRasterLayer, QgsRectangle, QgsVectorLayer, QgsWkbTypes)
 
 from ..core.geo import projdata  # noqa: F401  (before pyproj)
 from ..core.errors import ConditionError, CrsError
 from ..core.geo.georef import Grid, crs_to_wkt, parse_crs
 from ..core.request import GenerationRequest
+from . import tr
 from .rasterize import burn, grid_geometries, new_counts
 
 import pyproj  # noqa: E402
@@ -82,6 +85,52 @@ def raster_grid(layer: QgsRasterLayer) -> Grid:
     return Grid(wkt, (r.xMinimum(), r.width() / w, 0.0, r.yMaximum(), 0.0, -r.height() / h), w, h)
 
 
+def _own_grid(layer: QgsRasterLayer) -> Grid:
+    """The layer's whole pixel grid without the CRS checks (for reading pixels)."""
+    r = layer.extent()
+    w, h = layer.width(), layer.height()
+    return Grid("", (r.xMinimum(), r.width() / w, 0.0, r.yMaximum(), 0.0, -r.height() / h), w, h)
+
+
+def window_grid(layer: QgsRasterLayer, bounds: Tuple[float, float, float, float],
+                crs: QgsCoordinateReferenceSystem, project: Optional[QgsProject] = None) -> Grid:
+    """The part of the layer's own pixel grid that covers `bounds` (in `crs`, e.g. the map's): snapped outwards to
+    whole raster pixels and clipped to the raster, so the result overlays the raster pixel for pixel."""
+    full = raster_grid(layer)
+    rect = QgsRectangle(*bounds)
+    if crs.isValid() and crs != layer.crs():
+        try:
+            rect = QgsCoordinateTransform(crs, layer.crs(), project or QgsProject.instance()).transformBoundingBox(rect)
+        except QgsCsException as exc:
+            raise CrsError(tr("The extent cannot be projected to the CRS of raster {name!r}: {err}").format(
+                name=layer.name(), err=exc)) from exc
+    x0, px, _, y0, _, npy = full.transform
+    eps = 1e-6
+    c0 = max(0, math.floor((rect.xMinimum() - x0) / px + eps))
+    c1 = min(full.width, math.ceil((rect.xMaximum() - x0) / px - eps))
+    r0 = max(0, math.floor((y0 - rect.yMaximum()) / -npy + eps))
+    r1 = min(full.height, math.ceil((y0 - rect.yMinimum()) / -npy - eps))
+    if c1 <= c0 or r1 <= r0:
+        raise ConditionError(tr("The extent does not overlap raster {name!r}: pan the map to it, draw a rectangle "
+                                "on it, or choose Extent > Layer extent with the raster.").format(name=layer.name()))
+    return full.window(c0, r0, c1 - c0, r1 - r0)
+
+
+def mask_window(mask: np.ndarray, budget: int, margin: int = 64, least: int = 8) -> Tuple[int, int, int, int]:
+    """(row, col, height, width) of the mask's pixels plus a margin of context around them: `margin` pixels, less
+    (down to `least`) where that keeps the window within `budget` pixels; clipped to the mask's array."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    H, W = mask.shape
+    if rows.size == 0:
+        return 0, 0, H, W
+    for m in range(margin, least - 1, -1):
+        r0, r1 = max(0, rows[0] - m), min(H, rows[-1] + 1 + m)
+        c0, c1 = max(0, cols[0] - m), min(W, cols[-1] + 1 + m)
+        if (r1 - r0) * (c1 - c0) <= budget:
+            break
+    return int(r0), int(c0), int(r1 - r0), int(c1 - c0)
+
+
 def sr_grid(grid: Grid, factor: int = SR_FACTOR) -> Grid:
     """Same footprint, `factor` times finer pixels (a 10 m 64x64 raster -> 2.5 m 256x256)."""
     x0, px, _, y0, _, npy = grid.transform
@@ -95,15 +144,16 @@ def request_on_grid(grid: Grid, output: str, **params: Any) -> GenerationRequest
                              height=grid.height, **params)
 
 
-def _read_band(layer: QgsRasterLayer, band: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """(values, valid mask or None) of one band at full resolution, through the provider (any raster source)."""
+def _read_band(layer: QgsRasterLayer, band: int, window: Grid) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(values, valid mask or None) of one band in `window` (whole raster pixels) at full resolution, through the
+    provider (any raster source): only that window is read."""
     p = layer.dataProvider()
-    block = p.block(band, p.extent(), layer.width(), layer.height())
+    block = p.block(band, QgsRectangle(*window.bounds), window.width, window.height)
     dtype = _DTYPES.get(_code(block.dataType()))
     if dtype is None or not block.isValid():
         raise ConditionError(f"Band {band} of raster {layer.name()!r} has a data type the plugin cannot read "
                              f"({block.dataType()}); convert it to Byte, UInt16 or Float32 first.")
-    a = np.frombuffer(bytes(block.data()), dtype=dtype).reshape(layer.height(), layer.width())
+    a = np.frombuffer(bytes(block.data()), dtype=dtype).reshape(window.height, window.width)
     valid = None
     if p.sourceHasNoDataValue(band) and p.useSourceNoDataValue(band):
         nd = p.sourceNoDataValue(band)
@@ -137,9 +187,10 @@ def _palette_rgb(layer: QgsRasterLayer, a: np.ndarray) -> Optional[np.ndarray]:
     return lut[a.clip(0)].transpose(2, 0, 1)
 
 
-def read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, List[str]]:
-    """(3, H, W) uint8 RGB of the whole layer on its own grid, and notes on every conversion made."""
-    rgb, _, notes = read_rgb_nodata(layer)
+def read_rgb(layer: QgsRasterLayer, window: Optional[Grid] = None) -> Tuple[np.ndarray, List[str]]:
+    """(3, H, W) uint8 RGB of `window` (whole pixels of the layer's own grid; default the whole layer), and notes on
+    every conversion made (a stretch of a 16-bit or float raster is computed on the window)."""
+    rgb, _, notes = read_rgb_nodata(layer, window)
     return rgb, notes
 
 
@@ -155,31 +206,34 @@ def output_nodata(nodata: Optional[np.ndarray], mask: Optional[np.ndarray] = Non
     return out if out.any() else None
 
 
-def read_rgb_nodata(layer: QgsRasterLayer) -> Tuple[np.ndarray, Optional[np.ndarray], List[str]]:
+def read_rgb_nodata(layer: QgsRasterLayer, window: Optional[Grid] = None
+                    ) -> Tuple[np.ndarray, Optional[np.ndarray], List[str]]:
     """read_rgb, plus (H, W) bool True where the source has no data (None when it has data everywhere); a raster
-    without a single valid pixel is refused."""
-    rgb, valid, notes = _read_rgb(layer)
+    (window) without a single valid pixel is refused."""
+    rgb, valid, notes = _read_rgb(layer, window)
     if valid is None or valid.all():
         return rgb, None, notes
     if not valid.any():
-        raise ConditionError(f"Raster {layer.name()!r} has no valid pixel: every pixel is nodata or not a finite "
+        raise ConditionError(f"Raster {layer.name()!r} has no valid pixel here: every pixel is nodata or not a finite "
                              "number (NaN, infinity); there is nothing to work from. Check its nodata value, or "
-                             "choose another raster.")
+                             "choose another raster or extent.")
     notes.append(f"Raster {layer.name()!r} has {int((~valid).sum())} nodata pixels: they stay nodata "
                  "(transparent) in the output.")
     return rgb, ~valid, notes
 
 
-def _read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, Optional[np.ndarray], List[str]]:
-    """(rgb, valid (H, W) bool or None, notes) of the bands read_rgb uses."""
+def _read_rgb(layer: QgsRasterLayer, window: Optional[Grid] = None
+              ) -> Tuple[np.ndarray, Optional[np.ndarray], List[str]]:
+    """(rgb, valid (H, W) bool or None, notes) of the bands read_rgb uses, on `window`."""
     layer = _check_raster(layer)
+    window = window or _own_grid(layer)
     p = layer.dataProvider()
     n = p.bandCount()
     name = layer.name()
     notes: List[str] = []
     interp = {p.colorInterpretation(b): b for b in range(1, n + 1)}
     if n == 1:
-        a, valid = _read_band(layer, 1)
+        a, valid = _read_band(layer, 1, window)
         if p.colorInterpretation(1) == QgsRaster.ColorInterpretation.PaletteIndex:
             rgb = _palette_rgb(layer, a)
             if rgb is not None:
@@ -198,13 +252,13 @@ def _read_rgb(layer: QgsRasterLayer) -> Tuple[np.ndarray, Optional[np.ndarray], 
         bands = [1, 2, 3]
         if n > 3:
             notes.append(f"Raster {name!r} has {n} bands: the first three were used as red, green, blue.")
-    out = np.zeros((3, layer.height(), layer.width()), np.uint8)
+    out = np.zeros((3, window.height, window.width), np.uint8)
     cache: Dict[int, np.ndarray] = {}
     stretched = False
     all_valid: Optional[np.ndarray] = None
     for i, b in enumerate(bands):
         if b not in cache:
-            a, valid = _read_band(layer, b)
+            a, valid = _read_band(layer, b, window)
             if valid is not None:
                 all_valid = valid if all_valid is None else (all_valid & valid)
             if a.dtype == np.uint8:

@@ -17,6 +17,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.errors import Cancelled, RsgenError
 from ..core.request import GenerationRequest
+from . import tr
 from .layers import add_result_layer, layer_name
 
 LOG_TAG = "rsgen"
@@ -63,9 +64,9 @@ class GenerationTask(QgsTask):
 
     def __init__(self, request: GenerationRequest, model_dirs: Iterable[str] = (),
                  providers: Optional[List[str]] = None, on_success: Optional[SuccessCallback] = None,
-                 on_failure: Optional[FailureCallback] = None):
-        self.name = layer_name(request.prompt, request.seed)
-        super().__init__(f"Generating satellite image: {self.name}", QgsTask.Flag.CanCancel)
+                 on_failure: Optional[FailureCallback] = None, name: Optional[str] = None):
+        self.name = name or layer_name(request.prompt, request.seed)  # the layer's name: what was done, to what
+        super().__init__(tr("Generating satellite image: {name}").format(name=self.name), QgsTask.Flag.CanCancel)
         self.request = request
         self.model_dirs = list(model_dirs)
         self.providers = list(providers) if providers else None
@@ -81,7 +82,9 @@ class GenerationTask(QgsTask):
     # -- worker thread -------------------------------------------------------------------------------------
     def run(self) -> bool:
         try:
-            from ..core.engine.generate import generate  # onnxruntime & co. load only when someone generates
+            # onnxruntime & co. load only when someone generates; the engine settings (graph, threads, batching,
+            # providers) are the command line's and the bench's (tests/test_first_hour.py holds them equal)
+            from ..core.engine.generate import generate
 
             self.result = generate(self.request, progress=self._progress, cancelled=self.isCanceled,
                                    model_dirs=self.model_dirs, providers=self.providers)
@@ -131,3 +134,38 @@ class GenerationTask(QgsTask):
             QgsMessageLog.logMessage(message, LOG_TAG, level)
         if self.on_failure:
             self.on_failure(message, level)
+
+
+class EstimateTask(QgsTask):
+    """The large-area estimate (windows and time) off the main thread: it loads the model and times one batch,
+    seconds that froze the dock when Generate did it. `on_done(windows_per_step, seconds)` or
+    `on_done(None, message)` runs on the main thread."""
+
+    def __init__(self, request: GenerationRequest, model_dirs: Iterable[str], providers: Optional[List[str]],
+                 on_done: Callable[[Optional[int], object], None]):
+        super().__init__(tr("Estimating the large-area time"), QgsTask.Flag.CanCancel)
+        self.request, self.model_dirs, self.providers, self.on_done = request, list(model_dirs), providers, on_done
+        self.value: Optional[Tuple[int, float]] = None
+        self.error: Optional[str] = None
+
+    def run(self) -> bool:
+        try:
+            from ..core.engine import blocks
+
+            self.value = blocks.estimate_request(self.request, self.model_dirs, self.providers)
+            return True
+        except RsgenError as exc:
+            self.error = str(exc)
+        except ImportError as exc:
+            self.error = missing_package_message(exc)
+        except Exception as exc:  # noqa: BLE001
+            self.error = str(exc)
+        return False
+
+    def finished(self, ok: bool) -> None:  # noqa: D401
+        if self.on_done is None:
+            return
+        if ok and self.value is not None:
+            self.on_done(int(self.value[0]), float(self.value[1]))
+        else:
+            self.on_done(None, self.error or "")

@@ -4,6 +4,8 @@ to inpaint, super-resolve or vary.
 Everything here runs on the main thread and ends in plain data: `with_layout(request)` returns the request with its
 layout as a numpy array, `raster_request(...)` a request on the raster's own grid: the QgsTask carries only those.
 The QGIS work itself lives in gis/ (rasterize, boxes, rasters); this module only reads widgets.
+The raster modes work on the dock's extent (a window of the raster, read alone), inpainting only around the
+polygons; the rules table shows the columns people edit, the "Edit rules…" dialog all of them.
 """
 from __future__ import annotations
 
@@ -13,15 +15,16 @@ from qgis.core import (QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils
                        QgsVectorLayer, QgsWkbTypes)
 from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHeaderView,
-                                 QLabel, QListWidget, QListWidgetItem, QPushButton, QSizePolicy, QSlider,
-                                 QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
+                                 QFormLayout, QHeaderView, QLabel, QListWidget, QListWidgetItem, QPushButton,
+                                 QSizePolicy, QSlider, QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout,
+                                 QWidget)
 
 import numpy as np
 
 from ..core.conditions.encoding import NO_LAYOUT
-from ..core.errors import ConditionError, ParameterError
-from ..core.request import Conditions, GenerationRequest
+from ..core.errors import ConditionError, ParameterError, PixelBudgetError
+from ..core.request import DEFAULT_PIXEL_BUDGET, Conditions, GenerationRequest
 from ..core.conditions.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
 from . import dspin, form, narrow, row, tr, wrap_label
 
@@ -29,6 +32,10 @@ COLUMNS = (("class", "Class"), ("field", "Field"), ("values", "Values"), ("geome
            ("buffer_m", "Width m"), ("priority", "Priority"))
 RASTER_MODES = (("inpaint", "Inpaint inside polygons"), ("superres", "Super-resolve (4× finer)"),
                 ("variation", "Variation (more like this)"))
+# what the layer a mode adds is called: "Inpainted: orthophoto (seed 3)"
+RASTER_RESULTS = (("inpaint", "Inpainted"), ("superres", "Super-resolved"), ("variation", "Variation"))
+DOCK_COLUMNS = ("class", "field", "values", "buffer_m")  # the dock's narrow table; the dialog shows all COLUMNS
+GROW_DEFAULT_M = 6.0  # OSM footprints sit a few metres off the roofs and shadows in imagery: 6 m removes them
 SOURCE = "rules table"
 # (attribute, QGIS theme icon or "", text shown without an icon, tooltip): icons keep the row narrow in any language
 RULE_BUTTONS = (("add_rule_btn", "/symbologyAdd.svg", "+", "Add a rule"),
@@ -59,8 +66,11 @@ class ConditionsPanel(QWidget):
         lf.addWidget(self.layer_list)
         self.rules_table = QTableWidget(0, len(COLUMNS))
         self.rules_table.setHorizontalHeaderLabels([tr(label) for _, label in COLUMNS])
-        self.rules_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.rules_table.horizontalHeader().setStretchLastSection(True)
+        # the columns people edit, shared out over the dock's width: no sideways scrolling (the rest: Edit rules…)
+        self.rules_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.rules_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        for c, (key, _) in enumerate(COLUMNS):
+            self.rules_table.setColumnHidden(c, key not in DOCK_COLUMNS)
         self.rules_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
         self.rules_table.setMaximumHeight(self.fontMetrics().lineSpacing() * 9)
         self.rules_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -79,8 +89,15 @@ class ConditionsPanel(QWidget):
             else:
                 button.setText(tr(text))
             button.setToolTip(tr(tip))
+        self.edit_rules_btn = QToolButton()
+        icon = QgsApplication.getThemeIcon("/mActionOpenTable.svg")
+        if icon.isNull():
+            self.edit_rules_btn.setText(tr("Edit rules…"))
+        else:
+            self.edit_rules_btn.setIcon(icon)
+        self.edit_rules_btn.setToolTip(tr("All the rules' columns (geometry, priority) in a larger window"))
         lf.addWidget(row(self.add_rule_btn, self.del_rule_btn, self.load_rules_btn, self.save_rules_btn,
-                         self.reset_rules_btn, QWidget(), stretch=(0, 0, 0, 0, 0, 1)))
+                         self.reset_rules_btn, QWidget(), self.edit_rules_btn, stretch=(0, 0, 0, 0, 0, 1, 0)))
         boxes = form()
         boxes.setContentsMargins(0, 0, 0, 0)
         self.boxes_combo = QgsMapLayerComboBox()
@@ -123,9 +140,11 @@ class ConditionsPanel(QWidget):
         self.mask_label = QLabel(tr("Mask"))
         rf.addRow(self.mask_label, self.mask_combo)
         rf.addRow("", self.selected_check)
-        self.grow_spin = dspin(0.0, 1000.0, 0.0, 1, 1.0, " m")
-        self.grow_spin.setToolTip(tr("Regenerate this far around the polygons too: shadows and edges of what is "
-                                     "removed go with it, and a border on open ground blends best"))
+        self.grow_spin = dspin(0.0, 1000.0, GROW_DEFAULT_M, 1, 1.0, " m")
+        self.grow_spin.setToolTip(tr("Regenerate this far around the polygons too. OSM building footprints sit a "
+                                     "few metres off the roofs and shadows seen from above: with 0 m much of each "
+                                     "building stays, 6 m removes it with its shadow, and a border on open ground "
+                                     "blends best."))
         self.grow_label = QLabel(tr("Grow by"))
         rf.addRow(self.grow_label, self.grow_spin)
         self.strength_slider = QSlider(Qt.Orientation.Horizontal)
@@ -154,6 +173,7 @@ class ConditionsPanel(QWidget):
         self.save_rules_btn.clicked.connect(self._save_rules)
         self.reset_rules_btn.clicked.connect(lambda: self.set_rules(DEFAULT_OSM_RULES))
         self.preview_btn.clicked.connect(self._preview_clicked)
+        self.edit_rules_btn.clicked.connect(self._edit_rules)
         project = QgsProject.instance()
         project.layersAdded.connect(self.refresh_layers)
         project.layersRemoved.connect(self.refresh_layers)
@@ -181,6 +201,17 @@ class ConditionsPanel(QWidget):
             it = self.layer_list.item(i)
             ticked = it.data(Qt.ItemDataRole.UserRole) in ids
             it.setCheckState(Qt.CheckState.Checked if ticked else Qt.CheckState.Unchecked)
+
+    def suggested_layers(self) -> List[QgsVectorLayer]:
+        """The project's vector layers that the rules would read (a field the rules name: highway, building...):
+        what to offer a user who has only typed a prompt."""
+        fields = {r.field for r in DEFAULT_OSM_RULES if r.field}
+        for r in range(self.rules_table.rowCount()):
+            item = self.rules_table.item(r, [k for k, _ in COLUMNS].index("field"))
+            if item is not None and item.text().strip():
+                fields.add(item.text().strip())
+        return [lyr for lyr in QgsProject.instance().mapLayers().values()
+                if isinstance(lyr, QgsVectorLayer) and lyr.isSpatial() and fields & set(lyr.fields().names())]
 
     def layout_layers(self) -> List[QgsVectorLayer]:
         project = QgsProject.instance()
@@ -227,6 +258,11 @@ class ConditionsPanel(QWidget):
                                              f"(got {cells[key]!r}).") from None
             out.append(rule_from_dict(d, r, SOURCE))
         return out
+
+    def _edit_rules(self) -> None:
+        dialog = RulesDialog(self.rules_table, self)
+        if dialog.run():
+            copy_rows(dialog.table, self.rules_table)
 
     def _add_rule(self) -> None:
         self._append({"class": "building", "field": "building", "values": ["*"], "geometry": "polygon",
@@ -276,10 +312,11 @@ class ConditionsPanel(QWidget):
         for w in (self.strength_label, self.strength_slider, self.strength_value):
             w.setVisible(mode == "variation")
         self.strength_value.setText(f"{self.strength() :.2f}")
-        self.raster_note.setText(tr("Works on the raster's own grid and CRS (the Area settings are not used)")
+        self.raster_note.setText(tr("On the raster's own grid and CRS, in the Area's extent (inpainting: only "
+                                    "around the polygons); only that part of the raster is read")
                                  if mode != "superres" else
-                                 tr("Same footprint and CRS as the raster, pixels 4× smaller; each 4×4 block "
-                                    "averages to the raster's pixel"))
+                                 tr("The raster in the Area's extent, pixels 4× smaller; each 4×4 block averages "
+                                    "to the raster's pixel"))
 
     def strength(self) -> float:
         return self.strength_slider.value() / 100.0
@@ -318,31 +355,63 @@ class ConditionsPanel(QWidget):
                 " (" + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in left.items()) + ")" if left else ""))
         return layout
 
-    def raster_request(self, output: str, **params) -> GenerationRequest:
-        """A request on the chosen raster's grid (inpainting, variation) or its 4x finer twin (super-resolution)."""
-        from ..gis.rasters import (SR_FACTOR, mask_from_polygons, output_nodata, raster_grid, read_rgb_nodata,
+    def raster_layer(self) -> QgsRasterLayer:
+        layer = self.raster_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            raise ConditionError(tr("Choose the raster layer to work on (Conditions > From a raster layer)."))
+        return layer
+
+    def raster_plan(self, extent, crs):
+        """(layer, window of the raster in the extent, output grid) without reading any pixel (the dock's Result
+        line); raises ConditionError/CrsError with a message."""
+        from ..gis.rasters import sr_grid, window_grid
+
+        layer = self.raster_layer()
+        window = window_grid(layer, extent.bounds, crs)
+        return layer, window, sr_grid(window) if self.raster_mode() == "superres" else window
+
+    def raster_request(self, output: str, extent, crs, large_area: bool = False, **params) -> GenerationRequest:
+        """A request on the chosen raster's grid (inpainting, variation) or its 4x finer twin (super-resolution),
+        for the part of the raster in `extent` (map CRS `crs`); inpainting only around the mask's polygons. Over
+        the pixel budget it needs Large area: then all three take the engine's large-area path (blocks)."""
+        from ..gis.rasters import (SR_FACTOR, mask_from_polygons, mask_window, output_nodata, read_rgb_nodata,
                                    request_on_grid, sr_grid)
 
         self.notes = []
         mode = self.raster_mode()
-        layer = self.raster_combo.currentLayer()
-        if not isinstance(layer, QgsRasterLayer):
-            raise ConditionError(tr("Choose the raster layer to work on (Conditions > From a raster layer)."))
-        grid = raster_grid(layer)
-        image, nodata, notes = read_rgb_nodata(layer)  # nodata stays nodata in the output
-        self.notes.extend(notes)
+        layer, window, _ = self.raster_plan(extent, crs)
+        budget = int(params.get("pixel_budget", DEFAULT_PIXEL_BUDGET))
+        mask = None
         if mode == "inpaint":
             mask_layer = self.mask_combo.currentLayer()
             if mask_layer is None or mask_layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
                 raise ConditionError(tr("Choose a polygon layer as the inpainting mask."))
-            mask = mask_from_polygons(mask_layer, grid, self.selected_check.isChecked(),
+            mask = mask_from_polygons(mask_layer, window, self.selected_check.isChecked(),
                                       target=f"raster {layer.name()!r}", grow_m=self.grow_spin.value())
+            r, c, h, w = mask_window(mask, budget)  # the polygons plus a margin of context: all that is read
+            window, mask = window.window(c, r, w, h), mask[r:r + h, c:c + w]
+        grid = sr_grid(window) if mode == "superres" else window
+        over = grid.width * grid.height > budget
+        if over and not large_area:
+            side = int(budget ** 0.5) // (4 if mode == "superres" else 1)
+            raise PixelBudgetError(tr(
+                "“{mode}” on this extent gives {w} × {h} px, more than the {budget:,} px of one generation: tick "
+                "Large area (the image is then made in parts), or draw a smaller rectangle on the raster (about "
+                "{side} × {side} of its pixels).").format(mode=self.mode_combo.currentText(), w=grid.width,
+                                                          h=grid.height, budget=budget, side=side))
+        image, nodata, notes = read_rgb_nodata(layer, window)  # nodata stays nodata in the output
+        self.notes.extend(notes)
+        if mode == "inpaint":
             conditions = Conditions(mask=mask, image=image, nodata=output_nodata(nodata, mask))
         elif mode == "superres":
-            grid, conditions = sr_grid(grid), Conditions(guide=image, nodata=output_nodata(nodata, factor=SR_FACTOR))
+            conditions = Conditions(guide=image, nodata=output_nodata(nodata, factor=SR_FACTOR))
         else:
             conditions = Conditions(image=image, strength=self.strength(), nodata=output_nodata(nodata))
-        return request_on_grid(grid, output, conditions=conditions, **params)
+        return request_on_grid(grid, output, conditions=conditions, large_area=over, **params)
+
+    def result_label(self) -> str:
+        """The first part of the added layer's name: what the mode did ("Inpainted")."""
+        return tr(dict(RASTER_RESULTS)[self.raster_mode()])
 
     # -- preview ---------------------------------------------------------------------------------------------------
     def _preview_clicked(self) -> None:
@@ -384,3 +453,37 @@ class ConditionsPanel(QWidget):
             except TypeError:
                 pass
 
+
+
+def copy_rows(src: QTableWidget, dst: QTableWidget) -> None:
+    """All rows of one rules table into another (same columns; the cells' hidden data rides along)."""
+    dst.setRowCount(0)
+    for r in range(src.rowCount()):
+        dst.insertRow(r)
+        for c in range(src.columnCount()):
+            item = src.item(r, c)
+            dst.setItem(r, c, item.clone() if item is not None else QTableWidgetItem(""))
+
+
+class RulesDialog(QDialog):
+    """Every column of the layout rules in a window of their own (the dock shows the ones people edit)."""
+
+    def __init__(self, source: QTableWidget, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.setWindowTitle(tr("Layout rules"))
+        lay = QVBoxLayout(self)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([tr(label) for _, label in COLUMNS])
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setToolTip(source.toolTip())
+        copy_rows(source, self.table)
+        lay.addWidget(self.table)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        lay.addWidget(buttons)
+        self.resize(720, 420)
+
+    def run(self) -> bool:
+        return self.exec() == QDialog.DialogCode.Accepted

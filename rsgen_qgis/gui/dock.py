@@ -3,6 +3,10 @@
 Kept thin on purpose: extents come from gis.extent, the grid and GSD from the engine (gis.extent.fit_grid, so the
 numbers shown are exactly what Generate produces), the run from gis.task, the layer from gis.layers.
 Mistakes are shown inline (size/GSD) or in QGIS's message bar, never as a traceback.
+Generate, Cancel, the progress bar and the status lines sit below the scroll area, always in view; the model's
+pixel-size range is shown beside the pixel size, and what would disappoint (outside that range, a tiny image) is
+said before Generate. In a CRS in degrees the pixel size is proposed from metres as the view changes, until the
+user sets one. The large-area estimate runs as a task of its own as soon as Large area is ticked.
 """
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ import os
 import random
 from typing import List, Optional
 
-from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils, QgsVectorLayer
+import numpy as np
+
+from qgis.core import (Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject,
+                       QgsVectorLayer)
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer
@@ -25,13 +32,13 @@ except ImportError:
 
 from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, OutputError, RsgenError
-from ..core.geo.georef import grid_for_request
+from ..core.geo.georef import grid_for_request, gsd_metres_mean
 from ..core.recall import Recorded, model_change_note
-from ..core.request import DEFAULT_MODEL, MAX_CLASS_GUIDANCE, GenerationRequest
+from ..core.request import DEFAULT_MODEL, MAX_CLASS_GUIDANCE, Conditions, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text, describe_crs, extent_in, fit_grid,
-                          from_rectangle, layer_extent, unit_suffix)
-from ..gis.layers import layers_using_file
-from ..gis.task import GenerationTask
+                          from_rectangle, grid_and_gsd, layer_extent, unit_suffix)
+from ..gis.layers import layer_name, layers_using_file, source_layer_name
+from ..gis.task import EstimateTask, GenerationTask
 from .conditions import ConditionsPanel
 from .models_menu import ModelMenu
 from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, class_guidance_hint, dspin, duration, form, guidance_limits, metres,
@@ -43,6 +50,7 @@ SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn
 # request fields the dock always leaves at their defaults: a recalled image that set them is told about
 DOCK_LACKS = {"date": None, "cascade": 0, "block_windows": 2}
 DEFAULT_LONG_SIDE = 512  # pixels, for a first pixel size when the saved one does not fit the CRS units
+WARNING_STYLE = "color: #b35900;"
 
 
 def same_grid(grid, recorded: dict) -> bool:
@@ -70,6 +78,12 @@ class GenerationDock(QgsDockWidget):
         self._model_sha = {}  # model id -> denoiser sha256, to tell when a recalled image's model has changed
         self.size_mode = "gsd"  # which of gsd / width / height the user set last: kept when the extent changes
         self._units: Optional[str] = None
+        self._auto_gsd = False  # the pixel size follows the view (proposed from metres) until the user sets one
+        self._estimate_key = None  # what the shown large-area estimate is for
+        self._estimate_task: Optional[EstimateTask] = None
+        self._estimate_text = ""
+        self._source = None  # (what a raster mode did, the raster's name) for the layers' names
+        self._descriptions = set()  # our tasks' descriptions: QGIS's "Task failed/complete" banners naming them go
         self._previous_tool = None  # the map tool to give back after drawing a rectangle
         self._watched = None  # the vector layer whose selection the extent follows
         self.tool = RectangleMapTool(self.canvas)
@@ -81,11 +95,15 @@ class GenerationDock(QgsDockWidget):
         self._timer.timeout.connect(self.update_size)
         self._build()
         self._restore()
+        project = QgsProject.instance()
+        project.layersAdded.connect(self._update_hint)
+        project.layersRemoved.connect(self._update_hint)
         self.canvas.extentsChanged.connect(self._schedule)
         self.canvas.destinationCrsChanged.connect(self._on_crs_changed)
         self.refresh_models()
         self.show_provider()
         self.update_size()
+        self._update_hint()
 
     # -- layout --------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -109,16 +127,32 @@ class GenerationDock(QgsDockWidget):
         self.crs_label = wrap_label()
         af.addRow(tr("CRS"), self.crs_label)
         self.gsd_spin = dspin(1e-9, 1e7, 4.0, 3, 1.0)
-        af.addRow(tr("Pixel size"), self.gsd_spin)
+        self.suggest_btn = QToolButton()
+        self.suggest_btn.setText(tr("Suggest"))
+        self.suggest_btn.setToolTip(tr("A pixel size for this view within the model's range (in a CRS in degrees: "
+                                       "converted from metres at this latitude); it then follows the view until "
+                                       "you set one"))
+        af.addRow(tr("Pixel size"), row(self.gsd_spin, self.suggest_btn, stretch=(1,)))
+        self.gsd_range_label = wrap_label()
+        self.gsd_range_label.setToolTip(tr("The pixel sizes the model was trained on: outside them its images are "
+                                           "less realistic"))
+        af.addRow("", self.gsd_range_label)
         self.width_spin, self.height_spin = spin(1, 100000, 512, " px"), spin(1, 100000, 512, " px")
         af.addRow(tr("Size"), row(self.width_spin, QLabel("×"), self.height_spin, stretch=(1, 0, 1)))
         self.size_label = wrap_label()
         af.addRow(tr("Result"), self.size_label)
+        self.gsd_warning = wrap_label()
+        self.gsd_warning.setStyleSheet(WARNING_STYLE)
+        self.gsd_warning.setVisible(False)
+        af.addRow(self.gsd_warning)
         self.large_check = QCheckBox(tr("Large area"))
         self.large_check.setToolTip(tr("No pixel budget: the area is generated in world-anchored blocks of "
                                        "overlapping windows, written to disk as they are done (memory stays "
                                        "flat); the number of windows and an estimated time are shown first"))
         af.addRow("", self.large_check)
+        self.estimate_label = wrap_label()
+        self.estimate_label.setVisible(False)
+        af.addRow(self.estimate_label)
 
         image = QGroupBox(tr("Image"))
         imf = form(image)
@@ -134,6 +168,16 @@ class GenerationDock(QgsDockWidget):
         self.recent_btn.setMenu(self.recent_menu)
         imf.addRow(row(QLabel(tr("Prompt")), QWidget(), self.recent_btn, stretch=(0, 1, 0)))
         imf.addRow(self.prompt_edit)  # full width: prompts are sentences and docks are narrow
+        # a prompt alone gives a generic texture: say so, and offer the loaded layers a layout would follow
+        self.layout_hint = wrap_label()
+        self.use_layers_btn = QPushButton(tr("Use them"))
+        self.use_layers_btn.setToolTip(tr("Switch on Conditions > Layout from vector layers with these layers"))
+        self._hint_box = QWidget()
+        hl = QVBoxLayout(self._hint_box)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(self.layout_hint)
+        hl.addWidget(row(QWidget(), self.use_layers_btn, stretch=(1, 0)))
+        imf.addRow(self._hint_box)
         self.generate_shortcut = QShortcut(QKeySequence("Ctrl+Return"), self.prompt_edit)
         self.generate_shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)
         self.generate_shortcut.activated.connect(lambda: self.generate_btn.isEnabled() and self.generate())
@@ -210,15 +254,25 @@ class GenerationDock(QgsDockWidget):
         lay = QVBoxLayout(body)
         for w in (area, image, conditions):
             lay.addWidget(w)
-        lay.addWidget(row(self.generate_btn, self.cancel_btn, stretch=(1, 1)))
-        for w in (self.progress, self.status_label, self.provider_label):
-            lay.addWidget(w)
         lay.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(body)
-        self.setWidget(scroll)
+        # Generate, Cancel, progress and status below the scroll area: in view on any screen, whatever is open
+        footer = QWidget()
+        fl = QVBoxLayout(footer)
+        fl.setContentsMargins(9, 4, 9, 6)
+        fl.addWidget(row(self.generate_btn, self.cancel_btn, stretch=(1, 1)))
+        for w in (self.progress, self.status_label, self.provider_label):
+            fl.addWidget(w)
+        main = QWidget()
+        ml = QVBoxLayout(main)
+        ml.setContentsMargins(0, 0, 0, 0)
+        ml.setSpacing(0)
+        ml.addWidget(scroll, 1)
+        ml.addWidget(footer)
+        self.setWidget(main)
 
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
         self.draw_btn.toggled.connect(self._on_draw_toggled)
@@ -229,6 +283,16 @@ class GenerationDock(QgsDockWidget):
         self.width_spin.valueChanged.connect(lambda _: self._edited("width"))
         self.height_spin.valueChanged.connect(lambda _: self._edited("height"))
         self.large_check.toggled.connect(lambda _: self.update_size())
+        self.suggest_btn.clicked.connect(self._suggest)
+        self.use_layers_btn.clicked.connect(self._use_suggested)
+        self.conditions.layout_group.toggled.connect(lambda _: self._update_hint())
+        c = self.conditions
+        for signal in (c.raster_group.toggled, c.mode_combo.currentIndexChanged, c.raster_combo.layerChanged,
+                       self.steps_spin.valueChanged, self.guidance_spin.valueChanged,
+                       self.precision_combo.currentIndexChanged, self.sampler_combo.currentIndexChanged,
+                       c.layout_group.toggled):
+            signal.connect(self._schedule)
+        self.prompt_edit.textChanged.connect(lambda: self.large_check.isChecked() and self._schedule())
         self.random_btn.clicked.connect(lambda: self.seed_spin.setValue(random.randrange(2**31 - 1)))
         self.model_combo.currentIndexChanged.connect(lambda _: self._on_model_changed())
         self.model_combo.activated.connect(lambda _: self._apply_model_defaults())  # the user's choice only
@@ -269,23 +333,59 @@ class GenerationDock(QgsDockWidget):
 
     def _edited(self, which: str) -> None:
         self.size_mode = which
+        self._auto_gsd = False  # the user's own pixel size (or width/height) is kept from now on
         self._schedule()
 
+    def gsd_range(self) -> Optional[tuple]:
+        """(lo, hi) metres: the pixel sizes the chosen model was trained on (its manifest), or None."""
+        manifest = self._manifests.get(self.model_combo.currentData(), {})
+        rng = (manifest.get("training") or {}).get("gsd_range_m")
+        try:
+            lo, hi = float(rng[0]), float(rng[1])
+        except (TypeError, ValueError, IndexError, KeyError):
+            return None
+        return (lo, hi) if 0 < lo <= hi else None
+
+    def proposed_gsd(self, ext: Extent) -> float:
+        """A pixel size in the CRS's units for this extent: about DEFAULT_LONG_SIDE pixels on the long side, held
+        to the model's range in metres (measured on the ellipsoid, so degrees work), and within the pixel budget
+        unless Large area is ticked."""
+        probe = max(ext.size) / DEFAULT_LONG_SIDE
+        _, probe_m = grid_and_gsd(ext, gsd=probe, pixel_budget=2**62)
+        target_m = probe_m
+        rng = self.gsd_range()
+        if rng:
+            target_m = min(max(target_m, rng[0]), rng[1])
+        gsd = probe * target_m / probe_m
+        pixels = (ext.size[0] / gsd) * (ext.size[1] / gsd)
+        if not self.large_check.isChecked() and pixels > settings.pixel_budget():
+            gsd *= (pixels / settings.pixel_budget()) ** 0.5 * 1.001
+        return gsd
+
+    def _suggest(self) -> None:
+        self._auto_gsd = True
+        self.update_size()
+
     def update_size(self) -> None:
-        """Recompute the grid for the current extent and the last-edited of pixel size / width / height."""
+        """Recompute the grid for the current extent and the last-edited of pixel size / width / height, and say
+        before Generate what would disappoint: a pixel size outside the model's range, a tiny image."""
         self._timer.stop()
         self.grid = None
         crs = self.canvas.mapSettings().destinationCrs()
         self.crs_label.setText(describe_crs(crs))
         units = unit_suffix(crs)
+        warnings: List[str] = []
         try:
             ext = self.current_extent()
             if units != self._units:  # first time, or the map CRS changed units: a fresh, sensible pixel size
                 self._units = units
                 self.gsd_spin.setSuffix(f" {units}")
                 self.gsd_spin.setDecimals(8 if units == "deg" else 3)
-                size = settings.last("gsd_m") if units == "m" else max(ext.size) / DEFAULT_LONG_SIDE
-                set_quiet(self.gsd_spin, size)
+                self._auto_gsd = units != "m"  # degrees, feet: proposed from metres as the view changes
+                set_quiet(self.gsd_spin, settings.last("gsd_m") if units == "m" else max(ext.size) / DEFAULT_LONG_SIDE)
+                self.size_mode = "gsd"
+            if self._auto_gsd:
+                set_quiet(self.gsd_spin, self.proposed_gsd(ext))
                 self.size_mode = "gsd"
             grid, gsd_m = fit_grid(ext, self.size_mode, self.gsd_spin.value(), self.width_spin.value(),
                                    self.height_spin.value(), settings.pixel_budget(), self.large_check.isChecked())
@@ -297,10 +397,107 @@ class GenerationDock(QgsDockWidget):
             self.size_label.setStyleSheet("")
             self.size_label.setText(tr("{w} × {h} px, GSD {g} on the ground").format(
                 w=grid.width, h=grid.height, g=metres(gsd_m)))
+            if not self.conditions.raster_mode():
+                warnings += self._grid_warnings(grid.width, grid.height, gsd_m)
         except RsgenError as exc:
             self.size_label.setStyleSheet(ERROR_STYLE)
             self.size_label.setText(str(exc))
+        if self.conditions.raster_mode():
+            warnings = self._raster_plan_text(crs)
+        self.gsd_warning.setText("\n".join(warnings))
+        self.gsd_warning.setVisible(bool(warnings))
+        self._schedule_estimate()
         self._update_buttons()
+
+    def _grid_warnings(self, width: int, height: int, gsd_m: float, tiny: bool = True) -> List[str]:
+        out = []
+        rng = self.gsd_range()
+        if rng and not rng[0] * 0.999 <= gsd_m <= rng[1] * 1.001:
+            out.append(tr("{g} is outside the pixel sizes {model} was trained on ({lo:g}–{hi:g} m): expect a less "
+                          "realistic image.").format(g=metres(gsd_m), model=self.model_combo.currentText(),
+                                                     lo=rng[0], hi=rng[1]))
+        tile = int((self._manifests.get(self.model_combo.currentData(), {}).get("tile") or {}).get("size", 64))
+        if tiny and min(width, height) < tile:  # narrower than one of the model's windows: a 12 x 11 px image
+            out.append(tr("Only {w} × {h} px: zoom out, or press Suggest for a pixel size that fits this view.").format(
+                w=width, h=height))
+        return out
+
+    def _raster_plan_text(self, crs) -> List[str]:
+        """The Result line in a raster mode: the part of the raster worked on and the output; its warnings."""
+        try:
+            layer, window, out = self.conditions.raster_plan(self.current_extent(), crs)
+            gsd_m = gsd_metres_mean(out)
+        except RsgenError as exc:
+            self.size_label.setStyleSheet(ERROR_STYLE)
+            self.size_label.setText(str(exc))
+            return []
+        self.size_label.setStyleSheet("")
+        self.size_label.setText(tr("{w} × {h} px from “{name}” ({ww} × {wh} px of it), GSD {g} on the ground").format(
+            w=out.width, h=out.height, name=layer.name(), ww=window.width, wh=window.height, g=metres(gsd_m)))
+        warnings = self._grid_warnings(out.width, out.height, gsd_m, tiny=False)
+        if out.width * out.height > settings.pixel_budget() and not self.large_check.isChecked() and \
+                self.conditions.raster_mode() != "inpaint":  # inpainting keeps to the polygons: known at Generate
+            warnings.append(tr("More than the {n:,} px of one generation: tick Large area, or draw a smaller "
+                               "rectangle on the raster.").format(n=settings.pixel_budget()))
+        return warnings
+
+    # -- large-area estimate (a task: loading the model and timing a batch take seconds) ------------------------
+    def _estimate_request(self) -> Optional[GenerationRequest]:
+        g, model = self.grid, self.model_combo.currentData()
+        if not self.large_check.isChecked() or g is None or not model or self.conditions.raster_mode():
+            return None
+        layout = self.conditions.layout_group.isChecked()
+        return GenerationRequest(
+            extent=g.bounds, crs=g.crs_wkt, output="", width=g.width, height=g.height, large_area=True,
+            prompt=self.prompt_edit.toPlainText().strip(), steps=self.steps_spin.value(),
+            guidance=self.guidance_spin.value(), sampler=self.sampler_combo.currentData(), model=model,
+            precision=self.precision_combo.currentData(),
+            # only whether there is a layout changes the cost (guidance doubles the evaluations): a stand-in
+            conditions=Conditions(layout=np.zeros((1, 1), np.uint8)) if layout else Conditions())
+
+    def _schedule_estimate(self) -> None:
+        req = self._estimate_request()
+        if req is None:
+            self._estimate_key, self._estimate_text = None, ""
+            self.estimate_label.setVisible(False)
+            return
+        key = req.to_json()
+        self.estimate_label.setVisible(True)
+        if key == self._estimate_key:
+            return
+        self._estimate_key, self._estimate_text = key, ""
+        self.estimate_label.setText(tr("Large area: estimating the time…"))
+        if self._estimate_task is not None:  # one at a time: when it ends, the newest settings are estimated
+            return
+        try:
+            from ..core.runtime.providers import choose
+
+            providers = choose(settings.provider_preference())
+        except (ImportError, RsgenError) as exc:
+            self.estimate_label.setText(str(exc))
+            return
+        task = EstimateTask(req, settings.model_dirs(), providers,
+                            lambda n, v, k=key, steps=req.steps: self._estimated(k, steps, n, v))
+        self._descriptions.add(task.description())
+        self._estimate_task = task
+        QgsApplication.taskManager().addTask(task)
+
+    def _estimated(self, key: str, steps: int, n: Optional[int], value) -> None:
+        self._estimate_task = None
+        if sip.isdeleted(self.estimate_label):
+            return
+        QTimer.singleShot(0, self._drop_task_banners)
+        if key != self._estimate_key:  # the settings changed meanwhile
+            self._estimate_key = None
+            self._schedule_estimate()
+            return
+        if n is None:
+            self.estimate_label.setText(tr("Large area: no estimate ({why}).").format(why=value))
+            return
+        # in the units the progress then counts: "Window 144/6480" is 144 of n x steps window evaluations
+        self._estimate_text = tr("Large area: {total:,} windows to run ({n:,} × {steps} steps), about {t} "
+                                 "(estimate).").format(total=n * steps, n=n, steps=steps, t=duration(value))
+        self.estimate_label.setText(self._estimate_text)
 
     def _on_source_changed(self, *_) -> None:
         self._source_changed_ui()
@@ -354,6 +551,36 @@ class GenerationDock(QgsDockWidget):
         self._source_changed_ui()
         self._schedule()
 
+    # -- the guide to Conditions ----------------------------------------------------------------------------
+    def _update_hint(self, *_) -> None:
+        """A prompt alone gives a generic texture: while no layout is on, say so and offer the loaded layers that
+        the layout rules read (roads, buildings...)."""
+        if sip.isdeleted(self.layout_hint):
+            return
+        if self.conditions.layout_group.isChecked():
+            self._hint_box.setVisible(False)
+            return
+        layers = self.conditions.suggested_layers()
+        if layers:
+            self.layout_hint.setText(tr("{names}: a layout from these layers makes the image follow the place (a "
+                                        "prompt alone gives a generic texture).").format(
+                names=", ".join(lyr.name() for lyr in layers)))
+        else:
+            self.layout_hint.setText(tr("A prompt alone gives a generic texture. Load roads and buildings (e.g. "
+                                        "OpenStreetMap) and tick them under Conditions: the image then follows "
+                                        "the place."))
+        self.use_layers_btn.setVisible(bool(layers))
+        self._hint_box.setVisible(True)
+
+    def _use_suggested(self) -> None:
+        layers = self.conditions.suggested_layers()
+        self.conditions.refresh_layers()
+        self.conditions.tick(*layers)
+        self.conditions.layout_group.setChecked(True)
+        group = self.findChild(QgsCollapsibleGroupBox, "RsgenConditions")
+        if group is not None:
+            group.setCollapsed(False)
+
     # -- models and provider -------------------------------------------------------------------------------
     def refresh_models(self) -> None:
         packages, hint, problems = model_choices(settings.model_dirs())
@@ -387,6 +614,10 @@ class GenerationDock(QgsDockWidget):
         if has and self._class_from_model:  # no value of the user's yet: the model's own
             self.class_spin.setValue(float((manifest.get("defaults") or {}).get("class_guidance", 0.0)))
         self.models_menu.update_actions()
+        rng = self.gsd_range()
+        self.gsd_range_label.setText(tr("Model: {lo:g}–{hi:g} m").format(lo=rng[0], hi=rng[1]) if rng else "")
+        self.gsd_range_label.setVisible(bool(rng))
+        self._schedule()
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
@@ -512,9 +743,10 @@ class GenerationDock(QgsDockWidget):
                       sampler=self.sampler_combo.currentData(), model=model, pixel_budget=settings.pixel_budget(),
                       precision=self.precision_combo.currentData(),
                       class_guidance=self.class_spin.value() if self.class_spin.isEnabled() else None)
-        if self.conditions.raster_mode():  # on the raster's own grid: the Area settings do not apply
-            return self.conditions.raster_request(**params)
         ext = self.current_extent()
+        if self.conditions.raster_mode():  # the raster's own grid, in the Area's extent
+            return self.conditions.raster_request(extent=ext, crs=self.canvas.mapSettings().destinationCrs(),
+                                                  large_area=self.large_check.isChecked(), **params)
         size = ({"gsd": self.gsd_spin.value()} if self.size_mode == "gsd" else
                 {"width": self.width_spin.value(), "height": self.height_spin.value()})
         req = GenerationRequest(extent=ext.bounds, crs=ext.crs_wkt, large_area=self.large_check.isChecked(),
@@ -541,7 +773,6 @@ class GenerationDock(QgsDockWidget):
             from ..core.runtime.providers import choose
 
             providers = choose(settings.provider_preference())
-            estimate = self._estimate(req, providers) if req.large_area else ""
         except RsgenError as exc:
             self._message(str(exc), Qgis.MessageLevel.Critical)
             return None
@@ -561,14 +792,24 @@ class GenerationDock(QgsDockWidget):
         if self._units == "m" and req.gsd:
             settings.set_last(gsd_m=req.gsd)
         self._queue, self._providers, self._done = queue[1:], providers, []
+        mode = self.conditions.raster_mode()
+        self._source = (self.conditions.result_label(), self.conditions.raster_layer().name()) if mode else None
         task = self._start(queue[0])
-        if estimate:
-            self.status_label.setText(estimate)
-            self._message(estimate, Qgis.MessageLevel.Info, 10)
+        if req.large_area and self._estimate_text:  # estimated when Large area was ticked, not now
+            self.status_label.setText(self._estimate_text)
+            self._message(self._estimate_text, Qgis.MessageLevel.Info, 10)
         return task
 
+    def result_name(self, req: GenerationRequest) -> str:
+        """The layer's name: what was done, to what ("Inpainted: orthophoto (seed 3)", "Generated (seed 4)")."""
+        if self._source:
+            return source_layer_name(self._source[0], self._source[1], req.seed)
+        return layer_name(req.prompt, req.seed)
+
     def _start(self, req: GenerationRequest) -> GenerationTask:
-        self.task = GenerationTask(req, settings.model_dirs(), self._providers, self._on_success, self._on_failure)
+        self.task = GenerationTask(req, settings.model_dirs(), self._providers, self._on_success, self._on_failure,
+                                   name=self.result_name(req))
+        self._descriptions.add(self.task.description())
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.stepMessage.connect(self._step_text)
         self._set_running(True)
@@ -579,15 +820,6 @@ class GenerationDock(QgsDockWidget):
         total = len(self._done) + len(self._queue) + 1
         self.status_label.setText(text if total == 1 else tr("Image {i} of {n}: {text}").format(
             i=len(self._done) + 1, n=total, text=text))
-
-    @staticmethod
-    def _estimate(req: GenerationRequest, providers) -> str:
-        """Windows and time of a large-area run, told before it starts (loads the model, times one batch)."""
-        from ..core.engine.blocks import estimate_request
-
-        n, seconds = estimate_request(req, settings.model_dirs(), providers)
-        return tr("Large area: {n:,} windows × {steps} steps, about {t} (estimate).").format(
-            n=n, steps=req.steps, t=duration(seconds))
 
     def cancel(self) -> None:
         self._queue = []  # the variants not started yet are dropped; those already added stay
@@ -618,6 +850,7 @@ class GenerationDock(QgsDockWidget):
         self._message(tr("Added “{name}”: {short} ({path})").format(name=layer.name(), short=short,
                                                                    path=result.path) + keep,
                       Qgis.MessageLevel.Success, 8)
+        QTimer.singleShot(0, self._drop_task_banners)
 
     def _on_failure(self, message: str, level: int) -> None:
         self.task = None
@@ -628,6 +861,25 @@ class GenerationDock(QgsDockWidget):
         self.progress.setValue(0)
         self.status_label.setText(message)
         self._message(message, level, 8 if level == Qgis.MessageLevel.Info else 0)
+        QTimer.singleShot(0, self._drop_task_banners)
+
+    def _drop_task_banners(self) -> None:
+        """QGIS's main window tells of a task that ended while it was not the active window with a banner of its
+        own ("Task failed: <description>" for a Cancel too), pushed after the plugin's message and covering it
+        (the file path, the temporary-file warning). The plugin's message says it better: take those banners
+        about our own tasks off, so ours is the one in view."""
+        bar = self.iface.messageBar()
+        try:
+            items = list(bar.items())
+        except (AttributeError, TypeError):
+            return
+        for item in items:
+            try:
+                ours = item.text() in self._descriptions
+            except (AttributeError, RuntimeError):
+                continue
+            if ours:
+                bar.popWidget(item)
 
     def _message(self, text: str, level: int, duration: int = 0) -> None:
         self.iface.messageBar().pushMessage(tr(TITLE), text, level, duration)
@@ -648,8 +900,14 @@ class GenerationDock(QgsDockWidget):
         self._watch_selection(None)  # no connection left on a layer that outlives the plugin
         self._timer.stop()
         self.conditions.cleanup()
+        if self._estimate_task is not None:
+            self._estimate_task.on_done = None
+            self._estimate_task.cancel()
+            self._estimate_task = None
+        project = QgsProject.instance()
         for signal, slot in ((self.canvas.extentsChanged, self._schedule),
-                             (self.canvas.destinationCrsChanged, self._on_crs_changed)):
+                             (self.canvas.destinationCrsChanged, self._on_crs_changed),
+                             (project.layersAdded, self._update_hint), (project.layersRemoved, self._update_hint)):
             try:
                 signal.disconnect(slot)
             except TypeError:
