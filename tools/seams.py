@@ -125,8 +125,8 @@ def main(argv=None) -> int:
         with rasterio.open(os.path.join(a.out, "naive.tif"), "w", **prof) as dst:
             dst.write(naive)
 
-    with open(os.path.join(a.out, "seams.json"), "w") as f:
-        json.dump(out, f, indent=1)
+    with open(os.path.join(a.out, "seams.json"), "w") as fh:
+        json.dump(out, fh, indent=1)
     print(f"area {a.size} x {a.size} px at {a.gsd} m, {a.steps} steps, seed {a.seed}, tile {T}, "
           f"window stride {S}, block {B}, band {D} (pixels; latent factor {f})")
     print(f"{'image / lines':40s} {'ratio':>7s} {'control':>8s} {'lines':>6s}")
