@@ -16,7 +16,6 @@ nothing else is ever unpickled. Only ONNX graphs and JSON are written to the pac
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -29,6 +28,8 @@ from typing import Dict, Optional
 
 import torch
 from torch import nn
+
+from ..core.runtime.models import sha256_file
 
 COMMIT = "5cccb12"
 REPO = "github:madebyollin/taesd"
@@ -152,14 +153,6 @@ def licence_text(src: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def _sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_graphs(enc: nn.Module, dec: nn.Module, out: str, fp16: bool = True) -> Dict[str, str]:
     """encoder.onnx ('image' [B,3,H,W] in [0,1] -> 'latent') and decoder.onnx ('latent' -> 'image'), dynamic
     batch and size; fp16 copies with float32 inputs and outputs (for GPUs)."""
@@ -211,14 +204,14 @@ def write_package(src: str, out: str, stats: Optional[dict] = None, window: Opti
               "window": window or {"latent_tile": 32, "latent_overlap": 8}}
         if fp16:
             ae["encoder"]["fp16_file"], ae["decoder"]["fp16_file"] = "encoder_fp16.onnx", "decoder_fp16.onnx"
-        weights = {f"taef2_{p}.pth": _sha(weight_file(src, p)) for p in ("encoder", "decoder")}
+        weights = {f"taef2_{p}.pth": sha256_file(weight_file(src, p)) for p in ("encoder", "decoder")}
         names = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
         manifest = {"format": "rsgen-model-package/1", "id": "taef2",
                     "name": "TAEF2 tiny autoencoder (FLUX.2 latent space)", "version": COMMIT, "kind": "autoencoder",
                     "license": "MIT (madebyollin/taesd), see LICENSE-taesd.txt", "autoencoder": ae,
                     "source": {"repo": REPO, "commit": COMMIT, "weights_sha256": weights,
                                "converted_by": "rsgen_qgis.training.taef2"},
-                    "files": {n: {"sha256": _sha(os.path.join(tmp, n)), "bytes": os.path.getsize(os.path.join(tmp, n))}
+                    "files": {n: {"sha256": sha256_file(os.path.join(tmp, n)), "bytes": os.path.getsize(os.path.join(tmp, n))}
                               for n in names if n != "MODEL_CARD.md"}}
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
