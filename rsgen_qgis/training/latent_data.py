@@ -50,11 +50,11 @@ def _guide(img: np.ndarray, factor: int = 4) -> np.ndarray:
 
 
 def _fractions(layout: np.ndarray, f: int) -> np.ndarray:
-    """(H, W) class ids -> (K, H/f, W/f) uint8 class fractions x 255 (the run time's pool_mean of the one-hot)."""
-    H, W = layout.shape
-    oh = np.eye(len(LAYOUT_CLASSES), dtype=np.float32)[layout].transpose(2, 0, 1)
-    fr = oh.reshape(len(LAYOUT_CLASSES), H // f, f, W // f, f).mean((2, 4))
-    return np.round(fr * 255).astype(np.uint8)
+    """(H, W) class ids -> (K, H/f, W/f) uint8 class fractions x 255: the run time's lowering (engine.prepare)."""
+    from ..core.conditions.encoding import layout_onehot
+    from ..core.engine.prepare import pool_mean
+
+    return np.round(pool_mean(layout_onehot(layout, len(LAYOUT_CLASSES)), f) * 255).astype(np.uint8)
 
 
 def encode_images(ae, images: np.ndarray, crop: Optional[int], log=print) -> Dict[str, np.ndarray]:
