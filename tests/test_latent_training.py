@@ -106,3 +106,24 @@ def test_make_train_gpu_runs_at_toy_scale(toy_data, tmp_path, tiny_latent_dir):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     st = torch.load(out / "ema.pt", map_location="cpu", weights_only=True)
     assert st["step"] >= 1 and st["config"]["image_channels"] == 32 and st["config"]["tile"] == 32
+
+
+def test_shards_join_into_the_whole_pack(toy_data, tmp_path, tiny_latent_dir):
+    """Encoding side by side in shards (each a share of an evenly spread selection) gives, joined, the samples the
+    whole run gives; packs made with other settings are refused, not mixed."""
+    from rsgen_qgis.training.latent_data import encode_dataset, load_pack, spread
+
+    ae_dir = os.path.join(tiny_latent_dir, "taef2")
+    assert list(spread(10, 4)) == [0, 3, 6, 9] and list(spread(3, 0)) == [0, 1, 2] and list(spread(3, 5)) == [0, 1, 2]
+    whole = load_pack(encode_dataset(toy_data, ae_dir, str(tmp_path / "whole.npz"), aid_limit=6))
+    parts = [encode_dataset(toy_data, ae_dir, str(tmp_path / f"s{k}.npz"), aid_limit=6, shard=(k, 2)) for k in (0, 1)]
+    joined = load_pack(",".join(parts))
+    assert whole["aid_z"].shape[0] == 6 and joined["aid_z"].shape == whole["aid_z"].shape
+    order = np.argsort(np.r_[np.arange(6)[0::2], np.arange(6)[1::2]])  # shard 0 took 0, 2, 4; shard 1 took 1, 3, 5
+    np.testing.assert_array_equal(joined["aid_z"][order], whole["aid_z"])
+    np.testing.assert_array_equal(joined["aid_labels"][order], whole["aid_labels"])
+    np.testing.assert_array_equal(np.sort(joined["maps_z"].ravel()), np.sort(whole["maps_z"].ravel()))
+    other = tmp_path / "other.npz"
+    np.savez(other, **{**load_pack(parts[1]), "aid_gsd": np.float32(1.0)})
+    with pytest.raises(ValueError, match="aid_gsd"):
+        load_pack(f"{parts[0]},{other}")

@@ -72,16 +72,31 @@ def encode_images(ae, images: np.ndarray, crop: Optional[int], log=print) -> Dic
     return {"z": np.stack(zs), "g": np.stack(gs)}
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """k indices spread evenly over range(n) (all of them when k is 0 or >= n)."""
+    return np.arange(n) if not k or k >= n else np.linspace(0, n - 1, k).round().astype(int)
+
+
 def encode_dataset(data: str, ae_dir: str, out: str, maps_data: Optional[str] = None, split: str = "train",
-                   threads: int = 0, limit: int = 0) -> str:
-    """Write the latent pack `out` (.npz): AID latents + labels + classes, maps latents + layout fractions."""
+                   threads: int = 0, limit: int = 0, maps_limit: int = 0, aid_limit: int = 0,
+                   shard: tuple = (0, 1)) -> str:
+    """Write the latent pack `out` (.npz): AID latents + labels + classes, maps latents + layout fractions.
+
+    Each image is encoded whole (one window): the encoder is convolutional with a bounded receptive field, so this
+    is the latent the run time's overlapping windows approximate, at less than half their cost on 512 px tiles."""
     ae = open_autoencoder(ae_dir, threads)
+    ae.tile = 1 << 12
     cache = os.path.join(os.path.dirname(os.path.abspath(out)), "cache")
     aid = load_aid(data, split, cache)
     maps = load_maps(maps_data or data, split, os.path.join(cache, "maps_px") if maps_data else cache)
     if limit:
         aid = {**aid, "images": aid["images"][:limit], "labels": aid["labels"][:limit]}
         maps = {k: v[:limit] for k, v in maps.items()}
+    k, n = shard  # shard k of n: every n-th image from k of the selection (n processes encode side by side)
+    keep = spread(len(aid["images"]), aid_limit)[k::n]
+    aid = {**aid, "images": aid["images"][keep], "labels": aid["labels"][keep]}
+    keep = spread(len(maps["aerial"]), maps_limit)[k::n]
+    maps = {key: v[keep] for key, v in maps.items()}
     a = encode_images(ae, aid["images"], AID_CROP)
     side = maps["aerial"].shape[1] // ae.factor * ae.factor
     m = encode_images(ae, maps["aerial"][:, :side, :side], None)
@@ -121,9 +136,24 @@ def dihedral_check(ae, images: np.ndarray, n: int = 16) -> dict:
             "round_trip_psnr_db": float(np.mean(trip)), "images": min(n, len(images))}
 
 
+PER_SAMPLE = ("aid_z", "aid_g", "aid_labels", "maps_z", "maps_g", "maps_layout")
+
+
 def load_pack(path: str) -> dict:
-    z = np.load(path)
-    return {k: z[k] for k in z.files}
+    """One pack, or several (comma-separated: shards encoded side by side) joined into one; the shards must agree
+    on everything but their samples (autoencoder, classes, GSDs)."""
+    packs = []
+    for p in path.split(","):
+        z = np.load(p)
+        packs.append({k: z[k] for k in z.files})
+    out = dict(packs[0])
+    for pk in packs[1:]:
+        for k, v in pk.items():
+            if k not in PER_SAMPLE and not np.array_equal(v, out[k]):
+                raise ValueError(f"latent packs {path!r} disagree on {k!r}: encode them with the same settings.")
+    for k in PER_SAMPLE:
+        out[k] = np.concatenate([pk[k] for pk in packs])
+    return out
 
 
 def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -202,12 +232,18 @@ def main(argv=None) -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--limit", type=int, default=0, help="first N images of each source (toy packs)")
+    e.add_argument("--maps-limit", type=int, default=0, help="N maps tiles spread evenly over the split (a shorter encoding run)")
+    e.add_argument("--aid-limit", type=int, default=0, help="N AID scenes spread evenly over the split")
+    e.add_argument("--shard", default="0/1", help="k/n: encode every n-th selected image from k (run n side by side, "
+                   "then give train with the n packs comma-separated)")
     c = sub.add_parser("dihedral-check", help="turned latents vs encoded turned images")
     c.add_argument("--data", required=True)
     c.add_argument("--ae", required=True)
     a = ap.parse_args(argv)
     if a.cmd == "encode":
-        print(encode_dataset(a.data, a.ae, a.out, a.maps_data, threads=a.threads, limit=a.limit))
+        print(encode_dataset(a.data, a.ae, a.out, a.maps_data, threads=a.threads, limit=a.limit,
+                             maps_limit=a.maps_limit, aid_limit=a.aid_limit,
+                             shard=tuple(int(v) for v in a.shard.split("/"))))
     else:
         aid = load_aid(a.data, "train", None)
         print(dihedral_check(open_autoencoder(a.ae), aid["images"]))
