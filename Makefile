@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval train latents train-latent train-gpu package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid train latents train-latent train-gpu package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-gpu GPU=1  GPU figures (ORT-CUDA vs PyTorch-CUDA, fp16, SD-class UNet; needs CUDA)"
 	@echo "make seams    seam metric: fused large-area path vs naive tiling (real model)"
 	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
+	@echo "make eval-kid DATA=dir MODELS=\"models/rsgen-base ...\"  KID in ImageNet-pretrained features vs held-out real (docs/EVAL.md)"
 	@echo "make train DATA=dir  retrain models/rsgen-base from prepared data (CPU recipe)"
 	@echo "make pack DATA=dir   compact training data in parts (runs/pack/train.part*.npz) for a GPU machine"
 	@echo "make package build/rsgen_qgis.zip for QGIS's 'Install from ZIP'"
@@ -68,6 +69,15 @@ seams: install
 eval: install
 	$(PY) -m rsgen_qgis.training.evaluate --data $(DATA) --model models/rsgen-base --out runs/eval \
 	    --clf-steps 3000 --clf-cosine --seg-steps 600
+
+# KID in the features of an ImageNet-pretrained EfficientNet-Lite0 (docs/EVAL.md): each package's class-prompt tiles
+# (through the run-time engine, at its native tile) vs held-out real AID scenes, beside the real-vs-real floor and
+# blurred / JPEG / noisy real scenes. KID_ARGS: e.g. --per-class 34 --steps 20 --threads 2
+MODELS ?= models/rsgen-base
+KID_ARGS ?=
+eval-kid: install
+	$(PY) -m rsgen_qgis.training.judge kid --data $(DATA) $(foreach m,$(MODELS),--model $(m)) \
+	    --out runs/judge/kid.json $(KID_ARGS)
 
 # Four phases (MODEL_CARD.md): 80 min from scratch with a 32 px curriculum, then 100 min at 64 px from its EMA
 # weights with a cosine learning-rate decay, then 115 min more from those (lower peak rate, another data order),

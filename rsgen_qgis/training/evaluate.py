@@ -176,7 +176,14 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 100, seed: int = 0) -> float:
-    """Kernel Inception Distance's estimator (cubic polynomial kernel, unbiased MMD^2), in our features."""
+    """Kernel Inception Distance's estimator (cubic polynomial kernel, unbiased MMD^2), in our features: the mean
+    over random subsets (kid_subsets)."""
+    return float(np.mean(kid_subsets(a, b, subsets, size, seed)))
+
+
+def kid_subsets(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 100, seed: int = 0) -> np.ndarray:
+    """The unbiased MMD^2 (cubic polynomial kernel k(x, y) = (x.y / d + 1)^3) of each of `subsets` random pairs
+    of subsets of `size` (drawn without replacement; at most the smaller set's size) from a and b."""
     rng = np.random.default_rng(seed)
     d = a.shape[1]
     size = min(size, len(a), len(b))
@@ -190,7 +197,7 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 100, seed: 
         m = size
         vals.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
                     - 2 * kxy.mean())
-    return float(np.mean(vals))
+    return np.array(vals, np.float64)
 
 
 @torch.no_grad()

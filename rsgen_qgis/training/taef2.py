@@ -9,71 +9,29 @@ its mirror decoder, built of residual blocks (three 3x3 convolutions with ReLUs,
 the blocks at latent resolution add a pooled-statistics branch (1x1 conv, GroupNorm over the whole tile, ReLU,
 1x1 conv). The decoder first bounds latents softly (3 tanh(z / 3)). Images are in [0, 1].
 
-The weights are two zip-format torch files of fp16 tensors. They are read with a loader that first lists the
-pickle's globals and refuses anything but the tensor-rebuild ones, then loads with torch.load(weights_only=True):
-nothing else is ever unpickled. Only ONNX graphs and JSON are written to the package, with the MIT notice.
+The weights are two zip-format torch files of fp16 tensors. They are read with a loader (training/safe_weights.py)
+that first lists the pickle's globals and refuses anything but the tensor-rebuild ones, then loads with
+torch.load(weights_only=True): nothing else is ever unpickled. Only ONNX graphs and JSON are written to the package, with the MIT notice.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import pickletools
 import shutil
 import subprocess
 import tempfile
-import zipfile
 from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from ..core.runtime.models import sha256_file
+from .safe_weights import ALLOWED_GLOBALS, UnsafeWeights, read_weights  # noqa: F401 (the loader, shared)
 
 COMMIT = "5cccb12"
 REPO = "github:madebyollin/taesd"
 CHANNELS, FACTOR, WIDTH = 32, 8, 64
-ALLOWED_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
-                   ("torch", "HalfStorage"), ("torch", "FloatStorage"), ("torch", "BFloat16Storage")}
-
-
-class UnsafeWeights(ValueError):
-    pass
-
-
-def pickle_globals(data: bytes) -> set:
-    """(module, name) of every global a pickle would import (GLOBAL and STACK_GLOBAL opcodes)."""
-    out, strings = set(), []
-    for op, arg, _ in pickletools.genops(data):
-        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-            strings.append(arg)
-        elif op.name == "GLOBAL":
-            mod, _, name = str(arg).partition(" ")
-            out.add((mod, name))
-        elif op.name == "STACK_GLOBAL":
-            out.add((strings[-2], strings[-1]) if len(strings) >= 2 else ("?", "?"))
-    return out
-
-
-def read_weights(path: str) -> Dict[str, torch.Tensor]:
-    """A zip-format torch state dict, refused unless its pickle only rebuilds tensors."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(raw))
-    except zipfile.BadZipFile as exc:
-        raise UnsafeWeights(f"{path}: not a zip-format torch file (legacy pickles are never read).") from exc
-    pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
-    if len(pkls) != 1:
-        raise UnsafeWeights(f"{path}: expected one data.pkl in the archive, found {len(pkls)}.")
-    bad = pickle_globals(zf.read(pkls[0])) - ALLOWED_GLOBALS
-    if bad:
-        raise UnsafeWeights(f"{path}: the pickle imports {sorted(bad)}, not only tensor-rebuild globals; refused.")
-    sd = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UnsafeWeights(f"{path}: not a state dict of tensors.")
-    return sd
 
 
 def _conv(n_in: int, n_out: int, **kw) -> nn.Conv2d:

@@ -125,22 +125,25 @@ def _valid_pixels(req: GenerationRequest, grid: Grid) -> Optional[np.ndarray]:
     return None if not nodata.any() else ~nodata
 
 
-def generate(req: GenerationRequest, progress: Optional[Progress] = None,
-             cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
-             providers: Optional[List[str]] = None, window_batch: int = 8, threads: int = 0,
-             layout_source: Optional[Callable[[Grid], np.ndarray]] = None) -> GenerationResult:
-    """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind.
+@dataclass
+class ArrayResult:
+    """generate_array's answer: the image in memory instead of a file."""
+    rgb: np.ndarray                 # (3, H, W) uint8 on `grid`
+    grid: Grid
+    provider: str
+    seconds: float
+    model_id: str
+    model_version: str
+    metadata: dict                  # the metadata the model was given (None = sent as unknown)
+    warnings: List[str] = field(default_factory=list)
+    denoiser_graph: str = "fp32"
 
-    With `req.large_area` the pixel budget is lifted and the area is generated in world-anchored blocks
-    streamed to disk (memory independent of the area; overlapping requests agree pixel for pixel).
-    layout_source (large-area path): grid -> (H, W) uint8 layout, called for each block's footprint.
-    threads: ONNX Runtime intra-op threads (0 = its default)."""
-    t0 = time.time()
-    progress = progress or (lambda f, m: None)
-    cancelled = cancelled or (lambda: False)
-    grid = grid_for_request(req)
-    check_writable(req.output)
-    valid = _valid_pixels(req, grid)
+
+def _load_for(req: GenerationRequest, grid: Grid, progress: Progress, cancelled: Callable[[], bool],
+              model_dirs: Iterable[str], providers: Optional[List[str]], window_batch: int, threads: int,
+              layout_source):
+    """The model of a request and, with a cascade, the request guided by its coarse pass:
+    -> (request, model, guide_source, projector, extra_tags, progress)."""
     progress(0.0, "Loading model")
     model = load(req.model, model_dirs, providers, threads, req.precision)
     guide_source, projector, extra_tags = None, None, {}
@@ -157,6 +160,27 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
         extra_tags["cascade_coarse_sha256"] = coarse_model.package.denoiser_sha256
         outer = progress
         progress = lambda f, msg: outer(0.2 + 0.8 * f, msg)  # noqa: E731
+    return req, model, guide_source, projector, extra_tags, progress
+
+
+def generate(req: GenerationRequest, progress: Optional[Progress] = None,
+             cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
+             providers: Optional[List[str]] = None, window_batch: int = 8, threads: int = 0,
+             layout_source: Optional[Callable[[Grid], np.ndarray]] = None) -> GenerationResult:
+    """Generate `req.output`. Raises RsgenError subclasses; on error or cancel no file is left behind.
+
+    With `req.large_area` the pixel budget is lifted and the area is generated in world-anchored blocks
+    streamed to disk (memory independent of the area; overlapping requests agree pixel for pixel).
+    layout_source (large-area path): grid -> (H, W) uint8 layout, called for each block's footprint.
+    threads: ONNX Runtime intra-op threads (0 = its default)."""
+    t0 = time.time()
+    progress = progress or (lambda f, m: None)
+    cancelled = cancelled or (lambda: False)
+    grid = grid_for_request(req)
+    check_writable(req.output)
+    valid = _valid_pixels(req, grid)
+    req, model, guide_source, projector, extra_tags, progress = _load_for(
+        req, grid, progress, cancelled, model_dirs, providers, window_batch, threads, layout_source)
     if req.large_area:
         return _generate_large(req, grid, model, progress, cancelled, window_batch, t0, layout_source,
                                guide_source, extra_tags, valid)
@@ -171,3 +195,24 @@ def generate(req: GenerationRequest, progress: Optional[Progress] = None,
     progress(1.0, "Done")
     return GenerationResult(path, grid, model.provider, time.time() - t0, model.package.id, p.warnings,
                             denoiser_graph=model.variant)
+
+
+def generate_array(req: GenerationRequest, progress: Optional[Progress] = None,
+                   cancelled: Optional[Callable[[], bool]] = None, model_dirs: Iterable[str] = (),
+                   providers: Optional[List[str]] = None, window_batch: int = 8, threads: int = 0) -> ArrayResult:
+    """The image `generate` would write for a single request (cascade included), in memory: no GeoTIFF, and
+    `req.output` is not used. For evaluations and tools that judge many tiles; large areas (streamed to disk)
+    are refused. The nodata mask is not applied (it only masks the written file)."""
+    if req.large_area:
+        raise ConditionError("generate_array makes one canvas in memory; large areas are written by generate().")
+    t0 = time.time()
+    progress = progress or (lambda f, m: None)
+    cancelled = cancelled or (lambda: False)
+    grid = grid_for_request(req)
+    req, model, _, projector, _, progress = _load_for(req, grid, progress, cancelled, model_dirs, providers,
+                                                      window_batch, threads, None)
+    rgb, p = sample_canvas(req, model, grid, progress, cancelled, window_batch, projector)
+    progress(1.0, "Done")
+    return ArrayResult(rgb, grid, model.provider, time.time() - t0, model.package.id,
+                       str(model.package.manifest.get("version", "")), dict(p.metadata), list(p.warnings),
+                       model.variant)

