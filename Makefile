@@ -104,17 +104,26 @@ train: install
 # when it is there, else starts from the committed package's graph when LATENT_INIT names one (--init-onnx).
 LATENT_MINUTES ?= 140
 LATENT_INIT ?=
+# Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
+# scenes); AID_LIMIT / MAPS_LIMIT take evenly spread selections (0: all). The shards are joined when training.
+LATENT_SHARDS ?= 2
+AID_LIMIT ?= 0
+MAPS_LIMIT ?= 0
+LATENT_PACK ?= $(shell seq -s, -f 'runs/latents/train.s%g.npz' 0 $$(($(LATENT_SHARDS) - 1)))
 latents: install
-	$(PY) -m rsgen_qgis.training.latent_data encode --data $(DATA) $(if $(DATA512),--maps-data $(DATA512)) \
-	    --ae models/taef2 --out runs/latents/train.npz --threads 2
+	pids=; for k in $$(seq 0 $$(($(LATENT_SHARDS) - 1))); do \
+	  $(PY) -m rsgen_qgis.training.latent_data encode --data $(DATA) $(if $(DATA512),--maps-data $(DATA512)) \
+	    --ae models/taef2 --out runs/latents/train.s$$k.npz --threads 1 --aid-limit $(AID_LIMIT) \
+	    --maps-limit $(MAPS_LIMIT) --shard $$k/$(LATENT_SHARDS) & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || exit 1; done
 train-latent: install
-	$(PY) -m rsgen_qgis.training.train --latents runs/latents/train.npz --out runs/train-latent --tile 32 \
+	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) --out runs/train-latent --tile 32 \
 	    --channels 64,128,192 --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
 	    --low-res-share 0.3 $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
 # One device call (docs/GPU.md): the same training on the GPU for at most 8 minutes from the latent pack carried
 # with the working tree, EMA weights to $$OUT (exported and evaluated on the CPU afterwards).
 train-gpu:
-	$(PY) -m rsgen_qgis.training.train --latents $(or $(LATENT_PACK),runs/latents/train.npz) --out $${OUT:-runs}/train-gpu \
+	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) --out $${OUT:-runs}/train-gpu \
 	    --tile 32 --channels 64,128,192 --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
 	    --low-res-share 0.3 --save-every 2 --ema-out $${OUT:-runs}/ema.pt $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
 

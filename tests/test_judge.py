@@ -245,7 +245,9 @@ def test_the_kid_evaluation_runs_end_to_end_on_a_small_folder(tmp_path, tiny_mod
     assert m["id"] == "rsgen-tiny" and m["tiles"] == 2 and m["tile_px"] == 32
     assert {"kid_generated_vs_B", "kid_generated_vs_all_real", "kid_real_A_at_native_tile_vs_B"} <= set(m)
     json.dumps(res)
-    again = judge.run_kid(str(tmp_path / "data"), [tiny], log=lambda s: None, **kw)
+    again = judge.run_kid(str(tmp_path / "data"), [tiny], log=lambda s: None, grids=str(tmp_path / "grids"), **kw)
     assert again["models"][0]["kid_generated_vs_B"] == m["kid_generated_vs_B"]
+    grid = np.asarray(Image.open(again["models"][0]["grid_png"]))
+    assert grid.shape == (2 * (32 + 2), 32 + 2, 3)  # a row per class, one 32 px tile each, 2 px gaps
     assert again["real"]["kid"] == res["real"]["kid"]
     assert "generated" in judge.table(res)

@@ -162,6 +162,17 @@ def class_tiles(model_dir: str, classes: Sequence[str], per_class: int, steps: i
                      "s_per_tile": round(seconds / n, 3) if n else None}}
 
 
+def class_grid(tiles: np.ndarray, labels: np.ndarray, folder: str, name: str, per_row: int = 8) -> str:
+    """(N, T, T, 3) tiles -> folder/kid_tiles_<name>.png, one row per class (the first per_row tiles)."""
+    from .evaluate import grid_png
+
+    os.makedirs(folder, exist_ok=True)
+    rows = [tiles[labels == k][:per_row].transpose(0, 3, 1, 2) for k in np.unique(labels)]
+    path = os.path.join(folder, f"kid_tiles_{name}.png")
+    grid_png(rows, path)
+    return path
+
+
 def real_halves(n: int, seed: int):
     perm = np.random.default_rng(seed).permutation(n)
     return perm[:n // 2], perm[n // 2:]
@@ -171,8 +182,9 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             guidance: Optional[float] = None, sampler: Optional[str] = None, class_guidance: Optional[float] = None,
             precision: str = "auto", subsets: int = 100, size: int = 500, seed: int = 0, seed_offset: int = 0,
             cache: Optional[str] = None, classes: Optional[Sequence[str]] = None, limit_real: int = 0,
-            threads: int = 0, log: Callable[[str], None] = print) -> Dict:
-    """The whole evaluation with a given feature network (the pretrained judge, or a random one in tests)."""
+            threads: int = 0, log: Callable[[str], None] = print, grids: str = "") -> Dict:
+    """The whole evaluation with a given feature network (the pretrained judge, or a random one in tests).
+    grids: a folder for each model's generated tiles as a PNG, a row per class (at most 8 tiles a row)."""
     t0 = time.time()
     aid = load_aid(data, "test", cache)
     imgs = aid["images"]
@@ -199,6 +211,8 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
                         precision, seed_offset, threads=threads, log=log)
         fg = features(net, g["tiles"])
         info = g["info"]
+        if grids:
+            info["grid_png"] = class_grid(g["tiles"], g["labels"], grids, f"{info['id']}-{info['version']}")
         info["kid_generated_vs_B"] = kid_entry(fg, fb, subsets, size, seed)
         info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
         native = resample(imgs[ia], info["tile_px"])
@@ -254,6 +268,7 @@ def main(argv=None) -> None:
     k.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their defaults)")
     k.add_argument("--weights", default="", help="the .pth (default: the installed package's)")
     k.add_argument("--out", default=os.path.join("runs", "judge", "kid.json"))
+    k.add_argument("--grids", default="", help="a folder for each model's generated tiles as a PNG (a row a class)")
     k.add_argument("--cache", default="", help="where the decoded held-out scenes are kept (default: runs/cache "
                    "beside the output's folder, shared with make eval; give another for a different DATA)")
     a = ap.parse_args(argv)
@@ -265,7 +280,7 @@ def main(argv=None) -> None:
     res = {"judge": judge_info(path)}
     res.update(run_kid(a.data, a.model, a.per_class, net, a.steps, a.guidance, a.sampler, a.class_guidance,
                        a.precision, a.kid_subsets, a.kid_size, a.seed, a.seed_offset, cache,
-                       [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads))
+                       [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads, grids=a.grids))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
