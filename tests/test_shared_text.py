@@ -379,3 +379,26 @@ def test_the_cascade_base_of_a_referencing_package_takes_the_same_text_encoder(p
     loaded = load_base(SHARED, [str(pkgs)], CPU)
     own = load(OWN, [str(pkgs)], providers=CPU)
     assert np.array_equal(loaded.text_encoder.embed(["houses"]), own.text_encoder.embed(["houses"]))
+
+
+def test_the_dock_install_says_which_package_is_still_needed(zips, tmp_path, monkeypatch):
+    from qgis.core import Qgis, QgsApplication, QgsSettings
+    from qgis.PyQt.QtWidgets import QWidget
+
+    from rsgen_qgis.gui.models_menu import ModelMenu
+
+    monkeypatch.setattr(QgsApplication, "qgisSettingsDirPath", staticmethod(lambda: str(tmp_path / "profile")))
+    QgsSettings().remove("rsgen_qgis")
+    said, changed, parent = [], [], QWidget()
+    menu = ModelMenu(parent, lambda: None, changed.append, lambda text, level, secs: said.append((level, text)))
+    try:
+        assert menu.install_zip(zips[SHARED]) and changed == [SHARED]
+        level, text = said[-1]
+        assert level == Qgis.MessageLevel.Warning and "Installed model" in text
+        assert f"takes its text encoder from the package '{OWN}', which is not installed" in text
+        assert menu.install_zip(zips[OWN])
+        assert said[-1][0] == Qgis.MessageLevel.Success
+        assert menu.install_zip(zips[SHARED]) and said[-1][0] == Qgis.MessageLevel.Success
+    finally:
+        QgsSettings().remove("rsgen_qgis")
+        parent.deleteLater()
