@@ -200,12 +200,17 @@ def _main(a) -> int:
         return run_batch(a)
     try:
         if a.cmd == "models":
+            from .core.runtime.manifest_schema import text_package
             from .core.runtime.models import discover, search_dirs
+            from .core.runtime.references import missing_references
 
             errors: list = []
             pkgs = discover(a.model_dir, errors)
             for p in pkgs:
-                print(f"{p.id:20s} {p.name}  ({p.path})")
+                ref = text_package(p.manifest)
+                print(f"{p.id:20s} {p.name}  ({p.path})" + (f"  [text encoder from {ref}]" if ref else ""))
+                for problem in missing_references(p, a.model_dir):
+                    print(f"cannot run yet: {problem}", file=sys.stderr)
             if not pkgs:
                 print(f"no model packages in: {', '.join(search_dirs(a.model_dir)) or 'no folder'}")
             for e in errors:
@@ -214,8 +219,12 @@ def _main(a) -> int:
         if a.cmd == "install-model":
             from .core.runtime.install import install_zip
 
+            from .core.runtime.references import missing_references
+
             pkg = install_zip(a.zip, a.dest)
             print(f"installed {pkg.id} ({pkg.name}) in {pkg.path}; use it with --model-dir {a.dest}")
+            for problem in missing_references(pkg, [a.dest]):
+                print(f"it cannot run yet: {problem}", file=sys.stderr)
             return 0
         if a.cmd == "export-diffusers":
             return _export_diffusers(a)

@@ -49,6 +49,7 @@ class ModelMenu(QMenu):
     def install_zip(self, path: str) -> bool:
         """Install (verify, then unpack into the profile's rsgen_models folder) and select the model in `path`."""
         from ..core.runtime.install import install_zip
+        from ..core.runtime.references import missing_references
 
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
@@ -60,8 +61,12 @@ class ModelMenu(QMenu):
             QApplication.restoreOverrideCursor()
         settings.add_model_dir(os.path.dirname(pkg.path))
         self._models_changed(pkg.id)
-        self._message(tr("Installed model {name} in {path}.").format(name=pkg.name, path=pkg.path),
-                      Qgis.MessageLevel.Success, 8)
+        said = tr("Installed model {name} in {path}.").format(name=pkg.name, path=pkg.path)
+        missing = missing_references(pkg, settings.model_dirs())  # a package it takes a part from, not installed
+        if missing:  # the engine's messages stay English (tools/i18n.py)
+            self._message(" ".join([said] + missing), Qgis.MessageLevel.Warning, 0)
+        else:
+            self._message(said, Qgis.MessageLevel.Success, 8)
         return True
 
     def model_card(self) -> Optional[str]:

@@ -58,6 +58,9 @@ def add_cascade_base(package_dir: str, checkpoint: str, gsd_range: tuple, guidan
     entry = {"sha256": sha256_file(os.path.join(package_dir, BASE_FILE)),
              "bytes": os.path.getsize(os.path.join(package_dir, BASE_FILE))}
     text_file, vocab = m["graphs"]["text_encoder"]["file"], m["tokenizer"]["vocab"]
+    # the fine model's text encoder: its own files, or the same reference to another package's (pinned there)
+    text_files = {} if "package" in m["graphs"]["text_encoder"] else \
+        {text_file: m["files"][text_file], vocab: m["files"][vocab]}
     base = {
         "format": FORMAT,
         "id": f"{m['id']}/base",
@@ -75,7 +78,7 @@ def add_cascade_base(package_dir: str, checkpoint: str, gsd_range: tuple, guidan
         "defaults": {"steps": 20, "guidance": guidance, "sampler": DEFAULT_SAMPLER},
         "training": {"steps": st["step"], "wall_s": round(st["elapsed_s"]), "device": st.get("device", "cpu"),
                      **(training or {})},
-        "files": {BASE_FILE: entry, text_file: m["files"][text_file], vocab: m["files"][vocab]},
+        "files": {BASE_FILE: entry, **text_files},
     }
     m["cascade_base"] = {"factor": factor, "manifest": base}
     m["files"][BASE_FILE] = entry

@@ -1,6 +1,8 @@
 """Export a trained denoiser (and the text encoder) into a model package: ONNX graphs + manifest.json.
 
     python -m rsgen_qgis.training.export --checkpoint runs/train/last.pt --out models/rsgen-base
+    python -m rsgen_qgis.training.export --checkpoint runs/latent/last.pt --out models/NAME \
+        --autoencoder models/taef2 --text-from models/rsgen-base    (names both instead of copying them)
 
 The manifest is the whole contract with the plugin (../shared/DESIGN.md): files with sha256, each graph's
 inputs/outputs, the noise schedule and prediction type, tile size, image range, condition encodings. Tests
@@ -115,29 +117,67 @@ def autoencoder_entry(ae_dir: str) -> dict:
             "decoder_sha256": m["files"][ae["decoder"]["file"]]["sha256"]}
 
 
+def text_reference(text_dir: str) -> dict:
+    """What a model's manifest says of a text encoder it takes from the package in text_dir instead of carrying a
+    copy (core.runtime.references): the graph and tokenizer entries naming that package, pinned by the sha256 its
+    manifest lists, and the encoder's width ('dim'). The two files are verified first, and the package must carry
+    its text encoder itself (one level only)."""
+    from ..core.runtime.manifest_schema import text_package
+    from ..core.runtime.models import read_package
+
+    pkg = read_package(text_dir)
+    m, g = pkg.manifest, pkg.manifest["graphs"].get("text_encoder")
+    if g is None or pkg.kind == "autoencoder" or pkg.interface != "rsgen":
+        raise ValueError(f"{text_dir}: package {pkg.id!r} has no rsgen text encoder to take.")
+    if text_package(m) is not None:
+        raise ValueError(f"{text_dir}: package {pkg.id!r} takes its own text encoder from {text_package(m)!r}; name "
+                         "the package that carries it (one level only).")
+    tok = m.get("tokenizer", {})
+    vocab = tok.get("vocab", "vocab.txt")
+    for f in (g["file"], vocab):
+        pkg.file(f)  # listed, inside, hashed: a reference to a damaged package is not written
+    dim = g.get("outputs", {}).get("embedding", {}).get("shape", [None])[-1]
+    if not isinstance(dim, int):
+        dim = m["conditions"]["cond_layout"]["text"][1]
+    return {"dim": int(dim),
+            "graph": {"package": pkg.id, "file": g["file"], "sha256": m["files"][g["file"]]["sha256"],
+                      "inputs": g.get("inputs", {}), "outputs": g.get("outputs", {})},
+            "tokenizer": {"type": "wordpiece", "package": pkg.id, "vocab": vocab,
+                          "vocab_sha256": m["files"][vocab]["sha256"], "lowercase": tok.get("lowercase", True),
+                          "max_length": tok.get("max_length", 64)}}
+
+
 def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: str, name: str,
                   text_kind: str = "minilm", info: Optional[dict] = None, fp16: bool = True,
-                  autoencoder: Optional[dict] = None) -> dict:
+                  autoencoder: Optional[dict] = None, text_from: Optional[str] = None) -> dict:
     """Write every file of a package into out_dir (replacing it atomically) and return the manifest.
     autoencoder: a latent model's autoencoder entry (autoencoder_entry); the denoiser then works on its latents
-    (cfg.image_channels = its channels, cfg.tile in latent cells) and the manifest's tile is in pixels."""
+    (cfg.image_channels = its channels, cfg.tile in latent cells) and the manifest's tile is in pixels.
+    text_from: a package folder whose text encoder the model takes (text_reference) instead of exporting its own
+    (text_kind is then not used)."""
+    from ..core.runtime.manifest_schema import check_manifest
     from .text_encoder import export_text_encoder
 
+    ref = text_reference(text_from) if text_from else None
+    if ref and ref["graph"]["package"] == model_id:
+        raise ValueError(f"The model {model_id!r} cannot take its text encoder from a package with its own id.")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        text = export_text_encoder(tmp, kind=text_kind, quantize=(text_kind == "minilm"))
+        text = ref or export_text_encoder(tmp, kind=text_kind, quantize=(text_kind == "minilm"))
         cfg = model.cfg
         lay = CondLayout(text["dim"], GUIDANCE_RANGE if cfg.guidance_input else None)
         f = int(autoencoder["factor"]) if autoencoder else 1
         if autoencoder and cfg.image_channels != int(autoencoder["channels"]):
             raise ValueError("The denoiser's channels do not match its autoencoder's latent channels.")
         if cfg.cond_dim != lay.dim or cfg.spatial_channels != spatial_channels(image_channels=cfg.image_channels):
-            raise ValueError("The denoiser's condition sizes do not match the text encoder / condition layout.")
+            raise ValueError(f"The denoiser's condition sizes do not match the text encoder ({text['dim']} values) / "
+                             "condition layout.")
         export_denoiser(model, os.path.join(tmp, "denoiser.onnx"))
         graphs = {"denoiser": {"file": "denoiser.onnx", **denoiser_io(cfg)},
-                  "text_encoder": {"file": text["file"], "inputs": text["inputs"], "outputs": text["outputs"]}}
+                  "text_encoder": ref["graph"] if ref else
+                  {"file": text["file"], "inputs": text["inputs"], "outputs": text["outputs"]}}
         if fp16:
             export_fp16(os.path.join(tmp, "denoiser.onnx"), os.path.join(tmp, "denoiser_fp16.onnx"))
             graphs["denoiser"]["fp16_file"] = "denoiser_fp16.onnx"
@@ -150,8 +190,9 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
             "kind": "latent" if autoencoder else "pixel",
             "license": info.pop("license", "see MODEL_CARD.md"),
             "graphs": graphs,
-            "tokenizer": {"type": "wordpiece", "vocab": text["vocab"], "lowercase": text.get("lowercase", True),
-                          "max_length": text.get("max_length", 64)},
+            "tokenizer": ref["tokenizer"] if ref else
+            {"type": "wordpiece", "vocab": text["vocab"], "lowercase": text.get("lowercase", True),
+             "max_length": text.get("max_length", 64)},
             "scheduler": schedule,
             "tile": {"size": cfg.tile * f, "multiple": 2 ** (len(cfg.block_out_channels) - 1) * f},
             "image": {"channels": ["red", "green", "blue"], "range": [-1.0, 1.0]},
@@ -165,6 +206,7 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
         files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
         manifest["files"] = {f: {"sha256": sha256_file(os.path.join(tmp, f)),
                                  "bytes": os.path.getsize(os.path.join(tmp, f))} for f in files}
+        check_manifest(manifest, os.path.join(out_dir, "manifest.json"))
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
         keep = os.path.join(out_dir, "MODEL_CARD.md")
@@ -188,10 +230,12 @@ def tiny_config(text_dim: int = 32, guidance_input: bool = False, image_channels
 
 
 def build_tiny_package(out_dir: str, seed: int = 0, guidance_input: bool = False,
-                       model_id: str = "rsgen-tiny", autoencoder_dir: Optional[str] = None) -> dict:
+                       model_id: str = "rsgen-tiny", autoencoder_dir: Optional[str] = None,
+                       text_from: Optional[str] = None) -> dict:
     """A random-weights package in the real format, for plumbing tests (fast to build and to run);
     guidance_input: shaped like a guidance-distilled model; autoencoder_dir: a latent model on that autoencoder
-    package's latents (tile of 8 latent cells)."""
+    package's latents (tile of 8 latent cells); text_from: a tiny package folder whose text encoder it names instead
+    of carrying a copy (the same weights as its own would have: the tiny encoder is seeded)."""
     from .train import SCHEDULE
 
     torch.manual_seed(seed)
@@ -200,7 +244,7 @@ def build_tiny_package(out_dir: str, seed: int = 0, guidance_input: bool = False
                       tile=8 if ae else 32)
     model = Denoiser(cfg)
     return write_package(out_dir, model, dict(SCHEDULE), model_id=model_id, name=f"{model_id} (random weights)",
-                         text_kind="tiny", fp16=False, autoencoder=ae,
+                         text_kind="tiny", fp16=False, autoencoder=ae, text_from=text_from,
                          info={"description": "Random weights for tests; produces noise-like images.",
                                "training": {"gsd_range_m": [1.0, 20.0]}})
 
@@ -214,6 +258,9 @@ def main(argv=None) -> None:
     ap.add_argument("--autoencoder", help="a latent model's autoencoder package folder (models/taef2)")
     ap.add_argument("--text-kind", default="minilm", choices=("minilm", "tiny"),
                     help="text encoder to ship (tiny: random, for toy runs and tests)")
+    ap.add_argument("--text-from", metavar="PACKAGE_DIR",
+                    help="take the text encoder of this installed package (e.g. models/rsgen-base) instead of "
+                         "shipping a copy: the manifest names it and pins its files' sha256")
     ap.add_argument("--no-fp16", action="store_true")
     a = ap.parse_args(argv)
     st = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
@@ -227,7 +274,8 @@ def main(argv=None) -> None:
                                             "device": st.get("device", "cpu")})
     m = write_package(a.out, model, st["schedule"], model_id=info.pop("id", "rsgen-base"),
                       name=info.pop("name", "rsgen base"), info=info, text_kind=a.text_kind, fp16=not a.no_fp16,
-                      autoencoder=autoencoder_entry(a.autoencoder) if a.autoencoder else None)
+                      autoencoder=autoencoder_entry(a.autoencoder) if a.autoencoder else None,
+                      text_from=a.text_from)
     total = sum(v["bytes"] for v in m["files"].values())
     print(f"wrote {a.out}: {len(m['files'])} files, {total / 1e6:.1f} MB")
 

@@ -8,7 +8,9 @@ skipped instead of breaking every other model. Plain Python: QGIS's Python has n
 
 Keys the run time does not read (training notes, descriptions) are not constrained; a block added later (the
 manifest grows) is free form here until it is added to the schema, but any `file` or `*_file` value anywhere in
-the manifest must still be a file listed under `files` (check_manifest's last rule).
+the manifest must still be a file listed under `files` (check_manifest's last rule), except the text encoder and
+vocabulary a package takes from another package: those are named with that package's id and pinned by sha256
+(`graphs.text_encoder.package`, `tokenizer.package`; core/runtime/references.py opens them).
 """
 from __future__ import annotations
 
@@ -161,13 +163,14 @@ class Map:
 
 
 NAME = Str(name="a plain file name inside the package")
+SHA256 = Str(pattern=r"^[0-9a-f]{64}$")
 NUM = Num()
 SPAN = List(Int(0, 1 << 16), 2, 2)  # [offset, count] in a vector or in the spatial channels
 PAIR = List(NUM, 2, 2)
 TENSOR = Obj({"dtype": Str(DTYPES), "shape": List(Any_(Int(1, 1 << 20), Str()), 1, 8)})
 GRAPH = Obj({"file": NAME}, {"inputs": Map(TENSOR), "outputs": Map(TENSOR), "fp16_file": NAME, "int8_file": NAME,
                              "int8": Obj({}, {"fp32_below_timestep": Num(0, 1e6)})})
-FILES = Map(Obj({"sha256": Str(pattern=r"^[0-9a-f]{64}$")}, {"bytes": Int(0, 1 << 44)}), key=NAME, lo=1)
+FILES = Map(Obj({"sha256": SHA256}, {"bytes": Int(0, 1 << 44)}), key=NAME, lo=1)
 SCHEDULER = Obj({}, {"num_train_timesteps": Int(1, 100000), "beta_schedule": Str(), "prediction_type": Str(),
                      "timestep_spacing": Str(), "steps_offset": Int(0, 1000), "beta_start": Num(0, 1),
                      "beta_end": Num(0, 1), "alphas_cumprod": List(Num(0, 1), 1), "trained_betas": List(Num(0, 1), 1)})
@@ -195,7 +198,13 @@ AUTOENCODER = Obj({"factor": Int(1, 64), "channels": Int(1, 1024), "decoder": AE
                    "window": Obj({}, {"latent_tile": Int(1, 4096), "latent_overlap": Int(0, 4095)})})
 AUTOENCODER_ENTRY = Obj({"package": Str(name="one safe folder name (the autoencoder package's id)")},
                         {"factor": Int(1, 64), "channels": Int(1, 1024),
-                         "decoder_sha256": Str(pattern=r"^[0-9a-f]{64}$")})
+                         "decoder_sha256": SHA256})
+PACKAGE_ID = Str(name="one safe folder name (the id of the package it is taken from)")
+# A text encoder taken from another package (core.runtime.references): that package's id, the file name in it and
+# the sha256 this model was trained with; the tokenizer names the same package and pins its vocabulary the same way.
+TEXT_ENCODER_REF = Obj({"package": PACKAGE_ID, "file": NAME, "sha256": SHA256},
+                       {"inputs": Map(TENSOR), "outputs": Map(TENSOR)})
+TOKENIZER_REF = Obj({"type": Str(("wordpiece",)), "package": PACKAGE_ID, "vocab": NAME, "vocab_sha256": SHA256})
 LATENT = Obj({"channels": Int(1, 1024), "scaling_factor": Num(0, 1e6, above=0), "vae_scale_factor": Int(1, 64)},
              {"shift_factor": NUM})
 
@@ -222,6 +231,8 @@ def _named_files(m: Any, where: str = "") -> Iterator[Tuple[str, Any]]:
             if k == "files":
                 continue
             path = f"{where}.{k}" if where else str(k)
+            if isinstance(v, dict) and "package" in v and k in ("text_encoder", "tokenizer"):
+                continue  # files of another package, pinned by sha256 (check_text_reference)
             if isinstance(k, str) and (k == "file" or k.endswith("_file")) and not isinstance(v, (dict, list)):
                 yield path, v
             elif where.endswith("tokenizer") and k in ("vocab", "merges"):
@@ -231,6 +242,40 @@ def _named_files(m: Any, where: str = "") -> Iterator[Tuple[str, Any]]:
     elif isinstance(m, list):
         for i, v in enumerate(m):
             yield from _named_files(v, f"{where}[{i}]")
+
+
+def text_package(m: dict) -> Optional[str]:
+    """The id of the package a manifest takes its text encoder from, or None (its own, or none)."""
+    ref = (m.get("graphs") or {}).get("text_encoder")
+    return ref.get("package") if isinstance(ref, dict) else None
+
+
+def _check_text_reference(m: dict, root: str) -> None:
+    """A text encoder named by reference: pinned, with its tokenizer from the same package, never the package's own
+    id (one level only: the named package must carry its own text encoder, core.runtime.references)."""
+    graph, tok = m["graphs"].get("text_encoder"), m.get("tokenizer")
+    ref = text_package(m)
+    tok_ref = tok.get("package") if isinstance(tok, dict) else None
+    if ref is None and tok_ref is None:
+        return
+    if ref is None:
+        raise _Bad(f"{root}.tokenizer.package", "a tokenizer is taken from another package only with its text "
+                                                "encoder (graphs.text_encoder.package)")
+    TEXT_ENCODER_REF.check(graph, f"{root}.graphs.text_encoder")
+    for key in graph:
+        if key.endswith("_file"):
+            raise _Bad(f"{root}.graphs.text_encoder.{key}", "a text encoder taken from another package is one file "
+                                                            "('file', pinned by 'sha256')")
+    if "unet" in m["graphs"]:
+        raise _Bad(f"{root}.graphs.text_encoder.package", "a converted diffusers pipeline carries its own CLIP text "
+                                                          "encoder")
+    TOKENIZER_REF.check(tok, f"{root}.tokenizer")
+    if tok_ref != ref:
+        raise _Bad(f"{root}.tokenizer.package", f"the vocabulary must come from the text encoder's package {ref!r}, "
+                                                f"not {tok_ref!r}")
+    if ref == m.get("id"):
+        raise _Bad(f"{root}.graphs.text_encoder.package", f"{ref!r} is this package's own id (a package cannot take "
+                                                          "its text encoder from itself)")
 
 
 def _check_one(m: Any, top: bool, root: str) -> None:
@@ -255,6 +300,8 @@ def _check_one(m: Any, top: bool, root: str) -> None:
         RSGEN_CONDITIONS.check(m["conditions"], f"{root}.conditions")
         if kind == "latent":
             AUTOENCODER_ENTRY.check(m.get("autoencoder"), f"{root}.autoencoder")
+    if kind != "autoencoder":
+        _check_text_reference(m, root)
     for where, name in _named_files(m):
         if name not in m["files"]:
             raise _Bad(f"{root}.{where}", f"names the file {name!r}, which is not listed under 'files' with its "

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ModelPackageError
 from .autoencoder import Identity
 from .manifest_schema import FORMAT, REQUIRED_GRAPHS, check_manifest  # noqa: F401  (FORMAT, REQUIRED_GRAPHS: API)
-from .package_files import MANIFEST, package_file, sha256_file  # noqa: F401  (sha256_file: API)
+from .package_files import MANIFEST, package_file, refuse_links, sha256_file  # noqa: F401  (sha256_file: API)
 from ..request import PRECISIONS
 
 log = logging.getLogger("rsgen_qgis")
@@ -96,10 +96,7 @@ def verify_files(pkg: ModelPackage) -> None:
     refused too: a file the manifest does not list may still be opened by a graph (ONNX external data)."""
     for name in pkg.manifest["files"]:
         pkg.file(name)
-    for entry in os.scandir(pkg.path):
-        if entry.is_symlink():
-            raise ModelPackageError(f"{entry.path}: is a link; a model package holds plain files only (a link may "
-                                    "point anywhere). Not loaded.")
+    refuse_links(pkg.path)
 
 
 def search_dirs(extra_dirs: Iterable[str] = ()) -> List[str]:
@@ -206,9 +203,11 @@ def find(model: str, extra_dirs: Iterable[str] = ()) -> ModelPackage:
                             f"{', '.join(search_dirs(extra_dirs)) or 'no folder'}.{hint}")
 
 
-def check_io(pkg: ModelPackage, graph: str, sess) -> None:
+def check_io(pkg: ModelPackage, graph: str, sess, path: Optional[str] = None) -> None:
+    """The graph's inputs and outputs against what the manifest declares; `path`, the graph's file for messages
+    (default: the package's own file; a text encoder taken from another package is in that package)."""
     spec = pkg.manifest["graphs"][graph]
-    path = pkg.file(spec["file"])
+    path = path or pkg.file(spec["file"])
     for kind, actual in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
         have = {a.name: a for a in actual}
         for name, want in spec.get(kind, {}).items():
@@ -308,29 +307,11 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
     return open_pixel(pkg, chosen, threads, precision, extra_dirs)
 
 
-def find_autoencoder(pkg: ModelPackage, extra_dirs: Iterable[str] = ()) -> ModelPackage:
-    """The autoencoder package a latent model names: beside the model's folder first, then on the search path."""
-    spec = pkg.manifest.get("autoencoder") or {}
-    ae_id = spec.get("package")
-    if not isinstance(ae_id, str) or not ae_id:
-        raise ModelPackageError(f"{pkg.file('manifest.json')}: the 'autoencoder' section names no package.")
-    beside = os.path.join(os.path.dirname(pkg.path), ae_id)
-    if os.path.isfile(os.path.join(beside, "manifest.json")):
-        cand = read_package(beside)
-        if cand.id == ae_id and cand.kind == "autoencoder":
-            return cand
-    for cand in discover(extra_dirs, autoencoders=True):
-        if cand.id == ae_id and cand.kind == "autoencoder":
-            return cand
-    raise ModelPackageError(f"{pkg.file('manifest.json')}: model {pkg.id!r} needs the autoencoder package "
-                            f"{ae_id!r}, which is not installed (install its zip like a model, or put its folder "
-                            f"beside {os.path.basename(pkg.path)!r}).")
-
-
 def open_autoencoder(pkg: ModelPackage, chosen: Sequence[str], threads: int, extra_dirs: Iterable[str] = ()):
     """The model's autoencoder: the identity for pixel packages, else its verified autoencoder package opened,
     refused (naming the file) when its factor, channels or decoder differ from what the model declares."""
     from .autoencoder import open_package_autoencoder
+    from .references import find_autoencoder
 
     if pkg.kind != "latent":
         return Identity()
@@ -358,7 +339,7 @@ def base_package(pkg: ModelPackage) -> Optional[ModelPackage]:
         if key not in sub:
             raise ModelPackageError(f"{pkg.file('manifest.json')}: the cascade base's manifest has no {key!r}.")
     for g in sub["graphs"].values():
-        if g["file"] not in sub["files"]:
+        if g["file"] not in sub["files"] and "package" not in g:  # (a text encoder named in another package)
             raise ModelPackageError(f"{pkg.file('manifest.json')}: cascade base graph file {g['file']!r} is not "
                                     "listed under its 'files'.")
     return ModelPackage(pkg.path, sub)
@@ -378,7 +359,7 @@ def load_base(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Se
     if pkg is None:
         raise ModelPackageError(f"Model {model!r} has no coarse base model (no 'cascade_base' in its manifest).")
     verify_files(pkg)
-    return open_pixel(pkg, list(providers or prov.choose()), threads, "fp32")
+    return open_pixel(pkg, list(providers or prov.choose()), threads, "fp32", extra_dirs)
 
 
 def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: str,
@@ -388,7 +369,7 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
     import onnxruntime as ort
 
     from . import providers as prov
-    from .text import TextEncoder
+    from .references import open_text_encoder
 
     g = pkg.manifest["graphs"]
     variant = denoiser_variant(g["denoiser"], chosen[0], precision)
@@ -419,16 +400,7 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
         below = float(g["denoiser"].get("int8", {}).get("fp32_below_timestep", 0)) if variant == "int8" else 0.0
         if below > 0:
             sess = SteppedDenoiser(sess, open_graph(pkg.file(g["denoiser"]["file"])), below)
-        text = None
-        if "text_encoder" in g:
-            tfile = pkg.file(g["text_encoder"]["file"])
-            tok = pkg.manifest.get("tokenizer", {})
-            try:
-                text = TextEncoder(tfile, pkg.file(tok.get("vocab", "vocab.txt")),
-                                   max_length=int(tok.get("max_length", 64)), providers=["CPUExecutionProvider"])
-            except Exception as exc:
-                raise ModelPackageError(f"{tfile}: cannot load the text encoder ({exc}).") from exc
-            check_io(pkg, "text_encoder", text.session)
+        text = open_text_encoder(pkg, extra_dirs)  # its own, or the one it names in another package
         loaded = LoadedModel(pkg, sess, text, sess.get_providers()[0], variant=variant,
                              variant_sha256=pkg.manifest["files"][dn_name]["sha256"],
                              class_guide=_open_class_guide(pkg, text), autoencoder=ae)

@@ -63,3 +63,12 @@ def package_file(root: str, files: dict, name: str) -> str:
                                 "another model.")
     _verified[key] = True
     return path
+
+
+def refuse_links(folder: str) -> None:
+    """Refuse a package folder holding a link anywhere at its top: a graph may open files the manifest does not
+    list (ONNX external data), and a link may point anywhere."""
+    for entry in os.scandir(folder):
+        if entry.is_symlink():
+            raise ModelPackageError(f"{entry.path}: is a link; a model package holds plain files only (a link may "
+                                    "point anywhere). Not loaded.")
