@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid train latents train-latent train-gpu package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid train latents train-latent export-latent train-gpu gpu-slim gpu-unslim package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -118,14 +118,32 @@ latents: install
 	done; for p in $$pids; do wait $$p || exit 1; done
 train-latent: install
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) --out runs/train-latent --tile 32 \
-	    --channels 64,128,192 --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
+	    --channels 48,96,144 --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
 	    --low-res-share 0.3 $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
+# The instalment's EMA weights into models/rsgen-base-1 (fp32 + fp16 graphs), the text encoder taken from
+# models/rsgen-base (named and pinned by sha256, not copied), on the autoencoder models/taef2.
+LATENT_CKPT ?= runs/train-latent/last.pt
+export-latent: install
+	$(PY) -m rsgen_qgis.training.export --checkpoint $(LATENT_CKPT) --out models/rsgen-base-1 \
+	    --autoencoder models/taef2 --text-from models/rsgen-base --info rsgen_qgis/training/rsgen_base_1_info.json
 # One device call (docs/GPU.md): the same training on the GPU for at most 8 minutes from the latent pack carried
 # with the working tree, EMA weights to $$OUT (exported and evaluated on the CPU afterwards).
 train-gpu:
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) --out $${OUT:-runs}/train-gpu \
-	    --tile 32 --channels 64,128,192 --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
+	    --tile 32 --channels 48,96,144 --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
 	    --low-res-share 0.3 --save-every 2 --ema-out $${OUT:-runs}/ema.pt $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
+
+# A device call carries the working tree (64 MiB with what is carried): `make gpu-slim` moves every tracked
+# model graph and image except LATENT_INIT's graph to .gpu-aside/ (ignored, so it stays here); `make gpu-unslim`
+# puts them back (as does `git checkout -- models docs`).
+gpu-slim:
+	@git ls-files 'models/*.onnx' 'models/*.png' 'docs/img/*' | grep -vxF "$(LATENT_INIT)" | while read -r f; do \
+	  mkdir -p ".gpu-aside/$$(dirname "$$f")" && mv "$$f" ".gpu-aside/$$f"; done
+	@echo "working tree: $$(git ls-files | while read -r f; do [ -f "$$f" ] && stat -c %s "$$f"; done | \
+	  awk '{s+=$$1} END {print s}') bytes tracked (a device call takes 67108864 with what is carried)"
+gpu-unslim:
+	@[ ! -d .gpu-aside ] || (cd .gpu-aside && find . -type f | while read -r f; do \
+	  mkdir -p "../$$(dirname "$$f")" && mv "$$f" "../$$f"; done) && rm -rf .gpu-aside
 
 # Compact training data (WebP images, layouts, caption embeddings) for a machine without the data folder, in parts
 # of at most PACK_PART_MIB (a part travels to a device call beside the repository's ~43 MB): there,
