@@ -138,7 +138,11 @@ def main() -> None:
            {k: list(v) if isinstance(v, tuple) else v for k, v in PLANNED.items()}}
     t = tile_seconds(model, a.steps)
     out["tile"] = t
-    print(f"latent model {out['model']}: 256 px tile, {a.steps} steps (one evaluation each), via generate(): "
+    with open(os.path.join(model, "manifest.json"), encoding="utf-8") as f:
+        distilled = bool(json.load(f)["conditions"].get("guidance_input"))
+    out["evaluations_per_step"] = 1 if distilled else 2  # guidance 3: distilled into the input, else two branches
+    print(f"latent model {out['model']}: 256 px tile, {a.steps} steps ({out['evaluations_per_step']} evaluation(s) "
+          "each, guidance 3), via generate(): "
           f"{t['tile_256px_s']:.2f} s; TAEF2 decode of one 256 px tile {t['decode_256px_s']:.3f} s", flush=True)
     runs = []
     for km2, gsd in [(float(s), 2.0) for s in a.sizes.split(",")] + [(1.0, 1.0)]:
