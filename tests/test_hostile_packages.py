@@ -5,9 +5,9 @@ import json
 import logging
 import os
 import shutil
-import zipfile
 
 import pytest
+from zip_rewrite import rewrite_zip
 
 from rsgen_qgis.core.runtime import models
 from rsgen_qgis.core.errors import ModelPackageError
@@ -25,14 +25,6 @@ def edit_manifest(pkg_dir, change):
     with open(path, "w") as f:
         json.dump(m, f)
     return m
-
-
-def rewrite_zip(src, dst, change):
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            for name, data in change(info.filename, zin.read(info)):
-                zout.writestr(name, data)
-    return dst
 
 
 def with_id(new_id):

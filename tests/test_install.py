@@ -1,8 +1,8 @@
 """Installing a model package from its zip: verified before it replaces anything, nothing left half-done."""
 import os
-import zipfile
 
 import pytest
+from zip_rewrite import rewrite_zip
 
 from rsgen_qgis.core.errors import ModelPackageError
 from rsgen_qgis.core.runtime.install import install_zip
@@ -16,15 +16,6 @@ def model_zip(tiny_model_zip):
 
 def listing(folder):
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-
-
-def rewrite(src, dst, change):
-    """A copy of zip `src` with change(name, data) -> [(name, data), ...] applied to every entry."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            for name, data in change(info.filename, zin.read(info)):
-                zout.writestr(name, data)
-    return dst
 
 
 def test_install_then_found_and_verified(model_zip, tmp_path):
@@ -52,7 +43,7 @@ def test_a_damaged_zip_changes_nothing(model_zip, tmp_path):
         if name.endswith("denoiser.onnx"):
             data = data[:-1] + bytes([data[-1] ^ 1])
         return [(name, data)]
-    bad = rewrite(model_zip, str(tmp_path / "bad.zip"), flip)
+    bad = rewrite_zip(model_zip, str(tmp_path / "bad.zip"), flip)
     with pytest.raises(ModelPackageError, match="sha256 does not match"):
         install_zip(bad, str(dest))
     assert listing(dest) == ["rsgen-tiny"]
@@ -65,7 +56,7 @@ def test_a_damaged_zip_changes_nothing(model_zip, tmp_path):
 def test_entries_outside_the_one_folder_are_refused(model_zip, tmp_path, extra, message):
     def add(name, data):
         return [(name, data)] + ([(extra, b"x")] if name.endswith("manifest.json") else [])
-    bad = rewrite(model_zip, str(tmp_path / "bad.zip"), add)
+    bad = rewrite_zip(model_zip, str(tmp_path / "bad.zip"), add)
     dest = tmp_path / "models"
     with pytest.raises(ModelPackageError, match=message):
         install_zip(bad, str(dest))
@@ -78,7 +69,7 @@ def test_not_a_zip_or_not_a_package(model_zip, tmp_path):
     junk.write_bytes(b"PK\x03\x04 this is not really a zip")
     with pytest.raises(ModelPackageError, match="not a readable zip"):
         install_zip(str(junk), str(dest))
-    no_manifest = rewrite(model_zip, str(tmp_path / "nm.zip"),
+    no_manifest = rewrite_zip(model_zip, str(tmp_path / "nm.zip"),
                           lambda n, d: [] if n.endswith("manifest.json") else [(n, d)])
     with pytest.raises(ModelPackageError, match="no manifest.json"):
         install_zip(no_manifest, str(dest))
