@@ -173,6 +173,25 @@ def class_grid(tiles: np.ndarray, labels: np.ndarray, folder: str, name: str, pe
     return path
 
 
+def layout_grid(data: str, cache: Optional[str], fake: np.ndarray, folder: str, name: str, n: int = 8) -> str:
+    """Rows: the layout (make eval's palette), the generated tile, the real aerial of the same place."""
+    from .data import load_maps
+    from .evaluate import grid_png
+    from .fidelity import LAYOUT_CROP, nearest
+
+    va = load_maps(data, "val", cache)
+    a, b = LAYOUT_CROP
+    n = min(n, len(fake))
+    t = fake.shape[1]
+    pal = np.array([(0, 0, 0), (255, 255, 255), (255, 140, 0), (220, 30, 30), (0, 160, 0), (30, 60, 255)], np.uint8)
+    lay = pal[nearest(va["layout"][:n, a:b, a:b], t)]
+    real = resample(va["aerial"][:n, a:b, a:b], t)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"layout_{name}.png")
+    grid_png([lay.transpose(0, 3, 1, 2), fake[:n].transpose(0, 3, 1, 2), real.transpose(0, 3, 1, 2)], path)
+    return path
+
+
 def real_halves(n: int, seed: int):
     perm = np.random.default_rng(seed).permutation(n)
     return perm[:n // 2], perm[n // 2:]
@@ -182,15 +201,22 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             guidance: Optional[float] = None, sampler: Optional[str] = None, class_guidance: Optional[float] = None,
             precision: str = "auto", subsets: int = 100, size: int = 500, seed: int = 0, seed_offset: int = 0,
             cache: Optional[str] = None, classes: Optional[Sequence[str]] = None, limit_real: int = 0,
-            threads: int = 0, log: Callable[[str], None] = print, grids: str = "") -> Dict:
+            threads: int = 0, log: Callable[[str], None] = print, grids: str = "", fidelity: bool = False,
+            class_guidance_off: bool = False, layouts: int = 0, superres: int = 0,
+            judge_steps: Optional[Dict[str, int]] = None) -> Dict:
     """The whole evaluation with a given feature network (the pretrained judge, or a random one in tests).
-    grids: a folder for each model's generated tiles as a PNG, a row per class (at most 8 tiles a row)."""
+    grids: a folder for each model's generated tiles as a PNG, a row per class (at most 8 tiles a row).
+    fidelity: also the AID judge's class top-1 and the linear probe's usefulness (training/fidelity.py);
+    class_guidance_off: packages with a class guide are judged with it at their default and off;
+    layouts / superres: that many layout-fidelity and super-resolution tiles per package (0: none).
+    judge_steps: {"classifier": n, "segnet": n} training steps of make eval's judges (tests: a few)."""
+    from . import fidelity as fid
     t0 = time.time()
     aid = load_aid(data, "test", cache)
-    imgs = aid["images"]
+    imgs, real_y = aid["images"], aid["labels"]
     if limit_real:  # a smoke run: the first scenes of every class
         keep = np.concatenate([np.flatnonzero(aid["labels"] == k)[:limit_real] for k in range(len(aid["classes"]))])
-        imgs = imgs[keep]
+        imgs, real_y = imgs[keep], real_y[keep]
     classes = list(classes or aid["classes"])
     ia, ib = real_halves(len(imgs), seed)
     log(f"real: {len(imgs)} held-out scenes ({imgs.shape[1]} px), halves {len(ia)} / {len(ib)}")
@@ -203,21 +229,61 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
     for name, fn in DEGRADATIONS.items():
         rows[f"real A {name}"] = kid_entry(features(net, fn(imgs[ia], seed)), fb, subsets, size, seed)
     res["real"]["kid"] = rows
+    yall = np.concatenate([real_y[ia], real_y[ib]])
+    steps_j = dict({"classifier": fid.AID_JUDGE_STEPS, "segnet": fid.SEGNET_STEPS}, **(judge_steps or {}))
+    clf = None
+    if fidelity:
+        clf = fid.aid_judge(data, cache, steps_j["classifier"])
+        res["aid_judge"] = {"network": "evaluate.SceneNet (make eval's judge, trained on the real AID train split)",
+                            "train_steps": clf.trained_steps, "real_heldout": fid.judge_top1(clf, imgs, real_y)}
     res["models"] = []
     for d in model_dirs:
         s = model_settings(d, steps, guidance, sampler, class_guidance)
-        log(f"{d}: generating {per_class} x {len(classes)} tiles, {s['steps']} steps")
-        g = class_tiles(d, classes, per_class, s["steps"], s["guidance"], s["sampler"], s["class_guidance"],
-                        precision, seed_offset, threads=threads, log=log)
-        fg = features(net, g["tiles"])
-        info = g["info"]
-        if grids:
-            info["grid_png"] = class_grid(g["tiles"], g["labels"], grids, f"{info['id']}-{info['version']}")
-        info["kid_generated_vs_B"] = kid_entry(fg, fb, subsets, size, seed)
-        info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
-        native = resample(imgs[ia], info["tile_px"])
-        info["kid_real_A_at_native_tile_vs_B"] = kid_entry(features(net, native), fb, subsets, size, seed)
-        res["models"].append(info)
+        variants = [s["class_guidance"]]
+        if class_guidance_off and "class_guide" in find(d).manifest and s["class_guidance"] != 0:
+            variants.append(0.0)
+        for cg in variants:
+            log(f"{d}: generating {per_class} x {len(classes)} tiles, {s['steps']} steps, class guidance {cg}")
+            g = class_tiles(d, classes, per_class, s["steps"], s["guidance"], s["sampler"], cg,
+                            precision, seed_offset, threads=threads, log=log)
+            fg = features(net, g["tiles"])
+            info = g["info"]
+            if grids:
+                tag = f"{info['id']}-{info['version']}" + ("-cg0" if cg == 0.0 and len(variants) > 1 else "")
+                info["grid_png"] = class_grid(g["tiles"], g["labels"], grids, tag)
+            info["kid_generated_vs_B"] = kid_entry(fg, fb, subsets, size, seed)
+            info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
+            native = resample(imgs[ia], info["tile_px"])
+            info["kid_real_A_at_native_tile_vs_B"] = kid_entry(features(net, native), fb, subsets, size, seed)
+            if clf is not None:  # the labels as the data folder numbers its classes (all of AID: the same)
+                gy = np.array([list(aid["classes"]).index(AID_CLASSES[k]) for k in g["labels"]], np.int64)
+                info["aid_judge"] = fid.judge_top1(clf, g["tiles"], gy)
+                info["aid_judge"]["of_ceiling"] = info["aid_judge"]["top1"] / res["aid_judge"]["real_heldout"]["top1"]
+                info["usefulness_probe"] = fid.usefulness_probe(lambda u8: features(net, u8), data, cache, fg,
+                                                                gy, fall, yall, len(aid["classes"]))
+            res["models"].append(info)
+        first = res["models"][-len(variants)]
+        tile_px = first["tile_px"]
+        if layouts:
+            lf = fid.layout_fidelity(d, tile_px, data, cache, layouts, s, seed_offset, threads, precision,
+                                     steps_j["segnet"], log)
+            fake = lf.pop("images")
+            if grids:
+                lf["grid_png"] = layout_grid(data, cache, fake, grids, f"{first['id']}-{first['version']}")
+            first["layout"] = lf
+        if superres:
+            pick = np.linspace(0, len(ia) - 1, min(superres, len(ia))).round().astype(int)
+            sr = fid.super_resolution(d, tile_px, imgs[ia][pick], s, lambda u8: features(net, u8), fb,
+                                      lambda a_, b_: kid_entry(a_, b_, subsets, size, seed),
+                                      (CRS, X0, Y0, AID_FOOTPRINT_M), seed_offset, threads,
+                                      precision, log)
+            rows_ = sr.pop("grid")
+            if grids:
+                from .evaluate import grid_png
+
+                sr["grid_png"] = os.path.join(grids, f"superres_{first['id']}-{first['version']}.png")
+                grid_png([r.transpose(0, 3, 1, 2) for r in rows_], sr["grid_png"])
+            first["super_resolution_x4"] = sr
     res["wall_s"] = round(time.time() - t0, 1)
     res["threads"] = torch.get_num_threads()
     res["torch"] = torch.__version__
@@ -244,6 +310,27 @@ def table(res: Dict) -> str:
         tag = f"{m['id']} {m['version']} ({m['tile_px']} px)"
         row(f"{tag} generated"[:46], m["kid_generated_vs_B"])
         row(f"{tag} real A at tile"[:46], m["kid_real_A_at_native_tile_vs_B"])
+    if "aid_judge" in res:
+        r = res["aid_judge"]["real_heldout"]
+        lines.append(f"AID judge ({res['aid_judge']['train_steps']} steps) top-1 on held-out real: {r['top1']:.1%} "
+                     f"of {r['n']}")
+    for m in res["models"]:
+        tag = f"{m['id']} {m['version']}" + (f" class guidance {m['class_guidance']}"
+                                            if m["class_guidance"] != "package default" else "")
+        if "aid_judge" in m:
+            j, p = m["aid_judge"], m["usefulness_probe"]
+            lines.append(f"{tag}: AID judge top-1 {j['top1']:.1%} ({j['wilson95'][0]:.1%}-{j['wilson95'][1]:.1%}), "
+                         f"{j['of_ceiling']:.0%} of the ceiling; linear probe on generated {p['trained_on_generated']:.1%}"
+                         f" vs on real {p['trained_on_real']:.1%} ({p['train_per_class']} a class): ratio "
+                         f"{p['ratio'] if p['ratio'] is None else round(p['ratio'], 2)}")
+        if "layout" in m:
+            lf = m["layout"]
+            lines.append(f"{tag}: layout mIoU {lf['miou_generated']:.3f} vs real {lf['miou_real_heldout']:.3f}: "
+                         f"ratio {lf['ratio'] if lf['ratio'] is None else round(lf['ratio'], 2)} ({lf['tiles']} tiles)")
+        if "super_resolution_x4" in m:
+            sr = m["super_resolution_x4"]
+            lines.append(f"{tag}: SR x4 PSNR {sr['psnr_generated']:.2f} dB vs bicubic {sr['psnr_bicubic']:.2f}; KID x1e3 "
+                         f"{sr['kid_generated_vs_B']['kid'] * 1e3:.1f} vs bicubic {sr['kid_bicubic_vs_B']['kid'] * 1e3:.1f}")
     return "\n".join(lines)
 
 
@@ -269,6 +356,12 @@ def main(argv=None) -> None:
     k.add_argument("--weights", default="", help="the .pth (default: the installed package's)")
     k.add_argument("--out", default=os.path.join("runs", "judge", "kid.json"))
     k.add_argument("--grids", default="", help="a folder for each model's generated tiles as a PNG (a row a class)")
+    k.add_argument("--fidelity", action="store_true", help="also class top-1 by make eval's AID judge and "
+                   "usefulness as training data (a linear probe on generated tiles only vs on real scenes)")
+    k.add_argument("--class-guidance-off", action="store_true", help="packages with a class guide: judged at "
+                   "their default and with class guidance off")
+    k.add_argument("--layouts", type=int, default=0, help="layout fidelity from N held-out maps layouts")
+    k.add_argument("--superres", type=int, default=0, help="super-resolution x4 on N held-out AID scenes")
     k.add_argument("--cache", default="", help="where the decoded held-out scenes are kept (default: runs/cache "
                    "beside the output's folder, shared with make eval; give another for a different DATA)")
     a = ap.parse_args(argv)
@@ -280,7 +373,9 @@ def main(argv=None) -> None:
     res = {"judge": judge_info(path)}
     res.update(run_kid(a.data, a.model, a.per_class, net, a.steps, a.guidance, a.sampler, a.class_guidance,
                        a.precision, a.kid_subsets, a.kid_size, a.seed, a.seed_offset, cache,
-                       [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads, grids=a.grids))
+                       [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads, grids=a.grids,
+                       fidelity=a.fidelity, class_guidance_off=a.class_guidance_off, layouts=a.layouts,
+                       superres=a.superres))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)

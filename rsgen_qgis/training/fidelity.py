@@ -1,0 +1,189 @@
+"""Fidelity figures beside KID (training/judge.py), for any package, pixel or latent, through the run-time engine
+(core.engine.generate.generate_array) at the package's native tile:
+
+- class fidelity by the AID judge of `make eval` (evaluate.SceneNet trained on the real AID train split, 3000
+  steps, cosine; cached and shared with make eval): top-1 of class-prompt tiles against its top-1 on the held-out
+  real scenes (the ceiling), every image resized to the judge's 64 px;
+- usefulness as training data, as a linear probe: a logistic regression on the ImageNet judge's features, trained
+  on generated tiles only (their class prompts as labels) and, beside it, on as many real AID training scenes a
+  class; both tested on the held-out real scenes. The ratio synthetic / real is the figure;
+- layout fidelity: held-out maps layouts (the 128 px centre of each 256 px tile, 300 m) generated without a
+  prompt at the package's tile over the same ground, segmented by the `make eval` segmenter (trained on real
+  aerials, 600 steps; cached) at its 64 px; mIoU against the layout, divided by the segmenter's mIoU on the real
+  aerials of the same places;
+- super-resolution x4: held-out AID scenes at the package's tile, 4x area-averaged, given as the guide; PSNR
+  against the scene beside bicubic's, and KID (the ImageNet judge) of both against the real reference.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.engine.generate import generate_array
+from ..core.request import Conditions, GenerationRequest
+from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
+from .evaluate import RES, cached_net, miou, psnr, resize, to_tensor, train_classifier, train_segnet, wilson
+
+AID_JUDGE_STEPS = 3000   # make eval's judge: --clf-steps 3000 --clf-cosine
+SEGNET_STEPS = 600       # make eval's segmenter: --seg-steps 600
+N_LAYOUT = 6
+LAYOUT_CROP = (64, 192)  # the centre of a 256 px maps tile, as make eval's layout fidelity
+LAYOUT_FOOTPRINT_M = (LAYOUT_CROP[1] - LAYOUT_CROP[0]) * MAPS_GSD_256
+
+
+def aid_judge(data: str, cache: Optional[str], steps: int = AID_JUDGE_STEPS):
+    """make eval's scene classifier (the same cache file: trained once, by whichever runs first)."""
+    tr = load_aid(data, "train", cache)
+    return cached_net(cache, "classifier_cosine", steps, f"{len(tr['labels'])}x{len(tr['classes'])}",
+                      lambda: train_classifier(tr, 0, steps=steps, cosine=True))
+
+
+@torch.no_grad()
+def judge_top1(clf, u8: np.ndarray, labels: np.ndarray) -> Dict:
+    """Top-1 of the AID judge on (N, H, W, 3) uint8 images resized to its 64 px, with a 95 % Wilson interval."""
+    x = resize(to_tensor(u8), RES)
+    pred = torch.cat([clf(x[i:i + 256]) for i in range(0, len(x), 256)]).argmax(1).numpy()
+    k, n = int((pred == labels).sum()), len(labels)
+    return {"top1": k / n, "wilson95": wilson(k, n), "n": n}
+
+
+def linear_probe(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
+                 n_classes: int, steps: int = 300, weight_decay: float = 1e-2, seed: int = 0) -> float:
+    """Accuracy on (test_f, test_y) of a multinomial logistic regression fitted on (train_f, train_y): features
+    standardised by the training set's mean and spread, full-batch Adam for `steps` (deterministic), L2 penalty."""
+    g = torch.Generator().manual_seed(seed)
+    mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
+    x = torch.from_numpy((train_f - mu) / sd).float()
+    xt = torch.from_numpy((test_f - mu) / sd).float()
+    y = torch.from_numpy(np.asarray(train_y, np.int64))
+    w = (torch.randn(x.shape[1], n_classes, generator=g) * 1e-3).requires_grad_()
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(x @ w + b, y) + weight_decay * (w ** 2).sum()
+        opt.zero_grad(); loss.backward(); opt.step()
+    with torch.no_grad():
+        pred = (xt @ w + b).argmax(1).numpy()
+    return float((pred == np.asarray(test_y)).mean())
+
+
+def spread_per_class(labels: np.ndarray, per_class: int, classes: Sequence[int]) -> np.ndarray:
+    """Indices of `per_class` items of each class, evenly spread over that class's items (deterministic)."""
+    out = []
+    for k in classes:
+        idx = np.flatnonzero(labels == k)
+        if len(idx) == 0:
+            continue
+        n = min(per_class, len(idx))
+        out.append(idx[np.linspace(0, len(idx) - 1, n).round().astype(int)])
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def usefulness_probe(features: Callable[[np.ndarray], np.ndarray], data: str, cache: Optional[str],
+                     gen_f: np.ndarray, gen_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
+                     n_classes: int) -> Dict:
+    """The linear probe trained on generated tiles only and, beside it, on as many real AID training scenes of
+    the same classes; both tested on the held-out real scenes."""
+    tr = load_aid(data, "train", cache)
+    classes = sorted(set(int(k) for k in gen_y))
+    per = int(np.bincount(gen_y).max())
+    idx = spread_per_class(tr["labels"], per, classes)
+    real_f = features(tr["images"][idx])
+    keep = np.isin(test_y, classes)
+    syn = linear_probe(gen_f, gen_y, test_f[keep], test_y[keep], n_classes)
+    real = linear_probe(real_f, tr["labels"][idx], test_f[keep], test_y[keep], n_classes)
+    return {"trained_on_generated": syn, "trained_on_real": real, "ratio": syn / real if real > 0 else None,
+            "train_per_class": per, "classes": len(classes), "test_scenes": int(keep.sum()),
+            "chance": 1.0 / len(classes)}
+
+
+def _utm_for(lon: float, lat: float):
+    from pyproj import Transformer
+
+    zone = int((lon + 180) // 6) + 1
+    crs = f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
+    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    return crs, x, y
+
+
+def _tile_request(model_dir: str, tile_px: int, footprint_m: float, crs: str, x: float, y: float, settings: Dict,
+                  seed: int, prompt: str = "", conditions: Optional[Conditions] = None,
+                  precision: str = "auto") -> GenerationRequest:
+    gsd = footprint_m / tile_px
+    x0, y0 = round(x / gsd) * gsd, round(y / gsd) * gsd
+    return GenerationRequest(extent=(x0, y0, x0 + tile_px * gsd, y0 + tile_px * gsd), crs=crs, gsd=gsd, output="",
+                             prompt=prompt, seed=seed, steps=settings["steps"], guidance=settings["guidance"],
+                             sampler=settings["sampler"], model=model_dir, precision=precision,
+                             class_guidance=0.0, conditions=conditions or Conditions())
+
+
+def nearest(a: np.ndarray, size: int) -> np.ndarray:
+    """(..., h, w) -> (..., size, size) by nearest neighbour (pixel centres)."""
+    h, w = a.shape[-2:]
+    r = np.minimum(((np.arange(size) + 0.5) * h / size).astype(int), h - 1)
+    c = np.minimum(((np.arange(size) + 0.5) * w / size).astype(int), w - 1)
+    return a[..., r[:, None], c[None, :]]
+
+
+def layout_fidelity(model_dir: str, tile_px: int, data: str, cache: Optional[str], n: int, settings: Dict,
+                    seed_offset: int = 0, threads: int = 0, precision: str = "auto",
+                    seg_steps: int = SEGNET_STEPS, log: Callable[[str], None] = print) -> Dict:
+    tr, va = load_maps(data, "train", cache), load_maps(data, "val", cache)
+    seg = cached_net(cache, "segnet", seg_steps, f"{len(tr['aerial'])}x{N_LAYOUT}",
+                     lambda: train_segnet(tr, 0, N_LAYOUT, steps=seg_steps))
+    n = min(n, len(va["aerial"]))
+    a, b = LAYOUT_CROP
+    ids = va["layout"][:n, a:b, a:b].astype(np.int64)
+    lay = F.interpolate(F.one_hot(torch.from_numpy(ids), N_LAYOUT).permute(0, 3, 1, 2).float(), size=(RES, RES),
+                        mode="area").argmax(1).numpy()
+    crs, x, y = _utm_for(*NYC_LONLAT)
+    tiles = []
+    for i in range(n):
+        cond = Conditions(layout=nearest(ids[i].astype(np.uint8), tile_px))
+        req = _tile_request(model_dir, tile_px, LAYOUT_FOOTPRINT_M, crs, x, y, settings, i + seed_offset,
+                            conditions=cond, precision=precision)
+        tiles.append(generate_array(req, providers=["CPUExecutionProvider"], threads=threads).rgb.transpose(1, 2, 0))
+    log(f"  {model_dir}: {n} layout tiles")
+    fake = np.stack(tiles)
+    with torch.no_grad():
+        p_real = seg(resize(to_tensor(va["aerial"][:n, a:b, a:b]), RES)).argmax(1).numpy()
+        p_fake = seg(resize(to_tensor(fake), RES)).argmax(1).numpy()
+    m_real, m_fake = miou(p_real, lay, N_LAYOUT), miou(p_fake, lay, N_LAYOUT)
+    return {"tiles": n, "footprint_m": LAYOUT_FOOTPRINT_M, "crs": crs, "miou_real_heldout": m_real,
+            "miou_generated": m_fake, "ratio": m_fake / m_real if m_real > 0 else None, "segnet_train_steps": seg.trained_steps,
+            "images": fake}
+
+
+def super_resolution(model_dir: str, tile_px: int, real_u8: np.ndarray, settings: Dict, features: Callable,
+                     ref_f: np.ndarray, kid_entry: Callable, place: tuple, seed_offset: int = 0, threads: int = 0,
+                     precision: str = "auto", log: Callable[[str], None] = print) -> Dict:
+    """real_u8: (N, h, w, 3) held-out scenes; each is resized to the package's tile (the high-resolution truth),
+    4x area-averaged (the guide), and generated from the guide alone over the scene's footprint at `place`
+    = (crs, x, y, footprint in m)."""
+    crs, x, y, footprint = place
+    hr = ((resize(to_tensor(real_u8), tile_px) + 1) * 127.5).round().clamp(0, 255).byte()
+    lr = F.avg_pool2d(hr.float(), 4)
+    bic = F.interpolate(lr, size=(tile_px, tile_px), mode="bicubic", align_corners=False).round().clamp(0, 255)
+    bic = bic.byte().permute(0, 2, 3, 1).numpy()
+    guide = lr.round().clamp(0, 255).byte().numpy()
+    hr = hr.permute(0, 2, 3, 1).numpy()
+    out = []
+    for i in range(len(hr)):
+        req = _tile_request(model_dir, tile_px, footprint, crs, x, y, settings, i + seed_offset,
+                            conditions=Conditions(guide=guide[i]), precision=precision)
+        out.append(generate_array(req, providers=["CPUExecutionProvider"], threads=threads).rgb.transpose(1, 2, 0))
+    log(f"  {model_dir}: {len(hr)} super-resolution tiles")
+    sr = np.stack(out)
+    return {"images": len(hr), "tile_px": tile_px,
+            "psnr_generated": float(np.mean([psnr(s, h) for s, h in zip(sr, hr)])),
+            "psnr_bicubic": float(np.mean([psnr(b, h) for b, h in zip(bic, hr)])),
+            "kid_generated_vs_B": kid_entry(features(sr), ref_f),
+            "kid_bicubic_vs_B": kid_entry(features(bic), ref_f),
+            "grid": [bic[:8], sr[:8], hr[:8]]}
+
+
+__all__: List[str] = ["aid_judge", "judge_top1", "linear_probe", "usefulness_probe", "layout_fidelity",
+                      "super_resolution", "spread_per_class", "nearest"]
