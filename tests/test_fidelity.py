@@ -54,6 +54,22 @@ def test_nearest_resampling_keeps_class_ids():
     assert np.array_equal(fid.nearest(up, 4), ids)
 
 
+def test_generated_tiles_reach_the_segmenters_batches_and_without_them_nothing_changes():
+    """train_segnet: the same seed without extra tiles gives the same weights twice; with extra tiles others."""
+    from rsgen_qgis.training.evaluate import train_segnet
+
+    rng = np.random.default_rng(0)
+    maps = {"aerial": rng.integers(0, 255, (3, 256, 256, 3), dtype=np.uint8),
+            "layout": rng.integers(0, 6, (3, 256, 256)).astype(np.uint8)}
+    extra = (torch.rand(4, 3, 64, 64) * 2 - 1, torch.randint(0, 6, (4, 64, 64)))
+
+    def weights(**kw):
+        return torch.cat([p.detach().flatten() for p in train_segnet(maps, 0, 6, seed=3, steps=2, **kw).parameters()])
+    a, b = weights(), weights()
+    assert torch.equal(a, b)
+    assert not torch.equal(a, weights(extra=extra))
+
+
 def _folder(root):
     """AID with two classes of distinct colours (10 scenes each: 8 train, 2 test by data.aid_split's rule
     or thereabouts) and four maps pairs in train and in val, 256 px."""
@@ -96,7 +112,7 @@ def test_the_fidelity_evaluation_runs_end_to_end_for_pixel_and_latent_packages(t
     model = os.path.join(tiny_model_dir, "rsgen-tiny") if kind == "pixel" else \
         os.path.join(tiny_latent_dir, "rsgen-tiny-latent")
     kw = dict(per_class=1, net=random_net, steps=2, guidance=1.0, sampler="ddim", subsets=3, size=2, seed=0,
-              fidelity=True, layouts=2, superres=2, judge_steps={"classifier": 2, "segnet": 2},
+              fidelity=True, layouts=2, superres=2, segmenter=2, judge_steps={"classifier": 2, "segnet": 2},
               cache=str(tmp_path / "cache"), grids=str(tmp_path / "grids"), log=lambda s: None)
     res = judge.run_kid(str(tmp_path / "data"), [model], **kw)
     json.dumps(res)
@@ -108,12 +124,14 @@ def test_the_fidelity_evaluation_runs_end_to_end_for_pixel_and_latent_packages(t
     assert p["train_per_class"] == 1 and p["classes"] == 2 and 0 <= p["trained_on_generated"] <= 1
     assert m["layout"]["tiles"] == 2 and m["layout"]["segnet_train_steps"] == 2
     assert np.asarray(Image.open(m["layout"]["grid_png"])).shape[:2] == (3 * (t + 2), 2 * (t + 2))
+    g = m["segmenter_gain"]
+    assert g["real_pairs"] == 2 and g["generated_tiles"] == 2 and len(g["miou_with"]) == len(g["miou_without"]) == 3
     sr = m["super_resolution_x4"]
     assert sr["images"] == 2 and sr["tile_px"] == t and sr["psnr_bicubic"] > 10
     assert np.asarray(Image.open(sr["grid_png"])).shape[:2] == (3 * (t + 2), 2 * (t + 2))
     again = judge.run_kid(str(tmp_path / "data"), [model], **kw)
-    for key in ("aid_judge", "usefulness_probe", "super_resolution_x4"):
+    for key in ("aid_judge", "usefulness_probe", "super_resolution_x4", "segmenter_gain"):
         a, b = dict(again["models"][0][key]), dict(m[key])
         assert a == b, key
     assert again["models"][0]["layout"]["miou_generated"] == m["layout"]["miou_generated"]
-    assert "AID judge" in judge.table(res) and "layout mIoU" in judge.table(res)
+    assert "AID judge" in judge.table(res) and "layout mIoU" in judge.table(res) and "segmenter" in judge.table(res)

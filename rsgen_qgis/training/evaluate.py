@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -128,24 +128,28 @@ def train_classifier(aid: Dict, minutes: float, seed: int = 0, steps: int = 0, c
     return net
 
 
-def train_segnet(maps: Dict, minutes: float, n_cls: int, seed: int = 0, steps: int = 0) -> SegNet:
+def train_segnet(maps: Dict, minutes: float, n_cls: int, seed: int = 0, steps: int = 0,
+                 extra: Optional[tuple] = None, extra_share: float = 0.5) -> SegNet:
+    """extra: (images (M, 3, 64, 64) in [-1, 1], labels (M, 64, 64) int64) at the net's input scale (generated
+    tiles with the layouts they were made from): `extra_share` of every batch is drawn from them (flipped as the
+    real crops are); without extra the batches are the real crops alone, drawn exactly as before."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = SegNet(n_cls)
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=5e-4)
     go, step = _budget(minutes, steps), 0
+    n_extra = int(round(32 * extra_share)) if extra is not None else 0
     while go(step):
-        idx = rng.integers(0, len(maps["aerial"]), 32)
+        idx = rng.integers(0, len(maps["aerial"]), 32 - n_extra)
         y, x = rng.integers(0, 129, 2)
         xb = resize(to_tensor(maps["aerial"][idx, y:y + 128, x:x + 128]), RES)
-        if rng.random() < 0.5:
-            xb, flip = xb.flip(3), True
-        else:
-            flip = False
         lab = F.interpolate(F.one_hot(torch.from_numpy(maps["layout"][idx, y:y + 128, x:x + 128].astype(np.int64)),
                                       n_cls).permute(0, 3, 1, 2).float(), size=(RES, RES), mode="area").argmax(1)
-        if flip:
-            lab = lab.flip(2)
+        if n_extra:
+            j = torch.from_numpy(rng.integers(0, len(extra[0]), n_extra))
+            xb, lab = torch.cat([xb, extra[0][j]]), torch.cat([lab, extra[1][j]])
+        if rng.random() < 0.5:
+            xb, lab = xb.flip(3), lab.flip(2)
         loss = F.cross_entropy(net(xb), lab)
         opt.zero_grad(); loss.backward(); opt.step()
         step += 1

@@ -11,6 +11,8 @@
   prompt at the package's tile over the same ground, segmented by the `make eval` segmenter (trained on real
   aerials, 600 steps; cached) at its 64 px; mIoU against the layout, divided by the segmenter's mIoU on the real
   aerials of the same places;
+- usefulness as training data (b): the segmenter trained on a small real set with and without tiles generated
+  from other layouts, three seeds each (segmenter_gain);
 - super-resolution x4: held-out AID scenes at the package's tile, 4x area-averaged, given as the guide; PSNR
   against the scene beside bicubic's, and KID (the ImageNet judge) of both against the real reference.
 """
@@ -139,22 +141,72 @@ def layout_fidelity(model_dir: str, tile_px: int, data: str, cache: Optional[str
     ids = va["layout"][:n, a:b, a:b].astype(np.int64)
     lay = F.interpolate(F.one_hot(torch.from_numpy(ids), N_LAYOUT).permute(0, 3, 1, 2).float(), size=(RES, RES),
                         mode="area").argmax(1).numpy()
-    crs, x, y = _utm_for(*NYC_LONLAT)
-    tiles = []
-    for i in range(n):
-        cond = Conditions(layout=nearest(ids[i].astype(np.uint8), tile_px))
-        req = _tile_request(model_dir, tile_px, LAYOUT_FOOTPRINT_M, crs, x, y, settings, i + seed_offset,
-                            conditions=cond, precision=precision)
-        tiles.append(generate_array(req, providers=["CPUExecutionProvider"], threads=threads).rgb.transpose(1, 2, 0))
+    fake = layout_tiles(model_dir, tile_px, ids, settings, seed_offset, threads, precision)
     log(f"  {model_dir}: {n} layout tiles")
-    fake = np.stack(tiles)
     with torch.no_grad():
         p_real = seg(resize(to_tensor(va["aerial"][:n, a:b, a:b]), RES)).argmax(1).numpy()
         p_fake = seg(resize(to_tensor(fake), RES)).argmax(1).numpy()
     m_real, m_fake = miou(p_real, lay, N_LAYOUT), miou(p_fake, lay, N_LAYOUT)
-    return {"tiles": n, "footprint_m": LAYOUT_FOOTPRINT_M, "crs": crs, "miou_real_heldout": m_real,
+    return {"tiles": n, "footprint_m": LAYOUT_FOOTPRINT_M, "miou_real_heldout": m_real,
             "miou_generated": m_fake, "ratio": m_fake / m_real if m_real > 0 else None, "segnet_train_steps": seg.trained_steps,
             "images": fake}
+
+
+def _layout_crops(maps: Dict, idx: Sequence[int]):
+    """The 128 px centre crops of maps tiles `idx`: class ids (n, 128, 128) and their 64 px labels (area
+    majority, as make eval's segmenter is trained)."""
+    a, b = LAYOUT_CROP
+    ids = maps["layout"][list(idx), a:b, a:b].astype(np.int64)
+    lab = F.interpolate(F.one_hot(torch.from_numpy(ids), N_LAYOUT).permute(0, 3, 1, 2).float(), size=(RES, RES),
+                        mode="area").argmax(1)
+    return ids, lab
+
+
+def layout_tiles(model_dir: str, tile_px: int, layouts: np.ndarray, settings: Dict, seed_offset: int = 0,
+                 threads: int = 0, precision: str = "auto") -> np.ndarray:
+    """(n, 128, 128) class ids of maps centre crops -> (n, T, T, 3) uint8 tiles generated without a prompt over
+    the same ground in New York (as make eval's layout fidelity)."""
+    crs, x, y = _utm_for(*NYC_LONLAT)
+    out = []
+    for i, ids in enumerate(layouts):
+        req = _tile_request(model_dir, tile_px, LAYOUT_FOOTPRINT_M, crs, x, y, settings, i + seed_offset,
+                            conditions=Conditions(layout=nearest(ids.astype(np.uint8), tile_px)), precision=precision)
+        out.append(generate_array(req, providers=["CPUExecutionProvider"], threads=threads).rgb.transpose(1, 2, 0))
+    return np.stack(out)
+
+
+def segmenter_gain(model_dir: str, tile_px: int, data: str, cache: Optional[str], settings: Dict,
+                   n_real: int = 150, n_generated: int = 150, seeds: Sequence[int] = (0, 1, 2),
+                   steps: int = SEGNET_STEPS, n_test: int = 200, seed_offset: int = 0, threads: int = 0,
+                   precision: str = "auto", log: Callable[[str], None] = print) -> Dict:
+    """Usefulness as training data (b): make eval's segmenter trained on a small real set (the first `n_real`
+    maps training pairs) with and without tiles generated from `n_generated` other training layouts (half of
+    every batch), each with every seed; mIoU on the held-out real aerials (centre crops of the first `n_test`
+    validation tiles). The gain counts where it is larger than the spread over the seeds."""
+    tr, va = load_maps(data, "train", cache), load_maps(data, "val", cache)
+    n_real = min(n_real, len(tr["aerial"]) // 2)
+    n_generated = min(n_generated, len(tr["aerial"]) - n_real)
+    small = {"aerial": tr["aerial"][:n_real], "layout": tr["layout"][:n_real]}
+    ids, lab = _layout_crops(tr, range(n_real, n_real + n_generated))
+    fake = layout_tiles(model_dir, tile_px, ids, settings, seed_offset, threads, precision)
+    log(f"  {model_dir}: {len(fake)} generated training tiles for the segmenter")
+    extra = (resize(to_tensor(fake), RES), lab)
+    n_test = min(n_test, len(va["aerial"]))
+    _, test_lab = _layout_crops(va, range(n_test))
+    a, b = LAYOUT_CROP
+    test_x = resize(to_tensor(va["aerial"][:n_test, a:b, a:b]), RES)
+
+    def score(net) -> float:
+        with torch.no_grad():
+            pred = torch.cat([net(test_x[i:i + 100]) for i in range(0, n_test, 100)]).argmax(1).numpy()
+        return miou(pred, test_lab.numpy(), N_LAYOUT)
+    without = [score(train_segnet(small, 0, N_LAYOUT, seed=s, steps=steps)) for s in seeds]
+    with_gen = [score(train_segnet(small, 0, N_LAYOUT, seed=s, steps=steps, extra=extra)) for s in seeds]
+    gain = float(np.mean(with_gen) - np.mean(without))
+    spread = float(max(np.ptp(without), np.ptp(with_gen)))
+    return {"real_pairs": n_real, "generated_tiles": len(fake), "share_generated": 0.5, "steps": steps,
+            "seeds": list(seeds), "test_tiles": n_test, "miou_without": without, "miou_with": with_gen,
+            "gain": gain, "spread": spread, "gain_exceeds_spread": gain > spread}
 
 
 def super_resolution(model_dir: str, tile_px: int, real_u8: np.ndarray, settings: Dict, features: Callable,
@@ -186,4 +238,5 @@ def super_resolution(model_dir: str, tile_px: int, real_u8: np.ndarray, settings
 
 
 __all__: List[str] = ["aid_judge", "judge_top1", "linear_probe", "usefulness_probe", "layout_fidelity",
+                      "layout_tiles", "segmenter_gain",
                       "super_resolution", "spread_per_class", "nearest"]

@@ -202,13 +202,14 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             precision: str = "auto", subsets: int = 100, size: int = 500, seed: int = 0, seed_offset: int = 0,
             cache: Optional[str] = None, classes: Optional[Sequence[str]] = None, limit_real: int = 0,
             threads: int = 0, log: Callable[[str], None] = print, grids: str = "", fidelity: bool = False,
-            class_guidance_off: bool = False, layouts: int = 0, superres: int = 0,
+            class_guidance_off: bool = False, layouts: int = 0, superres: int = 0, segmenter: int = 0,
             judge_steps: Optional[Dict[str, int]] = None) -> Dict:
     """The whole evaluation with a given feature network (the pretrained judge, or a random one in tests).
     grids: a folder for each model's generated tiles as a PNG, a row per class (at most 8 tiles a row).
     fidelity: also the AID judge's class top-1 and the linear probe's usefulness (training/fidelity.py);
     class_guidance_off: packages with a class guide are judged with it at their default and off;
-    layouts / superres: that many layout-fidelity and super-resolution tiles per package (0: none).
+    layouts / superres: that many layout-fidelity and super-resolution tiles per package (0: none);
+    segmenter: usefulness for the segmenter, that many real pairs and as many generated tiles (0: not run).
     judge_steps: {"classifier": n, "segnet": n} training steps of make eval's judges (tests: a few)."""
     from . import fidelity as fid
     t0 = time.time()
@@ -271,6 +272,10 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             if grids:
                 lf["grid_png"] = layout_grid(data, cache, fake, grids, f"{first['id']}-{first['version']}")
             first["layout"] = lf
+        if segmenter:
+            first["segmenter_gain"] = fid.segmenter_gain(d, tile_px, data, cache, s, segmenter, segmenter,
+                                                         steps=steps_j["segnet"], seed_offset=seed_offset,
+                                                         threads=threads, precision=precision, log=log)
         if superres:
             pick = np.linspace(0, len(ia) - 1, min(superres, len(ia))).round().astype(int)
             sr = fid.super_resolution(d, tile_px, imgs[ia][pick], s, lambda u8: features(net, u8), fb,
@@ -327,6 +332,10 @@ def table(res: Dict) -> str:
             lf = m["layout"]
             lines.append(f"{tag}: layout mIoU {lf['miou_generated']:.3f} vs real {lf['miou_real_heldout']:.3f}: "
                          f"ratio {lf['ratio'] if lf['ratio'] is None else round(lf['ratio'], 2)} ({lf['tiles']} tiles)")
+        if "segmenter_gain" in m:
+            g = m["segmenter_gain"]
+            lines.append(f"{tag}: segmenter mIoU with generated {np.mean(g['miou_with']):.3f} vs without "
+                         f"{np.mean(g['miou_without']):.3f}: gain {g['gain']:+.3f}, spread over seeds {g['spread']:.3f}")
         if "super_resolution_x4" in m:
             sr = m["super_resolution_x4"]
             lines.append(f"{tag}: SR x4 PSNR {sr['psnr_generated']:.2f} dB vs bicubic {sr['psnr_bicubic']:.2f}; KID x1e3 "
@@ -361,6 +370,8 @@ def main(argv=None) -> None:
     k.add_argument("--class-guidance-off", action="store_true", help="packages with a class guide: judged at "
                    "their default and with class guidance off")
     k.add_argument("--layouts", type=int, default=0, help="layout fidelity from N held-out maps layouts")
+    k.add_argument("--segmenter", type=int, default=0, help="usefulness for the segmenter: N real maps pairs "
+                   "with and without N generated tiles of other layouts, three seeds")
     k.add_argument("--superres", type=int, default=0, help="super-resolution x4 on N held-out AID scenes")
     k.add_argument("--cache", default="", help="where the decoded held-out scenes are kept (default: runs/cache "
                    "beside the output's folder, shared with make eval; give another for a different DATA)")
@@ -375,7 +386,7 @@ def main(argv=None) -> None:
                        a.precision, a.kid_subsets, a.kid_size, a.seed, a.seed_offset, cache,
                        [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads, grids=a.grids,
                        fidelity=a.fidelity, class_guidance_off=a.class_guidance_off, layouts=a.layouts,
-                       superres=a.superres))
+                       superres=a.superres, segmenter=a.segmenter))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
