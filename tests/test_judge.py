@@ -251,3 +251,11 @@ def test_the_kid_evaluation_runs_end_to_end_on_a_small_folder(tmp_path, tiny_mod
     assert grid.shape == (2 * (32 + 2), 32 + 2, 3)  # a row per class, one 32 px tile each, 2 px gaps
     assert again["real"]["kid"] == res["real"]["kid"]
     assert "generated" in judge.table(res)
+
+
+def test_class_tiles_at_a_given_gsd_cover_the_aid_footprint_with_fewer_pixels_than_the_tile(tiny_latent_dir):
+    """--gsd: 600 m at 12.5 m/px = 48 px, below the latent package's 64 px tile (the engine's canvas is a tile)."""
+    g = judge.class_tiles(os.path.join(tiny_latent_dir, "rsgen-tiny-latent"), ["Farmland"], 1, 2, 1.0, "ddim",
+                          log=lambda s: None, gsd=12.5)
+    assert g["tiles"].shape == (1, 48, 48, 3) and g["info"]["px"] == 48 and g["info"]["tile_px"] == 64
+    assert g["info"]["gsd_m"] == pytest.approx(12.5)

@@ -122,37 +122,40 @@ def model_settings(model_dir: str, steps: Optional[int], guidance: Optional[floa
 def class_tiles(model_dir: str, classes: Sequence[str], per_class: int, steps: int, guidance: float,
                 sampler: str, class_guidance: Optional[float] = None, precision: str = "auto",
                 seed_offset: int = 0, providers: Optional[List[str]] = None, threads: int = 0,
-                log: Callable[[str], None] = print) -> Dict:
+                log: Callable[[str], None] = print, gsd: Optional[float] = None) -> Dict:
     """per_class tiles of each class prompt through the run-time engine, at the model's native tile over the AID
     footprint -> {"tiles": (N, T, T, 3) uint8, "labels", "info": what was run}. Seeds: 1000 * the class's
-    index among all AID classes + i (as evaluate.py), whichever classes are asked for."""
+    index among all AID classes + i (as evaluate.py), whichever classes are asked for.
+    gsd: the AID footprint at this GSD instead (600 m / gsd pixels, the engine's canvas at least a tile): a latent
+    package judged at the scale its AID scenes were trained at (4 m)."""
     providers = providers or ["CPUExecutionProvider"]
     model = load(model_dir, providers=providers, threads=threads, precision=precision)
     _, _, tile_px, _ = geometry(model)
-    gsd = AID_FOOTPRINT_M / tile_px
+    px = tile_px if not gsd else int(round(AID_FOOTPRINT_M / gsd))
+    gsd = AID_FOOTPRINT_M / px
     x0, y0 = round(X0 / gsd) * gsd, round(Y0 / gsd) * gsd
     tiles, labels, first, t0 = [], [], None, time.time()
     for c in classes:
         k = AID_CLASSES.index(c)
         for j in range(per_class):
-            req = GenerationRequest(extent=(x0, y0, x0 + tile_px * gsd, y0 + tile_px * gsd), crs=CRS, gsd=gsd,
+            req = GenerationRequest(extent=(x0, y0, x0 + px * gsd, y0 + px * gsd), crs=CRS, gsd=gsd,
                                     output="", prompt=CLASS_PROMPT[c], seed=1000 * k + j + seed_offset, steps=steps,
                                     guidance=guidance, sampler=sampler, model=model_dir, precision=precision,
                                     class_guidance=class_guidance)
             r = generate_array(req, providers=providers, threads=threads)
-            if r.rgb.shape != (3, tile_px, tile_px):
-                raise RuntimeError(f"{model_dir}: a tile came back {r.rgb.shape}, not 3x{tile_px}x{tile_px}")
+            if r.rgb.shape != (3, px, px):
+                raise RuntimeError(f"{model_dir}: a tile came back {r.rgb.shape}, not 3x{px}x{px}")
             tiles.append(r.rgb.transpose(1, 2, 0))
             labels.append(k)
             first = first or r
         log(f"  {model_dir}: {c} ({per_class} tiles, {time.time() - t0:.0f} s so far)")
     seconds = time.time() - t0
     n = len(tiles)
-    return {"tiles": np.stack(tiles) if tiles else np.zeros((0, tile_px, tile_px, 3), np.uint8),
+    return {"tiles": np.stack(tiles) if tiles else np.zeros((0, px, px, 3), np.uint8),
             "labels": np.array(labels, np.int64),
             "info": {"dir": model_dir, "id": model.package.id, "version": model.package.manifest.get("version", ""),
                      "kind": model.package.manifest.get("kind", ""), "autoencoder_factor": model.autoencoder.factor,
-                     "tile_px": tile_px, "gsd_m": gsd, "footprint_m": AID_FOOTPRINT_M, "steps": steps,
+                     "tile_px": tile_px, "px": px, "gsd_m": gsd, "footprint_m": AID_FOOTPRINT_M, "steps": steps,
                      "guidance": guidance, "sampler": sampler,
                      "class_guidance": "package default" if class_guidance is None else class_guidance,
                      "precision": precision, "denoiser_graph": first.denoiser_graph if first else None,
@@ -203,14 +206,15 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             cache: Optional[str] = None, classes: Optional[Sequence[str]] = None, limit_real: int = 0,
             threads: int = 0, log: Callable[[str], None] = print, grids: str = "", fidelity: bool = False,
             class_guidance_off: bool = False, layouts: int = 0, superres: int = 0, segmenter: int = 0,
-            judge_steps: Optional[Dict[str, int]] = None) -> Dict:
+            judge_steps: Optional[Dict[str, int]] = None, gsd: Optional[float] = None) -> Dict:
     """The whole evaluation with a given feature network (the pretrained judge, or a random one in tests).
     grids: a folder for each model's generated tiles as a PNG, a row per class (at most 8 tiles a row).
     fidelity: also the AID judge's class top-1 and the linear probe's usefulness (training/fidelity.py);
     class_guidance_off: packages with a class guide are judged with it at their default and off;
     layouts / superres: that many layout-fidelity and super-resolution tiles per package (0: none);
     segmenter: usefulness for the segmenter, that many real pairs and as many generated tiles (0: not run).
-    judge_steps: {"classifier": n, "segnet": n} training steps of make eval's judges (tests: a few)."""
+    judge_steps: {"classifier": n, "segnet": n} training steps of make eval's judges (tests: a few);
+    gsd: class tiles over the AID footprint at this GSD (class_tiles), not at the package's tile."""
     from . import fidelity as fid
     t0 = time.time()
     aid = load_aid(data, "test", cache)
@@ -246,7 +250,7 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
         for cg in variants:
             log(f"{d}: generating {per_class} x {len(classes)} tiles, {s['steps']} steps, class guidance {cg}")
             g = class_tiles(d, classes, per_class, s["steps"], s["guidance"], s["sampler"], cg,
-                            precision, seed_offset, threads=threads, log=log)
+                            precision, seed_offset, threads=threads, log=log, gsd=gsd)
             fg = features(net, g["tiles"])
             info = g["info"]
             if grids:
@@ -254,7 +258,7 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
                 info["grid_png"] = class_grid(g["tiles"], g["labels"], grids, tag)
             info["kid_generated_vs_B"] = kid_entry(fg, fb, subsets, size, seed)
             info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
-            native = resample(imgs[ia], info["tile_px"])
+            native = resample(imgs[ia], info["px"])  # the generated tiles' pixel count
             info["kid_real_A_at_native_tile_vs_B"] = kid_entry(features(net, native), fb, subsets, size, seed)
             if clf is not None:  # the labels as the data folder numbers its classes (all of AID: the same)
                 gy = np.array([list(aid["classes"]).index(AID_CLASSES[k]) for k in g["labels"]], np.int64)
@@ -312,7 +316,7 @@ def table(res: Dict) -> str:
     for name, e in res["real"]["kid"].items():
         row(name, e)
     for m in res["models"]:
-        tag = f"{m['id']} {m['version']} ({m['tile_px']} px)"
+        tag = f"{m['id']} {m['version']} ({m.get('px', m['tile_px'])} px)"
         row(f"{tag} generated"[:46], m["kid_generated_vs_B"])
         row(f"{tag} real A at tile"[:46], m["kid_real_A_at_native_tile_vs_B"])
     if "aid_judge" in res:
@@ -365,6 +369,9 @@ def main(argv=None) -> None:
     k.add_argument("--weights", default="", help="the .pth (default: the installed package's)")
     k.add_argument("--out", default=os.path.join("runs", "judge", "kid.json"))
     k.add_argument("--grids", default="", help="a folder for each model's generated tiles as a PNG (a row a class)")
+    k.add_argument("--gsd", type=float, default=None, help="class tiles over the AID footprint at this GSD "
+                   "(600 m / GSD pixels) instead of at each package's native tile (e.g. 4: the scale a latent "
+                   "package's AID scenes were trained at)")
     k.add_argument("--fidelity", action="store_true", help="also class top-1 by make eval's AID judge and "
                    "usefulness as training data (a linear probe on generated tiles only vs on real scenes)")
     k.add_argument("--class-guidance-off", action="store_true", help="packages with a class guide: judged at "
@@ -386,7 +393,7 @@ def main(argv=None) -> None:
                        a.precision, a.kid_subsets, a.kid_size, a.seed, a.seed_offset, cache,
                        [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads, grids=a.grids,
                        fidelity=a.fidelity, class_guidance_off=a.class_guidance_off, layouts=a.layouts,
-                       superres=a.superres, segmenter=a.segmenter))
+                       superres=a.superres, segmenter=a.segmenter, gsd=a.gsd))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
