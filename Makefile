@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid train latents train-latent export-latent train-gpu gpu-slim gpu-unslim package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid train latents latents-maps256 train-latent export-latent train-gpu gpu-slim gpu-unslim package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -116,8 +116,16 @@ latents: install
 	    --ae models/taef2 --out runs/latents/train.s$$k.npz --threads 1 --aid-limit $(AID_LIMIT) \
 	    --maps-limit $(MAPS_LIMIT) --shard $$k/$(LATENT_SHARDS) & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p || exit 1; done
+# A second group at another GSD: the 256 px maps tiles of DATA (2.34 m, 32 x 32 latents) as a maps-only pack, so
+# that the GSDs between the 512 px maps (1.17 m) and AID (4 m) are trained, not only interpolated. Training takes it
+# beside LATENT_PACK when LATENT_EXTRA names it (a batch draws from either group with equal chance).
+LATENT_EXTRA ?=
+latents-maps256: install
+	$(PY) -m rsgen_qgis.training.latent_data encode --data $(DATA) --ae models/taef2 --out runs/latents/maps256.npz \
+	    --threads 1 --aid-limit -1 --maps-limit $(MAPS_LIMIT)
 train-latent: install
-	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) --out runs/train-latent --tile 32 \
+	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
+	    --out runs/train-latent --tile 32 \
 	    --channels 48,96,144 --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
 	    --low-res-share 0.3 $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
 # The instalment's EMA weights into models/rsgen-base-1 (fp32 + fp16 graphs), the text encoder taken from
@@ -129,7 +137,8 @@ export-latent: install
 # One device call (docs/GPU.md): the same training on the GPU for at most 8 minutes from the latent pack carried
 # with the working tree, EMA weights to $$OUT (exported and evaluated on the CPU afterwards).
 train-gpu:
-	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) --out $${OUT:-runs}/train-gpu \
+	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
+	    --out $${OUT:-runs}/train-gpu \
 	    --tile 32 --channels 48,96,144 --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
 	    --low-res-share 0.3 --save-every 2 --ema-out $${OUT:-runs}/ema.pt $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
 

@@ -127,3 +127,38 @@ def test_shards_join_into_the_whole_pack(toy_data, tmp_path, tiny_latent_dir):
     np.savez(other, **{**load_pack(parts[1]), "aid_gsd": np.float32(1.0)})
     with pytest.raises(ValueError, match="aid_gsd"):
         load_pack(f"{parts[0]},{other}")
+
+
+def test_pack_groups_train_together_and_a_maps_only_group_never_serves_aid(toy_data, tmp_path, tiny_latent_dir):
+    """A maps-only pack (aid_limit -1: e.g. the maps at 2.34 m beside the 1.17 m ones) joins training as a second
+    group: maps batches come from both, AID batches only from the group that has AID; one pack alone and a list
+    of that one pack give the same batches; groups made with another autoencoder are refused."""
+    from rsgen_qgis.training.latent_data import LatentBatchMaker, check_groups, encode_dataset, load_pack
+
+    ae_dir = os.path.join(tiny_latent_dir, "taef2")
+    a = load_pack(encode_dataset(toy_data, ae_dir, str(tmp_path / "a.npz"), aid_limit=4))
+    b = load_pack(encode_dataset(toy_data, ae_dir, str(tmp_path / "b.npz"), aid_limit=-1))
+    assert b["aid_z"].shape == (0,) + a["aid_z"].shape[1:] and len(b["maps_z"]) == len(a["maps_z"])
+
+    class _Emb(dict):  # every caption gets the same vector: the captions are not what is tested here
+        def __missing__(self, key):
+            return np.ones(8, np.float32)
+
+    emb = _Emb({"x": np.ones(8, np.float32)})
+    bm = LatentBatchMaker([a, b], emb, seed=1)
+    seen = set()
+    for _ in range(20):
+        bm.batch(2, 4, "maps")
+        seen.add(id(bm.pk))
+    assert seen == {id(a), id(b)}
+    for _ in range(10):
+        bm.batch(2, 4, "aid")
+        assert bm.pk is a
+    one, listed = LatentBatchMaker(a, emb, seed=3), LatentBatchMaker([a], emb, seed=3)
+    for src in ("aid", "maps", "aid"):
+        x, y = one.batch(3, 4, src), listed.batch(3, 4, src)
+        for k in x:
+            assert np.array_equal(x[k].numpy(), y[k].numpy())
+    check_groups([a, b])
+    with pytest.raises(ValueError, match="autoencoder_sha256"):
+        LatentBatchMaker([a, {**b, "autoencoder_sha256": np.array("0" * 64)}], emb)

@@ -93,11 +93,15 @@ def encode_dataset(data: str, ae_dir: str, out: str, maps_data: Optional[str] = 
         aid = {**aid, "images": aid["images"][:limit], "labels": aid["labels"][:limit]}
         maps = {k: v[:limit] for k, v in maps.items()}
     k, n = shard  # shard k of n: every n-th image from k of the selection (n processes encode side by side)
-    keep = spread(len(aid["images"]), aid_limit)[k::n]
+    keep = spread(len(aid["images"]), aid_limit)[k::n] if aid_limit >= 0 else np.zeros(0, np.int64)
     aid = {**aid, "images": aid["images"][keep], "labels": aid["labels"][keep]}
     keep = spread(len(maps["aerial"]), maps_limit)[k::n]
     maps = {key: v[keep] for key, v in maps.items()}
-    a = encode_images(ae, aid["images"], AID_CROP)
+    if len(aid["images"]):
+        a = encode_images(ae, aid["images"], AID_CROP)
+    else:  # a maps-only pack (aid_limit < 0): empty AID arrays of the right shapes
+        c, h = ae.channels, AID_CROP // ae.factor
+        a = {"z": np.zeros((0, c, h, h), np.float16), "g": np.zeros((0, c, h // 4, h // 4), np.float16)}
     side = maps["aerial"].shape[1] // ae.factor * ae.factor
     m = encode_images(ae, maps["aerial"][:, :side, :side], None)
     lay = np.stack([_fractions(x[:side, :side], ae.factor) for x in maps["layout"]])
@@ -161,18 +165,42 @@ def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return a[..., ::-1] if flip else a
 
 
-class LatentBatchMaker:
-    """Batches {x0, spatial, cond} on the latent grid, conditions as the run time lowers them."""
+def check_groups(packs: List[dict]) -> None:
+    """Packs trained together (groups: e.g. the maps at 1.17 m and at 2.34 m) must share the autoencoder and the
+    AID classes; a mismatch is refused, not mixed."""
+    for pk in packs[1:]:
+        for k in ("autoencoder_sha256", "factor", "aid_classes"):
+            if not np.array_equal(pk[k], packs[0][k]):
+                raise ValueError(f"latent pack groups disagree on {k!r}: encode them with the same autoencoder and "
+                                 "AID folder.")
+        if pk["aid_z"].shape[1:2] != packs[0]["aid_z"].shape[1:2]:
+            raise ValueError("latent pack groups have different latent channels.")
 
-    def __init__(self, pack: dict, caption_emb: Dict[str, np.ndarray], seed: int = 0,
+
+class LatentBatchMaker:
+    """Batches {x0, spatial, cond} on the latent grid, conditions as the run time lowers them. `pack`: one pack
+    (load_pack) or a list of groups, each with its own GSDs and tile sizes (e.g. maps at 1.17 m and at 2.34 m):
+    a batch comes from one group, drawn with equal chance among those holding the source (and large enough
+    for the crop); with one group the draws are exactly those of a single pack."""
+
+    def __init__(self, pack, caption_emb: Dict[str, np.ndarray], seed: int = 0,
                  probs: Probabilities = Probabilities()):
-        self.pk, self.emb, self.p = pack, caption_emb, probs
+        self.groups = list(pack) if isinstance(pack, (list, tuple)) else [pack]
+        check_groups(self.groups)
+        self.pk, self.emb, self.p = self.groups[0], caption_emb, probs
         self.rng = np.random.default_rng(seed)
         self.pyrng = random.Random(seed)
         self.lay = CondLayout(len(next(iter(caption_emb.values()))))
-        self.classes = [str(c) for c in pack["aid_classes"]]
-        self.C = int(pack["aid_z"].shape[1])
-        self.factor = int(pack["factor"])
+        self.classes = [str(c) for c in self.pk["aid_classes"]]
+        self.C = int(self.pk["aid_z"].shape[1])
+        self.factor = int(self.pk["factor"])
+
+    def _group(self, source: str, res: int) -> dict:
+        key = "aid_z" if source == "aid" else "maps_z"
+        have = [g for g in self.groups if len(g[key]) and g[key].shape[-1] >= res]
+        if not have:
+            raise ValueError(f"no latent pack group has {source} samples of at least {res} latent cells")
+        return have[0] if len(have) == 1 else have[int(self.rng.integers(0, len(have)))]
 
     def _crop(self, arrays: List[np.ndarray], idx: np.ndarray, res: int):
         size = arrays[0].shape[-1]
@@ -189,6 +217,7 @@ class LatentBatchMaker:
         from .data import random_masks
 
         p, rng = self.p, self.rng
+        self.pk = self._group(source, res)
         conds = []
         K = len(LAYOUT_CLASSES)
         if source == "aid":
@@ -233,7 +262,8 @@ def main(argv=None) -> None:
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--limit", type=int, default=0, help="first N images of each source (toy packs)")
     e.add_argument("--maps-limit", type=int, default=0, help="N maps tiles spread evenly over the split (a shorter encoding run)")
-    e.add_argument("--aid-limit", type=int, default=0, help="N AID scenes spread evenly over the split")
+    e.add_argument("--aid-limit", type=int, default=0, help="N AID scenes spread evenly over the split (-1: none, "
+                   "a maps-only pack, e.g. the maps at another GSD as a second group)")
     e.add_argument("--shard", default="0/1", help="k/n: encode every n-th selected image from k (run n side by side, "
                    "then give train with the n packs comma-separated)")
     c = sub.add_parser("dihedral-check", help="turned latents vs encoded turned images")

@@ -86,8 +86,10 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default="", help="folder written by prepare-data")
     ap.add_argument("--pack", default="", help="training pack (training/pack.py) to unpack into the cache first, "
                                                "for a machine without the data folder")
-    ap.add_argument("--latents", default="", help="latent pack (training/latent_data.py encode): train a latent "
-                    "model on the autoencoder's latents instead of images (--tile in latent cells)")
+    ap.add_argument("--latents", action="append", default=[], help="latent pack (training/latent_data.py "
+                    "encode; shards comma-separated): train a latent model on the autoencoder's latents instead of "
+                    "images (--tile in latent cells). Repeat for groups at other GSDs (e.g. maps at 2.34 m beside "
+                    "1.17 m): a batch draws from one group, with equal chance among those that hold its source")
     ap.add_argument("--init-onnx", default="", help="start from a package's fp32 denoiser graph (its weights as the "
                     "model and EMA; optimizer state starts fresh and re-warms): continue from what is committed")
     ap.add_argument("--guidance-input", action="store_true", help="the cond vector ends with the guidance scale "
@@ -130,7 +132,8 @@ def main(argv=None) -> None:
         from ..core.conditions.encoding import spatial_channels
         from .latent_data import LatentBatchMaker, load_pack
 
-        bm = LatentBatchMaker(load_pack(a.latents), emb, seed=a.seed)
+        packs = [load_pack(p) for p in a.latents if p]
+        bm = LatentBatchMaker(packs if len(packs) > 1 else packs[0], emb, seed=a.seed)
         image_channels = bm.C
     else:
         aid, maps = load_aid(a.data, "train", cache), load_maps(a.data, "train", cache)
