@@ -112,7 +112,8 @@ def test_the_fidelity_evaluation_runs_end_to_end_for_pixel_and_latent_packages(t
     model = os.path.join(tiny_model_dir, "rsgen-tiny") if kind == "pixel" else \
         os.path.join(tiny_latent_dir, "rsgen-tiny-latent")
     kw = dict(per_class=1, net=random_net, steps=2, guidance=1.0, sampler="ddim", subsets=3, size=2, seed=0,
-              fidelity=True, layouts=2, superres=2, segmenter=2, judge_steps={"classifier": 2, "segnet": 2},
+              fidelity=True, aid_judge=True, probe_per_class=3, layouts=2, superres=2, segmenter=2,
+              judge_steps={"classifier": 2, "segnet": 2},
               cache=str(tmp_path / "cache"), grids=str(tmp_path / "grids"), log=lambda s: None)
     res = judge.run_kid(str(tmp_path / "data"), [model], **kw)
     json.dumps(res)
@@ -120,6 +121,7 @@ def test_the_fidelity_evaluation_runs_end_to_end_for_pixel_and_latent_packages(t
     m = res["models"][0]
     t = m["tile_px"]
     assert m["aid_judge"]["n"] == 2 and 0 <= m["aid_judge"]["top1"] <= 1
+    assert res["probe_judge"]["real_heldout"]["n"] == 4 and m["probe_judge"]["n"] == 2
     p = m["usefulness_probe"]
     assert p["train_per_class"] == 1 and p["classes"] == 2 and 0 <= p["trained_on_generated"] <= 1
     assert m["layout"]["tiles"] == 2 and m["layout"]["segnet_train_steps"] == 2
@@ -130,8 +132,8 @@ def test_the_fidelity_evaluation_runs_end_to_end_for_pixel_and_latent_packages(t
     assert sr["images"] == 2 and sr["tile_px"] == t and sr["psnr_bicubic"] > 10
     assert np.asarray(Image.open(sr["grid_png"])).shape[:2] == (3 * (t + 2), 2 * (t + 2))
     again = judge.run_kid(str(tmp_path / "data"), [model], **kw)
-    for key in ("aid_judge", "usefulness_probe", "super_resolution_x4", "segmenter_gain"):
+    for key in ("aid_judge", "probe_judge", "usefulness_probe", "super_resolution_x4", "segmenter_gain"):
         a, b = dict(again["models"][0][key]), dict(m[key])
         assert a == b, key
     assert again["models"][0]["layout"]["miou_generated"] == m["layout"]["miou_generated"]
-    assert "AID judge" in judge.table(res) and "layout mIoU" in judge.table(res) and "segmenter" in judge.table(res)
+    assert "AID judge" in judge.table(res) and "probe judge" in judge.table(res) and "layout mIoU" in judge.table(res) and "segmenter" in judge.table(res)

@@ -1,9 +1,10 @@
 """Fidelity figures beside KID (training/judge.py), for any package, pixel or latent, through the run-time engine
 (core.engine.generate.generate_array) at the package's native tile:
 
-- class fidelity by the AID judge of `make eval` (evaluate.SceneNet trained on the real AID train split, 3000
-  steps, cosine; cached and shared with make eval): top-1 of class-prompt tiles against its top-1 on the held-out
-  real scenes (the ceiling), every image resized to the judge's 64 px;
+- class fidelity by a classifier no model of ours was steered by: a linear probe on the ImageNet judge's features
+  fitted on real AID training scenes (feature_judge); top-1 of class-prompt tiles against its top-1 on the
+  held-out real scenes (the ceiling). Optionally also by the AID judge of `make eval` (evaluate.SceneNet, 3000
+  steps, cosine; cached and shared with make eval; an hour or more of CPU to train once), images at its 64 px;
 - usefulness as training data, as a linear probe: a logistic regression on the ImageNet judge's features, trained
   on generated tiles only (their class prompts as labels) and, beside it, on as many real AID training scenes a
   class; both tested on the held-out real scenes. The ratio synthetic / real is the figure;
@@ -47,19 +48,16 @@ def aid_judge(data: str, cache: Optional[str], steps: int = AID_JUDGE_STEPS):
 def judge_top1(clf, u8: np.ndarray, labels: np.ndarray) -> Dict:
     """Top-1 of the AID judge on (N, H, W, 3) uint8 images resized to its 64 px, with a 95 % Wilson interval."""
     x = resize(to_tensor(u8), RES)
-    pred = torch.cat([clf(x[i:i + 256]) for i in range(0, len(x), 256)]).argmax(1).numpy()
-    k, n = int((pred == labels).sum()), len(labels)
-    return {"top1": k / n, "wilson95": wilson(k, n), "n": n}
+    return top1(torch.cat([clf(x[i:i + 256]) for i in range(0, len(x), 256)]).argmax(1).numpy(), labels)
 
 
-def linear_probe(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
-                 n_classes: int, steps: int = 300, weight_decay: float = 1e-2, seed: int = 0) -> float:
-    """Accuracy on (test_f, test_y) of a multinomial logistic regression fitted on (train_f, train_y): features
-    standardised by the training set's mean and spread, full-batch Adam for `steps` (deterministic), L2 penalty."""
+def fit_probe(train_f: np.ndarray, train_y: np.ndarray, n_classes: int, steps: int = 300,
+              weight_decay: float = 1e-2, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A multinomial logistic regression fitted on (train_f, train_y): features standardised by the training set's
+    mean and spread, full-batch Adam for `steps` (deterministic), L2 penalty. Returns features -> class ids."""
     g = torch.Generator().manual_seed(seed)
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
     x = torch.from_numpy((train_f - mu) / sd).float()
-    xt = torch.from_numpy((test_f - mu) / sd).float()
     y = torch.from_numpy(np.asarray(train_y, np.int64))
     w = (torch.randn(x.shape[1], n_classes, generator=g) * 1e-3).requires_grad_()
     b = torch.zeros(n_classes, requires_grad=True)
@@ -67,9 +65,52 @@ def linear_probe(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, t
     for _ in range(steps):
         loss = F.cross_entropy(x @ w + b, y) + weight_decay * (w ** 2).sum()
         opt.zero_grad(); loss.backward(); opt.step()
-    with torch.no_grad():
-        pred = (xt @ w + b).argmax(1).numpy()
+    w, b = w.detach(), b.detach()
+
+    def predict(f: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return (torch.from_numpy((f - mu) / sd).float() @ w + b).argmax(1).numpy()
+    return predict
+
+
+def linear_probe(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
+                 n_classes: int, steps: int = 300, weight_decay: float = 1e-2, seed: int = 0) -> float:
+    """Accuracy on (test_f, test_y) of fit_probe(train_f, train_y)."""
+    pred = fit_probe(train_f, train_y, n_classes, steps, weight_decay, seed)(test_f)
     return float((pred == np.asarray(test_y)).mean())
+
+
+def real_train_features(features: Callable[[np.ndarray], np.ndarray], data: str, cache: Optional[str],
+                        per_class: int, tag: str) -> Dict[str, np.ndarray]:
+    """The judge's features of `per_class` real AID training scenes a class (evenly spread), cached under `tag`
+    (the feature network's weights): {"f", "y"}."""
+    import os
+
+    path = cache and os.path.join(cache, f"features_{tag}_aid_train_{per_class}.npz")
+    if path and os.path.exists(path):
+        z = np.load(path)
+        return {"f": z["f"], "y": z["y"]}
+    tr = load_aid(data, "train", cache)
+    idx = spread_per_class(tr["labels"], per_class, range(len(tr["classes"])))
+    out = {"f": features(tr["images"][idx]), "y": tr["labels"][idx]}
+    if path:
+        os.makedirs(cache, exist_ok=True)
+        np.savez(path + ".partial.npz", **out)
+        os.replace(path + ".partial.npz", path)
+    return out
+
+
+def feature_judge(features: Callable[[np.ndarray], np.ndarray], data: str, cache: Optional[str], n_classes: int,
+                  per_class: int = 60, tag: str = "effnet") -> Callable[[np.ndarray], np.ndarray]:
+    """A scene classifier no model of ours was steered by: the linear probe on the ImageNet judge's features,
+    fitted on `per_class` real AID training scenes a class. Returns features -> class ids."""
+    r = real_train_features(features, data, cache, per_class, tag)
+    return fit_probe(r["f"], r["y"], n_classes)
+
+
+def top1(pred: np.ndarray, labels: np.ndarray) -> Dict:
+    k, n = int((np.asarray(pred) == np.asarray(labels)).sum()), len(labels)
+    return {"top1": k / n, "wilson95": wilson(k, n), "n": n}
 
 
 def spread_per_class(labels: np.ndarray, per_class: int, classes: Sequence[int]) -> np.ndarray:
@@ -86,17 +127,16 @@ def spread_per_class(labels: np.ndarray, per_class: int, classes: Sequence[int])
 
 def usefulness_probe(features: Callable[[np.ndarray], np.ndarray], data: str, cache: Optional[str],
                      gen_f: np.ndarray, gen_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
-                     n_classes: int) -> Dict:
+                     n_classes: int, tag: str = "effnet") -> Dict:
     """The linear probe trained on generated tiles only and, beside it, on as many real AID training scenes of
     the same classes; both tested on the held-out real scenes."""
-    tr = load_aid(data, "train", cache)
     classes = sorted(set(int(k) for k in gen_y))
     per = int(np.bincount(gen_y).max())
-    idx = spread_per_class(tr["labels"], per, classes)
-    real_f = features(tr["images"][idx])
+    r = real_train_features(features, data, cache, per, tag)
+    on = np.isin(r["y"], classes)
     keep = np.isin(test_y, classes)
     syn = linear_probe(gen_f, gen_y, test_f[keep], test_y[keep], n_classes)
-    real = linear_probe(real_f, tr["labels"][idx], test_f[keep], test_y[keep], n_classes)
+    real = linear_probe(r["f"][on], r["y"][on], test_f[keep], test_y[keep], n_classes)
     return {"trained_on_generated": syn, "trained_on_real": real, "ratio": syn / real if real > 0 else None,
             "train_per_class": per, "classes": len(classes), "test_scenes": int(keep.sum()),
             "chance": 1.0 / len(classes)}
@@ -237,6 +277,6 @@ def super_resolution(model_dir: str, tile_px: int, real_u8: np.ndarray, settings
             "grid": [bic[:8], sr[:8], hr[:8]]}
 
 
-__all__: List[str] = ["aid_judge", "judge_top1", "linear_probe", "usefulness_probe", "layout_fidelity",
+__all__: List[str] = ["aid_judge", "judge_top1", "fit_probe", "linear_probe", "feature_judge", "top1", "usefulness_probe", "layout_fidelity",
                       "layout_tiles", "segmenter_gain",
                       "super_resolution", "spread_per_class", "nearest"]

@@ -206,10 +206,13 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             cache: Optional[str] = None, classes: Optional[Sequence[str]] = None, limit_real: int = 0,
             threads: int = 0, log: Callable[[str], None] = print, grids: str = "", fidelity: bool = False,
             class_guidance_off: bool = False, layouts: int = 0, superres: int = 0, segmenter: int = 0,
-            judge_steps: Optional[Dict[str, int]] = None, gsd: Optional[float] = None) -> Dict:
+            judge_steps: Optional[Dict[str, int]] = None, gsd: Optional[float] = None,
+            aid_judge: bool = False, probe_per_class: int = 60) -> Dict:
     """The whole evaluation with a given feature network (the pretrained judge, or a random one in tests).
     grids: a folder for each model's generated tiles as a PNG, a row per class (at most 8 tiles a row).
-    fidelity: also the AID judge's class top-1 and the linear probe's usefulness (training/fidelity.py);
+    fidelity: also class top-1 by a linear probe on the judge's features fitted on `probe_per_class` real AID
+    training scenes a class, and usefulness as training data (training/fidelity.py); with aid_judge, class top-1
+    by make eval's SceneNet judge as well (trained once and cached: an hour or more on 2 CPU cores);
     class_guidance_off: packages with a class guide are judged with it at their default and off;
     layouts / superres: that many layout-fidelity and super-resolution tiles per package (0: none);
     segmenter: usefulness for the segmenter, that many real pairs and as many generated tiles (0: not run).
@@ -236,8 +239,15 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
     res["real"]["kid"] = rows
     yall = np.concatenate([real_y[ia], real_y[ib]])
     steps_j = dict({"classifier": fid.AID_JUDGE_STEPS, "segnet": fid.SEGNET_STEPS}, **(judge_steps or {}))
-    clf = None
+    clf = probe = None
+    n_cls = len(aid["classes"])
+    tag = "effnet" + getattr(net, "weights_tag", "")  # cached features are keyed by the network's weights
     if fidelity:
+        probe = fid.feature_judge(lambda u8: features(net, u8), data, cache, n_cls, probe_per_class, tag=tag)
+        res["probe_judge"] = {"network": "linear probe on the ImageNet judge's features, fitted on real AID training "
+                              f"scenes ({probe_per_class} a class, evenly spread)",
+                              "real_heldout": fid.top1(probe(fall), yall)}
+    if fidelity and aid_judge:
         clf = fid.aid_judge(data, cache, steps_j["classifier"])
         res["aid_judge"] = {"network": "evaluate.SceneNet (make eval's judge, trained on the real AID train split)",
                             "train_steps": clf.trained_steps, "real_heldout": fid.judge_top1(clf, imgs, real_y)}
@@ -260,12 +270,17 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
             native = resample(imgs[ia], info["px"])  # the generated tiles' pixel count
             info["kid_real_A_at_native_tile_vs_B"] = kid_entry(features(net, native), fb, subsets, size, seed)
-            if clf is not None:  # the labels as the data folder numbers its classes (all of AID: the same)
+            if probe is not None:  # the labels as the data folder numbers its classes (all of AID: the same)
                 gy = np.array([list(aid["classes"]).index(AID_CLASSES[k]) for k in g["labels"]], np.int64)
-                info["aid_judge"] = fid.judge_top1(clf, g["tiles"], gy)
-                info["aid_judge"]["of_ceiling"] = info["aid_judge"]["top1"] / res["aid_judge"]["real_heldout"]["top1"]
+                info["probe_judge"] = fid.top1(probe(fg), gy)
+                ceiling = res["probe_judge"]["real_heldout"]["top1"]
+                info["probe_judge"]["of_ceiling"] = info["probe_judge"]["top1"] / ceiling if ceiling else None
                 info["usefulness_probe"] = fid.usefulness_probe(lambda u8: features(net, u8), data, cache, fg,
-                                                                gy, fall, yall, len(aid["classes"]))
+                                                                gy, fall, yall, n_cls, tag=tag)
+            if clf is not None:
+                info["aid_judge"] = fid.judge_top1(clf, g["tiles"], gy)
+                ceiling = res["aid_judge"]["real_heldout"]["top1"]
+                info["aid_judge"]["of_ceiling"] = info["aid_judge"]["top1"] / ceiling if ceiling else None
             res["models"].append(info)
         first = res["models"][-len(variants)]
         tile_px = first["tile_px"]
@@ -319,6 +334,9 @@ def table(res: Dict) -> str:
         tag = f"{m['id']} {m['version']} ({m.get('px', m['tile_px'])} px)"
         row(f"{tag} generated"[:46], m["kid_generated_vs_B"])
         row(f"{tag} real A at tile"[:46], m["kid_real_A_at_native_tile_vs_B"])
+    if "probe_judge" in res:
+        r = res["probe_judge"]["real_heldout"]
+        lines.append(f"probe judge top-1 on held-out real: {r['top1']:.1%} of {r['n']}")
     if "aid_judge" in res:
         r = res["aid_judge"]["real_heldout"]
         lines.append(f"AID judge ({res['aid_judge']['train_steps']} steps) top-1 on held-out real: {r['top1']:.1%} "
@@ -326,11 +344,15 @@ def table(res: Dict) -> str:
     for m in res["models"]:
         tag = f"{m['id']} {m['version']}" + (f" class guidance {m['class_guidance']}"
                                             if m["class_guidance"] != "package default" else "")
-        if "aid_judge" in m:
-            j, p = m["aid_judge"], m["usefulness_probe"]
-            lines.append(f"{tag}: AID judge top-1 {j['top1']:.1%} ({j['wilson95'][0]:.1%}-{j['wilson95'][1]:.1%}), "
-                         f"{j['of_ceiling']:.0%} of the ceiling; linear probe on generated {p['trained_on_generated']:.1%}"
-                         f" vs on real {p['trained_on_real']:.1%} ({p['train_per_class']} a class): ratio "
+        for key, name in (("probe_judge", "probe judge"), ("aid_judge", "AID judge")):
+            if key in m:
+                j = m[key]
+                lines.append(f"{tag}: {name} top-1 {j['top1']:.1%} ({j['wilson95'][0]:.1%}-{j['wilson95'][1]:.1%}), "
+                             f"{j['of_ceiling'] or 0:.0%} of the ceiling")
+        if "usefulness_probe" in m:
+            p = m["usefulness_probe"]
+            lines.append(f"{tag}: linear probe trained on generated {p['trained_on_generated']:.1%} vs on real "
+                         f"{p['trained_on_real']:.1%} ({p['train_per_class']} a class): ratio "
                          f"{p['ratio'] if p['ratio'] is None else round(p['ratio'], 2)}")
         if "layout" in m:
             lf = m["layout"]
@@ -374,6 +396,10 @@ def main(argv=None) -> None:
                    "package's AID scenes were trained at)")
     k.add_argument("--fidelity", action="store_true", help="also class top-1 by make eval's AID judge and "
                    "usefulness as training data (a linear probe on generated tiles only vs on real scenes)")
+    k.add_argument("--aid-judge", action="store_true", help="with --fidelity: class top-1 by make eval's SceneNet "
+                   "judge as well (trained once and cached: an hour or more on 2 CPU cores)")
+    k.add_argument("--probe-per-class", type=int, default=60, help="real AID training scenes a class the probe "
+                   "judge is fitted on")
     k.add_argument("--class-guidance-off", action="store_true", help="packages with a class guide: judged at "
                    "their default and with class guidance off")
     k.add_argument("--layouts", type=int, default=0, help="layout fidelity from N held-out maps layouts")
@@ -387,13 +413,15 @@ def main(argv=None) -> None:
         torch.set_num_threads(a.threads)
     path = a.weights or weights_path()
     net = pretrained(path)
+    net.weights_tag = sha256_file(path)[:12]
     cache = a.cache or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(a.out))), "cache")
     res = {"judge": judge_info(path)}
     res.update(run_kid(a.data, a.model, a.per_class, net, a.steps, a.guidance, a.sampler, a.class_guidance,
                        a.precision, a.kid_subsets, a.kid_size, a.seed, a.seed_offset, cache,
                        [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads, grids=a.grids,
                        fidelity=a.fidelity, class_guidance_off=a.class_guidance_off, layouts=a.layouts,
-                       superres=a.superres, segmenter=a.segmenter, gsd=a.gsd))
+                       superres=a.superres, segmenter=a.segmenter, gsd=a.gsd,
+                       aid_judge=a.aid_judge, probe_per_class=a.probe_per_class))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
