@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid train latents latents-maps256 train-latent export-latent train-gpu gpu-slim gpu-unslim package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent export-latent train-gpu gpu-slim gpu-unslim package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -21,6 +21,7 @@ help:
 	@echo "make seams    seam metric: fused large-area path vs naive tiling (real model)"
 	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
 	@echo "make eval-kid DATA=dir MODELS=\"models/rsgen-base ...\"  KID in ImageNet-pretrained features vs held-out real (docs/EVAL.md)"
+	@echo "make eval-latent DATA=dir  rsgen-base-1 and rsgen-base: KID, class fidelity, usefulness, layouts, SR x4 (docs/EVAL.md)"
 	@echo "make train DATA=dir  retrain models/rsgen-base from prepared data (CPU recipe)"
 	@echo "make pack DATA=dir   compact training data in parts (runs/pack/train.part*.npz) for a GPU machine"
 	@echo "make package build/rsgen_qgis.zip for QGIS's 'Install from ZIP'"
@@ -78,6 +79,17 @@ KID_ARGS ?=
 eval-kid: install
 	$(PY) -m rsgen_qgis.training.judge kid --data $(DATA) $(foreach m,$(MODELS),--model $(m)) \
 	    --out runs/judge/kid.json $(KID_ARGS)
+
+# The latent model's figures beside 0.5.0's (models/rsgen-base-1/MODEL_CARD.md, docs/EVAL.md): KID, class fidelity by
+# the probe judge, usefulness as training data (linear probe), layout fidelity and super-resolution x4; the 1.0
+# class tiles at 4 m (the GSD its AID scenes were trained at), 0.5.0's at its own 64 px tile, with class guidance
+# at its default and off. EVAL_ARGS: the sizes (the card's runs: these defaults).
+EVAL_ARGS ?= --per-class 8 --limit-real 40 --threads 2
+eval-latent: install
+	$(PY) -m rsgen_qgis.training.judge kid --data $(DATA) --model models/rsgen-base-1 --gsd 4 --fidelity \
+	    --layouts 60 --superres 48 --out runs/judge/eval_rsgen-base-1.json --grids runs/judge/grids $(EVAL_ARGS)
+	$(PY) -m rsgen_qgis.training.judge kid --data $(DATA) --model models/rsgen-base --fidelity --class-guidance-off \
+	    --layouts 60 --superres 48 --out runs/judge/eval_rsgen-base.json --grids runs/judge/grids $(EVAL_ARGS)
 
 # Four phases (MODEL_CARD.md): 80 min from scratch with a 32 px curriculum, then 100 min at 64 px from its EMA
 # weights with a cosine learning-rate decay, then 115 min more from those (lower peak rate, another data order),
