@@ -137,3 +137,19 @@ def test_the_fidelity_evaluation_runs_end_to_end_for_pixel_and_latent_packages(t
         assert a == b, key
     assert again["models"][0]["layout"]["miou_generated"] == m["layout"]["miou_generated"]
     assert "AID judge" in judge.table(res) and "probe judge" in judge.table(res) and "layout mIoU" in judge.table(res) and "segmenter" in judge.table(res)
+
+
+def test_cached_real_features_are_keyed_by_the_feature_network_not_by_the_model(tmp_path, tiny_model_dir, random_net):
+    """The real training scenes' features are a function of the judge's weights: with grids written (whose names
+    carry the model's id) the cache files still carry only the network's tag."""
+    _folder(tmp_path / "data")
+    random_net.weights_tag = "abc"
+    try:
+        judge.run_kid(str(tmp_path / "data"), [os.path.join(tiny_model_dir, "rsgen-tiny")], per_class=1,
+                      net=random_net, steps=2, guidance=1.0, sampler="ddim", subsets=2, size=2, fidelity=True,
+                      probe_per_class=2, cache=str(tmp_path / "cache"), grids=str(tmp_path / "grids"),
+                      log=lambda s: None)
+    finally:
+        del random_net.weights_tag
+    names = sorted(n for n in os.listdir(tmp_path / "cache") if n.startswith("features_"))
+    assert names == ["features_effnetabc_aid_train_1.npz", "features_effnetabc_aid_train_2.npz"]

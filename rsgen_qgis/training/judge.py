@@ -264,8 +264,8 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             fg = features(net, g["tiles"])
             info = g["info"]
             if grids:
-                tag = f"{info['id']}-{info['version']}" + ("-cg0" if cg == 0.0 and len(variants) > 1 else "")
-                info["grid_png"] = class_grid(g["tiles"], g["labels"], grids, tag)
+                name = f"{info['id']}-{info['version']}" + ("-cg0" if cg == 0.0 and len(variants) > 1 else "")
+                info["grid_png"] = class_grid(g["tiles"], g["labels"], grids, name)
             info["kid_generated_vs_B"] = kid_entry(fg, fb, subsets, size, seed)
             info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
             native = resample(imgs[ia], info["px"])  # the generated tiles' pixel count
