@@ -153,3 +153,13 @@ def test_cached_real_features_are_keyed_by_the_feature_network_not_by_the_model(
         del random_net.weights_tag
     names = sorted(n for n in os.listdir(tmp_path / "cache") if n.startswith("features_"))
     assert names == ["features_effnetabc_aid_train_1.npz", "features_effnetabc_aid_train_2.npz"]
+
+
+def test_per_class_zero_runs_only_the_other_figures(tmp_path, tiny_model_dir, random_net):
+    _folder(tmp_path / "data")
+    res = judge.run_kid(str(tmp_path / "data"), [os.path.join(tiny_model_dir, "rsgen-tiny")], per_class=0,
+                        net=random_net, steps=2, guidance=1.0, sampler="ddim", subsets=2, size=2, superres=2,
+                        cache=str(tmp_path / "cache"), log=lambda s: None)
+    m = res["models"][0]
+    assert m["tiles"] == 0 and "kid_generated_vs_B" not in m and m["super_resolution_x4"]["images"] == 2
+    assert "SR x4" in judge.table(res)

@@ -261,8 +261,11 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             log(f"{d}: generating {per_class} x {len(classes)} tiles, {s['steps']} steps, class guidance {cg}")
             g = class_tiles(d, classes, per_class, s["steps"], s["guidance"], s["sampler"], cg,
                             precision, seed_offset, threads=threads, log=log, gsd=gsd)
-            fg = features(net, g["tiles"])
             info = g["info"]
+            if not per_class:  # --per-class 0: only the other figures (layouts, super-resolution, segmenter)
+                res["models"].append(info)
+                continue
+            fg = features(net, g["tiles"])
             if grids:
                 name = f"{info['id']}-{info['version']}" + ("-cg0" if cg == 0.0 and len(variants) > 1 else "")
                 info["grid_png"] = class_grid(g["tiles"], g["labels"], grids, name)
@@ -332,8 +335,9 @@ def table(res: Dict) -> str:
         row(name, e)
     for m in res["models"]:
         tag = f"{m['id']} {m['version']} ({m.get('px', m['tile_px'])} px)"
-        row(f"{tag} generated"[:46], m["kid_generated_vs_B"])
-        row(f"{tag} real A at tile"[:46], m["kid_real_A_at_native_tile_vs_B"])
+        if "kid_generated_vs_B" in m:
+            row(f"{tag} generated"[:46], m["kid_generated_vs_B"])
+            row(f"{tag} real A at tile"[:46], m["kid_real_A_at_native_tile_vs_B"])
     if "probe_judge" in res:
         r = res["probe_judge"]["real_heldout"]
         lines.append(f"probe judge top-1 on held-out real: {r['top1']:.1%} of {r['n']}")
