@@ -31,6 +31,11 @@ from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
 from .tilegen import RES, TileGenerator, TwoStageGenerator
 
 
+# the layout classes' colours in sample grids (background, road, major road, building, vegetation, water)
+LAYOUT_PALETTE = np.array([(0, 0, 0), (255, 255, 255), (255, 140, 0), (220, 30, 30), (0, 160, 0), (30, 60, 255)],
+                          np.uint8)
+
+
 def _block(i, o):
     return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
                          nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
@@ -407,8 +412,7 @@ def main(argv=None) -> None:
         p_fake = seg(torch.from_numpy(fake_l).float() / 127.5 - 1).argmax(1).numpy()
     m_real, m_fake = miou(p_real, lay, n_cls), miou(p_fake, lay, n_cls)
     res["layout"] = {"miou_real_heldout": m_real, "miou_generated": m_fake, "ratio": m_fake / m_real, "tiles": n}
-    pal = np.array([(0, 0, 0), (255, 255, 255), (255, 140, 0), (220, 30, 30), (0, 160, 0), (30, 60, 255)], np.uint8)
-    grid_png([pal[lay[:8]].transpose(0, 3, 1, 2), fake_l[:8],
+    grid_png([LAYOUT_PALETTE[lay[:8]].transpose(0, 3, 1, 2), fake_l[:8],
               ((real_a[:8] + 1) * 127.5).round().clamp(0, 255).byte().numpy()],
              os.path.join(grids, "samples_layout.png"))
     # --- super-resolution vs bicubic on held-out AID scenes

@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -84,8 +85,6 @@ def real_train_features(features: Callable[[np.ndarray], np.ndarray], data: str,
                         per_class: int, tag: str) -> Dict[str, np.ndarray]:
     """The judge's features of `per_class` real AID training scenes a class (evenly spread), cached under `tag`
     (the feature network's weights): {"f", "y"}."""
-    import os
-
     path = cache and os.path.join(cache, f"features_{tag}_aid_train_{per_class}.npz")
     if path and os.path.exists(path):
         z = np.load(path)
@@ -178,9 +177,8 @@ def layout_fidelity(model_dir: str, tile_px: int, data: str, cache: Optional[str
                      lambda: train_segnet(tr, 0, N_LAYOUT, steps=seg_steps))
     n = min(n, len(va["aerial"]))
     a, b = LAYOUT_CROP
-    ids = va["layout"][:n, a:b, a:b].astype(np.int64)
-    lay = F.interpolate(F.one_hot(torch.from_numpy(ids), N_LAYOUT).permute(0, 3, 1, 2).float(), size=(RES, RES),
-                        mode="area").argmax(1).numpy()
+    ids, lay = _layout_crops(va, range(n))
+    lay = lay.numpy()
     fake = layout_tiles(model_dir, tile_px, ids, settings, seed_offset, threads, precision)
     log(f"  {model_dir}: {n} layout tiles")
     with torch.no_grad():

@@ -179,15 +179,14 @@ def class_grid(tiles: np.ndarray, labels: np.ndarray, folder: str, name: str, pe
 def layout_grid(data: str, cache: Optional[str], fake: np.ndarray, folder: str, name: str, n: int = 8) -> str:
     """Rows: the layout (make eval's palette), the generated tile, the real aerial of the same place."""
     from .data import load_maps
-    from .evaluate import grid_png
+    from .evaluate import LAYOUT_PALETTE, grid_png
     from .fidelity import LAYOUT_CROP, nearest
 
     va = load_maps(data, "val", cache)
     a, b = LAYOUT_CROP
     n = min(n, len(fake))
     t = fake.shape[1]
-    pal = np.array([(0, 0, 0), (255, 255, 255), (255, 140, 0), (220, 30, 30), (0, 160, 0), (30, 60, 255)], np.uint8)
-    lay = pal[nearest(va["layout"][:n, a:b, a:b], t)]
+    lay = LAYOUT_PALETTE[nearest(va["layout"][:n, a:b, a:b], t)]
     real = resample(va["aerial"][:n, a:b, a:b], t)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"layout_{name}.png")
@@ -398,8 +397,9 @@ def main(argv=None) -> None:
     k.add_argument("--gsd", type=float, default=None, help="class tiles over the AID footprint at this GSD "
                    "(600 m / GSD pixels) instead of at each package's native tile (e.g. 4: the scale a latent "
                    "package's AID scenes were trained at)")
-    k.add_argument("--fidelity", action="store_true", help="also class top-1 by make eval's AID judge and "
-                   "usefulness as training data (a linear probe on generated tiles only vs on real scenes)")
+    k.add_argument("--fidelity", action="store_true", help="also class top-1 by the probe judge (a linear probe "
+                   "on the judge's features fitted on real AID training scenes) and usefulness as training data (the "
+                   "probe trained on generated tiles only vs on real scenes)")
     k.add_argument("--aid-judge", action="store_true", help="with --fidelity: class top-1 by make eval's SceneNet "
                    "judge as well (trained once and cached: an hour or more on 2 CPU cores)")
     k.add_argument("--probe-per-class", type=int, default=60, help="real AID training scenes a class the probe "
