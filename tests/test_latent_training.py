@@ -162,3 +162,23 @@ def test_pack_groups_train_together_and_a_maps_only_group_never_serves_aid(toy_d
     check_groups([a, b])
     with pytest.raises(ValueError, match="autoencoder_sha256"):
         LatentBatchMaker([a, {**b, "autoencoder_sha256": np.array("0" * 64)}], emb)
+
+
+def test_snr_plus_one_weight_keeps_high_noise_steps_and_matches_min_snr_at_low_noise():
+    """--loss-weight snr-plus-one: on the x0 error the v loss weighted by it is min(SNR, 5) + 1 (min-SNR-5: min(SNR,
+    5), nothing at pure noise); written back onto the v loss it is 1 wherever SNR <= 5."""
+    import torch
+
+    from rsgen_qgis.training.train import LOSS_WEIGHTS, alphas_cumprod, min_snr_weight, snr_plus_one_weight
+
+    ac = alphas_cumprod()
+    snr = ac / (1 - ac)
+    w, w0 = snr_plus_one_weight(ac), min_snr_weight(ac)
+    # x0 error weight = v weight * (SNR + 1), since x0 - x0_hat = sqrt(1 - a) (v_hat - v)
+    assert torch.allclose(w * (snr + 1), torch.clamp(snr, max=5.0) + 1, rtol=1e-5)
+    assert torch.allclose(w0 * (snr + 1), torch.clamp(snr, max=5.0), rtol=1e-5)
+    high = snr <= 5
+    assert torch.allclose(w[high], torch.ones_like(w[high]), atol=1e-6)
+    assert float(w0[-1]) < 1e-3 and float(w[-1]) > 0.999      # t = 999: min-SNR drops it, snr-plus-one keeps it
+    assert float(w[0]) < 0.01 and float(w[0]) == pytest.approx(6 / (float(snr[0]) + 1), rel=1e-4)
+    assert LOSS_WEIGHTS["min-snr"] is min_snr_weight
