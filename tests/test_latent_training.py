@@ -182,3 +182,34 @@ def test_snr_plus_one_weight_keeps_high_noise_steps_and_matches_min_snr_at_low_n
     assert float(w0[-1]) < 1e-3 and float(w[-1]) > 0.999      # t = 999: min-SNR drops it, snr-plus-one keeps it
     assert float(w[0]) < 0.01 and float(w[0]) == pytest.approx(6 / (float(snr[0]) + 1), rel=1e-4)
     assert LOSS_WEIGHTS["min-snr"] is min_snr_weight
+
+
+def test_layout_use_diagnostic_at_toy_scale(toy_data, tmp_path, tiny_latent_dir):
+    """training.diagnose layout-use: x0 errors with and without the layout from one checkpoint on the same noise,
+    and the per-cell linear map's error beside the mean latent's."""
+    import json
+
+    from rsgen_qgis.training import diagnose, train
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset, load_pack
+
+    pack = encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "runs" / "latents.npz"))
+    cache = tmp_path / "runs" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    caps = all_captions()
+    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), 32)).astype(np.float32))
+    out = str(tmp_path / "runs" / "train")
+    train.main(["--latents", pack, "--out", out, "--minutes", "0.03", "--channels", "8,16", "--attention", "0,1",
+                "--tile", "8", "--batch", "2", "--threads", "1", "--save-every", "100"])
+    report = tmp_path / "use.json"
+    diagnose.main(["layout-use", "--checkpoint", os.path.join(out, "last.pt"), "--latents", pack, "--cache",
+                   str(cache), "--n", "4", "--timesteps", "999,500", "--threads", "1", "--out", str(report)])
+    r = json.loads(report.read_text())
+    assert set(r["x0_error"]) == {"999", "500"} and r["tiles"] == 4 and r["latent_cells"] == 8
+    for row in r["x0_error"].values():
+        assert row["with_layout"] > 0 and row["without"] > 0
+        assert row["gain"] == pytest.approx(1 - row["with_layout"] / row["without"])
+    lin = r["pack"]
+    assert lin["mean_latent"] > 0 and lin["linear_map"] > 0
+    assert diagnose.linear_layout_gain(load_pack(pack))["linear_map"] == pytest.approx(lin["linear_map"])

@@ -55,3 +55,34 @@ def test_single_step_edge_raises_ratio():
 def test_no_lines_is_an_error():
     with pytest.raises(ValueError):
         seam_ratio(texture(3, 16, 16), [], [])
+
+
+def cell_pattern(seed, factor=8, h=512, w=512):
+    """A seamless texture whose gradient energy dips on every line between cells of `factor` pixels, as a latent
+    decoder's output does (the column/row after each cell line pulled halfway back towards the one before)."""
+    img = texture(seed, h, w, scale=0.6)
+    for axis in (1, 2):
+        img = np.moveaxis(img, axis, -1).copy()
+        img[..., factor::factor] = 0.5 * (img[..., factor::factor] + img[..., factor - 1:-1:factor])
+        img = np.moveaxis(img, -1, axis)
+    return img
+
+
+def test_a_latent_cell_pattern_is_not_a_seam_once_lines_are_compared_within_their_phase():
+    img = cell_pattern(5)
+    # window borders every 64 px lie on cell lines: against all lines they read as a soft band
+    plain = seam_report(img, 64, (0,), shift=32)
+    assert plain.ratio < 0.8 and plain.control < 0.8
+    phased = seam_report(img, 64, (0,), shift=32, factor=8)
+    assert 0.9 < phased.ratio < 1.1 and 0.9 < phased.control < 1.1
+    # borders off the cell lines (a 4 px world origin) meet no dip: the phase classes hold either way
+    moved = seam_report(img, 64, (0,), (4, 4), shift=32, factor=8)
+    assert 0.9 < moved.ratio < 1.1 and 0.9 < moved.control < 1.1
+
+
+def test_a_real_seam_on_cell_lines_still_shows_within_its_phase():
+    img = cell_pattern(6)
+    img[:, :, 128::128] += 25.0  # a step on every 128th line (all on cell lines)
+    img[:, 128::128, :] -= 25.0
+    r = seam_report(img, 128, (0,), shift=64, factor=8)
+    assert r.ratio > 1.5 and 0.9 < r.control < 1.1

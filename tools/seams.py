@@ -43,7 +43,16 @@ def main(argv=None) -> int:
     ap.add_argument("--measure-only", action="store_true",
                     help="re-measure fused.tif / naive.tif already in --out (no generation)")
     ap.add_argument("--seeds", default="", help="comma-separated seeds: one run each, then the mean over them")
+    ap.add_argument("--blend-radii", default="", help="detail bands of the block cross-fade, e.g. 4 for the single "
+                    "band used before 2026-12-03 (default: core.engine.blockblend.RADII), to compare the two")
     a = ap.parse_args(argv)
+    if a.blend_radii:
+        import functools
+
+        from rsgen_qgis.core.engine import blocks as _blocks
+
+        radii = tuple(int(v) for v in a.blend_radii.split(","))
+        _blocks.BlockBlender = functools.partial(_blocks.BlockBlender, radii=radii)
     if a.seeds:
         return over_seeds(a)
 
@@ -68,6 +77,7 @@ def main(argv=None) -> int:
     common = dict(crs="EPSG:32734", gsd=a.gsd, prompt=a.prompt, seed=a.seed, steps=a.steps, model=a.model,
                   precision=a.precision)
     out = {"size_px": a.size, "gsd": a.gsd, "steps": a.steps, "seed": a.seed, "precision": a.precision,
+           "blend_radii": a.blend_radii or "default",
            "tile": lay.tile,
            "stride": lay.stride, "block": lay.block, "band": lay.band}
 
@@ -83,6 +93,7 @@ def main(argv=None) -> int:
         out["fused_seconds"] = time.time() - t
         out["fused_windows"] = r.stats.windows
         out["fused_band_correlation"] = r.stats.band_correlation  # neighbouring blocks' detail in their bands
+        out["fused_band_correlation_bands"] = r.stats.band_correlation_bands  # per detail band, finest first
     with rasterio.open(fused_path) as ds:
         fused = ds.read()
         gt = ds.transform
@@ -94,17 +105,20 @@ def main(argv=None) -> int:
     out.update(tile=T, stride=S, block=B, band=D, factor=f)
     origin = (round(gt.c / gt.a), round(gt.f / gt.e))  # world (col, row) of the top-left pixel
     # window starts and ends inside each block; control half a stride on (inside windows)
-    out["fused_window_grid"] = seam_report(fused, B, lay.window_edges, origin, shift=S // 2).to_dict()
-    out["fused_block_grid"] = seam_report(fused, B, (0, D), origin, shift=B // 2).to_dict()
-    out["fused_block_centre"] = seam_report(fused, B, (D // 2,), origin, shift=B // 2).to_dict()
+    # lines compared within their phase in the latent grid (seams.seam_ratio): the decoder's own cell pattern
+    # is no seam; `phase: false` in the JSON marks figures measured against all lines (before 2026-12-03)
+    out["phase"] = True
+    out["fused_window_grid"] = seam_report(fused, B, lay.window_edges, origin, shift=S // 2, factor=f).to_dict()
+    out["fused_block_grid"] = seam_report(fused, B, (0, D), origin, shift=B // 2, factor=f).to_dict()
+    out["fused_block_centre"] = seam_report(fused, B, (D // 2,), origin, shift=B // 2, factor=f).to_dict()
     # every line of the shared bands (where two blocks are cross-faded), against the same lines half a block on
-    out["fused_block_bands"] = seam_report(fused, B, tuple(range(1, D)), origin, shift=B // 2).to_dict()
+    out["fused_block_bands"] = seam_report(fused, B, tuple(range(1, D)), origin, shift=B // 2, factor=f).to_dict()
     # the naive tiles start at the area's top-left corner: their grid is anchored to the image, not the world
-    out["fused_on_naive_grid"] = seam_report(fused, T, (0,), (0, 0)).to_dict()
+    out["fused_on_naive_grid"] = seam_report(fused, T, (0,), (0, 0), factor=f).to_dict()
 
     if a.measure_only and os.path.exists(os.path.join(a.out, "naive.tif")):
         with rasterio.open(os.path.join(a.out, "naive.tif")) as ds:
-            out["naive_tile_grid"] = seam_report(ds.read(), T, (0,), (0, 0)).to_dict()
+            out["naive_tile_grid"] = seam_report(ds.read(), T, (0,), (0, 0), factor=f).to_dict()
     elif not a.skip_naive:
         t = time.time()
         naive = np.zeros_like(fused)
@@ -118,7 +132,7 @@ def main(argv=None) -> int:
                 with rasterio.open(p) as ds:
                     naive[:, i:i + T, j:j + T] = ds.read()
         out["naive_seconds"] = time.time() - t
-        out["naive_tile_grid"] = seam_report(naive, T, (0,), (0, 0)).to_dict()
+        out["naive_tile_grid"] = seam_report(naive, T, (0,), (0, 0), factor=f).to_dict()
         with rasterio.open(fused_path) as src:
             prof = src.profile
         prof.update(driver="GTiff")
@@ -149,7 +163,8 @@ def over_seeds(a) -> int:
     """main() once per seed (into OUT/seed<N>), then per row the mean ratio and control and their range."""
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     rest = ["--size", str(a.size), "--gsd", str(a.gsd), "--steps", str(a.steps), "--prompt", a.prompt,
-            "--model", a.model, "--precision", a.precision] + (["--skip-naive"] if a.skip_naive else [])
+            "--model", a.model, "--precision", a.precision] + (["--skip-naive"] if a.skip_naive else []) + \
+        (["--measure-only"] if a.measure_only else []) + (["--blend-radii", a.blend_radii] if a.blend_radii else [])
     runs = []
     for s in seeds:
         d = os.path.join(a.out, f"seed{s}")

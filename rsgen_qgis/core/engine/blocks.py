@@ -182,6 +182,7 @@ class LargeAreaStats:
     window_evals: int = 0        # windows x steps actually run
     max_band_rows: int = 0       # most grid rows held in the accumulator at once (memory)
     band_correlation: Optional[float] = None  # mean correlation of neighbouring blocks' detail in their bands
+    band_correlation_bands: Optional[tuple] = None  # the same per detail band (blockblend.RADII), finest first
     seconds: float = 0.0
     layout: Optional[BlockLayout] = None
     warnings: List[str] = field(default_factory=list)
@@ -356,6 +357,7 @@ def generate_blocks(req: GenerationRequest, model, grid: Grid, writer,
                 rgb[:, outside] = runner.image[:, top - row0:top - row0 + n][:, outside]
             writer.write(rgb, top - row0, 0)
     stats.band_correlation = blend.mean_rho
+    stats.band_correlation_bands = blend.mean_rho_bands
     stats.seconds = time.time() - t0
     return stats
 

@@ -83,7 +83,7 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
                     valid: Optional[np.ndarray] = None) -> GenerationResult:
     """The large-area path: world-anchored blocks streamed into a COG (see core.engine.blocks)."""
     from ..geo.geotiff import CogStream
-    from .blockblend import RADIUS as BLEND_RADIUS
+    from .blockblend import RADII as BLEND_RADII
     from .blocks import BlockLayout, check_conditions, generate_blocks
 
     check_conditions(req, grid)
@@ -94,7 +94,8 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block, "band": lay.band,
                           "units": "latent cells" if lay.factor > 1 else "pixels", "factor": lay.factor,
                           "metadata": "per block (centre of each block)",
-                          "blend": f"contrast-preserving cross-fade, detail above a {2 * BLEND_RADIUS + 1} px box x2"}
+                          "blend": "contrast-preserving cross-fade, detail bands cut by " +
+                                   ", ".join(f"{2 * r + 1} px" for r in BLEND_RADII) + " boxes x2, each renormalised"}
     with CogStream(req.output, grid, tags, valid) as out:
         stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch,
                                 layout_source=layout_source, guide_source=guide_source)

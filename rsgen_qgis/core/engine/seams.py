@@ -7,7 +7,10 @@ elsewhere. Cross-fading two disagreeing images does the opposite (a blurred, low
     ratio = mean gradient energy across the border lines / mean gradient energy across all other lines
 
 (horizontal differences for vertical lines and vertical differences for horizontal lines, pooled). A seamless
-image gives ~1. Natural images and random structure give ratios a little off 1 by chance, so every figure
+image gives ~1. A latent package's decoder paints a pattern that repeats with its latent cell (every `factor`
+pixels the gradient energy dips: a 1024 px large area of rsgen-base-1 1.0.0a1 on TAEF2 has 7 % less on the lines
+between latent cells than on the average line), and window borders always lie between latent cells: with `factor` > 1 each line is compared
+with the other lines of its own phase in the latent grid, so the decoder's own pattern does not read as a seam. Natural images and random structure give ratios a little off 1 by chance, so every figure
 comes with a *shifted-grid control*: the same lines moved by half a period, where there is certainly no
 window border. A seam is a ratio clearly away from 1 while the control stays near 1.
 """
@@ -51,14 +54,31 @@ def _mask(n: int, lines: Sequence[int]) -> np.ndarray:
     return m
 
 
+def _per_phase(e: np.ndarray, ref: np.ndarray, factor: int) -> np.ndarray:
+    """Line energies e (line p at index p - 1) over the mean of the reference lines of the same phase, p modulo
+    factor (unchanged for factor 1). The classes are the same whatever the image's world origin."""
+    if factor <= 1:
+        return e
+    phase = np.arange(1, len(e) + 1) % factor
+    out = np.asarray(e, np.float64).copy()
+    for k in range(factor):
+        sel = phase == k
+        m = e[sel & ref]
+        if m.size and m.mean() > 0:
+            out[sel] = e[sel] / m.mean()
+    return out
+
+
 def seam_ratio(img: np.ndarray, cols: Sequence[int], rows: Sequence[int], exclude_cols: Sequence[int] = (),
-               exclude_rows: Sequence[int] = ()) -> float:
+               exclude_rows: Sequence[int] = (), factor: int = 1) -> float:
     """Pooled gradient energy on the given vertical (cols) and horizontal (rows) lines over that on the other
-    lines; lines in exclude_* are in neither set (the control keeps real borders out of its reference)."""
+    lines; lines in exclude_* are in neither set (the control keeps real borders out of its reference).
+    factor > 1: each line's energy over that of the other lines of its phase (position modulo factor)."""
     ex, ey = line_energies(img)
     mx, my = _mask(len(ex), cols), _mask(len(ey), rows)
     ox = ~mx & ~_mask(len(ex), exclude_cols)
     oy = ~my & ~_mask(len(ey), exclude_rows)
+    ex, ey = _per_phase(ex, ox, factor), _per_phase(ey, oy, factor)
     n_on = mx.sum() + my.sum()
     n_off = ox.sum() + oy.sum()
     if n_on == 0 or n_off == 0:
@@ -81,11 +101,12 @@ class SeamReport:
 
 
 def seam_report(img: np.ndarray, period: int, offsets: Iterable[int] = (0,), origin: Tuple[int, int] = (0, 0),
-                shift: int = None) -> SeamReport:
+                shift: int = None, factor: int = 1) -> SeamReport:
     """Seam ratio of the border grid {k*period + offset} (both directions) and its shifted control.
 
     origin: (col, row) world index of the image's top-left pixel (borders are anchored to the world grid).
-    shift: where the control grid goes (default half a period)."""
+    shift: where the control grid goes (default half a period). factor: the latent cell in pixels (lines
+    compared within their phase, see seam_ratio)."""
     offsets = tuple(int(o) for o in offsets)
     shift = period // 2 if shift is None else int(shift)
     h, w = luma(img).shape
@@ -97,8 +118,8 @@ def seam_report(img: np.ndarray, period: int, offsets: Iterable[int] = (0,), ori
     ccols = line_positions(w, period, shifted, col0)
     crows = line_positions(h, period, shifted, row0)
     # Each measure leaves the other grid's lines out of its reference, so both compare against plain interior.
-    ratio = seam_ratio(img, cols, rows, ccols, crows)
-    control = seam_ratio(img, ccols, crows, cols, rows)
+    ratio = seam_ratio(img, cols, rows, ccols, crows, factor)
+    control = seam_ratio(img, ccols, crows, cols, rows, factor)
     n = len(cols) + len(rows)
     return SeamReport(ratio, control, n, period, offsets)
 
