@@ -6,12 +6,13 @@ elsewhere. Cross-fading two disagreeing images does the opposite (a blurred, low
 
     ratio = mean gradient energy across the border lines / mean gradient energy across all other lines
 
-(horizontal differences for vertical lines and vertical differences for horizontal lines, pooled). A seamless
-image gives ~1. A latent package's decoder paints a pattern that repeats with its latent cell (every `factor`
-pixels the gradient energy dips: a 1024 px large area of rsgen-base-1 1.0.0a1 on TAEF2 has 7 % less on the lines
-between latent cells than on the average line), and window borders always lie between latent cells: with `factor` > 1 each line is compared
-with the other lines of its own phase in the latent grid, so the decoder's own pattern does not read as a seam. Natural images and random structure give ratios a little off 1 by chance, so every figure
-comes with a *shifted-grid control*: the same lines moved by half a period, where there is certainly no
+(horizontal differences for vertical lines and vertical differences for horizontal lines, pooled). A seamless image
+gives ~1. A latent package's decoder paints a pattern that repeats with its latent cell (every `factor` pixels the
+gradient energy dips: a 1024 px large area of rsgen-base-1 1.0.0a1 on TAEF2 has 7 % less on the lines between
+latent cells than on the average line), and window borders always lie between latent cells: with `factor` > 1 each
+line is compared with the other lines of its own phase in the latent grid, so the decoder's own pattern does not
+read as a seam. Natural images and random structure give ratios a little off 1 by chance, so every figure comes
+with a *shifted-grid control*: the same lines moved by half a period, where there is certainly no
 window border. A seam is a ratio clearly away from 1 while the control stays near 1.
 """
 from __future__ import annotations
