@@ -442,3 +442,10 @@ def test_an_unrecorded_tile_of_a_class_guided_model_is_adopted(tmp_path, guided_
     assert out["tiles"][key].get("adopted") is True and out["tiles"][key]["sha256"] == rec["sha256"]
     assert os.stat(os.path.join(s.output, rec["path"])).st_mtime_ns == stamp
     shutil.rmtree(s.output)
+
+
+def test_block_windows_absent_or_null_is_the_models_default(tmp_path):
+    base = {"output": "out", "crs": "EPSG:32734", "gsd": 4.0, "aois": {"bboxes": [{"bbox": BOX}]}}
+    assert spec.parse(base, str(tmp_path / "job.yaml")).block_windows is None
+    assert spec.parse({**base, "block_windows": None}, str(tmp_path / "job.yaml")).block_windows is None
+    assert spec.parse({**base, "block_windows": 3}, str(tmp_path / "job.yaml")).block_windows == 3

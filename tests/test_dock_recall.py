@@ -67,18 +67,27 @@ def test_recall_tells_what_it_cannot_carry(tiny_dock, tiny_model_dir, canvas, tm
     layout = np.full((70, 94), 4, np.uint8)
     src = made(tmp_path, tiny_model_dir, conditions=Conditions(layout=layout))
     rec = recorded_request_of(src)
-    rec.request.update(model="rsgen-gone", date="2021-06-01", cascade=4)
+    rec.request.update(model="rsgen-gone", date="2021-06-01", cascade=4, block_windows=3)
     canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
     notes = tiny_dock.recall(rec)
     text = " ".join(notes)
     assert "'rsgen-gone' is not installed" in text
     assert "a layout" in text and "Conditions" in text
     assert "EPSG:32734" in text and "EPSG:3857" in text and "Set the pixel size" in text
-    assert "no control for its date 2021-06-01, cascade 4" in text
+    assert "no control for its date 2021-06-01, cascade 4, block_windows 3" in text
     assert tiny_dock.source_combo.currentData() == "drawn"
     r = tiny_dock.drawn_rect  # the recorded extent, now in web mercator
     assert 2.28e6 < r.xMinimum() < r.xMaximum() < 2.29e6 and -4.04e6 < r.yMinimum() < r.yMaximum() < -4.03e6
     assert tiny_dock.model_combo.currentData() == "rsgen-tiny"
+
+
+def test_recall_of_a_block_footprint_the_model_takes_by_default_says_nothing(tiny_dock, tiny_model_dir, tmp_path):
+    """Images made before block_windows defaulted to the package record 2, a pixel package's default: no note."""
+    rec = recorded_request_of(made(tmp_path, tiny_model_dir))
+    rec.request.update(block_windows=2)
+    assert tiny_dock.recall(rec) == []
+    rec.request.update(block_windows=1)
+    assert any("block_windows 1" in n for n in tiny_dock.recall(rec))
 
 
 def test_recall_by_width_and_height(tiny_dock, tiny_model_dir, tmp_path):

@@ -159,3 +159,23 @@ def test_autoencoders_are_not_offered_as_models(tiny_latent_dir):
     assert "rsgen-tiny-latent" in ids and "taef2" not in ids
     with pytest.raises(errors.ModelPackageError, match="autoencoder package"):
         load("taef2", [tiny_latent_dir], CPU)
+
+
+@pytest.mark.parametrize("kind,expected", [("pixel", 2), ("latent", 1)])
+def test_large_area_block_footprint_defaults_to_the_package_kind(kind, expected, tmp_path, tiny_model_dir,
+                                                                 tiny_latent_dir):
+    """block_windows None (the request's default): a tile plus 2 strides for pixel packages, 1 for latent ones;
+    the same pixels as asking for that number, recorded in the large_area tag, and None round-trips."""
+    md = _dirs(kind, tiny_model_dir, tiny_latent_dir)
+    r = generate(_request(tmp_path, "d.tif", KINDS[kind], w=150, h=120, large_area=True), model_dirs=md,
+                 providers=CPU)
+    img, tags, _ = _read(r.path)
+    assert json.loads(tags["large_area"])["block_windows"] == expected
+    assert r.stats.layout.block_windows == expected
+    assert json.loads(tags["request"])["block_windows"] is None
+    same = _read(generate(_request(tmp_path, "e.tif", KINDS[kind], w=150, h=120, large_area=True,
+                                   block_windows=expected), model_dirs=md, providers=CPU).path)[0]
+    assert np.array_equal(img, same)
+    other = _read(generate(_request(tmp_path, "f.tif", KINDS[kind], w=150, h=120, large_area=True,
+                                    block_windows=3 - expected), model_dirs=md, providers=CPU).path)[0]
+    assert not np.array_equal(img, other)

@@ -9,7 +9,8 @@
     prompt: "a town"            # default prompt
     tile_px: 1024               # tile side in pixels (tiles sit on the world grid of the GSD)
     clip_tiles: true            # a tile covers only its part of the AOIs' bounding boxes (false: whole tiles)
-    block_windows: 2            # large-area block footprint: a tile plus this many window strides (changes the pixels)
+    block_windows: 2            # large-area block footprint: a tile plus this many window strides (changes the pixels;
+                                # absent: the model's default, 2 for pixel models and 1 for latent ones)
     precision: auto             # auto: the model's int8 graph on CPU / fp16 on GPU where it has one; fp32: exact
     aois:                       # where to generate: a vector file and/or a list of boxes
       file: aoi.gpkg            # polygons; layer: name;  prompt_attribute: prompt (per-feature prompt)
@@ -106,7 +107,7 @@ class JobSpec:
     date: Optional[str]
     prompt: str
     tile_px: int
-    block_windows: int
+    block_windows: Optional[int]  # None: the model's default (core.engine.blocks.default_block_windows)
     aoi_file: Optional[str]
     aoi_layer: Optional[str]
     prompt_attribute: Optional[str]
@@ -176,8 +177,8 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
     steps = _given(d, "steps", 20)
     if not 1 <= steps <= 1000:
         raise JobSpecError(f"steps: from 1 to 1000, got {steps}.")
-    block_windows = _given(d, "block_windows", 2)
-    if not 1 <= block_windows <= 64:
+    block_windows = _given(d, "block_windows", None)
+    if block_windows is not None and not 1 <= block_windows <= 64:
         raise JobSpecError(f"block_windows: from 1 to 64, got {block_windows}.")
     seed = _given(d, "seed", 0)
     if not 0 <= seed < 2**63:

@@ -98,7 +98,9 @@ class GenerationRequest:
     date: Optional[str] = None  # ISO yyyy-mm-dd of the imagery to imitate; None = unknown
     pixel_budget: int = DEFAULT_PIXEL_BUDGET
     large_area: bool = False  # lift the pixel budget; world-anchored blocks streamed to disk (core.engine.blocks)
-    block_windows: int = 2    # large-area block footprint: one tile plus this many window strides (changes the pixels)
+    # large-area block footprint: one tile plus this many window strides (changes the pixels); None: the package's
+    # default (core.engine.blocks.default_block_windows: 2 for pixel packages, 1 for latent ones)
+    block_windows: Optional[int] = None
     cascade: int = 0          # coarse-to-fine: first generate at gsd * cascade, then guide the fine pass with it
     precision: str = "auto"   # denoiser graph: "auto" (int8 on CPU / fp16 on GPU where the model has one) or "fp32"
     # with a guide (super-resolution, cascade): how strictly the output keeps the guide's coarse content
@@ -150,9 +152,10 @@ class GenerationRequest:
                                  f"empty for the model's default (got {cg!r}).")
         if not 0.0 < self.conditions.strength <= 1.0:
             raise ParameterError(f"Variation strength must be in (0, 1] (got {self.conditions.strength!r}).")
-        if isinstance(self.block_windows, bool) or not isinstance(self.block_windows, int) or \
-                not 1 <= self.block_windows <= 64:
-            raise ParameterError(f"block_windows must be a whole number from 1 to 64 (got {self.block_windows!r}).")
+        if self.block_windows is not None and (isinstance(self.block_windows, bool) or not isinstance(
+                self.block_windows, int) or not 1 <= self.block_windows <= 64):
+            raise ParameterError(f"block_windows must be a whole number from 1 to 64, or empty for the model's "
+                                 f"default (got {self.block_windows!r}).")
         if isinstance(self.cascade, bool) or not isinstance(self.cascade, int) or not (
                 self.cascade in (0, 1) or 2 <= self.cascade <= 16):
             raise ParameterError(f"The cascade factor must be 0 (off) or a whole number from 2 to 16 "

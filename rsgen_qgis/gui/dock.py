@@ -48,7 +48,7 @@ from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, class_guidance_hint, dspin, dur
 TITLE = "Satellite image generation"
 SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
 # request fields the dock always leaves at their defaults: a recalled image that set them is told about
-DOCK_LACKS = {"date": None, "cascade": 0, "block_windows": 2}
+DOCK_LACKS = {"date": None, "cascade": 0, "block_windows": None}
 DEFAULT_LONG_SIDE = 512  # pixels, for a first pixel size when the saved one does not fit the CRS units
 WARNING_STYLE = "color: #b35900;"
 
@@ -714,7 +714,13 @@ class GenerationDock(QgsDockWidget):
         if rec.conditions_text():
             notes.append(tr("It was made with {what}: give them again under Conditions.").format(
                 what=rec.conditions_text()))
-        lacking = [f"{k} {r[k]}" for k, default in DOCK_LACKS.items() if r.get(k, default) != default]
+        # the dock's block_windows is the model's default (None): a recorded value equal to it is no loss
+        from ..core.engine.blocks import default_block_windows
+        from ..core.runtime.models import ModelPackage
+
+        same = dict(DOCK_LACKS, block_windows=default_block_windows(
+            ModelPackage("", self._manifests.get(self.model_combo.currentData(), {})).factor))
+        lacking = [f"{k} {r[k]}" for k, default in DOCK_LACKS.items() if r.get(k, default) not in (default, same[k])]
         if lacking:
             notes.append(tr("The panel has no control for its {what}; the command line keeps them (python -m "
                             "rsgen_qgis regenerate).").format(what=", ".join(lacking)))

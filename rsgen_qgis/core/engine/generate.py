@@ -92,6 +92,7 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
     lay = BlockLayout.for_model(model, req.block_windows)
     tags = {**provenance_tags(req, model, meta), **(extra_tags or {})}
     tags["large_area"] = {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block, "band": lay.band,
+                          "block_windows": lay.block_windows,
                           "units": "latent cells" if lay.factor > 1 else "pixels", "factor": lay.factor,
                           "metadata": "per block (centre of each block)",
                           "blend": "contrast-preserving cross-fade, detail bands cut by " +
