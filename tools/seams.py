@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="", help="comma-separated seeds: one run each, then the mean over them")
     ap.add_argument("--blend-radii", default="", help="detail bands of the block cross-fade, e.g. 4 for the single "
                     "band used before 2026-12-03 (default: core.engine.blockblend.RADII), to compare the two")
+    ap.add_argument("--block-windows", type=int, default=None, help="block footprint: a tile plus this many window "
+                    "strides (default: the package's default, core.engine.blocks.default_block_windows)")
     a = ap.parse_args(argv)
     if a.blend_radii:
         import functools
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     from rsgen_qgis.core.engine.seams import seam_report
 
     os.makedirs(a.out, exist_ok=True)
-    lay = BlockLayout.for_model(load(a.model))
+    lay = BlockLayout.for_model(load(a.model), a.block_windows)
     # Near Swellendam (UTM 34S). The top-left pixel sits just past a block's band (world column and row
     # index = band mod block), so the area's first pixels are covered by one block only.
     B, D = lay.px_block, lay.px_band
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
     x0 = (xb + D) * a.gsd
     ytop = (yb - D) * a.gsd
     common = dict(crs="EPSG:32734", gsd=a.gsd, prompt=a.prompt, seed=a.seed, steps=a.steps, model=a.model,
-                  precision=a.precision)
+                  precision=a.precision, block_windows=a.block_windows)
     out = {"size_px": a.size, "gsd": a.gsd, "steps": a.steps, "seed": a.seed, "precision": a.precision,
            "blend_radii": a.blend_radii or "default",
            "tile": lay.tile,
@@ -164,7 +166,8 @@ def over_seeds(a) -> int:
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     rest = ["--size", str(a.size), "--gsd", str(a.gsd), "--steps", str(a.steps), "--prompt", a.prompt,
             "--model", a.model, "--precision", a.precision] + (["--skip-naive"] if a.skip_naive else []) + \
-        (["--measure-only"] if a.measure_only else []) + (["--blend-radii", a.blend_radii] if a.blend_radii else [])
+        (["--measure-only"] if a.measure_only else []) + (["--blend-radii", a.blend_radii] if a.blend_radii else []) + \
+        (["--block-windows", str(a.block_windows)] if a.block_windows else [])
     runs = []
     for s in seeds:
         d = os.path.join(a.out, f"seed{s}")
