@@ -195,8 +195,7 @@ AE_PART = Obj({"file": NAME}, {"fp16_file": NAME, "input": Str(), "output": Str(
 AUTOENCODER = Obj({"factor": Int(1, 64), "channels": Int(1, 1024), "decoder": AE_PART},
                   {"encoder": AE_PART, "image_range": PAIR,
                    "latent_stats": Obj({}, {"shift": List(NUM, 1), "scale": List(Num(0, 1e12, above=0), 1)}),
-                   "window": Obj({}, {"latent_tile": Int(1, 4096), "latent_overlap": Int(0, 4095),
-                                      "edge_pad": Int(0, 4096)})})
+                   "window": Obj({}, {"latent_tile": Int(1, 4096), "latent_overlap": Int(0, 4095)})})
 AUTOENCODER_ENTRY = Obj({"package": Str(name="one safe folder name (the autoencoder package's id)")},
                         {"factor": Int(1, 64), "channels": Int(1, 1024),
                          "decoder_sha256": SHA256})
