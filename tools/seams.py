@@ -47,13 +47,7 @@ def main(argv=None) -> int:
                     "band used before 2026-12-03 (default: core.engine.blockblend.RADII), to compare the two")
     ap.add_argument("--block-windows", type=int, default=None, help="block footprint: a tile plus this many window "
                     "strides (default: the package's default, core.engine.blocks.default_block_windows)")
-    ap.add_argument("--decode-edge-pad", type=int, default=None, help="latent cells mirrored past each block when "
-                    "decoded (default: core.engine.blocks.DECODE_EDGE_PAD), to compare settings")
     a = ap.parse_args(argv)
-    if a.decode_edge_pad is not None:
-        from rsgen_qgis.core.engine import blocks as _blocks
-
-        _blocks.DECODE_EDGE_PAD = a.decode_edge_pad
     if a.blend_radii:
         import functools
 
@@ -85,7 +79,7 @@ def main(argv=None) -> int:
     common = dict(crs="EPSG:32734", gsd=a.gsd, prompt=a.prompt, seed=a.seed, steps=a.steps, model=a.model,
                   precision=a.precision, block_windows=a.block_windows)
     out = {"size_px": a.size, "gsd": a.gsd, "steps": a.steps, "seed": a.seed, "precision": a.precision,
-           "blend_radii": a.blend_radii or "default", "decode_edge_pad": a.decode_edge_pad,
+           "blend_radii": a.blend_radii or "default",
            "tile": lay.tile,
            "stride": lay.stride, "block": lay.block, "band": lay.band}
 
@@ -173,8 +167,7 @@ def over_seeds(a) -> int:
     rest = ["--size", str(a.size), "--gsd", str(a.gsd), "--steps", str(a.steps), "--prompt", a.prompt,
             "--model", a.model, "--precision", a.precision] + (["--skip-naive"] if a.skip_naive else []) + \
         (["--measure-only"] if a.measure_only else []) + (["--blend-radii", a.blend_radii] if a.blend_radii else []) + \
-        (["--block-windows", str(a.block_windows)] if a.block_windows else []) + \
-        (["--decode-edge-pad", str(a.decode_edge_pad)] if a.decode_edge_pad is not None else [])
+        (["--block-windows", str(a.block_windows)] if a.block_windows else [])
     runs = []
     for s in seeds:
         d = os.path.join(a.out, f"seed{s}")

@@ -53,12 +53,6 @@ from ..runtime.models import MAX_BATCH
 DEFAULT_BLOCK_WINDOWS = 2
 DEFAULT_BLOCK_WINDOWS_LATENT = 1
 OVERLAP_FRACTION = 3 / 16
-# Latent cells mirrored past a block's footprint when it is decoded (core.runtime.autoencoder: a decoder flattens
-# a canvas's edges, and every block edge lies in a band). Over the blocks of a random-weights latent package
-# (1 km2 at 2 m, 464 px blocks), the gradient energy within 8 / 8-16 / 16-32 px of a block's edge, against its
-# interior: 0.77 / 0.75 / 0.80 without, 0.98 / 0.93 / 0.93 with 4 cells, 1.09 / 1.02 / 0.99 with 8. A block decodes
-# in as many 48-cell windows either way.
-DECODE_EDGE_PAD = 8
 BAND_FRACTION = 1 / 4
 
 
@@ -324,7 +318,7 @@ class _BlockRunner:
                        self.strength)
         z = loop.run(model, p, sampler, self.schedule, x, req.guidance, lay.tile, lay.overlap, self.batch,
                      self.cancelled, tick=self.tick)
-        img = np.clip(model.autoencoder.decode(z, edge_pad=DECODE_EDGE_PAD), -1, 1)
+        img = np.clip(model.autoencoder.decode(z), -1, 1)
         if p.mask_px is not None:  # inpainting: the block's fill composited into its source in pixels
             rgb = composite(img, p.known_px, p.mask_px, np.round((p.known_px + 1.0) * 127.5).astype(np.uint8))
             return rgb.astype(np.float32) / 127.5 - 1.0

@@ -18,15 +18,6 @@ levels, so a canvas is decoded in overlapping latent windows blended with smooth
 window is a pure function of its latents, so the same latents decode to the same pixels whatever the canvas
 they belong to (the large-area path relies on this). Encoding is windowed the same way, blended on the latent
 grid.
-
-Edges: a decoder's convolutions see zeros past the canvas, and TAEF2 paints the outer pixels flat (gradient
-energy 0.67 of the same pixels decoded inside a larger canvas within 8 px of the edge, 0.79 at 16-32 px, on maps
-latents). decode(..., edge_pad=m) first extends the canvas by m latent cells mirrored from its own edge
-(reflection), decodes, and crops back: the edges keep their detail, at a cost in fidelity to what the latents
-encode (TAEF2 round trip of textured 256 px scenes, m = 8: 21.5 instead of 26.5 dB in the outer 16 px, 24.5
-instead of 25.4 at 16-32 px, within 0.5 dB further in). So only the large-area path asks for it
-(core.engine.blocks), where every block edge lies in a band cross-faded with a neighbour that outweighs it there.
-The padded canvas is still a pure function of the canvas's latents.
 """
 from __future__ import annotations
 
@@ -50,7 +41,7 @@ class Identity:
     def encode(self, image: np.ndarray) -> np.ndarray:
         return image
 
-    def decode(self, latents: np.ndarray, edge_pad: int = 0) -> np.ndarray:
+    def decode(self, latents: np.ndarray) -> np.ndarray:
         return latents
 
     def describe(self) -> str:
@@ -97,9 +88,8 @@ class GraphAutoencoder:
     def describe(self) -> str:
         return f"{self.name} (factor {self.factor}, {self.channels} channels)"
 
-    def decode(self, latents: np.ndarray, edge_pad: int = 0) -> np.ndarray:
-        """(C, h, w) standardised latents -> (3, h*f, w*f) image in [-1, 1] (unclipped); edge_pad: latent cells
-        mirrored past the edges before decoding (module doc)."""
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """(C, h, w) standardised latents -> (3, h*f, w*f) image in [-1, 1] (unclipped)."""
         from .ortrun import host
 
         c, h, w = latents.shape
@@ -107,10 +97,6 @@ class GraphAutoencoder:
             raise ConditionError(f"Autoencoder {self.name!r} decodes {self.channels}-channel latents, got {c}.")
         f, ov = self.factor, self.overlap
         raw = latents.astype(np.float32) * self.scale + self.shift
-        m = max(0, min(int(edge_pad), h - 1, w - 1))
-        if m > 0:  # mirrored context at the edges (module doc), cropped off after decoding
-            raw = np.pad(raw, ((0, 0), (m, m), (m, m)), mode="reflect")
-            h, w = h + 2 * m, w + 2 * m
         acc = np.zeros((3, h * f, w * f), np.float64)
         wsum = np.zeros((h * f, w * f), np.float64)
         weights: Dict[tuple, np.ndarray] = {}
@@ -123,8 +109,6 @@ class GraphAutoencoder:
                 acc[:, r * f:(r + a) * f, cc * f:(cc + b) * f] += im * wt
                 wsum[r * f:(r + a) * f, cc * f:(cc + b) * f] += wt
         img = (acc / wsum).astype(np.float32)
-        if m > 0:
-            img = img[:, m * f:(h - m) * f, m * f:(w - m) * f]
         return (img - np.float32(self._img_shift)) / np.float32(self._img_scale)
 
     def encode(self, image: np.ndarray) -> np.ndarray:
