@@ -67,7 +67,7 @@ def test_every_path_runs_the_shared_loop_and_the_autoencoder(kind, cond, large, 
     monkeypatch.setattr(loop, "run", lambda *a, **k: runs.append(1) or real_run(*a, **k))
     for cls in (ae_mod.Identity, ae_mod.GraphAutoencoder):
         real = cls.decode
-        monkeypatch.setattr(cls, "decode", (lambda r, c: lambda self, z: decodes.append(c) or r(self, z))(real, cls))
+        monkeypatch.setattr(cls, "decode", (lambda r, c: lambda self, z, **kw: decodes.append(c) or r(self, z, **kw))(real, cls))
     c = _conditions(cond)
     r = generate(_request(tmp_path, "o.tif", KINDS[kind], large_area=large, cascade=cascade, conditions=c),
                  model_dirs=_dirs(kind, tiny_model_dir, tiny_latent_dir), providers=CPU)

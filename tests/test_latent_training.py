@@ -1,6 +1,7 @@
 """The latent model's training chain at toy scale, on the committed TAEF2 graphs: prepared images -> latent pack
 (encoded by the run time's own autoencoder) -> a few training steps -> a latent package -> an image through
 generate() -> training starts again from the committed package's graph (state_from_onnx)."""
+import json
 import os
 
 import numpy as np
@@ -79,7 +80,16 @@ def test_pack_train_export_generate_and_continue(toy_data, tmp_path, tiny_latent
     sd = export.state_from_onnx(os.path.join(pkg, "denoiser.onnx"), model)
     assert all(torch.equal(sd[k], v) for k, v in st["ema"].items())
     train.main(args[:2] + ["--out", out + "2", "--init-onnx", os.path.join(pkg, "denoiser.onnx")] + args[4:])
-    assert os.path.isfile(os.path.join(out + "2", "last.pt"))
+    # the instalments add up: the step count goes on from the package's manifest, its warm-up from this run's start
+    st2 = torch.load(os.path.join(out + "2", "last.pt"), map_location="cpu", weights_only=True)
+    assert st2["step0"] == st["step"] and st2["step"] > st["step"]
+    assert st2["prior_wall_s"] == round(st["elapsed_s"])
+    pkg2 = str(tmp_path / "pkgs" / "rsgen-toy-latent-2")
+    export.main(["--checkpoint", os.path.join(out + "2", "last.pt"), "--out", pkg2, "--autoencoder", ae_dir,
+                 "--text-kind", "tiny", "--no-fp16"])
+    with open(os.path.join(pkg2, "manifest.json")) as f:
+        t2 = json.load(f)["training"]
+    assert t2["steps"] == st2["step"] and t2["wall_s"] == round(st2["elapsed_s"] + st2["prior_wall_s"])
 
 
 def test_make_train_gpu_runs_at_toy_scale(toy_data, tmp_path, tiny_latent_dir):

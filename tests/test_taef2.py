@@ -108,14 +108,13 @@ def test_windowed_decode_stays_close_to_whole_tile_decode(pkg):
     ae = open_package_autoencoder(pkg, ["CPUExecutionProvider"])
     z = ae.encode(_scene(512, 512, seed=3) * 2 - 1)  # 64 x 64 latents: several windows
     windowed = ae.decode(z)
-    tile = ae.tile
-    ae.tile = 64  # one window: the whole canvas at once
-    try:
-        whole = ae.decode(z)
-    finally:
-        ae.tile = tile
+    assert ae.whole_max == 64
+    whole = ae.decode(z, whole=True)  # one window: the whole canvas at once (as a large-area block decodes)
     d = np.abs(windowed - whole) * 127.5
     assert d.mean() < 1.5 and np.percentile(d, 99) < 8
+    # past whole_max cells a side, whole=True keeps the windows (bounded decoder memory): the same bytes
+    z2 = np.random.default_rng(5).standard_normal((32, 66, 40)).astype(np.float32)
+    assert np.array_equal(ae.decode(z2, whole=True), ae.decode(z2))
 
 
 def test_fp16_export_stays_close(pkg, tmp_path):

@@ -1,9 +1,9 @@
 """`make bench` (second part): latent models through the one engine, measured in one run on this machine.
 
-The model: --model DIR (a latent package), or, by default, a package built here with random weights in the
-architecture planned for rsgen-base 1.0 (an rsgen denoiser on TAEF2 latents: 32 x 32 latent tiles = 256 px,
-UNet channels 64/128/192, guidance-distilled: one evaluation per step) on the committed models/taef2. Speed does
-not depend on the weights, so these are the figures the trained model will have with this architecture.
+The model: --model DIR (a latent package); by default the committed models/rsgen-base-1 (the latent model in
+training, issue "rsgen-base 1.0"), or, with --model planned or where that package is missing, a package built
+here with random weights in the architecture once planned for 1.0 (UNet channels 64/128/192, guidance-distilled:
+one evaluation per step) on the committed models/taef2. Speed does not depend on the weights.
 
 Figures (runs/bench_latent.json):
 - seconds per 256 px tile, 20 steps, through generate() (GeoTIFF included), with the TAEF2 decode alone beside;
@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TAEF2 = os.path.join(ROOT, "models", "taef2")
 BENCH_PKG = os.path.join(ROOT, "runs", "bench_latent_models")
+TRAINED = os.path.join(ROOT, "models", "rsgen-base-1")
 PLANNED = dict(block_out_channels=(64, 128, 192), attention_levels=(False, False, True), layers_per_block=1,
                norm_num_groups=16, attention_head_dim=32, tile=32, guidance_input=True)
 
@@ -120,7 +121,8 @@ def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="a latent model package folder (default: the planned architecture, random)")
+    ap.add_argument("--model", help="a latent model package folder (default: models/rsgen-base-1; 'planned': the "
+                    "planned architecture with random weights)")
     ap.add_argument("--sizes", default="1,4,16")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -132,16 +134,19 @@ def main() -> None:
         return
     if not os.path.isfile(os.path.join(TAEF2, "manifest.json")):
         sys.exit("models/taef2 is missing: nothing to benchmark")
-    model = a.model or build_bench_package(BENCH_PKG)
+    planned = a.model == "planned" or (not a.model and not os.path.isfile(os.path.join(TRAINED, "manifest.json")))
+    model = build_bench_package(BENCH_PKG) if planned else (a.model or TRAINED)
     cores = os.cpu_count() or 1
-    out = {"model": os.path.basename(model), "cores": cores, "planned_architecture": None if a.model else
-           {k: list(v) if isinstance(v, tuple) else v for k, v in PLANNED.items()}}
+    with open(os.path.join(model, "manifest.json"), encoding="utf-8") as f:
+        version = json.load(f).get("version", "")
+    out = {"model": os.path.basename(model), "version": version, "cores": cores, "planned_architecture":
+           {k: list(v) if isinstance(v, tuple) else v for k, v in PLANNED.items()} if planned else None}
     t = tile_seconds(model, a.steps)
     out["tile"] = t
     with open(os.path.join(model, "manifest.json"), encoding="utf-8") as f:
         distilled = bool(json.load(f)["conditions"].get("guidance_input"))
     out["evaluations_per_step"] = 1 if distilled else 2  # guidance 3: distilled into the input, else two branches
-    print(f"latent model {out['model']}: 256 px tile, {a.steps} steps ({out['evaluations_per_step']} evaluation(s) "
+    print(f"latent model {out['model']} {version}: 256 px tile, {a.steps} steps ({out['evaluations_per_step']} evaluation(s) "
           "each, guidance 3), via generate(): "
           f"{t['tile_256px_s']:.2f} s; TAEF2 decode of one 256 px tile {t['decode_256px_s']:.3f} s", flush=True)
     runs = []

@@ -94,6 +94,28 @@ def save(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _package_training(onnx_path: str) -> dict:
+    """The training record of the package whose graph onnx_path is (its manifest.json beside it), {} if none."""
+    path = os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "manifest.json")
+    try:
+        with open(path) as f:
+            t = json.load(f).get("training", {})
+    except (OSError, ValueError):
+        return {}
+    return t if isinstance(t, dict) else {}
+
+
+def prior_steps(onnx_path: str) -> int:
+    """Steps the package's graph was trained for (0 when its manifest does not say)."""
+    v = _package_training(onnx_path).get("steps", 0)
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
+
+
+def prior_wall(onnx_path: str) -> float:
+    v = _package_training(onnx_path).get("wall_s", 0)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0.0
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="", help="folder written by prepare-data")
@@ -173,13 +195,18 @@ def main(argv=None) -> None:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     step, elapsed0 = 0, 0.0
+    # step0: where this run's learning-rate warm-up starts; prior_wall_s: the training time of what it starts from
+    # (a committed package's manifest), so that the steps and time of the instalments add up in the next export
+    step0, prior_wall_s = 0, 0.0
     ckpt = os.path.join(a.out, "last.pt")
     if a.init_onnx and not (a.resume and os.path.exists(ckpt)):
         from .export import state_from_onnx
 
         sd = state_from_onnx(a.init_onnx, model)
         model.load_state_dict(sd); ema.load_state_dict(sd)
-        print(f"initialised from {a.init_onnx} (the package's fp32 graph)", flush=True)
+        step = step0 = prior_steps(a.init_onnx)
+        prior_wall_s = prior_wall(a.init_onnx)
+        print(f"initialised from {a.init_onnx} (the package's fp32 graph, step {step})", flush=True)
     if a.init and not (a.resume and os.path.exists(ckpt)):
         st = torch.load(a.init, map_location=dev, weights_only=True)
         if DenoiserConfig.from_dict(st["config"]) != cfg:
@@ -190,6 +217,7 @@ def main(argv=None) -> None:
         st = torch.load(ckpt, map_location=dev, weights_only=True)
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed0 = st["step"], st["elapsed_s"]
+        step0, prior_wall_s = st.get("step0", 0), st.get("prior_wall_s", 0.0)
     ac = alphas_cumprod().to(dev)
     weight = LOSS_WEIGHTS[a.loss_weight](ac)
     budget = a.minutes * 60
@@ -220,7 +248,7 @@ def main(argv=None) -> None:
         at = ac[t].view(-1, 1, 1, 1)
         xt = at.sqrt() * x0 + (1 - at).sqrt() * noise
         v = at.sqrt() * noise - (1 - at).sqrt() * x0
-        lr = a.lr * min(1.0, (step + 1) / 200)
+        lr = a.lr * min(1.0, (step - step0 + 1) / 200)
         if a.lr_schedule == "cosine":
             lr = cosine_lr(lr, a.lr_min, elapsed / budget)
         pred = model(xt, t.float(), b["spatial"], b["cond"])
@@ -236,16 +264,20 @@ def main(argv=None) -> None:
         if time.time() - last_save > a.save_every * 60:
             save(ckpt, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
-                        "elapsed_s": time.time() - t_start, "args": vars(a), "device": dev})
+                        "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s,
+                        "args": vars(a), "device": dev})
             last_save = time.time()
     save(ckpt, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                 "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
-                "elapsed_s": time.time() - t_start, "args": vars(a), "device": dev})
+                "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s,
+                "args": vars(a), "device": dev})
     if a.ema_out:
         save(a.ema_out, {"ema": ema.state_dict(), "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
-                         "elapsed_s": time.time() - t_start, "device": dev})
+                         "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s,
+                         "device": dev})
     with open(os.path.join(a.out, "summary.json"), "w") as f:
-        json.dump({"steps": step, "wall_s": round(time.time() - t_start), "device": dev,
+        json.dump({"steps": step, "steps_this_chain": step - step0, "wall_s": round(time.time() - t_start),
+                   "prior_wall_s": round(prior_wall_s), "device": dev,
                    "threads": torch.get_num_threads(), "params": n_params, "args": vars(a)}, f, indent=1)
     print(f"done: {step} steps in {time.time() - t_start:.0f} s", flush=True)
 

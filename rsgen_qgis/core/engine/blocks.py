@@ -318,7 +318,7 @@ class _BlockRunner:
                        self.strength)
         z = loop.run(model, p, sampler, self.schedule, x, req.guidance, lay.tile, lay.overlap, self.batch,
                      self.cancelled, tick=self.tick)
-        img = np.clip(model.autoencoder.decode(z), -1, 1)
+        img = np.clip(model.autoencoder.decode(z, whole=True), -1, 1)
         if p.mask_px is not None:  # inpainting: the block's fill composited into its source in pixels
             rgb = composite(img, p.known_px, p.mask_px, np.round((p.known_px + 1.0) * 127.5).astype(np.uint8))
             return rgb.astype(np.float32) / 127.5 - 1.0
@@ -421,9 +421,10 @@ def seconds_per_window_eval(model, batch: int = 8, timestep: float = 500.0) -> f
     return _speed[key]
 
 
-def seconds_per_decoded_cell(model) -> float:
+def seconds_per_decoded_cell(model, whole: bool = False) -> float:
     """Seconds the autoencoder takes to decode one latent cell (0 for pixel models), measured once on one
-    window of its own size."""
+    window of its own size: per cell of the canvas when it is decoded in overlapping windows, per cell of the
+    window when it is decoded whole (decode(whole=True))."""
     ae = model.autoencoder
     if ae.factor == 1:
         return 0.0
@@ -433,8 +434,8 @@ def seconds_per_decoded_cell(model) -> float:
         ae.decode(z)
         t0 = time.perf_counter()
         ae.decode(z)
-        _speed[key] = (time.perf_counter() - t0) / (ae.tile - ae.overlap) ** 2
-    return _speed[key]
+        _speed[key] = time.perf_counter() - t0
+    return _speed[key] / (ae.tile if whole else ae.tile - ae.overlap) ** 2
 
 
 def evaluations_per_window(req: GenerationRequest, manifest: dict) -> int:
@@ -462,7 +463,8 @@ def estimate(req: GenerationRequest, model, grid: Grid) -> Tuple[int, float]:
     lay = BlockLayout.for_model(model, req.block_windows)
     n = lay.n_windows(grid)
     rows, cols = lay.blocks(grid)
-    decode = len(rows) * len(cols) * lay.span ** 2 * seconds_per_decoded_cell(model)
+    whole = lay.span <= getattr(model.autoencoder, "whole_max", 0)  # as _BlockRunner.run decodes a block
+    decode = len(rows) * len(cols) * lay.span ** 2 * seconds_per_decoded_cell(model, whole)
     return n, n * window_seconds_per_sample(req, model) + decode
 
 
