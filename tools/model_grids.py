@@ -1,7 +1,7 @@
 """Images of a model to look at at full size (the model card's "What it draws"); not a test, it needs prepared data.
 
     .venv/bin/python tools/model_grids.py classes --data DATA --model models/rsgen-base-1 --out grid.jpg \
-        [--classes "Dense Residential,Farmland,..."] [--per-class 4] [--gsd 2.34] [--threads 1]
+        [--classes "DenseResidential,Farmland,..."] [--per-class 4] [--gsd 2.34] [--threads 1]
     .venv/bin/python tools/model_grids.py swellendam --data DATA --model models/rsgen-base-1 --out area.jpg \
         [--gsd 2] [--seed 7] [--prompt ""]       (ONNX Runtime's own threads: confine with taskset)
 
@@ -27,7 +27,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-DEFAULT_CLASSES = ("Dense Residential,Medium Residential,Sparse Residential,Industrial,Commercial,Parking,Farmland,"
+DEFAULT_CLASSES = ("DenseResidential,MediumResidential,SparseResidential,Industrial,Commercial,Parking,Farmland,"
                    "Forest,Meadow,BareLand,River,Pond,Beach,Port,Airport,Playground")
 SWELLENDAM_BBOX = (448300.0, 6233550.0, 449300.0, 6234550.0)  # EPSG:32734, 1 x 1 km around the town centre
 
@@ -65,14 +65,14 @@ def classes(a) -> None:
     tiles, info = res["tiles"], res["info"]
     px, gap, margin = tiles.shape[1], 4, 170
     w = margin + (a.per_class + 1) * (px + gap) + gap * 3
-    canvas = Image.new("RGB", (w, len(names) * (px + gap) + 40), "white")
+    canvas = Image.new("RGB", (max(w, 760), len(names) * (px + gap) + 56), "white")
     draw = ImageDraw.Draw(canvas)
     font = _font(16)
     draw.text((8, 8), f"{info['id']} {info['version']}: {px} px over 600 m ({info['gsd_m']:.2f} m), "
-                      f"{info['steps']} steps, guidance {info['guidance']}, seeds 1000k+i; last column: a real "
-                      "held-out AID scene", fill="black", font=font)
+                      f"{info['steps']} steps, guidance {info['guidance']},\nseeds 1000k+i; last column: a real held-out "
+                      "AID scene of the class", fill="black", font=font)
     for i, c in enumerate(names):
-        y = 36 + i * (px + gap)
+        y = 52 + i * (px + gap)
         draw.text((8, y + px // 2 - 10), c, fill="black", font=font)
         for j, t in enumerate(tiles[i * a.per_class:(i + 1) * a.per_class]):
             canvas.paste(Image.fromarray(t), (margin + j * (px + gap), y))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import BatchMaker, load_aid, load_maps
+from .data import BatchMaker, Probabilities, load_aid, load_maps
 from .model import Denoiser, DenoiserConfig
 from .captions import all_captions
 
@@ -152,7 +152,13 @@ def main(argv=None) -> None:
     ap.add_argument("--loss-weight", choices=tuple(LOSS_WEIGHTS), default="min-snr",
                     help="per-timestep weight of the v loss: min-snr (min-SNR-5) or snr-plus-one (min(SNR, 5) + 1 on "
                     "the x0 error: high-noise steps, where layout and composition form, keep their weight)")
+    ap.add_argument("--aid-share", type=float, default=Probabilities.aid,
+                    help="share of batches drawn from AID scenes (class prompts, no layout); the rest are maps tiles "
+                         "with their layouts (default %(default)s)")
     a = ap.parse_args(argv)
+    if not 0.0 <= a.aid_share <= 1.0:
+        ap.error("--aid-share must be within [0, 1]")
+    probs = Probabilities(aid=a.aid_share)
     if not a.data and not a.pack and not a.latents:
         ap.error("give --data (prepared folder), --pack (training pack) or --latents (latent pack)")
     if a.threads:
@@ -171,11 +177,11 @@ def main(argv=None) -> None:
         from .latent_data import LatentBatchMaker, load_pack
 
         packs = [load_pack(p) for p in a.latents if p]
-        bm = LatentBatchMaker(packs if len(packs) > 1 else packs[0], emb, seed=a.seed)
+        bm = LatentBatchMaker(packs if len(packs) > 1 else packs[0], emb, seed=a.seed, probs=probs)
         image_channels = bm.C
     else:
         aid, maps = load_aid(a.data, "train", cache), load_maps(a.data, "train", cache)
-        bm = BatchMaker(aid, maps, emb, seed=a.seed)
+        bm = BatchMaker(aid, maps, emb, seed=a.seed, probs=probs)
         image_channels = 3
     widths = tuple(int(c) for c in a.channels.split(","))
     attn = tuple(bool(int(v)) for v in a.attention.split(",")) if a.attention else \
