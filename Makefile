@@ -119,6 +119,11 @@ LATENT_INIT ?=
 # The v loss's per-timestep weight (train.py --loss-weight): snr-plus-one from 1.0.0a3 on (steps 8 625 onward;
 # min-snr before), so that the high-noise steps that place roads and houses on the layout keep their weight.
 LATENT_LOSS ?= snr-plus-one
+# The share of batches drawn from AID scenes (class prompts, no layout) against maps tiles with their layouts:
+# 0.45 from 1.0.0a4 on (0.65 before), once 1.0.0a3 was seen to ignore the Swellendam layout. LATENT_ARGS: more
+# train.py options for one instalment (1.0.0a4: --low-res-share 0 --lr 1.5e-4 --lr-min 2e-5 --threads 1).
+LATENT_AID_SHARE ?= 0.45
+LATENT_ARGS ?=
 # Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
 # scenes); AID_LIMIT / MAPS_LIMIT take evenly spread selections (0: all). The shards are joined when training.
 LATENT_SHARDS ?= 2
@@ -142,7 +147,8 @@ train-latent: install
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --out runs/train-latent --tile 32 \
 	    --channels 48,96,144 --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
-	    --low-res-share 0.3 --lr-schedule cosine --loss-weight $(LATENT_LOSS) $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
+	    --low-res-share 0.3 --lr-schedule cosine --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) \
+	    $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) $(LATENT_ARGS)
 # The instalment's EMA weights into models/rsgen-base-1 (fp32 + fp16 graphs), the text encoder taken from
 # models/rsgen-base (named and pinned by sha256, not copied), on the autoencoder models/taef2.
 LATENT_CKPT ?= runs/train-latent/last.pt
@@ -155,7 +161,7 @@ train-gpu:
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --out $${OUT:-runs}/train-gpu \
 	    --tile 32 --channels 48,96,144 --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
-	    --low-res-share 0.3 --loss-weight $(LATENT_LOSS) --save-every 2 --ema-out $${OUT:-runs}/ema.pt $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
+	    --low-res-share 0.3 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) --save-every 2 --ema-out $${OUT:-runs}/ema.pt $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
 
 # A device call carries the working tree (64 MiB with what is carried): `make gpu-slim` moves every tracked
 # model graph and image except LATENT_INIT's graph to .gpu-aside/ (ignored, so it stays here); `make gpu-unslim`
