@@ -75,6 +75,16 @@ def test_pack_train_export_generate_and_continue(toy_data, tmp_path, tiny_latent
                                    guidance=1.0, sampler="ddim"), model_dirs=[tiny_latent_dir],
                  providers=["CPUExecutionProvider"])
     assert os.path.isfile(r.path)
+    # exporting again over the package keeps its card and records, and drops a graph the export no longer writes
+    for name, text in (("MODEL_CARD.md", "# card"), ("eval_a1.json", "{}"), ("old_int8.onnx", "stale")):
+        with open(os.path.join(pkg, name), "w") as f:
+            f.write(text)
+    export.main(["--checkpoint", os.path.join(out, "last.pt"), "--out", pkg, "--autoencoder", ae_dir,
+                 "--text-kind", "tiny", "--no-fp16"])
+    with open(os.path.join(pkg, "manifest.json")) as f:
+        files = list(json.load(f)["files"])
+    assert sorted(os.listdir(pkg)) == sorted(files + ["MODEL_CARD.md", "eval_a1.json", "manifest.json"])
+    assert "denoiser.onnx" in files and "old_int8.onnx" not in files
     # the committed package is a starting point: its graph holds the EMA weights under their names
     model = Denoiser(DenoiserConfig.from_dict(st["config"]))
     sd = export.state_from_onnx(os.path.join(pkg, "denoiser.onnx"), model)

@@ -209,9 +209,14 @@ def write_package(out_dir: str, model: Denoiser, schedule: dict, *, model_id: st
         check_manifest(manifest, os.path.join(out_dir, "manifest.json"))
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
-        keep = os.path.join(out_dir, "MODEL_CARD.md")
-        if os.path.exists(keep):
-            shutil.copy2(keep, os.path.join(tmp, "MODEL_CARD.md"))
+        # the model card and the records beside it (evaluations, sample grids) stay; graphs and the manifest are
+        # the new ones (a graph this export did not write would be stale: it goes)
+        for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []:
+            src = os.path.join(out_dir, name)
+            if name in manifest["files"] or name == "manifest.json" or name.endswith(".onnx") \
+                    or name.startswith(".") or not os.path.isfile(src) or os.path.islink(src):
+                continue
+            shutil.copy2(src, os.path.join(tmp, name))
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
