@@ -96,7 +96,7 @@ def swellendam(a) -> None:
     work = os.path.splitext(os.path.abspath(a.out))[0] + "_job"
     os.makedirs(work, exist_ok=True)
     job = {"output": os.path.join(work, "out"), "crs": "EPSG:32734", "gsd": a.gsd, "model": os.path.abspath(a.model),
-           "seed": a.seed, "prompt": a.prompt, "aois": {"bboxes": [{"bbox": list(SWELLENDAM_BBOX)}]},
+           "seed": a.seed, "prompt": a.prompt, **({"guidance": a.guidance} if a.guidance is not None else {}), "aois": {"bboxes": [{"bbox": list(SWELLENDAM_BBOX)}]},
            "layout": [{"file": gpkg, "layer": "roads", "class": "road", "buffer": 3},
                       {"file": gpkg, "layer": "buildings", "class": "building"}]}
     spec = os.path.join(work, "job.yaml")
@@ -116,7 +116,7 @@ def swellendam(a) -> None:
     canvas.paste(img, (0, 28))
     canvas.paste(small, (img.width + 8, 28))
     ImageDraw.Draw(canvas).text((4, 4), f"Swellendam 1 km2 at {a.gsd:g} m, {os.path.basename(a.model)}, seed "
-                                f"{a.seed}, prompt {a.prompt!r}; right: the layout (roads, buildings)",
+                                f"{a.seed}, prompt {a.prompt!r}, guidance {'default' if a.guidance is None else a.guidance}; right: the layout (roads, buildings)",
                                 fill="black", font=_font(14))
     canvas.save(a.out, quality=90)
     print(f"wrote {a.out} ({img.width} x {img.height} px) in {secs:.0f} s")
@@ -158,6 +158,7 @@ def main() -> None:
     s.add_argument("--gsd", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--prompt", default="")
+    s.add_argument("--guidance", type=float, default=None, help="default: the model's")
     a = ap.parse_args()
     classes(a) if a.cmd == "classes" else swellendam(a)
 
