@@ -8,7 +8,8 @@ one evaluation per step) on the committed models/taef2. Speed does not depend on
 Figures (runs/bench_latent.json):
 - seconds per 256 px tile, 20 steps, through generate() (GeoTIFF included), with the TAEF2 decode alone beside;
 - large areas in fresh processes: 1 km2 at 2 m and at 1 m (seconds, Mpx/s per core) and peak RSS at 1, 4 and
-  16 km2 at 2 m (getrusage of that process: model, ONNX Runtime, GDAL included).
+  16 km2 at 2 m (getrusage of that process: model, ONNX Runtime, GDAL included); then 1 km2 at 2 m once more with
+  every block decoded in overlapping windows, as before whole-block decoding (the gain measured in the same run).
     tools/bench_latent.py [--sizes 1,4,16] [--steps 20] [--model DIR]
 """
 from __future__ import annotations
@@ -88,8 +89,13 @@ def tile_seconds(model: str, steps: int) -> dict:
     return {"tile_256px_s": statistics.median(ts), "steps": steps, "decode_256px_s": dec}
 
 
-def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str) -> None:
+def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, windowed: bool = False) -> None:
     from rsgen_qgis.core.engine.generate import generate
+
+    if windowed:  # the decode before whole-block decoding: every block in overlapping windows of latent_tile
+        from rsgen_qgis.core.runtime import autoencoder
+
+        autoencoder.WHOLE_MAX_CELLS = 0
 
     d = tempfile.mkdtemp()
     side = round(math.sqrt(km2 * 1e6) / gsd) * gsd
@@ -100,17 +106,17 @@ def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str) -
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     px = r.grid.width * r.grid.height
     with open(out_json, "w") as f:
-        json.dump({"km2": km2, "gsd": gsd, "px": [r.grid.width, r.grid.height], "steps": steps, "seconds": secs,
+        json.dump({"km2": km2, "gsd": gsd, "windowed_block_decode": windowed, "px": [r.grid.width, r.grid.height], "steps": steps, "seconds": secs,
                    "peak_rss_mb": rss, "blocks": r.stats.blocks, "window_evals": r.stats.window_evals,
                    "mpx_per_s_per_core": px / 1e6 / secs / (os.cpu_count() or 1)}, f)
     os.remove(r.path)
 
 
-def _child(model: str, km2: float, gsd: float, steps: int) -> dict:
+def _child(model: str, km2: float, gsd: float, steps: int, windowed: bool = False) -> dict:
     fd, out = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     subprocess.run([sys.executable, os.path.abspath(__file__), "--child", out, "--model", model, "--km2", str(km2),
-                    "--gsd", str(gsd), "--steps", str(steps)], check=True)
+                    "--gsd", str(gsd), "--steps", str(steps)] + (["--windowed"] if windowed else []), check=True)
     with open(out) as f:
         res = json.load(f)
     os.remove(out)
@@ -128,9 +134,10 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--km2", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--gsd", type=float, default=2.0, help=argparse.SUPPRESS)
+    ap.add_argument("--windowed", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        large_child(a.model, a.km2, a.gsd, a.steps, a.child)
+        large_child(a.model, a.km2, a.gsd, a.steps, a.child, a.windowed)
         return
     if not os.path.isfile(os.path.join(TAEF2, "manifest.json")):
         sys.exit("models/taef2 is missing: nothing to benchmark")
@@ -150,10 +157,13 @@ def main() -> None:
           "each, guidance 3), via generate(): "
           f"{t['tile_256px_s']:.2f} s; TAEF2 decode of one 256 px tile {t['decode_256px_s']:.3f} s", flush=True)
     runs = []
-    for km2, gsd in [(float(s), 2.0) for s in a.sizes.split(",")] + [(1.0, 1.0)]:
-        r = _child(model, km2, gsd, a.steps)
+    # the last run: 1 km2 at 2 m again with every block decoded in overlapping windows (the decode before
+    # whole-block decoding), so the two are compared within one run
+    for km2, gsd, win in [(float(s), 2.0, False) for s in a.sizes.split(",")] + [(1.0, 1.0, False), (1.0, 2.0, True)]:
+        r = _child(model, km2, gsd, a.steps, win)
         runs.append(r)
-        print(f"large area {km2:g} km2 at {gsd:g} m ({r['px'][0]} x {r['px'][1]} px): {r['seconds']:.1f} s, "
+        print(f"large area {km2:g} km2 at {gsd:g} m{' (blocks decoded in windows)' if win else ''} "
+              f"({r['px'][0]} x {r['px'][1]} px): {r['seconds']:.1f} s, "
               f"{r['mpx_per_s_per_core']:.4f} Mpx/s per core, peak RSS {r['peak_rss_mb']:.0f} MB, {r['blocks']} blocks, "
               f"{r['window_evals']} window evaluations", flush=True)
     out["large"] = runs
