@@ -106,7 +106,8 @@ def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, w
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     px = r.grid.width * r.grid.height
     with open(out_json, "w") as f:
-        json.dump({"km2": km2, "gsd": gsd, "windowed_block_decode": windowed, "px": [r.grid.width, r.grid.height], "steps": steps, "seconds": secs,
+        json.dump({"km2": km2, "gsd": gsd, "windowed_block_decode": windowed, "px": [r.grid.width, r.grid.height],
+                   "steps": steps, "seconds": secs,
                    "peak_rss_mb": rss, "blocks": r.stats.blocks, "window_evals": r.stats.window_evals,
                    "mpx_per_s_per_core": px / 1e6 / secs / (os.cpu_count() or 1)}, f)
     os.remove(r.path)
@@ -145,13 +146,13 @@ def main() -> None:
     model = build_bench_package(BENCH_PKG) if planned else (a.model or TRAINED)
     cores = os.cpu_count() or 1
     with open(os.path.join(model, "manifest.json"), encoding="utf-8") as f:
-        version = json.load(f).get("version", "")
+        manifest = json.load(f)
+    version = manifest.get("version", "")
     out = {"model": os.path.basename(model), "version": version, "cores": cores, "planned_architecture":
            {k: list(v) if isinstance(v, tuple) else v for k, v in PLANNED.items()} if planned else None}
     t = tile_seconds(model, a.steps)
     out["tile"] = t
-    with open(os.path.join(model, "manifest.json"), encoding="utf-8") as f:
-        distilled = bool(json.load(f)["conditions"].get("guidance_input"))
+    distilled = bool(manifest["conditions"].get("guidance_input"))
     out["evaluations_per_step"] = 1 if distilled else 2  # guidance 3: distilled into the input, else two branches
     print(f"latent model {out['model']} {version}: 256 px tile, {a.steps} steps ({out['evaluations_per_step']} evaluation(s) "
           "each, guidance 3), via generate(): "

@@ -96,9 +96,11 @@ def swellendam(a) -> None:
     work = os.path.splitext(os.path.abspath(a.out))[0] + "_job"
     os.makedirs(work, exist_ok=True)
     job = {"output": os.path.join(work, "out"), "crs": "EPSG:32734", "gsd": a.gsd, "model": os.path.abspath(a.model),
-           "seed": a.seed, "prompt": a.prompt, **({"guidance": a.guidance} if a.guidance is not None else {}), "aois": {"bboxes": [{"bbox": list(SWELLENDAM_BBOX)}]},
+           "seed": a.seed, "prompt": a.prompt, "aois": {"bboxes": [{"bbox": list(SWELLENDAM_BBOX)}]},
            "layout": [{"file": gpkg, "layer": "roads", "class": "road", "buffer": 3},
                       {"file": gpkg, "layer": "buildings", "class": "building"}]}
+    if a.guidance is not None:
+        job["guidance"] = a.guidance
     spec = os.path.join(work, "job.yaml")
     with open(spec, "w") as f:
         yaml.safe_dump(job, f)

@@ -275,7 +275,8 @@ def main(argv=None) -> None:
     if a.info:
         with open(a.info) as f:
             info = json.load(f)
-    info.setdefault("training", {}).update({"steps": st["step"], "wall_s": round(st["elapsed_s"] + st.get("prior_wall_s", 0.0)),
+    wall = st["elapsed_s"] + st.get("prior_wall_s", 0.0)  # with the instalments it started from
+    info.setdefault("training", {}).update({"steps": st["step"], "wall_s": round(wall),
                                             "device": st.get("device", "cpu")})
     m = write_package(a.out, model, st["schedule"], model_id=info.pop("id", "rsgen-base"),
                       name=info.pop("name", "rsgen base"), info=info, text_kind=a.text_kind, fp16=not a.no_fp16,

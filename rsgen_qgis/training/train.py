@@ -94,26 +94,20 @@ def save(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _package_training(onnx_path: str) -> dict:
-    """The training record of the package whose graph onnx_path is (its manifest.json beside it), {} if none."""
-    path = os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "manifest.json")
+def prior_training(onnx_path: str) -> tuple:
+    """(steps, wall seconds) the package whose graph onnx_path is was trained for, from its manifest.json beside
+    it; (0, 0.0) for what it does not say."""
     try:
-        with open(path) as f:
+        with open(os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "manifest.json")) as f:
             t = json.load(f).get("training", {})
-    except (OSError, ValueError):
-        return {}
-    return t if isinstance(t, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return 0, 0.0
 
+    def number(k):
+        v = t.get(k, 0) if isinstance(t, dict) else 0
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
 
-def prior_steps(onnx_path: str) -> int:
-    """Steps the package's graph was trained for (0 when its manifest does not say)."""
-    v = _package_training(onnx_path).get("steps", 0)
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
-
-
-def prior_wall(onnx_path: str) -> float:
-    v = _package_training(onnx_path).get("wall_s", 0)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0.0
+    return int(number("steps")), float(number("wall_s"))
 
 
 def main(argv=None) -> None:
@@ -210,8 +204,8 @@ def main(argv=None) -> None:
 
         sd = state_from_onnx(a.init_onnx, model)
         model.load_state_dict(sd); ema.load_state_dict(sd)
-        step = step0 = prior_steps(a.init_onnx)
-        prior_wall_s = prior_wall(a.init_onnx)
+        step0, prior_wall_s = prior_training(a.init_onnx)
+        step = step0
         print(f"initialised from {a.init_onnx} (the package's fp32 graph, step {step})", flush=True)
     if a.init and not (a.resume and os.path.exists(ckpt)):
         st = torch.load(a.init, map_location=dev, weights_only=True)
@@ -228,6 +222,10 @@ def main(argv=None) -> None:
     weight = LOSS_WEIGHTS[a.loss_weight](ac)
     budget = a.minutes * 60
     t_start, last_save = time.time() - elapsed0, time.time()
+
+    def record() -> dict:  # what every checkpoint holds (the EMA weights and where the training stands)
+        return {"ema": ema.state_dict(), "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
+                "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s, "device": dev}
     log = open(os.path.join(a.out, "log.csv"), "a")
     losses = []
     n_params = sum(p.numel() for p in model.parameters())
@@ -268,19 +266,11 @@ def main(argv=None) -> None:
             log.write(msg + "\n"); log.flush()
             losses = []
         if time.time() - last_save > a.save_every * 60:
-            save(ckpt, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
-                        "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s,
-                        "args": vars(a), "device": dev})
+            save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record()})
             last_save = time.time()
-    save(ckpt, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
-                "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s,
-                "args": vars(a), "device": dev})
+    save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record()})
     if a.ema_out:
-        save(a.ema_out, {"ema": ema.state_dict(), "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
-                         "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s,
-                         "device": dev})
+        save(a.ema_out, record())
     with open(os.path.join(a.out, "summary.json"), "w") as f:
         json.dump({"steps": step, "steps_this_chain": step - step0, "wall_s": round(time.time() - t_start),
                    "prior_wall_s": round(prior_wall_s), "device": dev,
