@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent export-latent train-gpu gpu-slim gpu-unslim package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent export-latent train-gpu gpu-slim gpu-unslim package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -149,6 +149,16 @@ train-latent: install
 	    --channels 48,96,144 --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
 	    --low-res-share 0.3 --lr-schedule cosine --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) \
 	    $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) $(LATENT_ARGS)
+# Guidance distillation (training/distill.py, from 1.0.0a5 on): a student that takes the guidance scale as an input
+# and gives in one evaluation a step what the teacher gives in two. The teacher is LATENT_INIT's package (default
+# the committed models/rsgen-base-1); export it with LATENT_CKPT=runs/distill-latent/last.pt. A later instalment
+# trains on from the distilled graph (train.py reads --guidance-input from its manifest), then distils again.
+DISTILL_MINUTES ?= 95
+DISTILL_ARGS ?=
+distill-latent: install
+	$(PY) -m rsgen_qgis.training.distill --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
+	    --teacher $(or $(LATENT_INIT),models/rsgen-base-1) --out runs/distill-latent --minutes $(DISTILL_MINUTES) \
+	    --batch 16 --low-res-share 0 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) $(DISTILL_ARGS)
 # The instalment's EMA weights into models/rsgen-base-1 (fp32 + fp16 graphs), the text encoder taken from
 # models/rsgen-base (named and pinned by sha256, not copied), on the autoencoder models/taef2.
 LATENT_CKPT ?= runs/train-latent/last.pt

@@ -233,3 +233,76 @@ def test_layout_use_diagnostic_at_toy_scale(toy_data, tmp_path, tiny_latent_dir)
     lin = r["pack"]
     assert lin["mean_latent"] > 0 and lin["linear_map"] > 0
     assert diagnose.linear_layout_gain(load_pack(pack))["linear_map"] == pytest.approx(lin["linear_map"])
+
+
+def test_latent_guidance_distillation_from_a_package_and_again_from_its_student(toy_data, tmp_path, tiny_latent_dir):
+    """distill.py on latent packs: the teacher is a committed package (its fp32 graph and manifest), the student
+    starts as the teacher at any scale, its package takes one evaluation a step, its steps and time go on from the
+    teacher's; a guidance-distilled package trained on (train.py --init-onnx: --guidance-input from its manifest) distils
+    again, the
+    student starting as a copy of it."""
+    import torch
+
+    from rsgen_qgis.core.engine.blocks import evaluations_per_window
+    from rsgen_qgis.core.engine.generate import generate
+    from rsgen_qgis.core.request import GenerationRequest
+    from rsgen_qgis.training import distill, export, train
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset
+
+    ae_dir = os.path.join(tiny_latent_dir, "taef2")
+    pack = encode_dataset(toy_data, ae_dir, str(tmp_path / "runs" / "latents.npz"), aid_limit=4)
+    cache = tmp_path / "runs" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    caps = all_captions()
+    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), 32)).astype(np.float32))
+    runs = tmp_path / "runs"
+    small = ["--minutes", "0.02", "--batch", "2", "--threads", "1", "--save-every", "100"]
+    train.main(["--latents", pack, "--out", str(runs / "t"), "--channels", "8,16", "--attention", "0,1",
+                "--tile", "8"] + small)
+    ex = ["--autoencoder", ae_dir, "--text-kind", "tiny", "--no-fp16"]
+    teacher_pkg = str(tmp_path / "pkgs" / "teacher")
+    export.main(["--checkpoint", str(runs / "t" / "last.pt"), "--out", teacher_pkg] + ex)
+    with open(os.path.join(teacher_pkg, "manifest.json")) as f:
+        t_rec = json.load(f)["training"]
+
+    teacher, rec = distill.load_teacher(teacher_pkg)
+    student = distill.student_from(teacher).eval()
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 32, 8, 8), torch.tensor([5.0, 900.0])
+    sp, cond = torch.randn(2, teacher.cfg.spatial_channels, 8, 8), torch.randn(2, teacher.cfg.cond_dim)
+    with torch.no_grad():
+        ref = teacher.eval()(x, t, sp, cond)
+        moved = float((student(x, t, sp, distill.with_scale(cond, 4.0)) - ref).abs().max())
+    assert rec["step"] == t_rec["steps"] and moved < 1e-3 * max(1.0, float(ref.abs().max()))
+
+    distill.main(["--latents", pack, "--teacher", teacher_pkg, "--out", str(runs / "d"), "--low-res-share", "0",
+                  "--loss-weight", "snr-plus-one"] + small)
+    st = torch.load(runs / "d" / "last.pt", map_location="cpu", weights_only=True)
+    n = st["distillation"]["steps"]
+    assert n >= 1 and st["step"] == t_rec["steps"] + n and st["config"]["guidance_input"]
+    student_pkg = str(tmp_path / "pkgs" / "student")
+    export.main(["--checkpoint", str(runs / "d" / "last.pt"), "--out", student_pkg] + ex)
+    with open(os.path.join(student_pkg, "manifest.json")) as f:
+        m = json.load(f)
+    assert m["training"]["steps"] == st["step"] and m["training"]["distillation"]["steps"] == n
+    assert m["training"]["wall_s"] == round(st["elapsed_s"] + t_rec["wall_s"])
+    req = GenerationRequest(extent=(453000.0, 6233600.0, 453256.0, 6233856.0), crs="EPSG:32734", gsd=4.0,
+                            output=str(tmp_path / "d.tif"), model=student_pkg, prompt="a forest", steps=2,
+                            guidance=3.0, sampler="ddim")
+    assert evaluations_per_window(req, m) == 1
+    assert os.path.isfile(generate(req, model_dirs=[tiny_latent_dir], providers=["CPUExecutionProvider"]).path)
+
+    # the next instalment: trained on at w = 1 from the student's graph, then distilled again from that package
+    # (--guidance-input follows from the package's manifest)
+    train.main(["--latents", pack, "--out", str(runs / "t2"), "--channels", "8,16", "--attention", "0,1",
+                "--tile", "8", "--init-onnx", os.path.join(student_pkg, "denoiser.onnx")] + small)
+    again_pkg = str(tmp_path / "pkgs" / "again")
+    export.main(["--checkpoint", str(runs / "t2" / "last.pt"), "--out", again_pkg] + ex)
+    teacher2, _ = distill.load_teacher(os.path.join(again_pkg, "denoiser.onnx"))
+    assert teacher2.cfg.guidance_input
+    distill.main(["--latents", pack, "--teacher", again_pkg, "--out", str(runs / "d2"), "--low-res-share", "0"]
+                 + small)
+    st2 = torch.load(runs / "d2" / "last.pt", map_location="cpu", weights_only=True)
+    assert st2["config"] == teacher2.cfg.to_dict() and st2["distillation"]["teacher_step"] > st["step"]

@@ -278,6 +278,8 @@ def main(argv=None) -> None:
     wall = st["elapsed_s"] + st.get("prior_wall_s", 0.0)  # with the instalments it started from
     info.setdefault("training", {}).update({"steps": st["step"], "wall_s": round(wall),
                                             "device": st.get("device", "cpu")})
+    if "distillation" in st:  # distill.py: its own steps and time, and the teacher it started from
+        info["training"]["distillation"] = st["distillation"]
     m = write_package(a.out, model, st["schedule"], model_id=info.pop("id", "rsgen-base"),
                       name=info.pop("name", "rsgen base"), info=info, text_kind=a.text_kind, fp16=not a.no_fp16,
                       autoencoder=autoencoder_entry(a.autoencoder) if a.autoencoder else None,

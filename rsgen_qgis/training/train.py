@@ -94,6 +94,16 @@ def save(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def package_architecture(onnx_path: str) -> dict:
+    """The `architecture` the manifest.json beside a package's graph records ({} when there is none)."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "manifest.json")) as f:
+            arch = json.load(f).get("architecture", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return arch if isinstance(arch, dict) else {}
+
+
 def prior_training(onnx_path: str) -> tuple:
     """(steps, wall seconds) the package whose graph onnx_path is was trained for, from its manifest.json beside
     it; (0, 0.0) for what it does not say."""
@@ -108,6 +118,32 @@ def prior_training(onnx_path: str) -> tuple:
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
 
     return int(number("steps")), float(number("wall_s"))
+
+
+def batch_maker(latents: list, data: str, cache: str, seed: int, probs: Probabilities):
+    """The batch maker of a run: over latent packs (groups at several GSDs when more than one; `.C` their
+    channels) or over a prepared data folder's images."""
+    emb = caption_embeddings(cache)
+    if latents:
+        from .latent_data import LatentBatchMaker, load_pack
+
+        packs = [load_pack(p) for p in latents if p]
+        return LatentBatchMaker(packs if len(packs) > 1 else packs[0], emb, seed=seed, probs=probs)
+    return BatchMaker(load_aid(data, "train", cache), load_maps(data, "train", cache), emb, seed=seed, probs=probs)
+
+
+def draw_batch(bm, latent: bool, tile: int, batch: int, low_res: bool, dev) -> tuple:
+    """One training batch on dev and its resolution. Latent: AID scenes are 18 cells, so 16-cell crops (twice the
+    rows); maps tiles at the native tile, or 16 cells in a low-resolution phase. Pixels: 32 px in a
+    low-resolution phase (twice the rows), else the native tile."""
+    if latent:
+        src = "aid" if bm.rng.random() < bm.p.aid else "maps"
+        res = 16 if (src == "aid" or low_res) else tile
+        b = bm.batch(batch * max(1, (tile // res) ** 2 // 2), res, src)
+    else:
+        res = 32 if (low_res and tile > 32) else tile
+        b = bm.batch(batch * (2 if res < tile else 1), res)
+    return {k: v.to(dev) for k, v in b.items()}, res
 
 
 def main(argv=None) -> None:
@@ -153,6 +189,9 @@ def main(argv=None) -> None:
     if not 0.0 <= a.aid_share <= 1.0:
         ap.error("--aid-share must be within [0, 1]")
     probs = Probabilities(aid=a.aid_share)
+    if a.init_onnx and not a.guidance_input and package_architecture(a.init_onnx).get("guidance_input"):
+        a.guidance_input = True  # a guidance-distilled package trains on at w = 1 (distill.py distils it again)
+        print(f"{a.init_onnx}: a guidance-distilled graph, trained on with --guidance-input", flush=True)
     if not a.data and not a.pack and not a.latents:
         ap.error("give --data (prepared folder), --pack (training pack) or --latents (latent pack)")
     if a.threads:
@@ -165,18 +204,8 @@ def main(argv=None) -> None:
         from .pack import unpack
 
         print("unpacked:", unpack(a.pack, cache), flush=True)
-    emb = caption_embeddings(cache)
-    if a.latents:
-        from ..core.conditions.encoding import spatial_channels
-        from .latent_data import LatentBatchMaker, load_pack
-
-        packs = [load_pack(p) for p in a.latents if p]
-        bm = LatentBatchMaker(packs if len(packs) > 1 else packs[0], emb, seed=a.seed, probs=probs)
-        image_channels = bm.C
-    else:
-        aid, maps = load_aid(a.data, "train", cache), load_maps(a.data, "train", cache)
-        bm = BatchMaker(aid, maps, emb, seed=a.seed, probs=probs)
-        image_channels = 3
+    bm = batch_maker(a.latents, a.data, cache, a.seed, probs)
+    image_channels = bm.C if a.latents else 3
     widths = tuple(int(c) for c in a.channels.split(","))
     attn = tuple(bool(int(v)) for v in a.attention.split(",")) if a.attention else \
         (False,) * (len(widths) - 1) + (True,)
@@ -184,6 +213,8 @@ def main(argv=None) -> None:
         ap.error("--attention needs one 0/1 per level of --channels")
     cond_dim = bm.lay.dim + (1 if a.guidance_input else 0)
     if a.latents:
+        from ..core.conditions.encoding import spatial_channels
+
         cfg = DenoiserConfig(image_channels=image_channels, spatial_channels=spatial_channels(image_channels=image_channels),
                              cond_dim=cond_dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
                              attention_levels=attn, tile=a.tile, norm_num_groups=min(32, widths[0] // 4),
@@ -235,15 +266,8 @@ def main(argv=None) -> None:
         elapsed = time.time() - t_start
         if elapsed >= budget:
             break
-        if a.latents:  # AID scenes are 18 latent cells: 16-cell crops; maps tiles at the native tile
-            src = "aid" if bm.rng.random() < bm.p.aid else "maps"
-            res = 16 if (src == "aid" or elapsed < a.low_res_share * budget) else cfg.tile
-            bs = a.batch * max(1, (cfg.tile // res) ** 2 // 2)
-            b = {k: v.to(dev) for k, v in bm.batch(bs, res, src).items()}
-        else:
-            res = 32 if (elapsed < a.low_res_share * budget and cfg.tile > 32) else cfg.tile
-            bs = a.batch * (2 if res < cfg.tile else 1)
-            b = {k: v.to(dev) for k, v in bm.batch(bs, res).items()}
+        b, res = draw_batch(bm, bool(a.latents), cfg.tile, a.batch, elapsed < a.low_res_share * budget, dev)
+        bs = len(b["x0"])
         if a.guidance_input:  # unguided rows: the guidance input at w = 1 (encoded 0), distillation teaches the rest
             b["cond"] = torch.cat([b["cond"], torch.zeros(len(b["cond"]), 1, device=dev)], 1)
         x0 = b["x0"]
