@@ -6,6 +6,8 @@ For guidance 1, 3 and 5: the same tiles (class prompts, and held-out maps layout
 20 DPM-Solver++ steps) from the teacher with two evaluations per step and from the student with one; prints
 PSNR student vs teacher beside PSNR teacher-at-w vs teacher-at-1 (how far guidance moves the image: the
 student must follow that move, not just stay near the unguided image). Writes a JSON with --json.
+A latent package (manifest kind "latent") is compared on the class prompts only, through the run-time engine at
+its native tile (training.judge.class_tiles: 256 px, the evaluation's seeds), with its default sampler and steps.
 """
 from __future__ import annotations
 
@@ -30,7 +32,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="tiles per class prompt")
     ap.add_argument("--layouts", type=int, default=60)
     ap.add_argument("--json", default="")
+    ap.add_argument("--threads", type=int, default=1, help="latent packages: ONNX Runtime threads")
     a = ap.parse_args()
+    with open(os.path.join(a.teacher, "manifest.json")) as f:
+        if json.load(f).get("kind") == "latent":
+            return latent(a)
     cases = comparison_cases(a.data, a.seeds, a.layouts)
     out = {}
     for name, (p, sp, sd, meta) in cases.items():
@@ -43,6 +49,30 @@ def main() -> None:
                  else None}
             out[f"{name}_w{w:g}"] = r
             print(name, f"w={w:g}", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def latent(a) -> None:
+    from rsgen_qgis.training.judge import AID_CLASSES, class_tiles, model_settings
+
+    s = model_settings(a.teacher, None, None, None, None)
+    quiet = lambda msg: None  # noqa: E731
+
+    def tiles(model, w):
+        return class_tiles(model, AID_CLASSES, a.seeds, s["steps"], w, s["sampler"], threads=a.threads,
+                           log=quiet)["tiles"]
+
+    ref1, out = tiles(a.teacher, 1.0), {"steps": s["steps"], "sampler": s["sampler"]}
+    for w in (1.0, 3.0, 5.0):
+        t = ref1 if w == 1.0 else tiles(a.teacher, w)
+        st = tiles(a.student, w)
+        r = {"tiles": len(t), "psnr_student_vs_teacher": float(np.mean([psnr(x, y) for x, y in zip(st, t)])),
+             "psnr_teacher_vs_teacher_w1": float(np.mean([psnr(x, y) for x, y in zip(t, ref1)])) if w != 1.0
+             else None}
+        out[f"prompt_w{w:g}"] = r
+        print(f"prompt w={w:g}", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
