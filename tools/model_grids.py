@@ -4,11 +4,18 @@
         [--classes "DenseResidential,Farmland,..."] [--per-class 4] [--gsd 2.34] [--threads 1]
     .venv/bin/python tools/model_grids.py swellendam --data DATA --model models/rsgen-base-1 --out area.jpg \
         [--gsd 2] [--seed 7] [--prompt ""]       (ONNX Runtime's own threads: confine with taskset)
+    .venv/bin/python tools/model_grids.py conditions --data DATA --model models/rsgen-base-1 --out cond.jpg \
+        [--tiles 4] [--threads 1]
 
 classes: for each class prompt (AID's caption of the class, as the evaluation uses), per-class tiles through the
 run-time engine at the model's native tile over an AID scene's 600 m footprint (or at --gsd), seeds as the
 evaluation's (1000 * class index + i), then one real held-out AID scene of the class resampled to the same size,
 in the last column after a gap; the class name in a margin on the left. JPEG quality 90.
+conditions: each spatial condition on held-out New York maps tiles (the val split, 256 px over their 600 m, 2.34 m),
+no prompt, through the run-time engine, a row a tile: the real aerial; its layout (make eval's palette) and the
+tile generated from it; the real aerial 4x area-averaged (the guide, shown enlarged) and the tile generated from it
+(super-resolution); the real aerial with its centre quarter masked and the inpainted tile; a variation of the real
+aerial at strength 0.5. Seeds 1, 2, ... a row.
 swellendam: 1 km2 around Swellendam's centre (EPSG:32734, [448300, 6233550, 449300, 6234550]) as a large-area
 batch job (the batch door, in this process) from the real OSM roads (buffer 3 m, class road) and buildings of the
 QGIS training data (DATA/demo/training_data.gpkg), written as a COG beside the JPEG; the layout is drawn small on
@@ -83,6 +90,64 @@ def classes(a) -> None:
     print(f"wrote {a.out} ({canvas.size[0]} x {canvas.size[1]} px), {info['s_per_tile']} s a tile")
 
 
+def conditions(a) -> None:
+    from PIL import Image, ImageDraw
+
+    from rsgen_qgis.core.engine.generate import generate_array
+    from rsgen_qgis.core.request import Conditions, GenerationRequest
+    from rsgen_qgis.training.data import MAPS_GSD_256, NYC_LONLAT, load_maps
+    from rsgen_qgis.training.evaluate import LAYOUT_PALETTE
+    from rsgen_qgis.training.fidelity import _utm_for
+    from rsgen_qgis.training.judge import model_settings
+
+    va = load_maps(a.data, "val", os.path.join(ROOT, "runs", "cache"))
+    s = model_settings(a.model, None, None, None, None)
+    crs, x, y = _utm_for(*NYC_LONLAT)
+    px = va["aerial"].shape[1]
+    gsd = MAPS_GSD_256 * 256 / px
+    x0, y0 = round(x / gsd) * gsd, round(y / gsd) * gsd
+    t0, info = time.time(), None
+
+    def gen(seed: int, cond: Conditions) -> np.ndarray:
+        nonlocal info
+        req = GenerationRequest(extent=(x0, y0, x0 + px * gsd, y0 + px * gsd), crs=crs, gsd=gsd, output="", seed=seed,
+                                steps=s["steps"], guidance=s["guidance"], sampler=s["sampler"], model=a.model,
+                                conditions=cond)
+        r = generate_array(req, providers=["CPUExecutionProvider"], threads=a.threads)
+        info = info or r
+        return r.rgb.transpose(1, 2, 0)
+
+    heads = ("real aerial", "layout", "from layout", "guide (4x coarser)", "from guide", "centre masked",
+             "inpainted", "variation 0.5")
+    rows = []
+    for i in range(a.tiles):
+        real, lay = va["aerial"][i], va["layout"][i].astype(np.uint8)
+        chw = np.ascontiguousarray(real.transpose(2, 0, 1))
+        guide = chw.reshape(3, px // 4, 4, px // 4, 4).mean((2, 4)).round().astype(np.uint8)
+        mask = np.zeros((px, px), bool)
+        mask[px // 4:3 * px // 4, px // 4:3 * px // 4] = True
+        masked = real.copy()
+        masked[mask] = 128
+        rows.append([real, LAYOUT_PALETTE[lay].astype(np.uint8), gen(i + 1, Conditions(layout=lay)),
+                     np.repeat(np.repeat(guide.transpose(1, 2, 0), 4, 0), 4, 1), gen(i + 1, Conditions(guide=guide)),
+                     masked, gen(i + 1, Conditions(mask=mask, image=chw)),
+                     gen(i + 1, Conditions(image=chw, strength=0.5))])
+    gap, top = 4, 60
+    canvas = Image.new("RGB", (len(heads) * (px + gap) + gap, top + a.tiles * (px + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font(14)
+    m = f"{info.model_id} {info.model_version}"
+    draw.text((gap, 4), f"{m}: held-out New York maps tiles, {px} px over {px * gsd:.0f} m ({gsd:.2f} m), no prompt, "
+                        f"{s['steps']} steps, guidance {s['guidance']}, {s['sampler']}", fill="black", font=font)
+    for j, h in enumerate(heads):
+        draw.text((gap + j * (px + gap), 34), h, fill="black", font=font)
+    for i, row in enumerate(rows):
+        for j, im in enumerate(row):
+            canvas.paste(Image.fromarray(im), (gap + j * (px + gap), top + i * (px + gap)))
+    canvas.save(a.out, quality=90)
+    print(f"wrote {a.out} ({canvas.size[0]} x {canvas.size[1]} px) in {time.time() - t0:.0f} s")
+
+
 def swellendam(a) -> None:
     import rasterio
     import yaml
@@ -148,7 +213,10 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("classes")
     s = sub.add_parser("swellendam")
-    for p in (c, s):
+    k = sub.add_parser("conditions")
+    k.add_argument("--tiles", type=int, default=4)
+    k.add_argument("--threads", type=int, default=1)
+    for p in (c, s, k):
         p.add_argument("--data", required=True)
         p.add_argument("--model", default=os.path.join(ROOT, "models", "rsgen-base-1"))
         p.add_argument("--out", required=True)
@@ -162,7 +230,7 @@ def main() -> None:
     s.add_argument("--prompt", default="")
     s.add_argument("--guidance", type=float, default=None, help="default: the model's")
     a = ap.parse_args()
-    classes(a) if a.cmd == "classes" else swellendam(a)
+    {"classes": classes, "swellendam": swellendam, "conditions": conditions}[a.cmd](a)
 
 
 if __name__ == "__main__":
