@@ -306,3 +306,29 @@ def test_latent_guidance_distillation_from_a_package_and_again_from_its_student(
                  + small)
     st2 = torch.load(runs / "d2" / "last.pt", map_location="cpu", weights_only=True)
     assert st2["config"] == teacher2.cfg.to_dict() and st2["distillation"]["teacher_step"] > st["step"]
+
+
+def test_int8_calibration_of_a_latent_package_runs_through_the_engine(toy_data, tmp_path, tiny_latent_dir):
+    """quantize.latent_feeds: every denoiser feed of the engine's runs on training material (prompts at three
+    scales, layouts, guides, inpainting holes), the package's default steps each; add_int8 takes them."""
+    import shutil
+
+    from rsgen_qgis.core.runtime.models import load
+    from rsgen_qgis.training.quantize import add_int8, latent_feeds
+
+    for name in ("taef2", "rsgen-tiny-latent"):
+        shutil.copytree(os.path.join(tiny_latent_dir, name), tmp_path / name)
+    pkg = str(tmp_path / "rsgen-tiny-latent")
+    with open(os.path.join(pkg, "manifest.json")) as f:
+        steps = json.load(f)["defaults"]["steps"]
+    feeds = latent_feeds(pkg, toy_data, str(tmp_path / "cache"), n_prompts=3, n_layouts=1, n_guides=1, n_holes=1)
+    assert len(feeds) == 6 * steps  # one call a step (the tile is one window)
+    # prompt and layout runs: the conditional and unconditional branches in one batch; guide and hole runs have
+    # nothing guidance drops, so one branch
+    assert [f["sample"].shape[0] for f in feeds] == [2] * 4 * steps + [1] * 2 * steps
+    assert all(f["sample"].shape[1] == 32 for f in feeds)
+    lay = [f for f in feeds if f["spatial"][:, :6].any()]
+    assert len(lay) == steps  # the layout run's feeds carry its layout (the conditional branch)
+    man = add_int8(pkg, feeds)
+    assert man["graphs"]["denoiser"]["int8_file"] == "denoiser_int8.onnx"
+    assert load(pkg, [str(tmp_path)], ["CPUExecutionProvider"]).variant == "int8"

@@ -7,7 +7,10 @@ real scenes, beside the obvious 8x baseline, and its ONNX graphs against the pub
   without a learned decoder);
 - the ONNX decoder and encoder against the torch network with the published .pth weights (--weights: the taesd
   git dir or a folder with taef2_*.pth), max |diff| on those scenes' latents;
-- seconds per 256 px decode and encode (2 threads).
+- seconds per 256 px decode and encode (2 threads);
+- where the package has an int8 decoder (training/quantize.py --autoencoder, the CPU default): the same round
+  trips decoded by it, its PSNR from the fp32 decode, and its seconds per 256 px and per 464 px (a large-area
+  block) decode beside the fp32 decoder's.
 Writes runs/bench_ae.json.
 """
 from __future__ import annotations
@@ -132,6 +135,28 @@ def main(argv=None) -> int:
     t = time.perf_counter(); ae.encode(x); enc = time.perf_counter() - t
     res["seconds_256px"] = {"decode": dec, "encode": enc, "threads": 2}
     print(f"256 px: decode {dec:.3f} s, encode {enc:.3f} s (2 threads)")
+    fast = open_autoencoder(a.ae, threads=2, precision="auto")
+    if fast.variant == "int8":
+        q = {"aid_heldout_144px": evaluate(fast, imgs, "AID held-out, 144 px, int8 decoder"),
+             f"maps_val_{side}px": evaluate(fast, maps, f"maps val, {side} px, int8 decoder")}
+        gap = []
+        for img in imgs + maps:
+            zz = ae.encode(img.astype(np.float32) / 127.5 - 1.0)
+            gap.append(psnr(to_u8(fast.decode(zz, whole=True)), to_u8(ae.decode(zz, whole=True))))
+        q["int8_vs_fp32_decode_psnr_db"] = float(np.mean(gap))
+        secs = {}
+        for cells in (32, 58):
+            zc = np.zeros((ae.channels, cells, cells), np.float32)
+            for name, dec_ae in (("fp32", ae), ("int8", fast)):
+                dec_ae.decode(zc, whole=True)
+                t = time.perf_counter()
+                for _ in range(3):
+                    dec_ae.decode(zc, whole=True)
+                secs[f"{name}_{cells * 8}px"] = (time.perf_counter() - t) / 3
+        q["decode_seconds_whole"] = secs
+        res["int8_decoder"] = q
+        print(f"int8 decoder: {q['int8_vs_fp32_decode_psnr_db']:.2f} dB from the fp32 decode; seconds "
+              + ", ".join(f"{k} {v:.3f}" for k, v in secs.items()))
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)

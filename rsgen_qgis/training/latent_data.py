@@ -29,14 +29,15 @@ from .data import AID_GSD_150, MAPS_GSD_256, NYC_LONLAT, Probabilities, cond_mat
 AID_CROP = 144
 
 
-def open_autoencoder(ae_dir: str, threads: int = 0):
-    """The autoencoder package at ae_dir, verified and opened as the run time opens it."""
+def open_autoencoder(ae_dir: str, threads: int = 0, precision: str = "fp32"):
+    """The autoencoder package at ae_dir, verified and opened as the run time opens it (precision "auto": its int8
+    decoder on the CPU where it has one; "fp32": the exact graphs, for training)."""
     from ..core.runtime.autoencoder import open_package_autoencoder
     from ..core.runtime.models import read_package, verify_files
 
     pkg = read_package(ae_dir)
     verify_files(pkg)
-    return open_package_autoencoder(pkg, ["CPUExecutionProvider"], threads)
+    return open_package_autoencoder(pkg, ["CPUExecutionProvider"], threads, precision=precision)
 
 
 def _guide(img: np.ndarray, factor: int = 4) -> np.ndarray:

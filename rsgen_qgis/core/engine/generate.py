@@ -56,6 +56,10 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
     if model.autoencoder.factor > 1:
         extra["autoencoder"] = model.autoencoder.describe()
         extra["autoencoder_sha256"] = model.autoencoder.sha256
+        variant = getattr(model.autoencoder, "variant", "fp32")  # the decoder graph that ran (int8 on the CPU)
+        extra["decoder_graph"] = variant
+        if variant != "fp32":
+            extra["decoder_graph_sha256"] = model.autoencoder.variant_sha256
     return {
         **extra,
         "prompt": req.prompt, "seed": req.seed, "model_id": model.package.id,

@@ -72,7 +72,8 @@ class GraphAutoencoder:
 
     def __init__(self, name: str, graphs: AEGraphs, factor: int, channels: int, image_range: Sequence[float],
                  shift: Sequence[float], scale: Sequence[float], latent_tile: int, latent_overlap: int,
-                 batch: int = 2, sha256: str = "", whole_max: int = 0) -> None:
+                 batch: int = 2, sha256: str = "", whole_max: int = 0, variant: str = "fp32",
+                 variant_sha256: str = "") -> None:
         if factor < 1 or channels < 1:
             raise ModelPackageError(f"Autoencoder {name!r}: factor and channels must be positive.")
         if len(shift) != channels or len(scale) != channels or not all(float(s) > 0 for s in scale):
@@ -88,6 +89,8 @@ class GraphAutoencoder:
         self.tile, self.overlap, self.batch = int(latent_tile), int(latent_overlap), int(batch)
         self.whole_max = max(int(whole_max), self.tile)
         self.sha256 = sha256
+        # the decoder graph that runs: fp32 (the one the model pins), fp16 (GPU) or int8 (CPU, precision auto)
+        self.variant, self.variant_sha256 = variant, variant_sha256 or sha256
         self.lock = threading.Lock()
 
     @property
@@ -172,9 +175,12 @@ def _check_channels(path: str, sess_graph, name: str, axis: int, want: int) -> N
 
 
 def open_package_autoencoder(ae_pkg, chosen: Sequence[str], threads: int = 0,
-                             want: Optional[dict] = None) -> GraphAutoencoder:
+                             want: Optional[dict] = None, precision: str = "fp32") -> GraphAutoencoder:
     """Open a verified autoencoder package. want: the model's "autoencoder" entry (factor, channels,
-    decoder_sha256), checked against the package so a mismatched autoencoder is refused naming its files."""
+    decoder_sha256), checked against the package so a mismatched autoencoder is refused naming its files.
+    precision "auto": the decoder's fp16 graph on a GPU and its int8 graph on the CPU where the package has them
+    (training/quantize.py --autoencoder); "fp32" (the default here, and the encoder always on the CPU): the exact
+    graphs."""
     m = ae_pkg.manifest
     mpath = ae_pkg.file("manifest.json")
     spec = m.get("autoencoder")
@@ -206,9 +212,15 @@ def open_package_autoencoder(ae_pkg, chosen: Sequence[str], threads: int = 0,
                                     f"with (sha256 differs from the model's 'decoder_sha256').")
     gpu = any(p != "CPUExecutionProvider" for p in chosen[:1])
     pick = lambda part: part.get("fp16_file") if gpu and part.get("fp16_file") else part["file"]  # noqa: E731
+    dec_file, variant = pick(dec), "fp16" if gpu and dec.get("fp16_file") else "fp32"
+    if precision == "auto" and not gpu and dec.get("int8_file"):
+        dec_file, variant = dec["int8_file"], "int8"
+    if dec_file not in m.get("files", {}):
+        raise ModelPackageError(f"{ae_pkg.file(str(dec_file))}: autoencoder graph not listed under the manifest's "
+                                "files.")
     dio = (dec.get("input", "latent"), dec.get("output", "image"))
-    decoder = _graph(ae_pkg.file(pick(dec)), chosen, threads, dio, "decoder")
-    _check_channels(ae_pkg.file(pick(dec)), decoder, dio[0], 1, channels)
+    decoder = _graph(ae_pkg.file(dec_file), chosen, threads, dio, "decoder")
+    _check_channels(ae_pkg.file(dec_file), decoder, dio[0], 1, channels)
     encoder, eio = None, ("image", "latent")
     if enc:
         eio = (enc.get("input", "image"), enc.get("output", "latent"))
@@ -216,7 +228,8 @@ def open_package_autoencoder(ae_pkg, chosen: Sequence[str], threads: int = 0,
         _check_channels(ae_pkg.file(pick(enc)), encoder, eio[1], 1, channels)
     graphs = AEGraphs(decoder, encoder, dio[0], dio[1], eio[0], eio[1])
     return GraphAutoencoder(ae_pkg.id, graphs, factor, channels, rng, shift, scale, tile, overlap,
-                            sha256=m["files"][dec["file"]].get("sha256", ""), whole_max=WHOLE_MAX_CELLS)
+                            sha256=m["files"][dec["file"]].get("sha256", ""), whole_max=WHOLE_MAX_CELLS,
+                            variant=variant, variant_sha256=m["files"][dec_file].get("sha256", ""))
 
 
 def diffusers_autoencoder(pkg, graphs: dict) -> GraphAutoencoder:

@@ -307,9 +307,11 @@ def load(model: str, extra_dirs: Iterable[str] = (), providers: Optional[Sequenc
     return open_pixel(pkg, chosen, threads, precision, extra_dirs)
 
 
-def open_autoencoder(pkg: ModelPackage, chosen: Sequence[str], threads: int, extra_dirs: Iterable[str] = ()):
+def open_autoencoder(pkg: ModelPackage, chosen: Sequence[str], threads: int, extra_dirs: Iterable[str] = (),
+                     precision: str = "auto"):
     """The model's autoencoder: the identity for pixel packages, else its verified autoencoder package opened,
-    refused (naming the file) when its factor, channels or decoder differ from what the model declares."""
+    refused (naming the file) when its factor, channels or decoder differ from what the model declares.
+    precision as load()'s: "auto" runs the autoencoder's int8 decoder on the CPU where it has one."""
     from .autoencoder import open_package_autoencoder
     from .references import find_autoencoder
 
@@ -318,7 +320,7 @@ def open_autoencoder(pkg: ModelPackage, chosen: Sequence[str], threads: int, ext
     ae_pkg = find_autoencoder(pkg, extra_dirs)
     verify_files(ae_pkg)
     want = pkg.manifest["autoencoder"]
-    ae = open_package_autoencoder(ae_pkg, chosen, threads, want)
+    ae = open_package_autoencoder(ae_pkg, chosen, threads, want, precision)
     shape = pkg.manifest["graphs"]["denoiser"].get("inputs", {}).get("sample", {}).get("shape", [])
     if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != ae.channels:
         raise ModelPackageError(f"{pkg.file(pkg.manifest['graphs']['denoiser']['file'])}: the denoiser takes "
@@ -375,7 +377,7 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
     variant = denoiser_variant(g["denoiser"], chosen[0], precision)
     dn_name = g["denoiser"][{"fp32": "file", "fp16": "fp16_file", "int8": "int8_file"}[variant]]
     dn_file = pkg.file(dn_name)
-    key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads, variant)
+    key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads, variant, precision)
     with _cache_lock:
         if key in _cache:
             return _cache[key]
@@ -383,7 +385,7 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = threads
-        ae = open_autoencoder(pkg, chosen, threads, extra_dirs)
+        ae = open_autoencoder(pkg, chosen, threads, extra_dirs, precision)
         tile = int(pkg.manifest["tile"]["size"]) // ae.factor
         dims = [{"batch": b, "height": tile, "width": tile} for b in (1, MAX_BATCH, MAX_BATCH)]
         profile = prov.shape_profile(g["denoiser"]["inputs"], *dims)
