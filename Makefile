@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent export-latent train-gpu gpu-slim gpu-unslim package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent export-latent quantize-latent quantize-ae train-gpu gpu-slim gpu-unslim package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -165,6 +165,13 @@ LATENT_CKPT ?= runs/train-latent/last.pt
 export-latent: install
 	$(PY) -m rsgen_qgis.training.export --checkpoint $(LATENT_CKPT) --out models/rsgen-base-1 \
 	    --autoencoder models/taef2 --text-from models/rsgen-base --info rsgen_qgis/training/rsgen_base_1_info.json
+# Int8 CPU graphs (training/quantize.py; the run time uses them on the CPU at precision auto): rsgen-base-1's
+# denoiser calibrated through the run-time engine on training material, after each export (an export drops the
+# graphs it does not write); TAEF2's decoder, once, on the raw latents of a training pack.
+quantize-latent: install
+	$(PY) -m rsgen_qgis.training.quantize --model models/rsgen-base-1 --data $(DATA)
+quantize-ae: install
+	$(PY) -m rsgen_qgis.training.quantize --autoencoder models/taef2 --latents runs/latents/train.s0.npz
 # One device call (docs/GPU.md): the same training on the GPU for at most 8 minutes from the latent pack carried
 # with the working tree, EMA weights to $$OUT (exported and evaluated on the CPU afterwards).
 train-gpu:
