@@ -8,9 +8,12 @@ one evaluation per step) on the committed models/taef2. Speed does not depend on
 Figures (runs/bench_latent.json):
 - seconds per 256 px tile, 20 steps, through generate() (GeoTIFF included), with the TAEF2 decode alone beside;
 - large areas in fresh processes: 1 km2 at 2 m and at 1 m (seconds, Mpx/s per core) and peak RSS at 1, 4 and
-  16 km2 at 2 m (getrusage of that process: model, ONNX Runtime, GDAL included); then 1 km2 at 2 m once more with
-  every block decoded in overlapping windows, as before whole-block decoding (the gain measured in the same run).
-    tools/bench_latent.py [--sizes 1,4,16] [--steps 20] [--model DIR]
+  16 km2 at 2 m (getrusage of that process: model, ONNX Runtime, GDAL included);
+- all at --precision (default auto: the package's int8 denoiser and the autoencoder's int8 decoder on the CPU where
+  they have them, as the plugin runs by default); then the tile and 1 km2 at 2 m once more with the exact fp32
+  graphs, so the two are compared within one run (--windowed-too: and 1 km2 at 2 m with every block decoded in
+  overlapping windows, the decode before whole-block decoding).
+    tools/bench_latent.py [--sizes 1,4,16] [--steps 20] [--model DIR] [--precision auto|fp32]
 """
 from __future__ import annotations
 
@@ -69,27 +72,29 @@ def _request(model: str, side_m: float, gsd: float, out: str, **kw):
                              prompt="dense residential area with trees", seed=1, guidance=3.0, output=out, **kw)
 
 
-def tile_seconds(model: str, steps: int) -> dict:
+def tile_seconds(model: str, steps: int, precision: str = "auto") -> dict:
     import numpy as np
 
     from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.runtime.models import load
 
     d = tempfile.mkdtemp()
-    req = _request(model, 512.0, 2.0, os.path.join(d, "t.tif"), steps=steps)  # 256 x 256 px
+    req = _request(model, 512.0, 2.0, os.path.join(d, "t.tif"), steps=steps, precision=precision)  # 256 x 256 px
     generate(req, providers=["CPUExecutionProvider"])  # warm: sessions, hashes
     ts = [generate(req.replace(seed=i), providers=["CPUExecutionProvider"]).seconds for i in range(3)]
-    m = load(model, providers=["CPUExecutionProvider"])
+    m = load(model, providers=["CPUExecutionProvider"], precision=precision)
     z = np.zeros((m.autoencoder.channels, 32, 32), np.float32)
     m.autoencoder.decode(z)
     t0 = time.perf_counter()
     for _ in range(3):
         m.autoencoder.decode(z)
     dec = (time.perf_counter() - t0) / 3
-    return {"tile_256px_s": statistics.median(ts), "steps": steps, "decode_256px_s": dec}
+    return {"tile_256px_s": statistics.median(ts), "steps": steps, "decode_256px_s": dec, "precision": precision,
+            "denoiser_graph": m.variant, "decoder_graph": getattr(m.autoencoder, "variant", "fp32")}
 
 
-def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, windowed: bool = False) -> None:
+def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, windowed: bool = False,
+                precision: str = "auto") -> None:
     from rsgen_qgis.core.engine.generate import generate
 
     if windowed:  # the decode before whole-block decoding: every block in overlapping windows of latent_tile
@@ -99,25 +104,27 @@ def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, w
 
     d = tempfile.mkdtemp()
     side = round(math.sqrt(km2 * 1e6) / gsd) * gsd
-    req = _request(model, side, gsd, os.path.join(d, "large.tif"), steps=steps, large_area=True)
+    req = _request(model, side, gsd, os.path.join(d, "large.tif"), steps=steps, large_area=True, precision=precision)
     t = time.perf_counter()
     r = generate(req, providers=["CPUExecutionProvider"])
     secs = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     px = r.grid.width * r.grid.height
     with open(out_json, "w") as f:
-        json.dump({"km2": km2, "gsd": gsd, "windowed_block_decode": windowed, "px": [r.grid.width, r.grid.height],
+        json.dump({"km2": km2, "gsd": gsd, "windowed_block_decode": windowed, "precision": precision,
+                   "denoiser_graph": r.denoiser_graph, "px": [r.grid.width, r.grid.height],
                    "steps": steps, "seconds": secs,
                    "peak_rss_mb": rss, "blocks": r.stats.blocks, "window_evals": r.stats.window_evals,
                    "mpx_per_s_per_core": px / 1e6 / secs / (os.cpu_count() or 1)}, f)
     os.remove(r.path)
 
 
-def _child(model: str, km2: float, gsd: float, steps: int, windowed: bool = False) -> dict:
+def _child(model: str, km2: float, gsd: float, steps: int, windowed: bool = False, precision: str = "auto") -> dict:
     fd, out = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     subprocess.run([sys.executable, os.path.abspath(__file__), "--child", out, "--model", model, "--km2", str(km2),
-                    "--gsd", str(gsd), "--steps", str(steps)] + (["--windowed"] if windowed else []), check=True)
+                    "--gsd", str(gsd), "--steps", str(steps), "--precision", precision]
+                   + (["--windowed"] if windowed else []), check=True)
     with open(out) as f:
         res = json.load(f)
     os.remove(out)
@@ -136,9 +143,11 @@ def main() -> None:
     ap.add_argument("--km2", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--gsd", type=float, default=2.0, help=argparse.SUPPRESS)
     ap.add_argument("--windowed", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32"))
+    ap.add_argument("--windowed-too", action="store_true", help="also 1 km2 at 2 m with blocks decoded in windows")
     a = ap.parse_args()
     if a.child:
-        large_child(a.model, a.km2, a.gsd, a.steps, a.child, a.windowed)
+        large_child(a.model, a.km2, a.gsd, a.steps, a.child, a.windowed, a.precision)
         return
     if not os.path.isfile(os.path.join(TAEF2, "manifest.json")):
         sys.exit("models/taef2 is missing: nothing to benchmark")
@@ -150,20 +159,25 @@ def main() -> None:
     version = manifest.get("version", "")
     out = {"model": os.path.basename(model), "version": version, "cores": cores, "planned_architecture":
            {k: list(v) if isinstance(v, tuple) else v for k, v in PLANNED.items()} if planned else None}
-    t = tile_seconds(model, a.steps)
-    out["tile"] = t
     distilled = bool(manifest["conditions"].get("guidance_input"))
     out["evaluations_per_step"] = 1 if distilled else 2  # guidance 3: distilled into the input, else two branches
-    print(f"latent model {out['model']} {version}: 256 px tile, {a.steps} steps ({out['evaluations_per_step']} evaluation(s) "
-          "each, guidance 3), via generate(): "
-          f"{t['tile_256px_s']:.2f} s; TAEF2 decode of one 256 px tile {t['decode_256px_s']:.3f} s", flush=True)
+    exact = "fp32" if a.precision != "fp32" else None
+    tiles = [tile_seconds(model, a.steps, a.precision)] + ([tile_seconds(model, a.steps, exact)] if exact else [])
+    out["tile"], out["tile_exact"] = tiles[0], (tiles[1] if exact else None)
+    for t in tiles:
+        print(f"latent model {out['model']} {version}: 256 px tile, {a.steps} steps ({out['evaluations_per_step']} "
+              f"evaluation(s) each, guidance 3), precision {t['precision']} (denoiser {t['denoiser_graph']}, decoder "
+              f"{t['decoder_graph']}), via generate(): {t['tile_256px_s']:.2f} s; decode of one 256 px tile "
+              f"{t['decode_256px_s']:.3f} s", flush=True)
     runs = []
-    # the last run: 1 km2 at 2 m again with every block decoded in overlapping windows (the decode before
-    # whole-block decoding), so the two are compared within one run
-    for km2, gsd, win in [(float(s), 2.0, False) for s in a.sizes.split(",")] + [(1.0, 1.0, False), (1.0, 2.0, True)]:
-        r = _child(model, km2, gsd, a.steps, win)
+    # then 1 km2 at 2 m again with the exact graphs (and, asked for, with every block decoded in overlapping
+    # windows), so that they are compared within one run
+    plan = [(float(s), 2.0, False, a.precision) for s in a.sizes.split(",")] + [(1.0, 1.0, False, a.precision)]
+    plan += ([(1.0, 2.0, False, exact)] if exact else []) + ([(1.0, 2.0, True, a.precision)] if a.windowed_too else [])
+    for km2, gsd, win, prec in plan:
+        r = _child(model, km2, gsd, a.steps, win, prec)
         runs.append(r)
-        print(f"large area {km2:g} km2 at {gsd:g} m{' (blocks decoded in windows)' if win else ''} "
+        print(f"large area {km2:g} km2 at {gsd:g} m, precision {prec}{' (blocks decoded in windows)' if win else ''} "
               f"({r['px'][0]} x {r['px'][1]} px): {r['seconds']:.1f} s, "
               f"{r['mpx_per_s_per_core']:.4f} Mpx/s per core, peak RSS {r['peak_rss_mb']:.0f} MB, {r['blocks']} blocks, "
               f"{r['window_evals']} window evaluations", flush=True)
