@@ -7,7 +7,8 @@ For guidance 1, 3 and 5: the same tiles (class prompts, and held-out maps layout
 PSNR student vs teacher beside PSNR teacher-at-w vs teacher-at-1 (how far guidance moves the image: the
 student must follow that move, not just stay near the unguided image). Writes a JSON with --json.
 A latent package (manifest kind "latent") is compared on the class prompts only, through the run-time engine at
-its native tile (training.judge.class_tiles: 256 px, the evaluation's seeds), with its default sampler and steps.
+its native tile (training.judge.class_tiles: 256 px, the evaluation's seeds), with its default sampler and steps,
+fp32 graphs for both.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def latent(a) -> None:
 
     def tiles(model, w):
         return class_tiles(model, AID_CLASSES, a.seeds, s["steps"], w, s["sampler"], threads=a.threads,
-                           log=quiet)["tiles"]
+                           precision="fp32", log=quiet)["tiles"]  # the distillation alone, not the int8 graphs
 
     ref1, out = tiles(a.teacher, 1.0), {"steps": s["steps"], "sampler": s["sampler"]}
     for w in (1.0, 3.0, 5.0):
