@@ -71,7 +71,8 @@ def load_teacher(path: str) -> tuple:
     model = Denoiser(DenoiserConfig.from_dict(arch))
     model.load_state_dict(state_from_onnx(graph, model))
     step, wall = prior_training(graph)
-    return model, {"step": step, "wall_s": wall, "schedule": m["scheduler"], "source": graph}
+    source = f"{m.get('id', '?')} {m.get('version', '')} ({graph})"  # the graph at that path may be replaced later
+    return model, {"step": step, "wall_s": wall, "schedule": m["scheduler"], "source": source}
 
 
 def with_scale(cond: torch.Tensor, w) -> torch.Tensor:
