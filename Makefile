@@ -184,7 +184,7 @@ train-gpu:
 # model graph and image except LATENT_INIT's graph to .gpu-aside/ (ignored, so it stays here); `make gpu-unslim`
 # puts them back (as does `git checkout -- models docs`).
 gpu-slim:
-	@git ls-files 'models/*.onnx' 'models/*.png' 'docs/img/*' | grep -vxF "$(LATENT_INIT)" | while read -r f; do \
+	@git ls-files 'models/*.onnx' 'models/*.png' 'models/*.jpg' 'docs/img/*' | grep -vxF "$(LATENT_INIT)" | while read -r f; do \
 	  mkdir -p ".gpu-aside/$$(dirname "$$f")" && mv "$$f" ".gpu-aside/$$f"; done
 	@echo "working tree: $$(git ls-files | while read -r f; do [ -f "$$f" ] && stat -c %s "$$f"; done | \
 	  awk '{s+=$$1} END {print s}') bytes tracked (a device call takes 67108864 with what is carried)"
