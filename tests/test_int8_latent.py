@@ -14,7 +14,7 @@ from rsgen_qgis.core.engine.generate import generate
 from rsgen_qgis.core.errors import ModelPackageError
 from rsgen_qgis.core.request import GenerationRequest
 from rsgen_qgis.core.runtime.autoencoder import open_package_autoencoder
-from rsgen_qgis.core.runtime.models import load, read_package
+from rsgen_qgis.core.runtime.models import load, read_package, sha256_file
 from rsgen_qgis.training.quantize import FeedRecorder, add_decoder_int8, add_int8, output_conv
 
 CPU = ["CPUExecutionProvider"]
@@ -131,4 +131,12 @@ def test_a_tampered_int8_decoder_is_refused(int8_latent_dir, tmp_path):
     del man["files"]["decoder_int8.onnx"]
     (tmp_path / "taef2" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(ModelPackageError, match="decoder_int8.onnx"):
+        open_package_autoencoder(read_package(str(tmp_path / "taef2")), CPU, precision="auto")
+    # an int8 entry pointing outside the package is refused even when listed, and nothing outside is opened
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(tmp_path / "taef2" / "decoder_int8.onnx", outside)
+    man["autoencoder"]["decoder"]["int8_file"] = "../outside.onnx"
+    man["files"]["../outside.onnx"] = {"sha256": sha256_file(str(outside)), "bytes": outside.stat().st_size}
+    (tmp_path / "taef2" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ModelPackageError, match="not a plain file name inside the package"):
         open_package_autoencoder(read_package(str(tmp_path / "taef2")), CPU, precision="auto")

@@ -214,12 +214,18 @@ def add_decoder_int8(ae_dir: str, feeds: List[Dict[str, np.ndarray]], info: Opti
     name = "decoder_int8.onnx"
     tmp = os.path.join(pkg.path, f".{name}.tmp")
     quantize_graph(src, tmp, feeds, reduce_range=True)
-    dst = os.path.join(pkg.path, name)
-    os.replace(tmp, dst)
     dec["int8_file"] = name
     dec["int8"] = {"ops": list(QUANTIZED_OPS), "fp32_kept": [output_conv(src)], "weights": "int8 per channel, 7-bit "
                    "range", "activations": "uint8 per tensor", "calibration": "minmax",
                    "calibration_feeds": len(feeds), **(info or {})}
+    return _install(pkg, man, tmp, name)
+
+
+def _install(pkg, man: dict, tmp: str, name: str) -> dict:
+    """Move the graph written at tmp into the package as `name`, list it (sha256, bytes) in man, and replace the
+    manifest with man atomically, after the graph is in place."""
+    dst = os.path.join(pkg.path, name)  # a new file: pkg.file() gives only listed, verified ones
+    os.replace(tmp, dst)
     man["files"][name] = {"sha256": sha256_file(dst), "bytes": os.path.getsize(dst)}
     mtmp = os.path.join(pkg.path, ".manifest.json.tmp")
     with open(mtmp, "w") as f:
@@ -283,20 +289,13 @@ def add_int8(model_dir: str, feeds: List[Dict[str, np.ndarray]], method: str = "
     src = pkg.file(man["graphs"]["denoiser"]["file"])
     tmp = os.path.join(model_dir, f".{INT8_FILE}.tmp")
     quantize_graph(src, tmp, feeds, method, reduce_range=reduce_range)
-    dst = os.path.join(pkg.path, INT8_FILE)  # a new file: pkg.file() gives only listed, verified ones
-    os.replace(tmp, dst)
     man["graphs"]["denoiser"]["int8_file"] = INT8_FILE
     man["graphs"]["denoiser"]["int8"] = {"ops": list(QUANTIZED_OPS), "fp32_kept": [output_conv(src)],
                                          "fp32_below_timestep": FP32_BELOW_TIMESTEP,
                                          "weights": "int8 per channel" + (", 7-bit range" if reduce_range else ""),
                                          "activations": "uint8 per tensor", "calibration": method,
                                          "calibration_feeds": len(feeds), **(info or {})}
-    man["files"][INT8_FILE] = {"sha256": sha256_file(dst), "bytes": os.path.getsize(dst)}
-    mtmp = os.path.join(pkg.path, ".manifest.json.tmp")
-    with open(mtmp, "w") as f:
-        json.dump(man, f, indent=1)
-    os.replace(mtmp, pkg.file("manifest.json"))
-    return man
+    return _install(pkg, man, tmp, INT8_FILE)
 
 
 def main(argv=None) -> None:
