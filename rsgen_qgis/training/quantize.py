@@ -125,7 +125,7 @@ def latent_feeds(model_dir: str, data: str, cache: str, n_prompts: int = 30, n_l
     from ..core.runtime.models import load
     from .captions import CLASS_PROMPT
     from .data import MAPS_GSD_256, NYC_LONLAT, load_aid, load_maps
-    from .fidelity import _utm_for
+    from .fidelity import _utm_for, nearest
 
     base = load(model_dir, providers=["CPUExecutionProvider"], precision="fp32")
     rec = FeedRecorder(base.denoiser)
@@ -152,7 +152,7 @@ def latent_feeds(model_dir: str, data: str, cache: str, n_prompts: int = 30, n_l
     maps = load_maps(data, "train", cache)
     for i, j in enumerate(rng.choice(len(maps["layout"]), n_layouts, replace=False)):
         ids = maps["layout"][j].astype(np.uint8)
-        run(910_000 + i, crs, x, y, MAPS_GSD_256 * 256 / ids.shape[0], cond=Conditions(layout=_nearest(ids, px)))
+        run(910_000 + i, crs, x, y, MAPS_GSD_256 * 256 / ids.shape[0], cond=Conditions(layout=nearest(ids, px)))
     aid = load_aid(data, "train", cache)
     pick = rng.choice(len(aid["images"]), n_guides + n_holes, replace=False)
     for i, j in enumerate(pick):
@@ -165,12 +165,6 @@ def latent_feeds(model_dir: str, data: str, cache: str, n_prompts: int = 30, n_l
             mask[px // 4:3 * px // 4, px // 4:3 * px // 4] = True
             run(930_000 + i, crs, x, y, aid_gsd, cond=Conditions(mask=mask, image=img))
     return rec.feeds
-
-
-def _nearest(ids: np.ndarray, size: int) -> np.ndarray:
-    h = ids.shape[0]
-    r = np.minimum(((np.arange(size) + 0.5) * h / size).astype(int), h - 1)
-    return ids[r[:, None], r[None, :]]
 
 
 def decoder_feeds(ae_dir: str, pack: str, n: int = 24, seed: int = 7) -> List[Dict[str, np.ndarray]]:
