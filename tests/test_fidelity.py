@@ -163,3 +163,32 @@ def test_per_class_zero_runs_only_the_other_figures(tmp_path, tiny_model_dir, ra
     m = res["models"][0]
     assert m["tiles"] == 0 and "kid_generated_vs_B" not in m and m["super_resolution_x4"]["images"] == 2
     assert "SR x4" in judge.table(res)
+
+
+def test_the_real_only_segmenters_are_trained_once_and_reused_from_the_cache(tmp_path, tiny_model_dir, monkeypatch):
+    """Usefulness (b): the three real-only segmenters do not depend on the model judged, so a second model (or a
+    rerun) trains only the three with its own tiles; another step count is another key, and the reused scores
+    are the ones first computed."""
+    from rsgen_qgis.training import fidelity as fid
+
+    _folder(tmp_path / "data")
+    model = os.path.join(tiny_model_dir, "rsgen-tiny")
+    settings = dict(steps=2, guidance=1.0, sampler="ddim")
+    calls = []
+    real = fid.train_segnet
+
+    def counted(*a, **k):
+        calls.append(k.get("extra") is None)
+        return real(*a, **k)
+    monkeypatch.setattr(fid, "train_segnet", counted)
+    kw = dict(steps=2, log=lambda s: None)
+    first = fid.segmenter_gain(model, 32, str(tmp_path / "data"), str(tmp_path / "cache"), settings, 2, 2, **kw)
+    assert calls == [True] * 3 + [False] * 3
+    assert len([f for f in os.listdir(tmp_path / "cache") if f.startswith("segnet_real_only_")]) == 3
+    calls.clear()
+    again = fid.segmenter_gain(model, 32, str(tmp_path / "data"), str(tmp_path / "cache"), settings, 2, 2, **kw)
+    assert calls == [False] * 3 and again["miou_without"] == first["miou_without"]
+    calls.clear()
+    fid.segmenter_gain(model, 32, str(tmp_path / "data"), str(tmp_path / "cache"), settings, 2, 2, steps=3,
+                       log=lambda s: None)
+    assert calls == [True] * 3 + [False] * 3
