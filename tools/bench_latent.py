@@ -15,7 +15,9 @@ Figures (runs/bench_latent.json):
   they have them, as the plugin runs by default); then the tile and 1 km2 at 2 m once more with the exact fp32
   graphs, so the two are compared within one run (--windowed-too: and 1 km2 at 2 m with every block decoded in
   overlapping windows, the decode before whole-block decoding).
-    tools/bench_latent.py [--sizes 1,4,16] [--steps 20] [--model DIR] [--precision auto|fp32]
+- 1 km2 at 2 m also moved over the world-anchored block grid (--alignments N: N x N origins over one block pitch,
+  default 3): the mean and the worst over the origins, since one origin can be a lucky or an unlucky one;
+    tools/bench_latent.py [--sizes 1,4,16] [--steps 20] [--model DIR] [--precision auto|fp32] [--alignments 3]
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def tile_seconds(model: str, steps: int, precision: str = "auto") -> dict:
 
 
 def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, windowed: bool = False,
-                precision: str = "auto") -> None:
+                precision: str = "auto", aligned: int = 0) -> None:
     from rsgen_qgis.core.engine.generate import generate
 
     if windowed:  # the decode before whole-block decoding: every block in overlapping windows of latent_tile
@@ -124,15 +126,50 @@ def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, w
                    "steps": steps, "seconds": secs, "seconds_first_in_process": cold,
                    "mpx_per_s_per_core_first_in_process": px / 1e6 / cold / (os.cpu_count() or 1),
                    "peak_rss_mb": rss, "blocks": r.stats.blocks, "window_evals": r.stats.window_evals,
-                   "mpx_per_s_per_core": px / 1e6 / secs / (os.cpu_count() or 1)}, f)
+                   "mpx_per_s_per_core": px / 1e6 / secs / (os.cpu_count() or 1),
+                   "alignments": alignments_sample(req, aligned) if aligned else None}, f)
     os.remove(r.path)
 
 
-def _child(model: str, km2: float, gsd: float, steps: int, windowed: bool = False, precision: str = "auto") -> dict:
+def alignments_sample(req, n: int) -> dict:
+    """The same area moved over the world-anchored block grid: n x n origins spread evenly over one block pitch
+    (model loaded, one seed). A request costs the blocks its footprint touches, so one origin can flatter or
+    penalise an area; the mean over origins is what a user panning anywhere gets."""
+    from rsgen_qgis.core.engine.blocks import BlockLayout
+    from rsgen_qgis.core.engine.generate import generate
+    from rsgen_qgis.core.runtime.models import load
+
+    lay = BlockLayout.for_model(load(req.model, providers=["CPUExecutionProvider"], precision=req.precision),
+                                req.block_windows)
+    pitch_m = lay.px_block * req.gsd
+    runs = []
+    for i in range(n):
+        for j in range(n):
+            dx, dy = pitch_m * j / n, pitch_m * i / n
+            x0, y0, x1, y1 = req.extent
+            moved = req.replace(extent=(x0 + dx, y0 + dy, x1 + dx, y1 + dy), seed=req.seed + 2)
+            t = time.perf_counter()
+            r = generate(moved, providers=["CPUExecutionProvider"])
+            secs = time.perf_counter() - t
+            px = r.grid.width * r.grid.height
+            runs.append({"offset_m": [dx, dy], "seconds": secs, "blocks": r.stats.blocks,
+                         "window_evals": r.stats.window_evals,
+                         "mpx_per_s_per_core": px / 1e6 / secs / (os.cpu_count() or 1)})
+            os.remove(r.path)
+    secs = [r["seconds"] for r in runs]
+    rate = [r["mpx_per_s_per_core"] for r in runs]
+    return {"origins": len(runs), "pitch_m": pitch_m, "seconds_mean": statistics.mean(secs),
+            "seconds_max": max(secs), "mpx_per_s_per_core_mean": statistics.mean(rate),
+            "mpx_per_s_per_core_min": min(rate), "blocks_mean": statistics.mean(r["blocks"] for r in runs),
+            "runs": runs}
+
+
+def _child(model: str, km2: float, gsd: float, steps: int, windowed: bool = False, precision: str = "auto",
+           aligned: int = 0) -> dict:
     fd, out = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     subprocess.run([sys.executable, os.path.abspath(__file__), "--child", out, "--model", model, "--km2", str(km2),
-                    "--gsd", str(gsd), "--steps", str(steps), "--precision", precision]
+                    "--gsd", str(gsd), "--steps", str(steps), "--precision", precision, "--aligned", str(aligned)]
                    + (["--windowed"] if windowed else []), check=True)
     with open(out) as f:
         res = json.load(f)
@@ -153,10 +190,13 @@ def main() -> None:
     ap.add_argument("--gsd", type=float, default=2.0, help=argparse.SUPPRESS)
     ap.add_argument("--windowed", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32"))
+    ap.add_argument("--aligned", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--alignments", type=int, default=3, help="1 km2 at 2 m also moved over the block grid: N x N "
+                    "origins spread over one block pitch (0: not measured)")
     ap.add_argument("--windowed-too", action="store_true", help="also 1 km2 at 2 m with blocks decoded in windows")
     a = ap.parse_args()
     if a.child:
-        large_child(a.model, a.km2, a.gsd, a.steps, a.child, a.windowed, a.precision)
+        large_child(a.model, a.km2, a.gsd, a.steps, a.child, a.windowed, a.precision, a.aligned)
         return
     if not os.path.isfile(os.path.join(TAEF2, "manifest.json")):
         sys.exit("models/taef2 is missing: nothing to benchmark")
@@ -183,14 +223,20 @@ def main() -> None:
     # windows), so that they are compared within one run
     plan = [(float(s), 2.0, False, a.precision) for s in a.sizes.split(",")] + [(1.0, 1.0, False, a.precision)]
     plan += ([(1.0, 2.0, False, exact)] if exact else []) + ([(1.0, 2.0, True, a.precision)] if a.windowed_too else [])
-    for km2, gsd, win, prec in plan:
-        r = _child(model, km2, gsd, a.steps, win, prec)
+    for n, (km2, gsd, win, prec) in enumerate(plan):
+        r = _child(model, km2, gsd, a.steps, win, prec, a.alignments if n == 0 and km2 == 1.0 else 0)
         runs.append(r)
         print(f"large area {km2:g} km2 at {gsd:g} m, precision {prec}{' (blocks decoded in windows)' if win else ''} "
               f"({r['px'][0]} x {r['px'][1]} px): {r['seconds']:.1f} s with the model loaded "
               f"({r['seconds_first_in_process']:.1f} s as the first request of a process), "
               f"{r['mpx_per_s_per_core']:.4f} Mpx/s per core, peak RSS {r['peak_rss_mb']:.0f} MB, {r['blocks']} blocks, "
               f"{r['window_evals']} window evaluations", flush=True)
+        if r.get("alignments"):
+            al = r["alignments"]
+            print(f"  moved over the block grid ({al['origins']} origins over the {al['pitch_m']:g} m pitch): "
+                  f"{al['seconds_mean']:.1f} s mean, {al['seconds_max']:.1f} s at worst, "
+                  f"{al['mpx_per_s_per_core_mean']:.4f} Mpx/s per core mean ({al['mpx_per_s_per_core_min']:.4f} at "
+                  f"worst), {al['blocks_mean']:.2f} blocks on average", flush=True)
     out["large"] = runs
     os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
     with open(os.path.join(ROOT, "runs", "bench_latent.json"), "w") as f:
