@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent export-latent quantize-latent quantize-ae train-gpu gpu-slim gpu-unslim package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent progressive-latent export-latent quantize-latent quantize-ae train-gpu gpu-slim gpu-unslim package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -159,6 +159,17 @@ distill-latent: install
 	$(PY) -m rsgen_qgis.training.distill --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --teacher $(or $(LATENT_INIT),models/rsgen-base-1) --out runs/distill-latent --minutes $(DISTILL_MINUTES) \
 	    --batch 16 --low-res-share 0 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) $(DISTILL_ARGS)
+# Progressive distillation (training/progressive.py): a student that takes in one DDIM step what the teacher
+# (LATENT_INIT's package, default the committed models/rsgen-base-1) takes in two; the exported package's default is
+# DDIM at half of PROGRESSIVE_STEPS. Export with LATENT_CKPT=runs/progressive-latent/last.pt.
+PROGRESSIVE_MINUTES ?= 95
+PROGRESSIVE_STEPS ?= 20
+PROGRESSIVE_ARGS ?=
+progressive-latent: install
+	$(PY) -m rsgen_qgis.training.progressive --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
+	    --teacher $(or $(LATENT_INIT),models/rsgen-base-1) --teacher-steps $(PROGRESSIVE_STEPS) \
+	    --out runs/progressive-latent --minutes $(PROGRESSIVE_MINUTES) --batch 16 --loss-weight $(LATENT_LOSS) \
+	    --aid-share $(LATENT_AID_SHARE) $(PROGRESSIVE_ARGS)
 # The instalment's EMA weights into models/rsgen-base-1 (fp32 + fp16 graphs), the text encoder taken from
 # models/rsgen-base (named and pinned by sha256, not copied), on the autoencoder models/taef2.
 LATENT_CKPT ?= runs/train-latent/last.pt

@@ -332,3 +332,49 @@ def test_int8_calibration_of_a_latent_package_runs_through_the_engine(toy_data, 
     man = add_int8(pkg, feeds)
     assert man["graphs"]["denoiser"]["int8_file"] == "denoiser_int8.onnx"
     assert load(pkg, [str(tmp_path)], ["CPUExecutionProvider"]).variant == "int8"
+
+
+def test_progressive_distillation_of_a_latent_package_exports_a_half_step_ddim_package(toy_data, tmp_path,
+                                                                                      tiny_latent_dir):
+    """progressive.py from a guidance-input package: steps and time go on from the teacher's, the exported
+    package samples with DDIM at half the teacher's steps by default, and runs."""
+    import torch
+
+    from rsgen_qgis.core.engine.generate import generate
+    from rsgen_qgis.core.request import GenerationRequest
+    from rsgen_qgis.training import export, train
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset
+    from rsgen_qgis.training import progressive as pd
+
+    ae_dir = os.path.join(tiny_latent_dir, "taef2")
+    pack = encode_dataset(toy_data, ae_dir, str(tmp_path / "runs" / "latents.npz"), aid_limit=4)
+    cache = tmp_path / "runs" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    caps = all_captions()
+    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), 32)).astype(np.float32))
+    runs = tmp_path / "runs"
+    small = ["--minutes", "0.02", "--batch", "2", "--threads", "1", "--save-every", "100"]
+    train.main(["--latents", pack, "--out", str(runs / "t"), "--channels", "8,16", "--attention", "0,1",
+                "--tile", "8", "--guidance-input"] + small)
+    ex = ["--autoencoder", ae_dir, "--text-kind", "tiny", "--no-fp16"]
+    teacher_pkg = str(tmp_path / "pkgs" / "teacher")
+    export.main(["--checkpoint", str(runs / "t" / "last.pt"), "--out", teacher_pkg] + ex)
+    with open(os.path.join(teacher_pkg, "manifest.json")) as f:
+        t_rec = json.load(f)["training"]
+    pd.main(["--latents", pack, "--teacher", teacher_pkg, "--teacher-steps", "8", "--out", str(runs / "p")] + small)
+    st = torch.load(runs / "p" / "last.pt", map_location="cpu", weights_only=True)
+    n = st["progressive"]["steps"]
+    assert n >= 1 and st["step"] == t_rec["steps"] + n and st["config"]["guidance_input"]
+    assert st["progressive"]["sampling_steps"] == 4 and st["progressive"]["teacher_sampling_steps"] == 8
+    pkg = str(tmp_path / "pkgs" / "student")
+    export.main(["--checkpoint", str(runs / "p" / "last.pt"), "--out", pkg] + ex)
+    with open(os.path.join(pkg, "manifest.json")) as f:
+        m = json.load(f)
+    assert m["defaults"]["steps"] == 4 and m["defaults"]["sampler"] == "ddim" and m["defaults"]["guidance"] == 3.0
+    assert m["training"]["progressive_distillation"]["steps"] == n
+    req = GenerationRequest(extent=(453000.0, 6233600.0, 453256.0, 6233856.0), crs="EPSG:32734", gsd=4.0,
+                            output=str(tmp_path / "p.tif"), model=pkg, prompt="a forest")
+    r = generate(req, model_dirs=[tiny_latent_dir], providers=["CPUExecutionProvider"])
+    assert os.path.isfile(r.path)

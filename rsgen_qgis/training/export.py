@@ -280,6 +280,10 @@ def main(argv=None) -> None:
                                             "device": st.get("device", "cpu")})
     if "distillation" in st:  # distill.py: its own steps and time, and the teacher it started from
         info["training"]["distillation"] = st["distillation"]
+    if "progressive" in st:  # progressive.py: the student samples in half its teacher's DDIM steps
+        info["training"]["progressive_distillation"] = st["progressive"]
+        info["defaults"] = {**info.get("defaults", {"guidance": 3.0}), "steps": st["progressive"]["sampling_steps"],
+                            "sampler": st["progressive"]["sampler"]}
     m = write_package(a.out, model, st["schedule"], model_id=info.pop("id", "rsgen-base"),
                       name=info.pop("name", "rsgen base"), info=info, text_kind=a.text_kind, fp16=not a.no_fp16,
                       autoencoder=autoencoder_entry(a.autoencoder) if a.autoencoder else None,
