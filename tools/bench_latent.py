@@ -6,7 +6,8 @@ here with random weights in the architecture once planned for 1.0 (UNet channels
 one evaluation per step) on the committed models/taef2. Speed does not depend on the weights.
 
 Figures (runs/bench_latent.json):
-- seconds per 256 px tile, 20 steps, through generate() (GeoTIFF included), with the TAEF2 decode alone beside;
+- seconds per 256 px tile through generate() (GeoTIFF included), with the TAEF2 decode alone beside, at --steps
+  (default: the package's default steps) and, where those are not 20, at 20 steps too (issue "One engine"'s figure);
 - large areas in fresh processes: 1 km2 at 2 m and at 1 m (seconds, Mpx/s per core) and peak RSS at 1, 4 and
   16 km2 at 2 m (getrusage of that process: model, ONNX Runtime, GDAL included); each area twice in its process:
   the first request (verifying the package files and opening the sessions included) and a second one with
@@ -17,7 +18,7 @@ Figures (runs/bench_latent.json):
   overlapping windows, the decode before whole-block decoding).
 - 1 km2 at 2 m also moved over the world-anchored block grid (--alignments N: N x N origins over one block pitch,
   default 3): the mean and the worst over the origins, since one origin can be a lucky or an unlucky one;
-    tools/bench_latent.py [--sizes 1,4,16] [--steps 20] [--model DIR] [--precision auto|fp32] [--alignments 3]
+    tools/bench_latent.py [--sizes 1,4,16] [--steps N] [--model DIR] [--precision auto|fp32] [--alignments 3]
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def main() -> None:
     ap.add_argument("--model", help="a latent model package folder (default: models/rsgen-base-1; 'planned': the "
                     "planned architecture with random weights)")
     ap.add_argument("--sizes", default="1,4,16")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=0, help="sampling steps (0: the package's default)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--km2", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--gsd", type=float, default=2.0, help=argparse.SUPPRESS)
@@ -208,13 +209,19 @@ def main() -> None:
     version = manifest.get("version", "")
     out = {"model": os.path.basename(model), "version": version, "cores": cores, "planned_architecture":
            {k: list(v) if isinstance(v, tuple) else v for k, v in PLANNED.items()} if planned else None}
+    a.steps = a.steps or int(manifest.get("defaults", {}).get("steps") or 20)
+    out["steps"] = a.steps
     distilled = bool(manifest["conditions"].get("guidance_input"))
     out["evaluations_per_step"] = 1 if distilled else 2  # guidance 3: distilled into the input, else two branches
     exact = "fp32" if a.precision != "fp32" else None
     tiles = [tile_seconds(model, a.steps, a.precision)] + ([tile_seconds(model, a.steps, exact)] if exact else [])
     out["tile"], out["tile_exact"] = tiles[0], (tiles[1] if exact else None)
+    out["tile_20_steps"] = None
+    if a.steps != 20:  # the issue's figure: a 256 px tile at 20 steps, decode included
+        out["tile_20_steps"] = tile_seconds(model, 20, a.precision)
+        tiles.append(out["tile_20_steps"])
     for t in tiles:
-        print(f"latent model {out['model']} {version}: 256 px tile, {a.steps} steps ({out['evaluations_per_step']} "
+        print(f"latent model {out['model']} {version}: 256 px tile, {t['steps']} steps ({out['evaluations_per_step']} "
               f"evaluation(s) each, guidance 3), precision {t['precision']} (denoiser {t['denoiser_graph']}, decoder "
               f"{t['decoder_graph']}), via generate(): {t['tile_256px_s']:.2f} s; decode of one 256 px tile "
               f"{t['decode_256px_s']:.3f} s", flush=True)
