@@ -169,7 +169,7 @@ progressive-latent: install
 	$(PY) -m rsgen_qgis.training.progressive --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --teacher $(or $(LATENT_INIT),models/rsgen-base-1) --teacher-steps $(PROGRESSIVE_STEPS) \
 	    --out runs/progressive-latent --minutes $(PROGRESSIVE_MINUTES) --batch 16 --loss-weight $(LATENT_LOSS) \
-	    --aid-share $(LATENT_AID_SHARE) $(PROGRESSIVE_ARGS)
+	    --aid-share $(LATENT_AID_SHARE) --resume $(PROGRESSIVE_ARGS)
 # The instalment's EMA weights into models/rsgen-base-1 (fp32 + fp16 graphs), the text encoder taken from
 # models/rsgen-base (named and pinned by sha256, not copied), on the autoencoder models/taef2.
 LATENT_CKPT ?= runs/train-latent/last.pt

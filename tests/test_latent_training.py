@@ -368,6 +368,16 @@ def test_progressive_distillation_of_a_latent_package_exports_a_half_step_ddim_p
     n = st["progressive"]["steps"]
     assert n >= 1 and st["step"] == t_rec["steps"] + n and st["config"]["guidance_input"]
     assert st["progressive"]["sampling_steps"] == 4 and st["progressive"]["teacher_sampling_steps"] == 8
+    # a second instalment goes on from last.pt (steps and time add up); another teacher's steps are refused
+    with pytest.raises(SystemExit, match="--resume"):
+        pd.main(["--latents", pack, "--teacher", teacher_pkg, "--teacher-steps", "4", "--out", str(runs / "p"),
+                 "--resume"] + small)
+    pd.main(["--latents", pack, "--teacher", teacher_pkg, "--teacher-steps", "8", "--out", str(runs / "p"),
+             "--resume"] + small[:1] + ["0.1"] + small[2:])
+    st2 = torch.load(runs / "p" / "last.pt", map_location="cpu", weights_only=True)
+    assert st2["progressive"]["steps"] > n and st2["step"] == t_rec["steps"] + st2["progressive"]["steps"]
+    assert st2["progressive"]["wall_s"] >= st["progressive"]["wall_s"]
+    n = st2["progressive"]["steps"]
     pkg = str(tmp_path / "pkgs" / "student")
     export.main(["--checkpoint", str(runs / "p" / "last.pt"), "--out", pkg] + ex)
     with open(os.path.join(pkg, "manifest.json")) as f:

@@ -19,6 +19,8 @@ DDIM steps from z_t; the target is the x0 that makes one DDIM step from z_t land
 (at the last step, z'' is the clean image: x~ = z''), expressed as the v-prediction the network gives,
 v~ = (a_t z_t - x~) / s_t. The loss is train.py's weighting on the v error. The checkpoint is train.py's format
 with a `progressive` record; export.py sets the package's default sampler to DDIM at the student's steps.
+With --resume a run goes on from OUT/last.pt (student, EMA, optimizer, steps and time) where one is there, for the
+same teacher and steps; --minutes is then the budget of all runs together, as train.py's, so instalments add up.
 """
 from __future__ import annotations
 
@@ -92,6 +94,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--save-every", type=float, default=5.0, help="minutes")
+    ap.add_argument("--resume", action="store_true", help="go on from OUT/last.pt where it is there (--minutes: "
+                    "the budget of all runs together)")
     a = ap.parse_args(argv)
     if not a.data and not a.latents:
         ap.error("give --data (a pixel teacher's prepared folder) or --latents (a latent teacher's packs)")
@@ -118,9 +122,19 @@ def main(argv=None) -> None:
     ac = alphas_cumprod().to(dev)
     weight = LOSS_WEIGHTS[a.loss_weight](ac)
     grid_t = torch.from_numpy(grid).to(dev)
-    budget, step = a.minutes * 60, 0
-    t_start = last_save = time.time()
+    budget, step, elapsed0 = a.minutes * 60, 0, 0.0
     ckpt = os.path.join(a.out, "last.pt")
+    if a.resume and os.path.exists(ckpt):
+        st = torch.load(ckpt, map_location=dev, weights_only=True)
+        rec = st.get("progressive") or {}
+        if (rec.get("teacher"), rec.get("teacher_sampling_steps")) != (trec["source"], a.teacher_steps):
+            raise SystemExit(f"--resume: {ckpt} distils {rec.get('teacher')} at {rec.get('teacher_sampling_steps')} "
+                             f"steps, not {trec['source']} at {a.teacher_steps}")
+        model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        step, elapsed0 = int(rec["steps"]), float(st["elapsed_s"])
+        gen.manual_seed(a.seed + step)  # not the draws the first run made
+        print(f"resumed {ckpt}: {step} steps, {elapsed0 / 60:.1f} min", flush=True)
+    t_start, last_save = time.time() - elapsed0, time.time()
     log = open(os.path.join(a.out, "log.csv"), "a")
     losses, base = [], []
     print(f"device={dev} teacher step {trec['step']}: {a.teacher_steps} DDIM steps -> {len(grid)} "
