@@ -121,6 +121,8 @@ def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, w
     secs = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     px = r.grid.width * r.grid.height
+    os.remove(r.path)  # before the moved requests, which write to the same path
+    aligned_runs = alignments_sample(req, aligned) if aligned else None
     with open(out_json, "w") as f:
         json.dump({"km2": km2, "gsd": gsd, "windowed_block_decode": windowed, "precision": precision,
                    "denoiser_graph": r.denoiser_graph, "px": [r.grid.width, r.grid.height],
@@ -128,8 +130,7 @@ def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, w
                    "mpx_per_s_per_core_first_in_process": px / 1e6 / cold / (os.cpu_count() or 1),
                    "peak_rss_mb": rss, "blocks": r.stats.blocks, "window_evals": r.stats.window_evals,
                    "mpx_per_s_per_core": px / 1e6 / secs / (os.cpu_count() or 1),
-                   "alignments": alignments_sample(req, aligned) if aligned else None}, f)
-    os.remove(r.path)
+                   "alignments": aligned_runs}, f)
 
 
 def alignments_sample(req, n: int) -> dict:
