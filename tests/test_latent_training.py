@@ -306,6 +306,8 @@ def test_latent_guidance_distillation_from_a_package_and_again_from_its_student(
                  + small)
     st2 = torch.load(runs / "d2" / "last.pt", map_location="cpu", weights_only=True)
     assert st2["config"] == teacher2.cfg.to_dict() and st2["distillation"]["teacher_step"] > st["step"]
+    # the first distillation is kept in the recipe of the second
+    assert st2["prior_phases"] == [{"phase": "distillation", **m["training"]["distillation"]}]
 
 
 def test_int8_calibration_of_a_latent_package_runs_through_the_engine(toy_data, tmp_path, tiny_latent_dir):
@@ -388,3 +390,12 @@ def test_progressive_distillation_of_a_latent_package_exports_a_half_step_ddim_p
                             output=str(tmp_path / "p.tif"), model=pkg, prompt="a forest")
     r = generate(req, model_dirs=[tiny_latent_dir], providers=["CPUExecutionProvider"])
     assert os.path.isfile(r.path)
+    # the student distilled again (4 steps -> 2): the first round is kept in the recipe as a prior phase
+    pd.main(["--latents", pack, "--teacher", pkg, "--teacher-steps", "4", "--out", str(runs / "p2")] + small)
+    pkg2 = str(tmp_path / "pkgs" / "student2")
+    export.main(["--checkpoint", str(runs / "p2" / "last.pt"), "--out", pkg2] + ex)
+    with open(os.path.join(pkg2, "manifest.json")) as f:
+        m2 = json.load(f)
+    assert m2["defaults"]["steps"] == 2 and m2["training"]["progressive_distillation"]["teacher_sampling_steps"] == 4
+    assert m2["training"]["prior_phases"] == [{"phase": "progressive_distillation",
+                                               **m["training"]["progressive_distillation"]}]

@@ -37,7 +37,7 @@ from ..core.conditions.encoding import GUIDABLE, GUIDANCE_RANGE, GUIDANCE_SCALE,
     spatial_layout
 from .data import Probabilities
 from .model import Denoiser, DenoiserConfig
-from .train import (LOSS_WEIGHTS, alphas_cumprod, batch_maker, cosine_lr, draw_batch, optimizer_step, prior_training,
+from .train import (LOSS_WEIGHTS, alphas_cumprod, batch_maker, cosine_lr, draw_batch, optimizer_step, prior_phases, prior_training,
                     save)
 
 
@@ -54,14 +54,16 @@ def student_from(teacher: Denoiser) -> Denoiser:
 
 
 def load_teacher(path: str) -> tuple:
-    """(teacher model, its record: step, wall_s, schedule, source) from a train.py checkpoint (.pt: the EMA
-    weights) or a package folder / its denoiser graph (the manifest's architecture, scheduler and training)."""
+    """(teacher model, its record: step, wall_s, schedule, source, prior_phases) from a train.py checkpoint (.pt:
+    the EMA weights) or a package folder / its denoiser graph (the manifest's architecture, scheduler and
+    training)."""
     if path.endswith(".pt"):
         st = torch.load(path, map_location="cpu", weights_only=True)
         model = Denoiser(DenoiserConfig.from_dict(st["config"]))
         model.load_state_dict(st["ema"])
         wall = st.get("elapsed_s", 0.0) + st.get("prior_wall_s", 0.0)
-        return model, {"step": int(st.get("step", 0)), "wall_s": wall, "schedule": st["schedule"], "source": path}
+        return model, {"step": int(st.get("step", 0)), "wall_s": wall, "schedule": st["schedule"], "source": path,
+                       "prior_phases": prior_phases(st)}
     from .export import state_from_onnx
 
     graph = path if path.endswith(".onnx") else os.path.join(path, "denoiser.onnx")
@@ -72,7 +74,8 @@ def load_teacher(path: str) -> tuple:
     model.load_state_dict(state_from_onnx(graph, model))
     step, wall = prior_training(graph)
     source = f"{m.get('id', '?')} {m.get('version', '')} ({graph})"  # the graph at that path may be replaced later
-    return model, {"step": step, "wall_s": wall, "schedule": m["scheduler"], "source": source}
+    return model, {"step": step, "wall_s": wall, "schedule": m["scheduler"], "source": source,
+                   "prior_phases": prior_phases(m.get("training") or {})}
 
 
 def with_scale(cond: torch.Tensor, w) -> torch.Tensor:
@@ -168,7 +171,8 @@ def main(argv=None) -> None:
                     "config": model.cfg.to_dict(), "schedule": trec["schedule"], "step": trec["step"] + step,
                     "step0": trec["step"], "elapsed_s": el, "prior_wall_s": trec["wall_s"], "args": vars(a),
                     "device": dev, "distillation": {"steps": step, "wall_s": round(el), "teacher": trec["source"],
-                                                    "teacher_step": trec["step"]}})
+                                                    "teacher_step": trec["step"]},
+                    "prior_phases": trec["prior_phases"]})
 
     while True:
         elapsed = time.time() - t_start

@@ -278,6 +278,8 @@ def main(argv=None) -> None:
     wall = st["elapsed_s"] + st.get("prior_wall_s", 0.0)  # with the instalments it started from
     info.setdefault("training", {}).update({"steps": st["step"], "wall_s": round(wall),
                                             "device": st.get("device", "cpu")})
+    if st.get("prior_phases"):  # distill.py / progressive.py: the phases the teacher went through
+        info["training"]["prior_phases"] = st["prior_phases"]
     if "distillation" in st:  # distill.py: its own steps and time, and the teacher it started from
         info["training"]["distillation"] = st["distillation"]
     if "progressive" in st:  # progressive.py: the student samples in half its teacher's DDIM steps

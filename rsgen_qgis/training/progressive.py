@@ -148,7 +148,8 @@ def main(argv=None) -> None:
                     "device": dev, "progressive": {"steps": step, "wall_s": round(el), "teacher": trec["source"],
                                                    "teacher_step": trec["step"],
                                                    "teacher_sampling_steps": a.teacher_steps,
-                                                   "sampling_steps": len(grid), "sampler": "ddim"}})
+                                                   "sampling_steps": len(grid), "sampler": "ddim"},
+                    "prior_phases": trec["prior_phases"]})
 
     while time.time() - t_start < budget:
         elapsed = time.time() - t_start

@@ -104,20 +104,42 @@ def package_architecture(onnx_path: str) -> dict:
     return arch if isinstance(arch, dict) else {}
 
 
-def prior_training(onnx_path: str) -> tuple:
-    """(steps, wall seconds) the package whose graph onnx_path is was trained for, from its manifest.json beside
-    it; (0, 0.0) for what it does not say."""
+def package_training(onnx_path: str) -> dict:
+    """The training record of the package whose graph onnx_path is (its manifest.json beside it); {} where there is
+    none."""
     try:
         with open(os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "manifest.json")) as f:
             t = json.load(f).get("training", {})
     except (OSError, ValueError, AttributeError):
-        return 0, 0.0
+        return {}
+    return t if isinstance(t, dict) else {}
+
+
+def prior_training(onnx_path: str) -> tuple:
+    """(steps, wall seconds) the package whose graph onnx_path is was trained for, from its manifest.json beside
+    it; (0, 0.0) for what it does not say."""
+    t = package_training(onnx_path)
 
     def number(k):
         v = t.get(k, 0) if isinstance(t, dict) else 0
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
 
     return int(number("steps")), float(number("wall_s"))
+
+
+# A distilled model's manifest records its own phase under training.<key>; the phases its teacher went through
+# travel with it under training.prior_phases (earliest first), through distill.py, progressive.py and train.py
+# --init-onnx alike, so the recipe keeps every phase.
+PHASE_KEYS = ("distillation", "progressive_distillation")
+
+
+def prior_phases(training: dict) -> list:
+    """The distillation phases a model went through, earliest first, from its manifest's training record (or a
+    checkpoint's, where progressive.py keeps its own phase under "progressive"); [] for what it does not say."""
+    own = dict(training) if isinstance(training, dict) else {}
+    if "progressive" in own:
+        own["progressive_distillation"] = own.pop("progressive")
+    return list(own.get("prior_phases") or []) + [{"phase": k, **own[k]} for k in PHASE_KEYS if k in own]
 
 
 def batch_maker(latents: list, data: str, cache: str, seed: int, probs: Probabilities):
@@ -228,7 +250,7 @@ def main(argv=None) -> None:
     step, elapsed0 = 0, 0.0
     # step0: where this run's learning-rate warm-up starts; prior_wall_s: the training time of what it starts from
     # (a committed package's manifest), so that the steps and time of the instalments add up in the next export
-    step0, prior_wall_s = 0, 0.0
+    step0, prior_wall_s, phases = 0, 0.0, []
     ckpt = os.path.join(a.out, "last.pt")
     if a.init_onnx and not (a.resume and os.path.exists(ckpt)):
         from .export import state_from_onnx
@@ -236,6 +258,7 @@ def main(argv=None) -> None:
         sd = state_from_onnx(a.init_onnx, model)
         model.load_state_dict(sd); ema.load_state_dict(sd)
         step0, prior_wall_s = prior_training(a.init_onnx)
+        phases = prior_phases(package_training(a.init_onnx))
         step = step0
         print(f"initialised from {a.init_onnx} (the package's fp32 graph, step {step})", flush=True)
     if a.init and not (a.resume and os.path.exists(ckpt)):
@@ -249,6 +272,7 @@ def main(argv=None) -> None:
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed0 = st["step"], st["elapsed_s"]
         step0, prior_wall_s = st.get("step0", 0), st.get("prior_wall_s", 0.0)
+        phases = st.get("prior_phases", [])
     ac = alphas_cumprod().to(dev)
     weight = LOSS_WEIGHTS[a.loss_weight](ac)
     budget = a.minutes * 60
@@ -256,7 +280,8 @@ def main(argv=None) -> None:
 
     def record() -> dict:  # what every checkpoint holds (the EMA weights and where the training stands)
         return {"ema": ema.state_dict(), "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
-                "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s, "device": dev}
+                "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s, "device": dev,
+                "prior_phases": phases}
     log = open(os.path.join(a.out, "log.csv"), "a")
     losses = []
     n_params = sum(p.numel() for p in model.parameters())
