@@ -270,6 +270,7 @@ def inside_qgis() -> None:
         model, steps, gsd = os.environ[ENV_GENERATE].split("|")
         if model:
             dock.model_combo.setCurrentIndex(dock.model_combo.findData(model))
+            dock.model_combo.activated.emit(dock.model_combo.currentIndex())  # as a user's pick: its defaults
         if int(steps):
             dock.steps_spin.setValue(int(steps))
         if float(gsd):
