@@ -161,14 +161,16 @@ distill-latent: install
 	    --batch 16 --low-res-share 0 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) $(DISTILL_ARGS)
 # Progressive distillation (training/progressive.py): a student that takes in one DDIM step what the teacher
 # (LATENT_INIT's package, default the committed models/rsgen-base-1) takes in two; the exported package's default is
-# DDIM at half of PROGRESSIVE_STEPS. Export with LATENT_CKPT=runs/progressive-latent/last.pt.
+# DDIM at half of PROGRESSIVE_STEPS (0, the default: the teacher package's own default steps, so the committed
+# student is distilled again from its grid, 10 -> 5). Export with LATENT_CKPT=$(PROGRESSIVE_OUT)/last.pt.
 PROGRESSIVE_MINUTES ?= 95
-PROGRESSIVE_STEPS ?= 20
+PROGRESSIVE_STEPS ?= 0
+PROGRESSIVE_OUT ?= runs/progressive-latent
 PROGRESSIVE_ARGS ?=
 progressive-latent: install
 	$(PY) -m rsgen_qgis.training.progressive --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --teacher $(or $(LATENT_INIT),models/rsgen-base-1) --teacher-steps $(PROGRESSIVE_STEPS) \
-	    --out runs/progressive-latent --minutes $(PROGRESSIVE_MINUTES) --batch 16 --loss-weight $(LATENT_LOSS) \
+	    --out $(PROGRESSIVE_OUT) --minutes $(PROGRESSIVE_MINUTES) --batch 16 --loss-weight $(LATENT_LOSS) \
 	    --aid-share $(LATENT_AID_SHARE) --resume $(PROGRESSIVE_ARGS)
 # The instalment's EMA weights into models/rsgen-base-1 (fp32 + fp16 graphs), the text encoder taken from
 # models/rsgen-base (named and pinned by sha256, not copied), on the autoencoder models/taef2.

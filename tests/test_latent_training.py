@@ -390,8 +390,12 @@ def test_progressive_distillation_of_a_latent_package_exports_a_half_step_ddim_p
                             output=str(tmp_path / "p.tif"), model=pkg, prompt="a forest")
     r = generate(req, model_dirs=[tiny_latent_dir], providers=["CPUExecutionProvider"])
     assert os.path.isfile(r.path)
-    # the student distilled again (4 steps -> 2): the first round is kept in the recipe as a prior phase
-    pd.main(["--latents", pack, "--teacher", pkg, "--teacher-steps", "4", "--out", str(runs / "p2")] + small)
+    # the student distilled again, from its own default grid (4 steps -> 2) without being told; the first round is
+    # kept in the recipe as a prior phase; a teacher grid that cannot be halved is refused
+    assert pd.teacher_default_steps(pkg) == 4 and pd.teacher_default_steps(str(runs / "p" / "last.pt")) == 20
+    with pytest.raises(SystemExit):
+        pd.main(["--latents", pack, "--teacher", pkg, "--teacher-steps", "5", "--out", str(runs / "p3")] + small)
+    pd.main(["--latents", pack, "--teacher", pkg, "--out", str(runs / "p2")] + small)
     pkg2 = str(tmp_path / "pkgs" / "student2")
     export.main(["--checkpoint", str(runs / "p2" / "last.pt"), "--out", pkg2] + ex)
     with open(os.path.join(pkg2, "manifest.json")) as f:

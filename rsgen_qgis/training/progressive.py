@@ -2,7 +2,7 @@
 teacher takes in two, so a package samples in half the steps (20 -> 10, then 10 -> 5 with the student as the
 next teacher).
 
-    python -m rsgen_qgis.training.progressive --latents PACK --teacher models/rsgen-base-1 --teacher-steps 20 \\
+    python -m rsgen_qgis.training.progressive --latents PACK --teacher models/rsgen-base-1 [--teacher-steps 20] \\
         --out runs/progressive-latent --minutes 95
 
 The teacher is a train.py / distill.py / progressive.py checkpoint (.pt: its EMA weights) or a package (its fp32
@@ -76,13 +76,29 @@ def two_step_target(teacher_v, z: torch.Tensor, ac: torch.Tensor, t: torch.Tenso
     return (a * z - x) / s
 
 
+def teacher_default_steps(teacher: str) -> int:
+    """The sampling steps a package teacher runs by default (its manifest's defaults.steps); 20 for a checkpoint
+    or a manifest that does not say."""
+    if teacher.endswith(".pt"):
+        return 20
+    folder = os.path.dirname(os.path.abspath(teacher)) if teacher.endswith(".onnx") else teacher
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            n = (json.load(f).get("defaults") or {}).get("steps")
+    except (OSError, ValueError, AttributeError):
+        return 20
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else 20
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="", help="folder written by prepare-data (a pixel teacher)")
     ap.add_argument("--latents", action="append", default=[], help="latent pack(s) as train.py takes them")
     ap.add_argument("--teacher", required=True, help="a checkpoint (.pt: its EMA weights), or a package folder or "
                     "its denoiser.onnx")
-    ap.add_argument("--teacher-steps", type=int, default=20, help="the teacher's DDIM steps; the student takes half")
+    ap.add_argument("--teacher-steps", type=int, default=0,
+                    help="the teacher's DDIM steps; the student takes half (0: a package teacher's default steps, "
+                         "so a student distils again from its own grid; 20 for a checkpoint)")
     ap.add_argument("--aid-share", type=float, default=Probabilities.aid, help="share of AID batches, as train.py")
     ap.add_argument("--loss-weight", choices=tuple(LOSS_WEIGHTS), default="snr-plus-one", help="as train.py")
     ap.add_argument("--out", default="runs/progressive")
@@ -99,7 +115,11 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if not a.data and not a.latents:
         ap.error("give --data (a pixel teacher's prepared folder) or --latents (a latent teacher's packs)")
-    grid = student_timesteps(a.teacher_steps)
+    a.teacher_steps = a.teacher_steps or teacher_default_steps(a.teacher)
+    try:
+        grid = student_timesteps(a.teacher_steps)
+    except ValueError as e:
+        ap.error(f"--teacher-steps {a.teacher_steps}: {e}")
     half = N_TRAIN // a.teacher_steps
     if a.threads:
         torch.set_num_threads(a.threads)
