@@ -37,8 +37,8 @@ from ..core.conditions.encoding import GUIDABLE, GUIDANCE_RANGE, GUIDANCE_SCALE,
     spatial_layout
 from .data import Probabilities
 from .model import Denoiser, DenoiserConfig
-from .train import (LOSS_WEIGHTS, alphas_cumprod, batch_maker, cosine_lr, draw_batch, optimizer_step, prior_phases, prior_training,
-                    save)
+from .train import (LOSS_WEIGHTS, alphas_cumprod, batch_maker, cosine_lr, draw_batch, optimizer_step, prior_phases,
+                    prior_training, save)
 
 
 def student_from(teacher: Denoiser) -> Denoiser:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from .data import Probabilities
 from .distill import load_teacher, sample_guidance, with_scale
-from .train import LOSS_WEIGHTS, alphas_cumprod, batch_maker, cosine_lr, draw_batch, optimizer_step, save
+from .train import LOSS_WEIGHTS, alphas_cumprod, batch_maker, cosine_lr, draw_batch, optimizer_step, package_record, \
+    save
 
 N_TRAIN = 1000
 
@@ -81,12 +82,8 @@ def teacher_default_steps(teacher: str) -> int:
     or a manifest that does not say."""
     if teacher.endswith(".pt"):
         return 20
-    folder = os.path.dirname(os.path.abspath(teacher)) if teacher.endswith(".onnx") else teacher
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            n = (json.load(f).get("defaults") or {}).get("steps")
-    except (OSError, ValueError, AttributeError):
-        return 20
+    n = package_record(teacher if teacher.endswith(".onnx") else os.path.join(teacher, "denoiser.onnx"),
+                       "defaults").get("steps")
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else 20
 
 

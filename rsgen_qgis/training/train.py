@@ -94,34 +94,28 @@ def save(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def package_record(onnx_path: str, key: str) -> dict:
+    """The manifest.json beside a package's graph: its object `key` ({} when there is none)."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "manifest.json")) as f:
+            v = json.load(f).get(key, {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return v if isinstance(v, dict) else {}
+
+
 def package_architecture(onnx_path: str) -> dict:
     """The `architecture` the manifest.json beside a package's graph records ({} when there is none)."""
-    try:
-        with open(os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "manifest.json")) as f:
-            arch = json.load(f).get("architecture", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return arch if isinstance(arch, dict) else {}
-
-
-def package_training(onnx_path: str) -> dict:
-    """The training record of the package whose graph onnx_path is (its manifest.json beside it); {} where there is
-    none."""
-    try:
-        with open(os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "manifest.json")) as f:
-            t = json.load(f).get("training", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return t if isinstance(t, dict) else {}
+    return package_record(onnx_path, "architecture")
 
 
 def prior_training(onnx_path: str) -> tuple:
     """(steps, wall seconds) the package whose graph onnx_path is was trained for, from its manifest.json beside
     it; (0, 0.0) for what it does not say."""
-    t = package_training(onnx_path)
+    t = package_record(onnx_path, "training")
 
     def number(k):
-        v = t.get(k, 0) if isinstance(t, dict) else 0
+        v = t.get(k, 0)
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
 
     return int(number("steps")), float(number("wall_s"))
@@ -258,7 +252,7 @@ def main(argv=None) -> None:
         sd = state_from_onnx(a.init_onnx, model)
         model.load_state_dict(sd); ema.load_state_dict(sd)
         step0, prior_wall_s = prior_training(a.init_onnx)
-        phases = prior_phases(package_training(a.init_onnx))
+        phases = prior_phases(package_record(a.init_onnx, "training"))
         step = step0
         print(f"initialised from {a.init_onnx} (the package's fp32 graph, step {step})", flush=True)
     if a.init and not (a.resume and os.path.exists(ckpt)):
