@@ -235,6 +235,93 @@ def test_layout_use_diagnostic_at_toy_scale(toy_data, tmp_path, tiny_latent_dir)
     assert diagnose.linear_layout_gain(load_pack(pack))["linear_map"] == pytest.approx(lin["linear_map"])
 
 
+def _flat_pack(n: int = 8, c: int = 4, cells: int = 10, seed: int = 0) -> dict:
+    """A latent pack of AID scenes whose latents are constant over each scene (unit variance over the scenes):
+    a 3 x 3 linear filter averages the noise of 9 cells away, per-element shrinkage cannot."""
+    from rsgen_qgis.training.data import AID_GSD_150
+    from rsgen_qgis.training.captions import CLASS_PROMPT
+
+    rng = np.random.default_rng(seed)
+    z = np.repeat(np.repeat(rng.standard_normal((n, c, 1, 1)), cells, 2), cells, 3).astype(np.float16)
+    classes = np.array(sorted(CLASS_PROMPT))
+    return {"aid_z": z, "aid_g": z.copy(), "aid_labels": np.arange(n) % len(classes), "aid_classes": classes,
+            "maps_z": np.zeros((1, c, cells, cells), np.float16), "maps_g": np.zeros((1, c, cells, cells), np.float16),
+            "maps_layout": np.zeros((1, 6, cells, cells), np.uint8), "maps_gsd": np.float32(2.34),
+            "aid_gsd": np.float32(AID_GSD_150 * 150 / 144), "factor": np.int32(8)}
+
+
+def test_vs_linear_diagnostic_scores_a_known_denoiser_and_fits_the_filter():
+    """diagnose vs-linear: a predictor that is exactly per-element shrinkage scores exactly the shrinkage row, the
+    3 x 3 filter beats it on spatially constant latents (it averages 9 noisy cells: about 9x less error at high
+    noise), and the gain over the filter is 1 - model / linear."""
+    from rsgen_qgis.training import diagnose
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.train import alphas_cumprod
+
+    ac = alphas_cumprod().numpy().astype(np.float64)
+    emb = {cap: np.zeros(8, np.float32) for cap in all_captions()}
+    seen = []
+
+    def shrink_v(xt, t, spatial, cond):
+        seen.append((xt.shape, spatial.shape[1], cond.shape))
+        a, s = np.sqrt(ac[int(t)]), np.sqrt(1 - ac[int(t)])
+        x0 = xt * (a / (a * a + s * s))
+        return ((a * xt - x0) / s).astype(np.float32)
+
+    pack = _flat_pack(n=120, c=2)
+    r = diagnose.vs_linear(shrink_v, pack, emb, n=24, timesteps=(200, 700), res=8, batch=10)
+    assert r["crops"] == 24 and r["latent_cells"] == 8 and set(r["x0_error"]) == {"200", "700"}
+    assert [sh[0][0] for sh in seen[:3]] == [10, 10, 4]  # batched as asked, every crop once per timestep
+    for t, row in r["x0_error"].items():
+        # float32 arithmetic on values of order 1: the two computations of the same shrinkage agree to ~1e-6
+        assert row["model"] == pytest.approx(row["shrinkage"], rel=1e-4)
+        assert row["gain_over_linear"] == pytest.approx(1 - row["model"] / row["linear_3x3"])
+    high = r["x0_error"]["700"]
+    assert high["alpha_bar"] == pytest.approx(ac[700])
+    # at t = 700 the noise variance per cell is s^2/a^2 = 3.95 in x0 units: shrinkage's expected error is
+    # 1/(1 + 1/3.95) = 0.80, the 3 x 3 mean's 1/(1 + 9/3.95) = 0.31 (ratio 0.38); the fitted filter (19 weights
+    # from 24 crops) and 24 test crops of constant latents leave it well short of 0.7 either way
+    assert high["linear_3x3"] < 0.7 * high["shrinkage"]
+    with pytest.raises(ValueError):
+        diagnose.vs_linear(shrink_v, _flat_pack(n=1), emb, n=2, res=8)
+
+
+def test_vs_linear_diagnostic_from_a_checkpoint_and_a_graph(toy_data, tmp_path, tiny_latent_dir):
+    """diagnose vs-linear through its command line, on a toy training run's checkpoint and on the tiny latent
+    package's graph: the same rows, finite errors, the source recorded."""
+    import json
+
+    from rsgen_qgis.training import diagnose, train
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset
+
+    pack = encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "runs" / "latents.npz"))
+    cache = tmp_path / "runs" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    caps = all_captions()
+    graph = os.path.join(tiny_latent_dir, "rsgen-tiny-latent", "denoiser.onnx")
+    with open(os.path.join(tiny_latent_dir, "rsgen-tiny-latent", "manifest.json")) as f:
+        width = json.load(f)["conditions"]["cond_layout"]["text"][1]  # the tiny text encoder's embedding
+    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), width)).astype(np.float32))
+    out = str(tmp_path / "runs" / "train")
+    train.main(["--latents", pack, "--out", out, "--minutes", "0.03", "--channels", "8,16", "--attention", "0,1",
+                "--tile", "8", "--batch", "2", "--threads", "1", "--save-every", "100"])
+    for who, src in (("--checkpoint", os.path.join(out, "last.pt")),
+                     ("--onnx", graph)):
+        report = tmp_path / f"vs{who}.json"
+        diagnose.main(["vs-linear", who, src, "--latents", pack, "--cache", str(cache), "--n", "6",
+                       "--timesteps", "300,900", "--threads", "1", "--out", str(report)])
+        r = json.loads(report.read_text())
+        assert r[who.lstrip("-")] == src and r["pack"] == pack and set(r["x0_error"]) == {"300", "900"}
+        for row in r["x0_error"].values():
+            assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("model", "shrinkage", "linear_3x3"))
+    np.savez(cache / "caption_emb.npz", captions=np.array(caps), emb=np.zeros((len(caps), width + 5), np.float32))
+    with pytest.raises(ValueError, match="condition vector"):
+        diagnose.main(["vs-linear", "--onnx", graph, "--latents", pack, "--cache", str(cache), "--n", "2",
+                       "--timesteps", "300", "--threads", "1"])
+
+
 def test_latent_guidance_distillation_from_a_package_and_again_from_its_student(toy_data, tmp_path, tiny_latent_dir):
     """distill.py on latent packs: the teacher is a committed package (its fp32 graph and manifest), the student
     starts as the teacher at any scale, its package takes one evaluation a step, its steps and time go on from the

@@ -89,7 +89,8 @@ def encode_dataset(data: str, ae_dir: str, out: str, maps_data: Optional[str] = 
     ae.tile = 1 << 12
     cache = os.path.join(os.path.dirname(os.path.abspath(out)), "cache")
     aid = load_aid(data, split, cache)
-    maps = load_maps(maps_data or data, split, os.path.join(cache, "maps_px") if maps_data else cache)
+    maps_split = "val" if split == "test" else split  # the maps' held-out split is called val
+    maps = load_maps(maps_data or data, maps_split, os.path.join(cache, "maps_px") if maps_data else cache)
     if limit:
         aid = {**aid, "images": aid["images"][:limit], "labels": aid["labels"][:limit]}
         maps = {k: v[:limit] for k, v in maps.items()}
@@ -267,12 +268,15 @@ def main(argv=None) -> None:
                    "a maps-only pack, e.g. the maps at another GSD as a second group)")
     e.add_argument("--shard", default="0/1", help="k/n: encode every n-th selected image from k (run n side by side, "
                    "then give train with the n packs comma-separated)")
+    e.add_argument("--held-out", action="store_true", help="the held-out scenes instead (AID test split, maps val "
+                   "split): a pack for diagnostics, never for training")
     c = sub.add_parser("dihedral-check", help="turned latents vs encoded turned images")
     c.add_argument("--data", required=True)
     c.add_argument("--ae", required=True)
     a = ap.parse_args(argv)
     if a.cmd == "encode":
-        print(encode_dataset(a.data, a.ae, a.out, a.maps_data, threads=a.threads, limit=a.limit,
+        print(encode_dataset(a.data, a.ae, a.out, a.maps_data, split="test" if a.held_out else "train",
+                             threads=a.threads, limit=a.limit,
                              maps_limit=a.maps_limit, aid_limit=a.aid_limit,
                              shard=tuple(int(v) for v in a.shard.split("/"))))
     else:
