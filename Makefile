@@ -124,6 +124,12 @@ LATENT_LOSS ?= snr-plus-one
 # train.py options for one instalment (1.0.0a4: --low-res-share 0 --lr 1.5e-4 --lr-min 2e-5 --threads 1).
 LATENT_AID_SHARE ?= 0.45
 LATENT_ARGS ?=
+# The UNet's block widths for a run from scratch (a run from LATENT_INIT takes its package's widths, train.py).
+# 48,96,144 is rsgen-base-1's; 96,96,144 (a wider full-resolution level, where the 32 latent channels and 71
+# condition channels enter) learned faster per CPU minute in an equal-time comparison (MODEL_CARD.md, "Why it
+# plateaus"): the GPU run starts from scratch with it, and so should the next CPU base.
+LATENT_CHANNELS ?= 48,96,144
+LATENT_GPU_CHANNELS ?= 96,96,144
 # Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
 # scenes); AID_LIMIT / MAPS_LIMIT take evenly spread selections (0: all). The shards are joined when training.
 LATENT_SHARDS ?= 2
@@ -146,7 +152,7 @@ latents-maps256: install
 train-latent: install
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --out runs/train-latent --tile 32 \
-	    --channels 48,96,144 --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
+	    --channels $(LATENT_CHANNELS) --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
 	    --low-res-share 0.3 --lr-schedule cosine --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) \
 	    $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) $(LATENT_ARGS)
 # Guidance distillation (training/distill.py, from 1.0.0a5 on): a student that takes the guidance scale as an input
@@ -190,7 +196,7 @@ quantize-ae: install
 train-gpu:
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --out $${OUT:-runs}/train-gpu \
-	    --tile 32 --channels 48,96,144 --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
+	    --tile 32 --channels $(LATENT_GPU_CHANNELS) --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
 	    --low-res-share 0.3 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) --save-every 2 --ema-out $${OUT:-runs}/ema.pt $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
 
 # A device call carries the working tree (64 MiB with what is carried): `make gpu-slim` moves every tracked

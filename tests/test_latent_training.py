@@ -89,11 +89,14 @@ def test_pack_train_export_generate_and_continue(toy_data, tmp_path, tiny_latent
     model = Denoiser(DenoiserConfig.from_dict(st["config"]))
     sd = export.state_from_onnx(os.path.join(pkg, "denoiser.onnx"), model)
     assert all(torch.equal(sd[k], v) for k, v in st["ema"].items())
-    train.main(args[:2] + ["--out", out + "2", "--init-onnx", os.path.join(pkg, "denoiser.onnx")] + args[4:])
+    # the package's widths decide the shape: other --channels / --attention are overridden, not a shape error
+    train.main(args[:2] + ["--out", out + "2", "--init-onnx", os.path.join(pkg, "denoiser.onnx")] + args[4:6]
+               + ["--channels", "12,24,36", "--attention", "0,0,1"] + args[10:])
     # the instalments add up: the step count goes on from the package's manifest, its warm-up from this run's start
     st2 = torch.load(os.path.join(out + "2", "last.pt"), map_location="cpu", weights_only=True)
     assert st2["step0"] == st["step"] and st2["step"] > st["step"]
     assert st2["prior_wall_s"] == round(st["elapsed_s"])
+    assert st2["config"] == st["config"]
     pkg2 = str(tmp_path / "pkgs" / "rsgen-toy-latent-2")
     export.main(["--checkpoint", os.path.join(out + "2", "last.pt"), "--out", pkg2, "--autoencoder", ae_dir,
                  "--text-kind", "tiny", "--no-fp16"])
@@ -126,6 +129,7 @@ def test_make_train_gpu_runs_at_toy_scale(toy_data, tmp_path, tiny_latent_dir):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     st = torch.load(out / "ema.pt", map_location="cpu", weights_only=True)
     assert st["step"] >= 1 and st["config"]["image_channels"] == 32 and st["config"]["tile"] == 32
+    assert list(st["config"]["block_out_channels"]) == [96, 96, 144]  # LATENT_GPU_CHANNELS: the wider full-res level
 
 
 def test_shards_join_into_the_whole_pack(toy_data, tmp_path, tiny_latent_dir):
@@ -490,3 +494,25 @@ def test_progressive_distillation_of_a_latent_package_exports_a_half_step_ddim_p
     assert m2["defaults"]["steps"] == 2 and m2["training"]["progressive_distillation"]["teacher_sampling_steps"] == 4
     assert m2["training"]["prior_phases"] == [{"phase": "progressive_distillation",
                                                **m["training"]["progressive_distillation"]}]
+
+
+def test_package_shape_takes_the_graphs_widths_and_ignores_a_malformed_record():
+    """train.py --init-onnx: the manifest's architecture sets widths, attention and layers; a record that is
+    missing or malformed (strings, booleans, a wrong length) leaves the command line's."""
+    from argparse import Namespace
+
+    from rsgen_qgis.training.train import package_shape
+
+    def run(arch):
+        a = Namespace(channels="48,96,144", attention="0,0,1", layers_per_block=1)
+        package_shape(a, arch)
+        return a.channels, a.attention, a.layers_per_block
+
+    assert run({"block_out_channels": [96, 96, 144], "attention_levels": [False, True, True],
+                "layers_per_block": 2}) == ("96,96,144", "0,1,1", 2)
+    assert run({"block_out_channels": [96, 96], "attention_levels": [False, True, True]}) == ("96,96", "0,0,1", 1)
+    for bad in ({}, {"block_out_channels": "96,96"}, {"block_out_channels": [96, True]},
+                {"block_out_channels": [96, -1]}, {"block_out_channels": []}):
+        assert run(bad) == ("48,96,144", "0,0,1", 1)
+    assert run({"block_out_channels": [8, 16], "attention_levels": [0, 1], "layers_per_block": "2"}) == \
+        ("8,16", "0,0,1", 1)

@@ -136,6 +136,26 @@ def prior_phases(training: dict) -> list:
     return list(own.get("prior_phases") or []) + [{"phase": k, **own[k]} for k in PHASE_KEYS if k in own]
 
 
+def package_shape(a, arch: dict) -> None:
+    """A run that starts from a package's graph takes that graph's block widths, attention levels and layers
+    (its manifest's `architecture`) over --channels / --attention / --layers-per-block: the weights decide the
+    shape, so `make train-latent LATENT_INIT=...` needs no widths. A record that does not say, or says something
+    malformed, leaves the arguments (state_from_onnx then names what does not fit)."""
+    widths, attn, layers = arch.get("block_out_channels"), arch.get("attention_levels"), arch.get("layers_per_block")
+    ints = lambda v: isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                                                        for x in v)
+    if not ints(widths):
+        return
+    got = ",".join(str(w) for w in widths)
+    if got != a.channels:
+        print(f"--init-onnx: the package's widths {got} (not --channels {a.channels})", flush=True)
+    a.channels = got
+    if isinstance(attn, list) and len(attn) == len(widths) and all(isinstance(v, bool) for v in attn):
+        a.attention = ",".join("1" if v else "0" for v in attn)
+    if ints([layers]):
+        a.layers_per_block = layers
+
+
 def batch_maker(latents: list, data: str, cache: str, seed: int, probs: Probabilities):
     """The batch maker of a run: over latent packs (groups at several GSDs when more than one; `.C` their
     channels) or over a prepared data folder's images."""
@@ -210,6 +230,8 @@ def main(argv=None) -> None:
         print(f"{a.init_onnx}: a guidance-distilled graph, trained on with --guidance-input", flush=True)
     if not a.data and not a.pack and not a.latents:
         ap.error("give --data (prepared folder), --pack (training pack) or --latents (latent pack)")
+    if a.init_onnx:
+        package_shape(a, package_architecture(a.init_onnx))
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
