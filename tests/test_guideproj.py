@@ -123,9 +123,9 @@ def test_sampler_x0_hook(name):
 UTM = dict(extent=(453000.0, 6233600.0, 453256.0, 6233792.0), crs="EPSG:32734", width=64, height=48)
 
 
-def sr_request(tmp_path, name, **kw):
+def sr_request(tmp_path, name, model="rsgen-tiny", **kw):
     guide = np.random.default_rng(3).integers(30, 220, (3, 12, 16)).astype(np.uint8)
-    return GenerationRequest(**UTM, output=str(tmp_path / name), prompt="", seed=5, steps=4, model="rsgen-tiny",
+    return GenerationRequest(**UTM, output=str(tmp_path / name), prompt="", seed=5, steps=4, model=model,
                              conditions=Conditions(guide=guide), **kw), guide
 
 
@@ -147,3 +147,43 @@ def test_guide_consistency_is_checked(tmp_path):
     for bad in (-0.1, 1.5, True, "1"):
         with pytest.raises(errors.ParameterError, match="Guide consistency"):
             sr_request(tmp_path, "x.tif", guide_consistency=bad)
+
+
+@pytest.mark.parametrize("size,guide", [((64, 48), (16, 12)), ((50, 41), (13, 10))])
+def test_smooth_projection_meets_the_guide_without_cell_edges(size, guide):
+    """The latent models' consistency (on decoded pixels): the cell means are met exactly without clipping and
+    to a small residual with it, and the correction is smooth: it changes as much between two pixels of one
+    cell as across a cell edge, where the nearest-image projection puts all its change on the edges."""
+    rng = np.random.default_rng(4)
+    g = rng.uniform(-0.7, 0.7, (3,) + guide)
+    x = np.clip(rng.normal(0, 0.3, (3,) + size), -1, 1)
+    exact = GuideProjector.for_grid(g, size, 4, clip=None)
+    assert np.abs(exact.residual(exact.smooth(x))).max() < 1e-9
+    p = GuideProjector.for_grid(g, size, 4)
+    y = p.smooth(x)
+    assert y.min() >= -1 and y.max() <= 1 and np.abs(p.residual(y)).mean() < 0.01
+    assert np.abs(p.residual(x)).mean() > 0.2  # the guide was far from met before
+    if size[1] % 4 == 0:
+        for name, c in (("smooth", exact.smooth(x) - x), ("nearest", exact.project(x) - x)):
+            d = np.abs(np.diff(c, axis=-1))
+            edge, inner = d[..., 3::4].mean(), np.delete(d, np.s_[3::4], axis=-1).mean()
+            assert (edge < 1.5 * inner) == (name == "smooth"), (name, edge, inner)
+    half = GuideProjector.for_grid(g, size, 4, weight=0.5, clip=None)
+    assert np.allclose(half.smooth(x), x + 0.5 * (exact.smooth(x) - x))
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_latent_model_keeps_the_guide_after_decoding(tmp_path, tiny_latent_dir, large):
+    """A latent model's steps see only the guide's encoding; the decoded image is then held to the guide (its
+    4 x 4 means, to rounding and clipping) on both paths, and left as drawn with consistency 0."""
+    errs = {}
+    for w in (1.0, 0.0):
+        r, guide = sr_request(tmp_path, f"lat{w}{large}.tif", "rsgen-tiny-latent", guide_consistency=w,
+                              large_area=large)
+        res = generate(r, model_dirs=[tiny_latent_dir])
+        with rasterio.open(res.path) as ds:
+            img = ds.read().astype(np.float64)
+            tag = ds.tags().get("guide_consistency", "")
+        errs[w] = np.abs(block_mean(img, 4) - guide).mean()
+        assert tag.startswith("after decoding") == (w > 0), tag
+    assert errs[1.0] < 1.5 and errs[0.0] > 10, errs

@@ -319,6 +319,8 @@ class _BlockRunner:
         z = loop.run(model, p, sampler, self.schedule, x, req.guidance, lay.tile, lay.overlap, self.batch,
                      self.cancelled, tick=self.tick)
         img = np.clip(model.autoencoder.decode(z, whole=True), -1, 1)
+        if p.decoded_projector is not None:  # a latent model: guide consistency on the decoded pixels
+            img = p.decoded_projector.smooth(img)
         if p.mask_px is not None:  # inpainting: the block's fill composited into its source in pixels
             rgb = composite(img, p.known_px, p.mask_px, np.round((p.known_px + 1.0) * 127.5).astype(np.uint8))
             return rgb.astype(np.float32) / 127.5 - 1.0

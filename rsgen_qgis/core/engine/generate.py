@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import VERSION
 from .classguide import recorded_scale
-from .prepare import PromptCache, class_guidance_for, metadata_for
+from .prepare import DECODED_CONSISTENCY, PromptCache, class_guidance_for, metadata_for
 from .single import sample_canvas
 from ..errors import Cancelled, ConditionError
 from ..geo.georef import Grid, grid_for_request
@@ -101,6 +101,9 @@ def _generate_large(req: GenerationRequest, grid: Grid, model: LoadedModel, prog
                           "metadata": "per block (centre of each block)",
                           "blend": "contrast-preserving cross-fade, detail bands cut by " +
                                    ", ".join(f"{2 * r + 1} px" for r in BLEND_RADII) + " boxes x2, each renormalised"}
+    if lay.factor > 1 and model.interface == "rsgen" and req.guide_consistency > 0 and \
+            (req.conditions.guide is not None or guide_source is not None):
+        tags["guide_consistency"] = DECODED_CONSISTENCY  # as prepare() sets it for each block
     with CogStream(req.output, grid, tags, valid) as out:
         stats = generate_blocks(req, model, grid, out, progress, cancelled, window_batch,
                                 layout_source=layout_source, guide_source=guide_source)

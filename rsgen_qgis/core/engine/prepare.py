@@ -43,6 +43,7 @@ class Prepared:
     known_px: Optional[np.ndarray] = None     # (3, H, W) source in [-1, 1]
     mask_px: Optional[np.ndarray] = None      # (H, W)
     guide_projector: Optional[GuideProjector] = None
+    decoded_projector: Optional[GuideProjector] = None  # a latent model's guide consistency, on the decoded pixels
     class_guidance: Optional[classguide.Resolved] = None
     # rsgen denoisers
     spatial: Optional[np.ndarray] = None      # (S, h, w)
@@ -141,6 +142,10 @@ class Footprint:
     skip: bool = False                     # inpainting: no pixel of this footprint to regenerate
 
 
+DECODED_CONSISTENCY = ("after decoding: the model's steps read the guide's encoding, the decoded image is held "
+                       "to the guide by a smooth back-projection (core.engine.guideproj)")
+
+
 def prepare(req: GenerationRequest, model, fp: Footprint, prompt: PromptCache,
             warnings: Optional[List[str]] = None) -> Prepared:
     """Lower a footprint's pixel conditions to the model's latent grid and encode them for its denoiser."""
@@ -168,9 +173,9 @@ def prepare(req: GenerationRequest, model, fp: Footprint, prompt: PromptCache,
     else:
         _prepare_diffusers(req, model, fp, p, warnings)
     p.guide_projector = fp.projector if fp.guide is not None and f == 1 else None
-    if fp.guide is not None and f > 1 and req.guide_consistency > 0 and "guide_consistency" not in p.extra:
-        p.extra["guide_consistency"] = ("not applied: the model works on latents; the guide conditions it "
-                                        "through its encoding")
+    if fp.guide is not None and f > 1 and fp.projector is not None and "guide_consistency" not in p.extra:
+        p.decoded_projector = fp.projector
+        p.extra["guide_consistency"] = DECODED_CONSISTENCY
     return p
 
 

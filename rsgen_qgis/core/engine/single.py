@@ -97,6 +97,8 @@ def sample_canvas(req: GenerationRequest, model, grid: Grid, progress: Progress,
     if f > 1:
         progress(0.92, "Decoding")
     img = np.clip(ae.decode(z)[:, :grid.height, :grid.width], -1, 1)
+    if p.decoded_projector is not None:  # a latent model: guide consistency on the decoded pixels
+        img = p.decoded_projector.smooth(img)
     if p.mask_px is not None:
         m_px = p.mask_px[:grid.height, :grid.width]
         rgb = composite(img, p.known_px[:, :grid.height, :grid.width], m_px, req.conditions.image)
