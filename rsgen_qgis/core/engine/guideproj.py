@@ -77,6 +77,7 @@ class GuideProjector:
         self.weight, self.clip, self.iterations = float(weight), clip, max(1, int(iterations))
         self.py, self.px = np.linalg.pinv(ay), np.linalg.pinv(ax)
         self._blocks = (_regular_cells(ay), _regular_cells(ax))
+        self._smooth = None  # smooth()'s per-axis bases, made on first use
 
     @classmethod
     def for_grid(cls, guide: np.ndarray, size: Tuple[int, int], factor: int = 4, weight: float = 1.0,
@@ -147,7 +148,7 @@ class GuideProjector:
     def _smooth_basis(self):
         """Per axis: B (n, cells), the tent interpolation from the cells' centres to the pixels (flat beyond the
         first and last centre), and inv(A B), so that B inv(A B) r is the smooth correction whose cell means are r."""
-        if getattr(self, "_smooth", None) is None:
+        if self._smooth is None:
             out = []
             for a in (self.ay, self.ax):
                 n, k = a.shape[1], a.shape[0]

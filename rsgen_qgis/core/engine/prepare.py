@@ -173,7 +173,7 @@ def prepare(req: GenerationRequest, model, fp: Footprint, prompt: PromptCache,
     else:
         _prepare_diffusers(req, model, fp, p, warnings)
     p.guide_projector = fp.projector if fp.guide is not None and f == 1 else None
-    if fp.guide is not None and f > 1 and fp.projector is not None and "guide_consistency" not in p.extra:
+    if fp.guide is not None and f > 1 and fp.projector is not None and model.interface == "rsgen":
         p.decoded_projector = fp.projector
         p.extra["guide_consistency"] = DECODED_CONSISTENCY
     return p
