@@ -147,7 +147,8 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("superres"))
     c.raster_group.setChecked(True)  # opens the group: only the current mode's rows show
     qtbot.wait(50)
-    assert not c.mask_combo.isVisibleTo(c) and not c.strength_label.isVisibleTo(c)
+    assert not c.mask_combo.isVisibleTo(c) and c.strength_label.isVisibleTo(c)
+    assert c.strength_value.text() == "0.60"  # super-resolution's own default strength
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("inpaint"))
     c.raster_group.setChecked(False)
     c.raster_group.setChecked(True)
@@ -181,10 +182,15 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
         assert (ds.width, ds.height) == (4 * N, 4 * N) and ds.res == (PX / 4, PX / 4)
         assert tuple(ds.bounds) == pytest.approx((X0, Y0 - N * PX, X0 + N * PX, Y0))
         cells = ds.read().astype(float).reshape(3, N, 4, N, 4).mean((2, 4))
+        assert json.loads(ds.tags()["request"])["conditions"]["strength"] == 0.6
     assert np.abs(cells - img).mean() < 2.0  # held to the raster: each 4 x 4 block averages to its pixel
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("variation"))
+    assert c.strength_value.text() == "0.50"  # each mode keeps its own strength
     c.strength_slider.setValue(80)
     assert c.strength_value.text() == "0.80"
+    c.mode_combo.setCurrentIndex(c.mode_combo.findData("superres"))
+    assert c.strength_value.text() == "0.60"
+    c.mode_combo.setCurrentIndex(c.mode_combo.findData("variation"))
     dock.output_widget.setFilePath(str(tmp_path / "var.tif"))
     path = run_task(dock, qtbot)
     with rasterio.open(path) as ds:

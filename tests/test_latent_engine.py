@@ -2,6 +2,7 @@
 TAEF2 autoencoder graphs (models/taef2, committed): every path runs through the shared loop and the model's
 autoencoder; large areas agree byte for byte where requests overlap; inpainting keeps the source outside the
 mask; broken autoencoders are refused naming the file."""
+import dataclasses
 import json
 import os
 import shutil
@@ -146,8 +147,10 @@ def test_an_autoencoder_without_encoder_generates_but_refuses_inpainting_and_var
             os.remove(d / name)
     pkg = _broken(tiny_latent_dir, tmp_path, None, decode_only)
     assert os.path.isfile(generate(_request(tmp_path, "ok.tif", pkg), providers=CPU).path)
-    for c in (_conditions("inpaint"), _conditions("variation")):
-        with pytest.raises(errors.ConditionError, match="no image encoder.*cannot inpaint or make variations"):
+    sr = dataclasses.replace(_conditions("guide"), strength=0.6)  # super-resolution from the upsampled guide
+    for c in (_conditions("inpaint"), _conditions("variation"), sr):
+        with pytest.raises(errors.ConditionError, match="no image encoder.*cannot inpaint, make variations or "
+                                                        "super-resolve"):
             generate(_request(tmp_path, "no.tif", pkg, conditions=c), providers=CPU)
     assert not os.path.exists(tmp_path / "no.tif")
 

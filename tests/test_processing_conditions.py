@@ -264,12 +264,18 @@ def test_superresolve_same_footprint_four_times_finer(tiny, tmp_path, rgb_raster
         assert tuple(ds.bounds) == pytest.approx(tuple(src.bounds))  # footprint identity
         assert json.loads(ds.tags()["request"])["conditions"]["guide"] == f"3x{N}x{N}"
         assert json.loads(ds.tags()["request"])["guide_consistency"] == 1.0
+        assert json.loads(ds.tags()["request"])["conditions"]["strength"] == 0.6  # from the upsampled raster
     assert res["GSD_METRES"] == pytest.approx(2.5, rel=0.01)
-    # each 4 x 4 block averages to the raster's pixel (guide consistency, the default); 0: the model reads it only
+    # each 4 x 4 block averages to the raster's pixel (guide consistency, the default); 0: the model reads it only,
+    # and from noise (strength 1) the untrained model's cells are far from it; a low strength starts near it
     cells = lambda a: a.astype(float).reshape(3, N, 4, N, 4).mean((2, 4))  # noqa: E731
     assert np.abs(cells(img) - rgb_raster[1]).mean() < 2.0
-    res0 = run("superresolve", dict(MODEL, INPUT=layer, GUIDE_CONSISTENCY=0.0, OUTPUT=str(tmp_path / "sr0.tif")))
-    assert np.abs(cells(read(res0["OUTPUT"])[0]) - rgb_raster[1]).mean() > 20
+    errs = {}
+    for s in (1.0, 0.2):
+        r = run("superresolve", dict(MODEL, INPUT=layer, GUIDE_CONSISTENCY=0.0, STRENGTH=s, STEPS=10,
+                                     OUTPUT=str(tmp_path / f"sr0_{s}.tif")))
+        errs[s] = np.abs(cells(read(r["OUTPUT"])[0]) - rgb_raster[1]).mean()
+    assert errs[1.0] > 20 and errs[0.2] < 0.5 * errs[1.0], errs
 
 
 def test_16bit_single_band_raster_is_stretched_and_reported(tiny, tmp_path):

@@ -160,6 +160,14 @@
       <translation>Layout-Regeln</translation>
     </message>
     <message>
+      <source>Lower: start nearer a smooth upscale of the raster (detail closer to what it shows); 1: draw all the detail anew</source>
+      <translation>Niedriger: näher an einer glatten Vergrößerung des Rasters beginnen (Details näher an dem, was es zeigt); 1: alle Details neu zeichnen</translation>
+    </message>
+    <message>
+      <source>Lower: stay closer to the raster; 1: ignore it</source>
+      <translation>Niedriger: näher am Raster bleiben; 1: Raster ignorieren</translation>
+    </message>
+    <message>
       <source>On the raster's own grid and CRS, in the Area's extent (inpainting: only around the polygons); only that part of the raster is read</source>
       <translation>Im eigenen Raster und KBS des Rasters, in der Ausdehnung des Gebiets (Auffüllen: nur um die Polygone); nur dieser Teil des Rasters wird gelesen</translation>
     </message>
@@ -670,6 +678,10 @@
     <message>
       <source>Guide consistency (1 = keep the raster exactly, 0 = a hint only)</source>
       <translation>Treue zur Vorlage (1 = Raster genau beibehalten, 0 = nur ein Hinweis)</translation>
+    </message>
+    <message>
+      <source>Strength (lower = nearer a smooth upscale of the raster, 1 = detail drawn anew)</source>
+      <translation>Stärke (niedriger = näher an einer glatten Vergrößerung des Rasters, 1 = Details neu gezeichnet)</translation>
     </message>
     <message>
       <source>Variation of a raster</source>

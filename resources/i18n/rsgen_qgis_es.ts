@@ -160,6 +160,14 @@
       <translation>Reglas de disposición</translation>
     </message>
     <message>
+      <source>Lower: start nearer a smooth upscale of the raster (detail closer to what it shows); 1: draw all the detail anew</source>
+      <translation>Menor: empezar más cerca de una ampliación suave del ráster (detalles más fieles a lo que muestra); 1: dibujar todos los detalles de nuevo</translation>
+    </message>
+    <message>
+      <source>Lower: stay closer to the raster; 1: ignore it</source>
+      <translation>Menor: quedarse más cerca del ráster; 1: ignorarlo</translation>
+    </message>
+    <message>
       <source>On the raster's own grid and CRS, in the Area's extent (inpainting: only around the polygons); only that part of the raster is read</source>
       <translation>En la malla y el SRC propios del ráster, dentro de la extensión del Área (relleno: solo alrededor de los polígonos); solo se lee esa parte del ráster</translation>
     </message>
@@ -670,6 +678,10 @@
     <message>
       <source>Guide consistency (1 = keep the raster exactly, 0 = a hint only)</source>
       <translation>Fidelidad a la guía (1 = conservar el ráster exactamente, 0 = solo una pista)</translation>
+    </message>
+    <message>
+      <source>Strength (lower = nearer a smooth upscale of the raster, 1 = detail drawn anew)</source>
+      <translation>Intensidad (menor = más cerca de una ampliación suave del ráster, 1 = detalles dibujados de nuevo)</translation>
     </message>
     <message>
       <source>Variation of a raster</source>

@@ -160,6 +160,14 @@
       <translation>Règles de disposition</translation>
     </message>
     <message>
+      <source>Lower: start nearer a smooth upscale of the raster (detail closer to what it shows); 1: draw all the detail anew</source>
+      <translation>Plus bas : partir plus près d'un agrandissement lisse du raster (détails plus proches de ce qu'il montre) ; 1 : redessiner tous les détails</translation>
+    </message>
+    <message>
+      <source>Lower: stay closer to the raster; 1: ignore it</source>
+      <translation>Plus bas : rester plus près du raster ; 1 : l'ignorer</translation>
+    </message>
+    <message>
       <source>On the raster's own grid and CRS, in the Area's extent (inpainting: only around the polygons); only that part of the raster is read</source>
       <translation>Sur la grille et le SCR propres au raster, dans l'emprise de la Zone (remplissage : seulement autour des polygones) ; seule cette partie du raster est lue</translation>
     </message>
@@ -670,6 +678,10 @@
     <message>
       <source>Guide consistency (1 = keep the raster exactly, 0 = a hint only)</source>
       <translation>Fidélité au guide (1 = garder le raster exactement, 0 = simple indication)</translation>
+    </message>
+    <message>
+      <source>Strength (lower = nearer a smooth upscale of the raster, 1 = detail drawn anew)</source>
+      <translation>Intensité (plus bas = plus près d'un agrandissement lisse du raster, 1 = détails redessinés)</translation>
     </message>
     <message>
       <source>Variation of a raster</source>

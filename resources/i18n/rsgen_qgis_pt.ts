@@ -160,6 +160,14 @@
       <translation>Regras de leiaute</translation>
     </message>
     <message>
+      <source>Lower: start nearer a smooth upscale of the raster (detail closer to what it shows); 1: draw all the detail anew</source>
+      <translation>Menor: começar mais perto de uma ampliação suave do raster (detalhes mais próximos do que ele mostra); 1: desenhar todos os detalhes de novo</translation>
+    </message>
+    <message>
+      <source>Lower: stay closer to the raster; 1: ignore it</source>
+      <translation>Menor: ficar mais perto do raster; 1: ignorá-lo</translation>
+    </message>
+    <message>
       <source>On the raster's own grid and CRS, in the Area's extent (inpainting: only around the polygons); only that part of the raster is read</source>
       <translation>Na grade e no SRC próprios do raster, na extensão da Área (preenchimento: só em volta dos polígonos); só essa parte do raster é lida</translation>
     </message>
@@ -670,6 +678,10 @@
     <message>
       <source>Guide consistency (1 = keep the raster exactly, 0 = a hint only)</source>
       <translation>Fidelidade ao guia (1 = manter o raster exatamente, 0 = só uma indicação)</translation>
+    </message>
+    <message>
+      <source>Strength (lower = nearer a smooth upscale of the raster, 1 = detail drawn anew)</source>
+      <translation>Intensidade (menor = mais perto de uma ampliação suave do raster, 1 = detalhes desenhados de novo)</translation>
     </message>
     <message>
       <source>Variation of a raster</source>

@@ -27,6 +27,10 @@ DEFAULT_SAMPLER = "dpmpp_2m_sde"
 PRECISIONS = ("auto", "fp32")
 DEFAULT_MODEL = "rsgen-base"
 DEFAULT_PIXEL_BUDGET = 1024 * 1024
+# Super-resolution's start in the doors (Processing, dock): from the guide upsampled, noised to this strength
+# (Conditions.start_strength). rsgen-base-1 1.0.0a7 on 48 held-out AID scenes x4: 0.6 kept PSNR within 0.5 dB of
+# bicubic and had a lower KID than from noise (models/rsgen-base-1/MODEL_CARD.md, super-resolution).
+SR_STRENGTH_DEFAULT = 0.6
 MAX_CLASS_GUIDANCE = 50.0  # class guidance scale upper bound (core.engine.classguide); the model card measures 0-40
 
 
@@ -49,7 +53,9 @@ class Conditions:
     mask:   (H, W) bool, True where pixels are regenerated (inpainting); needs `image`.
     image:  (3, H, W) uint8 RGB source image (inpainting, variation).
     guide:  (3, h, w) uint8 low-resolution RGB guide (super-resolution, cascade); any h, w.
-    strength: for variation (image without mask): 1.0 = ignore the image, 0.3 = stay close to it.
+    strength: for variation (image without mask): 1.0 = ignore the image, 0.3 = stay close to it; for
+              super-resolution (guide without image): below 1 the sampling starts from the guide upsampled to the
+              grid, noised to that strength, so the result stays nearer a smooth upscale (start_strength).
     nodata: (H, W) bool, True where the output must stay nodata because its source had no data there (a raster
             input's nodata or non-finite pixels); written as the GeoTIFF's mask (transparent in QGIS).
     """
@@ -61,6 +67,13 @@ class Conditions:
     strength: float = 1.0
     nodata: Optional[np.ndarray] = field(default=None, compare=False)
 
+    def start_strength(self) -> float:
+        """Where the sampling starts: below 1 from the start image (the source image of a variation, else the
+        guide upsampled: super-resolution) noised to this strength; 1 from noise (always so when inpainting)."""
+        if self.mask is not None or (self.image is None and self.guide is None):
+            return 1.0
+        return self.strength
+
     def summary(self) -> dict:
         """What was given, for provenance tags (arrays are described, not dumped)."""
         out = {}
@@ -68,7 +81,7 @@ class Conditions:
             arr = getattr(self, name)
             if arr is not None:
                 out[name] = "x".join(str(s) for s in arr.shape)
-        if self.image is not None and self.mask is None:
+        if self.start_strength() < 1.0 or (self.image is not None and self.mask is None):
             out["strength"] = self.strength
         return out
 
@@ -151,7 +164,7 @@ class GenerationRequest:
             raise ParameterError(f"Class guidance must be a number from 0 (off) to {MAX_CLASS_GUIDANCE:g}, or "
                                  f"empty for the model's default (got {cg!r}).")
         if not 0.0 < self.conditions.strength <= 1.0:
-            raise ParameterError(f"Variation strength must be in (0, 1] (got {self.conditions.strength!r}).")
+            raise ParameterError(f"Strength must be in (0, 1] (got {self.conditions.strength!r}).")
         if self.block_windows is not None and (isinstance(self.block_windows, bool) or not isinstance(
                 self.block_windows, int) or not 1 <= self.block_windows <= 64):
             raise ParameterError(f"block_windows must be a whole number from 1 to 64, or empty for the model's "

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.conditions.encoding import NO_LAYOUT
 from ..core.errors import ConditionError, ParameterError, PixelBudgetError
-from ..core.request import DEFAULT_PIXEL_BUDGET, Conditions, GenerationRequest
+from ..core.request import DEFAULT_PIXEL_BUDGET, SR_STRENGTH_DEFAULT, Conditions, GenerationRequest
 from ..core.conditions.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
 from . import dspin, form, narrow, row, tr, wrap_label
 
@@ -150,6 +150,9 @@ class ConditionsPanel(QWidget):
         self.strength_slider = QSlider(Qt.Orientation.Horizontal)
         self.strength_slider.setRange(5, 100)
         self.strength_slider.setValue(50)
+        # each mode keeps its own strength: variation 0.5, super-resolution its default (core.request)
+        self._strengths = {"variation": 50, "superres": round(SR_STRENGTH_DEFAULT * 100)}
+        self._strength_mode: Optional[str] = None
         self.strength_value = QLabel()
         self.strength_label = QLabel(tr("Strength"))
         rf.addRow(self.strength_label, row(self.strength_slider, self.strength_value, stretch=(1,)))
@@ -309,8 +312,19 @@ class ConditionsPanel(QWidget):
         mode = self.mode_combo.currentData()
         for w in (self.mask_label, self.mask_combo, self.selected_check, self.grow_label, self.grow_spin):
             w.setVisible(mode == "inpaint")
+        if mode != self._strength_mode and mode in self._strengths:
+            if self._strength_mode is not None:
+                self._strengths[self._strength_mode] = self.strength_slider.value()
+            self.strength_slider.blockSignals(True)
+            self.strength_slider.setValue(self._strengths[mode])
+            self.strength_slider.blockSignals(False)
+            self._strength_mode = mode
+            self.strength_slider.setToolTip(
+                tr("Lower: start nearer a smooth upscale of the raster (detail closer to what it shows); 1: draw "
+                   "all the detail anew") if mode == "superres" else
+                tr("Lower: stay closer to the raster; 1: ignore it"))
         for w in (self.strength_label, self.strength_slider, self.strength_value):
-            w.setVisible(mode == "variation")
+            w.setVisible(mode in self._strengths)
         self.strength_value.setText(f"{self.strength() :.2f}")
         self.raster_note.setText(tr("On the raster's own grid and CRS, in the Area's extent (inpainting: only "
                                     "around the polygons); only that part of the raster is read")
@@ -404,7 +418,8 @@ class ConditionsPanel(QWidget):
         if mode == "inpaint":
             conditions = Conditions(mask=mask, image=image, nodata=output_nodata(nodata, mask))
         elif mode == "superres":
-            conditions = Conditions(guide=image, nodata=output_nodata(nodata, factor=SR_FACTOR))
+            conditions = Conditions(guide=image, strength=self.strength(),
+                                    nodata=output_nodata(nodata, factor=SR_FACTOR))
         else:
             conditions = Conditions(image=image, strength=self.strength(), nodata=output_nodata(nodata))
         return request_on_grid(grid, output, conditions=conditions, large_area=over, **params)

@@ -14,7 +14,7 @@ from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingFeedbac
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer)
 
-from ..core.request import Conditions
+from ..core.request import SR_STRENGTH_DEFAULT, Conditions
 from .common import (RsgenAlgorithm, add_model_parameters, check_tif, guarded, load_as_generated, model_values, report,
                      result_name, run_engine, tr)
 
@@ -145,7 +145,9 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
                 "exactly the same footprint and CRS, generated with the raster as the model's low-resolution "
                 "guide. The detail is synthetic: it is plausible, not measured. By default every 4 x 4 block of "
                 "the result averages to the raster's pixel (guide consistency 1), so the result keeps the "
-                "raster's colours and brightness; 0 lets the model read the raster only as a hint.\n"
+                "raster's colours and brightness; 0 lets the model read the raster only as a hint. Strength: "
+                "below 1 the model starts from a smooth upscale of the raster partly noised, so the detail stays "
+                "nearer what the raster shows (the default 0.6); 1 draws all the detail anew from noise.\n"
                 "The result has 16 times the pixels: large rasters exceed the pixel budget (plugin settings).")
 
     def add_extra_parameters(self) -> None:
@@ -156,6 +158,11 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
                                          1.0, False, 0.0, 1.0)
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(p)
+        s = QgsProcessingParameterNumber(STRENGTH, tr("Strength (lower = nearer a smooth upscale of the raster, 1 = "
+                                         "detail drawn anew)"), QgsProcessingParameterNumber.Type.Double,
+                                         SR_STRENGTH_DEFAULT, False, 0.05, 1.0)
+        s.setFlags(s.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        self.addParameter(s)
 
     def request_values(self, parameters, context) -> dict:
         return {"guide_consistency": self.parameterAsDouble(parameters, GUIDE_CONSISTENCY, context)}
@@ -169,7 +176,8 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
         grid = raster_grid(layer)
         guide, nodata, conv = read_rgb_nodata(layer)
         notes.extend(conv)
-        return sr_grid(grid, SR_FACTOR), Conditions(guide=guide, nodata=output_nodata(nodata, factor=SR_FACTOR))
+        return sr_grid(grid, SR_FACTOR), Conditions(guide=guide, nodata=output_nodata(nodata, factor=SR_FACTOR),
+                                                    strength=self.parameterAsDouble(parameters, STRENGTH, context))
 
 
 class VariationAlgorithm(_RasterConditionAlgorithm):

@@ -279,10 +279,11 @@ def _baseline_score(cache: Optional[str], small: Dict, test_x: torch.Tensor, tes
 
 def super_resolution(model_dir: str, tile_px: int, real_u8: np.ndarray, settings: Dict, features: Callable,
                      ref_f: np.ndarray, kid_entry: Callable, place: tuple, seed_offset: int = 0, threads: int = 0,
-                     precision: str = "auto", log: Callable[[str], None] = print) -> Dict:
+                     precision: str = "auto", log: Callable[[str], None] = print, strength: float = 1.0) -> Dict:
     """real_u8: (N, h, w, 3) held-out scenes; each is resized to the package's tile (the high-resolution truth),
     4x area-averaged (the guide), and generated from the guide alone over the scene's footprint at `place`
-    = (crs, x, y, footprint in m)."""
+    = (crs, x, y, footprint in m). strength < 1: the sampling starts from the guide upsampled to the tile, noised to
+    that strength (SDEdit), as the run-time super-resolution does (core.request.Conditions.start_strength)."""
     crs, x, y, footprint = place
     hr = ((resize(to_tensor(real_u8), tile_px) + 1) * 127.5).round().clamp(0, 255).byte()
     lr = F.avg_pool2d(hr.float(), 4)
@@ -293,11 +294,11 @@ def super_resolution(model_dir: str, tile_px: int, real_u8: np.ndarray, settings
     out = []
     for i in range(len(hr)):
         req = _tile_request(model_dir, tile_px, footprint, crs, x, y, settings, i + seed_offset,
-                            conditions=Conditions(guide=guide[i]), precision=precision)
+                            conditions=Conditions(guide=guide[i], strength=strength), precision=precision)
         out.append(generate_array(req, providers=["CPUExecutionProvider"], threads=threads).rgb.transpose(1, 2, 0))
     log(f"  {model_dir}: {len(hr)} super-resolution tiles")
     sr = np.stack(out)
-    return {"images": len(hr), "tile_px": tile_px,
+    return {"images": len(hr), "tile_px": tile_px, "strength": strength,
             "psnr_generated": float(np.mean([psnr(s, h) for s, h in zip(sr, hr)])),
             "psnr_bicubic": float(np.mean([psnr(b, h) for b, h in zip(bic, hr)])),
             "kid_generated_vs_B": kid_entry(features(sr), ref_f),

@@ -205,6 +205,7 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             cache: Optional[str] = None, classes: Optional[Sequence[str]] = None, limit_real: int = 0,
             threads: int = 0, log: Callable[[str], None] = print, grids: str = "", fidelity: bool = False,
             class_guidance_off: bool = False, layouts: int = 0, superres: int = 0, segmenter: int = 0,
+            superres_strengths: Sequence[float] = (1.0,),
             judge_steps: Optional[Dict[str, int]] = None, gsd: Optional[float] = None,
             aid_judge: bool = False, probe_per_class: int = 60) -> Dict:
     """The whole evaluation with a given feature network (the pretrained judge, or a random one in tests).
@@ -297,19 +298,20 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             first["segmenter_gain"] = fid.segmenter_gain(d, tile_px, data, cache, s, segmenter, segmenter,
                                                          steps=steps_j["segnet"], seed_offset=seed_offset,
                                                          threads=threads, precision=precision, log=log)
-        if superres:
+        for k_sr, strength in enumerate(superres_strengths if superres else ()):
             pick = np.linspace(0, len(ia) - 1, min(superres, len(ia))).round().astype(int)
             sr = fid.super_resolution(d, tile_px, imgs[ia][pick], s, lambda u8: features(net, u8), fb,
                                       lambda a_, b_: kid_entry(a_, b_, subsets, size, seed),
                                       (CRS, X0, Y0, AID_FOOTPRINT_M), seed_offset, threads,
-                                      precision, log)
+                                      precision, log, strength=strength)
             rows_ = sr.pop("grid")
+            tag = "" if k_sr == 0 else f"_strength_{strength:g}"
             if grids:
                 from .evaluate import grid_png
 
-                sr["grid_png"] = os.path.join(grids, f"superres_{first['id']}-{first['version']}.png")
+                sr["grid_png"] = os.path.join(grids, f"superres{tag}_{first['id']}-{first['version']}.png")
                 grid_png([r.transpose(0, 3, 1, 2) for r in rows_], sr["grid_png"])
-            first["super_resolution_x4"] = sr
+            first["super_resolution_x4" + tag] = sr
     res["wall_s"] = round(time.time() - t0, 1)
     res["threads"] = torch.get_num_threads()
     res["torch"] = torch.__version__
@@ -365,9 +367,9 @@ def table(res: Dict) -> str:
             g = m["segmenter_gain"]
             lines.append(f"{tag}: segmenter mIoU with generated {np.mean(g['miou_with']):.3f} vs without "
                          f"{np.mean(g['miou_without']):.3f}: gain {g['gain']:+.3f}, spread over seeds {g['spread']:.3f}")
-        if "super_resolution_x4" in m:
-            sr = m["super_resolution_x4"]
-            lines.append(f"{tag}: SR x4 PSNR {sr['psnr_generated']:.2f} dB vs bicubic {sr['psnr_bicubic']:.2f}; KID x1e3 "
+        for key in sorted(k_ for k_ in m if k_.startswith("super_resolution_x4")):
+            sr = m[key]
+            lines.append(f"{tag}: SR x4 strength {sr.get('strength', 1.0):g} PSNR {sr['psnr_generated']:.2f} dB vs bicubic {sr['psnr_bicubic']:.2f}; KID x1e3 "
                          f"{sr['kid_generated_vs_B']['kid'] * 1e3:.1f} vs bicubic {sr['kid_bicubic_vs_B']['kid'] * 1e3:.1f}")
     return "\n".join(lines)
 
@@ -410,6 +412,9 @@ def main(argv=None) -> None:
     k.add_argument("--segmenter", type=int, default=0, help="usefulness for the segmenter: N real maps pairs "
                    "with and without N generated tiles of other layouts, three seeds")
     k.add_argument("--superres", type=int, default=0, help="super-resolution x4 on N held-out AID scenes")
+    k.add_argument("--superres-strength", default="1", help="super-resolution at these strengths, comma-separated "
+                   "(below 1: starting from the guide's bicubic upsample noised to that strength); the first is "
+                   "reported as super_resolution_x4, the others as super_resolution_x4_strength_S")
     k.add_argument("--cache", default="", help="where the decoded held-out scenes are kept (default: runs/cache "
                    "beside the output's folder, shared with make eval; give another for a different DATA)")
     a = ap.parse_args(argv)
@@ -425,6 +430,7 @@ def main(argv=None) -> None:
                        [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads, grids=a.grids,
                        fidelity=a.fidelity, class_guidance_off=a.class_guidance_off, layouts=a.layouts,
                        superres=a.superres, segmenter=a.segmenter, gsd=a.gsd,
+                       superres_strengths=[float(v) for v in a.superres_strength.split(",") if v],
                        aid_judge=a.aid_judge, probe_per_class=a.probe_per_class))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:

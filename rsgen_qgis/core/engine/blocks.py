@@ -231,7 +231,7 @@ class _BlockRunner:
         self.layout = None if c.layout is None else np.asarray(c.layout, np.uint8)
         self.image = None if c.image is None else np.asarray(c.image)
         self.mask = None if c.mask is None else np.asarray(c.mask, np.float32)
-        self.strength = c.strength if (c.image is not None and c.mask is None) else 1.0
+        self.strength = c.start_strength()
         self.layout_source = layout_source
         self.guide_source = guide_source
         if guide_source is not None and self.guide is not None:
@@ -283,6 +283,8 @@ class _BlockRunner:
                 g = g / 127.5 - 1.0
             fp.guide = g
             fp.projector = self._block_projector(g, bgrid, r_off, c_off)
+            if fp.known is None and self.strength < 1.0:  # super-resolution from the upsampled guide (SDEdit)
+                fp.known = g
         return fp
 
     def _block_projector(self, block_guide: np.ndarray, bgrid: Grid, r_off: int, c_off: int):
@@ -338,8 +340,7 @@ def generate_blocks(req: GenerationRequest, model, grid: Grid, writer,
     lay = BlockLayout.for_model(model, block_windows if block_windows is not None else req.block_windows)
     rows, cols = lay.blocks(grid)
     sampler = make_sampler(req.sampler, Schedule.from_config(model.package.manifest["scheduler"]), req.steps,
-                           req.conditions.strength if req.conditions.image is not None and req.conditions.mask is None
-                           else 1.0)
+                           req.conditions.start_strength())
     stats = LargeAreaStats(blocks=len(rows) * len(cols), windows=len(rows) * len(cols) * lay.windows_per_block,
                            layout=lay)
     total = stats.windows * len(sampler.timesteps)

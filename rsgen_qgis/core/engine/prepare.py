@@ -160,8 +160,9 @@ def prepare(req: GenerationRequest, model, fp: Footprint, prompt: PromptCache,
     needs_known = fp.known is not None
     if needs_known and not ae.can_encode:
         raise ConditionError(f"Model {model.package.id!r} has no image encoder (its autoencoder "
-                             f"{ae.describe()} can only decode), so it cannot inpaint or make variations; "
-                             "use a model whose package has an encoder.")
+                             f"{ae.describe()} can only decode), so it cannot inpaint, make variations or "
+                             "super-resolve from the raster (strength below 1); use a model whose package has an "
+                             "encoder, or strength 1.")
     if fp.known is not None:
         p.known_px = fp.known
         p.known = ae.encode(fp.known)

@@ -172,7 +172,7 @@ class Sampler:
                                  f"{self.name} sampler; use fewer steps.")
         keep = min(int(steps * strength), steps)  # diffusers' get_timesteps: truncation, not rounding
         if keep < 1:
-            raise ParameterError(f"Variation strength {strength} with {steps} steps leaves no denoising step; "
+            raise ParameterError(f"Strength {strength} with {steps} steps leaves no denoising step; "
                                  "raise the strength or the number of steps.")
         self._full, self._begin = full, steps - keep
         self.timesteps: np.ndarray = full[self._begin:].copy()
@@ -437,5 +437,5 @@ def make_sampler(name: str, schedule: Schedule, steps: int, strength: float = 1.
         raise ParameterError(f"At most {schedule.num_train_timesteps} steps are possible with this model "
                              f"(got {steps}).")
     if not 0.0 < strength <= 1.0:
-        raise ParameterError(f"Variation strength must be in (0, 1] (got {strength!r}).")
+        raise ParameterError(f"Strength must be in (0, 1] (got {strength!r}).")
     return _SAMPLERS[name](schedule, int(steps), float(strength))

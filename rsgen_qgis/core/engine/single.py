@@ -55,7 +55,7 @@ def footprint(req: GenerationRequest, model, grid: Grid, projector: Optional[Gui
     _, _, tile_px, mult = geometry(model)
     hc, wc = canvas_size(grid.height, tile_px, mult), canvas_size(grid.width, tile_px, mult)
     c = req.conditions
-    fp = Footprint(grid, hc, wc, strength=c.strength if (c.image is not None and c.mask is None) else 1.0)
+    fp = Footprint(grid, hc, wc, strength=c.start_strength())
     if c.layout is not None:
         _check_shape("layout", c.layout, grid)
         fp.layout = _pad(np.asarray(c.layout, np.uint8), hc, wc, NO_LAYOUT)
@@ -75,6 +75,8 @@ def footprint(req: GenerationRequest, model, grid: Grid, projector: Optional[Gui
             raise ConditionError(f"The guide image must be RGB (3, h, w); got shape {g.shape}.")
         fp.guide = _pad(guide_upsample(g / 127.5 - 1.0, (grid.height, grid.width)), hc, wc, "edge")
         fp.projector = projector or guide_projector(req, model.package.manifest["conditions"], g / 127.5 - 1.0, grid)
+        if fp.known is None and fp.strength < 1.0:  # super-resolution from the upsampled guide (SDEdit)
+            fp.known = fp.guide
     return fp
 
 
