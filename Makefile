@@ -125,10 +125,10 @@ LATENT_LOSS ?= snr-plus-one
 LATENT_AID_SHARE ?= 0.45
 LATENT_ARGS ?=
 # The UNet's block widths for a run from scratch (a run from LATENT_INIT takes its package's widths, train.py).
-# 48,96,144 is rsgen-base-1's; 96,96,144 (a wider full-resolution level, where the 32 latent channels and 71
-# condition channels enter) learned faster per CPU minute in an equal-time comparison (MODEL_CARD.md, "Why it
-# plateaus"): the GPU run starts from scratch with it, and so should the next CPU base.
-LATENT_CHANNELS ?= 48,96,144
+# 96,96,144 is rsgen-base-1's since 1.0.0a8 (48,96,144 until 1.0.0a7): a wider full-resolution level, where the 32
+# latent channels and 71 condition channels enter, learned faster per CPU minute in an equal-time comparison
+# (MODEL_CARD.md, "Why it plateaus"). 1.0.0a8: LATENT_MINUTES=100 LATENT_EXTRA=runs/latents/maps256.npz.
+LATENT_CHANNELS ?= 96,96,144
 LATENT_GPU_CHANNELS ?= 96,96,144
 # Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
 # scenes); AID_LIMIT / MAPS_LIMIT take evenly spread selections (0: all). The shards are joined when training.
