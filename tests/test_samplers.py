@@ -134,7 +134,7 @@ def test_strength_keeps_diffusers_img2img_timesteps(method):
                 sch = diffusers_scheduler(method, config, steps)
                 expected = img2img_timesteps(sch, steps, strength).numpy()
                 if len(expected) == 0:
-                    with pytest.raises(ParameterError, match="strength"):
+                    with pytest.raises(ParameterError, match="Strength"):
                         make_sampler(method, Schedule.from_config(config), steps, strength)
                     continue
                 s = make_sampler(method, Schedule.from_config(config), steps, strength)
@@ -263,9 +263,9 @@ def test_errors():
     with pytest.raises(ParameterError, match="1000"):
         make_sampler("euler", sched, 1001)
     for bad in (0.0, 1.5, float("nan")):
-        with pytest.raises(ParameterError, match="strength"):
+        with pytest.raises(ParameterError, match="Strength"):
             make_sampler("ddim", sched, 10, bad)
-    with pytest.raises(ParameterError, match="strength"):
+    with pytest.raises(ParameterError, match="Strength"):
         make_sampler("ddim", sched, 10, 0.05)  # keeps int(0.5) = 0 steps
     with pytest.raises(ModelPackageError, match="beta_schedule"):
         Schedule.from_config({"beta_schedule": "sigmoid"})
