@@ -3,7 +3,7 @@
     .venv/bin/python tools/screenshot_dock.py out/dock.png [--model-dir DIR] [--size 1400x900] [--dock-only]
                                               [--generate [--model ID] [--steps N] [--gsd M]] [--conditions]
                                               [--recall] [--models-menu] [--data DIR [--extent X0,Y0,X1,Y1]]
-                                              [--drawn X0,Y0,X1,Y1] [--inpaint] [--large] [--cancel-after S]
+                                              [--drawn X0,Y0,X1,Y1] [--inpaint | --superres] [--large] [--cancel-after S]
 
 Starts /usr/bin/qgis.bin under Xvfb with a throw-away profile and this file as its startup code (--code).
 Inside QGIS it draws an OSM-like map (land use, river, roads, buildings as memory layers) over Swellendam in
@@ -17,7 +17,8 @@ folder, install a zip) is opened and the screen saved as OUT's name + "_menu.png
 --data DIR loads the real Swellendam data instead (DIR/orthophoto.tif, DIR/training_data.gpkg's roads and
 buildings, as /work/shared/tools/prepare-data writes them) in the CRS QGIS picks for the photo (EPSG:4326), zoomed
 to --extent (map CRS; default the photo); --drawn draws a rectangle (map CRS) as the Area before generating;
---inpaint inpaints the photo inside the buildings (Conditions > From a raster layer); --large ticks Large area;
+--inpaint inpaints the photo inside the buildings (Conditions > From a raster layer); --superres super-resolves it
+(Mode Super-resolve, with its Strength slider); --large ticks Large area;
 --cancel-after S presses Cancel S seconds after Generate. With --generate the message bar's items are written to
 OUT + ".bar.txt" (what the user sees on top, and under it).
 """
@@ -60,6 +61,8 @@ def launch(argv=None) -> int:
     ap.add_argument("--extent", default="", help="with --data: X0,Y0,X1,Y1 to zoom to (map CRS)")
     ap.add_argument("--drawn", default="", help="X0,Y0,X1,Y1 (map CRS): a drawn rectangle as the Area")
     ap.add_argument("--inpaint", action="store_true", help="with --data: inpaint the photo inside the buildings")
+    ap.add_argument("--superres", action="store_true", help="with --data: super-resolve the photo (Conditions > "
+                    "From a raster layer, Mode Super-resolve, its Strength slider shown)")
     ap.add_argument("--large", action="store_true", help="tick Large area")
     ap.add_argument("--output", default="", help="the Output file (default: a temporary file)")
     ap.add_argument("--prompt", default="", help="the prompt (default: medium density residential by a river)")
@@ -79,7 +82,7 @@ def launch(argv=None) -> int:
                   ENV_CONDITIONS: "1" if a.conditions else "", ENV_RECALL: "1" if a.recall else "",
                   ENV_MODELS_MENU: "1" if a.models_menu else "", ENV_DATA: os.path.abspath(a.data) if a.data else "",
                   ENV_DRAWN: a.drawn, ENV_PROMPT: a.prompt,
-                  ENV_OUTPUT: os.path.abspath(a.output) if a.output else "", ENV_EXTRA: f"{a.extent}|{int(a.inpaint)}|{int(a.large)}|{a.cancel_after}"})
+                  ENV_OUTPUT: os.path.abspath(a.output) if a.output else "", ENV_EXTRA: f"{a.extent}|{'superres' if a.superres else int(a.inpaint)}|{int(a.large)}|{a.cancel_after}"})
     venv_site = os.path.join(ROOT, ".venv", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                              "site-packages")
     if os.path.isdir(venv_site):  # QGIS runs /usr/bin/python3: lend it the venv's onnxruntime
@@ -201,7 +204,9 @@ def inside_qgis() -> None:
     out = os.environ[ENV_OUT]
     project = QgsProject.instance()
     data = os.environ.get(ENV_DATA, "")
-    extent_text, inpaint, large, cancel_after = (os.environ.get(ENV_EXTRA) or "|0|0|0").split("|")
+    extent_text, raster_mode, large, cancel_after = (os.environ.get(ENV_EXTRA) or "|0|0|0").split("|")
+    superres = raster_mode == "superres"
+    inpaint = "0" if superres else raster_mode
     layers = _real_layers(data) if data else _osm_like_layers()
     crs = layers[0].crs() if data else QgsCoordinateReferenceSystem("EPSG:32734")
     extent = (_rect(extent_text) if extent_text else layers[0].extent()) if data else QgsRectangle(*EXTENT)
@@ -229,12 +234,13 @@ def inside_qgis() -> None:
 
     if int(large):
         dock.large_check.setChecked(True)
-    if int(inpaint):
+    if int(inpaint) or superres:
         c = dock.conditions
         c.raster_group.setChecked(True)
-        c.mode_combo.setCurrentIndex(c.mode_combo.findData("inpaint"))
+        c.mode_combo.setCurrentIndex(c.mode_combo.findData("superres" if superres else "inpaint"))
         c.raster_combo.setLayer(project.mapLayersByName("orthophoto")[0])
-        c.mask_combo.setLayer(project.mapLayersByName("buildings")[0])
+        if not superres:
+            c.mask_combo.setLayer(project.mapLayersByName("buildings")[0])
         group = dock.findChild(QgsCollapsibleGroupBox, "RsgenConditions")
         if group is not None:
             group.setCollapsed(False)
@@ -259,6 +265,13 @@ def inside_qgis() -> None:
     def shoot() -> None:
         dock.update_size()
         QApplication.processEvents()
+        if superres:  # the mode's Strength slider sits below the fold of the dock's scroll area: scroll to it
+            from qgis.PyQt.QtWidgets import QScrollArea
+
+            area = dock.findChild(QScrollArea)
+            if area is not None:
+                area.ensureWidgetVisible(dock.conditions.strength_slider, 0, 40)
+                QApplication.processEvents()
         if os.environ.get(ENV_GENERATE):
             dump_bar()
         widget = dock if os.environ.get(ENV_DOCK_ONLY) else window
