@@ -60,8 +60,9 @@ def launch(argv=None) -> int:
     ap.add_argument("--data", default="", help="folder with orthophoto.tif and training_data.gpkg (real data)")
     ap.add_argument("--extent", default="", help="with --data: X0,Y0,X1,Y1 to zoom to (map CRS)")
     ap.add_argument("--drawn", default="", help="X0,Y0,X1,Y1 (map CRS): a drawn rectangle as the Area")
-    ap.add_argument("--inpaint", action="store_true", help="with --data: inpaint the photo inside the buildings")
-    ap.add_argument("--superres", action="store_true", help="with --data: super-resolve the photo (Conditions > "
+    raster = ap.add_mutually_exclusive_group()
+    raster.add_argument("--inpaint", action="store_true", help="with --data: inpaint the photo inside the buildings")
+    raster.add_argument("--superres", action="store_true", help="with --data: super-resolve the photo (Conditions > "
                     "From a raster layer, Mode Super-resolve, its Strength slider shown)")
     ap.add_argument("--large", action="store_true", help="tick Large area")
     ap.add_argument("--output", default="", help="the Output file (default: a temporary file)")
@@ -82,7 +83,7 @@ def launch(argv=None) -> int:
                   ENV_CONDITIONS: "1" if a.conditions else "", ENV_RECALL: "1" if a.recall else "",
                   ENV_MODELS_MENU: "1" if a.models_menu else "", ENV_DATA: os.path.abspath(a.data) if a.data else "",
                   ENV_DRAWN: a.drawn, ENV_PROMPT: a.prompt,
-                  ENV_OUTPUT: os.path.abspath(a.output) if a.output else "", ENV_EXTRA: f"{a.extent}|{'superres' if a.superres else int(a.inpaint)}|{int(a.large)}|{a.cancel_after}"})
+                  ENV_OUTPUT: os.path.abspath(a.output) if a.output else "", ENV_EXTRA: f"{a.extent}|{'superres' if a.superres else 'inpaint' if a.inpaint else ''}|{int(a.large)}|{a.cancel_after}"})
     venv_site = os.path.join(ROOT, ".venv", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                              "site-packages")
     if os.path.isdir(venv_site):  # QGIS runs /usr/bin/python3: lend it the venv's onnxruntime
@@ -205,8 +206,7 @@ def inside_qgis() -> None:
     project = QgsProject.instance()
     data = os.environ.get(ENV_DATA, "")
     extent_text, raster_mode, large, cancel_after = (os.environ.get(ENV_EXTRA) or "|0|0|0").split("|")
-    superres = raster_mode == "superres"
-    inpaint = "0" if superres else raster_mode
+    inpaint, superres = raster_mode == "inpaint", raster_mode == "superres"
     layers = _real_layers(data) if data else _osm_like_layers()
     crs = layers[0].crs() if data else QgsCoordinateReferenceSystem("EPSG:32734")
     extent = (_rect(extent_text) if extent_text else layers[0].extent()) if data else QgsRectangle(*EXTENT)
@@ -234,7 +234,7 @@ def inside_qgis() -> None:
 
     if int(large):
         dock.large_check.setChecked(True)
-    if int(inpaint) or superres:
+    if inpaint or superres:
         c = dock.conditions
         c.raster_group.setChecked(True)
         c.mode_combo.setCurrentIndex(c.mode_combo.findData("superres" if superres else "inpaint"))
@@ -296,7 +296,7 @@ def inside_qgis() -> None:
         wait_for_task()
 
     def wait_for_task() -> None:
-        if dock.task is None and int(inpaint):  # the mask's outlines over the result: what was inpainted
+        if dock.task is None and inpaint:  # the mask's outlines over the result: what was inpainted
             root = project.layerTreeRoot()
             for name in ("buildings",):
                 node = root.findLayer(project.mapLayersByName(name)[0].id())
