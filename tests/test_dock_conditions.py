@@ -139,6 +139,23 @@ def raster(tmp_path):
     return layer, img
 
 
+def row_gaps(group) -> list:
+    """The blank heights between the shown rows of a group's form, top to bottom (a row hidden but left in the form
+    keeps its spacing in Qt 5: a gap wider than the others)."""
+    from qgis.PyQt.QtWidgets import QFormLayout
+
+    form = group.layout()
+    roles = (QFormLayout.ItemRole.LabelRole, QFormLayout.ItemRole.FieldRole, QFormLayout.ItemRole.SpanningRole)
+    spans = []
+    for r in range(form.rowCount()):
+        items = [form.itemAt(r, role) for role in roles]
+        shown = [i.widget().geometry() for i in items if i is not None and i.widget() is not None
+                 and i.widget().isVisibleTo(group)]
+        if shown:
+            spans.append((min(g.top() for g in shown), max(g.bottom() for g in shown)))
+    return [nxt[0] - prev[1] for prev, nxt in zip(spans, spans[1:])]
+
+
 def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_path, raster):
     layer, img = raster
     mask = add_layer(f"Polygon?crs={UTM}", "mask", [(square(2, 2, 3), {}), (square(10, 10, 2), {})])
@@ -148,12 +165,16 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
     c.raster_group.setChecked(True)  # opens the group: only the current mode's rows show
     qtbot.wait(50)
     assert not c.mask_combo.isVisibleTo(c) and c.strength_label.isVisibleTo(c)
+    gaps = row_gaps(c.raster_group)  # Mode, Raster, Strength, the note: no blank where the mask rows would be
+    assert len(gaps) == 3 and max(gaps) - min(gaps) <= 1, gaps
     assert c.strength_value.text() == "0.60"  # super-resolution's own default strength
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("inpaint"))
     c.raster_group.setChecked(False)
     c.raster_group.setChecked(True)
     qtbot.wait(50)
     assert c.mask_combo.isVisibleTo(c) and c.grow_spin.isVisibleTo(c) and not c.strength_label.isVisibleTo(c)
+    gaps = row_gaps(c.raster_group)  # Mode, Raster, Mask, Selected, Grow by, the note: no blank for Strength
+    assert len(gaps) == 5 and max(gaps) - min(gaps) <= 1, gaps
     c.raster_combo.setLayer(layer)
     c.mask_combo.setLayer(mask)
     mask.selectByIds([sorted(mask.allFeatureIds())[1]])

@@ -61,6 +61,30 @@ def row(*widgets: QWidget, stretch: Tuple[int, ...] = ()) -> QWidget:
     return box
 
 
+class FormRows:
+    """Rows of a form that come and go, at a fixed place in it. Qt 5's QFormLayout keeps a hidden row's spacing
+    (a blank gap where the row was; QFormLayout.setRowVisible is Qt >= 6.4 only), so rows not shown are taken out
+    of the form and put back, in their order, when shown. The widgets stay children of the form's widget."""
+
+    def __init__(self, form_layout: QFormLayout, at: int, rows: Dict[str, Tuple[QWidget, QWidget]]):
+        self.form, self.at, self.rows = form_layout, at, dict(rows)
+        self.shown: List[str] = list(self.rows)
+        for i, (label, field) in enumerate(self.rows.values()):
+            form_layout.insertRow(at + i, label, field)
+
+    def show_only(self, names: Sequence[str]) -> None:
+        names = [n for n in self.rows if n in names]
+        if names != self.shown:
+            for name in self.shown:
+                self.form.takeRow(self.rows[name][1])
+            for i, name in enumerate(names):
+                self.form.insertRow(self.at + i, *self.rows[name])
+            self.shown = names
+        for name, widgets in self.rows.items():  # also after a collapsible group box showed all its children
+            for w in widgets:
+                w.setVisible(name in names)
+
+
 def wrap_label() -> QLabel:
     label = QLabel()
     label.setWordWrap(True)

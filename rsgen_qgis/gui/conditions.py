@@ -26,7 +26,7 @@ from ..core.conditions.encoding import NO_LAYOUT
 from ..core.errors import ConditionError, ParameterError, PixelBudgetError
 from ..core.request import DEFAULT_PIXEL_BUDGET, SR_STRENGTH_DEFAULT, Conditions, GenerationRequest
 from ..core.conditions.rules import DEFAULT_OSM_RULES, Rule, load_rules, rule_from_dict, rules_to_json
-from . import dspin, form, narrow, row, tr, wrap_label
+from . import FormRows, dspin, form, narrow, row, tr, wrap_label
 
 COLUMNS = (("class", "Class"), ("field", "Field"), ("values", "Values"), ("geometry", "Geometry"),
            ("buffer_m", "Width m"), ("priority", "Priority"))
@@ -138,15 +138,12 @@ class ConditionsPanel(QWidget):
         self.mask_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.selected_check = QCheckBox(tr("Selected features only"))
         self.mask_label = QLabel(tr("Mask"))
-        rf.addRow(self.mask_label, self.mask_combo)
-        rf.addRow("", self.selected_check)
         self.grow_spin = dspin(0.0, 1000.0, GROW_DEFAULT_M, 1, 1.0, " m")
         self.grow_spin.setToolTip(tr("Regenerate this far around the polygons too. OSM building footprints sit a "
                                      "few metres off the roofs and shadows seen from above: with 0 m much of each "
                                      "building stays, 6 m removes it with its shadow, and a border on open ground "
                                      "blends best."))
         self.grow_label = QLabel(tr("Grow by"))
-        rf.addRow(self.grow_label, self.grow_spin)
         self.strength_slider = QSlider(Qt.Orientation.Horizontal)
         self.strength_slider.setRange(5, 100)
         self.strength_slider.setValue(50)
@@ -155,7 +152,11 @@ class ConditionsPanel(QWidget):
         self._strength_mode: Optional[str] = None
         self.strength_value = QLabel()
         self.strength_label = QLabel(tr("Strength"))
-        rf.addRow(self.strength_label, row(self.strength_slider, self.strength_value, stretch=(1,)))
+        # each mode's own rows after Mode and Raster (inpainting: its mask; variation, super-resolution: strength)
+        self.mode_rows = FormRows(rf, rf.rowCount(), {
+            "mask": (self.mask_label, self.mask_combo), "selected": (QLabel(), self.selected_check),
+            "grow": (self.grow_label, self.grow_spin),
+            "strength": (self.strength_label, row(self.strength_slider, self.strength_value, stretch=(1,)))})
         self.raster_note = wrap_label()
         rf.addRow(self.raster_note)
         lay.addWidget(self.raster_group)
@@ -310,8 +311,8 @@ class ConditionsPanel(QWidget):
 
     def _mode_changed(self, *_) -> None:
         mode = self.mode_combo.currentData()
-        for w in (self.mask_label, self.mask_combo, self.selected_check, self.grow_label, self.grow_spin):
-            w.setVisible(mode == "inpaint")
+        self.mode_rows.show_only(("mask", "selected", "grow") if mode == "inpaint" else ("strength",)
+                                 if mode in self._strengths else ())
         if mode != self._strength_mode and mode in self._strengths:
             if self._strength_mode is not None:
                 self._strengths[self._strength_mode] = self.strength_slider.value()
@@ -323,8 +324,6 @@ class ConditionsPanel(QWidget):
                 tr("Lower: start nearer a smooth upscale of the raster (detail closer to what it shows); 1: draw "
                    "all the detail anew") if mode == "superres" else
                 tr("Lower: stay closer to the raster; 1: ignore it"))
-        for w in (self.strength_label, self.strength_slider, self.strength_value):
-            w.setVisible(mode in self._strengths)
         self.strength_value.setText(f"{self.strength() :.2f}")
         self.raster_note.setText(tr("On the raster's own grid and CRS, in the Area's extent (inpainting: only "
                                     "around the polygons); only that part of the raster is read")
