@@ -1,6 +1,7 @@
 """Classifier-free guidance per condition: the unconditional branch drops the prompt and the layout (when the
 model's manifest lists them in guidance_drops), so a layout steers as strongly as a prompt."""
 import dataclasses
+import os
 
 import numpy as np
 
@@ -68,3 +69,47 @@ def test_layout_alone_is_guided(tmp_path, tiny_model_dir):
     assert all(f["spatial"][:, o:o + n].any(axis=(1, 2, 3)).all() for f in rec.feeds)
     assert all((f["cond"][:, lp] == 1).all() for f in rec.feeds)
     assert evaluations_per_window(req1, model.package.manifest) == 1
+
+
+def _with_interval(tmp_path, tiny_model_dir, interval):
+    import json
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), root / "rsgen-tiny")
+    mpath = root / "rsgen-tiny" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m.setdefault("defaults", {})["guidance_interval"] = interval
+    mpath.write_text(json.dumps(m))
+    return str(root)
+
+
+def test_guidance_interval_guides_only_inside(tmp_path, tiny_model_dir):
+    """A package's guidance interval: the steps whose timestep lies inside it run both branches, the others the
+    conditional branch alone (one evaluation), and the image differs from one guided at every step."""
+    req = _layout_request(tmp_path, 3.0).replace(steps=4, sampler="ddim")
+    grid = grid_for_request(req)
+    base = load("rsgen-tiny", [tiny_model_dir])
+    rec_all = Recorder(base.denoiser)
+    z_all = sample_canvas(req, dataclasses.replace(base, denoiser=rec_all), grid, lambda f, m: None, lambda: False)
+    ts = [float(f["timestep"][0]) for f in rec_all.feeds]
+    assert len(set(ts)) == 4 and all(len(f["sample"]) == 2 for f in rec_all.feeds)
+    lo, hi = sorted(ts)[1] - 0.5, sorted(ts)[2] + 0.5  # the two middle steps
+    model = load("rsgen-tiny", [_with_interval(tmp_path, tiny_model_dir, [lo, hi])])
+    rec = Recorder(model.denoiser)
+    z = sample_canvas(req, dataclasses.replace(model, denoiser=rec), grid, lambda f, m: None, lambda: False)
+    sizes = {float(f["timestep"][0]): len(f["sample"]) for f in rec.feeds}
+    assert sizes == {t: (2 if lo <= t <= hi else 1) for t in ts}
+    lp = model.package.manifest["conditions"]["cond_layout"]["layout_present"][0]
+    assert all((f["cond"][:, lp] == 1).all() for f in rec.feeds if len(f["sample"]) == 1)  # the conditional one
+    assert not np.array_equal(z_all[0], z[0])  # the RGB images
+
+
+def test_guidance_interval_checked(tmp_path, tiny_model_dir):
+    import pytest
+
+    from rsgen_qgis.core.errors import ModelPackageError
+
+    for bad in ([500, 100], [100], "100-500", [-1, 5]):
+        with pytest.raises(ModelPackageError, match="guidance_interval"):
+            load("rsgen-tiny", [_with_interval(tmp_path / str(abs(hash(str(bad)))), tiny_model_dir, bad)])

@@ -5,7 +5,7 @@ the sampler steps the whole canvas with the x0 hooks (inpainting's known latents
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -76,6 +76,23 @@ def start(sampler: Sampler, p: Prepared, seed: int, col0: int, row0: int, channe
     return (noise * sampler.init_noise_sigma).astype(np.float32)
 
 
+def guidance_interval(model) -> Optional[Tuple[float, float]]:
+    """The timesteps [lo, hi] (the scheduler's training timesteps) at which the package applies classifier-free
+    guidance (manifest `defaults.guidance_interval`, checked by the manifest schema); None: at every step.
+    Outside it a step takes the conditional prediction alone (scale 1), one denoiser evaluation instead of two:
+    guidance at the noisiest steps pulls every sample of a prompt towards the same composition and at the last
+    steps only sharpens texture (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval")."""
+    iv = (model.package.manifest.get("defaults") or {}).get("guidance_interval")
+    return None if iv is None else (float(iv[0]), float(iv[1]))
+
+
+def guidance_at(guidance: float, t: float, interval: Optional[Tuple[float, float]]) -> float:
+    """The scale this step uses: the request's inside the package's guidance interval (or everywhere), 1 outside."""
+    if interval is None or interval[0] <= t <= interval[1]:
+        return guidance
+    return 1.0
+
+
 def run(model, p: Prepared, sampler: Sampler, schedule: Schedule, x: np.ndarray, guidance: float, tile: int,
         overlap: int, batch: int, cancelled: Callable[[], bool],
         on_step: Optional[Callable[[int, int], None]] = None,
@@ -83,11 +100,13 @@ def run(model, p: Prepared, sampler: Sampler, schedule: Schedule, x: np.ndarray,
     """Every step of the sampler on the canvas; returns the final latents (unclipped)."""
     n = len(sampler.timesteps)
     hook = p.guide_projector if p.mask is None else hold_known(p.known, p.mask, p.guide_projector)
+    interval = guidance_interval(model)
     for i, t in enumerate(sampler.timesteps):
         if cancelled():
             raise Cancelled(CANCELLED)
         xin = sampler.scale_model_input(x, i)
-        pred = denoise_step(model, p, xin, float(t), guidance, tile, overlap, batch, cancelled, tick)
+        g = guidance_at(guidance, float(t), interval)
+        pred = denoise_step(model, p, xin, float(t), g, tile, overlap, batch, cancelled, tick)
         shift = class_shift(model, p, xin, float(t), schedule, tile, overlap, batch)
         x = sampler.step(pred, i, x, hook if shift is None else classguide.with_shift(shift, hook)).astype(np.float32)
         if on_step is not None:

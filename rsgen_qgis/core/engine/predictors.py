@@ -35,7 +35,8 @@ def predict(model, p: Prepared, xs: np.ndarray, t: float, guidance: float, group
 def _rsgen(model, p: Prepared, xs: np.ndarray, t: float, guidance: float, group: List[Window]) -> np.ndarray:
     sp = np.stack([p.spatial[:, r:r + h, c:c + w] for r, c, h, w in group])
     conds = np.repeat(p.cond, len(group), 0)
-    if p.uncond is not None:
+    guided = p.uncond is not None and guidance != 1.0  # at scale 1 the guided prediction is the conditional one
+    if guided:
         sp_u = sp
         if p.uncond_zero is not None:
             o, n = p.uncond_zero
@@ -47,7 +48,7 @@ def _rsgen(model, p: Prepared, xs: np.ndarray, t: float, guidance: float, group:
     with model.lock:
         out = model.denoiser.run(["prediction"], {"sample": xs.astype(np.float32), "timestep": ts,
                                                   "spatial": sp, "cond": conds})[0]
-    if p.uncond is not None:
+    if guided:
         cpred, upred = out[:len(group)], out[len(group):]
         out = upred + guidance * (cpred - upred)
     return out

@@ -177,7 +177,8 @@ SCHEDULER = Obj({}, {"num_train_timesteps": Int(1, 100000), "beta_schedule": Str
 TILE = Obj({"size": Int(8, 4096)}, {"multiple": Int(1, 512)})
 TOKENIZER = Obj({}, {"type": Str(("wordpiece", "clip_bpe")), "vocab": NAME, "merges": NAME, "lowercase": Bool(),
                      "max_length": Int(1, 4096), "bos": Str(), "eos": Str(), "pad": Str(), "unk": Str()})
-DEFAULTS = Obj({}, {"steps": Int(1, 1000), "guidance": Num(0, 100), "sampler": Str(), "class_guidance": Num(0, 50)})
+DEFAULTS = Obj({}, {"steps": Int(1, 1000), "guidance": Num(0, 100), "sampler": Str(), "class_guidance": Num(0, 50),
+                    "guidance_interval": List(Num(0, 1e6), 2, 2)})
 CLASS_GUIDE = Obj({"file": NAME, "classes": List(Str(), 1), "phrases": Map(List(Str(), 1)),
                    "temperature": Num(0, 1e6, above=0), "min_similarity": Num(-1, 1), "min_logsnr": NUM,
                    "max_logsnr": NUM}, {"default_scale": Num(0, 50)})
@@ -302,6 +303,9 @@ def _check_one(m: Any, top: bool, root: str) -> None:
             AUTOENCODER_ENTRY.check(m.get("autoencoder"), f"{root}.autoencoder")
     if kind != "autoencoder":
         _check_text_reference(m, root)
+    iv = (m.get("defaults") or {}).get("guidance_interval")
+    if iv is not None and not iv[0] < iv[1]:
+        raise _Bad(f"{root}.defaults.guidance_interval", f"expected [lowest, highest] timestep, got {iv}")
     for where, name in _named_files(m):
         if name not in m["files"]:
             raise _Bad(f"{root}.{where}", f"names the file {name!r}, which is not listed under 'files' with its "
