@@ -128,7 +128,9 @@ LATENT_ARGS ?=
 # 96,96,144 is rsgen-base-1's since 1.0.0a8 (48,96,144 until 1.0.0a7): a wider full-resolution level, where the 32
 # latent channels and 71 condition channels enter, learned faster per CPU minute in an equal-time comparison
 # (MODEL_CARD.md, "Why it plateaus"). 1.0.0a8: LATENT_MINUTES=100 LATENT_EXTRA=runs/latents/maps256.npz; 1.0.0a9 on from it:
-# LATENT_INIT=models/rsgen-base-1/denoiser.onnx LATENT_MINUTES=90 LATENT_ARGS="--low-res-share 0 --lr 2e-4 --lr-min 1e-5".
+# LATENT_INIT=models/rsgen-base-1/denoiser.onnx LATENT_MINUTES=90 LATENT_ARGS="--low-res-share 0 --lr 2e-4 --lr-min 1e-5"; 1.0.0a10 the same
+# for 80 (no change); 1.0.0a11 on from 1.0.0a10: LATENT_MINUTES=65 LATENT_ARGS="--low-res-share 0 --lr 1e-4 --lr-min 5e-6
+# --ema 0.9995" (KID moved again, by about 3; the manifest's training.command has every phase).
 LATENT_CHANNELS ?= 96,96,144
 LATENT_GPU_CHANNELS ?= 96,96,144
 # Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
