@@ -1,10 +1,14 @@
 """Classifier-free guidance per condition: the unconditional branch drops the prompt and the layout (when the
 model's manifest lists them in guidance_drops), so a layout steers as strongly as a prompt."""
 import dataclasses
+import json
 import os
+import shutil
 
 import numpy as np
+import pytest
 
+from rsgen_qgis.core.errors import ModelPackageError
 from rsgen_qgis.core.conditions.encoding import CondLayout, cond_vectors, manifest_conditions, unconditional
 from rsgen_qgis.core.geo.georef import grid_for_request
 from rsgen_qgis.core.engine.blocks import evaluations_per_window
@@ -72,9 +76,6 @@ def test_layout_alone_is_guided(tmp_path, tiny_model_dir):
 
 
 def _with_interval(tmp_path, tiny_model_dir, interval):
-    import json
-    import shutil
-
     root = tmp_path / "models"
     shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), root / "rsgen-tiny")
     mpath = root / "rsgen-tiny" / "manifest.json"
@@ -106,10 +107,6 @@ def test_guidance_interval_guides_only_inside(tmp_path, tiny_model_dir):
 
 
 def test_guidance_interval_checked(tmp_path, tiny_model_dir):
-    import pytest
-
-    from rsgen_qgis.core.errors import ModelPackageError
-
-    for bad in ([500, 100], [100], "100-500", [-1, 5]):
+    for i, bad in enumerate(([500, 100], [100], "100-500", [-1, 5])):
         with pytest.raises(ModelPackageError, match="guidance_interval"):
-            load("rsgen-tiny", [_with_interval(tmp_path / str(abs(hash(str(bad)))), tiny_model_dir, bad)])
+            load("rsgen-tiny", [_with_interval(tmp_path / f"bad{i}", tiny_model_dir, bad)])

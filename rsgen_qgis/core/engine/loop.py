@@ -79,7 +79,8 @@ def start(sampler: Sampler, p: Prepared, seed: int, col0: int, row0: int, channe
 def guidance_interval(model) -> Optional[Tuple[float, float]]:
     """The timesteps [lo, hi] (the scheduler's training timesteps) at which the package applies classifier-free
     guidance (manifest `defaults.guidance_interval`, checked by the manifest schema); None: at every step.
-    Outside it a step takes the conditional prediction alone (scale 1), one denoiser evaluation instead of two:
+    Outside it a step takes the conditional prediction alone (scale 1; an rsgen denoiser then runs one evaluation
+    instead of two, a converted diffusers UNet still runs its two):
     guidance at the noisiest steps pulls every sample of a prompt towards the same composition and at the last
     steps only sharpens texture (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval")."""
     iv = (model.package.manifest.get("defaults") or {}).get("guidance_interval")
