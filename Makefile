@@ -132,7 +132,11 @@ LATENT_ARGS ?=
 # for 80 (no change); 1.0.0a11 on from 1.0.0a10: LATENT_MINUTES=65 LATENT_ARGS="--low-res-share 0 --lr 1e-4 --lr-min 5e-6
 # --ema 0.9995" (KID moved again, by about 3; the manifest's training.command has every phase).
 LATENT_CHANNELS ?= 96,96,144
+# bf16: the forward pass under torch.autocast in bfloat16 (train.py --precision); weights, optimizer and EMA stay
+# float32. A step of the 96,96,144 UNet took 0.41 of the float32 time on this machine's AMX Xeon (1.0.0a12 on).
+LATENT_PRECISION ?= bf16
 LATENT_GPU_CHANNELS ?= 96,96,144
+LATENT_GPU_PRECISION ?= bf16
 # Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
 # scenes); AID_LIMIT / MAPS_LIMIT take evenly spread selections (0: all). The shards are joined when training.
 LATENT_SHARDS ?= 2
@@ -157,7 +161,7 @@ train-latent: install
 	    --out runs/train-latent --tile 32 \
 	    --channels $(LATENT_CHANNELS) --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
 	    --low-res-share 0.3 --lr-schedule cosine --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) \
-	    $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) $(LATENT_ARGS)
+	    --precision $(LATENT_PRECISION) $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) $(LATENT_ARGS)
 # Guidance distillation (training/distill.py, from 1.0.0a5 on): a student that takes the guidance scale as an input
 # and gives in one evaluation a step what the teacher gives in two. The teacher is LATENT_INIT's package (default
 # the committed models/rsgen-base-1); export it with LATENT_CKPT=runs/distill-latent/last.pt. A later instalment
@@ -200,7 +204,7 @@ train-gpu:
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --out $${OUT:-runs}/train-gpu \
 	    --tile 32 --channels $(LATENT_GPU_CHANNELS) --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
-	    --low-res-share 0.3 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) --save-every 2 --ema-out $${OUT:-runs}/ema.pt $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
+	    --low-res-share 0.3 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) --save-every 2 --ema-out $${OUT:-runs}/ema.pt --precision $(LATENT_GPU_PRECISION) $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
 
 # A device call carries the working tree (64 MiB with what is carried): `make gpu-slim` moves every tracked
 # model graph and image except LATENT_INIT's graph to .gpu-aside/ (ignored, so it stays here); `make gpu-unslim`
