@@ -136,6 +136,7 @@ LATENT_ARGS ?=
 LATENT_CHANNELS ?= 96,96,144
 # bf16: the forward pass under torch.autocast in bfloat16 (train.py --precision); weights, optimizer and EMA stay
 # float32. A step of the 96,96,144 UNet took 0.41 of the float32 time on this machine's AMX Xeon (1.0.0a12 on).
+# 1.0.0a8-a11 (the commands above and in the manifest's training.command) ran in float32: LATENT_PRECISION=fp32.
 LATENT_PRECISION ?= bf16
 LATENT_GPU_CHANNELS ?= 96,96,144
 LATENT_GPU_PRECISION ?= bf16
