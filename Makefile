@@ -138,6 +138,10 @@ LATENT_CHANNELS ?= 96,96,144
 # float32. A step of the 96,96,144 UNet took 0.41 of the float32 time on this machine's AMX Xeon (1.0.0a12 on).
 # 1.0.0a8-a11 (the commands above and in the manifest's training.command) ran in float32: LATENT_PRECISION=fp32.
 LATENT_PRECISION ?= bf16
+# ResNet layers beyond the one per level, per level (train.py --extra-layers; model.grow_state): from a package
+# with fewer, the new layers start as identities, so the grown UNet starts as the package and trains on with more
+# capacity. A run from a grown package takes its layers from the manifest. Empty: the package's (or none).
+LATENT_EXTRA_LAYERS ?=
 LATENT_GPU_CHANNELS ?= 96,96,144
 LATENT_GPU_PRECISION ?= bf16
 # Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
@@ -164,7 +168,8 @@ train-latent: install
 	    --out runs/train-latent --tile 32 \
 	    --channels $(LATENT_CHANNELS) --attention 0,0,1 --minutes $(LATENT_MINUTES) --threads 2 --resume --batch 16 \
 	    --low-res-share 0.3 --lr-schedule cosine --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) \
-	    --precision $(LATENT_PRECISION) $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) $(LATENT_ARGS)
+	    --precision $(LATENT_PRECISION) $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) \
+	    $(if $(LATENT_EXTRA_LAYERS),--extra-layers $(LATENT_EXTRA_LAYERS)) $(LATENT_ARGS)
 # Guidance distillation (training/distill.py, from 1.0.0a5 on): a student that takes the guidance scale as an input
 # and gives in one evaluation a step what the teacher gives in two. The teacher is LATENT_INIT's package (default
 # the committed models/rsgen-base-1); export it with LATENT_CKPT=runs/distill-latent/last.pt. A later instalment

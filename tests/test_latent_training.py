@@ -103,6 +103,28 @@ def test_pack_train_export_generate_and_continue(toy_data, tmp_path, tiny_latent
     with open(os.path.join(pkg2, "manifest.json")) as f:
         t2 = json.load(f)["training"]
     assert t2["steps"] == st2["step"] and t2["wall_s"] == round(st2["elapsed_s"] + st2["prior_wall_s"])
+    # a grown UNet (--extra-layers) from the package: its record says so, it exports, generates, and a run from the
+    # grown package takes its layers from the manifest as it takes the widths
+    train.main(args[:2] + ["--out", out + "3", "--init-onnx", os.path.join(pkg, "denoiser.onnx"),
+                           "--extra-layers", "1,0"] + args[4:])
+    st3 = torch.load(os.path.join(out + "3", "last.pt"), map_location="cpu", weights_only=True)
+    assert list(st3["config"]["extra_layers"]) == [1, 0] and st3["step0"] == st["step"]
+    assert {k: v for k, v in st3["config"].items() if k != "extra_layers"} == \
+        {k: v for k, v in st["config"].items() if k != "extra_layers"}
+    assert any(k.startswith("unet.down_blocks.0.resnets.1.") for k in st3["ema"])
+    pkg3 = str(tmp_path / "pkgs" / "rsgen-toy-latent-3")
+    export.main(["--checkpoint", os.path.join(out + "3", "last.pt"), "--out", pkg3, "--autoencoder", ae_dir,
+                 "--text-kind", "tiny", "--no-fp16"])
+    with open(os.path.join(pkg3, "manifest.json")) as f:
+        assert json.load(f)["architecture"]["extra_layers"] == [1, 0]
+    r = generate(GenerationRequest(extent=(453000.0, 6233600.0, 453256.0, 6233856.0), crs="EPSG:32734", gsd=4.0,
+                                   output=str(tmp_path / "toy3.tif"), model=pkg3, prompt="a forest", steps=2,
+                                   guidance=1.0, sampler="ddim"), model_dirs=[tiny_latent_dir],
+                 providers=["CPUExecutionProvider"])
+    assert os.path.isfile(r.path)
+    train.main(args[:2] + ["--out", out + "4", "--init-onnx", os.path.join(pkg3, "denoiser.onnx")] + args[4:])
+    st4 = torch.load(os.path.join(out + "4", "last.pt"), map_location="cpu", weights_only=True)
+    assert st4["config"] == st3["config"] and st4["step0"] == st3["step"]
 
 
 def test_make_train_gpu_runs_at_toy_scale(toy_data, tmp_path, tiny_latent_dir):

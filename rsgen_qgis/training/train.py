@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import BatchMaker, Probabilities, load_aid, load_maps
-from .model import Denoiser, DenoiserConfig
+from .model import Denoiser, DenoiserConfig, extra_per_level, grow_state
 from .captions import all_captions
 
 SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
@@ -154,6 +155,12 @@ def package_shape(a, arch: dict) -> None:
         a.attention = ",".join("1" if v else "0" for v in attn)
     if ints([layers]):
         a.layers_per_block = layers
+    extra = arch.get("extra_layers") or []
+    if isinstance(extra, list) and len(extra) == len(widths) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in extra):
+        a.package_extra_layers = tuple(extra)
+        if not a.extra_layers:
+            a.extra_layers = ",".join(str(x) for x in extra)
 
 
 def batch_maker(latents: list, data: str, cache: str, seed: int, probs: Probabilities):
@@ -197,6 +204,10 @@ def main(argv=None) -> None:
                     "(train a guidance-distillable layout; the scale is fed as 1 = unguided here)")
     ap.add_argument("--channels", default="32,64,96", help="UNet block widths (the CPU recipe's default)")
     ap.add_argument("--layers-per-block", type=int, default=1)
+    ap.add_argument("--extra-layers", default="", help="comma list per level: ResNet layers beyond --layers-per-block "
+                    "in that level's down and up block (not at attention levels). With --init-onnx from a package "
+                    "with fewer, the new layers start as identities (model.grow_state): a grown UNet that computes "
+                    "what the package did and trains on with more capacity")
     ap.add_argument("--tile", type=int, default=64, help="native tile in px (16: a coarse base model for the cascade)")
     ap.add_argument("--attention", default="", help="comma list of 0/1 per level (default: the lowest level only)")
     ap.add_argument("--ema-out", default="", help="also write the EMA weights alone (small, for export) here")
@@ -226,6 +237,7 @@ def main(argv=None) -> None:
                     help="share of batches drawn from AID scenes (class prompts, no layout); the rest are maps tiles "
                          "with their layouts (default %(default)s)")
     a = ap.parse_args(argv)
+    a.package_extra_layers = ()
     if not 0.0 <= a.aid_share <= 1.0:
         ap.error("--aid-share must be within [0, 1]")
     probs = Probabilities(aid=a.aid_share)
@@ -253,6 +265,11 @@ def main(argv=None) -> None:
         (False,) * (len(widths) - 1) + (True,)
     if len(attn) != len(widths):
         ap.error("--attention needs one 0/1 per level of --channels")
+    try:
+        extra = tuple(int(v) for v in a.extra_layers.split(",")) if a.extra_layers else ()
+    except ValueError:
+        ap.error("--extra-layers needs one whole number per level of --channels")
+    extra = () if not any(extra) else extra
     cond_dim = bm.lay.dim + (1 if a.guidance_input else 0)
     if a.latents:
         from ..core.conditions.encoding import spatial_channels
@@ -260,10 +277,16 @@ def main(argv=None) -> None:
         cfg = DenoiserConfig(image_channels=image_channels, spatial_channels=spatial_channels(image_channels=image_channels),
                              cond_dim=cond_dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
                              attention_levels=attn, tile=a.tile, norm_num_groups=min(32, widths[0] // 4),
-                             attention_head_dim=min(32, widths[-1]), guidance_input=a.guidance_input)
+                             attention_head_dim=min(32, widths[-1]), guidance_input=a.guidance_input,
+                             extra_layers=extra)
     else:
         cfg = DenoiserConfig(cond_dim=cond_dim, block_out_channels=widths, layers_per_block=a.layers_per_block,
-                             attention_levels=attn, tile=a.tile, guidance_input=a.guidance_input)
+                             attention_levels=attn, tile=a.tile, guidance_input=a.guidance_input,
+                             extra_layers=extra)
+    try:
+        extra_per_level(cfg)
+    except ValueError as e:
+        ap.error(str(e))
     model = Denoiser(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
@@ -275,7 +298,14 @@ def main(argv=None) -> None:
     if a.init_onnx and not (a.resume and os.path.exists(ckpt)):
         from .export import state_from_onnx
 
-        sd = state_from_onnx(a.init_onnx, model)
+        pkg_extra = () if not any(a.package_extra_layers) else a.package_extra_layers
+        if pkg_extra != cfg.extra_layers:  # grow: the package's UNet with identity layers added
+            small_cfg = dataclasses.replace(cfg, extra_layers=pkg_extra)
+            sd = grow_state(state_from_onnx(a.init_onnx, Denoiser(small_cfg)), small_cfg, model)
+            print(f"grown: extra layers {pkg_extra or 'none'} -> {cfg.extra_layers} (new layers start as identities)",
+                  flush=True)
+        else:
+            sd = state_from_onnx(a.init_onnx, model)
         model.load_state_dict(sd); ema.load_state_dict(sd)
         step0, prior_wall_s = prior_training(a.init_onnx)
         phases = prior_phases(package_record(a.init_onnx, "training"))
