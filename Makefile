@@ -141,6 +141,8 @@ LATENT_PRECISION ?= bf16
 # ResNet layers beyond the one per level, per level (train.py --extra-layers; model.grow_state): from a package
 # with fewer, the new layers start as identities, so the grown UNet starts as the package and trains on with more
 # capacity. A run from a grown package takes its layers from the manifest. Empty: the package's (or none).
+# 1.0.0a13 (not shipped): LATENT_INIT=models/rsgen-base-1/denoiser.onnx LATENT_EXTRA_LAYERS=1,0,0 LATENT_MINUTES=90
+# LATENT_ARGS="--out runs/a13 --low-res-share 0 --lr 1.5e-4 --lr-min 5e-6 --ema 0.9995" (MODEL_CARD.md).
 LATENT_EXTRA_LAYERS ?=
 LATENT_GPU_CHANNELS ?= 96,96,144
 LATENT_GPU_PRECISION ?= bf16
@@ -212,7 +214,8 @@ train-gpu:
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --out $${OUT:-runs}/train-gpu \
 	    --tile 32 --channels $(LATENT_GPU_CHANNELS) --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
-	    --low-res-share 0.3 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) --save-every 2 --ema-out $${OUT:-runs}/ema.pt --precision $(LATENT_GPU_PRECISION) $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT))
+	    --low-res-share 0.3 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) --save-every 2 --ema-out $${OUT:-runs}/ema.pt --precision $(LATENT_GPU_PRECISION) $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) \
+	    $(if $(LATENT_EXTRA_LAYERS),--extra-layers $(LATENT_EXTRA_LAYERS))
 
 # A device call carries the working tree (64 MiB with what is carried): `make gpu-slim` moves every tracked
 # model graph and image except LATENT_INIT's graph to .gpu-aside/ (ignored, so it stays here); `make gpu-unslim`
