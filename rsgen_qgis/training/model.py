@@ -11,7 +11,6 @@ more than the whole 2-core budget.
 from __future__ import annotations
 
 import re
-
 from dataclasses import asdict, dataclass, field
 from typing import Tuple
 
@@ -36,13 +35,16 @@ class DenoiserConfig:
     # UNet: grow_state() adds them to a trained one as identities). () = none; attention levels take none.
     extra_layers: Tuple[int, ...] = ()
 
+    def __post_init__(self):
+        self.extra_layers = tuple(self.extra_layers) if any(self.extra_layers) else ()  # all zeros = none
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DenoiserConfig":
         d = dict(d)
-        for k in ("block_out_channels", "attention_levels", "extra_layers"):
+        for k in ("block_out_channels", "attention_levels"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)

@@ -269,7 +269,6 @@ def main(argv=None) -> None:
         extra = tuple(int(v) for v in a.extra_layers.split(",")) if a.extra_layers else ()
     except ValueError:
         ap.error("--extra-layers needs one whole number per level of --channels")
-    extra = () if not any(extra) else extra
     cond_dim = bm.lay.dim + (1 if a.guidance_input else 0)
     if a.latents:
         from ..core.conditions.encoding import spatial_channels
@@ -298,12 +297,11 @@ def main(argv=None) -> None:
     if a.init_onnx and not (a.resume and os.path.exists(ckpt)):
         from .export import state_from_onnx
 
-        pkg_extra = () if not any(a.package_extra_layers) else a.package_extra_layers
-        if pkg_extra != cfg.extra_layers:  # grow: the package's UNet with identity layers added
-            small_cfg = dataclasses.replace(cfg, extra_layers=pkg_extra)
+        small_cfg = dataclasses.replace(cfg, extra_layers=a.package_extra_layers)
+        if small_cfg.extra_layers != cfg.extra_layers:  # grow: the package's UNet with identity layers added
             sd = grow_state(state_from_onnx(a.init_onnx, Denoiser(small_cfg)), small_cfg, model)
-            print(f"grown: extra layers {pkg_extra or 'none'} -> {cfg.extra_layers} (new layers start as identities)",
-                  flush=True)
+            print(f"grown: extra layers {small_cfg.extra_layers or 'none'} -> {cfg.extra_layers} (new layers start "
+                  "as identities)", flush=True)
         else:
             sd = state_from_onnx(a.init_onnx, model)
         model.load_state_dict(sd); ema.load_state_dict(sd)
