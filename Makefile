@@ -146,6 +146,9 @@ LATENT_PRECISION ?= bf16
 LATENT_EXTRA_LAYERS ?=
 LATENT_GPU_CHANNELS ?= 96,96,144
 LATENT_GPU_PRECISION ?= bf16
+# More train.py options for train-gpu (e.g. "--adv-weight 0.5 --adv-t-max 600": adversarial fine-tuning from
+# LATENT_INIT, training/adversarial.py); train-latent takes them in LATENT_ARGS.
+LATENT_GPU_ARGS ?=
 # Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
 # scenes); AID_LIMIT / MAPS_LIMIT take evenly spread selections (0: all). The shards are joined when training.
 LATENT_SHARDS ?= 2
@@ -215,7 +218,7 @@ train-gpu:
 	    --out $${OUT:-runs}/train-gpu \
 	    --tile 32 --channels $(LATENT_GPU_CHANNELS) --attention 0,0,1 --minutes $(or $(GPU_MINUTES),8) --batch 64 \
 	    --low-res-share 0.3 --loss-weight $(LATENT_LOSS) --aid-share $(LATENT_AID_SHARE) --save-every 2 --ema-out $${OUT:-runs}/ema.pt --precision $(LATENT_GPU_PRECISION) $(if $(LATENT_INIT),--init-onnx $(LATENT_INIT)) \
-	    $(if $(LATENT_EXTRA_LAYERS),--extra-layers $(LATENT_EXTRA_LAYERS))
+	    $(if $(LATENT_EXTRA_LAYERS),--extra-layers $(LATENT_EXTRA_LAYERS)) $(LATENT_GPU_ARGS)
 
 # A device call carries the working tree (64 MiB with what is carried): `make gpu-slim` moves every tracked
 # model graph and image except LATENT_INIT's graph to .gpu-aside/ (ignored, so it stays here); `make gpu-unslim`

@@ -588,3 +588,62 @@ def test_bf16_training_keeps_float32_weights_and_follows_the_float32_forward(toy
     export.main(["--checkpoint", str(out / "last.pt"), "--out", pkg, "--autoencoder",
                  os.path.join(tiny_latent_dir, "taef2"), "--text-kind", "tiny", "--no-fp16"])
     assert os.path.isfile(os.path.join(pkg, "denoiser.onnx"))
+
+
+def test_adversarial_fine_tuning_at_toy_scale_checkpoints_and_resumes_its_critic(toy_data, tmp_path, tiny_latent_dir):
+    """train.py --adv-weight: the critic trains beside the denoiser, its state is in the checkpoint, a resumed run
+    goes on with it; the term needs latents."""
+    import torch
+
+    from rsgen_qgis.training import train
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset
+
+    pack = encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "runs" / "latents.npz"))
+    cache = tmp_path / "runs" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    caps = all_captions()
+    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), 32)).astype(np.float32))
+    out = str(tmp_path / "runs" / "train")
+    args = ["--latents", pack, "--out", out, "--channels", "8,16", "--attention", "0,1", "--tile", "8",
+            "--batch", "2", "--threads", "1", "--save-every", "100", "--adv-weight", "0.5", "--adv-warmup", "0",
+            "--adv-t-max", "1000"]
+    train.main(args + ["--minutes", "0.03"])
+    st = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)
+    first = st["adversary"]["steps"]
+    assert first >= 1 and first == st["step"]  # t_max 1000: every step has rows for the critic
+    assert any(k.startswith("body.") for k in st["adversary"]["critic"])
+    train.main(args + ["--minutes", "0.2", "--resume"])  # its time budget counts on from the first run's
+    st2 = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)
+    assert st2["adversary"]["steps"] > first and st2["adversary"]["steps"] == st2["step"]
+    with pytest.raises(SystemExit):
+        train.main(["--data", toy_data, "--out", out + "px", "--adv-weight", "0.5"])
+
+
+def test_latent_batches_are_crops_as_encoded_unless_turns_are_asked_for(toy_data, tmp_path, tiny_latent_dir):
+    """TAEF2's latents do not commute with turns, so by default every AID and maps row is a crop of a latent exactly
+    as the autoencoder encoded it; turns=True (train.py --latent-turns) flips and turns them as before."""
+    from rsgen_qgis.training.latent_data import LatentBatchMaker, encode_dataset, load_pack
+
+    p = load_pack(encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "l.npz")))
+
+    class _Emb(dict):
+        def __missing__(self, key):
+            return np.ones(8, np.float32)
+
+    def crops(z, res):  # every res x res window of every latent in z, as bytes
+        return {np.ascontiguousarray(z[i, :, y:y + res, x:x + res], np.float32).tobytes()
+                for i in range(len(z)) for y in range(z.shape[-2] - res + 1) for x in range(z.shape[-1] - res + 1)}
+
+    for turns in (False, True):
+        bm = LatentBatchMaker(p, _Emb(x=np.ones(8, np.float32)), seed=4, turns=turns)
+        found = []
+        for src, key, res in (("aid", "aid_z", 16), ("maps", "maps_z", 16)) * 6:
+            windows = crops(p[key], res)
+            x0 = bm.batch(3, res, src)["x0"].numpy()
+            found += [np.ascontiguousarray(r).tobytes() in windows for r in x0]
+        if turns:
+            assert not all(found)  # 7 of 8 draws are turned or flipped
+        else:
+            assert all(found)

@@ -8,14 +8,18 @@ masked image as the known latents outside the mask, the guide as the encoded 4x-
 
 The encoding runs through the run time's own ONNX autoencoder (core.runtime.autoencoder), so training and
 generation see the same latents. AID scenes (150 px) are centre-cropped to 144 px (18 x 18 latents); maps
-tiles to whole latent cells (512 px -> 64 x 64). Flips and 90-degree turns are applied to the latents
-(`dihedral_check` measures how far that is from encoding the turned image; MODEL_CARD.md records it).
+tiles to whole latent cells (512 px -> 64 x 64). Batches are random crops of the latents as encoded, not turned or
+flipped: TAEF2's latents do not commute with turns (`dihedral-check`: a turned latent decodes 18.5 dB from the
+encoded turned image, against a round trip of 25.5 dB, on 32 AID scenes; MODEL_CARD.md), so a turned latent is one
+the autoencoder never makes, and it decodes as streaks and smears. `turns=True` turns them all the same, for an
+autoencoder that commutes with turns.
 The pack is float16 (half the bytes; the latents' standardised range is about +-4, where float16 keeps
 3 significant digits).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 from typing import Dict, List, Optional
@@ -186,7 +190,8 @@ class LatentBatchMaker:
     for the crop); with one group the draws are exactly those of a single pack."""
 
     def __init__(self, pack, caption_emb: Dict[str, np.ndarray], seed: int = 0,
-                 probs: Probabilities = Probabilities()):
+                 probs: Probabilities = Probabilities(), turns: bool = False):
+        self.turns = bool(turns)  # flips and 90-degree turns of the latents themselves (see the module's text)
         self.groups = list(pack) if isinstance(pack, (list, tuple)) else [pack]
         check_groups(self.groups)
         self.pk, self.emb, self.p = self.groups[0], caption_emb, probs
@@ -208,7 +213,7 @@ class LatentBatchMaker:
         size = arrays[0].shape[-1]
         ys = self.rng.integers(0, size - res + 1, len(idx))
         xs = self.rng.integers(0, size - res + 1, len(idx))
-        k, flip = int(self.rng.integers(0, 4)), bool(self.rng.random() < 0.5)
+        k, flip = (int(self.rng.integers(0, 4)), bool(self.rng.random() < 0.5)) if self.turns else (0, False)
         return [np.stack([_dihedral(a[i, :, y:y + res, x:x + res], k, flip) for i, y, x in zip(idx, ys, xs)])
                 .astype(np.float32) for a in arrays]
 
@@ -273,6 +278,8 @@ def main(argv=None) -> None:
     c = sub.add_parser("dihedral-check", help="turned latents vs encoded turned images")
     c.add_argument("--data", required=True)
     c.add_argument("--ae", required=True)
+    c.add_argument("--n", type=int, default=32, help="AID train scenes, spread evenly over the split (every class)")
+    c.add_argument("--out", help="also write the figures to this JSON file")
     a = ap.parse_args(argv)
     if a.cmd == "encode":
         print(encode_dataset(a.data, a.ae, a.out, a.maps_data, split="test" if a.held_out else "train",
@@ -281,7 +288,12 @@ def main(argv=None) -> None:
                              shard=tuple(int(v) for v in a.shard.split("/"))))
     else:
         aid = load_aid(a.data, "train", None)
-        print(dihedral_check(open_autoencoder(a.ae), aid["images"]))
+        r = dihedral_check(open_autoencoder(a.ae, threads=1), aid["images"][spread(len(aid["images"]), a.n)], a.n)
+        r["command"] = f"python -m rsgen_qgis.training.latent_data dihedral-check --ae {a.ae} --n {a.n}"
+        print(json.dumps(r))
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(r, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def package_shape(a, arch: dict) -> None:
             a.extra_layers = ",".join(str(x) for x in extra)
 
 
-def batch_maker(latents: list, data: str, cache: str, seed: int, probs: Probabilities):
+def batch_maker(latents: list, data: str, cache: str, seed: int, probs: Probabilities, turns: bool = False):
     """The batch maker of a run: over latent packs (groups at several GSDs when more than one; `.C` their
     channels) or over a prepared data folder's images."""
     emb = caption_embeddings(cache)
@@ -171,7 +171,7 @@ def batch_maker(latents: list, data: str, cache: str, seed: int, probs: Probabil
         from .latent_data import LatentBatchMaker, load_pack
 
         packs = [load_pack(p) for p in latents if p]
-        return LatentBatchMaker(packs if len(packs) > 1 else packs[0], emb, seed=seed, probs=probs)
+        return LatentBatchMaker(packs if len(packs) > 1 else packs[0], emb, seed=seed, probs=probs, turns=turns)
     return BatchMaker(load_aid(data, "train", cache), load_maps(data, "train", cache), emb, seed=seed, probs=probs)
 
 
@@ -236,8 +236,21 @@ def main(argv=None) -> None:
     ap.add_argument("--aid-share", type=float, default=Probabilities.aid,
                     help="share of batches drawn from AID scenes (class prompts, no layout); the rest are maps tiles "
                          "with their layouts (default %(default)s)")
+    ap.add_argument("--latent-turns", action="store_true",
+                    help="also flip and turn the latents (as 1.0.0a1-a14 were trained): with TAEF2 a turned latent "
+                    "is off the autoencoder's manifold and decodes as streaks (latent_data dihedral-check), so the "
+                    "default is crops as encoded")
+    ap.add_argument("--adv-weight", type=float, default=0.0,
+                    help="adversarial fine-tuning (training/adversarial.py): base weight of a critic's term on the x0 "
+                    "predictions, scaled each step to the squared-error gradient at the last layer (0: off; latent "
+                    "models only)")
+    ap.add_argument("--adv-t-max", type=int, default=500, help="the adversarial term acts on rows with t below this")
+    ap.add_argument("--adv-lr", type=float, default=1e-4, help="the critic's learning rate")
+    ap.add_argument("--adv-warmup", type=int, default=200, help="steps the critic learns alone before the term starts")
     a = ap.parse_args(argv)
     a.package_extra_layers = ()
+    if a.adv_weight < 0 or (a.adv_weight > 0 and not a.latents):
+        ap.error("--adv-weight needs a value >= 0, and --latents (the critic judges latents)")
     if not 0.0 <= a.aid_share <= 1.0:
         ap.error("--aid-share must be within [0, 1]")
     probs = Probabilities(aid=a.aid_share)
@@ -258,7 +271,7 @@ def main(argv=None) -> None:
         from .pack import unpack
 
         print("unpacked:", unpack(a.pack, cache), flush=True)
-    bm = batch_maker(a.latents, a.data, cache, a.seed, probs)
+    bm = batch_maker(a.latents, a.data, cache, a.seed, probs, a.latent_turns)
     image_channels = bm.C if a.latents else 3
     widths = tuple(int(c) for c in a.channels.split(","))
     attn = tuple(bool(int(v)) for v in a.attention.split(",")) if a.attention else \
@@ -289,6 +302,12 @@ def main(argv=None) -> None:
     model = Denoiser(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
+    adv = None
+    if a.adv_weight > 0:
+        from .adversarial import Adversary
+
+        adv = Adversary(cfg.image_channels, cfg.spatial_channels, cfg.cond_dim, a.adv_weight, a.adv_t_max,
+                        lr=a.adv_lr, warmup=a.adv_warmup, device=dev)
     step, elapsed0 = 0, 0.0
     # step0: where this run's learning-rate warm-up starts; prior_wall_s: the training time of what it starts from
     # (a committed package's manifest), so that the steps and time of the instalments add up in the next export
@@ -321,6 +340,8 @@ def main(argv=None) -> None:
         step, elapsed0 = st["step"], st["elapsed_s"]
         step0, prior_wall_s = st.get("step0", 0), st.get("prior_wall_s", 0.0)
         phases = st.get("prior_phases", [])
+        if adv is not None and "adversary" in st:
+            adv.load_state_dict(st["adversary"])
     ac = alphas_cumprod().to(dev)
     weight = LOSS_WEIGHTS[a.loss_weight](ac)
     budget = a.minutes * 60
@@ -331,7 +352,7 @@ def main(argv=None) -> None:
                 "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s, "device": dev,
                 "prior_phases": phases}
     log = open(os.path.join(a.out, "log.csv"), "a")
-    losses = []
+    losses, adv_log = [], []
     n_params = sum(p.numel() for p in model.parameters())
     print(f"device={dev} params={n_params/1e6:.2f}M cond_dim={cfg.cond_dim} threads={torch.get_num_threads()} "
           f"precision={a.precision}",
@@ -356,6 +377,10 @@ def main(argv=None) -> None:
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
             pred = model(xt, t.float(), b["spatial"], b["cond"])
         loss = (weight[t] * F.mse_loss(pred.float(), v, reduction="none").mean((1, 2, 3))).mean()
+        if adv is not None:
+            loss, info = adv.denoiser_term(loss, pred, xt, x0, t, at, b["spatial"], b["cond"],
+                                           model.unet.conv_out.weight)
+            adv_log.append(info)
         optimizer_step(model, ema, opt, loss, lr, a.ema, step)
         step += 1
         losses.append(loss.item())
@@ -364,10 +389,18 @@ def main(argv=None) -> None:
             print(msg, flush=True)
             log.write(msg + "\n"); log.flush()
             losses = []
+            if adv_log:
+                keys = ("critic", "adv", "lambda")
+                print("  adversarial " + " ".join(
+                    f"{k}={np.mean([d[k] for d in adv_log if k in d]):.4f}" for k in keys
+                    if any(k in d for d in adv_log)), flush=True)
+                adv_log = []
         if time.time() - last_save > a.save_every * 60:
-            save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record()})
+            save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record(),
+                        **({"adversary": adv.state_dict()} if adv else {})})
             last_save = time.time()
-    save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record()})
+    save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record(),
+                **({"adversary": adv.state_dict()} if adv else {})})
     if a.ema_out:
         save(a.ema_out, record())
     with open(os.path.join(a.out, "summary.json"), "w") as f:
