@@ -152,6 +152,9 @@ LATENT_GPU_ARGS ?=
 # Encoding runs as LATENT_SHARDS one-thread processes side by side (ONNX Runtime keeps one core busy on 144 px
 # scenes); AID_LIMIT / MAPS_LIMIT take evenly spread selections (0: all). The shards are joined when training.
 LATENT_SHARDS ?= 2
+# Augmentation that stays on the autoencoder's manifold: each image also flipped / turned and encoded, this many of
+# the 8 dihedral copies (latent_data.DIHEDRAL; 1: as is). The batch maker no longer turns latents (MODEL_CARD.md).
+LATENT_COPIES ?= 1
 AID_LIMIT ?= 0
 MAPS_LIMIT ?= 0
 LATENT_PACK ?= $(shell seq -s, -f 'runs/latents/train.s%g.npz' 0 $$(($(LATENT_SHARDS) - 1)))
@@ -159,7 +162,7 @@ latents: install
 	pids=; for k in $$(seq 0 $$(($(LATENT_SHARDS) - 1))); do \
 	  $(PY) -m rsgen_qgis.training.latent_data encode --data $(DATA) $(if $(DATA512),--maps-data $(DATA512)) \
 	    --ae models/taef2 --out runs/latents/train.s$$k.npz --threads 1 --aid-limit $(AID_LIMIT) \
-	    --maps-limit $(MAPS_LIMIT) --shard $$k/$(LATENT_SHARDS) & pids="$$pids $$!"; \
+	    --maps-limit $(MAPS_LIMIT) --shard $$k/$(LATENT_SHARDS) --copies $(LATENT_COPIES) & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p || exit 1; done
 # A second group at another GSD: the 256 px maps tiles of DATA (2.34 m, 32 x 32 latents) as a maps-only pack, so
 # that the GSDs between the 512 px maps (1.17 m) and AID (4 m) are trained, not only interpolated. Training takes it
@@ -167,7 +170,7 @@ latents: install
 LATENT_EXTRA ?=
 latents-maps256: install
 	$(PY) -m rsgen_qgis.training.latent_data encode --data $(DATA) --ae models/taef2 --out runs/latents/maps256.npz \
-	    --threads 1 --aid-limit -1 --maps-limit $(MAPS_LIMIT)
+	    --threads 1 --aid-limit -1 --maps-limit $(MAPS_LIMIT) --copies $(LATENT_COPIES)
 train-latent: install
 	$(PY) -m rsgen_qgis.training.train --latents $(LATENT_PACK) $(if $(LATENT_EXTRA),--latents $(LATENT_EXTRA)) \
 	    --out runs/train-latent --tile 32 \

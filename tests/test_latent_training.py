@@ -647,3 +647,32 @@ def test_latent_batches_are_crops_as_encoded_unless_turns_are_asked_for(toy_data
             assert not all(found)  # 7 of 8 draws are turned or flipped
         else:
             assert all(found)
+
+
+def test_dihedral_copies_are_encoded_from_the_turned_images(toy_data, tmp_path, tiny_latent_dir):
+    """latent_data encode --copies: each image and its layout flipped / turned as images, then encoded, so the pack's
+    extra samples are latents the autoencoder makes (not turned latents)."""
+    from rsgen_qgis.training.data import load_aid
+    from rsgen_qgis.training.latent_data import (AID_CROP, DIHEDRAL, dihedral_copies, encode_dataset, encode_images,
+                                                 load_pack, open_autoencoder)
+
+    ae_dir = os.path.join(tiny_latent_dir, "taef2")
+    one = load_pack(encode_dataset(toy_data, ae_dir, str(tmp_path / "one.npz")))
+    three = load_pack(encode_dataset(toy_data, ae_dir, str(tmp_path / "three.npz"), copies=3))
+    n, m = len(one["aid_z"]), len(one["maps_z"])
+    assert three["aid_z"].shape == (3 * n,) + one["aid_z"].shape[1:] and len(three["maps_z"]) == 3 * m
+    assert np.array_equal(three["aid_labels"], np.tile(one["aid_labels"], 3))
+    assert np.array_equal(three["aid_z"][:n], one["aid_z"]) and np.array_equal(three["maps_z"][:m], one["maps_z"])
+    # copy 1 is the left-right flip: the encoded flipped scenes, by the same code path as the pack's
+    ae = open_autoencoder(ae_dir)
+    ae.tile = 1 << 12
+    aid = load_aid(toy_data, "train", str(tmp_path / "cache"))
+    flipped = encode_images(ae, np.ascontiguousarray(aid["images"][:, :, ::-1]), AID_CROP, log=lambda *_: None)
+    assert np.array_equal(three["aid_z"][n:2 * n], flipped["z"])
+    # layouts turn with their aerials: copy 2 (a 90-degree turn) of the layout fractions is the turned copy 0
+    assert DIHEDRAL[2] == (1, False)
+    assert np.array_equal(three["maps_layout"][2 * m:], np.rot90(one["maps_layout"], 1, axes=(2, 3)))
+    x = np.arange(2 * 3 * 3).reshape(2, 3, 3)
+    assert np.array_equal(dihedral_copies(x, 2)[2:], x[:, :, ::-1])
+    with pytest.raises(ValueError, match="copies"):
+        dihedral_copies(x, 9)

@@ -77,6 +77,23 @@ def encode_images(ae, images: np.ndarray, crop: Optional[int], log=print) -> Dic
     return {"z": np.stack(zs), "g": np.stack(gs)}
 
 
+# The dihedral transforms of a square image (90-degree turns k, then a left-right flip), in the order `copies` takes
+# them: as is, flipped, turned by 90, 180, 270, then the turned ones flipped.
+DIHEDRAL = ((0, False), (0, True), (1, False), (2, False), (3, False), (1, True), (2, True), (3, True))
+
+
+def dihedral_copies(images: np.ndarray, copies: int) -> np.ndarray:
+    """(N, H, W[, ...]) square images -> (copies * N, H, W[, ...]): the N images under each of the first `copies`
+    transforms of DIHEDRAL, copy after copy (copy 0 is the images as they are)."""
+    if not 1 <= copies <= len(DIHEDRAL):
+        raise ValueError(f"copies must be within 1..{len(DIHEDRAL)}, not {copies}")
+    out = []
+    for k, flip in DIHEDRAL[:copies]:
+        t = np.rot90(images, k, axes=(1, 2))
+        out.append(np.ascontiguousarray(t[:, :, ::-1] if flip else t))
+    return np.concatenate(out)
+
+
 def spread(n: int, k: int) -> np.ndarray:
     """k indices spread evenly over range(n) (all of them when k is 0 or >= n)."""
     return np.arange(n) if not k or k >= n else np.linspace(0, n - 1, k).round().astype(int)
@@ -84,8 +101,11 @@ def spread(n: int, k: int) -> np.ndarray:
 
 def encode_dataset(data: str, ae_dir: str, out: str, maps_data: Optional[str] = None, split: str = "train",
                    threads: int = 0, limit: int = 0, maps_limit: int = 0, aid_limit: int = 0,
-                   shard: tuple = (0, 1)) -> str:
+                   shard: tuple = (0, 1), copies: int = 1) -> str:
     """Write the latent pack `out` (.npz): AID latents + labels + classes, maps latents + layout fractions.
+
+    copies > 1: each selected image (and its layout) also flipped and turned (DIHEDRAL's first `copies`) and each
+    copy encoded: augmentation that stays on the autoencoder's manifold, where turning latents does not.
 
     Each image is encoded whole (one window): the encoder is convolutional with a bounded receptive field, so this
     is the latent the run time's overlapping windows approximate, at less than half their cost on 512 px tiles."""
@@ -103,6 +123,9 @@ def encode_dataset(data: str, ae_dir: str, out: str, maps_data: Optional[str] = 
     aid = {**aid, "images": aid["images"][keep], "labels": aid["labels"][keep]}
     keep = spread(len(maps["aerial"]), maps_limit)[k::n]
     maps = {key: v[keep] for key, v in maps.items()}
+    if copies != 1:
+        aid = {**aid, "images": dihedral_copies(aid["images"], copies), "labels": np.tile(aid["labels"], copies)}
+        maps = {key: dihedral_copies(v, copies) for key, v in maps.items()}
     if len(aid["images"]):
         a = encode_images(ae, aid["images"], AID_CROP)
     else:  # a maps-only pack (aid_limit < 0): empty AID arrays of the right shapes
@@ -273,6 +296,8 @@ def main(argv=None) -> None:
                    "a maps-only pack, e.g. the maps at another GSD as a second group)")
     e.add_argument("--shard", default="0/1", help="k/n: encode every n-th selected image from k (run n side by side, "
                    "then give train with the n packs comma-separated)")
+    e.add_argument("--copies", type=int, default=1, help="encode each image also flipped and turned: this many of "
+                   "the 8 dihedral copies (1: as is; 2: and flipped; 8: all); the pack holds copies x the images")
     e.add_argument("--held-out", action="store_true", help="the held-out scenes instead (AID test split, maps val "
                    "split): a pack for diagnostics, never for training")
     c = sub.add_parser("dihedral-check", help="turned latents vs encoded turned images")
@@ -285,7 +310,7 @@ def main(argv=None) -> None:
         print(encode_dataset(a.data, a.ae, a.out, a.maps_data, split="test" if a.held_out else "train",
                              threads=a.threads, limit=a.limit,
                              maps_limit=a.maps_limit, aid_limit=a.aid_limit,
-                             shard=tuple(int(v) for v in a.shard.split("/"))))
+                             shard=tuple(int(v) for v in a.shard.split("/")), copies=a.copies))
     else:
         aid = load_aid(a.data, "train", None)
         r = dihedral_check(open_autoencoder(a.ae, threads=1), aid["images"][spread(len(aid["images"]), a.n)], a.n)
