@@ -38,6 +38,28 @@ def toy_data(tmp_path_factory):
     return str(root)
 
 
+def _toy_pack_and_captions(toy_data, tmp_path, tiny_latent_dir) -> str:
+    """The toy latent pack at tmp_path/runs/latents.npz, and caption embeddings where train.py looks for them
+    (runs/cache; the tiny text encoder's 32 dimensions, random here)."""
+    from rsgen_qgis.training.captions import all_captions
+    from rsgen_qgis.training.latent_data import encode_dataset
+
+    pack = encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "runs" / "latents.npz"))
+    cache = tmp_path / "runs" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    caps = all_captions()
+    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
+             emb=np.random.default_rng(0).standard_normal((len(caps), 32)).astype(np.float32))
+    return pack
+
+
+class _SameEmb(dict):
+    """Every caption gets the same vector (for tests where the captions are not what is tested)."""
+
+    def __missing__(self, key):
+        return np.ones(8, np.float32)
+
+
 def test_pack_train_export_generate_and_continue(toy_data, tmp_path, tiny_latent_dir):
     import torch
 
@@ -186,11 +208,7 @@ def test_pack_groups_train_together_and_a_maps_only_group_never_serves_aid(toy_d
     b = load_pack(encode_dataset(toy_data, ae_dir, str(tmp_path / "b.npz"), aid_limit=-1))
     assert b["aid_z"].shape == (0,) + a["aid_z"].shape[1:] and len(b["maps_z"]) == len(a["maps_z"])
 
-    class _Emb(dict):  # every caption gets the same vector: the captions are not what is tested here
-        def __missing__(self, key):
-            return np.ones(8, np.float32)
-
-    emb = _Emb({"x": np.ones(8, np.float32)})
+    emb = _SameEmb({"x": np.ones(8, np.float32)})
     bm = LatentBatchMaker([a, b], emb, seed=1)
     seen = set()
     for _ in range(20):
@@ -236,15 +254,10 @@ def test_layout_use_diagnostic_at_toy_scale(toy_data, tmp_path, tiny_latent_dir)
     import json
 
     from rsgen_qgis.training import diagnose, train
-    from rsgen_qgis.training.captions import all_captions
-    from rsgen_qgis.training.latent_data import encode_dataset, load_pack
+    from rsgen_qgis.training.latent_data import load_pack
 
-    pack = encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "runs" / "latents.npz"))
+    pack = _toy_pack_and_captions(toy_data, tmp_path, tiny_latent_dir)
     cache = tmp_path / "runs" / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    caps = all_captions()
-    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
-             emb=np.random.default_rng(0).standard_normal((len(caps), 32)).astype(np.float32))
     out = str(tmp_path / "runs" / "train")
     train.main(["--latents", pack, "--out", out, "--minutes", "0.03", "--channels", "8,16", "--attention", "0,1",
                 "--tile", "8", "--batch", "2", "--threads", "1", "--save-every", "100"])
@@ -596,15 +609,8 @@ def test_adversarial_fine_tuning_at_toy_scale_checkpoints_and_resumes_its_critic
     import torch
 
     from rsgen_qgis.training import train
-    from rsgen_qgis.training.captions import all_captions
-    from rsgen_qgis.training.latent_data import encode_dataset
 
-    pack = encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "runs" / "latents.npz"))
-    cache = tmp_path / "runs" / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    caps = all_captions()
-    np.savez(cache / "caption_emb.npz", captions=np.array(caps),
-             emb=np.random.default_rng(0).standard_normal((len(caps), 32)).astype(np.float32))
+    pack = _toy_pack_and_captions(toy_data, tmp_path, tiny_latent_dir)
     out = str(tmp_path / "runs" / "train")
     args = ["--latents", pack, "--out", out, "--channels", "8,16", "--attention", "0,1", "--tile", "8",
             "--batch", "2", "--threads", "1", "--save-every", "100", "--adv-weight", "0.5", "--adv-warmup", "0",
@@ -628,16 +634,12 @@ def test_latent_batches_are_crops_as_encoded_unless_turns_are_asked_for(toy_data
 
     p = load_pack(encode_dataset(toy_data, os.path.join(tiny_latent_dir, "taef2"), str(tmp_path / "l.npz")))
 
-    class _Emb(dict):
-        def __missing__(self, key):
-            return np.ones(8, np.float32)
-
     def crops(z, res):  # every res x res window of every latent in z, as bytes
         return {np.ascontiguousarray(z[i, :, y:y + res, x:x + res], np.float32).tobytes()
                 for i in range(len(z)) for y in range(z.shape[-2] - res + 1) for x in range(z.shape[-1] - res + 1)}
 
     for turns in (False, True):
-        bm = LatentBatchMaker(p, _Emb(x=np.ones(8, np.float32)), seed=4, turns=turns)
+        bm = LatentBatchMaker(p, _SameEmb(x=np.ones(8, np.float32)), seed=4, turns=turns)
         found = []
         for src, key, res in (("aid", "aid_z", 16), ("maps", "maps_z", 16)) * 6:
             windows = crops(p[key], res)
