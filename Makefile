@@ -132,7 +132,10 @@ LATENT_ARGS ?=
 # for 80 (no change); 1.0.0a11 on from 1.0.0a10: LATENT_MINUTES=65 LATENT_ARGS="--low-res-share 0 --lr 1e-4 --lr-min 5e-6
 # --ema 0.9995" (KID moved again, by about 3; the manifest's training.command has every phase). 1.0.0a12 (not shipped):
 # LATENT_MINUTES=85 LATENT_ARGS="--out runs/a12 --low-res-share 0 --lr 1e-4 --lr-min 3e-6 --ema 0.9995" in bf16, 20 228
-# steps: held-out x0 error a little lower, KID 7 points worse: the 96,96,144 UNet has plateaued (MODEL_CARD.md).
+# steps: held-out x0 error a little lower, KID 7 points worse. That plateau was the latent turns (1.0.0a15, trained on
+# crops as encoded: KID 127.8 -> 116.3). 1.0.0a16 on from it on all AID train scenes (make latents AID_LIMIT=0
+# MAPS_LIMIT=256): LATENT_MINUTES=90 LATENT_AID_SHARE=0.55 LATENT_ARGS="--out runs/a16 --low-res-share 0 --lr 1.5e-4
+# --lr-min 5e-6 --ema 0.9995" (MODEL_CARD.md).
 LATENT_CHANNELS ?= 96,96,144
 # bf16: the forward pass under torch.autocast in bfloat16 (train.py --precision); weights, optimizer and EMA stay
 # float32. A step of the 96,96,144 UNet took 0.41 of the float32 time on this machine's AMX Xeon (1.0.0a12 on).
