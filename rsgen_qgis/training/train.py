@@ -351,6 +351,10 @@ def main(argv=None) -> None:
         return {"ema": ema.state_dict(), "config": cfg.to_dict(), "schedule": SCHEDULE, "step": step,
                 "elapsed_s": time.time() - t_start, "step0": step0, "prior_wall_s": prior_wall_s, "device": dev,
                 "prior_phases": phases}
+
+    def checkpoint() -> dict:  # last.pt: the record plus what resuming needs (weights, optimizer, critic)
+        return {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record(),
+                **({"adversary": adv.state_dict()} if adv else {})}
     log = open(os.path.join(a.out, "log.csv"), "a")
     losses, adv_log = [], []
     n_params = sum(p.numel() for p in model.parameters())
@@ -396,11 +400,9 @@ def main(argv=None) -> None:
                     if any(k in d for d in adv_log)), flush=True)
                 adv_log = []
         if time.time() - last_save > a.save_every * 60:
-            save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record(),
-                        **({"adversary": adv.state_dict()} if adv else {})})
+            save(ckpt, checkpoint())
             last_save = time.time()
-    save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(a), **record(),
-                **({"adversary": adv.state_dict()} if adv else {})})
+    save(ckpt, checkpoint())
     if a.ema_out:
         save(a.ema_out, record())
     with open(os.path.join(a.out, "summary.json"), "w") as f:
