@@ -1,10 +1,12 @@
 """Real-data demo of the conditions (not a test: it needs the QGIS training data and minutes of CPU).
 
-    .venv/bin/python tools/demo_real.py [--data /work/data/demo] [--out out/demo_real] [--steps 20] [--no-shots]
+    .venv/bin/python tools/demo_real.py [--data /work/data/demo] [--out out/demo_real] [--model rsgen-base]
+                                        [--steps N] [--no-shots]
 
 (a) Layout: the real OSM roads and buildings of Swellendam (training_data.gpkg, EPSG:4326) are reprojected to
     EPSG:32734 (GeoPackages written beside the results), rasterized by the default OSM rules onto a 2.5 m grid
-    around the town centre, and an image is generated conditioned on that layout with the bundled rsgen-base.
+    around the town centre, and an image is generated conditioned on that layout with --model (default the bundled
+    rsgen-base) at the package's own default steps, guidance and sampler (as the dock), unless --steps is given.
 (b) Inpainting: a crop of the real orthophoto (EPSG:4326, its own grid) is regenerated inside four real building
     polygons; pixels outside are checked byte-identical, and the seam at the mask border is measured (below).
 (c) Dataset: rsgen:dataset (through processing.run) makes 4 images of 96 x 96 px at 4 m over random extents of the
@@ -83,7 +85,18 @@ def reproject(src_uri, name, crs, path):
     return out
 
 
-def layout_demo(data, out, steps, log):
+def model_settings(model: str, steps: int) -> dict:
+    """The request settings the dock would use for `model`: its package's defaults; steps overridden when > 0."""
+    from rsgen_qgis.core.runtime.models import find
+
+    d = find(model).manifest.get("defaults") or {}
+    s = {"model": model, "steps": int(steps or d.get("steps", 20)), "guidance": float(d.get("guidance", 3.0))}
+    if d.get("sampler"):
+        s["sampler"] = d["sampler"]
+    return s
+
+
+def layout_demo(data, out, settings, log):
     import numpy as np
 
     from rsgen_qgis.core.geo import projdata  # noqa: F401
@@ -103,7 +116,7 @@ def layout_demo(data, out, steps, log):
     x, y = round(x / GSD) * GSD, round(y / GSD) * GSD
     req = GenerationRequest(extent=(x - HALF_M, y - HALF_M, x + HALF_M, y + HALF_M), crs="EPSG:32734",
                             output=os.path.join(out, "layout_generated.tif"), gsd=GSD, prompt=LAYOUT_PROMPT,
-                            seed=7, steps=steps)
+                            seed=7, **settings)
     grid = grid_for_request(req)
     layout, stats = layers_to_layout([roads, buildings], DEFAULT_OSM_RULES, grid)
     log["layout"] = {"extent": list(grid.bounds), "size": [grid.width, grid.height], "gsd_m": GSD,
@@ -127,7 +140,7 @@ def layout_demo(data, out, steps, log):
     return res.path
 
 
-def inpaint_demo(data, out, steps, log):
+def inpaint_demo(data, out, settings, log):
     import numpy as np
     from osgeo import gdal
     from qgis.core import QgsFeatureRequest, QgsRasterLayer, QgsVectorLayer
@@ -166,7 +179,7 @@ def inpaint_demo(data, out, steps, log):
                 inpaint.feather = lambda m, width=4: (m > 0.5).astype(np.float32)
             try:
                 t0 = time.time()
-                res = pipeline.generate(request_on_grid(grid, path, prompt=INPAINT_PROMPT, seed=3, steps=steps,
+                res = pipeline.generate(request_on_grid(grid, path, prompt=INPAINT_PROMPT, seed=3, **settings,
                                                         conditions=Conditions(mask=mask, image=image)),
                                         progress=lambda f, m: print(f"\r  inpaint {label} ({kind}): {m}   ", end="",
                                                                     flush=True))
@@ -185,7 +198,7 @@ def inpaint_demo(data, out, steps, log):
     return crop, mask_path, buffered_path, os.path.join(out, "inpainted_buffered.tif")
 
 
-def dataset_demo(out, steps, log, segnet):
+def dataset_demo(out, settings, log, segnet):
     """rsgen:dataset on the real buildings, with the real model, through Processing: once with the package's own
     (absent) segmentation net, so the filter reports itself unavailable and keeps all, once with SEGNET."""
     if "/usr/share/qgis/python/plugins" not in sys.path:
@@ -204,7 +217,7 @@ def dataset_demo(out, steps, log, segnet):
     base = {"AOI": f"{xmin},{xmax},{ymin},{ymax} [EPSG:32734]", "COUNT": 4, "GSD": 4.0, "SIZE": 96,
             "BOXES": os.path.join(out, "buildings_32734.gpkg"), "BOX_FIELD": "building", "MIN_BOXES": 3,
             "LAYERS": [os.path.join(out, "roads_32734.gpkg")], "PROMPT": "aerial view of buildings and streets",
-            "MODEL": "rsgen-base", "SEED": 11, "STEPS": steps, "FILTER": True}
+            "MODEL": settings["model"], "SEED": 11, "STEPS": settings["steps"], "FILTER": True}
     runs = {"package_net": {}}
     if segnet and os.path.isfile(segnet):
         runs["segnet"] = {"SEGNET": segnet}
@@ -279,7 +292,7 @@ def shots(out, layout_tif, inpainted, mask_path, buffered_path, log, ext="jpg"):
     specs = {
         f"conditions_layout.{ext}": {
             "crs": "EPSG:32734", "extent": log["layout"]["extent"], "layers": [
-                {"path": layout_tif, "name": "Generated from the layout (rsgen-base)"},
+                {"path": layout_tif, "name": f"Generated from the layout ({log.get('model', 'rsgen-base')})"},
                 {"path": os.path.join(out, "roads_32734.gpkg"), "name": "roads (OSM)", "line": "#ffd400",
                  "width": 0.4},
                 {"path": os.path.join(out, "buildings_32734.gpkg"), "name": "buildings (OSM)", "outline": "#ff2a2a",
@@ -316,7 +329,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "demo"),
                     help="the demo/ folder written by ../shared/tools/prepare-data (default: data/demo)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "demo_real"))
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--model", default="rsgen-base", help="model package id (default: the bundled rsgen-base)")
+    ap.add_argument("--steps", type=int, default=0, help="sampling steps (default: the model's own)")
     ap.add_argument("--no-shots", action="store_true")
     ap.add_argument("--shots-only", action="store_true", help="only render the screenshots of an earlier run")
     ap.add_argument("--dataset-only", action="store_true", help="only (c), after an earlier run")
@@ -339,16 +353,17 @@ def main(argv=None) -> int:
     if a.dataset_only:
         with open(os.path.join(a.out, "demo_real.json")) as f:
             log = json.load(f)
-        dataset_demo(a.out, a.steps, log, a.segnet)
+        dataset_demo(a.out, model_settings(a.model, a.steps), log, a.segnet)
         dataset_figure(a.out, os.path.join(ROOT, "docs", "img", "conditions_dataset_sample.jpg"))
         with open(os.path.join(a.out, "demo_real.json"), "w") as f:
             json.dump(log, f, indent=1)
         print(json.dumps(log["dataset"], indent=1))
         return 0
-    log = {"steps": a.steps, "model": "rsgen-base"}
-    layout_tif = layout_demo(a.data, a.out, a.steps, log)
-    crop, mask_path, buffered_path, inpainted = inpaint_demo(a.data, a.out, a.steps, log)
-    dataset_demo(a.out, a.steps, log, a.segnet)
+    settings = model_settings(a.model, a.steps)
+    log = dict(settings)
+    layout_tif = layout_demo(a.data, a.out, settings, log)
+    crop, mask_path, buffered_path, inpainted = inpaint_demo(a.data, a.out, settings, log)
+    dataset_demo(a.out, settings, log, a.segnet)
     with open(os.path.join(a.out, "demo_real.json"), "w") as f:
         json.dump(log, f, indent=1)
     print(json.dumps(log, indent=1))
