@@ -37,9 +37,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="rsgen-base", help="model id or package folder (default rsgen-base)")
     p.add_argument("--model-dir", action="append", default=[], help="extra folder with model packages")
     p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own, as the "
+                   "dock uses; rsgen-base 20)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's own; "
+                   "rsgen-base 3)")
+    p.add_argument("--sampler", default=None, choices=SAMPLERS, help=f"default: the model's own ({DEFAULT_SAMPLER} "
+                   "for rsgen-base)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: the model's int8 graph on the CPU (fp16 on a GPU) where it has one; fp32: exact")
     p.add_argument("--class-guidance", type=float, default=None, metavar="S",
@@ -230,6 +233,11 @@ def _main(a) -> int:
             return _export_diffusers(a)
         if a.cmd == "regenerate":
             return _run(_regenerate(a), a)
+        if a.cmd in ("demo", "generate"):  # options left out: the model package's own defaults, as in the dock
+            from .core.runtime.sampling_defaults import resolve
+
+            for k, v in resolve(a.model, a.model_dir, a.steps, a.guidance, a.sampler).items():
+                setattr(a, k, v)
         if a.cmd == "demo":
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             req = GenerationRequest(output=a.out, model=a.model, steps=a.steps, guidance=a.guidance,

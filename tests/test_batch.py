@@ -289,7 +289,10 @@ def test_tile_renamed_but_not_recorded_is_adopted_not_redone(clean_run, tmp_path
     shutil.copytree(s0.output, s.output)
     mpath = os.path.join(s.output, "manifest.json")
     man = json.load(open(mpath))
-    man["job_identity"] = runner._job_identity(s)  # the copy is this job's folder now
+    from rsgen_qgis.core.runtime.models import find
+
+    # the copy is this job's folder now (the identity of the job as run: the model's defaults filled in)
+    man["job_identity"] = runner._job_identity(runner.with_model_defaults(s, find(s.model, s.model_dirs).manifest))
     key = sorted(man["tiles"])[1]
     rec = man["tiles"].pop(key)
     json.dump(man, open(mpath, "w"))

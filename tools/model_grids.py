@@ -228,7 +228,8 @@ def main() -> None:
     s.add_argument("--gsd", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--prompt", default="")
-    s.add_argument("--guidance", type=float, default=None, help="default: the batch door's (3), not the package's")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="default: the package's own (the batch door's since 2026-12-07; before, 3 and 20 steps)")
     a = ap.parse_args()
     {"classes": classes, "swellendam": swellendam, "conditions": conditions}[a.cmd](a)
 

@@ -540,12 +540,16 @@
       <translation>Modell-ID oder Paketordner</translation>
     </message>
     <message>
-      <source>Sampling steps</source>
-      <translation>Sampling-Schritte</translation>
+      <source>Sampling steps (empty: the model's default)</source>
+      <translation>Sampling-Schritte (leer: die Vorgabe des Modells)</translation>
     </message>
     <message>
-      <source>Guidance scale</source>
-      <translation>Guidance-Stärke</translation>
+      <source>Guidance scale (empty: the model's default)</source>
+      <translation>Guidance-Stärke (leer: die Vorgabe des Modells)</translation>
+    </message>
+    <message>
+      <source>Sampler (empty: the model's default)</source>
+      <translation>Sampler (leer: die Vorgabe des Modells)</translation>
     </message>
     <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>

@@ -540,12 +540,16 @@
       <translation>Identificador de modelo o carpeta de paquete</translation>
     </message>
     <message>
-      <source>Sampling steps</source>
-      <translation>Pasos de muestreo</translation>
+      <source>Sampling steps (empty: the model's default)</source>
+      <translation>Pasos de muestreo (vacío: los del modelo)</translation>
     </message>
     <message>
-      <source>Guidance scale</source>
-      <translation>Escala de guía</translation>
+      <source>Guidance scale (empty: the model's default)</source>
+      <translation>Escala de guía (vacío: la del modelo)</translation>
+    </message>
+    <message>
+      <source>Sampler (empty: the model's default)</source>
+      <translation>Muestreador (vacío: el del modelo)</translation>
     </message>
     <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>

@@ -540,12 +540,16 @@
       <translation>Identifiant de modèle ou dossier de paquet</translation>
     </message>
     <message>
-      <source>Sampling steps</source>
-      <translation>Étapes d'échantillonnage</translation>
+      <source>Sampling steps (empty: the model's default)</source>
+      <translation>Étapes d'échantillonnage (vide : celles du modèle)</translation>
     </message>
     <message>
-      <source>Guidance scale</source>
-      <translation>Échelle de guidage</translation>
+      <source>Guidance scale (empty: the model's default)</source>
+      <translation>Échelle de guidage (vide : celle du modèle)</translation>
+    </message>
+    <message>
+      <source>Sampler (empty: the model's default)</source>
+      <translation>Échantillonneur (vide : celui du modèle)</translation>
     </message>
     <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>

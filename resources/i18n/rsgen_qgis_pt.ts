@@ -540,12 +540,16 @@
       <translation>Identificador do modelo ou pasta do pacote</translation>
     </message>
     <message>
-      <source>Sampling steps</source>
-      <translation>Passos de amostragem</translation>
+      <source>Sampling steps (empty: the model's default)</source>
+      <translation>Passos de amostragem (vazio: os do modelo)</translation>
     </message>
     <message>
-      <source>Guidance scale</source>
-      <translation>Escala de orientação</translation>
+      <source>Guidance scale (empty: the model's default)</source>
+      <translation>Escala de orientação (vazio: a do modelo)</translation>
+    </message>
+    <message>
+      <source>Sampler (empty: the model's default)</source>
+      <translation>Amostrador (vazio: o do modelo)</translation>
     </message>
     <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>

@@ -166,6 +166,10 @@ def plan_tiles(spec: JobSpec, pitch: int) -> List[Tile]:
 
 
 def tile_request(spec: JobSpec, tile: Tile, pitch: int, out_dir: str) -> GenerationRequest:
+    """The tile's request; `spec` has its model's defaults filled in (with_model_defaults, as run() does)."""
+    left = [k for k in ("steps", "guidance", "sampler") if getattr(spec, k) is None]
+    if left:
+        raise ValueError(f"tile_request: {', '.join(left)} not resolved (batch.runner.with_model_defaults first)")
     return GenerationRequest(extent=tile.extent(pitch, spec.gsd), crs=spec.crs, gsd=spec.gsd, prompt=tile.prompt,
                              seed=spec.seed, steps=spec.steps, guidance=spec.guidance, sampler=spec.sampler,
                              model=spec.model, date=spec.date, large_area=True, block_windows=spec.block_windows,
@@ -276,7 +280,8 @@ def gsd_warning(spec: JobSpec, model_manifest: dict, pitch: int, tile: Optional[
         ((model_manifest.get("conditions", {}).get("metadata_coverage", {}) or {}).get("gsd", {}) or {}).get("range")
     if not rng or tile is None:
         return None
-    g = gsd_metres_mean(grid_for_request(tile_request(spec, tile, pitch, spec.output)))
+    g = gsd_metres_mean(grid_for_request(tile_request(with_model_defaults(spec, model_manifest), tile, pitch,
+                                                      spec.output)))
     if rng[0] <= g <= rng[1]:
         return None
     far = " far" if (g < rng[0] / 2 or g > rng[1] * 2) else ""
@@ -309,6 +314,16 @@ def build_vrt(out_dir: str, records: Dict[str, dict]) -> Optional[str]:
     return final
 
 
+def with_model_defaults(spec: JobSpec, manifest: dict) -> JobSpec:
+    """The spec with the steps, guidance and sampler it leaves out taken from the model package's own defaults
+    (core.runtime.sampling_defaults, as the dock and the CLI take them); what it gives is kept."""
+    from ..core.runtime.sampling_defaults import package_defaults
+
+    base = package_defaults(manifest)
+    return dataclasses.replace(spec, **{k: base[k] for k in ("steps", "guidance", "sampler")
+                                        if getattr(spec, k) is None})
+
+
 def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progress: bool = True,
         providers: Optional[Sequence[str]] = None, log: Callable[[str], None] = None) -> dict:
     """Run (or resume) a job; returns the final manifest. Raises BatchError if some tiles failed."""
@@ -317,6 +332,7 @@ def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progre
 
     log = log or (lambda m: print(m, file=sys.stderr))
     pkg = find(spec.model, spec.model_dirs)
+    spec = with_model_defaults(spec, pkg.manifest)
     rng = CondLayout.from_manifest(pkg.manifest["conditions"]).guidance_range if pkg.interface == "rsgen" \
         else None
     if rng and not rng[0] <= spec.guidance <= rng[1]:

@@ -6,6 +6,7 @@
     model: rsgen-base           # id or package folder;  model_dirs: [extra folders]
     seed: 7
     steps: 20                   # guidance: 3.0   sampler: dpmpp_2m_sde   date: 2020-06-01
+                                # (steps, guidance, sampler absent: the model package's own defaults, as the dock)
     prompt: "a town"            # default prompt
     tile_px: 1024               # tile side in pixels (tiles sit on the world grid of the GSD)
     clip_tiles: true            # a tile covers only its part of the AOIs' bounding boxes (false: whole tiles)
@@ -101,9 +102,9 @@ class JobSpec:
     model: str
     model_dirs: Tuple[str, ...]
     seed: int
-    steps: int
-    guidance: float
-    sampler: str
+    steps: Optional[int]      # None: the model's default (core.runtime.sampling_defaults; runner.run resolves)
+    guidance: Optional[float]
+    sampler: Optional[str]
     date: Optional[str]
     prompt: str
     tile_px: int
@@ -167,15 +168,15 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
             raise JobSpecError(f"model_dirs[{i}]: expected text (a folder), got {type(m).__name__}.")
     if not 0 < d["gsd"] < math.inf:  # NaN fails this too
         raise JobSpecError(f"gsd: must be a positive number (pixel size in CRS units), got {d['gsd']!r}.")
-    sampler = d.get("sampler") or DEFAULT_SAMPLER
-    if sampler not in SAMPLERS:
+    sampler = d.get("sampler") or None
+    if sampler is not None and sampler not in SAMPLERS:
         raise JobSpecError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}.")
     # a value given is used or refused, never replaced by the default (0 is a value)
     tile_px = _given(d, "tile_px", 1024)
     if tile_px < 16:
         raise JobSpecError(f"tile_px: at least 16 pixels, got {tile_px}.")
-    steps = _given(d, "steps", 20)
-    if not 1 <= steps <= 1000:
+    steps = _given(d, "steps", None)
+    if steps is not None and not 1 <= steps <= 1000:
         raise JobSpecError(f"steps: from 1 to 1000, got {steps}.")
     block_windows = _given(d, "block_windows", None)
     if block_windows is not None and not 1 <= block_windows <= 64:
@@ -183,8 +184,9 @@ def parse(data: Any, path: str = "job.yaml") -> JobSpec:
     seed = _given(d, "seed", 0)
     if not 0 <= seed < 2**63:
         raise JobSpecError(f"seed: a whole number from 0 to 2^63-1, got {seed}.")
-    guidance = float(_given(d, "guidance", 3.0))
-    if not 0 <= guidance < math.inf:
+    guidance = _given(d, "guidance", None)
+    guidance = None if guidance is None else float(guidance)
+    if guidance is not None and not 0 <= guidance < math.inf:
         raise JobSpecError(f"guidance: a number of 0 or more, got {guidance!r}.")
     if d.get("date") is not None and date_problem(d["date"]):
         raise JobSpecError(f"date: {date_problem(d['date'])}.")

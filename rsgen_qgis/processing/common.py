@@ -99,7 +99,7 @@ def given(parameters: Dict[str, Any], name: str) -> bool:
     return isinstance(value, QgsProperty) or value not in (None, "")
 
 
-def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None:
+def add_model_parameters(alg, prompt_default: str = "") -> None:
     """Prompt, model, seed, steps, guidance, sampler and (advanced) precision: the same in every algorithm."""
     alg.addParameter(QgsProcessingParameterString(PROMPT, tr("Prompt"), prompt_default, multiLine=True, optional=True))
     ids = model_ids()
@@ -110,16 +110,23 @@ def add_model_parameters(alg, prompt_default: str = "", steps: int = 20) -> None
         alg.addParameter(QgsProcessingParameterString(MODEL, tr("Model id or package folder"), DEFAULT_MODEL))
     Num = QgsProcessingParameterNumber
     alg.addParameter(Num(SEED, tr("Seed"), Num.Type.Integer, 0, False, 0))
-    alg.addParameter(Num(STEPS, tr("Sampling steps"), Num.Type.Integer, steps, False, 1, 1000))
-    guidance = Num(GUIDANCE, tr("Guidance scale"), Num.Type.Double, 3.0, False, 0.0, 100.0)
+    # steps, guidance and sampler left empty: the model package's own defaults (core.runtime.sampling_defaults),
+    # what the dock shows when the model is picked, so every door gives one model's image the same way
+    steps = Num(STEPS, tr("Sampling steps (empty: the model's default)"), Num.Type.Integer, None, True, 1, 1000)
+    steps.setHelp("Empty: the steps the model package names as its default (rsgen-base 20, rsgen-base 1.0 10).")
+    alg.addParameter(steps)
+    guidance = Num(GUIDANCE, tr("Guidance scale (empty: the model's default)"), Num.Type.Double, None, True, 0.0,
+                   100.0)
     guidance.setHelp("How strongly the prompt and the layout steer the image (classifier-free guidance; "
-                     "1 = off). Models with guidance built in (distilled, such as rsgen-base 0.4) accept "
-                     "1 to 5 and cost one UNet evaluation per step at any scale; others cost two, one at 1.")
+                     "1 = off). Empty: the model package's default (rsgen-base 3, rsgen-base 1.0 5). Models with "
+                     "guidance built in (distilled, such as rsgen-base 0.4) accept 1 to 5 and cost one UNet "
+                     "evaluation per step at any scale; others cost two, one at 1.")
     alg.addParameter(guidance)
     names = sampler_names()
-    sampler = QgsProcessingParameterEnum(SAMPLER, tr("Sampler"), names, False,
-                                         DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0], False, True)
-    sampler.setHelp(" ".join(f"{n}: {h}" for n, h in sampler_help().items() if n in names))
+    sampler = QgsProcessingParameterEnum(SAMPLER, tr("Sampler (empty: the model's default)"), names, False, None,
+                                         True, True)
+    sampler.setHelp(f"Empty: the model package's default ({DEFAULT_SAMPLER} for rsgen-base). " +
+                    " ".join(f"{n}: {h}" for n, h in sampler_help().items() if n in names))
     alg.addParameter(sampler)
     precision = QgsProcessingParameterEnum(PRECISION, tr("Precision"), list(PRECISIONS), False, "auto", False, True)
     precision.setHelp("auto: the model's int8 graph on the CPU (fp16 on a GPU) where the package has one - "
@@ -141,11 +148,16 @@ def model_values(alg, parameters: Dict[str, Any], context: QgsProcessingContext)
         model = alg.parameterAsEnumString(parameters, MODEL, context)
     else:
         model = alg.parameterAsString(parameters, MODEL, context).strip() or DEFAULT_MODEL
+    from ..core.runtime.sampling_defaults import resolve
+
+    sampling = resolve(model, settings.model_dirs(),
+                       steps=alg.parameterAsInt(parameters, STEPS, context) if given(parameters, STEPS) else None,
+                       guidance=(alg.parameterAsDouble(parameters, GUIDANCE, context)
+                                 if given(parameters, GUIDANCE) else None),
+                       sampler=(alg.parameterAsEnumString(parameters, SAMPLER, context) or None)
+                       if given(parameters, SAMPLER) else None)
     return dict(prompt=alg.parameterAsString(parameters, PROMPT, context), model=model,
-                seed=alg.parameterAsInt(parameters, SEED, context),
-                steps=alg.parameterAsInt(parameters, STEPS, context),
-                guidance=alg.parameterAsDouble(parameters, GUIDANCE, context),
-                sampler=alg.parameterAsEnumString(parameters, SAMPLER, context),
+                seed=alg.parameterAsInt(parameters, SEED, context), **sampling,
                 precision=alg.parameterAsEnumString(parameters, PRECISION, context) or "auto",
                 class_guidance=(alg.parameterAsDouble(parameters, CLASS_GUIDANCE, context)
                                 if given(parameters, CLASS_GUIDANCE) else None),
