@@ -87,13 +87,9 @@ def reproject(src_uri, name, crs, path):
 
 def model_settings(model: str, steps: int) -> dict:
     """The request settings the dock would use for `model`: its package's defaults; steps overridden when > 0."""
-    from rsgen_qgis.core.runtime.models import find
+    from rsgen_qgis.core.runtime.sampling_defaults import resolve
 
-    d = find(model).manifest.get("defaults") or {}
-    s = {"model": model, "steps": int(steps or d.get("steps", 20)), "guidance": float(d.get("guidance", 3.0))}
-    if d.get("sampler"):
-        s["sampler"] = d["sampler"]
-    return s
+    return {"model": model, **resolve(model, (), steps=steps or None)}
 
 
 def layout_demo(data, out, settings, log):

@@ -317,11 +317,9 @@ def build_vrt(out_dir: str, records: Dict[str, dict]) -> Optional[str]:
 def with_model_defaults(spec: JobSpec, manifest: dict) -> JobSpec:
     """The spec with the steps, guidance and sampler it leaves out taken from the model package's own defaults
     (core.runtime.sampling_defaults, as the dock and the CLI take them); what it gives is kept."""
-    from ..core.runtime.sampling_defaults import package_defaults
+    from ..core.runtime.sampling_defaults import fill
 
-    base = package_defaults(manifest)
-    return dataclasses.replace(spec, **{k: base[k] for k in ("steps", "guidance", "sampler")
-                                        if getattr(spec, k) is None})
+    return dataclasses.replace(spec, **fill(manifest, spec.steps, spec.guidance, spec.sampler))
 
 
 def run(spec: JobSpec, workers: int = 1, scheduler: Optional[str] = None, progress: bool = True,

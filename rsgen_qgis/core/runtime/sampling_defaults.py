@@ -41,10 +41,16 @@ def resolve(model: str, extra_dirs: Iterable[str] = (), steps: Optional[int] = N
     it: id or folder, the extra folders first). The package is read only when something is missing, so a request
     that names all three never depends on it here; a model that cannot be found raises the engine's own
     ModelPackageError (it names the folders searched)."""
-    given = {"steps": steps, "guidance": guidance, "sampler": sampler}
-    if all(v is not None for v in given.values()):
-        return given
+    if steps is not None and guidance is not None and sampler is not None:
+        return {"steps": steps, "guidance": guidance, "sampler": sampler}
     from .models import find
 
-    base = package_defaults(find(model, extra_dirs).manifest)
+    return fill(find(model, extra_dirs).manifest, steps, guidance, sampler)
+
+
+def fill(manifest: Any, steps: Optional[int] = None, guidance: Optional[float] = None,
+         sampler: Optional[str] = None) -> Dict[str, Any]:
+    """The given values, with each one left None taken from the manifest's defaults (package_defaults)."""
+    base = package_defaults(manifest)
+    given = {"steps": steps, "guidance": guidance, "sampler": sampler}
     return {k: (v if v is not None else base[k]) for k, v in given.items()}
