@@ -136,7 +136,7 @@ LATENT_ARGS ?=
 # crops as encoded: KID 127.8 -> 116.3). 1.0.0a16 on from it on all AID train scenes (make latents AID_LIMIT=0
 # MAPS_LIMIT=256): LATENT_MINUTES=90 LATENT_AID_SHARE=0.55 LATENT_ARGS="--out runs/a16 --low-res-share 0 --lr 1.5e-4
 # --lr-min 5e-6 --ema 0.9995" (MODEL_CARD.md); 1.0.0a17 the same for 88 more minutes from 1.0.0a16 (--out runs/a17;
-# KID 113.3 -> 103.9).
+# KID 113.3 -> 103.9); 1.0.0a18 the same for 85 more from 1.0.0a17 (--out runs/a18; KID 102.0, a draw on the judge).
 LATENT_CHANNELS ?= 96,96,144
 # bf16: the forward pass under torch.autocast in bfloat16 (train.py --precision); weights, optimizer and EMA stay
 # float32. A step of the 96,96,144 UNet took 0.41 of the float32 time on this machine's AMX Xeon (1.0.0a12 on).
