@@ -259,3 +259,11 @@ def test_class_tiles_at_a_given_gsd_cover_the_aid_footprint_with_fewer_pixels_th
                           log=lambda s: None, gsd=12.5)
     assert g["tiles"].shape == (1, 48, 48, 3) and g["info"]["px"] == 48 and g["info"]["tile_px"] == 64
     assert g["info"]["gsd_m"] == pytest.approx(12.5)
+
+
+def test_default_cache_stays_in_runs(tmp_path, monkeypatch):
+    """A report written into a model package must not leave the decoded scenes (hundreds of MB) in models/."""
+    monkeypatch.chdir(tmp_path)
+    assert judge.default_cache(str(tmp_path / "runs" / "judge" / "kid.json")) == str(tmp_path / "runs" / "cache")
+    assert judge.default_cache("models/rsgen-base-1/eval.json") == os.path.join("runs", "cache")
+    assert judge.default_cache("eval.json") == os.path.join("runs", "cache")

@@ -374,6 +374,17 @@ def table(res: Dict) -> str:
     return "\n".join(lines)
 
 
+def default_cache(out: str) -> str:
+    """Where the decoded held-out scenes go when --cache is not given: `cache` beside the output's folder when that
+    folder lies in a `runs` tree (runs/judge/x.json -> runs/cache, shared with make eval), else runs/cache under the
+    working folder, so that a report written into a model package (models/NAME/eval.json) does not leave hundreds of
+    MB of scenes in models/."""
+    grand = os.path.dirname(os.path.dirname(os.path.abspath(out)))
+    if os.path.basename(grand) == "runs":
+        return os.path.join(grand, "cache")
+    return os.path.join("runs", "cache")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -416,14 +427,15 @@ def main(argv=None) -> None:
                    "(below 1: starting from the guide's bicubic upsample noised to that strength); the first is "
                    "reported as super_resolution_x4, the others as super_resolution_x4_strength_S")
     k.add_argument("--cache", default="", help="where the decoded held-out scenes are kept (default: runs/cache "
-                   "beside the output's folder, shared with make eval; give another for a different DATA)")
+                   "beside the output's folder when that lies in runs/, else ./runs/cache; shared with make "
+                   "eval; give another for a different DATA)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     path = a.weights or weights_path()
     net = pretrained(path)
     net.weights_tag = sha256_file(path)[:12]
-    cache = a.cache or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(a.out))), "cache")
+    cache = a.cache or default_cache(a.out)
     res = {"judge": judge_info(path)}
     res.update(run_kid(a.data, a.model, a.per_class, net, a.steps, a.guidance, a.sampler, a.class_guidance,
                        a.precision, a.kid_subsets, a.kid_size, a.seed, a.seed_offset, cache,
