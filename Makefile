@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent progressive-latent export-latent quantize-latent quantize-ae train-gpu gpu-slim gpu-unslim package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent progressive-latent export-latent quantize-latent weak-latent quantize-ae train-gpu gpu-slim gpu-unslim package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -216,6 +216,14 @@ export-latent: install
 # graphs it does not write); TAEF2's decoder, once, on the raw latents of a training pack.
 quantize-latent: install
 	$(PY) -m rsgen_qgis.training.quantize --model models/rsgen-base-1 --data $(DATA)
+# Autoguidance (core/engine/autoguide.py): an earlier instalment's int8 graph as the package's weak model, default
+# scale WEAK_SCALE; its fp16 graph is dropped to keep the package within 60 MB (a GPU runs the fp32 graph).
+WEAK ?=
+WEAK_SCALE ?= 2
+WEAK_SOURCE ?=
+weak-latent: install
+	$(PY) -m rsgen_qgis.training.weak_model attach --package models/rsgen-base-1 --weak $(WEAK) \
+	    --scale $(WEAK_SCALE) --source "$(WEAK_SOURCE)" --drop-fp16
 quantize-ae: install
 	$(PY) -m rsgen_qgis.training.quantize --autoencoder models/taef2 --latents runs/latents/train.s0.npz
 # One device call (docs/GPU.md): the same training on the GPU for at most 8 minutes from the latent pack carried

@@ -48,6 +48,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-guidance", type=float, default=None, metavar="S",
                    help="how strongly the model's scene classifier steers the image towards the classes the "
                         "prompt names (0 = off; default: the model's)")
+    p.add_argument("--autoguidance", type=float, default=None, metavar="W",
+                   help="how far each step moves away from what the model's weaker version predicts (1 = off; "
+                        "default: the model's; only models that carry a weak model)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sampler", choices=SAMPLERS)
     r.add_argument("--precision", choices=PRECISIONS)
     r.add_argument("--class-guidance", type=float, metavar="S", help="default: the recorded class guidance")
+    r.add_argument("--autoguidance", type=float, metavar="W", help="default: the recorded autoguidance")
     r.add_argument("--model", help="default: the recorded model id")
     r.add_argument("--model-dir", action="append", default=[], help="extra folder with model packages")
     r.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
@@ -148,7 +152,7 @@ def _regenerate(a) -> GenerationRequest:
     if os.path.abspath(a.source) == os.path.abspath(a.out):
         raise ParameterError("--out is the source file: write the new image elsewhere (the source is kept).")
     changes = {k: getattr(a, k) for k in ("seed", "prompt", "steps", "guidance", "sampler", "precision", "model",
-                                      "class_guidance")
+                                      "class_guidance", "autoguidance")
                if getattr(a, k) is not None}
     req, notes, warning = regenerate_request(a.source, a.out, a.model_dir, **changes)
     for note in notes:
@@ -242,7 +246,7 @@ def _main(a) -> int:
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             req = GenerationRequest(output=a.out, model=a.model, steps=a.steps, guidance=a.guidance,
                                     sampler=a.sampler, precision=a.precision, class_guidance=a.class_guidance,
-                                    **DEMO)
+                                    autoguidance=a.autoguidance, **DEMO)
             print(f"demo: {DEMO['prompt']!r} over Swellendam, South Africa ({DEMO['crs']}, {DEMO['gsd']} m/px)")
             return _run(req, a)
         kw = {}
@@ -252,7 +256,8 @@ def _main(a) -> int:
                                 prompt=a.prompt, seed=a.seed, steps=a.steps, guidance=a.guidance,
                                 sampler=a.sampler, model=a.model, date=a.date, output=a.out,
                                 large_area=a.large_area, cascade=a.cascade, precision=a.precision,
-                                guide_consistency=a.guide_consistency, class_guidance=a.class_guidance, **kw)
+                                guide_consistency=a.guide_consistency, class_guidance=a.class_guidance,
+                                autoguidance=a.autoguidance, **kw)
         return _run(req, a)
     except RsgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..core.conditions.encoding import CondLayout
+from ..core.engine import autoguide
 from ..core.engine.classguide import ClassGuideSpec, recorded_scale
 from ..core.errors import OutputError, RsgenError
 from ..core.geo.geotiff import PROBE_PREFIX, check_writable
@@ -246,12 +247,14 @@ def _remove_stale_partials(out_dir: str) -> int:
 
 
 def adopt_finished(out_dir: str, task: dict, model_sha256: str,
-                   default_class_guidance: Optional[float] = None) -> Optional[dict]:
+                   default_class_guidance: Optional[float] = None,
+                   default_autoguidance: Optional[float] = None) -> Optional[dict]:
     """A tile COG already at its final path but not in the manifest (killed between the rename and the
     manifest write) is complete, since only whole files are renamed into place; take it if its provenance tags
     say it was made from exactly this tile request and model. The tags record the request as it ran (class
-    guidance left to the model as the model's default, core.engine.classguide.recorded_scale): it is compared
-    with the task's request resolved the same way. Returns a manifest record, or None."""
+    guidance left to the model as the model's default, core.engine.classguide.recorded_scale, and autoguidance
+    likewise, core.engine.autoguide.recorded): it is compared with the task's request resolved the same way.
+    Returns a manifest record, or None."""
     import rasterio
 
     path = task["request"]["output"]
@@ -259,6 +262,8 @@ def adopt_finished(out_dir: str, task: dict, model_sha256: str,
         return None
     want = dict(task["request"], output=os.path.basename(path),
                 class_guidance=recorded_scale(task["request"].get("class_guidance"), default_class_guidance))
+    if want.get("autoguidance") is None:
+        want["autoguidance"] = default_autoguidance
     try:
         with rasterio.open(path) as ds:
             tags = ds.tags()
@@ -418,7 +423,8 @@ def _run_locked(spec: JobSpec, pkg, lay, pitch: int, tiles: List[Tile], workers:
     default_cg = ClassGuideSpec.from_manifest(guide).default_scale if guide else None
     pending = []
     for task in tasks:
-        rec = adopt_finished(spec.output, task, pkg.denoiser_sha256, default_cg)
+        rec = adopt_finished(spec.output, task, pkg.denoiser_sha256, default_cg,
+                             autoguide.recorded(None, pkg.manifest))
         if rec is not None:
             record(rec)
         else:

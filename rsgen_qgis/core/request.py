@@ -31,6 +31,7 @@ DEFAULT_PIXEL_BUDGET = 1024 * 1024
 # (Conditions.start_strength). rsgen-base-1 1.0.0a7 on 48 held-out AID scenes x4: 0.6 kept PSNR within 0.5 dB of
 # bicubic and had a lower KID than from noise (models/rsgen-base-1/MODEL_CARD.md, super-resolution).
 SR_STRENGTH_DEFAULT = 0.6
+MAX_AUTOGUIDANCE = 10.0  # autoguidance scale upper bound (core.engine.autoguide); the model card measures 1-3
 MAX_CLASS_GUIDANCE = 50.0  # class guidance scale upper bound (core.engine.classguide); the model card measures 0-40
 
 
@@ -123,6 +124,9 @@ class GenerationRequest:
     # class guidance (core.engine.classguide): how strongly the model's scene classifier steers the image towards the
     # classes the prompt names; None = the model's default, 0 = off
     class_guidance: Optional[float] = None
+    # autoguidance (core.engine.autoguide): how far each step moves away from what the package's weaker model
+    # predicts; None = the model's default, 1 = off (models without a weaker model: always off)
+    autoguidance: Optional[float] = None
     conditions: Conditions = field(default_factory=Conditions)
 
     def __post_init__(self):
@@ -163,6 +167,11 @@ class GenerationRequest:
                                not 0.0 <= cg <= MAX_CLASS_GUIDANCE):
             raise ParameterError(f"Class guidance must be a number from 0 (off) to {MAX_CLASS_GUIDANCE:g}, or "
                                  f"empty for the model's default (got {cg!r}).")
+        ag = self.autoguidance
+        if ag is not None and (isinstance(ag, bool) or not isinstance(ag, (int, float)) or
+                               not 1.0 <= ag <= MAX_AUTOGUIDANCE):
+            raise ParameterError(f"Autoguidance must be a number from 1 (off) to {MAX_AUTOGUIDANCE:g}, or empty for "
+                                 f"the model's default (got {ag!r}).")
         if not 0.0 < self.conditions.strength <= 1.0:
             raise ParameterError(f"Strength must be in (0, 1] (got {self.conditions.strength!r}).")
         if self.block_windows is not None and (isinstance(self.block_windows, bool) or not isinstance(

@@ -160,7 +160,8 @@ def _tile_request(model_dir: str, tile_px: int, footprint_m: float, crs: str, x:
     return GenerationRequest(extent=(x0, y0, x0 + tile_px * gsd, y0 + tile_px * gsd), crs=crs, gsd=gsd, output="",
                              prompt=prompt, seed=seed, steps=settings["steps"], guidance=settings["guidance"],
                              sampler=settings["sampler"], model=model_dir, precision=precision,
-                             class_guidance=0.0, conditions=conditions or Conditions())
+                             class_guidance=0.0, autoguidance=settings.get("autoguidance"),
+                             conditions=conditions or Conditions())
 
 
 def nearest(a: np.ndarray, size: int) -> np.ndarray:

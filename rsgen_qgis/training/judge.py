@@ -111,18 +111,20 @@ def kid_entry(a: np.ndarray, b: np.ndarray, subsets: int, size: int, seed: int) 
 
 
 def model_settings(model_dir: str, steps: Optional[int], guidance: Optional[float], sampler: Optional[str],
-                   class_guidance: Optional[float]) -> Dict:
+                   class_guidance: Optional[float], autoguidance: Optional[float] = None) -> Dict:
     """The generation settings of a package: what is given, else the package's own defaults (as the dock uses)."""
     d = find(model_dir).manifest.get("defaults", {})
     return {"steps": int(steps or d.get("steps", 20)),
             "guidance": float(guidance if guidance is not None else d.get("guidance", 3.0)),
-            "sampler": sampler or d.get("sampler", DEFAULT_SAMPLER), "class_guidance": class_guidance}
+            "sampler": sampler or d.get("sampler", DEFAULT_SAMPLER), "class_guidance": class_guidance,
+            "autoguidance": autoguidance}
 
 
 def class_tiles(model_dir: str, classes: Sequence[str], per_class: int, steps: int, guidance: float,
                 sampler: str, class_guidance: Optional[float] = None, precision: str = "auto",
                 seed_offset: int = 0, providers: Optional[List[str]] = None, threads: int = 0,
-                log: Callable[[str], None] = print, gsd: Optional[float] = None) -> Dict:
+                log: Callable[[str], None] = print, gsd: Optional[float] = None,
+                autoguidance: Optional[float] = None) -> Dict:
     """per_class tiles of each class prompt through the run-time engine, at the model's native tile over the AID
     footprint -> {"tiles": (N, T, T, 3) uint8, "labels", "info": what was run}. Seeds: 1000 * the class's
     index among all AID classes + i (as evaluate.py), whichever classes are asked for.
@@ -141,7 +143,7 @@ def class_tiles(model_dir: str, classes: Sequence[str], per_class: int, steps: i
             req = GenerationRequest(extent=(x0, y0, x0 + px * gsd, y0 + px * gsd), crs=CRS, gsd=gsd,
                                     output="", prompt=CLASS_PROMPT[c], seed=1000 * k + j + seed_offset, steps=steps,
                                     guidance=guidance, sampler=sampler, model=model_dir, precision=precision,
-                                    class_guidance=class_guidance)
+                                    class_guidance=class_guidance, autoguidance=autoguidance)
             r = generate_array(req, providers=providers, threads=threads)
             if r.rgb.shape != (3, px, px):
                 raise RuntimeError(f"{model_dir}: a tile came back {r.rgb.shape}, not 3x{px}x{px}")
@@ -158,6 +160,7 @@ def class_tiles(model_dir: str, classes: Sequence[str], per_class: int, steps: i
                      "tile_px": tile_px, "px": px, "gsd_m": gsd, "footprint_m": AID_FOOTPRINT_M, "steps": steps,
                      "guidance": guidance, "sampler": sampler,
                      "class_guidance": "package default" if class_guidance is None else class_guidance,
+                     "autoguidance": "package default" if autoguidance is None else autoguidance,
                      "precision": precision, "denoiser_graph": first.denoiser_graph if first else None,
                      "provider": first.provider if first else None,
                      "metadata_used": first.metadata if first else None, "seed_offset": seed_offset,
@@ -204,7 +207,8 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             precision: str = "auto", subsets: int = 100, size: int = 500, seed: int = 0, seed_offset: int = 0,
             cache: Optional[str] = None, classes: Optional[Sequence[str]] = None, limit_real: int = 0,
             threads: int = 0, log: Callable[[str], None] = print, grids: str = "", fidelity: bool = False,
-            class_guidance_off: bool = False, layouts: int = 0, superres: int = 0, segmenter: int = 0,
+            class_guidance_off: bool = False, autoguidance: Optional[float] = None, autoguidance_off: bool = False,
+            layouts: int = 0, superres: int = 0, segmenter: int = 0,
             superres_strengths: Sequence[float] = (1.0,),
             judge_steps: Optional[Dict[str, int]] = None, gsd: Optional[float] = None,
             aid_judge: bool = False, probe_per_class: int = 60) -> Dict:
@@ -214,6 +218,8 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
     training scenes a class, and usefulness as training data (training/fidelity.py); with aid_judge, class top-1
     by make eval's SceneNet judge as well (trained once and cached: an hour or more on 2 CPU cores);
     class_guidance_off: packages with a class guide are judged with it at their default and off;
+    autoguidance_off: packages with a weak model (core.engine.autoguide) are judged at `autoguidance` (default:
+    theirs) and with it off (1), each setting a row of its own;
     layouts / superres: that many layout-fidelity and super-resolution tiles per package (0: none);
     segmenter: usefulness for the segmenter, that many real pairs and as many generated tiles (0: not run).
     judge_steps: {"classifier": n, "segnet": n} training steps of make eval's judges (tests: a few);
@@ -253,21 +259,26 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
                             "train_steps": clf.trained_steps, "real_heldout": fid.judge_top1(clf, imgs, real_y)}
     res["models"] = []
     for d in model_dirs:
-        s = model_settings(d, steps, guidance, sampler, class_guidance)
-        variants = [s["class_guidance"]]
-        if class_guidance_off and "class_guide" in find(d).manifest and s["class_guidance"] != 0:
-            variants.append(0.0)
-        for cg in variants:
-            log(f"{d}: generating {per_class} x {len(classes)} tiles, {s['steps']} steps, class guidance {cg}")
+        s = model_settings(d, steps, guidance, sampler, class_guidance, autoguidance)
+        manifest = find(d).manifest
+        cgs = [s["class_guidance"]] + ([0.0] if class_guidance_off and "class_guide" in manifest and
+                                       s["class_guidance"] != 0 else [])
+        ags = [s["autoguidance"]] + ([1.0] if autoguidance_off and "weak_denoiser" in manifest.get("graphs", {})
+                                     and s["autoguidance"] != 1 else [])
+        variants = [(cg, ag) for ag in ags for cg in cgs]
+        for cg, ag in variants:
+            log(f"{d}: generating {per_class} x {len(classes)} tiles, {s['steps']} steps, class guidance {cg}, "
+                f"autoguidance {ag}")
             g = class_tiles(d, classes, per_class, s["steps"], s["guidance"], s["sampler"], cg,
-                            precision, seed_offset, threads=threads, log=log, gsd=gsd)
+                            precision, seed_offset, threads=threads, log=log, gsd=gsd, autoguidance=ag)
             info = g["info"]
             if not per_class:  # --per-class 0: only the other figures (layouts, super-resolution, segmenter)
                 res["models"].append(info)
                 continue
             fg = features(net, g["tiles"])
             if grids:
-                name = f"{info['id']}-{info['version']}" + ("-cg0" if cg == 0.0 and len(variants) > 1 else "")
+                name = f"{info['id']}-{info['version']}" + ("-cg0" if cg == 0.0 and len(cgs) > 1 else "") + \
+                    ("-ag1" if ag == 1.0 and len(ags) > 1 else "")
                 info["grid_png"] = class_grid(g["tiles"], g["labels"], grids, name)
             info["kid_generated_vs_B"] = kid_entry(fg, fb, subsets, size, seed)
             info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
@@ -325,6 +336,13 @@ def judge_info(path: str) -> Dict:
             "input": f"{INPUT} px bilinear, (x - {MEAN:g}) / {STD:g}"}
 
 
+def _setting(m: Dict) -> str:
+    """' class guidance S autoguidance W' for the settings a row did not leave to the package."""
+    return "".join(f" {words} {m[key]}" for key, words in (("class_guidance", "class guidance"),
+                                                           ("autoguidance", "autoguidance"))
+                   if m.get(key, "package default") != "package default")
+
+
 def table(res: Dict) -> str:
     floor = next(iter(res["real"]["kid"].values()))["kid"]
     lines = [f"{'set (KID vs real half B)':<46} {'n':>6} {'KID x1e3':>10} {'std x1e3':>9} {'/floor':>8}"]
@@ -335,7 +353,7 @@ def table(res: Dict) -> str:
     for name, e in res["real"]["kid"].items():
         row(name, e)
     for m in res["models"]:
-        tag = f"{m['id']} {m['version']} ({m.get('px', m['tile_px'])} px)"
+        tag = f"{m['id']} {m['version']}{_setting(m)} ({m.get('px', m['tile_px'])} px)"
         if "kid_generated_vs_B" in m:
             row(f"{tag} generated"[:46], m["kid_generated_vs_B"])
             row(f"{tag} real A at tile"[:46], m["kid_real_A_at_native_tile_vs_B"])
@@ -347,8 +365,7 @@ def table(res: Dict) -> str:
         lines.append(f"AID judge ({res['aid_judge']['train_steps']} steps) top-1 on held-out real: {r['top1']:.1%} "
                      f"of {r['n']}")
     for m in res["models"]:
-        tag = f"{m['id']} {m['version']}" + (f" class guidance {m['class_guidance']}"
-                                            if m["class_guidance"] != "package default" else "")
+        tag = f"{m['id']} {m['version']}{_setting(m)}"
         for key, name in (("probe_judge", "probe judge"), ("aid_judge", "AID judge")):
             if key in m:
                 j = m[key]
@@ -417,6 +434,10 @@ def main(argv=None) -> None:
                    "judge as well (trained once and cached: an hour or more on 2 CPU cores)")
     k.add_argument("--probe-per-class", type=int, default=60, help="real AID training scenes a class the probe "
                    "judge is fitted on")
+    k.add_argument("--autoguidance", type=float, default=None, help="default: each package's default (packages "
+                   "with a weak model, core.engine.autoguide)")
+    k.add_argument("--autoguidance-off", action="store_true", help="packages with a weak model: judged at their "
+                   "default (or --autoguidance) and with autoguidance off, a row each")
     k.add_argument("--class-guidance-off", action="store_true", help="packages with a class guide: judged at "
                    "their default and with class guidance off")
     k.add_argument("--layouts", type=int, default=0, help="layout fidelity from N held-out maps layouts")
@@ -441,6 +462,7 @@ def main(argv=None) -> None:
                        a.precision, a.kid_subsets, a.kid_size, a.seed, a.seed_offset, cache,
                        [c for c in a.classes.split(",") if c] or None, a.limit_real, a.threads, grids=a.grids,
                        fidelity=a.fidelity, class_guidance_off=a.class_guidance_off, layouts=a.layouts,
+                       autoguidance=a.autoguidance, autoguidance_off=a.autoguidance_off,
                        superres=a.superres, segmenter=a.segmenter, gsd=a.gsd,
                        superres_strengths=[float(v) for v in a.superres_strength.split(",") if v],
                        aid_judge=a.aid_judge, probe_per_class=a.probe_per_class))

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import loop
+from . import autoguide, loop
 from .blockblend import BlockBlender
 from .guideproj import GuideProjector, guide_projector
 from .inpaint import composite
@@ -443,12 +443,13 @@ def seconds_per_decoded_cell(model, whole: bool = False) -> float:
 
 def evaluations_per_window(req: GenerationRequest, manifest: dict) -> int:
     """Denoiser evaluations per window and step: 2 when classifier-free guidance has a condition to drop (a
-    prompt, or a layout where the model guides layouts), else 1."""
+    prompt, or a layout where the model guides layouts), else 1; one more where autoguidance runs the package's
+    weak model."""
     if "unet" in manifest.get("graphs", {}):  # converted diffusers pipelines: the empty prompt's twin
         return 2 if req.guidance > 1.0 else 1
     drops = guided(manifest.get("conditions", {}), bool(req.prompt.strip()), req.conditions.layout is not None,
                    req.guidance)
-    return 2 if any(drops) else 1
+    return (2 if any(drops) else 1) + (1 if autoguide.scale(req, manifest) > 1.0 else 0)
 
 
 def window_seconds_per_sample(req: GenerationRequest, model) -> float:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, List, Optional
 import numpy as np
 
 from .. import VERSION
+from . import autoguide
 from .classguide import recorded_scale
 from .prepare import DECODED_CONSISTENCY, PromptCache, class_guidance_for, metadata_for
 from .single import sample_canvas
@@ -51,6 +52,7 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
     request["output"] = os.path.basename(req.output)
     request["class_guidance"] = recorded_scale(  # left to the model: its default, as a number
         req.class_guidance, model.class_guide.spec.default_scale if model.class_guide is not None else None)
+    request["autoguidance"] = autoguide.recorded(req.autoguidance, model.package.manifest)
     below = getattr(model.denoiser, "exact_below", None)  # a stepped int8 denoiser: the last steps ran fp32
     extra = {"denoiser_fp32_below_timestep": below} if below else {}
     if model.autoencoder.factor > 1:
@@ -70,7 +72,17 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
         "provider": model.provider, "request": json.dumps(request, sort_keys=True),
         "metadata_used": {k: ("unknown" if v is None else v) for k, v in metadata.items()},
         "class_guidance": class_guidance_tag(req, model),
+        **autoguidance_tags(req, model),
     }
+
+
+def autoguidance_tags(req: GenerationRequest, model: LoadedModel) -> dict:
+    """What autoguidance did (core.engine.autoguide), in words, and the weak graph's sha256 when it ran."""
+    r = autoguide.resolve(req, model) if model.interface == "rsgen" else autoguide.Resolved(1.0, "off")
+    tags = {"autoguidance": r.tag}
+    if r.scale > 1.0:
+        tags["weak_denoiser_sha256"] = model.weak_sha256
+    return tags
 
 
 def class_guidance_tag(req: GenerationRequest, model: LoadedModel) -> str:

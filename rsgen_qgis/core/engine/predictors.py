@@ -14,15 +14,16 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from . import autoguide
 from .prepare import Prepared
 
 Window = Tuple[int, int, int, int]
 
 
 def evaluations(model, p: Prepared) -> int:
-    """Denoiser evaluations per window and step (2 with classifier-free guidance)."""
+    """Denoiser evaluations per window and step (2 with classifier-free guidance, one more with autoguidance)."""
     if model.interface == "rsgen":
-        return 2 if p.uncond is not None else 1
+        return (2 if p.uncond is not None else 1) + (1 if p.autoguidance > 1.0 else 0)
     return 2 if p.text_uncond is not None else 1
 
 
@@ -45,12 +46,16 @@ def _rsgen(model, p: Prepared, xs: np.ndarray, t: float, guidance: float, group:
         xs, sp = np.concatenate([xs, xs]), np.concatenate([sp, sp_u])
         conds = np.concatenate([conds, np.repeat(p.uncond, len(group), 0)])
     ts = np.full((len(xs),), t, np.float32)
+    xs = xs.astype(np.float32)
     with model.lock:
-        out = model.denoiser.run(["prediction"], {"sample": xs.astype(np.float32), "timestep": ts,
-                                                  "spatial": sp, "cond": conds})[0]
+        out = model.denoiser.run(["prediction"], {"sample": xs, "timestep": ts, "spatial": sp, "cond": conds})[0]
+    cpred = out[:len(group)]
     if guided:
-        cpred, upred = out[:len(group)], out[len(group):]
-        out = upred + guidance * (cpred - upred)
+        out = out[len(group):] + guidance * (cpred - out[len(group):])
+    if p.autoguidance > 1.0:
+        n = len(group)
+        out = autoguide.apply(model, p.autoguidance, out, cpred,
+                              {"sample": xs[:n], "timestep": ts[:n], "spatial": sp[:n], "cond": conds[:n]})
     return out
 
 

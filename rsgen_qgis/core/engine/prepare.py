@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from . import classguide
+from . import autoguide, classguide
 from .guideproj import GuideProjector
 from ..conditions import diffusionsat
 from ..conditions.encoding import CondLayout, NO_LAYOUT, cond_vectors, layout_onehot, unconditional
@@ -45,6 +45,7 @@ class Prepared:
     guide_projector: Optional[GuideProjector] = None
     decoded_projector: Optional[GuideProjector] = None  # a latent model's guide consistency, on the decoded pixels
     class_guidance: Optional[classguide.Resolved] = None
+    autoguidance: float = 1.0                 # core.engine.autoguide: the weak model's scale, 1 = off
     # rsgen denoisers
     spatial: Optional[np.ndarray] = None      # (S, h, w)
     cond: Optional[np.ndarray] = None         # (1, D)
@@ -211,6 +212,7 @@ def _prepare_rsgen(req: GenerationRequest, model, fp: Footprint, p: Prepared, pr
     p.cond = cond_vectors(cl, emb, guidance=req.guidance, **kw)
     p.uncond, p.uncond_zero = unconditional(cl, cnd_m, emb, req.guidance, **kw) or (None, None)
     p.class_guidance = class_guidance_for(req, model, emb, p.warnings)
+    p.autoguidance = autoguide.resolve(req, model).scale
 
 
 def _prepare_diffusers(req: GenerationRequest, model, fp: Footprint, p: Prepared, warnings: List[str]) -> None:

@@ -178,7 +178,7 @@ TILE = Obj({"size": Int(8, 4096)}, {"multiple": Int(1, 512)})
 TOKENIZER = Obj({}, {"type": Str(("wordpiece", "clip_bpe")), "vocab": NAME, "merges": NAME, "lowercase": Bool(),
                      "max_length": Int(1, 4096), "bos": Str(), "eos": Str(), "pad": Str(), "unk": Str()})
 DEFAULTS = Obj({}, {"steps": Int(1, 1000), "guidance": Num(0, 100), "sampler": Str(), "class_guidance": Num(0, 50),
-                    "guidance_interval": List(Num(0, 1e6), 2, 2)})
+                    "guidance_interval": List(Num(0, 1e6), 2, 2), "autoguidance": Num(1, 10)})
 CLASS_GUIDE = Obj({"file": NAME, "classes": List(Str(), 1), "phrases": Map(List(Str(), 1)),
                    "temperature": Num(0, 1e6, above=0), "min_similarity": Num(-1, 1), "min_logsnr": NUM,
                    "max_logsnr": NUM}, {"default_scale": Num(0, 50)})
@@ -279,6 +279,28 @@ def _check_text_reference(m: dict, root: str) -> None:
                                                           "its text encoder from itself)")
 
 
+def _check_weak(m: dict, root: str) -> None:
+    """Autoguidance (core.engine.autoguide): a weak denoiser is one graph with the denoiser's interface, in an rsgen
+    denoiser package; a default scale needs one."""
+    graphs, where = m.get("graphs", {}), f"{root}.graphs.weak_denoiser"
+    weak = graphs.get("weak_denoiser")
+    if weak is None:
+        if "autoguidance" in (m.get("defaults") or {}):
+            raise _Bad(f"{root}.defaults.autoguidance", "autoguidance needs a weak model (graphs.weak_denoiser)")
+        return
+    if "denoiser" not in graphs or "unet" in graphs:
+        raise _Bad(where, "a weak model guides an rsgen denoiser; this package has none")
+    for key in weak:
+        if key.endswith("_file") or key == "int8":
+            raise _Bad(f"{where}.{key}", "a weak model is one graph ('file'), run as the package ships it")
+    den = graphs["denoiser"]
+    for part in ("inputs", "outputs"):
+        if weak.get(part) != den.get(part):
+            raise _Bad(f"{where}.{part}", "a weak model takes the denoiser's inputs and gives its outputs (the same "
+                                          "names, types and shapes)")
+    Str().check(weak.get("source", ""), f"{where}.source")
+
+
 def _check_one(m: Any, top: bool, root: str) -> None:
     if not isinstance(m, dict):
         raise _Bad(root, f"expected a mapping of keys, got {_kind(m)}")
@@ -303,6 +325,7 @@ def _check_one(m: Any, top: bool, root: str) -> None:
             AUTOENCODER_ENTRY.check(m.get("autoencoder"), f"{root}.autoencoder")
     if kind != "autoencoder":
         _check_text_reference(m, root)
+    _check_weak(m, root)
     iv = (m.get("defaults") or {}).get("guidance_interval")
     if iv is not None and not iv[0] < iv[1]:
         raise _Bad(f"{root}.defaults.guidance_interval", f"expected [lowest, highest] timestep, got {iv}")

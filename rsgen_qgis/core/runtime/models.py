@@ -236,6 +236,8 @@ class LoadedModel:
     variant_sha256: str = ""  # that graph's sha256 (provenance)
     class_guide: Optional[object] = None  # core.engine.classguide.ClassGuide when the package has one
     autoencoder: object = field(default_factory=Identity)  # core.runtime.autoencoder: the latent space's edges
+    weak: Optional[object] = None  # the package's weak denoiser for autoguidance (core.engine.autoguide), or None
+    weak_sha256: str = ""
 
     @property
     def interface(self) -> str:
@@ -377,7 +379,9 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
     variant = denoiser_variant(g["denoiser"], chosen[0], precision)
     dn_name = g["denoiser"][{"fp32": "file", "fp16": "fp16_file", "int8": "int8_file"}[variant]]
     dn_file = pkg.file(dn_name)
-    key = (pkg.path, pkg.denoiser_sha256, tuple(chosen), threads, variant, precision)
+    weak_spec = g.get("weak_denoiser")
+    weak_sha = pkg.manifest["files"][weak_spec["file"]]["sha256"] if weak_spec else ""
+    key = (pkg.path, pkg.denoiser_sha256, weak_sha, tuple(chosen), threads, variant, precision)
     with _cache_lock:
         if key in _cache:
             return _cache[key]
@@ -390,22 +394,25 @@ def open_pixel(pkg: ModelPackage, chosen: List[str], threads: int, precision: st
         dims = [{"batch": b, "height": tile, "width": tile} for b in (1, MAX_BATCH, MAX_BATCH)]
         profile = prov.shape_profile(g["denoiser"]["inputs"], *dims)
 
-        def open_graph(path: str):
+        def open_graph(path: str, graph: str = "denoiser"):
             try:
                 s = ort.InferenceSession(path, so, providers=prov.with_options(chosen, profile))
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise ModelPackageError(f"{path}: ONNX Runtime cannot load this graph ({exc}).") from exc
-            check_io(pkg, "denoiser", s)
+            check_io(pkg, graph, s)
             return s
 
         sess = open_graph(dn_file)
         below = float(g["denoiser"].get("int8", {}).get("fp32_below_timestep", 0)) if variant == "int8" else 0.0
         if below > 0:
             sess = SteppedDenoiser(sess, open_graph(pkg.file(g["denoiser"]["file"])), below)
+        # the weak model (one graph, as the package ships it, whatever the precision) takes the denoiser's inputs
+        weak = open_graph(pkg.file(weak_spec["file"]), "weak_denoiser") if weak_spec else None
         text = open_text_encoder(pkg, extra_dirs)  # its own, or the one it names in another package
         loaded = LoadedModel(pkg, sess, text, sess.get_providers()[0], variant=variant,
                              variant_sha256=pkg.manifest["files"][dn_name]["sha256"],
-                             class_guide=_open_class_guide(pkg, text), autoencoder=ae)
+                             class_guide=_open_class_guide(pkg, text), autoencoder=ae, weak=weak,
+                             weak_sha256=weak_sha)
         _log_provider(pkg, chosen, loaded.provider)
         _cache[key] = loaded
         return loaded
