@@ -61,11 +61,15 @@ def test_algorithm_definition(tiny_setting):
     assert alg.displayName() == "Generate satellite image"
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["EXTENT", "TARGET_CRS", "GSD", "WIDTH", "HEIGHT", "PROMPT", "MODEL", "SEED", "STEPS",
-                     "GUIDANCE", "SAMPLER", "PRECISION", "CLASS_GUIDANCE", "LARGE_AREA", "CASCADE", "OUTPUT"]
+                     "GUIDANCE", "SAMPLER", "PRECISION", "CLASS_GUIDANCE", "AUTOGUIDANCE", "LARGE_AREA", "CASCADE",
+                     "OUTPUT"]
     assert alg.parameterDefinition("CASCADE").flags() & QgsProcessingParameterDefinition.FlagAdvanced
     cg = alg.parameterDefinition("CLASS_GUIDANCE")  # empty = the model's default
     assert cg.flags() & QgsProcessingParameterDefinition.FlagAdvanced and cg.flags() & cg.FlagOptional
     assert cg.defaultValue() is None and cg.maximum() == 50.0
+    ag = alg.parameterDefinition("AUTOGUIDANCE")  # empty = the model's default; 1 = off
+    assert ag.flags() & QgsProcessingParameterDefinition.FlagAdvanced and ag.flags() & ag.FlagOptional
+    assert ag.defaultValue() is None and ag.minimum() == 1.0 and ag.maximum() == 10.0
     precision = alg.parameterDefinition("PRECISION")
     assert precision.options() == ["auto", "fp32"] and precision.usesStaticStrings()
     assert precision.flags() & QgsProcessingParameterDefinition.FlagAdvanced
@@ -96,6 +100,19 @@ def test_processing_run_writes_georeferenced_geotiff(tiny_setting, tmp_path):
     res2 = run(dict(BASE, OUTPUT=str(tmp_path / "again.tif")))  # same request, same pixels
     with rasterio.open(res2["OUTPUT"]) as ds:
         assert np.array_equal(ds.read(), first)
+
+
+def test_processing_autoguidance_reaches_the_request(tiny_setting, tmp_path):
+    """AUTOGUIDANCE given: recorded as asked, and the tag says why the tiny model (no weak model) ran without it;
+    left empty: the model's default (none for this model)."""
+    import json
+
+    with rasterio.open(run(dict(BASE, AUTOGUIDANCE=2.5, OUTPUT=str(tmp_path / "ag.tif")))["OUTPUT"]) as ds:
+        tags = ds.tags()
+    assert json.loads(tags["request"])["autoguidance"] == 2.5
+    assert tags["autoguidance"] == "off: model 'rsgen-tiny' has no weaker model to guide with"
+    with rasterio.open(run(dict(BASE, OUTPUT=str(tmp_path / "d.tif")))["OUTPUT"]) as ds:
+        assert json.loads(ds.tags()["request"])["autoguidance"] is None and ds.tags()["autoguidance"] == "off"
 
 
 def test_processing_large_area_lifts_budget_and_reports_windows(tiny_setting, tmp_path):

@@ -16,6 +16,8 @@ Figures (runs/bench_latent.json):
   they have them, as the plugin runs by default); then the tile and 1 km2 at 2 m once more with the exact fp32
   graphs, so the two are compared within one run (--windowed-too: and 1 km2 at 2 m with every block decoded in
   overlapping windows, the decode before whole-block decoding).
+- a package with a weak model (autoguidance, core.engine.autoguide): the tile and 1 km2 at 2 m once more with
+  autoguidance off, in the same run;
 - 1 km2 at 2 m also moved over the world-anchored block grid (--alignments N: N x N origins over one block pitch,
   default 3): the mean and the worst over the origins, since one origin can be a lucky or an unlucky one;
     tools/bench_latent.py [--sizes 1,4,16] [--steps N] [--model DIR] [--precision auto|fp32] [--alignments 3]
@@ -77,14 +79,15 @@ def _request(model: str, side_m: float, gsd: float, out: str, **kw):
                              prompt="dense residential area with trees", seed=1, guidance=3.0, output=out, **kw)
 
 
-def tile_seconds(model: str, steps: int, precision: str = "auto") -> dict:
+def tile_seconds(model: str, steps: int, precision: str = "auto", autoguidance=None) -> dict:
     import numpy as np
 
     from rsgen_qgis.core.engine.generate import generate
     from rsgen_qgis.core.runtime.models import load
 
     d = tempfile.mkdtemp()
-    req = _request(model, 512.0, 2.0, os.path.join(d, "t.tif"), steps=steps, precision=precision)  # 256 x 256 px
+    req = _request(model, 512.0, 2.0, os.path.join(d, "t.tif"), steps=steps, precision=precision,  # 256 x 256 px
+                   autoguidance=autoguidance)
     generate(req, providers=["CPUExecutionProvider"])  # warm: sessions, hashes
     ts = [generate(req.replace(seed=i), providers=["CPUExecutionProvider"]).seconds for i in range(3)]
     m = load(model, providers=["CPUExecutionProvider"], precision=precision)
@@ -95,11 +98,11 @@ def tile_seconds(model: str, steps: int, precision: str = "auto") -> dict:
         m.autoencoder.decode(z)
     dec = (time.perf_counter() - t0) / 3
     return {"tile_256px_s": statistics.median(ts), "steps": steps, "decode_256px_s": dec, "precision": precision,
-            "denoiser_graph": m.variant, "decoder_graph": getattr(m.autoencoder, "variant", "fp32")}
+            "autoguidance": "package default" if autoguidance is None else autoguidance, "denoiser_graph": m.variant, "decoder_graph": getattr(m.autoencoder, "variant", "fp32")}
 
 
 def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, windowed: bool = False,
-                precision: str = "auto", aligned: int = 0) -> None:
+                precision: str = "auto", aligned: int = 0, autoguidance=None) -> None:
     from rsgen_qgis.core.engine.generate import generate
 
     if windowed:  # the decode before whole-block decoding: every block in overlapping windows of latent_tile
@@ -109,7 +112,8 @@ def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, w
 
     d = tempfile.mkdtemp()
     side = round(math.sqrt(km2 * 1e6) / gsd) * gsd
-    req = _request(model, side, gsd, os.path.join(d, "large.tif"), steps=steps, large_area=True, precision=precision)
+    req = _request(model, side, gsd, os.path.join(d, "large.tif"), steps=steps, large_area=True, precision=precision,
+                   autoguidance=autoguidance)
     t = time.perf_counter()
     r = generate(req, providers=["CPUExecutionProvider"])
     cold = time.perf_counter() - t
@@ -125,6 +129,7 @@ def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, w
     aligned_runs = alignments_sample(req, aligned) if aligned else None
     with open(out_json, "w") as f:
         json.dump({"km2": km2, "gsd": gsd, "windowed_block_decode": windowed, "precision": precision,
+                   "autoguidance": "package default" if autoguidance is None else autoguidance,
                    "denoiser_graph": r.denoiser_graph, "px": [r.grid.width, r.grid.height],
                    "steps": steps, "seconds": secs, "seconds_first_in_process": cold,
                    "mpx_per_s_per_core_first_in_process": px / 1e6 / cold / (os.cpu_count() or 1),
@@ -167,12 +172,13 @@ def alignments_sample(req, n: int) -> dict:
 
 
 def _child(model: str, km2: float, gsd: float, steps: int, windowed: bool = False, precision: str = "auto",
-           aligned: int = 0) -> dict:
+           aligned: int = 0, autoguidance=None) -> dict:
     fd, out = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     subprocess.run([sys.executable, os.path.abspath(__file__), "--child", out, "--model", model, "--km2", str(km2),
                     "--gsd", str(gsd), "--steps", str(steps), "--precision", precision, "--aligned", str(aligned)]
-                   + (["--windowed"] if windowed else []), check=True)
+                   + (["--windowed"] if windowed else [])
+                   + (["--autoguidance", str(autoguidance)] if autoguidance is not None else []), check=True)
     with open(out) as f:
         res = json.load(f)
     os.remove(out)
@@ -193,12 +199,13 @@ def main() -> None:
     ap.add_argument("--windowed", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32"))
     ap.add_argument("--aligned", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--autoguidance", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--alignments", type=int, default=3, help="1 km2 at 2 m also moved over the block grid: N x N "
                     "origins spread over one block pitch (0: not measured)")
     ap.add_argument("--windowed-too", action="store_true", help="also 1 km2 at 2 m with blocks decoded in windows")
     a = ap.parse_args()
     if a.child:
-        large_child(a.model, a.km2, a.gsd, a.steps, a.child, a.windowed, a.precision, a.aligned)
+        large_child(a.model, a.km2, a.gsd, a.steps, a.child, a.windowed, a.precision, a.aligned, a.autoguidance)
         return
     if not os.path.isfile(os.path.join(TAEF2, "manifest.json")):
         sys.exit("models/taef2 is missing: nothing to benchmark")
@@ -213,28 +220,37 @@ def main() -> None:
     a.steps = a.steps or int(manifest.get("defaults", {}).get("steps") or 20)
     out["steps"] = a.steps
     distilled = bool(manifest["conditions"].get("guidance_input"))
-    out["evaluations_per_step"] = 1 if distilled else 2  # guidance 3: distilled into the input, else two branches
+    weak = "weak_denoiser" in manifest.get("graphs", {})  # autoguidance: one more evaluation, measured off too
+    out["evaluations_per_step"] = (1 if distilled else 2) + (1 if weak else 0)  # guidance 3: distilled, or two
     exact = "fp32" if a.precision != "fp32" else None
     tiles = [tile_seconds(model, a.steps, a.precision)] + ([tile_seconds(model, a.steps, exact)] if exact else [])
     out["tile"], out["tile_exact"] = tiles[0], (tiles[1] if exact else None)
+    out["tile_autoguidance_off"] = tile_seconds(model, a.steps, a.precision, 1.0) if weak else None
+    if weak:
+        tiles.append(out["tile_autoguidance_off"])
     out["tile_20_steps"] = None
     if a.steps != 20:  # the figure: a 256 px tile at 20 steps, decode included
         out["tile_20_steps"] = tile_seconds(model, 20, a.precision)
         tiles.append(out["tile_20_steps"])
     for t in tiles:
-        print(f"latent model {out['model']} {version}: 256 px tile, {t['steps']} steps ({out['evaluations_per_step']} "
-              f"evaluation(s) each, guidance 3), precision {t['precision']} (denoiser {t['denoiser_graph']}, decoder "
+        ag = " (autoguidance off)" if t["autoguidance"] == 1.0 else ""
+        print(f"latent model {out['model']} {version}{ag}: 256 px tile, {t['steps']} steps ({out['evaluations_per_step']} "
+              f"evaluation(s) each{', one fewer here' if ag else ''}, guidance 3), precision {t['precision']} (denoiser {t['denoiser_graph']}, decoder "
               f"{t['decoder_graph']}), via generate(): {t['tile_256px_s']:.2f} s; decode of one 256 px tile "
               f"{t['decode_256px_s']:.3f} s", flush=True)
     runs = []
     # then 1 km2 at 2 m again with the exact graphs (and, asked for, with every block decoded in overlapping
     # windows), so that they are compared within one run
-    plan = [(float(s), 2.0, False, a.precision) for s in a.sizes.split(",")] + [(1.0, 1.0, False, a.precision)]
-    plan += ([(1.0, 2.0, False, exact)] if exact else []) + ([(1.0, 2.0, True, a.precision)] if a.windowed_too else [])
-    for n, (km2, gsd, win, prec) in enumerate(plan):
-        r = _child(model, km2, gsd, a.steps, win, prec, a.alignments if n == 0 and km2 == 1.0 else 0)
+    plan = [(float(s), 2.0, False, a.precision, None) for s in a.sizes.split(",")] + \
+        [(1.0, 1.0, False, a.precision, None)]
+    plan += ([(1.0, 2.0, False, exact, None)] if exact else []) + \
+        ([(1.0, 2.0, True, a.precision, None)] if a.windowed_too else []) + \
+        ([(1.0, 2.0, False, a.precision, 1.0)] if weak else [])
+    for n, (km2, gsd, win, prec, ag) in enumerate(plan):
+        r = _child(model, km2, gsd, a.steps, win, prec, a.alignments if n == 0 and km2 == 1.0 else 0, ag)
         runs.append(r)
-        print(f"large area {km2:g} km2 at {gsd:g} m, precision {prec}{' (blocks decoded in windows)' if win else ''} "
+        print(f"large area {km2:g} km2 at {gsd:g} m, precision {prec}{' (blocks decoded in windows)' if win else ''}"
+              f"{' (autoguidance off)' if ag == 1.0 else ''} "
               f"({r['px'][0]} x {r['px'][1]} px): {r['seconds']:.1f} s with the model loaded "
               f"({r['seconds_first_in_process']:.1f} s as the first request of a process), "
               f"{r['mpx_per_s_per_core']:.4f} Mpx/s per core, peak RSS {r['peak_rss_mb']:.0f} MB, {r['blocks']} blocks, "

@@ -552,6 +552,10 @@
       <translation>Sampler (leer: die Vorgabe des Modells)</translation>
     </message>
     <message>
+      <source>Autoguidance</source>
+      <translation>Autoführung</translation>
+    </message>
+    <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>
       <translation>Datensatz erzeugen (Bilder + COCO/DOTA/GeoJSON-Boxen)</translation>
     </message>

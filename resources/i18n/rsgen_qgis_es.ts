@@ -552,6 +552,10 @@
       <translation>Muestreador (vacío: el del modelo)</translation>
     </message>
     <message>
+      <source>Autoguidance</source>
+      <translation>Autoguiado</translation>
+    </message>
+    <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>
       <translation>Generar conjunto de datos (imágenes + cajas COCO/DOTA/GeoJSON)</translation>
     </message>

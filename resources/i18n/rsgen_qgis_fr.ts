@@ -552,6 +552,10 @@
       <translation>Échantillonneur (vide : celui du modèle)</translation>
     </message>
     <message>
+      <source>Autoguidance</source>
+      <translation>Auto-guidage</translation>
+    </message>
+    <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>
       <translation>Générer un jeu de données (images + boîtes COCO/DOTA/GeoJSON)</translation>
     </message>

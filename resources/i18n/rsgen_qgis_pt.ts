@@ -552,6 +552,10 @@
       <translation>Amostrador (vazio: o do modelo)</translation>
     </message>
     <message>
+      <source>Autoguidance</source>
+      <translation>Autoguiamento</translation>
+    </message>
+    <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>
       <translation>Gerar conjunto de dados (imagens + caixas COCO/DOTA/GeoJSON)</translation>
     </message>

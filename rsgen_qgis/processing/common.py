@@ -17,13 +17,14 @@ from qgis.PyQt.QtGui import QIcon
 
 from .. import settings
 from ..core.errors import RsgenError
-from ..core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, MAX_CLASS_GUIDANCE, PRECISIONS, SAMPLERS
+from ..core.request import (DEFAULT_MODEL, DEFAULT_SAMPLER, MAX_AUTOGUIDANCE, MAX_CLASS_GUIDANCE, PRECISIONS,
+                             SAMPLERS)
 from ..gis import icon_path, tr  # noqa: F401  (tr: re-exported to the algorithms)
 from ..gis.layers import describe_generated, generation_record, layer_name, move_to_generated_group
 
 PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER = "PROMPT", "MODEL", "SEED", "STEPS", "GUIDANCE", "SAMPLER"
-PRECISION, CLASS_GUIDANCE = "PRECISION", "CLASS_GUIDANCE"
-MODEL_PARAMS = (PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, PRECISION, CLASS_GUIDANCE)
+PRECISION, CLASS_GUIDANCE, AUTOGUIDANCE = "PRECISION", "CLASS_GUIDANCE", "AUTOGUIDANCE"
+MODEL_PARAMS = (PROMPT, MODEL, SEED, STEPS, GUIDANCE, SAMPLER, PRECISION, CLASS_GUIDANCE, AUTOGUIDANCE)
 
 
 class RsgenAlgorithm(QgsProcessingAlgorithm):
@@ -140,6 +141,12 @@ def add_model_parameters(alg, prompt_default: str = "") -> None:
                "class_guidance tag says what was done.")
     cg.setFlags(cg.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     alg.addParameter(cg)
+    ag = Num(AUTOGUIDANCE, tr("Autoguidance"), Num.Type.Double, None, True, 1.0, MAX_AUTOGUIDANCE)
+    ag.setHelp("How far each step moves away from what the model's weaker version predicts (autoguidance; 1 = "
+               "off, one evaluation fewer a step). Empty: the model's default. Only models that carry a weak model "
+               "(rsgen-base-1 from 1.0.0a19) use it. The GeoTIFF's autoguidance tag says what was done.")
+    ag.setFlags(ag.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+    alg.addParameter(ag)
 
 
 def model_values(alg, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, Any]:
@@ -161,6 +168,8 @@ def model_values(alg, parameters: Dict[str, Any], context: QgsProcessingContext)
                 precision=alg.parameterAsEnumString(parameters, PRECISION, context) or "auto",
                 class_guidance=(alg.parameterAsDouble(parameters, CLASS_GUIDANCE, context)
                                 if given(parameters, CLASS_GUIDANCE) else None),
+                autoguidance=(alg.parameterAsDouble(parameters, AUTOGUIDANCE, context)
+                              if given(parameters, AUTOGUIDANCE) else None),
                 pixel_budget=settings.pixel_budget())
 
 
