@@ -32,6 +32,7 @@ LAST_DEFAULTS = {
     "precision": ("auto", str),
     "gsd_m": (4.0, float),
     "class_guidance": (-1.0, float),  # -1: never set, the model's default
+    "autoguidance": (-1.0, float),  # -1: never set, the model's default
 }
 
 

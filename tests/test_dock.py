@@ -3,6 +3,7 @@
 The canvas sits over Swellendam (UTM 34S) like the CLI's demo. Generation uses the tiny random-weights
 package from conftest (`tiny_model_dir`), handed to the plugin through $RSGEN_MODEL_DIRS.
 """
+import json
 import math
 import os
 
@@ -577,3 +578,29 @@ def test_class_guidance_control_follows_the_model(make_dock, tiny_model_dir, mon
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
     assert not dock.class_spin.isEnabled() and "no class guide" in dock.class_spin.toolTip()
     assert dock.build_request().class_guidance is None
+
+
+def test_autoguidance_control_follows_the_model(make_dock, tiny_model_dir, monkeypatch, tmp_path):
+    """The Autoguidance control is on for a model with a weak model (its default until the user generated with a
+    value of their own; 1 shows Off) and off, saying why, for one without, whose request leaves it to the model."""
+    import shutil
+
+    from rsgen_qgis.training.weak_model import attach
+
+    weak = tmp_path / "d" / "rsgen-tiny-weak"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), weak)
+    man = json.loads((weak / "manifest.json").read_text())
+    man.update(id="rsgen-tiny-weak", name="tiny with a weak model")
+    (weak / "manifest.json").write_text(json.dumps(man))
+    attach(str(weak), str(weak / "denoiser.onnx"), 2.5)
+    monkeypatch.setenv(settings.ENV_MODEL_DIRS, os.pathsep.join([tiny_model_dir, str(tmp_path / "d")]))
+    settings.set_last(model="rsgen-tiny-weak")
+    dock = make_dock()
+    assert dock.model_combo.currentData() == "rsgen-tiny-weak"
+    assert dock.auto_spin.isEnabled() and dock.auto_spin.value() == 2.5
+    assert "weaker version" in dock.auto_spin.toolTip() and dock.build_request().autoguidance == 2.5
+    dock.auto_spin.setValue(1.0)
+    assert dock.auto_spin.text() == "Off" and dock.build_request().autoguidance == 1.0
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
+    assert not dock.auto_spin.isEnabled() and "no weaker version" in dock.auto_spin.toolTip()
+    assert dock.build_request().autoguidance is None

@@ -64,6 +64,14 @@
       <translation>nenhuma pasta</translation>
     </message>
     <message>
+      <source>This model has no weaker version of itself to guide with (autoguidance).</source>
+      <translation>Este modelo não tem uma versão mais fraca de si mesmo com a qual se guiar (autoguiamento).</translation>
+    </message>
+    <message>
+      <source>How far each step moves away from what a weaker version of the model predicts (autoguidance): sharper structure and clearer scene classes. Off = 1, which saves about a third of the time.</source>
+      <translation>Quanto cada passo se afasta do que uma versão mais fraca do modelo prevê (autoguiamento): estruturas mais nítidas e classes de cena mais claras. Desligado = 1, o que poupa cerca de um terço do tempo.</translation>
+    </message>
+    <message>
       <source>This model has no class guide (a scene classifier that steers the image towards the scene classes the prompt names).</source>
       <translation>Este modelo não tem guia de classes (um classificador de cenas que orienta a imagem para as classes de cena que a descrição nomeia).</translation>
     </message>
@@ -332,6 +340,10 @@
       <translation>Guia por classe</translation>
     </message>
     <message>
+      <source>Autoguidance</source>
+      <translation>Autoguiamento</translation>
+    </message>
+    <message>
       <source>Sampler</source>
       <translation>Amostrador</translation>
     </message>
@@ -550,10 +562,6 @@
     <message>
       <source>Sampler (empty: the model's default)</source>
       <translation>Amostrador (vazio: o do modelo)</translation>
-    </message>
-    <message>
-      <source>Autoguidance</source>
-      <translation>Autoguiamento</translation>
     </message>
     <message>
       <source>Generate dataset (images + COCO/DOTA/GeoJSON boxes)</source>

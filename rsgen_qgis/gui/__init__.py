@@ -175,6 +175,15 @@ def model_choices(extra_dirs: Sequence[str]) -> Tuple[List, str, str]:
 GUIDANCE_SPIN_RANGE = (0.0, 30.0)
 
 
+def autoguidance_hint(manifest: dict) -> Tuple[bool, str]:
+    """(whether the model carries a weak model, the autoguidance control's tooltip)."""
+    if "weak_denoiser" not in (manifest.get("graphs") or {}):
+        return False, tr("This model has no weaker version of itself to guide with (autoguidance).")
+    return True, tr("How far each step moves away from what a weaker version of the model predicts "
+                    "(autoguidance): sharper structure and clearer scene classes. Off = 1, which saves about a "
+                    "third of the time.")
+
+
 def class_guidance_hint(manifest: dict) -> Tuple[bool, str]:
     """(whether the model has a class guide, the class guidance control's tooltip)."""
     if not manifest.get("class_guide"):

@@ -34,14 +34,14 @@ from .. import settings
 from ..core.errors import ExtentError, ModelPackageError, OutputError, RsgenError
 from ..core.geo.georef import grid_for_request, gsd_metres_mean
 from ..core.recall import Recorded, model_change_note
-from ..core.request import DEFAULT_MODEL, MAX_CLASS_GUIDANCE, Conditions, GenerationRequest
+from ..core.request import DEFAULT_MODEL, MAX_AUTOGUIDANCE, MAX_CLASS_GUIDANCE, Conditions, GenerationRequest
 from ..gis.extent import (Extent, RectangleMapTool, canvas_extent, crs_from_text, describe_crs, extent_in, fit_grid,
                           from_rectangle, grid_and_gsd, layer_extent, unit_suffix)
 from ..gis.layers import layer_name, layers_using_file, source_layer_name
 from ..gis.task import EstimateTask, GenerationTask
 from .conditions import ConditionsPanel
 from .models_menu import ModelMenu
-from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, class_guidance_hint, dspin, duration, form, guidance_limits, metres,
+from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, autoguidance_hint, class_guidance_hint, dspin, duration, form, guidance_limits, metres,
                model_choices, narrow, precision_labels, provider_text, row, sampler_hints, sampler_labels, set_quiet,
                spin, tr, wrap_label)
 
@@ -211,6 +211,10 @@ class GenerationDock(QgsDockWidget):
         self.class_spin.setSpecialValueText(tr("Off"))
         self._class_from_model = False  # True until the user generated with a value: the chosen model's default
         imf.addRow(tr("Class guidance"), self.class_spin)
+        self.auto_spin = dspin(1.0, MAX_AUTOGUIDANCE, 1.0, 1, 0.5)
+        self.auto_spin.setSpecialValueText(tr("Off"))
+        self._auto_from_model = True  # as _class_from_model: the chosen model's default until the user's own
+        imf.addRow(tr("Autoguidance"), self.auto_spin)
         self.sampler_combo = narrow(QComboBox())
         hints = sampler_hints()
         for key, label in sampler_labels().items():
@@ -308,6 +312,9 @@ class GenerationDock(QgsDockWidget):
         cg = settings.last("class_guidance")
         self._class_from_model = cg < 0
         self.class_spin.setValue(max(cg, 0.0))
+        ag = settings.last("autoguidance")
+        self._auto_from_model = ag < 0
+        self.auto_spin.setValue(max(ag, 1.0))
         i = self.sampler_combo.findData(settings.last("sampler"))
         self.sampler_combo.setCurrentIndex(max(i, 0))
         i = self.precision_combo.findData(settings.last("precision"))
@@ -613,6 +620,11 @@ class GenerationDock(QgsDockWidget):
         self.class_spin.setToolTip(tip)
         if has and self._class_from_model:  # no value of the user's yet: the model's own
             self.class_spin.setValue(float((manifest.get("defaults") or {}).get("class_guidance", 0.0)))
+        has, tip = autoguidance_hint(manifest)
+        self.auto_spin.setEnabled(has)
+        self.auto_spin.setToolTip(tip)
+        if has and self._auto_from_model:
+            self.auto_spin.setValue(float((manifest.get("defaults") or {}).get("autoguidance", 1.0)))
         self.models_menu.update_actions()
         rng = self.gsd_range()
         self.gsd_range_label.setText(tr("Model: {lo:g}–{hi:g} m").format(lo=rng[0], hi=rng[1]) if rng else "")
@@ -651,6 +663,9 @@ class GenerationDock(QgsDockWidget):
         cg = d.get("class_guidance")
         if isinstance(cg, (int, float)) and not isinstance(cg, bool):
             self.class_spin.setValue(float(cg))
+        ag = d.get("autoguidance")
+        if isinstance(ag, (int, float)) and not isinstance(ag, bool):
+            self.auto_spin.setValue(float(ag))
 
     # -- settings of a generated image ---------------------------------------------------------------------
     def recall(self, rec: Recorded) -> List[str]:
@@ -683,6 +698,8 @@ class GenerationDock(QgsDockWidget):
         self.guidance_spin.setValue(float(r.get("guidance", self.guidance_spin.value())))  # after the model's range
         if isinstance(r.get("class_guidance"), (int, float)):  # None (the model's default) keeps the dock's value
             self.class_spin.setValue(float(r["class_guidance"]))
+        if isinstance(r.get("autoguidance"), (int, float)):
+            self.auto_spin.setValue(float(r["autoguidance"]))
         self.large_check.setChecked(bool(r.get("large_area", False)))
         try:
             crs = crs_from_text(r["crs"])
@@ -748,7 +765,8 @@ class GenerationDock(QgsDockWidget):
                       steps=self.steps_spin.value(), guidance=self.guidance_spin.value(),
                       sampler=self.sampler_combo.currentData(), model=model, pixel_budget=settings.pixel_budget(),
                       precision=self.precision_combo.currentData(),
-                      class_guidance=self.class_spin.value() if self.class_spin.isEnabled() else None)
+                      class_guidance=self.class_spin.value() if self.class_spin.isEnabled() else None,
+                      autoguidance=self.auto_spin.value() if self.auto_spin.isEnabled() else None)
         ext = self.current_extent()
         if self.conditions.raster_mode():  # the raster's own grid, in the Area's extent
             return self.conditions.raster_request(extent=ext, crs=self.canvas.mapSettings().destinationCrs(),
@@ -795,6 +813,9 @@ class GenerationDock(QgsDockWidget):
         if req.class_guidance is not None:
             settings.set_last(class_guidance=req.class_guidance)
             self._class_from_model = False
+        if req.autoguidance is not None:
+            settings.set_last(autoguidance=req.autoguidance)
+            self._auto_from_model = False
         if self._units == "m" and req.gsd:
             settings.set_last(gsd_m=req.gsd)
         self._queue, self._providers, self._done = queue[1:], providers, []
