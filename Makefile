@@ -10,7 +10,7 @@ RUNTIME_REQ := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent progressive-latent export-latent quantize-latent weak-latent quantize-ae train-gpu gpu-slim gpu-unslim package clean help
+.PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent progressive-latent export-latent quantize-latent weak-latent prompt-bank-latent quantize-ae train-gpu gpu-slim gpu-unslim package clean help
 
 help:
 	@echo "make demo     install, then generate a georeferenced image with the bundled model"
@@ -224,6 +224,10 @@ WEAK_SOURCE ?=
 weak-latent: install
 	$(PY) -m rsgen_qgis.training.weak_model attach --package models/rsgen-base-1 --weak $(WEAK) \
 	    --scale $(WEAK_SCALE) --source "$(WEAK_SOURCE)" --drop-fp16
+# The prompt bank (core/engine/prompt_bank.py): the training phrases listed in the manifest, so that a free-form
+# prompt is read as a mixture of them
+prompt-bank-latent: install
+	$(PY) -m rsgen_qgis.training.prompt_bank attach --package models/rsgen-base-1
 quantize-ae: install
 	$(PY) -m rsgen_qgis.training.quantize --autoencoder models/taef2 --latents runs/latents/train.s0.npz
 # One device call (docs/GPU.md): the same training on the GPU for at most 8 minutes from the latent pack carried

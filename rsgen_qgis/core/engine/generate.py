@@ -73,7 +73,18 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
         "metadata_used": {k: ("unknown" if v is None else v) for k, v in metadata.items()},
         "class_guidance": class_guidance_tag(req, model),
         **autoguidance_tags(req, model),
+        **prompt_reading_tag(req, model),
     }
+
+
+def prompt_reading_tag(req: GenerationRequest, model: LoadedModel) -> dict:
+    """How the package's prompt bank read the prompt (core.engine.prompt_bank): its leading phrases and weights."""
+    if model.interface != "rsgen" or model.text_encoder is None or not req.prompt.strip() or \
+            "prompt_bank" not in model.package.manifest.get("conditions", {}):
+        return {}
+    cache = PromptCache(req, model)
+    cache.pooled()
+    return {"prompt_reading": cache.reading}
 
 
 def autoguidance_tags(req: GenerationRequest, model: LoadedModel) -> dict:

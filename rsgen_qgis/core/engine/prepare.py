@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from . import autoguide, classguide
+from . import autoguide, classguide, prompt_bank
 from .guideproj import GuideProjector
 from ..conditions import diffusionsat
 from ..conditions.encoding import CondLayout, NO_LAYOUT, cond_vectors, layout_onehot, unconditional
@@ -106,16 +106,18 @@ class PromptCache:
     def __init__(self, req: GenerationRequest, model) -> None:
         self.prompt = req.prompt.strip()
         self.model, self._emb, self._done = model, None, False
+        self.reading = ""  # how the package's prompt bank read the prompt (core.engine.prompt_bank), "" without one
 
     def pooled(self) -> Optional[np.ndarray]:
-        """rsgen: (1, D) sentence embedding or None for an empty prompt."""
+        """rsgen: (1, D) sentence embedding (read in the package's prompt bank where it has one) or None for an
+        empty prompt."""
         if not self._done:
             self._done = True
             if self.prompt:
                 if self.model.text_encoder is None:
                     raise ConditionError(f"Model {self.model.package.id!r} takes no text prompt; leave the prompt "
                                          "empty.")
-                self._emb = self.model.text_encoder.embed([self.prompt])
+                self._emb, self.reading = prompt_bank.read(self.model, self.model.text_encoder.embed([self.prompt]))
         return self._emb
 
 
