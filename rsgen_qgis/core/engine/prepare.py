@@ -74,6 +74,9 @@ def pool_max(a: np.ndarray, f: int) -> np.ndarray:
     return a.reshape(*lead, H // f, f, W // f, f).max(axis=(-3, -1))
 
 
+GSD_EDGE_SLACK = 0.02
+
+
 def metadata_for(grid: Grid, req: GenerationRequest, manifest: dict, warnings: List[str]) -> dict:
     """GSD in metres (ellipsoidal), centre lon/lat and date, each kept or set unknown by the model's policy."""
     lon, lat = centre_lonlat(grid)
@@ -91,7 +94,10 @@ def metadata_for(grid: Grid, req: GenerationRequest, manifest: dict, warnings: L
             continue
         if field_ == "date":
             continue
-        if not rng[0] <= v <= rng[1]:
+        # a GSD at the range's edge as the user asked for it (4 m in UTM is 4.0016 ellipsoidal metres near a zone's
+        # edge) is inside: 2 % slack, well below the factor of 2 between the training GSDs that matter
+        slack = GSD_EDGE_SLACK if field_ == "gsd" else 0.0
+        if not rng[0] * (1 - slack) <= v <= rng[1] * (1 + slack):
             if rule.get("outside") == "unknown":
                 out[key] = None
             else:
