@@ -496,6 +496,32 @@ def test_images_makes_seed_variants_one_after_the_other(tiny_dock, qgis_iface, q
     assert dock.generate_btn.isEnabled()
 
 
+def test_the_success_message_says_how_a_prompt_bank_read_the_prompt(make_dock, tiny_model_dir, monkeypatch,
+                                                                    qgis_iface, qtbot, tmp_path):
+    """A model with a prompt bank (core.engine.prompt_bank): the message names the phrases the prompt was read as;
+    one without says nothing of it."""
+    import shutil
+
+    from rsgen_qgis.gui.dock import prompt_reading
+    from rsgen_qgis.training.prompt_bank import attach
+
+    banked = tmp_path / "d" / "rsgen-tiny"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), banked)
+    attach(str(banked))
+    monkeypatch.setenv(settings.ENV_MODEL_DIRS, str(tmp_path / "d"))
+    dock = make_dock()
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("rsgen-tiny"))
+    small_run(dock, tmp_path / "b.tif", prompt="farmland with a river")
+    qgis_iface.messageBar().clear_messages()
+    assert dock.generate() is not None
+    qtbot.waitUntil(lambda: dock.task is None and len(dock._done) == 1, timeout=TASK_TIMEOUT_MS)
+    reading = prompt_reading(str(tmp_path / "b.tif"))
+    assert reading.count("%") == 3
+    (text,) = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)
+    assert f"The model read the prompt as: {reading}." in text
+    assert prompt_reading(str(tmp_path / "missing.tif")) == ""
+
+
 def test_cancel_drops_the_variants_not_started(tiny_dock, qtbot, tmp_path):
     dock = small_run(tiny_dock, tmp_path / "v.tif", images=4)
     assert dock.generate() is not None

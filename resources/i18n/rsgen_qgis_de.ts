@@ -488,6 +488,10 @@
       <translation>Es ist eine temporäre Datei, die beim Schließen von QGIS gelöscht wird: eine Ausgabedatei festlegen oder Rechtsklick auf den Layer &gt; Exportieren &gt; Speichern als…, um sie zu behalten.</translation>
     </message>
     <message>
+      <source>The model read the prompt as: {r}.</source>
+      <translation>Das Modell las den Prompt als: {r}.</translation>
+    </message>
+    <message>
       <source>Added “{name}”: {short} ({path})</source>
       <translation>„{name}“ hinzugefügt: {short} ({path})</translation>
     </message>

@@ -488,6 +488,10 @@
       <translation>Es un archivo temporal, que se borra al cerrar QGIS: defina un Archivo de salida, o clic derecho en la capa &gt; Exportar &gt; Guardar como… para conservarlo.</translation>
     </message>
     <message>
+      <source>The model read the prompt as: {r}.</source>
+      <translation>El modelo leyó el prompt como: {r}.</translation>
+    </message>
+    <message>
       <source>Added “{name}”: {short} ({path})</source>
       <translation>Añadida «{name}»: {short} ({path})</translation>
     </message>

@@ -488,6 +488,10 @@
       <translation>C'est un fichier temporaire, supprimé à la fermeture de QGIS : définissez un Fichier de sortie, ou clic droit sur la couche &gt; Exporter &gt; Enregistrer sous… pour le garder.</translation>
     </message>
     <message>
+      <source>The model read the prompt as: {r}.</source>
+      <translation>Le modèle a lu le prompt comme : {r}.</translation>
+    </message>
+    <message>
       <source>Added “{name}”: {short} ({path})</source>
       <translation>« {name} » ajoutée : {short} ({path})</translation>
     </message>

@@ -488,6 +488,10 @@
       <translation>É um arquivo temporário, apagado quando o QGIS fecha: defina um Arquivo de saída, ou clique com o botão direito na camada &gt; Exportar &gt; Salvar como… para mantê-lo.</translation>
     </message>
     <message>
+      <source>The model read the prompt as: {r}.</source>
+      <translation>O modelo leu o prompt como: {r}.</translation>
+    </message>
+    <message>
       <source>Added “{name}”: {short} ({path})</source>
       <translation>Adicionada “{name}”: {short} ({path})</translation>
     </message>

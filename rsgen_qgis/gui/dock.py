@@ -63,6 +63,16 @@ def same_grid(grid, recorded: dict) -> bool:
         abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(grid.transform, want.transform))
 
 
+
+def prompt_reading(path: str) -> str:
+    """The generated GeoTIFF's prompt_reading tag ('' when it has none or cannot be read)."""
+    from ..core.geo.geotiff import IO_ERRORS, read_tags
+
+    try:
+        return read_tags(path).get("prompt_reading", "")
+    except IO_ERRORS:
+        return ""
+
 class GenerationDock(QgsDockWidget):
     def __init__(self, iface, parent: Optional[QWidget] = None):
         super().__init__(tr(TITLE), parent)
@@ -874,6 +884,9 @@ class GenerationDock(QgsDockWidget):
         if os.path.abspath(result.path).startswith(os.path.abspath(QgsProcessingUtils.tempFolder()) + os.sep):
             keep = " " + tr("It is a temporary file, deleted when QGIS closes: set an Output file, or right-click "
                             "the layer > Export > Save As… to keep it.")
+        reading = prompt_reading(result.path)
+        if reading:  # a package with a prompt bank (core.engine.prompt_bank): what the model was told
+            keep = " " + tr("The model read the prompt as: {r}.").format(r=reading) + keep
         self._message(tr("Added “{name}”: {short} ({path})").format(name=layer.name(), short=short,
                                                                    path=result.path) + keep,
                       Qgis.MessageLevel.Success, 8)
