@@ -206,7 +206,9 @@ progressive-latent: install
 	    --out $(PROGRESSIVE_OUT) --minutes $(PROGRESSIVE_MINUTES) --batch 16 --loss-weight $(LATENT_LOSS) \
 	    --aid-share $(LATENT_AID_SHARE) --resume $(PROGRESSIVE_ARGS)
 # The instalment's EMA weights into models/rsgen-base-1 (fp32 + fp16 graphs), the text encoder taken from
-# models/rsgen-base (named and pinned by sha256, not copied), on the autoencoder models/taef2.
+# models/rsgen-base (named and pinned by sha256, not copied), on the autoencoder models/taef2. An export writes
+# neither the weak model nor the prompt bank: then `make quantize-latent`, `make weak-latent WEAK=<an earlier
+# instalment's int8 graph>` (it drops the fp16 graph again) and `make prompt-bank-latent` (MODEL_CARD.md, 1.0.0a19-a20).
 LATENT_CKPT ?= runs/train-latent/last.pt
 export-latent: install
 	$(PY) -m rsgen_qgis.training.export --checkpoint $(LATENT_CKPT) --out models/rsgen-base-1 \
