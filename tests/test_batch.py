@@ -452,3 +452,26 @@ def test_block_windows_absent_or_null_is_the_models_default(tmp_path):
     assert spec.parse(base, str(tmp_path / "job.yaml")).block_windows is None
     assert spec.parse({**base, "block_windows": None}, str(tmp_path / "job.yaml")).block_windows is None
     assert spec.parse({**base, "block_windows": 3}, str(tmp_path / "job.yaml")).block_windows == 3
+
+
+def test_a_job_is_not_resumed_with_another_version_of_its_model(tmp_path, tiny_model_dir):
+    """The package changed between two runs of the same job (here a prompt bank added, the denoiser the same):
+    resuming would mix tiles of two versions, so it is refused with a message, and the tiles made stay."""
+    import shutil
+
+    from rsgen_qgis.core.errors import OutputError
+    from rsgen_qgis.training.prompt_bank import attach
+
+    models = tmp_path / "m"
+    shutil.copytree(os.path.join(tiny_model_dir, "rsgen-tiny"), models / "rsgen-tiny")
+    s = spec.load(job(tmp_path, md=str(models), name="v.yaml", out="v"))
+    first = runner.run(s, workers=0, progress=False)
+    assert first["model"]["package_sha256"] and len(first["tiles"]) >= 1
+    before = tile_bytes(s.output)
+    again = runner.run(s, workers=0, progress=False)  # the same package: resumed, nothing redone
+    assert again["tiles"] == first["tiles"]
+    attach(str(models / "rsgen-tiny"))
+    with pytest.raises(OutputError, match="was started with another version of model 'rsgen-tiny'"):
+        runner.run(s, workers=0, progress=False)
+    assert tile_bytes(s.output) == before
+

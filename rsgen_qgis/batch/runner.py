@@ -219,6 +219,12 @@ def write_json_atomic(path: str, data: dict) -> None:
         raise
 
 
+def package_identity(pkg) -> str:
+    """sha256 of the package's manifest (canonical JSON), which lists every file's sha256: a weak model or a prompt
+    bank added to the same denoiser changes it, as a new denoiser does."""
+    return hashlib.sha256(json.dumps(pkg.manifest, sort_keys=True).encode()).hexdigest()
+
+
 def _job_identity(spec: JobSpec) -> str:
     d = spec.to_dict()
     d.pop("path", None)
@@ -365,6 +371,13 @@ def _run_locked(spec: JobSpec, pkg, lay, pitch: int, tiles: List[Tile], workers:
         if old.get("job_identity") != ident:
             raise OutputError(f"{spec.output} holds the results of a different job spec; choose another output "
                               "folder or remove it.")
+        was = old.get("model") if isinstance(old.get("model"), dict) else {}
+        if was.get("package_sha256", package_identity(pkg)) != package_identity(pkg) or \
+                was.get("sha256", pkg.denoiser_sha256) != pkg.denoiser_sha256:
+            raise OutputError(f"{spec.output} was started with another version of model {pkg.id!r} (the package "
+                              "has changed since: its graphs, weak model, prompt bank or defaults), so new tiles "
+                              "would not match the ones made; choose another output folder, or remove it to start "
+                              "over with this version.")
         done = {k: v for k, v in old.get("tiles", {}).items() if _tile_ok(spec.output, v)}
         if len(done) < len(old.get("tiles", {})):
             log(f"{len(old['tiles']) - len(done)} recorded tiles are missing or changed; they will be redone")
@@ -375,7 +388,7 @@ def _run_locked(spec: JobSpec, pkg, lay, pitch: int, tiles: List[Tile], workers:
         warnings.append(w)
         log(f"warning: {w}")
     manifest = {"format": FORMAT, "job_identity": ident, "job": spec.to_dict(), "tile_px": pitch,
-                "model": {"id": pkg.id, "sha256": pkg.denoiser_sha256},
+                "model": {"id": pkg.id, "sha256": pkg.denoiser_sha256, "package_sha256": package_identity(pkg)},
                 "metadata_policy": pkg.manifest.get("conditions", {}).get("metadata_coverage", {}),
                 "training_gsd_range_m": (pkg.manifest.get("training", {}) or {}).get("gsd_range_m"),
                 "block_layout": {"tile": lay.tile, "overlap": lay.overlap, "block": lay.block, "band": lay.band},
