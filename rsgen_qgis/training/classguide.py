@@ -207,9 +207,9 @@ def add_to_package(package_dir: str, graph: str, classes: Sequence[str], phrases
         "temperature": temperature, "min_similarity": min_similarity, "min_logsnr": min_logsnr,
         "max_logsnr": max_logsnr, "default_scale": default_scale, **({"training": training} if training else {})}
     manifest.setdefault("defaults", {})["class_guidance"] = default_scale
-    with open(mpath + ".partial", "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(mpath + ".partial", mpath)
+    from .manifest_write import replace_manifest
+
+    replace_manifest(package_dir, manifest)
     return manifest
 
 

@@ -17,6 +17,7 @@ from typing import List
 from ..core.runtime.manifest_schema import check_manifest
 from ..core.runtime.models import read_package
 from .captions import AID_SYNONYMS, GREEN, MAJOR, URBAN, WATER
+from .manifest_write import replace_manifest
 
 
 def phrases() -> List[str]:
@@ -34,12 +35,8 @@ def attach(package: str, temperature: float = 0.03) -> dict:
         raise ValueError(f"{package}: a prompt bank needs an rsgen denoiser with a text encoder.")
     man["conditions"]["prompt_bank"] = {"phrases": phrases(), "temperature": float(temperature),
                                         "source": "training/captions.py: AID scene synonyms and maps caption parts"}
-    path = os.path.join(pkg.path, "manifest.json")
-    check_manifest(man, path)
-    tmp = os.path.join(pkg.path, ".manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(man, f, indent=1)
-    os.replace(tmp, path)
+    check_manifest(man, os.path.join(pkg.path, "manifest.json"))
+    replace_manifest(pkg.path, man)
     return man
 
 

@@ -35,6 +35,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from ..core.runtime.models import read_package, sha256_file
+from .manifest_write import replace_manifest
 
 INT8_FILE = "denoiser_int8.onnx"
 QUANTIZED_OPS = ("Conv",)
@@ -221,10 +222,7 @@ def _install(pkg, man: dict, tmp: str, name: str) -> dict:
     dst = os.path.join(pkg.path, name)  # a new file: pkg.file() gives only listed, verified ones
     os.replace(tmp, dst)
     man["files"][name] = {"sha256": sha256_file(dst), "bytes": os.path.getsize(dst)}
-    mtmp = os.path.join(pkg.path, ".manifest.json.tmp")
-    with open(mtmp, "w") as f:
-        json.dump(man, f, indent=1)
-    os.replace(mtmp, pkg.file("manifest.json"))
+    replace_manifest(pkg.path, man)
     return man
 
 

@@ -22,6 +22,7 @@ from ..core.errors import ModelPackageError
 from ..core.runtime.manifest_schema import check_manifest
 from ..core.runtime.models import ModelPackage, check_io, read_package
 from ..core.runtime.package_files import sha256_file
+from .manifest_write import replace_manifest
 
 NAME = "weak_denoiser.onnx"
 
@@ -59,10 +60,7 @@ def attach(package: str, weak: str, scale: float, source: str = "", drop_fp16: b
     man["files"][NAME] = {"sha256": sha256_file(tmp), "bytes": os.path.getsize(tmp)}
     check_manifest(man, os.path.join(pkg.path, "manifest.json"))
     os.replace(tmp, dst)
-    mtmp = os.path.join(pkg.path, ".manifest.json.tmp")
-    with open(mtmp, "w") as f:
-        json.dump(man, f, indent=1)
-    os.replace(mtmp, os.path.join(pkg.path, "manifest.json"))
+    replace_manifest(pkg.path, man)
     for name in filter(None, (dropped, old if old != NAME else None)):
         try:
             os.remove(os.path.join(pkg.path, name))
