@@ -98,7 +98,8 @@ def tile_seconds(model: str, steps: int, precision: str = "auto", autoguidance=N
         m.autoencoder.decode(z)
     dec = (time.perf_counter() - t0) / 3
     return {"tile_256px_s": statistics.median(ts), "steps": steps, "decode_256px_s": dec, "precision": precision,
-            "autoguidance": "package default" if autoguidance is None else autoguidance, "denoiser_graph": m.variant, "decoder_graph": getattr(m.autoencoder, "variant", "fp32")}
+            "autoguidance": "package default" if autoguidance is None else autoguidance, "denoiser_graph": m.variant,
+            "decoder_graph": getattr(m.autoencoder, "variant", "fp32")}
 
 
 def large_child(model: str, km2: float, gsd: float, steps: int, out_json: str, windowed: bool = False,
@@ -234,9 +235,9 @@ def main() -> None:
         tiles.append(out["tile_20_steps"])
     for t in tiles:
         ag = " (autoguidance off)" if t["autoguidance"] == 1.0 else ""
-        print(f"latent model {out['model']} {version}{ag}: 256 px tile, {t['steps']} steps ({out['evaluations_per_step']} "
-              f"evaluation(s) each{', one fewer here' if ag else ''}, guidance 3), precision {t['precision']} (denoiser {t['denoiser_graph']}, decoder "
-              f"{t['decoder_graph']}), via generate(): {t['tile_256px_s']:.2f} s; decode of one 256 px tile "
+        print(f"latent model {out['model']} {version}{ag}: 256 px tile, {t['steps']} steps "
+              f"({out['evaluations_per_step']} evaluation(s) each{', one fewer here' if ag else ''}, guidance 3), "
+              f"precision {t['precision']} (denoiser {t['denoiser_graph']}, decoder {t['decoder_graph']}), via generate(): {t['tile_256px_s']:.2f} s; decode of one 256 px tile "
               f"{t['decode_256px_s']:.3f} s", flush=True)
     runs = []
     # then 1 km2 at 2 m again with the exact graphs (and, asked for, with every block decoded in overlapping

@@ -41,9 +41,9 @@ from ..gis.layers import layer_name, layers_using_file, source_layer_name
 from ..gis.task import EstimateTask, GenerationTask
 from .conditions import ConditionsPanel
 from .models_menu import ModelMenu
-from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, autoguidance_hint, class_guidance_hint, dspin, duration, form, guidance_limits, metres,
-               model_choices, narrow, precision_labels, provider_text, row, sampler_hints, sampler_labels, set_quiet,
-               spin, tr, wrap_label)
+from . import (ERROR_STYLE, GUIDANCE_SPIN_RANGE, autoguidance_hint, class_guidance_hint, dspin, duration, form,
+               guidance_limits, metres, model_choices, narrow, precision_labels, provider_text, row, sampler_hints,
+               sampler_labels, set_quiet, spin, tr, wrap_label)
 
 TITLE = "Satellite image generation"
 SOURCES = (("canvas", "Map canvas"), ("layer", "Layer extent"), ("drawn", "Drawn rectangle"))
@@ -63,7 +63,6 @@ def same_grid(grid, recorded: dict) -> bool:
         abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(grid.transform, want.transform))
 
 
-
 def prompt_reading(path: str) -> str:
     """The generated GeoTIFF's prompt_reading tag ('' when it has none or cannot be read)."""
     from ..core.geo.geotiff import IO_ERRORS, read_tags
@@ -72,6 +71,7 @@ def prompt_reading(path: str) -> str:
         return read_tags(path).get("prompt_reading", "")
     except IO_ERRORS:
         return ""
+
 
 class GenerationDock(QgsDockWidget):
     def __init__(self, iface, parent: Optional[QWidget] = None):

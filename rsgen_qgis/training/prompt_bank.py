@@ -3,9 +3,9 @@ free-form prompt is read as a mixture of them.
 
     python -m rsgen_qgis.training.prompt_bank attach --package models/rsgen-base-1 [--temperature 0.03]
 
-The phrases are the AID scene synonyms and the maps captions' parts (training/captions.py) but the fallback, the
-words the latent model's captions are built from (without the templates, "a satellite image of ...", which add nothing a prompt is
-about). The manifest is replaced atomically and checked as the run time checks it. No torch.
+The phrases are the AID scene synonyms and the maps captions' parts (training/captions.py) but the fallback: the
+words the latent model's captions are built from, without the templates ("a satellite image of ..."), which add
+nothing a prompt is about. The manifest is replaced atomically and checked as the run time checks it. No torch.
 """
 from __future__ import annotations
 

@@ -31,9 +31,7 @@ class Resolved:
 
 
 def package_default(manifest: dict) -> float:
-    """The scale a package asks for when the request leaves it to the model: 1 (off) without a weak model."""
-    if WEAK_GRAPH not in manifest.get("graphs", {}):
-        return 1.0
+    """The scale a package with a weak model asks for when the request leaves it to the model."""
     return float((manifest.get("defaults") or {}).get("autoguidance", 1.0))
 
 

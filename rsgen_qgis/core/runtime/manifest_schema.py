@@ -192,7 +192,8 @@ RSGEN_CONDITIONS = Obj(
      "guidance_input": Obj({"range": PAIR, "shift": NUM, "scale": Num(0, 1e6, above=0)}),
      "metadata": Map(Obj({}, {"shift": NUM, "scale": NUM, "encoding": Str()})),
      "metadata_coverage": Map(Any_(Null(), COVERAGE)),
-     "prompt_bank": Obj({"phrases": List(Str(pattern=r"^[^\n]{1,200}$"), 1, 4096), "temperature": Num(0, 1, above=0)}, {"source": Str()})})
+     "prompt_bank": Obj({"phrases": List(Str(pattern=r"^[^\n]{1,200}$"), 1, 4096),
+                         "temperature": Num(0, 1, above=0)}, {"source": Str()})})
 AE_PART = Obj({"file": NAME}, {"fp16_file": NAME, "input": Str(), "output": Str()})
 AUTOENCODER = Obj({"factor": Int(1, 64), "channels": Int(1, 1024), "decoder": AE_PART},
                   {"encoder": AE_PART, "image_range": PAIR,
