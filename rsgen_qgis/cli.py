@@ -16,7 +16,7 @@ import sys
 from typing import List, Optional
 
 from .core.errors import ParameterError, RsgenError
-from .core.request import DEFAULT_SAMPLER, PRECISIONS, SAMPLERS, GenerationRequest
+from .core.request import DEFAULT_MODEL, DEFAULT_SAMPLER, PRECISIONS, SAMPLERS, GenerationRequest
 
 # A sample extent for `demo`: Swellendam, Western Cape (UTM 34S), 1.6 km at 4 m/px.
 DEMO = dict(extent=(453000.0, 6233600.0, 454600.0, 6235200.0), crs="EPSG:32734", gsd=4.0,
@@ -34,15 +34,16 @@ def _extent(text: str):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="rsgen-base", help="model id or package folder (default rsgen-base)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id or package folder (default {DEFAULT_MODEL}, "
+                   "the 1.0 preview; rsgen-base is the 64 px pixel model 0.5.0)")
     p.add_argument("--model-dir", action="append", default=[], help="extra folder with model packages")
     p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own, as the "
-                   "dock uses; rsgen-base 20)")
+                   "dock uses; rsgen-base-1 10, rsgen-base 20)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's own; "
-                   "rsgen-base 3)")
+                   "rsgen-base-1 5, rsgen-base 3)")
     p.add_argument("--sampler", default=None, choices=SAMPLERS, help=f"default: the model's own ({DEFAULT_SAMPLER} "
-                   "for rsgen-base)")
+                   "for both bundled models)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: the model's int8 graph on the CPU (fp16 on a GPU) where it has one; fp32: exact")
     p.add_argument("--class-guidance", type=float, default=None, metavar="S",

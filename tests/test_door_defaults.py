@@ -149,3 +149,40 @@ def test_processing_takes_the_model_defaults(qgis_processing, own_defaults, tmp_
     finally:
         registry.removeProvider(prov)
         QgsSettings().remove("rsgen_qgis")
+
+
+def test_the_default_model_is_rsgen_base_1_shipped_in_models(tmp_path):
+    """The model a request names when it names none is rsgen-base-1 (the 256 px latent 1.0 preview), a package in
+    the repository's models/ (bundled in the plugin zip) whose text encoder rsgen-base and autoencoder taef2 are
+    beside it; every door left to the default names it, with the package's own steps, guidance and sampler, and
+    rsgen-base (the 64 px pixel model 0.5.0) stays installed to pick."""
+    from rsgen_qgis.batch import spec
+    from rsgen_qgis.cli import build_parser
+    from rsgen_qgis.core.request import DEFAULT_MODEL, GenerationRequest
+    from rsgen_qgis.core.runtime.models import find
+    from rsgen_qgis.core.runtime.references import missing_references
+
+    assert DEFAULT_MODEL == "rsgen-base-1"
+    folder = os.path.join(ROOT, "models", DEFAULT_MODEL)
+    assert os.path.isfile(os.path.join(folder, "manifest.json")), "the default model must ship in models/"
+    pkg = find(DEFAULT_MODEL)  # no extra folders: the bundled ones
+    assert os.path.realpath(pkg.path) == os.path.realpath(folder)
+    assert pkg.id == DEFAULT_MODEL and pkg.kind == "latent" and pkg.manifest["tile"]["size"] == 256
+    assert missing_references(pkg) == []  # the text encoder from rsgen-base, the autoencoder taef2: both there
+    pixel = find("rsgen-base")
+    assert os.path.realpath(pixel.path) == os.path.realpath(os.path.join(ROOT, "models", "rsgen-base"))
+    assert pixel.kind == "pixel" and missing_references(pixel) == []
+
+    assert GenerationRequest(extent=(0.0, 0.0, 64.0, 64.0), crs="EPSG:32734", output="", gsd=1.0).model == \
+        "rsgen-base-1"
+    for argv in (["demo"], ["generate", "--extent", "0,0,64,64", "--crs", "EPSG:32734", "--out", "x.tif"]):
+        assert build_parser().parse_args(argv).model == "rsgen-base-1", argv
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "crs": "EPSG:32734", "gsd": 4.0,
+                                   "aois": {"bboxes": [{"bbox": [453000.0, 6233600.0, 453150.0, 6233700.0]}]}}))
+    assert spec.load(str(job)).model == "rsgen-base-1"
+
+    d = pkg.manifest["defaults"]  # what a door left to the default runs with
+    assert resolve(DEFAULT_MODEL) == {"steps": d["steps"], "guidance": d["guidance"], "sampler": d["sampler"]} == \
+        {"steps": 10, "guidance": 5.0, "sampler": "dpmpp_2m_sde"}
+    assert resolve("rsgen-base") == {"steps": 20, "guidance": 3.0, "sampler": "dpmpp_2m_sde"}  # its own, not these

@@ -73,7 +73,10 @@ def test_algorithm_definition(tiny_setting):
     precision = alg.parameterDefinition("PRECISION")
     assert precision.options() == ["auto", "fp32"] and precision.usesStaticStrings()
     assert precision.flags() & QgsProcessingParameterDefinition.FlagAdvanced
-    assert "rsgen-tiny" in alg.parameterDefinition("MODEL").options()  # discovered through the setting
+    model = alg.parameterDefinition("MODEL")
+    assert "rsgen-tiny" in model.options()  # discovered through the setting
+    assert {"rsgen-base-1", "rsgen-base"} <= set(model.options())  # the bundled ones beside it, both to pick
+    assert model.usesStaticStrings() and model.defaultValue() == "rsgen-base-1"  # left alone: the default model
     sampler = alg.parameterDefinition("SAMPLER")
     assert sampler.usesStaticStrings() and sampler.defaultValue() is None  # empty: the model's default
     assert sampler.options() == ["dpmpp_2m", "ddim", "euler", "dpmpp_2m_sde"]  # new ones last: indices keep meaning

@@ -25,7 +25,12 @@ DEFAULT_SAMPLER = "dpmpp_2m_sde"
 # Which denoiser graph: "auto" = the package's fast graph for the device where it has one (int8 on the CPU,
 # fp16 on a GPU), "fp32" = the exact graph everywhere (core.runtime.models.denoiser_variant).
 PRECISIONS = ("auto", "fp32")
-DEFAULT_MODEL = "rsgen-base"
+# The model a request names when it names none, at every door (dock on a fresh profile, Processing, CLI incl.
+# `demo`, batch specs): rsgen-base-1, the 256 px latent 1.0 preview (its steps, guidance, sampler and autoguidance
+# come from its manifest's `defaults` where a request leaves them out, core.runtime.sampling_defaults). It takes its
+# text encoder from the rsgen-base package by reference, so rsgen-base (the 64 px pixel model 0.5.0) stays installed
+# and stays a choice.
+DEFAULT_MODEL = "rsgen-base-1"
 DEFAULT_PIXEL_BUDGET = 1024 * 1024
 # Super-resolution's start in the doors (Processing, dock): from the guide upsampled, noised to this strength
 # (Conditions.start_strength). rsgen-base-1 1.0.0a7 on 48 held-out AID scenes x4: 0.6 kept PSNR within 0.5 dB of

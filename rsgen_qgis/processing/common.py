@@ -114,19 +114,19 @@ def add_model_parameters(alg, prompt_default: str = "") -> None:
     # steps, guidance and sampler left empty: the model package's own defaults (core.runtime.sampling_defaults),
     # what the dock shows when the model is picked, so every door gives one model's image the same way
     steps = Num(STEPS, tr("Sampling steps (empty: the model's default)"), Num.Type.Integer, None, True, 1, 1000)
-    steps.setHelp("Empty: the steps the model package names as its default (rsgen-base 20, rsgen-base 1.0 10).")
+    steps.setHelp("Empty: the steps the model package names as its default (rsgen-base-1 10, rsgen-base 20).")
     alg.addParameter(steps)
     guidance = Num(GUIDANCE, tr("Guidance scale (empty: the model's default)"), Num.Type.Double, None, True, 0.0,
                    100.0)
     guidance.setHelp("How strongly the prompt and the layout steer the image (classifier-free guidance; "
-                     "1 = off). Empty: the model package's default (rsgen-base 3, rsgen-base 1.0 5). Models with "
+                     "1 = off). Empty: the model package's default (rsgen-base-1 5, rsgen-base 3). Models with "
                      "guidance built in (distilled, such as rsgen-base 0.4) accept 1 to 5 and cost one UNet "
                      "evaluation per step at any scale; others cost two, one at 1.")
     alg.addParameter(guidance)
     names = sampler_names()
     sampler = QgsProcessingParameterEnum(SAMPLER, tr("Sampler (empty: the model's default)"), names, False, None,
                                          True, True)
-    sampler.setHelp(f"Empty: the model package's default ({DEFAULT_SAMPLER} for rsgen-base). " +
+    sampler.setHelp(f"Empty: the model package's default ({DEFAULT_SAMPLER} for rsgen-base-1 and rsgen-base). " +
                     " ".join(f"{n}: {h}" for n, h in sampler_help().items() if n in names))
     alg.addParameter(sampler)
     precision = QgsProcessingParameterEnum(PRECISION, tr("Precision"), list(PRECISIONS), False, "auto", False, True)
