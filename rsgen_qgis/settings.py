@@ -130,6 +130,14 @@ def remember_prompt(prompt: str) -> None:
         QgsSettings().setValue(KEY_RECENT_PROMPTS, ([prompt] + rest)[:RECENT_PROMPTS])
 
 
+def has_last(name: str) -> bool:
+    """Whether a value for this dock field was stored (False on a fresh profile: the dock then takes the chosen
+    model's own defaults instead of LAST_DEFAULTS)."""
+    if name not in LAST_DEFAULTS:
+        raise KeyError(f"unknown setting {name!r}")
+    return QgsSettings().contains(PREFIX + "last/" + name)
+
+
 def set_last(**values: Any) -> None:
     s = QgsSettings()
     for name, value in values.items():

@@ -129,11 +129,17 @@ def test_geographic_crs_shows_metres(make_dock, canvas, qtbot):
     qtbot.waitUntil(lambda: "EPSG:4326" in dock.crs_label.text(), timeout=3000)
     dock.update_size()
     assert dock.gsd_spin.suffix().strip() == "deg"
+    assert dock.grid is not None, dock.size_label.text()  # the proposal fits the budget once snapped to pixels
+    assert dock.grid.width * dock.grid.height <= settings.pixel_budget()
     gsd_m = gsd_metres_mean(dock.grid)
     ext = canvas.extent()  # the canvas widens the extent to its own aspect ratio
     deg = max(ext.width(), ext.height()) / 512  # about 512 px on the long side, held to the model's range
     lo, hi = dock.gsd_range()
     want = min(max(deg * 111_000 * math.sqrt(math.cos(math.radians(34.0))), lo), hi)
+    # ... and coarser where that would pass the pixel budget (the default model's range ends at 4 m: this view at
+    # 4 m is about twice the budget)
+    area_m2 = ext.width() * 111_000 * math.cos(math.radians(34.0)) * ext.height() * 111_000
+    want = max(want, math.sqrt(area_m2 / settings.pixel_budget()))
     assert gsd_m == pytest.approx(want, rel=0.05)
     assert f"GSD {_metres(gsd_m)}" in dock.size_label.text()
 
@@ -373,6 +379,49 @@ def test_choosing_a_model_takes_its_defaults(make_dock, tiny_model_dir, monkeypa
     sde = dock.sampler_combo.findData("dpmpp_2m_sde")
     assert dock.sampler_combo.itemText(sde) == "DPM-Solver++ 2M SDE"
     assert "texture" in dock.sampler_combo.itemData(sde, Qt.ToolTipRole)
+
+
+def test_a_fresh_profile_opens_on_the_default_model_at_its_defaults(make_dock):
+    """No stored setting: the combo selects rsgen-base-1 (the 1.0 preview, the default model) and the steps,
+    guidance, sampler and autoguidance are its package's, not the engine's 20 / 3; the demo's 4 m over Swellendam
+    is inside its pixel-size range (no warning). Picking rsgen-base brings that model's own."""
+    from rsgen_qgis.core.request import DEFAULT_MODEL
+
+    dock = make_dock()
+    assert dock.model_combo.currentData() == DEFAULT_MODEL == "rsgen-base-1"
+    assert dock.model_combo.findData("rsgen-base") >= 0  # the pixel model stays a choice
+    d = dock._manifests["rsgen-base-1"]["defaults"]
+    assert (dock.steps_spin.value(), dock.guidance_spin.value(), dock.sampler_combo.currentData()) == \
+        (d["steps"], d["guidance"], d["sampler"]) == (10, 5.0, "dpmpp_2m_sde")
+    assert dock.auto_spin.isEnabled() and dock.auto_spin.value() == d["autoguidance"] == 3.0
+    assert not settings.has_last("steps") and not settings.has_last("model")
+    dock.show()
+    dock.gsd_spin.setValue(4.0)
+    dock.update_size()
+    assert "1.17–4 m" in dock.gsd_range_label.text() and not dock.gsd_warning.isVisibleTo(dock)
+    req = dock.build_request()
+    assert (req.model, req.steps, req.guidance, req.sampler, req.autoguidance) == \
+        ("rsgen-base-1", 10, 5.0, "dpmpp_2m_sde", 3.0)
+    i = dock.model_combo.findData("rsgen-base")
+    dock.model_combo.setCurrentIndex(i)
+    dock.model_combo.activated.emit(i)  # the user's pick
+    assert (dock.steps_spin.value(), dock.guidance_spin.value()) == (20, 3.0)
+    assert not dock.auto_spin.isEnabled()  # rsgen-base carries no weak model
+    assert dock.build_request().model == "rsgen-base"
+
+
+def test_a_stored_model_and_values_are_kept(make_dock):
+    """A profile that generated before opens on its last model and values, whichever the default is."""
+    settings.set_last(model="rsgen-base", steps=20, guidance=3.0, sampler="dpmpp_2m_sde")
+    dock = make_dock()
+    assert dock.model_combo.currentData() == "rsgen-base"
+    assert (dock.steps_spin.value(), dock.guidance_spin.value()) == (20, 3.0)
+    dock.cleanup()
+    settings.set_last(model="rsgen-base-1", steps=7, guidance=4.0, sampler="ddim")
+    dock = make_dock()
+    assert dock.model_combo.currentData() == "rsgen-base-1"
+    assert (dock.steps_spin.value(), dock.guidance_spin.value(), dock.sampler_combo.currentData()) == \
+        (7, 4.0, "ddim")  # the user's, not the package's 10 / 5 / SDE
 
 
 def test_guidance_control_follows_the_model(make_dock, tiny_model_dir, monkeypatch, tmp_path):

@@ -111,6 +111,8 @@ class GenerationDock(QgsDockWidget):
         self.canvas.extentsChanged.connect(self._schedule)
         self.canvas.destinationCrsChanged.connect(self._on_crs_changed)
         self.refresh_models()
+        if not settings.has_last("steps"):  # a fresh profile: the chosen model's own steps, guidance and sampler
+            self._apply_model_defaults()
         self.show_provider()
         self.update_size()
         self._update_hint()
@@ -375,8 +377,20 @@ class GenerationDock(QgsDockWidget):
             target_m = min(max(target_m, rng[0]), rng[1])
         gsd = probe * target_m / probe_m
         pixels = (ext.size[0] / gsd) * (ext.size[1] / gsd)
-        if not self.large_check.isChecked() and pixels > settings.pixel_budget():
-            gsd *= (pixels / settings.pixel_budget()) ** 0.5 * 1.001
+        budget = settings.pixel_budget()
+        if not self.large_check.isChecked() and pixels > budget:
+            gsd *= (pixels / budget) ** 0.5 * 1.001
+            # the grid snaps to whole pixels anchored to the world (a row or column more than extent / gsd) and the
+            # control rounds to its decimals: coarsen until the grid Generate would make fits (a 4 m model's
+            # proposal on a zoomed-out view in degrees came out 0.08 % over the budget)
+            for _ in range(20):
+                try:
+                    grid, _ = grid_and_gsd(ext, gsd=round(gsd, self.gsd_spin.decimals()), pixel_budget=2**62)
+                except RsgenError:
+                    break
+                if grid.width * grid.height <= budget:
+                    break
+                gsd *= (grid.width * grid.height / budget) ** 0.5 * 1.001
         return gsd
 
     def _suggest(self) -> None:
@@ -660,8 +674,9 @@ class GenerationDock(QgsDockWidget):
 
     def _apply_model_defaults(self) -> None:
         """A model the user picks brings the steps, guidance and sampler its package was evaluated with
-        (manifest `defaults`; an SD-class package wants 25 steps at 7.5, rsgen-base 20 at 3). At start-up the
-        dock keeps the last values instead: this runs on the user's choice, not on programmatic changes."""
+        (manifest `defaults`; an SD-class package wants 25 steps at 7.5, rsgen-base 20 at 3, rsgen-base-1 10 at 5).
+        At start-up the dock keeps the last values instead (on a fresh profile, with none stored, the chosen
+        model's): this runs on the user's choice, not on programmatic changes."""
         d = self._manifests.get(self.model_combo.currentData(), {}).get("defaults") or {}
         if isinstance(d.get("steps"), int) and not isinstance(d["steps"], bool):
             self.steps_spin.setValue(d["steps"])
