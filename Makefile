@@ -13,13 +13,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: install system venv demo test bench bench-gpu bench-ae seams eval eval-kid eval-latent train latents latents-maps256 train-latent distill-latent progressive-latent export-latent quantize-latent weak-latent prompt-bank-latent quantize-ae train-gpu gpu-slim gpu-unslim package clean help
 
 help:
-	@echo "make demo     install, then generate a georeferenced image with the bundled model"
+	@echo "make demo     install, then generate a georeferenced image with the default model (rsgen-base-1)"
 	@echo "make test     install, then run the tests"
 	@echo "make install  [GPU=1] system packages (apt) + Python venv with --system-site-packages"
 	@echo "make bench    speed figures (ORT vs torch, s/tile, large areas; latent models: s per 256 px tile, Mpx/s, RSS)"
 	@echo "make bench-gpu GPU=1  GPU figures (ORT-CUDA vs PyTorch-CUDA, fp16, SD-class UNet; needs CUDA)"
 	@echo "make seams    seam metric: fused large-area path vs naive tiling (real model)"
-	@echo "make eval DATA=dir   evaluate the default model on prepared real data"
+	@echo "make eval DATA=dir   evaluate rsgen-base (the 64 px pixel model) on prepared real data"
 	@echo "make eval-kid DATA=dir MODELS=\"models/rsgen-base ...\"  KID in ImageNet-pretrained features vs held-out real (docs/EVAL.md)"
 	@echo "make eval-latent DATA=dir  rsgen-base-1 and rsgen-base: KID, class fidelity, usefulness, layouts, SR x4 (docs/EVAL.md)"
 	@echo "make train DATA=dir  retrain models/rsgen-base from prepared data (CPU recipe)"

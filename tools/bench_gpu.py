@@ -1,7 +1,8 @@
 """GPU speed figures, all measured in one run (docs/GPU.md says how to read them):
 
-1. the default model's denoiser (models/rsgen-base), ONNX Runtime CUDA, fp32 and fp16 graphs, batch 1 and
-   batched: windows/s (one window = one network evaluation of a 64 px tile; classifier-free guidance needs two);
+1. rsgen-base's denoiser (models/rsgen-base, the pixel model; the default model until rsgen-base-1), ONNX
+   Runtime CUDA, fp32 and fp16 graphs, batch 1 and batched: windows/s (one window = one network evaluation of a
+   64 px tile; classifier-free guidance needs two);
 2. PyTorch CUDA on the same UNet (same architecture from the manifest, random weights: the speed does not
    depend on the weights), fp32 and fp16, same batches;
 3. the share of the GPU's fp16 peak reached: the UNet's FLOPs (torch's FlopCounterMode) x windows/s, against

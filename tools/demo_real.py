@@ -1,12 +1,13 @@
 """Real-data demo of the conditions (not a test: it needs the QGIS training data and minutes of CPU).
 
-    .venv/bin/python tools/demo_real.py [--data /work/data/demo] [--out out/demo_real] [--model rsgen-base]
+    .venv/bin/python tools/demo_real.py [--data /work/data/demo] [--out out/demo_real] [--model rsgen-base-1]
                                         [--steps N] [--no-shots]
 
 (a) Layout: the real OSM roads and buildings of Swellendam (training_data.gpkg, EPSG:4326) are reprojected to
     EPSG:32734 (GeoPackages written beside the results), rasterized by the default OSM rules onto a 2.5 m grid
     around the town centre, and an image is generated conditioned on that layout with --model (default the bundled
-    rsgen-base) at the package's own default steps, guidance and sampler (as the dock), unless --steps is given.
+    default model, rsgen-base-1; --model rsgen-base for the 64 px pixel model) at the package's own default steps,
+    guidance and sampler (as the dock), unless --steps is given.
 (b) Inpainting: a crop of the real orthophoto (EPSG:4326, its own grid) is regenerated inside four real building
     polygons; pixels outside are checked byte-identical, and the seam at the mask border is measured (below).
 (c) Dataset: rsgen:dataset (through processing.run) makes 4 images of 96 x 96 px at 4 m over random extents of the
@@ -33,6 +34,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from rsgen_qgis.core.request import DEFAULT_MODEL  # noqa: E402  (core: no QGIS, no torch)
 
 TOWN = (20.4440, -34.0330)  # lon, lat near Swellendam's centre (Voortrek Street)
 HALF_M, GSD = 500.0, 2.5     # a 1 km square at 2.5 m: 400 x 400 px
@@ -288,7 +291,7 @@ def shots(out, layout_tif, inpainted, mask_path, buffered_path, log, ext="jpg"):
     specs = {
         f"conditions_layout.{ext}": {
             "crs": "EPSG:32734", "extent": log["layout"]["extent"], "layers": [
-                {"path": layout_tif, "name": f"Generated from the layout ({log.get('model', 'rsgen-base')})"},
+                {"path": layout_tif, "name": f"Generated from the layout ({log.get('model', DEFAULT_MODEL)})"},
                 {"path": os.path.join(out, "roads_32734.gpkg"), "name": "roads (OSM)", "line": "#ffd400",
                  "width": 0.4},
                 {"path": os.path.join(out, "buildings_32734.gpkg"), "name": "buildings (OSM)", "outline": "#ff2a2a",
@@ -325,7 +328,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "demo"),
                     help="the demo/ folder written by ../shared/tools/prepare-data (default: data/demo)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "demo_real"))
-    ap.add_argument("--model", default="rsgen-base", help="model package id (default: the bundled rsgen-base)")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model package id (default: the bundled {DEFAULT_MODEL})")
     ap.add_argument("--steps", type=int, default=0, help="sampling steps (default: the model's own)")
     ap.add_argument("--no-shots", action="store_true")
     ap.add_argument("--shots-only", action="store_true", help="only render the screenshots of an earlier run")

@@ -3,7 +3,7 @@
     output: out/town            # folder for tiles/, mosaic.vrt, manifest.json (relative to the YAML file)
     crs: EPSG:32734             # the grid's CRS (anything pyproj reads)
     gsd: 2.0                    # pixel size in CRS units
-    model: rsgen-base           # id or package folder;  model_dirs: [extra folders]
+    model: rsgen-base           # id or package folder (absent: rsgen-base-1);  model_dirs: [extra folders]
     seed: 7
     steps: 20                   # guidance: 3.0   sampler: dpmpp_2m_sde   date: 2020-06-01
                                 # (steps, guidance, sampler absent: the model package's own defaults, as the dock)
