@@ -72,6 +72,10 @@ def recorded_request(tags: Mapping[str, str], source: str = "this file") -> Reco
     request = {k: v for k, v in rec.items() if k in known}
     if "class_guidance" not in rec:  # made before class guidance existed (plugin < 0.4.0): it had none
         request["class_guidance"] = 0.0
+    if "model" not in request and isinstance(tags.get("model_id"), str) and tags["model_id"]:
+        # a record without its model (every one we write has it): the model the image says it was made with, not
+        # the default, which has changed (rsgen-base until 2026-12-07, rsgen-base-1 since)
+        request["model"] = tags["model_id"]
     dropped = sorted(set(rec) - known - {"conditions"})
     notes = [f"not carried over (unknown to this version): {', '.join(dropped)}"] if dropped else []
     missing = [k for k in ("extent", "crs") if k not in request]
