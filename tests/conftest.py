@@ -70,7 +70,7 @@ def tiny_package_copy(tiny_model_dir, tmp_path):
 @pytest.fixture
 def real_model():
     if not os.path.isfile(os.path.join(REAL_MODEL, "manifest.json")):
-        pytest.skip("the bundled default model models/rsgen-base is not in this checkout")
+        pytest.skip("the bundled pixel model models/rsgen-base is not in this checkout")
     return REAL_MODEL
 
 
