@@ -460,8 +460,10 @@ def test_install_a_model_zip_from_the_dock(make_dock, tiny_model_zip, qgis_iface
     assert not dock.models_menu.install_zip(str(bad))
     assert "not a readable zip" in " ".join(qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical))
     assert dock.model_combo.findData("rsgen-tiny") < 0
+    assert dock.model_combo.currentData() == "rsgen-base-1" and dock.steps_spin.value() == 10  # the default's
     assert dock.models_menu.install_zip(zips[0])
     assert dock.model_combo.currentData() == "rsgen-tiny"
+    assert (dock.steps_spin.value(), dock.guidance_spin.value()) == (20, 3.0)  # the installed model's own
     assert settings.settings_model_dirs() == [str(profile / "rsgen_models")]
     assert (profile / "rsgen_models" / "rsgen-tiny" / "manifest.json").is_file()
     said = " ".join(qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success))

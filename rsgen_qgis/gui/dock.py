@@ -667,10 +667,14 @@ class GenerationDock(QgsDockWidget):
             self.recent_menu.addAction(tr("(none yet)")).setEnabled(False)
 
     def _models_changed(self, select: Optional[str]) -> None:
-        """A folder was added or a package installed (the model menu): list again, and select the new model."""
+        """A folder was added or a package installed (the model menu): list again, and select the new model at its
+        own steps, guidance and sampler (installing it is the user's pick: with the default model installed from
+        three zips, its 10 steps at 5 rather than the values the panel had for another)."""
         self.refresh_models()
-        if select:
-            self.model_combo.setCurrentIndex(self.model_combo.findData(select))
+        i = self.model_combo.findData(select) if select else -1
+        if i >= 0:
+            self.model_combo.setCurrentIndex(i)
+            self._apply_model_defaults()
 
     def _apply_model_defaults(self) -> None:
         """A model the user picks brings the steps, guidance and sampler its package was evaluated with
