@@ -385,7 +385,7 @@ class GenerationDock(QgsDockWidget):
             # proposal on a zoomed-out view in degrees came out 0.08 % over the budget)
             for _ in range(20):
                 try:
-                    grid, _ = grid_and_gsd(ext, gsd=round(gsd, self.gsd_spin.decimals()), pixel_budget=2**62)
+                    grid = grid_and_gsd(ext, gsd=round(gsd, self.gsd_spin.decimals()), pixel_budget=2**62)[0]
                 except RsgenError:
                     break
                 if grid.width * grid.height <= budget:
