@@ -120,6 +120,28 @@ def model_settings(model_dir: str, steps: Optional[int], guidance: Optional[floa
             "autoguidance": autoguidance}
 
 
+def through_autoencoder(model_dir: str, u8: np.ndarray, precision: str = "auto", threads: int = 0,
+                        providers: Optional[List[str]] = None) -> Optional[np.ndarray]:
+    """(N, H, W, 3) uint8 real scenes encoded and decoded by a latent model's autoencoder with the graphs its
+    generations decode with (precision as the run's), each reflect-padded to the autoencoder's factor and cropped
+    back: what a perfect denoiser would give, the autoencoder's floor under the model's KID. None for models
+    without an encoder (pixel packages)."""
+    model = load(model_dir, providers=providers or ["CPUExecutionProvider"], threads=threads, precision=precision)
+    ae = model.autoencoder
+    if model.package.kind != "latent" or not getattr(ae, "can_encode", False):
+        return None
+    f = ae.factor
+    out = []
+    for im in u8:
+        h, w = im.shape[:2]
+        ph, pw = -h % f, -w % f
+        pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+        x = np.pad(im, pad, mode="reflect").astype(np.float32).transpose(2, 0, 1) / np.float32(127.5) - 1
+        y = ae.decode(ae.encode(x))[:, pad[0][0]:pad[0][0] + h, pad[1][0]:pad[1][0] + w]
+        out.append(np.round((np.clip(y, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0))
+    return np.stack(out)
+
+
 def class_tiles(model_dir: str, classes: Sequence[str], per_class: int, steps: int, guidance: float,
                 sampler: str, class_guidance: Optional[float] = None, precision: str = "auto",
                 seed_offset: int = 0, providers: Optional[List[str]] = None, threads: int = 0,
@@ -157,6 +179,7 @@ def class_tiles(model_dir: str, classes: Sequence[str], per_class: int, steps: i
             "labels": np.array(labels, np.int64),
             "info": {"dir": model_dir, "id": model.package.id, "version": model.package.manifest.get("version", ""),
                      "kind": model.package.manifest.get("kind", ""), "autoencoder_factor": model.autoencoder.factor,
+                     "autoencoder": (model.package.manifest.get("autoencoder") or {}).get("package"),
                      "tile_px": tile_px, "px": px, "gsd_m": gsd, "footprint_m": AID_FOOTPRINT_M, "steps": steps,
                      "guidance": guidance, "sampler": sampler,
                      "class_guidance": "package default" if class_guidance is None else class_guidance,
@@ -258,6 +281,7 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
         res["aid_judge"] = {"network": "evaluate.SceneNet (make eval's judge, trained on the real AID train split)",
                             "train_steps": clf.trained_steps, "real_heldout": fid.judge_top1(clf, imgs, real_y)}
     res["models"] = []
+    ae_floor: Dict = {}  # (autoencoder package, precision) -> KID of real half A through it (latent models)
     for d in model_dirs:
         s = model_settings(d, steps, guidance, sampler, class_guidance, autoguidance)
         manifest = find(d).manifest
@@ -284,6 +308,12 @@ def run_kid(data: str, model_dirs: Sequence[str], per_class: int, net, steps: Op
             info["kid_generated_vs_all_real"] = kid_entry(fg, fall, subsets, size, seed)
             native = resample(imgs[ia], info["px"])  # the generated tiles' pixel count
             info["kid_real_A_at_native_tile_vs_B"] = kid_entry(features(net, native), fb, subsets, size, seed)
+            ae_key = (info.get("autoencoder"), precision)
+            if info["kind"] == "latent" and ae_key not in ae_floor:
+                rt = through_autoencoder(d, native, precision, threads)
+                ae_floor[ae_key] = None if rt is None else kid_entry(features(net, rt), fb, subsets, size, seed)
+            if ae_floor.get(ae_key) is not None:
+                info["kid_real_A_through_autoencoder_vs_B"] = ae_floor[ae_key]
             if probe is not None:  # the labels as the data folder numbers its classes (all of AID: the same)
                 gy = np.array([list(aid["classes"]).index(AID_CLASSES[k]) for k in g["labels"]], np.int64)
                 info["probe_judge"] = fid.top1(probe(fg), gy)
@@ -357,6 +387,8 @@ def table(res: Dict) -> str:
         if "kid_generated_vs_B" in m:
             row(f"{tag} generated"[:46], m["kid_generated_vs_B"])
             row(f"{tag} real A at tile"[:46], m["kid_real_A_at_native_tile_vs_B"])
+            if "kid_real_A_through_autoencoder_vs_B" in m:
+                row(f"real A via autoencoder {m['autoencoder']}"[:46], m["kid_real_A_through_autoencoder_vs_B"])
     if "probe_judge" in res:
         r = res["probe_judge"]["real_heldout"]
         lines.append(f"probe judge top-1 on held-out real: {r['top1']:.1%} of {r['n']}")
