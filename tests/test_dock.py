@@ -222,6 +222,8 @@ def test_no_model_gives_hint_and_message(make_dock, qgis_iface, monkeypatch, tmp
     dock = make_dock()
     assert dock.model_combo.count() == 0
     assert dock.model_hint.isVisibleTo(dock) and "No model installed" in dock.model_hint.text()
+    # the default model needs its autoencoder and its text encoder's package too: the hint names all three zips
+    assert all(z in dock.model_hint.text() for z in ("rsgen-base-1.zip", "taef2.zip", "rsgen-base.zip"))
     assert not dock.generate_btn.isEnabled()
     qgis_iface.messageBar().clear_messages()
     assert dock.generate() is None

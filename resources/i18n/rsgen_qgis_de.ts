@@ -56,8 +56,8 @@
       <translation> (wird versuchen: {order})</translation>
     </message>
     <message>
-      <source>No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its model: get rsgen-base.zip from the plugin's homepage and install it with … &gt; Install a Model Package from a Zip.</source>
-      <translation>Kein Modell installiert (durchsucht: {dirs}). Die Erweiterung von plugins.qgis.org kommt ohne ihr Modell: Laden Sie rsgen-base.zip von der Homepage der Erweiterung und installieren Sie es mit … &gt; Modellpaket aus einer Zip-Datei installieren.</translation>
+      <source>No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its models: get rsgen-base-1.zip, taef2.zip and rsgen-base.zip (the default model, its autoencoder and its text encoder) from the plugin's homepage and install each with … &gt; Install a Model Package from a Zip.</source>
+      <translation>Kein Modell installiert (durchsucht: {dirs}). Die Erweiterung von plugins.qgis.org kommt ohne ihre Modelle: Laden Sie rsgen-base-1.zip, taef2.zip und rsgen-base.zip (das Standardmodell, seinen Autoencoder und seinen Text-Encoder) von der Homepage der Erweiterung und installieren Sie jede mit … &gt; Modellpaket aus einer Zip-Datei installieren.</translation>
     </message>
     <message>
       <source>no folder</source>

@@ -56,8 +56,8 @@
       <translation> (intentará: {order})</translation>
     </message>
     <message>
-      <source>No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its model: get rsgen-base.zip from the plugin's homepage and install it with … &gt; Install a Model Package from a Zip.</source>
-      <translation>No hay ningún modelo instalado (buscado en: {dirs}). El complemento de plugins.qgis.org viene sin su modelo: descargue rsgen-base.zip de la página del complemento e instálelo con … &gt; Instalar un paquete de modelo desde un zip.</translation>
+      <source>No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its models: get rsgen-base-1.zip, taef2.zip and rsgen-base.zip (the default model, its autoencoder and its text encoder) from the plugin's homepage and install each with … &gt; Install a Model Package from a Zip.</source>
+      <translation>No hay ningún modelo instalado (buscado en: {dirs}). El complemento de plugins.qgis.org viene sin sus modelos: descargue rsgen-base-1.zip, taef2.zip y rsgen-base.zip (el modelo predeterminado, su autocodificador y su codificador de texto) de la página del complemento e instale cada uno con … &gt; Instalar un paquete de modelo desde un zip.</translation>
     </message>
     <message>
       <source>no folder</source>

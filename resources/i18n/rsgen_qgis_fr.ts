@@ -56,8 +56,8 @@
       <translation> (essaiera : {order})</translation>
     </message>
     <message>
-      <source>No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its model: get rsgen-base.zip from the plugin's homepage and install it with … &gt; Install a Model Package from a Zip.</source>
-      <translation>Aucun modèle installé (recherché dans : {dirs}). L'extension de plugins.qgis.org est livrée sans son modèle : téléchargez rsgen-base.zip depuis la page d'accueil de l'extension et installez-le avec … &gt; Installer un paquet de modèle depuis un zip.</translation>
+      <source>No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its models: get rsgen-base-1.zip, taef2.zip and rsgen-base.zip (the default model, its autoencoder and its text encoder) from the plugin's homepage and install each with … &gt; Install a Model Package from a Zip.</source>
+      <translation>Aucun modèle installé (recherché dans : {dirs}). L'extension de plugins.qgis.org est livrée sans ses modèles : téléchargez rsgen-base-1.zip, taef2.zip et rsgen-base.zip (le modèle par défaut, son autoencodeur et son encodeur de texte) depuis la page d'accueil de l'extension et installez chacun avec … &gt; Installer un paquet de modèle depuis un zip.</translation>
     </message>
     <message>
       <source>no folder</source>

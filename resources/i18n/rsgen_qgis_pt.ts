@@ -56,8 +56,8 @@
       <translation> (vai tentar: {order})</translation>
     </message>
     <message>
-      <source>No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its model: get rsgen-base.zip from the plugin's homepage and install it with … &gt; Install a Model Package from a Zip.</source>
-      <translation>Nenhum modelo instalado (procurado em: {dirs}). O complemento do plugins.qgis.org vem sem o seu modelo: baixe rsgen-base.zip da página do complemento e instale-o com … &gt; Instalar um pacote de modelo de um zip.</translation>
+      <source>No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its models: get rsgen-base-1.zip, taef2.zip and rsgen-base.zip (the default model, its autoencoder and its text encoder) from the plugin's homepage and install each with … &gt; Install a Model Package from a Zip.</source>
+      <translation>Nenhum modelo instalado (procurado em: {dirs}). O complemento do plugins.qgis.org vem sem os seus modelos: baixe rsgen-base-1.zip, taef2.zip e rsgen-base.zip (o modelo predefinido, o seu autoencoder e o seu codificador de texto) da página do complemento e instale cada um com … &gt; Instalar um pacote de modelo de um zip.</translation>
     </message>
     <message>
       <source>no folder</source>
