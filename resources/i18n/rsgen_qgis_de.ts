@@ -416,12 +416,12 @@
       <translation>Großes Gebiet: {total:,} Fenster zu rechnen ({n:,} × {steps} Schritte), etwa {t} (Schätzung).</translation>
     </message>
     <message>
-      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic texture).</source>
-      <translation>{names}: ein Layout aus diesen Layern lässt das Bild dem Ort folgen (ein Prompt allein ergibt eine allgemeine Textur).</translation>
+      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic scene, not this place).</source>
+      <translation>{names}: ein Layout aus diesen Layern lässt das Bild dem Ort folgen (ein Prompt allein ergibt eine allgemeine Szene, nicht diesen Ort).</translation>
     </message>
     <message>
-      <source>A prompt alone gives a generic texture. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
-      <translation>Ein Prompt allein ergibt eine allgemeine Textur. Straßen und Gebäude laden (z. B. OpenStreetMap) und unter Bedingungen ankreuzen: dann folgt das Bild dem Ort.</translation>
+      <source>A prompt alone gives a generic scene, not this place. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
+      <translation>Ein Prompt allein ergibt eine allgemeine Szene, nicht diesen Ort. Straßen und Gebäude laden (z. B. OpenStreetMap) und unter Bedingungen ankreuzen: dann folgt das Bild dem Ort.</translation>
     </message>
     <message>
       <source>Model: {lo:g}–{hi:g} m</source>

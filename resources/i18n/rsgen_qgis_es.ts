@@ -416,12 +416,12 @@
       <translation>Zona grande: {total:,} ventanas que calcular ({n:,} × {steps} pasos), unos {t} (estimación).</translation>
     </message>
     <message>
-      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic texture).</source>
-      <translation>{names}: una disposición a partir de estas capas hace que la imagen siga el lugar (un prompt solo da una textura genérica).</translation>
+      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic scene, not this place).</source>
+      <translation>{names}: una disposición a partir de estas capas hace que la imagen siga el lugar (un prompt solo da una escena genérica, no este lugar).</translation>
     </message>
     <message>
-      <source>A prompt alone gives a generic texture. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
-      <translation>Un prompt solo da una textura genérica. Cargue calles y edificios (p. ej. OpenStreetMap) y márquelos en Condiciones: la imagen sigue entonces el lugar.</translation>
+      <source>A prompt alone gives a generic scene, not this place. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
+      <translation>Un prompt solo da una escena genérica, no este lugar. Cargue calles y edificios (p. ej. OpenStreetMap) y márquelos en Condiciones: la imagen sigue entonces el lugar.</translation>
     </message>
     <message>
       <source>Model: {lo:g}–{hi:g} m</source>

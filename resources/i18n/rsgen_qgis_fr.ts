@@ -416,12 +416,12 @@
       <translation>Grande zone : {total:,} fenêtres à calculer ({n:,} × {steps} pas), environ {t} (estimation).</translation>
     </message>
     <message>
-      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic texture).</source>
-      <translation>{names} : une disposition tirée de ces couches fait suivre le lieu à l'image (un prompt seul donne une texture générique).</translation>
+      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic scene, not this place).</source>
+      <translation>{names} : une disposition tirée de ces couches fait suivre le lieu à l'image (un prompt seul donne une scène générique, pas ce lieu).</translation>
     </message>
     <message>
-      <source>A prompt alone gives a generic texture. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
-      <translation>Un prompt seul donne une texture générique. Chargez des routes et des bâtiments (p. ex. OpenStreetMap) et cochez-les sous Conditions : l'image suit alors le lieu.</translation>
+      <source>A prompt alone gives a generic scene, not this place. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
+      <translation>Un prompt seul donne une scène générique, pas ce lieu. Chargez des routes et des bâtiments (p. ex. OpenStreetMap) et cochez-les sous Conditions : l'image suit alors le lieu.</translation>
     </message>
     <message>
       <source>Model: {lo:g}–{hi:g} m</source>

@@ -416,12 +416,12 @@
       <translation>Área grande: {total:,} janelas a calcular ({n:,} × {steps} passos), cerca de {t} (estimativa).</translation>
     </message>
     <message>
-      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic texture).</source>
-      <translation>{names}: um leiaute a partir destas camadas faz a imagem seguir o lugar (um prompt sozinho dá uma textura genérica).</translation>
+      <source>{names}: a layout from these layers makes the image follow the place (a prompt alone gives a generic scene, not this place).</source>
+      <translation>{names}: um leiaute a partir destas camadas faz a imagem seguir o lugar (um prompt sozinho dá uma cena genérica, não este lugar).</translation>
     </message>
     <message>
-      <source>A prompt alone gives a generic texture. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
-      <translation>Um prompt sozinho dá uma textura genérica. Carregue ruas e edifícios (p. ex. OpenStreetMap) e marque-os em Condições: a imagem segue então o lugar.</translation>
+      <source>A prompt alone gives a generic scene, not this place. Load roads and buildings (e.g. OpenStreetMap) and tick them under Conditions: the image then follows the place.</source>
+      <translation>Um prompt sozinho dá uma cena genérica, não este lugar. Carregue ruas e edifícios (p. ex. OpenStreetMap) e marque-os em Condições: a imagem segue então o lugar.</translation>
     </message>
     <message>
       <source>Model: {lo:g}–{hi:g} m</source>

@@ -584,7 +584,7 @@ class GenerationDock(QgsDockWidget):
 
     # -- the guide to Conditions ----------------------------------------------------------------------------
     def _update_hint(self, *_) -> None:
-        """A prompt alone gives a generic texture: while no layout is on, say so and offer the loaded layers that
+        """A prompt alone gives a generic scene, not this place: while no layout is on, say so and offer the loaded layers that
         the layout rules read (roads, buildings...)."""
         if sip.isdeleted(self.layout_hint):
             return
@@ -594,10 +594,10 @@ class GenerationDock(QgsDockWidget):
         layers = self.conditions.suggested_layers()
         if layers:
             self.layout_hint.setText(tr("{names}: a layout from these layers makes the image follow the place (a "
-                                        "prompt alone gives a generic texture).").format(
+                                        "prompt alone gives a generic scene, not this place).").format(
                 names=", ".join(lyr.name() for lyr in layers)))
         else:
-            self.layout_hint.setText(tr("A prompt alone gives a generic texture. Load roads and buildings (e.g. "
+            self.layout_hint.setText(tr("A prompt alone gives a generic scene, not this place. Load roads and buildings (e.g. "
                                         "OpenStreetMap) and tick them under Conditions: the image then follows "
                                         "the place."))
         self.use_layers_btn.setVisible(bool(layers))
