@@ -169,7 +169,8 @@ def model_choices(extra_dirs: Sequence[str]) -> Tuple[List, str, str]:
     hint = "" if packages else tr(
         "No model installed (searched: {dirs}). The plugin from plugins.qgis.org comes without its models: get "
         "rsgen-base-1.zip, taef2.zip and rsgen-base.zip (the default model, its autoencoder and its text encoder) "
-        "from the plugin's homepage and install each with … > Install a Model Package from a Zip.").format(dirs=", ".join(search_dirs(extra_dirs)) or tr("no folder"))
+        "from the plugin's homepage and install each with … > Install a Model Package from a Zip.").format(
+        dirs=", ".join(search_dirs(extra_dirs)) or tr("no folder"))
     return packages, hint, "\n".join(problems)
 
 

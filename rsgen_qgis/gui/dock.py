@@ -584,8 +584,8 @@ class GenerationDock(QgsDockWidget):
 
     # -- the guide to Conditions ----------------------------------------------------------------------------
     def _update_hint(self, *_) -> None:
-        """A prompt alone gives a generic scene, not this place: while no layout is on, say so and offer the loaded layers that
-        the layout rules read (roads, buildings...)."""
+        """A prompt alone gives a generic scene, not this place: while no layout is on, say so and offer the loaded
+        layers that the layout rules read (roads, buildings...)."""
         if sip.isdeleted(self.layout_hint):
             return
         if self.conditions.layout_group.isChecked():
@@ -597,9 +597,9 @@ class GenerationDock(QgsDockWidget):
                                         "prompt alone gives a generic scene, not this place).").format(
                 names=", ".join(lyr.name() for lyr in layers)))
         else:
-            self.layout_hint.setText(tr("A prompt alone gives a generic scene, not this place. Load roads and buildings (e.g. "
-                                        "OpenStreetMap) and tick them under Conditions: the image then follows "
-                                        "the place."))
+            self.layout_hint.setText(tr("A prompt alone gives a generic scene, not this place. Load roads and "
+                                        "buildings (e.g. OpenStreetMap) and tick them under Conditions: the image "
+                                        "then follows the place."))
         self.use_layers_btn.setVisible(bool(layers))
         self._hint_box.setVisible(True)
 
