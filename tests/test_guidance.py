@@ -110,3 +110,17 @@ def test_guidance_interval_checked(tmp_path, tiny_model_dir):
     for i, bad in enumerate(([500, 100], [100], "100-500", [-1, 5])):
         with pytest.raises(ModelPackageError, match="guidance_interval"):
             load("rsgen-tiny", [_with_interval(tmp_path / f"bad{i}", tiny_model_dir, bad)])
+
+
+def test_guidance_interval_recorded_in_tags(tmp_path, tiny_model_dir):
+    """The interval is a manifest setting, outside the denoiser graph whose sha256 the tags carry: a GeoTIFF made
+    with one records it, and one made without has no such tag."""
+    from rsgen_qgis.core.engine.generate import generate
+    from rsgen_qgis.core.geo.geotiff import read_tags
+
+    with_iv = _with_interval(tmp_path / "iv", tiny_model_dir, [350, 999])
+    req = _layout_request(tmp_path, 3.0)
+    generate(req.replace(output=str(tmp_path / "iv.tif")), model_dirs=[with_iv])
+    assert json.loads(read_tags(str(tmp_path / "iv.tif"))["guidance_interval"]) == [350, 999]
+    generate(req.replace(output=str(tmp_path / "all.tif")), model_dirs=[tiny_model_dir])
+    assert "guidance_interval" not in read_tags(str(tmp_path / "all.tif"))

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import VERSION
 from . import autoguide
+from .loop import guidance_interval
 from .classguide import recorded_scale
 from .prepare import DECODED_CONSISTENCY, PromptCache, class_guidance_for, metadata_for
 from .single import sample_canvas
@@ -74,7 +75,16 @@ def provenance_tags(req: GenerationRequest, model: LoadedModel, metadata: dict) 
         "class_guidance": class_guidance_tag(req, model),
         **autoguidance_tags(req, model),
         **prompt_reading_tag(req, model),
+        **guidance_interval_tag(model),
     }
+
+
+def guidance_interval_tag(model: LoadedModel) -> dict:
+    """The timesteps at which classifier-free guidance ran (the package's defaults.guidance_interval,
+    core.engine.loop): a manifest setting, not part of the denoiser graph whose sha256 the tags carry, so recorded
+    as such. None: guidance at every step (no tag)."""
+    iv = guidance_interval(model)
+    return {} if iv is None else {"guidance_interval": [iv[0], iv[1]]}
 
 
 def prompt_reading_tag(req: GenerationRequest, model: LoadedModel) -> dict:
