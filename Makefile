@@ -141,7 +141,9 @@ LATENT_CHANNELS ?= 96,96,144
 # bf16: the forward pass under torch.autocast in bfloat16 (train.py --precision); weights, optimizer and EMA stay
 # float32. A step of the 96,96,144 UNet took 0.41 of the float32 time on this machine's AMX Xeon (1.0.0a12 on).
 # 1.0.0a8-a11 (the commands above and in the manifest's training.command) ran in float32: LATENT_PRECISION=fp32.
-LATENT_PRECISION ?= bf16
+# auto (from 2026-12-08): bf16 only where the CPU has it natively (AVX512-BF16 or AMX), else fp32. On a 2-core AMD
+# EPYC without it, a bf16 forward of that UNet took 38-47 s (ATen's reference convolutions), a whole fp32 step 2.4 s.
+LATENT_PRECISION ?= auto
 # ResNet layers beyond the one per level, per level (train.py --extra-layers; model.grow_state): from a package
 # with fewer, the new layers start as identities, so the grown UNet starts as the package and trains on with more
 # capacity. A run from a grown package takes its layers from the manifest. Empty: the package's (or none).
