@@ -570,8 +570,9 @@ def test_precision_auto_takes_bf16_only_where_the_device_has_it():
 
 
 def test_bf16_training_keeps_float32_weights_and_follows_the_float32_forward(toy_data, tmp_path, tiny_latent_dir):
-    """--precision bf16 (the Makefile's default for train-latent and train-gpu): the forward pass runs under
-    bfloat16 autocast, the weights, optimizer state and EMA stay float32, and the checkpoint exports as any other."""
+    """--precision bf16 (train-gpu's default; train-latent's through auto where the CPU has it): the forward pass
+    runs under bfloat16 autocast, the weights, optimizer state and EMA stay float32, and the checkpoint exports as
+    any other."""
     import torch
 
     from rsgen_qgis.training import export, train
