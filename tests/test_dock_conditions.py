@@ -12,6 +12,7 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProject, QgsRaster
 from rsgen_qgis import settings
 from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES
 from rsgen_qgis.core.errors import ParameterError
+from rsgen_qgis.core.request import SR_STRENGTH_DEFAULT
 from rsgen_qgis.core.conditions.rules import DEFAULT_OSM_RULES
 from rsgen_qgis.gis.layers import GROUP_NAME
 from rsgen_qgis.gui.dock import GenerationDock
@@ -167,7 +168,7 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
     assert not c.mask_combo.isVisibleTo(c) and c.strength_label.isVisibleTo(c)
     gaps = row_gaps(c.raster_group)  # Mode, Raster, Strength, the note: no blank where the mask rows would be
     assert len(gaps) == 3 and max(gaps) - min(gaps) <= 1, gaps
-    assert c.strength_value.text() == "0.60"  # super-resolution's own default strength
+    assert c.strength_value.text() == f"{SR_STRENGTH_DEFAULT:.2f}"  # super-resolution's own default strength
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("inpaint"))
     c.raster_group.setChecked(False)
     c.raster_group.setChecked(True)
@@ -203,14 +204,15 @@ def test_raster_modes_inpaint_superres_variation(dock, qgis_iface, qtbot, tmp_pa
         assert (ds.width, ds.height) == (4 * N, 4 * N) and ds.res == (PX / 4, PX / 4)
         assert tuple(ds.bounds) == pytest.approx((X0, Y0 - N * PX, X0 + N * PX, Y0))
         cells = ds.read().astype(float).reshape(3, N, 4, N, 4).mean((2, 4))
-        assert json.loads(ds.tags()["request"])["conditions"]["strength"] == 0.6
+        assert json.loads(ds.tags()["request"])["conditions"]["strength"] == SR_STRENGTH_DEFAULT
     assert np.abs(cells - img).mean() < 2.0  # held to the raster: each 4 x 4 block averages to its pixel
+    c.strength_slider.setValue(70)  # neither mode's default, so a value leaking between modes would show
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("variation"))
     assert c.strength_value.text() == "0.50"  # each mode keeps its own strength
     c.strength_slider.setValue(80)
     assert c.strength_value.text() == "0.80"
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("superres"))
-    assert c.strength_value.text() == "0.60"
+    assert c.strength_value.text() == "0.70"
     c.mode_combo.setCurrentIndex(c.mode_combo.findData("variation"))
     dock.output_widget.setFilePath(str(tmp_path / "var.tif"))
     path = run_task(dock, qtbot)

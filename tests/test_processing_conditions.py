@@ -15,6 +15,7 @@ from qgis.core import (QgsApplication, QgsCoordinateTransformContext,
 from rsgen_qgis import settings
 from rsgen_qgis.core.geo import projdata  # noqa: F401  (before pyproj)
 from rsgen_qgis.core.conditions.encoding import LAYOUT_CLASSES
+from rsgen_qgis.core.request import SR_STRENGTH_DEFAULT
 from rsgen_qgis.processing.provider import RsgenProvider
 
 import pyproj  # noqa: E402
@@ -264,7 +265,7 @@ def test_superresolve_same_footprint_four_times_finer(tiny, tmp_path, rgb_raster
         assert tuple(ds.bounds) == pytest.approx(tuple(src.bounds))  # footprint identity
         assert json.loads(ds.tags()["request"])["conditions"]["guide"] == f"3x{N}x{N}"
         assert json.loads(ds.tags()["request"])["guide_consistency"] == 1.0
-        assert json.loads(ds.tags()["request"])["conditions"]["strength"] == 0.6  # from the upsampled raster
+        assert json.loads(ds.tags()["request"])["conditions"]["strength"] == SR_STRENGTH_DEFAULT  # from the raster
     assert res["GSD_METRES"] == pytest.approx(2.5, rel=0.01)
     # each 4 x 4 block averages to the raster's pixel (guide consistency, the default); 0: the model reads it only,
     # and from noise (strength 1) the untrained model's cells are far from it; a low strength starts near it

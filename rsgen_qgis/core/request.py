@@ -33,9 +33,10 @@ PRECISIONS = ("auto", "fp32")
 DEFAULT_MODEL = "rsgen-base-1"
 DEFAULT_PIXEL_BUDGET = 1024 * 1024
 # Super-resolution's start in the doors (Processing, dock): from the guide upsampled, noised to this strength
-# (Conditions.start_strength). rsgen-base-1 1.0.0a7 on 48 held-out AID scenes x4: 0.6 kept PSNR within 0.5 dB of
-# bicubic and had a lower KID than from noise (models/rsgen-base-1/MODEL_CARD.md, super-resolution).
-SR_STRENGTH_DEFAULT = 0.6
+# (Conditions.start_strength). rsgen-base-1 1.0.0a22 on 96 held-out AID scenes x4 at 4 m: 0.6 came 0.98 dB below
+# bicubic (KID 35.4), 0.5 0.45 dB below (KID 45.1), 0.4 0.09 dB below (KID 60.8), bicubic's KID 96.5; 0.5 keeps both
+# the PSNR and the KID targets with margin (models/rsgen-base-1/MODEL_CARD.md, super-resolution strength).
+SR_STRENGTH_DEFAULT = 0.5
 MAX_AUTOGUIDANCE = 10.0  # autoguidance scale upper bound (core.engine.autoguide); the model card measures 1-3
 MAX_CLASS_GUIDANCE = 50.0  # class guidance scale upper bound (core.engine.classguide); the model card measures 0-40
 

@@ -147,7 +147,8 @@ class SuperResolveAlgorithm(_RasterConditionAlgorithm):
                 "the result averages to the raster's pixel (guide consistency 1), so the result keeps the "
                 "raster's colours and brightness; 0 lets the model read the raster only as a hint. Strength: "
                 "below 1 the model starts from a smooth upscale of the raster partly noised, so the detail stays "
-                "nearer what the raster shows (the default 0.6); 1 draws all the detail anew from noise.\n"
+                f"nearer what the raster shows (the default {SR_STRENGTH_DEFAULT:g}); 1 draws all the detail "
+                "anew from noise.\n"
                 "The result has 16 times the pixels: large rasters exceed the pixel budget (plugin settings).")
 
     def add_extra_parameters(self) -> None:
