@@ -85,9 +85,9 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(requested: str, device: str, native_bf16: bool) -> str:
-    """--precision auto: bf16 where the device computes it natively (a CUDA device with bfloat16, a CPU with
-    AVX512-BF16 or AMX), else fp32; fp32 and bf16 as asked."""
+def resolve_precision(requested: str, native_bf16: bool) -> str:
+    """--precision auto: bf16 where the device computes it natively (native_bf16: a CUDA device with bfloat16, a CPU
+    with AVX512-BF16 or AMX), else fp32; fp32 and bf16 as asked."""
     if requested != "auto":
         return requested
     return "bf16" if native_bf16 else "fp32"
@@ -286,7 +286,7 @@ def main(argv=None) -> None:
     torch.manual_seed(a.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     native_bf16 = torch.cuda.is_bf16_supported() if dev == "cuda" else cpu_has_bf16()
-    a.precision_requested, a.precision = a.precision, resolve_precision(a.precision, dev, native_bf16)
+    a.precision_requested, a.precision = a.precision, resolve_precision(a.precision, native_bf16)
     if a.precision == "bf16" and not native_bf16:
         print("--precision bf16: this device has no native bfloat16; the forward pass runs through reference "
               "kernels, tens of times slower than --precision fp32 (or auto)", flush=True)
